@@ -1,0 +1,177 @@
+//! Accounts at run time: the process-wide pool (keys and per-account rate limiters) and the per-step ledger that
+//! reserves daily quota in batches.
+//!
+//! Invariant: every call sent to Chart-IMG was paid for by one unit taken from a grant before it was sent, and only
+//! units never sent are given back. So `usageToday` never under-counts; a crash between reserve and give-back
+//! over-counts by at most the units that step still held.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use crate::config::AccountConfig;
+use crate::domain::{AccountId, AccountQuota, Grant};
+use crate::ports::{AccountUsageStore, Clock, StoreError};
+
+/// One configured account with the limiter that keeps this process within its plan's rate and burst.
+#[derive(Debug)]
+pub struct Account {
+    pub config: AccountConfig,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Account {
+    /// Waits until the plan allows one more call from this process.
+    pub async fn until_ready(&self) {
+        self.limiter.until_ready().await;
+    }
+}
+
+/// All accounts, in the configured order (the order quota is taken in). Built once per process, shared by steps.
+#[derive(Debug, Clone)]
+pub struct AccountPool {
+    accounts: Arc<Vec<Account>>,
+}
+
+impl AccountPool {
+    pub fn new(configs: Vec<AccountConfig>) -> Self {
+        let accounts = configs
+            .into_iter()
+            .map(|config| {
+                let rate = NonZeroU32::new(config.plan.per_second()).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new(config.plan.burst()).unwrap_or(NonZeroU32::MIN);
+                let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+                Account { config, limiter }
+            })
+            .collect();
+        Self { accounts: Arc::new(accounts) }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+
+    pub fn accounts(&self) -> &[Account] {
+        &self.accounts
+    }
+
+    fn get(&self, id: &AccountId) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.config.id == *id)
+    }
+}
+
+/// Why no account could be had for a call.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error("every Chart-IMG account is exhausted for today ({0})")]
+    AllExhausted(String),
+    #[error("cannot reserve Chart-IMG quota: {0}")]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Default)]
+struct LedgerState {
+    /// Units reserved in the store and not yet spent, per grant (account and day).
+    held: Vec<Grant>,
+    /// Accounts that answered `429 Limit Exceeded` during this step.
+    exhausted: HashSet<AccountId>,
+    /// Set when a reservation came back empty: every account is used up, so later calls fail without a transaction.
+    depleted: bool,
+    /// Units spent per account (calls sent), for the report.
+    spent: Vec<(AccountId, u32)>,
+}
+
+/// The quota of one step. Reserves in batches (one transaction per batch, not per chart) because a Firestore document
+/// sustains about one write per second.
+pub struct QuotaLedger<'a> {
+    pool: &'a AccountPool,
+    store: &'a dyn AccountUsageStore,
+    clock: &'a dyn Clock,
+    state: Mutex<LedgerState>,
+}
+
+impl<'a> QuotaLedger<'a> {
+    pub fn new(pool: &'a AccountPool, store: &'a dyn AccountUsageStore, clock: &'a dyn Clock) -> Self {
+        Self { pool, store, clock, state: Mutex::new(LedgerState::default()) }
+    }
+
+    fn usable(&self, st: &LedgerState) -> Vec<AccountQuota> {
+        self.pool.accounts.iter().map(|a| a.config.quota()).filter(|q| !st.exhausted.contains(&q.id)).collect()
+    }
+
+    /// Reserves `units` up front (the number of charts of the step). An empty grant is not an error here: each call
+    /// will then fail with `CHART_API_LIMIT_EXCEEDED`.
+    pub async fn reserve(&self, units: u32) -> Result<(), StoreError> {
+        let mut st = self.state.lock().await;
+        let usable = self.usable(&st);
+        let grants = self.store.reserve(&usable, units, self.clock.now()).await?;
+        st.depleted = grants.is_empty();
+        st.held.extend(grants);
+        Ok(())
+    }
+
+    /// Takes one unit for one call, topping up with a reservation of `top_up` units when nothing is held.
+    pub async fn acquire(&self, top_up: u32) -> Result<&'a Account, AcquireError> {
+        let mut st = self.state.lock().await;
+        loop {
+            let exhausted = st.exhausted.clone();
+            if let Some(g) = st.held.iter_mut().find(|g| g.units > 0 && !exhausted.contains(&g.account)) {
+                g.units -= 1;
+                let id = g.account.clone();
+                match st.spent.iter_mut().find(|(a, _)| *a == id) {
+                    Some((_, n)) => *n += 1,
+                    None => st.spent.push((id.clone(), 1)),
+                }
+                return self.pool.get(&id).ok_or_else(|| AcquireError::AllExhausted(id.to_string()));
+            }
+            let usable = self.usable(&st);
+            if st.depleted || usable.is_empty() {
+                let names: Vec<&str> = self.pool.accounts.iter().map(|a| a.config.id.as_str()).collect();
+                return Err(AcquireError::AllExhausted(names.join(", ")));
+            }
+            let grants = self.store.reserve(&usable, top_up.max(1), self.clock.now()).await?;
+            st.depleted = grants.is_empty();
+            st.held.extend(grants);
+        }
+    }
+
+    /// After `429 Limit Exceeded`: the account is out for today. Its held units go back, and the store marks it.
+    pub async fn exhaust(&self, account: &Account) {
+        let mut st = self.state.lock().await;
+        let id = account.config.id.clone();
+        if !st.exhausted.insert(id.clone()) {
+            return;
+        }
+        let now = self.clock.now();
+        let held: Vec<Grant> = st.held.iter().filter(|g| g.account == id && g.units > 0).cloned().collect();
+        st.held.retain(|g| g.account != id);
+        drop(st);
+        for g in held {
+            if let Err(e) = self.store.give_back(&g.account, g.day, g.units, now).await {
+                warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
+            }
+        }
+        if let Err(e) = self.store.mark_exhausted(&account.config.quota(), now.date_naive(), now).await {
+            warn!(event = "quota_mark_exhausted_failed", account = %id, error = %e, "could not mark the account exhausted");
+        }
+    }
+
+    /// Gives back every unit still held. Failures only over-count, which the invariant allows; they are logged.
+    pub async fn finish(&self) -> Vec<(AccountId, u32)> {
+        let mut st = self.state.lock().await;
+        let held = std::mem::take(&mut st.held);
+        let spent = st.spent.clone();
+        drop(st);
+        let now = self.clock.now();
+        for g in held.into_iter().filter(|g| g.units > 0) {
+            if let Err(e) = self.store.give_back(&g.account, g.day, g.units, now).await {
+                warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
+            }
+        }
+        spent
+    }
+}

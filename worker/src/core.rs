@@ -187,7 +187,7 @@ impl StepRun<'_> {
                 return Ok(noop(run, Some(&step_id), format!("step {step_id} is {status}, not READY")));
             }
             ClaimOutcome::StepNotFound { step_id } => {
-                let message = format!("stepId: flow_runs/{run} has no step {step_id:?}");
+                let message = format!("stepId: flow_runs/{run} has no step \"{step_id}\"");
                 return Ok(StepReport::Rejected {
                     run_id: run.to_string(),
                     step_id: Some(step_id.to_string()),
@@ -489,7 +489,10 @@ impl StepRun<'_> {
                 let ms = started.elapsed().as_millis() as u64;
                 match &result {
                     Ok(img) => info!(event = "chart_api_call_finished", chartTemplateId = template, account = %id, ok = true, bytes = img.bytes.len(), ms, "Chart-IMG answered an image"),
-                    Err(e) => warn!(event = "chart_api_call_finished", chartTemplateId = template, account = %id, ok = false, error = %e, httpStatus = e.http_status(), ms, "Chart-IMG call failed"),
+                    Err(e) => {
+                        let error = w.accounts.redact(&e.to_string());
+                        warn!(event = "chart_api_call_finished", chartTemplateId = template, account = %id, ok = false, error = %error, httpStatus = e.http_status(), ms, "Chart-IMG call failed")
+                    }
                 }
                 match result {
                     Err(ChartApiError::LimitExceeded) => ledger.exhaust(account).await,
@@ -504,13 +507,22 @@ impl StepRun<'_> {
             .when(|e| matches!(e, AttemptError::Api(api) if api.is_retryable()))
             .notify(|e, after| {
                 if let AttemptError::Api(api) = e {
-                    warn!(event = "chart_api_retry", chartTemplateId = template, error = %api, after_ms = after.as_millis() as u64, "retrying Chart-IMG call");
+                    let error = w.accounts.redact(&api.to_string());
+                    warn!(event = "chart_api_retry", chartTemplateId = template, error = %error, after_ms = after.as_millis() as u64, "retrying Chart-IMG call");
                 }
             })
             .await
-            .map_err(|e| match e {
-                AttemptError::Api(api) => ChartFailure::from_api(api),
-                AttemptError::Fatal(f) => f,
+            .map_err(|e| {
+                let mut f = match e {
+                    AttemptError::Api(api) => ChartFailure::from_api(api),
+                    AttemptError::Fatal(f) => f,
+                };
+                f.message = w.accounts.redact(&f.message);
+                if let Some(d) = f.details.take() {
+                    let text = w.accounts.redact(&d.to_string());
+                    f.details = Some(serde_json::from_str(&text).unwrap_or(Value::String(text)));
+                }
+                f
             })
     }
 }

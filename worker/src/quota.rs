@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Mutex;
 use tracing::warn;
@@ -57,6 +58,20 @@ impl AccountPool {
 
     pub fn accounts(&self) -> &[Account] {
         &self.accounts
+    }
+
+    /// Replaces every configured API key in `text` with `<CHART_IMG_API_KEY:account>`. Applied to every message that
+    /// carries text from outside (API error bodies, transport errors) before it is logged or stored, in case an
+    /// upstream ever echoes a key back.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for a in self.accounts.iter() {
+            let key = a.config.api_key.expose_secret();
+            if !key.is_empty() && out.contains(key) {
+                out = out.replace(key, &format!("<CHART_IMG_API_KEY:{}>", a.config.id));
+            }
+        }
+        out
     }
 
     fn get(&self, id: &AccountId) -> Option<&Account> {

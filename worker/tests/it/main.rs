@@ -1,0 +1,10 @@
+//! The worker's one integration-test binary. Modules:
+//! - `support`: in-memory worker, scripted renderer, fixed clock.
+//! - `core`: the step flow over in-memory adapters.
+//! - `client`: the Chart-IMG HTTP client against `wiremock`.
+//! - `cli`: the built binary run on files.
+
+mod cli;
+mod client;
+mod core;
+mod support;

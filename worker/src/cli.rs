@@ -30,6 +30,20 @@ pub struct Cli {
 pub enum Command {
     /// Run one step of a flow-run JSON file on the local state directory (no cloud needed).
     RunLocal(RunLocalArgs),
+    /// The Cloud Run entrypoint: serve Eventarc Firestore events on 0.0.0.0:$PORT (configuration from the
+    /// environment; Firestore and Cloud Storage, or their emulators).
+    Serve(ServeArgs),
+    /// The local demo: start a mock Chart-IMG server in this process, run a sample flow run through the worker on
+    /// the embedded backend, and print where the PNGs and the manifest are.
+    #[cfg(feature = "demo")]
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Log lines as text instead of Cloud Logging JSON (JSON on stdout is what Cloud Run expects).
+    #[arg(long)]
+    pub text_logs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -38,7 +52,7 @@ pub enum OutputFormat {
     Json,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunLocalArgs {
     /// The flow run: the `flow_runs/{runId}` document, optionally with a top-level `runId`.
     pub flow_run: PathBuf,
@@ -93,6 +107,28 @@ pub async fn main_with(cli: Cli) -> i32 {
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     e.downcast_ref::<Exit>().map(|x| x.0).unwrap_or(2)
+                }
+            }
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => {
+            telemetry::init_with_default(LogFormat::Text, true, "warn");
+            match crate::demo::run(args).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            }
+        }
+        Command::Serve(args) => {
+            telemetry::init(if args.text_logs { LogFormat::Text } else { LogFormat::Json }, false);
+            match crate::serve::main_from_env().await {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(event = "serve_failed", error = %format!("{e:#}"), "serve failed");
+                    eprintln!("error: {e:#}");
+                    2
                 }
             }
         }
@@ -159,7 +195,12 @@ pub fn worker_id(prefix: &str) -> WorkerId {
 }
 
 async fn run_local(args: RunLocalArgs) -> anyhow::Result<i32> {
-    let mut settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    run_local_with(settings, args).await
+}
+
+/// `run-local` on given settings (the flags override them).
+pub async fn run_local_with(mut settings: Settings, args: RunLocalArgs) -> anyhow::Result<i32> {
     if let Some(m) = &args.mode {
         settings.mode = m.parse::<ChartImgMode>().map_err(|e| anyhow::anyhow!("--mode: {}", e.problem))?;
     }

@@ -132,11 +132,10 @@ pub async fn run_chart_export_step(
     selector: &StepSelector,
     observer: Option<&dyn StepObserver>,
 ) -> Result<StepReport, CoreError> {
-    let step_hint = match selector {
-        StepSelector::Explicit(s) => s.to_string(),
-        StepSelector::First => String::new(),
-    };
-    let span = info_span!("step", runId = %run, stepId = %step_hint);
+    let span = info_span!("step", runId = %run, stepId = tracing::field::Empty);
+    if let StepSelector::Explicit(s) = selector {
+        span.record("stepId", s.as_str());
+    }
     StepRun { w, run, observer }.run(selector).instrument(span).await
 }
 

@@ -23,10 +23,14 @@ pub mod chartimg;
 pub mod cli;
 pub mod config;
 pub mod core;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod domain;
+pub mod eventarc;
 pub mod ports;
 pub mod quota;
 pub mod renderers;
+pub mod serve;
 pub mod telemetry;
 
 pub use crate::core::{run_chart_export_step, CoreSettings, StepReport, Worker};

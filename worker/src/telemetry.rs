@@ -120,7 +120,12 @@ pub enum LogFormat {
 /// Installs the global subscriber: JSON or text on stderr (`to_stderr`) or stdout, filtered by `RUST_LOG`
 /// (default `info`). Calling it twice is harmless.
 pub fn init(format: LogFormat, to_stderr: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_default(format, to_stderr, "info")
+}
+
+/// [`init`] with another default level when `RUST_LOG` is unset.
+pub fn init_with_default(format: LogFormat, to_stderr: bool, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match (format, to_stderr) {
         (LogFormat::Json, true) => registry.with(CloudLoggingLayer::new(std::io::stderr)).try_init(),

@@ -275,7 +275,7 @@ impl FirestoreStore {
         let mut client = self.client();
         let database = self.database_path().to_owned();
         tokio::spawn(async move {
-            let _ = client.rollback(fs::RollbackRequest { database, transaction }).await;
+            let _ = client.rollback(fs::RollbackRequest { database, transaction, ..Default::default() }).await;
         });
     }
 

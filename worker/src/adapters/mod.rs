@@ -3,6 +3,10 @@
 
 pub mod artifacts;
 pub mod docs;
+pub mod firestore;
+pub mod gcs;
 
 pub use artifacts::{LocalArtifacts, MemoryArtifacts};
 pub use docs::{JsonDocs, LocalBackend, MemoryBackend};
+pub use firestore::FirestoreStore;
+pub use gcs::GcsArtifacts;

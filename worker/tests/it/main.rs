@@ -6,5 +6,9 @@
 
 mod cli;
 mod client;
+mod contract;
 mod core;
+mod modes;
+mod emulators;
+mod serve;
 mod support;

@@ -1,0 +1,100 @@
+//! `CHART_IMG_MODE=record` and `mock` through the real binary: record a step through `mock-chart-img` over HTTP,
+//! replay it with no server at all and get the same bytes; a request the cassette lacks fails with
+//! `CHART_API_MOCK_MISSING` and a report naming the closest recorded request.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_worker-chart-export");
+
+fn write_inputs(dir: &Path, run: &Value, templates: &[(&str, Value)]) {
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    for (id, t) in templates {
+        std::fs::write(dir.join("templates").join(format!("{id}.json")), t.to_string()).unwrap();
+    }
+    std::fs::write(dir.join("run-9.json"), run.to_string()).unwrap();
+}
+
+fn real_template(theme: &str) -> Value {
+    serde_json::json!({"chartImgSymbolTemplate": "BINANCE:{symbol}",
+                       "request": {"style": "candle", "theme": theme, "width": 800, "height": 600}})
+}
+
+async fn run_bin(dir: &Path, state: &str, extra: &[&str], accounts: &str) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run-local")
+        .arg(dir.join("run-9.json"))
+        .arg("--templates")
+        .arg(dir.join("templates"))
+        .arg("--state-dir")
+        .arg(dir.join(state))
+        .args(["--format", "json"])
+        .args(extra)
+        .env("CHART_IMG_ACCOUNTS_JSON", accounts)
+        .env_remove("CHART_IMG_MODE")
+        .env_remove("CHART_IMG_VCR_MODE")
+        .env_remove("CHART_IMG_BASE_URL")
+        .env_remove("CHART_IMG_CASSETTE_DIR");
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+fn images(dir: &Path, report: &Value) -> Vec<Vec<u8>> {
+    report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| std::fs::read(dir.join("gcs").join(i["gcsUri"].as_str().unwrap().strip_prefix("gs://").unwrap())).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn record_through_the_mock_server_then_replay_offline_byte_exact() {
+    let server = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    write_inputs(p, &flow_run(&["dark", "light"], 2), &[("dark", real_template("dark")), ("light", real_template("light"))]);
+    let cassette = p.join("cassette");
+    let accounts = accounts_json(&[("acc-1", KEY_1, 50)]);
+    let cassette_arg = cassette.display().to_string();
+
+    let rec = run_bin(p, "state-rec", &["--mode", "record", "--base-url", &server.base_url(), "--cassette-dir", &cassette_arg], &accounts).await;
+    assert_eq!(rec.status.code(), Some(0), "{}", String::from_utf8_lossy(&rec.stderr));
+    let rec_report: Value = serde_json::from_slice(&rec.stdout).unwrap();
+    let recorded = images(&p.join("state-rec"), &rec_report);
+    assert!(recorded.iter().all(|b| b.starts_with(b"\x89PNG")));
+    assert_ne!(recorded[0], recorded[1], "two templates, two different charts");
+    assert_eq!(server.state().usage("acc-1").unwrap().used_today, 2);
+    server.shutdown().await.unwrap();
+
+    // Nothing secret reached the cassette.
+    let cassette_text = std::fs::read_to_string(cassette.join(recorder::CASSETTE_FILE)).unwrap();
+    assert!(!cassette_text.contains(KEY_1) && cassette_text.contains("<CHART_IMG_API_KEY:acc-1>"), "{cassette_text}");
+
+    // Replay with the server gone (and a base URL nobody listens on): same bytes.
+    let rep = run_bin(p, "state-rep", &["--mode", "mock", "--base-url", "http://127.0.0.1:9", "--cassette-dir", &cassette_arg], &accounts).await;
+    assert_eq!(rep.status.code(), Some(0), "{}", String::from_utf8_lossy(&rep.stderr));
+    let rep_report: Value = serde_json::from_slice(&rep.stdout).unwrap();
+    assert_eq!(images(&p.join("state-rep"), &rep_report), recorded);
+
+    // A request the cassette does not hold: CHART_API_MOCK_MISSING, with the closest recorded request named.
+    write_inputs(p, &flow_run(&["dark", "light"], 2), &[("dark", real_template("dark")), ("light", real_template("light"))]);
+    let mut changed = flow_run(&["dark"], 1);
+    changed["steps"]["charts_4h"]["inputs"]["timeframe"] = serde_json::json!("1D");
+    std::fs::write(p.join("run-9.json"), changed.to_string()).unwrap();
+    let miss = run_bin(p, "state-miss", &["--mode", "mock", "--cassette-dir", &cassette_arg], &accounts).await;
+    assert_eq!(miss.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&miss.stdout).unwrap();
+    assert_eq!(report["code"], "CHART_API_MOCK_MISSING", "{report}");
+    let state: Value = serde_json::from_slice(&std::fs::read(p.join("state-miss/firestore/flow_runs/run-9.json")).unwrap()).unwrap();
+    let error = &state["steps"]["charts_4h"]["error"];
+    assert_eq!(error["code"], "CHART_API_MOCK_MISSING");
+    let details = error["details"].to_string();
+    assert!(details.contains("interval"), "the differing field is named: {details}");
+    assert!(!details.contains(KEY_1) && !String::from_utf8_lossy(&miss.stderr).contains(KEY_1));
+}

@@ -1,0 +1,9 @@
+//! The one integration-test binary of `recorder` (one binary links once: cheaper on a 2-core machine).
+
+mod determinism;
+mod lint;
+mod miss;
+mod modes;
+mod parallel;
+mod roundtrip;
+mod support;

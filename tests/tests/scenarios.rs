@@ -84,7 +84,9 @@ fn scenarios() {
             }),
         });
     });
-    assert!(*played.lock().unwrap() >= 30, "the catalogue has at least 30 scenarios");
+    if std::env::var("INSTA_GLOB_FILTER").is_err() {
+        assert!(*played.lock().unwrap() >= 30, "the catalogue has at least 30 scenarios");
+    }
 }
 
 /// Every snapshot belongs to a scenario that snapshots its manifest, and none is pending review.

@@ -22,7 +22,7 @@ use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::Error as GcsError;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use token_source::TokenSource;
+use token_source::{TokenSource, TokenSourceProvider};
 use tracing::debug;
 
 use crate::domain::ObjectRef;
@@ -36,16 +36,23 @@ pub const PRODUCTION_ENDPOINT: &str = "https://storage.googleapis.com";
 /// Cloud Storage through its JSON API. Cheap to clone.
 #[derive(Clone)]
 pub struct GcsArtifacts {
-    /// The crate's client: object metadata and downloads.
-    client: Client,
-    /// Plain HTTP for the multipart upload (see the module documentation).
-    http: reqwest::Client,
+    /// The HTTP clients, built on first use: building one loads the system's CA certificates (about 10 ms), which
+    /// has no place on the path to the first health answer of a cold Cloud Run instance.
+    clients: Arc<tokio::sync::OnceCell<Clients>>,
     /// `https://storage.googleapis.com`, or the emulator's `http://host:port`.
     endpoint: String,
     /// `None` against an emulator: requests go unauthenticated.
     token: Option<Arc<dyn TokenSource>>,
     /// Attempts of one upload on a transient failure (5xx, 429, transport); uploads are idempotent per mode.
     attempts: u32,
+}
+
+/// One `reqwest` client (one TLS root store) shared by the crate's client and the upload.
+struct Clients {
+    /// The crate's client: object metadata and downloads.
+    client: Client,
+    /// Plain HTTP for the multipart upload (see the module documentation).
+    http: reqwest::Client,
 }
 
 impl fmt::Debug for GcsArtifacts {
@@ -76,8 +83,7 @@ impl GcsArtifacts {
     /// An emulator (or any endpoint) with anonymous credentials.
     pub fn emulator(endpoint: &str) -> Self {
         let endpoint = endpoint.trim_end_matches('/').to_owned();
-        let config = ClientConfig { storage_endpoint: endpoint.clone(), ..Default::default() }.anonymous();
-        Self { client: Client::new(config), http: http_client(), endpoint, token: None, attempts: 3 }
+        Self { clients: Arc::default(), endpoint, token: None, attempts: 3 }
     }
 
     /// `storage.googleapis.com` with Application Default Credentials (on Cloud Run: the service account).
@@ -87,7 +93,25 @@ impl GcsArtifacts {
             .await
             .map_err(|e| ArtifactError::Unavailable(format!("no Google credentials for Cloud Storage: {e}")))?;
         let token = config.token_source_provider.as_ref().map(|p| p.token_source());
-        Ok(Self { client: Client::new(config), http: http_client(), endpoint: PRODUCTION_ENDPOINT.to_owned(), token, attempts: 3 })
+        Ok(Self { clients: Arc::default(), endpoint: PRODUCTION_ENDPOINT.to_owned(), token, attempts: 3 })
+    }
+
+    /// The clients, built once. The crate's client gets the shared `reqwest` client and this adapter's token
+    /// source, so both paths authenticate the same way.
+    async fn clients(&self) -> &Clients {
+        self.clients
+            .get_or_init(|| async {
+                let http = http_client();
+                let token = self.token.clone();
+                let config = ClientConfig {
+                    http: Some(reqwest_middleware::ClientBuilder::new(http.clone()).build()),
+                    storage_endpoint: self.endpoint.clone(),
+                    token_source_provider: token.map(|t| Box::new(SharedToken(t)) as Box<dyn TokenSourceProvider>),
+                    ..Default::default()
+                };
+                Clients { client: Client::new(config), http }
+            })
+            .await
     }
 
     pub fn endpoint(&self) -> &str {
@@ -124,6 +148,8 @@ impl GcsArtifacts {
         body.extend_from_slice(bytes);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
         let mut request = self
+            .clients()
+            .await
             .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, format!("multipart/related; boundary={boundary}"))
@@ -146,6 +172,16 @@ impl GcsArtifacts {
             429 | 500..=599 => Err(Attempt::Transient(format!("upload of {obj}: HTTP {status}: {detail}"))),
             _ => Err(Attempt::Final(ArtifactError::Other(format!("upload of {obj}: HTTP {status}: {detail}")))),
         }
+    }
+}
+
+/// Hands the adapter's token source to the crate's client.
+#[derive(Debug)]
+struct SharedToken(Arc<dyn TokenSource>);
+
+impl TokenSourceProvider for SharedToken {
+    fn token_source(&self) -> Arc<dyn TokenSource> {
+        self.0.clone()
     }
 }
 
@@ -196,12 +232,13 @@ impl ArtifactStore for GcsArtifacts {
 
     async fn get(&self, obj: &ObjectRef) -> Result<Option<StoredObject>, ArtifactError> {
         let req = GetObjectRequest { bucket: obj.bucket.clone(), object: obj.path.clone(), ..Default::default() };
-        let meta = match self.client.get_object(&req).await {
+        let client = &self.clients().await.client;
+        let meta = match client.get_object(&req).await {
             Ok(m) => m,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(read_error(obj, e)),
         };
-        let bytes = match self.client.download_object(&req, &Range::default()).await {
+        let bytes = match client.download_object(&req, &Range::default()).await {
             Ok(b) => b,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(read_error(obj, e)),

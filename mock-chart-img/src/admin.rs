@@ -1,0 +1,243 @@
+//! The admin API under `/__admin`: health, journal, usage, reset, keys and faults at run time, and the OpenAPI
+//! document of all of it (generated from these handlers by `utoipa`, so it cannot drift from the code).
+//!
+//! **Invariant:** no admin answer contains an API key; keys are named by their account.
+
+use std::sync::atomic::Ordering;
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+    Json, Router,
+};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::{
+    accounts::Usage,
+    config::{KeyConfig, LimitOverrides},
+    faults::{FaultKind, FaultSpec, InstalledFault, Route},
+    journal::{JournalEntry, JournalQuery},
+    plan::{Plan, PlanLimits, PlanName},
+    state::AppState,
+};
+
+/// The OpenAPI document of the admin API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "mock-chart-img admin API", description = "Control and inspect a running mock Chart-IMG server."),
+    paths(health, requests, clear_requests, usage, usage_of, reset, list_keys, add_key, remove_key, list_faults, add_fault,
+          remove_fault, clear_faults, openapi_json),
+    components(schemas(Health, JournalEntry, Usage, KeySummary, KeyConfig, LimitOverrides, Plan, PlanLimits, PlanName,
+                       FaultSpec, FaultKind, Route, InstalledFault, Created, AdminError))
+)]
+pub struct AdminApi;
+
+/// `GET /__admin/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` while the server answers.
+    pub status: String,
+    /// Crate version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Configured keys.
+    pub keys: usize,
+    /// Installed faults.
+    pub faults: usize,
+    /// Entries in the journal.
+    pub journal_len: usize,
+    /// Images rendered (cache misses).
+    pub renders: u64,
+    /// Images answered from the render cache.
+    pub cache_hits: u64,
+}
+
+/// A key as the admin API shows it: by account, never the key itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeySummary {
+    /// The account id.
+    pub account: String,
+    /// `BASIC` … `ENTERPRISE` or `custom`.
+    pub plan: String,
+    /// Whether the key is accepted.
+    pub active: bool,
+    /// Limits in force.
+    pub limits: PlanLimits,
+}
+
+/// Answer of a creation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Created {
+    /// Fault id, or account id for keys.
+    pub id: String,
+}
+
+/// An admin error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminError {
+    /// What went wrong.
+    pub message: String,
+}
+
+fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(AdminError { message: message.into() })).into_response()
+}
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/__admin/health", get(health))
+        .route("/__admin/requests", get(requests).delete(clear_requests))
+        .route("/__admin/usage", get(usage))
+        .route("/__admin/usage/{account}", get(usage_of))
+        .route("/__admin/reset", post(reset))
+        .route("/__admin/keys", get(list_keys).post(add_key))
+        .route("/__admin/keys/{account}", delete(remove_key))
+        .route("/__admin/faults", get(list_faults).post(add_fault).delete(clear_faults))
+        .route("/__admin/faults/{id}", delete(remove_fault))
+        .route("/__admin/openapi.json", get(openapi_json))
+}
+
+/// Liveness and a few counters.
+#[utoipa::path(get, path = "/__admin/health", responses((status = 200, body = Health)))]
+async fn health(State(st): State<AppState>) -> Json<Health> {
+    let s = &st.inner;
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_s: s.started.elapsed().as_secs(),
+        keys: s.accounts.all().len(),
+        faults: s.faults.list().len(),
+        journal_len: s.journal.len(),
+        renders: s.renders.load(Ordering::Relaxed),
+        cache_hits: s.cache_hits.load(Ordering::Relaxed),
+    })
+}
+
+/// The request journal, newest first.
+#[utoipa::path(get, path = "/__admin/requests", params(JournalQuery),
+    responses((status = 200, body = Vec<JournalEntry>)))]
+async fn requests(State(st): State<AppState>, Query(q): Query<JournalQuery>) -> Json<Vec<JournalEntry>> {
+    Json(st.inner.journal.query(&q))
+}
+
+/// Empties the journal.
+#[utoipa::path(delete, path = "/__admin/requests", responses((status = 204)))]
+async fn clear_requests(State(st): State<AppState>) -> StatusCode {
+    st.inner.journal.clear();
+    StatusCode::NO_CONTENT
+}
+
+/// Usage of every account for the current UTC day.
+#[utoipa::path(get, path = "/__admin/usage", responses((status = 200, body = Vec<Usage>)))]
+async fn usage(State(st): State<AppState>) -> Json<Vec<Usage>> {
+    let today = st.inner.clock.now().date_naive();
+    Json(st.inner.accounts.all().iter().map(|a| a.usage(today)).collect())
+}
+
+/// Usage of one account.
+#[utoipa::path(get, path = "/__admin/usage/{account}", params(("account" = String, Path)),
+    responses((status = 200, body = Usage), (status = 404, body = AdminError)))]
+async fn usage_of(State(st): State<AppState>, Path(account): Path<String>) -> Response {
+    let today = st.inner.clock.now().date_naive();
+    match st.inner.accounts.all().iter().find(|a| a.id() == account) {
+        Some(a) => Json(a.usage(today)).into_response(),
+        None => admin_error(StatusCode::NOT_FOUND, format!("no account `{account}`")),
+    }
+}
+
+/// Forgets usage counters (and refills rate buckets) and empties the journal.
+#[utoipa::path(post, path = "/__admin/reset", responses((status = 204)))]
+async fn reset(State(st): State<AppState>) -> StatusCode {
+    st.inner.accounts.reset();
+    st.inner.journal.clear();
+    StatusCode::NO_CONTENT
+}
+
+/// The configured keys, by account.
+#[utoipa::path(get, path = "/__admin/keys", responses((status = 200, body = Vec<KeySummary>)))]
+async fn list_keys(State(st): State<AppState>) -> Json<Vec<KeySummary>> {
+    Json(
+        st.inner
+            .accounts
+            .all()
+            .iter()
+            .map(|a| KeySummary {
+                account: a.id().to_string(),
+                plan: a.config.plan.label().to_string(),
+                active: a.config.active,
+                limits: a.limits,
+            })
+            .collect(),
+    )
+}
+
+/// Adds a key (or replaces the key of the same value, resetting its counters).
+#[utoipa::path(post, path = "/__admin/keys", request_body = KeyConfig,
+    responses((status = 201, body = Created), (status = 400, body = AdminError), (status = 409, body = AdminError)))]
+async fn add_key(State(st): State<AppState>, Json(key): Json<KeyConfig>) -> Response {
+    if let Err(m) = key.validate() {
+        return admin_error(StatusCode::BAD_REQUEST, m);
+    }
+    let id = key.account.clone();
+    match st.inner.accounts.upsert(key) {
+        Ok(()) => (StatusCode::CREATED, Json(Created { id })).into_response(),
+        Err(m) => admin_error(StatusCode::CONFLICT, m),
+    }
+}
+
+/// Removes the key of an account.
+#[utoipa::path(delete, path = "/__admin/keys/{account}", params(("account" = String, Path)),
+    responses((status = 204), (status = 404, body = AdminError)))]
+async fn remove_key(State(st): State<AppState>, Path(account): Path<String>) -> Response {
+    if st.inner.accounts.remove_account(&account) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        admin_error(StatusCode::NOT_FOUND, format!("no account `{account}`"))
+    }
+}
+
+/// Installed faults with their progress.
+#[utoipa::path(get, path = "/__admin/faults", responses((status = 200, body = Vec<InstalledFault>)))]
+async fn list_faults(State(st): State<AppState>) -> Json<Vec<InstalledFault>> {
+    Json(st.inner.faults.list())
+}
+
+/// Installs a fault.
+#[utoipa::path(post, path = "/__admin/faults", request_body = FaultSpec,
+    responses((status = 201, body = Created), (status = 400, body = AdminError)))]
+async fn add_fault(State(st): State<AppState>, Json(spec): Json<FaultSpec>) -> Response {
+    if let Err(m) = spec.validate() {
+        return admin_error(StatusCode::BAD_REQUEST, m);
+    }
+    let id = st.inner.faults.add(spec, "admin");
+    (StatusCode::CREATED, Json(Created { id: id.to_string() })).into_response()
+}
+
+/// Removes one fault.
+#[utoipa::path(delete, path = "/__admin/faults/{id}", params(("id" = u64, Path)),
+    responses((status = 204), (status = 404, body = AdminError)))]
+async fn remove_fault(State(st): State<AppState>, Path(id): Path<u64>) -> Response {
+    if st.inner.faults.remove(id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        admin_error(StatusCode::NOT_FOUND, format!("no fault {id}"))
+    }
+}
+
+/// Removes every fault (those from the config file too, until the next reload).
+#[utoipa::path(delete, path = "/__admin/faults", responses((status = 204)))]
+async fn clear_faults(State(st): State<AppState>) -> StatusCode {
+    st.inner.faults.clear();
+    StatusCode::NO_CONTENT
+}
+
+/// This document.
+#[utoipa::path(get, path = "/__admin/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document")))]
+async fn openapi_json() -> Response {
+    Json(serde_json::to_value(AdminApi::openapi()).unwrap_or_else(|e| json!({ "error": e.to_string() }))).into_response()
+}

@@ -1,0 +1,350 @@
+//! The server's configuration: keys and their plans, faults, capacities, seed. Read from YAML or TOML, or built in
+//! code with the `with_*` methods. Parsing validates everything up front so a bad file is refused with its line
+//! before the server answers a single request.
+
+use std::{fmt, path::Path, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    faults::FaultSpec,
+    plan::{Plan, PlanLimits},
+};
+
+/// Everything the server needs to start. `Config::default()` has no keys: every chart request is `403 Forbidden`
+/// until keys are added (in code, in the file, or with `POST /__admin/keys`).
+///
+/// ```
+/// use mock_chart_img::{Config, FaultSpec, Plan};
+///
+/// let config = Config::default()
+///     .with_seed(7)
+///     .with_key("key-1", "acc-1", Plan::PRO)
+///     .with_fault(FaultSpec::status_sequence([503, 503, 200]).for_account("acc-1"));
+/// assert_eq!(config.keys.len(), 1);
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Mixed into the chart data and into the fault dice: the same seed gives the same bytes and the same faults.
+    pub seed: u64,
+    /// The API keys the server accepts.
+    pub keys: Vec<KeyConfig>,
+    /// Faults installed at start (the admin API can add more at run time).
+    pub faults: Vec<FaultSpec>,
+    /// How many requests the journal keeps (oldest dropped first). Bounds the journal's memory.
+    pub journal_capacity: usize,
+    /// How many rendered images the cache keeps.
+    pub render_cache_capacity: usize,
+    /// How many `/storage` images stay downloadable (oldest dropped first).
+    pub storage_capacity: usize,
+    /// Base of the URLs handed out by the `/storage` route; by default the `Host` the request came to.
+    pub public_url: Option<String>,
+    /// `EXCHANGE:SYMBOL` values answered with `422 {"message":"Invalid Symbol"}` although well-formed.
+    pub invalid_symbols: Vec<String>,
+    /// Exchanges accepted besides the built-in list; a symbol on any other exchange is an `Invalid Symbol`.
+    pub extra_exchanges: Vec<String>,
+    /// Answer from recorded cassettes (see the README).
+    pub replay: Option<ReplayConfig>,
+    /// The clock of the daily quota; not part of the file format.
+    #[serde(skip, default = "system_clock")]
+    pub clock: Arc<dyn Clock>,
+}
+
+fn system_clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            seed: 0,
+            keys: Vec::new(),
+            faults: Vec::new(),
+            journal_capacity: 1000,
+            render_cache_capacity: 128,
+            storage_capacity: 256,
+            public_url: None,
+            invalid_symbols: Vec::new(),
+            extra_exchanges: Vec::new(),
+            replay: None,
+            clock: system_clock(),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("seed", &self.seed)
+            .field("keys", &self.keys)
+            .field("faults", &self.faults)
+            .field("journal_capacity", &self.journal_capacity)
+            .field("render_cache_capacity", &self.render_cache_capacity)
+            .field("storage_capacity", &self.storage_capacity)
+            .field("public_url", &self.public_url)
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Replay of recorded interactions from a cassette directory written by the `recorder` crate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// The cassette directory.
+    #[schema(value_type = String)]
+    pub dir: std::path::PathBuf,
+    /// `true`: a request with no recorded match is answered with the documented miss error instead of a rendering.
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// One API key, the account it belongs to and its plan.
+///
+/// The key itself is a secret: it is never shown by `Debug`, the journal, the logs or the admin API, which all
+/// name the account instead.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The value of the `x-api-key` header.
+    pub key: String,
+    /// The account id the key is shown as.
+    pub account: String,
+    /// The plan; `BASIC` when left out.
+    #[serde(default = "basic")]
+    pub plan: Plan,
+    /// `false` answers `403 Forbidden` as the real service does for an inactive key.
+    #[serde(default = "yes")]
+    pub active: bool,
+    /// Overrides of single limits on top of the plan (for ENTERPRISE contracts, say).
+    #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
+    pub overrides: LimitOverrides,
+}
+
+fn basic() -> Plan {
+    Plan::BASIC
+}
+fn yes() -> bool {
+    true
+}
+
+/// Single limits that replace the plan's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct LimitOverrides {
+    pub rate_per_sec: Option<f64>,
+    pub burst: Option<u32>,
+    pub daily_limit: Option<u32>,
+    pub max_width: Option<u32>,
+    pub max_height: Option<u32>,
+    pub max_params: Option<u32>,
+}
+
+impl LimitOverrides {
+    fn is_empty(&self) -> bool {
+        *self == LimitOverrides::default()
+    }
+}
+
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("key", &"<redacted>")
+            .field("account", &self.account)
+            .field("plan", &self.plan)
+            .field("active", &self.active)
+            .field("overrides", &self.overrides)
+            .finish()
+    }
+}
+
+impl KeyConfig {
+    /// An active key on `plan`.
+    pub fn new(key: impl Into<String>, account: impl Into<String>, plan: Plan) -> Self {
+        KeyConfig { key: key.into(), account: account.into(), plan, active: true, overrides: LimitOverrides::default() }
+    }
+
+    /// The plan's limits with the overrides applied.
+    pub fn limits(&self) -> PlanLimits {
+        let mut l = self.plan.limits();
+        let o = &self.overrides;
+        l.rate_per_sec = o.rate_per_sec.unwrap_or(l.rate_per_sec);
+        l.burst = o.burst.unwrap_or(l.burst);
+        l.daily_limit = o.daily_limit.unwrap_or(l.daily_limit);
+        l.max_width = o.max_width.unwrap_or(l.max_width);
+        l.max_height = o.max_height.unwrap_or(l.max_height);
+        l.max_params = o.max_params.unwrap_or(l.max_params);
+        l
+    }
+
+    /// Checks the limits make sense; the message names the account.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.key.is_empty() {
+            return Err(format!("account `{}`: `key` must not be empty", self.account));
+        }
+        if self.account.is_empty() {
+            return Err("a key has an empty `account`".into());
+        }
+        let l = self.limits();
+        if !(l.rate_per_sec.is_finite() && l.rate_per_sec > 0.0) {
+            return Err(format!("account `{}`: `rate_per_sec` must be a positive number", self.account));
+        }
+        if l.burst == 0 {
+            return Err(format!("account `{}`: `burst` must be at least 1", self.account));
+        }
+        if l.max_width < 400 || l.max_height < 300 {
+            return Err(format!("account `{}`: max size must be at least 400x300", self.account));
+        }
+        Ok(())
+    }
+}
+
+/// A config file that cannot be used, with the place of the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file (or `<string>`).
+    pub path: String,
+    /// 1-based line of the problem, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The two file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFormat {
+    /// `.yaml` / `.yml` (also JSON, which is YAML).
+    Yaml,
+    /// `.toml`.
+    Toml,
+}
+
+impl Config {
+    /// Adds an active key on `plan`.
+    pub fn with_key(mut self, key: impl Into<String>, account: impl Into<String>, plan: Plan) -> Self {
+        self.keys.push(KeyConfig::new(key, account, plan));
+        self
+    }
+
+    /// Adds a fully specified key (overrides, inactive keys).
+    pub fn with_key_config(mut self, key: KeyConfig) -> Self {
+        self.keys.push(key);
+        self
+    }
+
+    /// Sets the seed of the chart data and of the fault dice.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Installs a fault at start.
+    pub fn with_fault(mut self, fault: FaultSpec) -> Self {
+        self.faults.push(fault);
+        self
+    }
+
+    /// Replaces the clock of the daily quota (a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the journal's capacity.
+    pub fn with_journal_capacity(mut self, capacity: usize) -> Self {
+        self.journal_capacity = capacity;
+        self
+    }
+
+    /// Answers from cassettes (see [`ReplayConfig`]).
+    pub fn with_replay(mut self, dir: impl Into<std::path::PathBuf>, strict: bool) -> Self {
+        self.replay = Some(ReplayConfig { dir: dir.into(), strict });
+        self
+    }
+
+    /// Reads a config file; the format follows the extension (`.toml`, otherwise YAML).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { path: name.clone(), line: None, message: format!("cannot read: {e}") })?;
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => ConfigFormat::Toml,
+            _ => ConfigFormat::Yaml,
+        };
+        Config::parse(&text, format, &name)
+    }
+
+    /// Parses config text; `origin` names it in errors.
+    pub fn parse(text: &str, format: ConfigFormat, origin: &str) -> Result<Config, ConfigError> {
+        let err = |line: Option<usize>, message: String| ConfigError { path: origin.to_string(), line, message };
+        let config: Config = match format {
+            ConfigFormat::Yaml => {
+                // An empty file is an empty mapping, not an error: it is how one starts a config.
+                if text.trim().is_empty() {
+                    Config::default()
+                } else {
+                    serde_yaml::from_str(text).map_err(|e| {
+                        let line = e.location().map(|l| l.line());
+                        // serde_yaml appends "at line X column Y" itself; the line is already in our prefix.
+                        let msg = e.to_string();
+                        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                        err(line, msg)
+                    })?
+                }
+            }
+            ConfigFormat::Toml => toml::from_str(text).map_err(|e| {
+                let line = e.span().map(|s| line_of_offset(text, s.start));
+                err(line, e.message().to_string())
+            })?,
+        };
+        config.validate().map_err(|(needle, message)| err(needle.and_then(|(n, nth)| line_of_text(text, &n, nth)), message))?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: unique keys and accounts, sane limits, well-formed faults. On error, also returns
+    /// a piece of text to look for in the file, and which occurrence of it, so the message can name the line.
+    pub(crate) fn validate(&self) -> Result<(), (Option<(String, usize)>, String)> {
+        let mut keys = std::collections::HashSet::new();
+        let mut accounts = std::collections::HashMap::new();
+        for k in &self.keys {
+            let seen = accounts.entry(k.account.as_str()).or_insert(0usize);
+            let at = Some((k.account.clone(), *seen));
+            *seen += 1;
+            k.validate().map_err(|m| (at.clone(), m))?;
+            if *seen > 1 {
+                return Err((at, format!("account `{}` is listed twice", k.account)));
+            }
+            if !keys.insert(k.key.as_str()) {
+                // The message names the account, never the key: a config error may end up in CI logs.
+                return Err((at, format!("account `{}` reuses another account's key", k.account)));
+            }
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            let nth = self.faults[..i].iter().filter(|g| g.kind == f.kind).count();
+            f.validate().map_err(|m| (Some((f.kind.as_str().to_string(), nth)), m))?;
+        }
+        if self.journal_capacity == 0 || self.render_cache_capacity == 0 || self.storage_capacity == 0 {
+            return Err((Some(("capacity".into(), 0)), "capacities must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// The line of the `nth` occurrence of `needle` outside comments (e.g. the second `account: x` of a duplicate).
+fn line_of_text(text: &str, needle: &str, nth: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.split('#').next().is_some_and(|l| l.contains(needle)))
+        .map(|(i, _)| i + 1)
+        .nth(nth)
+}

@@ -1,0 +1,229 @@
+//! `mock-chart-img`: a standalone HTTP server that behaves like the Chart-IMG API v2, for tests and local runs.
+//!
+//! # Layout
+//! - [`config`](Config): keys with their [`Plan`], [`FaultSpec`]s, capacities, seed; parsed from YAML/TOML with the
+//!   line of any problem, or built in code.
+//! - `api`: the chart routes. Order of checks: faults → key → throttle → daily quota → body → fields → plan
+//!   limits → interval/symbol → render. `errors` holds every error body; `request` validates and normalizes.
+//! - `accounts`: keys → accounts, each with a `governor` rate limiter and a daily counter by UTC date
+//!   ([`Clock`] injectable).
+//! - `render`: deterministic charts (tiny-skia) encoded as PNG or JPEG, behind a bounded LRU cache.
+//! - `faults`: latency, status sequences, error rates, reset/empty/truncated/non-image answers.
+//! - `journal`: bounded ring buffer of requests; `admin`: the `/__admin` API and its OpenAPI document.
+//! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching.
+//!
+//! # Invariants
+//! - **API keys never leave the key map**: journal, logs, admin answers and `Debug` output name the account.
+//! - **Limits are exact under concurrency**: one atomic decision per request for the rate, one locked
+//!   check-and-increment for the quota.
+//! - **Same request, same bytes**: images depend only on the normalized request and the seed.
+//! - **Memory is bounded**: journal, render cache and storage are capped by the config.
+//!
+//! # Example
+//! ```
+//! # #[tokio::main] async fn main() -> anyhow::Result<()> {
+//! use mock_chart_img::{spawn, Config, Plan};
+//!
+//! let server = spawn(Config::default().with_key("key-1", "acc-1", Plan::PRO)).await?;
+//! // Point a Chart-IMG client at `server.base_url()` (e.g. CHART_IMG_BASE_URL).
+//! let url = format!("{}/v2/tradingview/advanced-chart", server.base_url());
+//! assert!(url.starts_with("http://127.0.0.1:"));
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod accounts;
+mod admin;
+mod api;
+mod clock;
+mod config;
+mod errors;
+mod faults;
+mod journal;
+mod plan;
+mod reload;
+mod render;
+mod replay;
+pub mod request;
+mod server;
+mod state;
+
+use std::{future::Future, net::SocketAddr};
+
+use axum::{
+    routing::{get, post},
+    Router,
+};
+use tokio::net::TcpListener;
+
+pub use accounts::Usage;
+pub use admin::AdminApi;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Config, ConfigError, ConfigFormat, KeyConfig, LimitOverrides, ReplayConfig};
+pub use errors::{documented_message, ApiError};
+pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
+pub use journal::{JournalEntry, JournalQuery};
+pub use plan::{Plan, PlanLimits, PlanName};
+pub use reload::{watch_config, ConfigWatcher};
+pub use render::{render, RenderError};
+pub use replay::{MISS_MESSAGE, MISS_STATUS};
+pub use server::serve;
+pub use state::AppState;
+
+/// The Chart-IMG routes only (what a client talks to).
+pub fn api_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2/tradingview/advanced-chart", post(api::advanced_chart))
+        .route("/v2/tradingview/advanced-chart/storage", post(api::advanced_chart_storage))
+        .route("/storage/{file}", get(api::stored_image))
+        .fallback(api::not_found)
+        .with_state(state)
+}
+
+/// The `/__admin` routes only, for serving on a separate (loopback) listener.
+pub fn admin_router(state: AppState) -> Router {
+    admin::router().fallback(api::not_found).with_state(state)
+}
+
+/// Chart-IMG routes and `/__admin` on one router: what [`run`] and [`spawn`] serve.
+///
+/// ```
+/// use mock_chart_img::{router, AppState, Config};
+/// let app = router(AppState::new(&Config::default()).unwrap());
+/// # let _ = app;
+/// ```
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2/tradingview/advanced-chart", post(api::advanced_chart))
+        .route("/v2/tradingview/advanced-chart/storage", post(api::advanced_chart_storage))
+        .route("/storage/{file}", get(api::stored_image))
+        .merge(admin::router())
+        .fallback(api::not_found)
+        .with_state(state)
+}
+
+/// Serves the API and `/__admin` on `listener` until `shutdown` completes. Bind the listener to loopback unless you
+/// mean to expose the admin API; the binary puts admin on its own loopback listener when `--listen` is not loopback.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let state = AppState::new(&config)?;
+    serve(listener, router(state), shutdown).await
+}
+
+/// A server running in the background on a random loopback port; shut down on drop or with
+/// [`shutdown`](MockServer::shutdown).
+///
+/// ```
+/// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+/// use mock_chart_img::{spawn, Config, FaultSpec, Plan};
+/// let server = spawn(Config::default().with_key("k", "acc", Plan::BASIC)).await?;
+/// let id = server.state().add_fault(FaultSpec::status_sequence([503, 200]));
+/// assert!(id > 0);
+/// assert!(server.admin_url().ends_with("/__admin"));
+/// # Ok(()) }
+/// ```
+pub struct MockServer {
+    addr: SocketAddr,
+    state: AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockServer").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// Starts a server for `config` on `127.0.0.1:0` (API and admin on the same port).
+pub async fn spawn(config: Config) -> anyhow::Result<MockServer> {
+    let state = AppState::new(&config)?;
+    spawn_with_state(state).await
+}
+
+/// Like [`spawn`], for a state you keep a handle on (e.g. to [`watch_config`] it).
+pub async fn spawn_with_state(state: AppState) -> anyhow::Result<MockServer> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state.clone());
+    let task = tokio::spawn(serve(listener, app, async move {
+        let _ = stopped.await;
+    }));
+    Ok(MockServer { addr, state, stop: Some(stop), task: Some(task) })
+}
+
+impl MockServer {
+    /// `http://127.0.0.1:PORT`: the base URL for a Chart-IMG client (no trailing slash).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/__admin`.
+    pub fn admin_url(&self) -> String {
+        format!("{}/__admin", self.base_url())
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The live state: add keys and faults, read usage and the journal from code.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits for the server task.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl AppState {
+    /// Installs a fault at run time; returns its id.
+    pub fn add_fault(&self, spec: FaultSpec) -> u64 {
+        self.inner.faults.add(spec, "admin")
+    }
+
+    /// Removes a fault; `false` if there was none with that id.
+    pub fn remove_fault(&self, id: u64) -> bool {
+        self.inner.faults.remove(id)
+    }
+
+    /// Adds (or replaces) a key at run time.
+    pub fn add_key(&self, key: KeyConfig) -> Result<(), String> {
+        key.validate()?;
+        self.inner.accounts.upsert(key)
+    }
+
+    /// Usage of `account` for the clock's current UTC day.
+    pub fn usage(&self, account: &str) -> Option<Usage> {
+        let today = self.inner.clock.now().date_naive();
+        self.inner.accounts.all().iter().find(|a| a.id() == account).map(|a| a.usage(today))
+    }
+
+    /// The journal, newest first.
+    pub fn journal(&self, query: &JournalQuery) -> Vec<JournalEntry> {
+        self.inner.journal.query(query)
+    }
+
+    /// Forgets usage and rate buckets and empties the journal.
+    pub fn reset(&self) {
+        self.inner.accounts.reset();
+        self.inner.journal.clear();
+    }
+}

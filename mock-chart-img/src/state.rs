@@ -1,0 +1,136 @@
+//! The shared state behind both routers. Every field is there for one reason, said next to it.
+
+use std::{
+    num::NonZeroUsize,
+    sync::{atomic::AtomicU64, Arc, Mutex, RwLock},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use lru::LruCache;
+
+use crate::{accounts::Accounts, clock::Clock, config::Config, faults::Faults, journal::Journal, replay::Replay};
+
+/// Everything the handlers share. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Settings {
+    pub seed: u64,
+    pub public_url: Option<String>,
+    pub invalid_symbols: Vec<String>,
+    pub extra_exchanges: Vec<String>,
+}
+
+/// A validated request and its cache key.
+pub(crate) struct Prepared {
+    pub request: crate::request::ChartRequest,
+    pub key: String,
+}
+
+/// An image handed out by the `/storage` route, kept until pushed out of the bounded store.
+#[derive(Clone)]
+pub(crate) struct Stored {
+    pub content_type: &'static str,
+    pub bytes: Bytes,
+}
+
+pub(crate) struct Shared {
+    /// Keys → accounts with their rate buckets and daily counters.
+    pub accounts: Accounts,
+    /// Installed faults and their progress.
+    pub faults: Faults,
+    /// Bounded request journal for the admin API.
+    pub journal: Journal,
+    /// Rendered images by normalized request: repeated requests cost no rendering.
+    pub cache: Mutex<LruCache<String, Bytes>>,
+    /// Valid request bodies, byte for byte, with their normalized form and cache key: a client repeating a request
+    /// (the common case, and the load benchmark's) skips JSON parsing and validation. Only bodies that validated
+    /// are kept, and validation depends on nothing but the body, so the memo can never disagree with it.
+    pub prepared: Mutex<LruCache<Bytes, Arc<Prepared>>>,
+    /// Images behind the URLs the `/storage` route hands out, by file name.
+    pub storage: Mutex<LruCache<String, Stored>>,
+    /// The parts of the config that may change on reload.
+    pub settings: RwLock<Settings>,
+    /// Clock of the daily quota (a manual one in tests).
+    pub clock: Arc<dyn Clock>,
+    /// Recorded interactions to answer from, when configured.
+    pub replay: RwLock<Option<Replay>>,
+    /// For `uptime_s` in the health answer.
+    pub started: Instant,
+    /// Counters for the health answer: how well the cache works.
+    pub renders: AtomicU64,
+    pub cache_hits: AtomicU64,
+}
+
+fn cap(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+impl AppState {
+    /// Builds the state for `config` (which should already be valid: files are checked by
+    /// [`Config::from_file`]; configs built in code are checked here).
+    pub fn new(config: &Config) -> anyhow::Result<AppState> {
+        config.validate().map_err(|(_, m)| anyhow::anyhow!("invalid config: {m}"))?;
+        let replay = match &config.replay {
+            Some(r) => Some(Replay::load(r)?),
+            None => None,
+        };
+        Ok(AppState {
+            inner: Arc::new(Shared {
+                accounts: Accounts::new(&config.keys),
+                faults: Faults::new(config.seed, &config.faults),
+                journal: Journal::new(config.journal_capacity),
+                cache: Mutex::new(LruCache::new(cap(config.render_cache_capacity))),
+                prepared: Mutex::new(LruCache::new(cap(1024))),
+                storage: Mutex::new(LruCache::new(cap(config.storage_capacity))),
+                settings: RwLock::new(Settings {
+                    seed: config.seed,
+                    public_url: config.public_url.clone(),
+                    invalid_symbols: config.invalid_symbols.clone(),
+                    extra_exchanges: config.extra_exchanges.clone(),
+                }),
+                clock: config.clock.clone(),
+                replay: RwLock::new(replay),
+                started: Instant::now(),
+                renders: AtomicU64::new(0),
+                cache_hits: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Applies a reloaded config: keys (accounts whose key and limits are unchanged keep their counters), faults
+    /// that came from the file (those added through the admin API stay), seed, symbols, replay. Capacities are
+    /// fixed at start.
+    pub fn apply_config(&self, config: &Config) -> anyhow::Result<()> {
+        config.validate().map_err(|(_, m)| anyhow::anyhow!("invalid config: {m}"))?;
+        let replay = match &config.replay {
+            Some(r) => Some(Replay::load(r)?),
+            None => None,
+        };
+        let s = &self.inner;
+        s.accounts.replace_all(&config.keys);
+        s.faults.replace_config(&config.faults);
+        let mut settings = s.settings.write().unwrap();
+        if settings.seed != config.seed {
+            // Cached images were drawn with the old seed.
+            s.cache.lock().unwrap().clear();
+        }
+        *settings = Settings {
+            seed: config.seed,
+            public_url: config.public_url.clone(),
+            invalid_symbols: config.invalid_symbols.clone(),
+            extra_exchanges: config.extra_exchanges.clone(),
+        };
+        *s.replay.write().unwrap() = replay;
+        Ok(())
+    }
+}

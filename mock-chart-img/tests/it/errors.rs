@@ -1,0 +1,185 @@
+//! Every row of the errors table of `chart-img-api.md`, with the exact body.
+
+use mock_chart_img::{Config, FaultSpec, KeyConfig, Plan};
+use serde_json::json;
+
+use crate::{json_of, msg, small, start, CHART};
+
+fn config() -> Config {
+    let mut inactive = KeyConfig::new("k-off", "acc-off", Plan::PRO);
+    inactive.active = false;
+    Config::default()
+        .with_key("k-basic", "acc-basic", Plan::BASIC)
+        .with_key("k-pro", "acc-pro", Plan::PRO)
+        .with_key("k-ent", "acc-ent", Plan::ENTERPRISE)
+        .with_key_config(inactive)
+}
+
+#[tokio::test]
+async fn forbidden_for_missing_unknown_and_inactive_keys() {
+    let ctx = start(config()).await;
+    assert_eq!(json_of(ctx.post(CHART, None, &small()).await).await, (403, msg("Forbidden")));
+    assert_eq!(json_of(ctx.post(CHART, Some(""), &small()).await).await, (403, msg("Forbidden")));
+    assert_eq!(ctx.chart_json("no-such-key", small()).await, (403, msg("Forbidden")));
+    assert_eq!(ctx.chart_json("k-off", small()).await, (403, msg("Forbidden")));
+}
+
+#[tokio::test]
+async fn bad_request_for_non_json_bodies() {
+    let ctx = start(config()).await;
+    let send = |ct: Option<&'static str>, body: &'static str| {
+        let mut rb = ctx.http.post(ctx.url(CHART)).header("x-api-key", "k-ent").body(body);
+        if let Some(ct) = ct {
+            rb = rb.header("content-type", ct);
+        }
+        rb.send()
+    };
+    for (ct, body) in [
+        (Some("application/json"), "{not json"),
+        (Some("application/json"), ""),
+        (Some("application/json"), "[1,2]"),
+        (Some("text/plain"), "{}"),
+        (None, "{}"),
+    ] {
+        let (status, body_json) = json_of(send(ct, body).await.unwrap()).await;
+        assert_eq!(status, 400, "{ct:?} {body:?}");
+        assert_eq!(body_json, msg("Bad Request"));
+    }
+    // A charset parameter is still JSON.
+    let r = send(Some("application/json; charset=utf-8"), "{}").await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn field_errors_use_the_array_form() {
+    let ctx = start(config()).await;
+    let (status, body) = ctx.chart_json("k-ent", json!({ "symbol": "BTCUSDT" })).await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        body,
+        json!([{ "value": "BTCUSDT", "msg": "must be a valid tradingview EXCHANGE:SYMBOL", "param": "symbol", "location": "body" }])
+    );
+
+    let (status, body) = ctx
+        .chart_json(
+            "k-ent",
+            json!({ "width": 399, "height": "tall", "style": "pie", "theme": "blue", "format": "gif",
+                    "shiftLeft": 0, "range": "2D", "studies": [{ "input": {} }],
+                    "drawings": [{ "name": "Horizontal Line", "zOrder": "middle" }] }),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let params: Vec<&str> = body.as_array().unwrap().iter().map(|e| e["param"].as_str().unwrap()).collect();
+    assert_eq!(
+        params,
+        ["width", "height", "style", "theme", "format", "range", "studies[0].name", "drawings[0].input", "drawings[0].zOrder", "shiftLeft"]
+    );
+    for e in body.as_array().unwrap() {
+        assert_eq!(e["location"], "body");
+        assert!(e["msg"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(body[0]["value"], 399);
+}
+
+#[tokio::test]
+async fn unknown_interval_and_symbol_use_the_object_form() {
+    let ctx = start(config().with_seed(1)).await;
+    assert_eq!(ctx.chart_json("k-ent", json!({ "interval": "4H" })).await, (422, msg("Invalid Interval")));
+    assert_eq!(ctx.chart_json("k-ent", json!({ "interval": "7m" })).await, (422, msg("Invalid Interval")));
+    assert_eq!(ctx.chart_json("k-ent", json!({ "symbol": "NOWHERE:BTCUSDT" })).await, (422, msg("Invalid Symbol")));
+    // A non-string interval is a field error, not a semantic one.
+    let (status, body) = ctx.chart_json("k-ent", json!({ "interval": 4 })).await;
+    assert_eq!(status, 422);
+    assert_eq!(body[0]["param"], "interval");
+}
+
+#[tokio::test]
+async fn configured_invalid_symbols_and_extra_exchanges() {
+    let mut c = config();
+    c.invalid_symbols = vec!["BINANCE:NOTACOIN".into()];
+    c.extra_exchanges = vec!["MYEX".into()];
+    let ctx = start(c).await;
+    assert_eq!(ctx.chart_json("k-ent", json!({ "symbol": "BINANCE:NOTACOIN" })).await, (422, msg("Invalid Symbol")));
+    let r = ctx.chart("k-ent", json!({ "symbol": "MYEX:ABC", "width": 400, "height": 300 })).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn resolution_and_parameter_limits() {
+    let ctx = start(config()).await;
+    assert_eq!(
+        ctx.chart_json("k-basic", json!({ "width": 801 })).await,
+        (403, msg("Exceed Max Usage Resolution Limit (800x600)"))
+    );
+    let studies: Vec<_> = (0..4).map(|_| json!({ "name": "Volume" })).collect();
+    assert_eq!(
+        ctx.chart_json("k-basic", json!({ "studies": studies })).await,
+        (403, msg("Exceed Max Usage Parameter Limit (3)"))
+    );
+}
+
+#[tokio::test]
+async fn unknown_fields_are_ignored() {
+    let ctx = start(config()).await;
+    let mut body = small();
+    body["notAField"] = json!({ "deep": [1, 2, 3] });
+    body["studies"] = json!([{ "name": "Relative Strength Index", "inputs": { "length": 14 }, "extra": true }]);
+    let r = ctx.chart("k-pro", body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+}
+
+/// 401, 409, 500, 504 (and 429 `Limit Exceeded`) only happen upstream; faults produce them with the documented body.
+#[tokio::test]
+async fn upstream_statuses_have_their_documented_bodies() {
+    let ctx = start(config()).await;
+    let cases = [
+        (401, "Invalid Request"),
+        (409, "Session Disconnected"),
+        (500, "Something Went Wrong"),
+        (504, "Endpoint request timed out"),
+        (429, "Too Many Requests"),
+    ];
+    ctx.server.state().add_fault(FaultSpec::status_sequence(cases.iter().map(|c| c.0)).for_account("acc-pro"));
+    for (status, message) in cases {
+        assert_eq!(ctx.chart_json("k-pro", small()).await, (status, msg(message)));
+    }
+    ctx.server.state().add_fault(FaultSpec::status_sequence([429]).with_message("Limit Exceeded"));
+    assert_eq!(ctx.chart_json("k-pro", small()).await, (429, msg("Limit Exceeded")));
+    // The sequences are used up: back to normal.
+    assert_eq!(ctx.chart("k-pro", small()).await.status(), 200);
+}
+
+#[tokio::test]
+async fn unknown_paths_answer_json_404() {
+    let ctx = start(config()).await;
+    let r = ctx.http.get(ctx.url("/v2/nope")).send().await.unwrap();
+    assert_eq!(json_of(r).await, (404, msg("Not Found")));
+}
+
+#[tokio::test]
+async fn storage_variant_answers_url_etag_expire_served_by_the_mock() {
+    let ctx = start(config()).await;
+    let r = ctx.post(crate::STORAGE, Some("k-pro"), &small()).await;
+    let (status, body) = json_of(r).await;
+    assert_eq!(status, 200);
+    let obj = body.as_object().unwrap();
+    let mut keys: Vec<_> = obj.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["etag", "expire", "url"]);
+    let url = body["url"].as_str().unwrap();
+    assert!(url.starts_with(&ctx.server.base_url()), "{url}");
+    assert!(url.ends_with(".png"));
+    let expire = body["expire"].as_str().unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(expire).is_ok() && expire.ends_with('Z'), "{expire}");
+
+    let stored = ctx.http.get(url).send().await.unwrap();
+    assert_eq!(stored.status(), 200);
+    assert_eq!(stored.headers()["content-type"], "image/png");
+    let stored = stored.bytes().await.unwrap();
+    let direct = ctx.chart("k-pro", small()).await.bytes().await.unwrap();
+    assert_eq!(stored, direct, "the stored image is the one the direct route renders");
+
+    // Errors on the storage route are the same as on the direct one.
+    assert_eq!(json_of(ctx.post(crate::STORAGE, Some("nope"), &small()).await).await, (403, msg("Forbidden")));
+}

@@ -12,7 +12,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p worker --bin worker-chart-export \
+    cargo build --release --locked -p worker --bin worker-chart-export --no-default-features \
  && cp target/release/worker-chart-export /worker-chart-export
 
 # Runtime stage: glibc, CA certificates and nothing else; runs as the distroless `nonroot` user (uid 65532).

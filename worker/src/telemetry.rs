@@ -139,7 +139,6 @@ pub fn init_with_default(format: LogFormat, to_stderr: bool, default_level: &str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     #[test]
     fn lines_carry_severity_message_event_and_span_fields() {

@@ -17,9 +17,9 @@ use worker_chart_export::chartimg::{CassetteChartImg, HttpChartImg};
 use worker_chart_export::cli::{run_local_with, OutputFormat, RunLocalArgs};
 use worker_chart_export::config::{parse_accounts, RetryPolicy, Settings};
 use worker_chart_export::core::{run_chart_export_step, CoreSettings, StepReport, Worker};
-use worker_chart_export::domain::{AccountId, RunId, StepId, StepSelector, WorkerId};
+use worker_chart_export::domain::{RunId, StepId, StepSelector, WorkerId};
 use worker_chart_export::eventarc::encode_document_event;
-use worker_chart_export::ports::{AccountUsageStore, ChartRenderer, FlowRunStore, SystemClock};
+use worker_chart_export::ports::{ChartRenderer, SystemClock};
 use worker_chart_export::quota::AccountPool;
 use worker_chart_export::serve::{router, AppState};
 
@@ -174,6 +174,15 @@ fn templates(s: &Scenario) -> anyhow::Result<BTreeMap<String, Value>> {
     })
 }
 
+fn retry_policy(r: &crate::scenario::Retry) -> RetryPolicy {
+    RetryPolicy {
+        max_retries: r.max_retries,
+        min_delay: Duration::from_millis(r.min_delay_ms),
+        max_delay: Duration::from_millis(r.max_delay_ms),
+        max_total_delay: Duration::from_millis(r.max_total_delay_ms),
+    }
+}
+
 fn slug(name: &str, max: usize) -> String {
     let s: String = name.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     s.chars().take(max).collect::<String>().trim_matches('-').to_owned()
@@ -220,16 +229,7 @@ impl World {
 
     fn settings(&self, i: usize) -> CoreSettings {
         let g = &self.scenario.given;
-        let retry = g
-            .retry
-            .as_ref()
-            .map(|r| RetryPolicy {
-                max_retries: r.max_retries,
-                min_delay: Duration::from_millis(r.min_delay_ms),
-                max_delay: Duration::from_millis(r.max_delay_ms),
-                max_total_delay: Duration::from_millis(r.max_total_delay_ms),
-            })
-            .unwrap_or(RetryPolicy {
+        let retry = g.retry.as_ref().map(retry_policy).unwrap_or(RetryPolicy {
                 max_retries: 3,
                 min_delay: Duration::from_millis(20),
                 max_delay: Duration::from_millis(100),
@@ -503,12 +503,7 @@ async fn deliver(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswer>, Vec<Str
             settings.accounts = parse_accounts("scenario accounts", &w.accounts_json)?;
             settings.base_url = w.mock.base_url().trim_end_matches('/').to_owned();
             if let Some(r) = &w.scenario.given.retry {
-                settings.retry = RetryPolicy {
-                    max_retries: r.max_retries,
-                    min_delay: Duration::from_millis(r.min_delay_ms),
-                    max_delay: Duration::from_millis(r.max_delay_ms),
-                    max_total_delay: Duration::from_millis(r.max_total_delay_ms),
-                };
+                settings.retry = retry_policy(r);
             }
             let mut results = Vec::new();
             for _ in 0..when.deliveries.max(1) {
@@ -626,7 +621,6 @@ async fn check(w: &World, backend: &Backend, answers: &[HttpAnswer], results: &[
                         let name = item["gcsUri"].as_str().unwrap_or_default().trim_start_matches(&format!("gs://{}/", w.bucket)).to_owned();
                         match objects.iter().find(|o| o.name == name) {
                             Some(o) => {
-                                use sha2_shim::digest_hex;
                                 c.eq(&format!("{name} bytes"), item["bytes"].as_u64(), Some(o.bytes.len() as u64));
                                 c.eq(&format!("{name} sha256"), item["sha256"].as_str().map(str::to_owned), Some(digest_hex(&o.bytes)));
                             }
@@ -706,9 +700,6 @@ async fn check(w: &World, backend: &Backend, answers: &[HttpAnswer], results: &[
     for (acc, key) in &w.keys {
         c.that(&format!("secret of {acc}"), !haystack.contains(key.as_str()), || "the API key appears in an output".into());
     }
-    let _ = AccountId::parse("x");
-    let _: Option<&dyn AccountUsageStore> = None;
-    let _: Option<&dyn FlowRunStore> = None;
     Ok(Outcome { manifest, differences: c.0, journal: journal_text })
 }
 
@@ -723,10 +714,8 @@ fn decodes(bytes: &[u8]) -> bool {
     }
 }
 
-mod sha2_shim {
-    /// The hex SHA-256 the manifest must state for an object.
-    pub fn digest_hex(bytes: &[u8]) -> String {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(bytes))
-    }
+/// The hex SHA-256 the manifest must state for an object.
+fn digest_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

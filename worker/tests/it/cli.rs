@@ -187,3 +187,31 @@ async fn bad_files_and_flags_get_one_clear_line_and_no_panic() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no Chart-IMG account: set CHART_IMG_ACCOUNTS_JSON or pass --accounts <file>"));
 }
+
+/// The local backend's file lock holds between processes: four `run-local` processes started at once on one state
+/// directory claim the step exactly once, and the quota counter counts each call once.
+#[tokio::test]
+async fn concurrent_processes_on_one_state_dir_claim_once() {
+    let server = png_server().await;
+    let f = Fixture::new(&flow_run(&["price_volume", "rsi_14"], 2));
+    let runs = (0..4).map(|_| f.run(&server, &[]));
+    let outputs = futures::future::join_all(runs).await;
+    let mut succeeded = 0;
+    let mut noops = 0;
+    for out in &outputs {
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+        if stdout.starts_with("SUCCEEDED") {
+            succeeded += 1;
+        } else if stdout.starts_with("NO-OP") {
+            noops += 1;
+        }
+    }
+    assert_eq!((succeeded, noops), (1, 3));
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+    let usage: Value = serde_json::from_slice(
+        &std::fs::read(f.path().join("state/firestore/chart_img_accounts_usage/acc-1.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(usage["usageToday"], 2);
+}

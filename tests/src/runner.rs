@@ -470,6 +470,16 @@ async fn deliver(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswer>, Vec<Str
                 let doomed = w.worker(0)?;
                 let (run2, sel2) = (run.clone(), selector.clone());
                 let task = tokio::spawn(async move { run_chart_export_step(&doomed, &run2, &sel2, None).await });
+                // Wait until the claim is committed (a slow emulator must not turn this into a kill before the claim).
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    let doc = w.fs.get_doc(FLOW_RUNS, &w.run_id).await?.unwrap_or(Value::Null);
+                    if doc["steps"].as_object().is_some_and(|s| s.values().any(|st| st["status"] == "RUNNING")) {
+                        break;
+                    }
+                    anyhow::ensure!(std::time::Instant::now() < deadline, "the first worker never claimed the step");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 task.abort();
                 let _ = task.await;

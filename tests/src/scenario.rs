@@ -111,8 +111,8 @@ pub struct When {
     /// Hand-made events instead of the regular delivery, each with the HTTP status it must get.
     #[serde(default)]
     pub events: Vec<EventCase>,
-    /// Simulate a crash: the first worker's run is dropped this many ms after it starts (after its claim);
-    /// after the lease a second delivery must reclaim the step.
+    /// Simulate a crash: the first worker's run is dropped this many ms after its claim is committed; after the
+    /// lease a second delivery must reclaim the step.
     #[serde(default)]
     pub kill_after_ms: Option<u64>,
 }

@@ -31,7 +31,18 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // One line on stderr for a bad config or a taken port: no backtrace, whatever RUST_BACKTRACE says.
+    match run_main().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logs(args.pretty_logs);
 

@@ -153,3 +153,22 @@ fn the_binary_serves_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
 }
+
+/// The binary refuses a bad config with one line naming the file and line, exit 2, and no backtrace even when
+/// `RUST_BACKTRACE=1`.
+#[test]
+fn the_binary_reports_a_bad_config_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "seed: 1\nkeys:\n  - {key: k, account: a, plan: GOLD}\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mock-chart-img"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("bad.yaml:3:") && err.contains("unknown plan `GOLD`"), "{err}");
+}

@@ -238,3 +238,56 @@ fn committed_demo_cassette_replays_and_is_clean() {
     }
     assert_eq!(recorder::lint(&[&dir], &secrets()).unwrap(), vec![]);
 }
+
+/// The `recorder proxy` binary batches writes: a recorded interaction reaches the cassette within the flush
+/// interval while the proxy keeps running, with the key replaced by its placeholder.
+#[tokio::test]
+async fn the_proxy_binary_writes_batched_interactions_while_running() {
+    use crate::support::*;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cassette = dir.path().join("c");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_recorder"))
+        .args(["proxy", "--upstream", &upstream.url(), "--listen", &format!("127.0.0.1:{port}"), "--flush-ms", "100"])
+        .arg("--cassette")
+        .arg(&cassette)
+        .env(recorder::ACCOUNTS_ENV, accounts_json())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(r) = client
+            .post(format!("{base}{CHART_PATH}"))
+            .header("x-api-key", KEY1)
+            .header("content-type", "application/json")
+            .body(r#"{"symbol":"BINANCE:BTCUSDT","interval":"4h"}"#)
+            .send()
+            .await
+        {
+            answered = Some(r.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered, Some(200));
+    let file = cassette.join(recorder::CASSETTE_FILE);
+    let mut text = String::new();
+    for _ in 0..40 {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        if !text.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().await.unwrap();
+    assert!(text.contains("<CHART_IMG_API_KEY:acc-1>"), "{text}");
+    assert!(!text.contains(KEY1));
+    upstream.stop().await;
+}

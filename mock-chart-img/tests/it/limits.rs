@@ -55,12 +55,16 @@ async fn basic_plan_burst_under_concurrency() {
 #[tokio::test]
 async fn the_rate_refills_over_time() {
     let ctx = start(Config::default().with_key("k", "acc", custom(20.0, 2, 1000))).await;
+    // A loaded machine may take long enough over five requests for a cell to refill (one per 50 ms): allow for it.
+    let refilled = |t: std::time::Instant| (t.elapsed().as_secs_f64() * 20.0).floor() as usize;
+    let t = std::time::Instant::now();
     let (ok, ..) = burst_of(&ctx, "k", 5).await;
-    assert_eq!(ok, 2);
+    assert!(ok >= 2 && ok <= 2 + refilled(t), "{ok} passed");
     tokio::time::sleep(std::time::Duration::from_millis(120)).await;
     // 120 ms at 20/s is two cells, capped by the burst of two.
+    let t = std::time::Instant::now();
     let (ok, ..) = burst_of(&ctx, "k", 5).await;
-    assert_eq!(ok, 2);
+    assert!(ok >= 2 && ok <= 2 + refilled(t), "{ok} passed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -141,18 +141,9 @@ pub(crate) fn store_request(
                 .match_headers
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(&name));
-        if !keep {
-            continue;
+        if keep {
+            store_header(&mut headers, name, value, secrets);
         }
-        let value = if secrets.is_secret_header(&name) {
-            secrets.redact_secret_value(value)
-        } else {
-            secrets.redact(value).into_owned()
-        };
-        headers
-            .entry(name)
-            .and_modify(|v| *v = format!("{v}, {value}"))
-            .or_insert(value);
     }
 
     let content_type = req.header("content-type").unwrap_or("");
@@ -167,6 +158,20 @@ pub(crate) fn store_request(
         },
         sidecar,
     )
+}
+
+/// Adds one header to its stored form: a secret header becomes its placeholder, any other value is redacted of
+/// known keys; repeated headers are joined with ", " as HTTP allows.
+fn store_header(headers: &mut BTreeMap<String, String>, name: String, value: &str, secrets: &Secrets) {
+    let value = if secrets.is_secret_header(&name) {
+        secrets.redact_secret_value(value)
+    } else {
+        secrets.redact(value).into_owned()
+    };
+    headers
+        .entry(name)
+        .and_modify(|v| *v = format!("{v}, {value}"))
+        .or_insert(value);
 }
 
 /// Redacts a live response into its stored form, keeping only the configured response headers.
@@ -185,15 +190,7 @@ pub(crate) fn store_response(
         {
             continue;
         }
-        let value = if secrets.is_secret_header(&name) {
-            secrets.redact_secret_value(value)
-        } else {
-            secrets.redact(value).into_owned()
-        };
-        headers
-            .entry(name)
-            .and_modify(|v: &mut String| *v = format!("{v}, {value}"))
-            .or_insert(value);
+        store_header(&mut headers, name, value, secrets);
     }
     let content_type = resp.header("content-type").unwrap_or("");
     let (body, sidecar) = store_body(&resp.body, content_type, secrets, config, false);

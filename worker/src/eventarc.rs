@@ -84,6 +84,10 @@ impl FirestoreEvent {
 #[error("malformed event: {0}")]
 pub struct Malformed(pub String);
 
+/// Prefix of every Eventarc Firestore document event type (`created`, `updated`, `deleted`, `written`, and their
+/// `.withAuthContext` variants).
+const FIRESTORE_DOCUMENT_EVENT: &str = "google.cloud.firestore.document.v1.";
+
 fn malformed(m: impl Into<String>) -> Malformed {
     Malformed(m.into())
 }
@@ -183,6 +187,10 @@ fn build(
     content_type: &str,
     data: Option<&Bytes>,
 ) -> Result<FirestoreEvent, Malformed> {
+    if !event_type.starts_with(FIRESTORE_DOCUMENT_EVENT) {
+        // Another event type routed here by a misconfigured trigger: no redelivery will change it.
+        return Err(malformed(format!("event type {event_type:?} is not a Firestore document event ({FIRESTORE_DOCUMENT_EVENT}*)")));
+    }
     let decoded = match data {
         None => None,
         Some(d) if d.is_empty() => None,

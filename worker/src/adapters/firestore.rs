@@ -78,6 +78,49 @@ impl Default for TxPolicy {
     }
 }
 
+/// The retry budget of one operation (a transaction or a plain call): full-jitter exponential backoff, bounded in
+/// attempts and in total time by the [`TxPolicy`]. Shared by every retry loop of this adapter.
+struct RetryBudget {
+    op: &'static str,
+    started: Instant,
+    attempt: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+    max_attempts: u32,
+    max_total: Duration,
+}
+
+impl RetryBudget {
+    fn new(policy: &TxPolicy, op: &'static str) -> Self {
+        RetryBudget {
+            op,
+            started: Instant::now(),
+            attempt: 0,
+            backoff: policy.min_backoff,
+            max_backoff: policy.max_backoff,
+            max_attempts: policy.max_attempts,
+            max_total: policy.max_total,
+        }
+    }
+
+    /// After a retryable failure: sleeps before the next attempt, or gives up with `Contention` (the failure was an
+    /// aborted transaction) or `Unavailable` once the budget is spent.
+    async fn wait(&mut self, contention: bool, message: String) -> Result<(), StoreError> {
+        self.attempt += 1;
+        let op = self.op;
+        let sleep = self.backoff.mul_f64(rand::random::<f64>());
+        if self.attempt >= self.max_attempts || self.started.elapsed() + sleep >= self.max_total {
+            let what = format!("{op}: gave up after {} attempts in {:?}: {message}", self.attempt, self.started.elapsed());
+            warn!(event = "transaction_gave_up", op, attempts = self.attempt, contention, "{what}");
+            return Err(if contention { StoreError::Contention(what) } else { StoreError::Unavailable(what) });
+        }
+        debug!(event = "transaction_retry", op, attempt = self.attempt, contention, "{message}");
+        tokio::time::sleep(sleep).await;
+        self.backoff = (self.backoff * 2).min(self.max_backoff);
+        Ok(())
+    }
+}
+
 /// The three document ports on one Firestore database. Cheap to clone.
 #[derive(Clone)]
 pub struct FirestoreStore {
@@ -196,28 +239,14 @@ impl FirestoreStore {
         names: Vec<String>,
         mut decide: impl FnMut(&[TxDoc]) -> Result<(R, Vec<fs::Write>), StoreError>,
     ) -> Result<R, StoreError> {
-        let started = Instant::now();
+        let mut budget = RetryBudget::new(&self.policy, op);
         let mut retry_transaction: Vec<u8> = Vec::new();
-        let mut backoff = self.policy.min_backoff;
-        let mut attempt = 0;
         loop {
-            attempt += 1;
-            let err = match self.attempt(&names, &mut decide, &mut retry_transaction).await {
+            match self.attempt(&names, &mut decide, &mut retry_transaction).await {
                 Ok(r) => return Ok(r),
                 Err(AttemptError::Fatal(e)) => return Err(e),
-                Err(AttemptError::Retry { contention, message }) => (contention, message),
-            };
-            let (contention, message) = err;
-            let sleep = backoff.mul_f64(rand::random::<f64>());
-            let out_of_budget = attempt >= self.policy.max_attempts || started.elapsed() + sleep >= self.policy.max_total;
-            if out_of_budget {
-                let what = format!("{op}: gave up after {attempt} attempts in {:?}: {message}", started.elapsed());
-                warn!(event = "transaction_gave_up", op, attempts = attempt, contention, "{what}");
-                return Err(if contention { StoreError::Contention(what) } else { StoreError::Unavailable(what) });
+                Err(AttemptError::Retry { contention, message }) => budget.wait(contention, message).await?,
             }
-            debug!(event = "transaction_retry", op, attempt, contention, "{message}");
-            tokio::time::sleep(sleep).await;
-            backoff = (backoff * 2).min(self.policy.max_backoff);
         }
     }
 
@@ -285,23 +314,12 @@ impl FirestoreStore {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, AttemptError>>,
     {
-        let started = Instant::now();
-        let mut backoff = self.policy.min_backoff;
-        let mut attempt = 0;
+        let mut budget = RetryBudget::new(&self.policy, op);
         loop {
-            attempt += 1;
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(AttemptError::Fatal(e)) => return Err(e),
-                Err(AttemptError::Retry { contention, message }) => {
-                    let sleep = backoff.mul_f64(rand::random::<f64>());
-                    if attempt >= self.policy.max_attempts || started.elapsed() + sleep >= self.policy.max_total {
-                        let what = format!("{op}: gave up after {attempt} attempts: {message}");
-                        return Err(if contention { StoreError::Contention(what) } else { StoreError::Unavailable(what) });
-                    }
-                    tokio::time::sleep(sleep).await;
-                    backoff = (backoff * 2).min(self.policy.max_backoff);
-                }
+                Err(AttemptError::Retry { contention, message }) => budget.wait(contention, message).await?,
             }
         }
     }

@@ -30,6 +30,18 @@ pub enum Error {
     Accounts(String),
     #[error("a binary {what} body contains the API key of account {account}; refusing to write it to the cassette")]
     SecretInBinaryBody { what: &'static str, account: String },
+    /// No key source at all (`recorder record`/`verify`).
+    #[error("no API key: set CHART_IMG_API_KEY or CHART_IMG_ACCOUNTS_JSON, or pass --key-file FILE (never the key itself as a flag)")]
+    NoKey,
+    /// Requests name an account (`<CHART_IMG_API_KEY:acc-2>`) that no key was given for.
+    #[error("no API key for account {account} (named by {requests} recorded request(s)); add it to CHART_IMG_ACCOUNTS_JSON or the key file")]
+    MissingKey { account: String, requests: usize },
+    /// A key file that cannot be read or parsed. The message never quotes the file's content.
+    #[error("key file {path}: {message}")]
+    KeyFile { path: PathBuf, message: String },
+    /// A path or argument that does not name what the command needs.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl Error {

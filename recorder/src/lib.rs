@@ -18,6 +18,10 @@
 //! VcrError<E> { Miss(Miss), Upstream(E), Store(Error) }
 //! lint(paths, &Secrets) -> Result<Vec<Finding>, Error>
 //! ProxyConfig::new(upstream, Vcr);  proxy_router(ProxyConfig) -> axum::Router;  run_proxy(listener, ProxyConfig, shutdown)
+//! record::record(&RecordOptions, out) -> Result<RecordOutcome, Error>        (`recorder record`)
+//! verify::verify(&VerifyOptions) -> Result<VerifyReport, Error>; verify::print_report   (`recorder verify`)
+//! inspect::show(path, now); inspect::cassette_ages(paths, max_age, now); inspect::age_findings   (`show`, `lint --max-age`)
+//! Accounts::load(&KeySource)  (keys from a key file, CHART_IMG_ACCOUNTS_JSON or CHART_IMG_API_KEY)   Plan::limits()
 //! ```
 //!
 //! # Layout
@@ -30,6 +34,13 @@
 //! - `miss`: the "no match" report.
 //! - `lint`: `recorder lint`, the scan for keys that reached disk anyway.
 //! - `proxy`: the recording HTTP proxy (axum in, reqwest out) around a `Vcr`.
+//! - `plan`: rate, burst and daily quota per Chart-IMG plan (to be replaced by `chart_img_spec::Plan` at merge).
+//! - `accounts`: keys from the environment or a key file, with plan and daily limit, for calls the tools spend.
+//! - `live`: shared by `record` and `verify`: finding cassettes, recorded request → live request (placeholders
+//!   back to keys), sending at each account's plan rate.
+//! - `record`: `recorder record`: dry run, resume from a partial state, all-or-nothing swap of the new cassette.
+//! - `verify`: `recorder verify`: drift of live answers against the recorded ones (never image bytes).
+//! - `inspect`: `recorder show` and the cassette age behind `recorder lint --max-age`.
 //!
 //! # Invariants
 //! - **Nothing secret reaches disk or a message.** Requests and responses are redacted into their stored form
@@ -42,6 +53,9 @@
 //!   headers not kept.
 //! - **The file is never torn or lost.** Every rewrite is temp file + fsync + rename, under an exclusive lock on
 //!   `<dir>/.lock`, and merges what is on disk at that moment, so parallel recorders keep each other's work.
+//! - **A re-recording replaces a cassette only whole.** `recorder record` swaps the new cassette in only when every
+//!   interaction was recorded as intended; until then the old one is untouched and the finished part waits in
+//!   `.<name>.record-partial/` beside it. Identical re-recorded interactions keep their old `recordedAt`.
 //! - **Matching and recording share one transformation** (`cassette::store_request`), so a request recorded
 //!   once always matches itself later.
 //!
@@ -57,15 +71,24 @@
 //! # }
 //! ```
 
+mod accounts;
 mod canon;
 mod cassette;
 mod error;
+pub mod inspect;
 mod lint;
+mod live;
 mod miss;
 mod model;
+mod plan;
 mod proxy;
+pub mod record;
 mod secrets;
 mod vcr;
+pub mod verify;
+
+pub use accounts::{Account, Accounts, KeySource, API_KEY_ENV};
+pub use plan::{Plan, PlanLimits};
 
 pub use error::{Error, VcrError};
 pub use lint::{lint, Finding, FindingKind};

@@ -1,4 +1,5 @@
-//! `recorder`: the recording proxy and the cassette linter. All logic lives in the library.
+//! `recorder`: the recording proxy, re-recording, drift checks, the cassette linter and viewer. All logic lives in
+//! the library.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +25,105 @@ enum Command {
     /// Serve a recording proxy: clients send requests here instead of to the upstream API.
     Proxy(ProxyArgs),
     /// Scan cassettes for API keys (configured ones and key-shaped strings); exit 1 with file:line on a finding.
+    /// With --max-age, also report interactions older than that (or of unknown age).
     Lint(LintArgs),
+    /// Re-record cassettes from a live endpoint, from the requests they hold. A dry run unless --yes.
+    Record(RecordArgs),
+    /// Send a cassette's requests to a live endpoint and report drift per interaction; exit 1 on drift.
+    Verify(VerifyArgs),
+    /// Print a cassette's interactions: method, path, body summary, status, size, age.
+    Show(ShowArgs),
+}
+
+#[derive(clap::Args)]
+struct LiveArgs {
+    /// Base URL of the live endpoint, e.g. https://api.chart-img.com
+    #[arg(long)]
+    upstream: String,
+    /// File holding the accounts JSON [{"id","apiKey","dailyLimit","plan"}] or one bare key. Without it the keys
+    /// come from CHART_IMG_ACCOUNTS_JSON, then CHART_IMG_API_KEY. Never a key as a flag.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Account id of a bare key (CHART_IMG_API_KEY or a one-key file); default: the account the cassettes name.
+    #[arg(long)]
+    account: Option<String>,
+    /// Plan of a bare key (accounts JSON entries carry their own `plan`): BASIC, PRO, MEGA, ULTRA, ENTERPRISE.
+    #[arg(long, default_value = "BASIC")]
+    plan: recorder::Plan,
+    /// Calls in flight at once; each account also keeps to its plan's rate and burst.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Timeout of one call, in seconds (Chart-IMG renders take seconds; the docs ask for at least 60 s).
+    #[arg(long, default_value_t = 90)]
+    timeout_secs: u64,
+}
+
+impl LiveArgs {
+    fn key_source(&self) -> recorder::KeySource {
+        recorder::KeySource {
+            key_file: self.key_file.clone(),
+            account: self.account.clone().unwrap_or_default(),
+            plan: self.plan,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// Cassette directories, or folders: every cassette below is re-recorded.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    live: LiveArgs,
+    /// Spend the calls. Without it nothing is sent: the requests, calls per account and quota are printed.
+    #[arg(long)]
+    yes: bool,
+    /// Calls an account already spent today (UTC), e.g. acc-1=12, to compare with its daily limit. Repeatable.
+    #[arg(long = "used-today", value_parser = parse_used_today)]
+    used_today: Vec<(String, u32)>,
+}
+
+/// Keeps the text as written, to repeat it in the findings (`90d`, not `2months 29days 13h…`).
+fn parse_age(s: &str) -> Result<(String, std::time::Duration), String> {
+    humantime::parse_duration(s)
+        .map(|d| (s.trim().to_owned(), d))
+        .map_err(|e| format!("{e} (write it like 90d, 12w or 36h)"))
+}
+
+fn parse_used_today(s: &str) -> Result<(String, u32), String> {
+    let (id, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected ACCOUNT=N, got {s:?}"))?;
+    let n = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of calls after '=', got {n:?}"))?;
+    Ok((id.trim().to_owned(), n))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// Cassette directories, or folders of cassettes.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    live: LiveArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(clap::Args)]
+struct ShowArgs {
+    /// A cassette directory (or its cassette.json).
+    cassette: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(clap::Args)]
@@ -79,6 +178,12 @@ struct LintArgs {
     /// Cassette directories or files.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+    /// Also report interactions recorded longer ago than this (90d, 12w, 36h), or with no recordedAt.
+    #[arg(long, value_parser = parse_age)]
+    max_age: Option<(String, std::time::Duration)>,
+    /// With --max-age: exit 1 when an interaction is too old or of unknown age (default: a warning).
+    #[arg(long, requires = "max_age")]
+    deny_old: bool,
     #[command(flatten)]
     secrets: SecretArgs,
 }
@@ -131,13 +236,72 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for f in &findings {
                 println!("{f}");
             }
+            let mut stale = 0;
+            if let Some((text, max_age)) = args.max_age {
+                let now = chrono::Utc::now();
+                let level = if args.deny_old { "error" } else { "warning" };
+                for age in recorder::inspect::cassette_ages(&args.paths, max_age, now)? {
+                    for line in recorder::inspect::age_findings(&age, &text, now) {
+                        println!("{level}: {line}");
+                        stale += 1;
+                    }
+                }
+            }
             if findings.is_empty() {
                 eprintln!("recorder lint: no keys found");
-                Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("recorder lint: {} finding(s)", findings.len());
-                Ok(ExitCode::from(1))
             }
+            if !findings.is_empty() || (args.deny_old && stale > 0) {
+                Ok(ExitCode::from(1))
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        Command::Record(args) => {
+            let opts = recorder::record::RecordOptions {
+                paths: args.paths,
+                upstream: args.live.upstream.clone(),
+                keys: args.live.key_source(),
+                yes: args.yes,
+                used_today: args.used_today.into_iter().collect(),
+                concurrency: args.live.concurrency,
+                timeout: std::time::Duration::from_secs(args.live.timeout_secs),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let outcome = runtime.block_on(recorder::record::record(&opts, &mut std::io::stdout()))?;
+            Ok(match outcome {
+                recorder::record::RecordOutcome::Failed => ExitCode::from(1),
+                _ => ExitCode::SUCCESS,
+            })
+        }
+        Command::Verify(args) => {
+            let opts = recorder::verify::VerifyOptions {
+                paths: args.paths,
+                upstream: args.live.upstream.clone(),
+                keys: args.live.key_source(),
+                concurrency: args.live.concurrency,
+                timeout: std::time::Duration::from_secs(args.live.timeout_secs),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(recorder::verify::verify(&opts))?;
+            match args.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Text => recorder::verify::print_report(&report, &mut std::io::stdout())?,
+            }
+            Ok(if report.drifted > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Show(args) => {
+            let (dir, rows) = recorder::inspect::show(&args.cassette, chrono::Utc::now())?;
+            match args.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Format::Text => recorder::inspect::print_table(&dir, &rows, &mut std::io::stdout())?,
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Proxy(args) => {
             let config = VcrConfig {

@@ -179,11 +179,22 @@ async fn send_upstream(
     url: String,
     req: Request,
 ) -> Result<Response, UpstreamFailure> {
-    let redacted = |e: &dyn std::fmt::Display| {
-        UpstreamFailure(config.vcr.redact(&format!("upstream request failed: {e}")))
-    };
+    send(&config.client, url, req, &|t| config.vcr.redact(t))
+        .await
+        .map_err(UpstreamFailure)
+}
+
+/// Sends a request as is (secrets included) and reads the whole answer. The error is redacted with `redact`
+/// (reqwest errors quote the URL, which may hold a key). Shared by the proxy and `recorder record`/`verify`.
+pub(crate) async fn send(
+    client: &reqwest::Client,
+    url: String,
+    req: Request,
+    redact: &(dyn Fn(&str) -> String + Sync),
+) -> Result<Response, String> {
+    let redacted = |e: &dyn std::fmt::Display| redact(&format!("upstream request failed: {e}"));
     let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| redacted(&e))?;
-    let mut builder = config.client.request(method, url);
+    let mut builder = client.request(method, url);
     for (name, value) in &req.headers {
         if !NOT_FORWARDED.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             builder = builder.header(name.as_str(), value.as_str());

@@ -233,6 +233,39 @@ impl Secrets {
     }
 }
 
+/// Replaces every placeholder `<CHART_IMG_API_KEY:id>` in `text` by `key_for(id)` (the reverse of redaction, for
+/// sending recorded requests again). `Err(id)` names the first account `key_for` has no key for.
+pub(crate) fn fill_placeholders<'k>(
+    text: &str,
+    key_for: &dyn Fn(&str) -> Option<&'k str>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(PLACEHOLDER_PREFIX) {
+        let after = &rest[start + PLACEHOLDER_PREFIX.len()..];
+        let Some(end) = after.find('>') else { break };
+        let id = &after[..end];
+        out.push_str(&rest[..start]);
+        out.push_str(key_for(id).ok_or_else(|| id.to_owned())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The account ids of the placeholders in `text`, in order of appearance.
+pub(crate) fn placeholder_ids(text: &str) -> Vec<&str> {
+    let mut ids = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(PLACEHOLDER_PREFIX) {
+        let after = &rest[start + PLACEHOLDER_PREFIX.len()..];
+        let Some(end) = after.find('>') else { break };
+        ids.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    ids
+}
+
 /// Whether a value is already a placeholder written by this crate.
 pub(crate) fn is_placeholder(value: &str) -> bool {
     value.starts_with(PLACEHOLDER_PREFIX) && value.ends_with('>')
@@ -246,5 +279,27 @@ impl fmt::Debug for Secrets {
             .field("query_params", &self.query_params)
             .field("json_fields", &self.json_fields)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_filled_back_per_account() {
+        let keys = |id: &str| match id {
+            "acc-1" => Some("K1"),
+            "acc-2" => Some("K2"),
+            _ => None,
+        };
+        let text = "a <CHART_IMG_API_KEY:acc-2> b <CHART_IMG_API_KEY:acc-1>";
+        assert_eq!(fill_placeholders(text, &keys).unwrap(), "a K2 b K1");
+        assert_eq!(placeholder_ids(text), vec!["acc-2", "acc-1"]);
+        assert_eq!(
+            fill_placeholders("<CHART_IMG_API_KEY:acc-3>", &keys).unwrap_err(),
+            "acc-3"
+        );
+        assert_eq!(fill_placeholders("no placeholder", &keys).unwrap(), "no placeholder");
     }
 }

@@ -7,3 +7,4 @@ mod modes;
 mod parallel;
 mod roundtrip;
 mod support;
+mod tools;

@@ -286,3 +286,139 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub fn cassette_text(dir: &Path) -> String {
     std::fs::read_to_string(dir.join(recorder::CASSETTE_FILE)).unwrap()
 }
+
+/// A Chart-IMG-like upstream for `recorder record`/`verify` through the binary, with behaviour a test can change
+/// while it runs: real PNGs of the requested size, `403 Forbidden` for a bad key, `422` field errors for `4H`,
+/// and from the n-th call on a scripted failure (`429 Limit Exceeded`, `500 Something Went Wrong`).
+pub struct ChartUpstream {
+    pub addr: SocketAddr,
+    pub state: Arc<ChartState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+pub struct ChartState {
+    pub hits: AtomicUsize,
+    /// From this call (0-based) on, answer this status and message.
+    pub fail_from: std::sync::Mutex<Option<(usize, u16, &'static str)>>,
+    /// Answer images of half the requested size (a drift `verify` must see).
+    pub shrink: std::sync::atomic::AtomicBool,
+    /// The `x-api-key` of every call, in order.
+    pub keys_seen: std::sync::Mutex<Vec<String>>,
+}
+
+/// A real grayscale PNG of `w`×`h`.
+pub fn real_png(w: u32, h: u32, shade: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Grayscale);
+    let mut writer = enc.write_header().unwrap();
+    writer
+        .write_image_data(&vec![shade; (w * h) as usize])
+        .unwrap();
+    drop(writer);
+    out
+}
+
+async fn scripted_chart(
+    axum::extract::State(state): axum::extract::State<Arc<ChartState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let n = state.hits.fetch_add(1, Ordering::SeqCst);
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    state.keys_seen.lock().unwrap().push(key.clone());
+    let json = |status: u16, body: String| {
+        (
+            StatusCode::from_u16(status).unwrap(),
+            [("content-type", "application/json")],
+            body,
+        )
+            .into_response()
+    };
+    if key != KEY1 && key != KEY2 {
+        return json(403, r#"{"message":"Forbidden"}"#.into());
+    }
+    if let Some((from, status, message)) = *state.fail_from.lock().unwrap() {
+        if n >= from {
+            return json(status, format!(r#"{{"message":"{message}"}}"#));
+        }
+    }
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if parsed["interval"] == "4H" {
+        return json(
+            422,
+            r#"[{"value":"4H","msg":"must be a supported interval","param":"interval","location":"body"}]"#.into(),
+        );
+    }
+    let (mut w, mut h) = (
+        parsed["width"].as_u64().unwrap_or(800) as u32,
+        parsed["height"].as_u64().unwrap_or(600) as u32,
+    );
+    if state.shrink.load(Ordering::SeqCst) {
+        (w, h) = (w / 2, h / 2);
+    }
+    // Other pixels on every call, as a live chart has: `verify` must not care.
+    let shade = (n as u8).wrapping_mul(37);
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "image/png".to_owned()),
+            ("x-request-id", format!("req-{n}")),
+        ],
+        real_png(w, h, shade),
+    )
+        .into_response()
+}
+
+impl ChartUpstream {
+    pub async fn start() -> ChartUpstream {
+        let state = Arc::new(ChartState::default());
+        let app = Router::new()
+            .route(CHART_PATH, post(scripted_chart))
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        ChartUpstream {
+            addr,
+            state,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn fail_from(&self, from: usize, status: u16, message: &'static str) {
+        *self.state.fail_from.lock().unwrap() = Some((from, status, message));
+    }
+
+    pub fn heal(&self) {
+        *self.state.fail_from.lock().unwrap() = None;
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}

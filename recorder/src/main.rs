@@ -155,6 +155,10 @@ struct ProxyArgs {
     /// Store each interaction's upstream latency (makes re-recordings differ).
     #[arg(long)]
     record_latency: bool,
+    /// Store when each interaction was recorded (`recordedAt`, what `show` and `lint --max-age` read). Every
+    /// re-recording through the proxy then differs; `recorder record` keeps the date of identical interactions.
+    #[arg(long)]
+    record_timestamps: bool,
     /// `batched`: keep new interactions in memory and write the cassette every `--flush-ms` and on shutdown
     /// (adds ~0.3 ms per recorded request; a kill -9 loses at most the last interval). `each`: write, fsync and
     /// rename after every interaction (~5 ms per recorded request; nothing is ever lost).
@@ -311,6 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ignore_query_params: args.ignore_query_params,
                 match_headers: args.match_headers,
                 record_latency: args.record_latency,
+                record_timestamps: args.record_timestamps,
                 write: match args.write {
                     WriteArg::Batched => recorder::WritePolicy::OnFlush,
                     WriteArg::Each => recorder::WritePolicy::EachInteraction,

@@ -487,3 +487,21 @@ async fn lint_max_age_flags_old_and_undated_cassettes_and_show_prints_ages() {
     assert_eq!(shown[0]["account"], "acc-1");
     upstream.stop().await;
 }
+
+/// What CI runs for the committed cassettes: `recorder verify cassettes` against mock-chart-img as they were
+/// recorded (BASIC plan, default seed). A change of the mock's answers (status, type, size, error body) fails here.
+#[tokio::test]
+async fn committed_cassettes_verify_against_mock_chart_img() {
+    let mock = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(
+        KEY1,
+        "acc-1",
+        mock_chart_img::Plan::BASIC,
+    ))
+    .await
+    .unwrap();
+    let cassettes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cassettes");
+    let run = recorder(&["verify", s(&cassettes), "--upstream", &mock.base_url()], &[(API_KEY_ENV, KEY1)]).await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("demo against") && run.stdout.contains("0 of 3 interactions drifted"), "{}", run.stdout);
+    mock.shutdown().await.unwrap();
+}

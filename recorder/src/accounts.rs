@@ -76,8 +76,9 @@ impl Accounts {
             } else if text.is_empty() || text.lines().count() != 1 {
                 Err(Error::KeyFile {
                     path: path.clone(),
-                    message: "expected one key on one line, or the accounts JSON [{\"id\",\"apiKey\",…}]"
-                        .into(),
+                    message:
+                        "expected one key on one line, or the accounts JSON [{\"id\",\"apiKey\",…}]"
+                            .into(),
                 })
             } else {
                 Ok(Self::single(text, source, described))
@@ -168,7 +169,11 @@ impl fmt::Debug for Accounts {
         f.debug_struct("Accounts")
             .field(
                 "accounts",
-                &self.accounts.iter().map(|a| (&a.id, a.plan)).collect::<Vec<_>>(),
+                &self
+                    .accounts
+                    .iter()
+                    .map(|a| (&a.id, a.plan))
+                    .collect::<Vec<_>>(),
             )
             .field("source", &self.source)
             .finish()

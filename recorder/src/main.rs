@@ -273,7 +273,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout: std::time::Duration::from_secs(args.live.timeout_secs),
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            let outcome = runtime.block_on(recorder::record::record(&opts, &mut std::io::stdout()))?;
+            let outcome =
+                runtime.block_on(recorder::record::record(&opts, &mut std::io::stdout()))?;
             Ok(match outcome {
                 recorder::record::RecordOutcome::Failed => ExitCode::from(1),
                 _ => ExitCode::SUCCESS,
@@ -303,7 +304,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (dir, rows) = recorder::inspect::show(&args.cassette, chrono::Utc::now())?;
             match args.format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                Format::Text => recorder::inspect::print_table(&dir, &rows, &mut std::io::stdout())?,
+                Format::Text => {
+                    recorder::inspect::print_table(&dir, &rows, &mut std::io::stdout())?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -332,7 +335,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         tick.tick().await;
                         let v = vcr.clone();
                         match tokio::task::spawn_blocking(move || v.flush()).await {
-                            Ok(Err(e)) => eprintln!("recorder proxy: cannot write the cassette: {e}"),
+                            Ok(Err(e)) => {
+                                eprintln!("recorder proxy: cannot write the cassette: {e}")
+                            }
                             Err(e) => eprintln!("recorder proxy: flush task failed: {e}"),
                             Ok(Ok(())) => {}
                         }

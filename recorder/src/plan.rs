@@ -38,7 +38,13 @@ pub struct PlanLimits {
 }
 
 impl Plan {
-    pub const ALL: [Plan; 5] = [Plan::Basic, Plan::Pro, Plan::Mega, Plan::Ultra, Plan::Enterprise];
+    pub const ALL: [Plan; 5] = [
+        Plan::Basic,
+        Plan::Pro,
+        Plan::Mega,
+        Plan::Ultra,
+        Plan::Enterprise,
+    ];
 
     /// The plan's limits (ENTERPRISE: the published minimum).
     pub const fn limits(self) -> PlanLimits {

@@ -138,7 +138,10 @@ pub(crate) fn load_accounts(keys: &KeySource, loaded: &[Loaded]) -> Result<Accou
 /// Runs `recorder record`; the report goes to `out`, progress to stderr.
 pub async fn record(opts: &RecordOptions, out: &mut dyn Write) -> Result<RecordOutcome, Error> {
     let dirs = live::find_cassettes(&opts.paths)?;
-    let loaded: Vec<Loaded> = dirs.iter().map(|d| live::load(d)).collect::<Result<_, _>>()?;
+    let loaded: Vec<Loaded> = dirs
+        .iter()
+        .map(|d| live::load(d))
+        .collect::<Result<_, _>>()?;
     let accounts = load_accounts(&opts.keys, &loaded)?;
     let secrets = accounts.secrets();
     let upstream = secrets.redact(&opts.upstream).into_owned();
@@ -180,7 +183,11 @@ pub async fn record(opts: &RecordOptions, out: &mut dyn Write) -> Result<RecordO
 
     print_plan(opts, &accounts, &works, &upstream, out).map_err(stdout_error)?;
     if !opts.yes {
-        writeln!(out, "dry run: nothing was sent; add --yes to spend these calls").map_err(stdout_error)?;
+        writeln!(
+            out,
+            "dry run: nothing was sent; add --yes to spend these calls"
+        )
+        .map_err(stdout_error)?;
         return Ok(RecordOutcome::DryRun);
     }
     check_quota(opts, &accounts, &works)?;
@@ -277,7 +284,8 @@ pub async fn record(opts: &RecordOptions, out: &mut dyn Write) -> Result<RecordO
             }
             Err(e) => {
                 outcome = RecordOutcome::Failed;
-                writeln!(out, "{dir}: not swapped in: {e}; the cassette is untouched").map_err(stdout_error)?;
+                writeln!(out, "{dir}: not swapped in: {e}; the cassette is untouched")
+                    .map_err(stdout_error)?;
             }
         }
     }
@@ -329,7 +337,10 @@ fn keep(
     let (stored_request, req_sidecar) = store_request(request, secrets, config);
     let (stored_response, resp_sidecar) = store_response(resp, secrets, config);
     for (what, sidecar) in [("request", &req_sidecar), ("response", &resp_sidecar)] {
-        if let Some(account) = sidecar.as_ref().and_then(|s| secrets.find_in_bytes(&s.bytes)) {
+        if let Some(account) = sidecar
+            .as_ref()
+            .and_then(|s| secrets.find_in_bytes(&s.bytes))
+        {
             return Err(Error::SecretInBinaryBody {
                 what,
                 account: account.to_owned(),
@@ -382,7 +393,9 @@ fn swap_in(work: &Work) -> Result<(usize, usize), Error> {
     let mut interactions: Vec<(String, StoredInteraction)> = Vec::new();
     for (i, old) in work.loaded.interactions.iter().enumerate() {
         let new = work.partial.done.get(&i).ok_or_else(|| {
-            Error::Usage(format!("interaction #{i} is missing from the partial state"))
+            Error::Usage(format!(
+                "interaction #{i} is missing from the partial state"
+            ))
         })?;
         let same = old.request == new.request && old.response == new.response;
         let kept = if same && old.recorded_at.is_some() {
@@ -469,7 +482,11 @@ fn print_plan(
     upstream: &str,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
-    writeln!(out, "recorder record from {upstream} (keys from {})", accounts.source)?;
+    writeln!(
+        out,
+        "recorder record from {upstream} (keys from {})",
+        accounts.source
+    )?;
     for work in works {
         let total = work.loaded.interactions.len();
         let resumed = if work.resumed > 0 {
@@ -489,7 +506,11 @@ fn print_plan(
         )?;
         for (i, account, _) in &work.pending {
             let summary = request_summary(&work.loaded.interactions[*i].request);
-            writeln!(out, "  #{i:<3} {:<8} {summary}", account.as_deref().unwrap_or("(no key)"))?;
+            writeln!(
+                out,
+                "  #{i:<3} {:<8} {summary}",
+                account.as_deref().unwrap_or("(no key)")
+            )?;
         }
     }
     writeln!(out, "calls per account:")?;
@@ -527,7 +548,10 @@ fn print_plan(
     Ok(())
 }
 
-fn calls_per_account<'a>(accounts: &'a Accounts, works: &[Work]) -> Vec<(&'a crate::accounts::Account, u32)> {
+fn calls_per_account<'a>(
+    accounts: &'a Accounts,
+    works: &[Work],
+) -> Vec<(&'a crate::accounts::Account, u32)> {
     accounts
         .accounts
         .iter()

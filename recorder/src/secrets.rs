@@ -300,6 +300,9 @@ mod tests {
             fill_placeholders("<CHART_IMG_API_KEY:acc-3>", &keys).unwrap_err(),
             "acc-3"
         );
-        assert_eq!(fill_placeholders("no placeholder", &keys).unwrap(), "no placeholder");
+        assert_eq!(
+            fill_placeholders("no placeholder", &keys).unwrap(),
+            "no placeholder"
+        );
     }
 }

@@ -77,7 +77,10 @@ fn features(resp: &Response) -> Vec<(&'static str, Option<String>)> {
         .is_some_and(|c| c.starts_with("image/"))
         || imagesize::image_type(&resp.body).is_ok();
     let (format, size) = if is_image {
-        match (imagesize::image_type(&resp.body), imagesize::blob_size(&resp.body)) {
+        match (
+            imagesize::image_type(&resp.body),
+            imagesize::blob_size(&resp.body),
+        ) {
             (Ok(t), Ok(s)) => (
                 Some(format!("{t:?}").to_ascii_lowercase()),
                 Some(format!("{}x{}", s.width, s.height)),
@@ -147,7 +150,11 @@ pub(crate) fn compare(recorded: &Response, live: &Response) -> Vec<Drift> {
         .collect()
 }
 
-fn recorded_response(i: &StoredInteraction, dir: &std::path::Path, cache: &mut HashMap<String, bytes::Bytes>) -> Result<Response, Error> {
+fn recorded_response(
+    i: &StoredInteraction,
+    dir: &std::path::Path,
+    cache: &mut HashMap<String, bytes::Bytes>,
+) -> Result<Response, Error> {
     Ok(Response {
         status: i.response.status,
         headers: i
@@ -163,7 +170,10 @@ fn recorded_response(i: &StoredInteraction, dir: &std::path::Path, cache: &mut H
 /// Runs `recorder verify` and returns the report (print it with [`print_report`] or as JSON).
 pub async fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
     let dirs = live::find_cassettes(&opts.paths)?;
-    let loaded: Vec<live::Loaded> = dirs.iter().map(|d| live::load(d)).collect::<Result<_, _>>()?;
+    let loaded: Vec<live::Loaded> = dirs
+        .iter()
+        .map(|d| live::load(d))
+        .collect::<Result<_, _>>()?;
     let accounts = load_accounts(&opts.keys, &loaded)?;
     let secrets = accounts.secrets();
 
@@ -221,7 +231,11 @@ pub async fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
         })
         .await;
     for r in &mut reports {
-        r.drifted = r.interactions.iter().filter(|i| !i.drift.is_empty()).count();
+        r.drifted = r
+            .interactions
+            .iter()
+            .filter(|i| !i.drift.is_empty())
+            .count();
     }
     Ok(VerifyReport {
         upstream: secrets.redact(&opts.upstream).into_owned(),
@@ -248,8 +262,16 @@ pub fn print_report(report: &VerifyReport, out: &mut dyn Write) -> std::io::Resu
                 i.drift.iter().enumerate().map(move |(n, d)| {
                     let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
                     [
-                        if n == 0 { format!("#{}", i.index) } else { String::new() },
-                        if n == 0 { i.request.clone() } else { String::new() },
+                        if n == 0 {
+                            format!("#{}", i.index)
+                        } else {
+                            String::new()
+                        },
+                        if n == 0 {
+                            i.request.clone()
+                        } else {
+                            String::new()
+                        },
                         d.field.clone(),
                         show(&d.recorded),
                         show(&d.live),
@@ -274,20 +296,28 @@ mod tests {
         let mut enc = png::Encoder::new(&mut out, w, h);
         enc.set_color(png::ColorType::Grayscale);
         let mut writer = enc.write_header().unwrap();
-        writer.write_image_data(&vec![0u8; (w * h) as usize]).unwrap();
+        writer
+            .write_image_data(&vec![0u8; (w * h) as usize])
+            .unwrap();
         drop(writer);
         out
     }
 
     #[test]
     fn images_compare_by_format_and_size_never_by_bytes() {
-        let a = Response::new(200).with_header("content-type", "image/png").with_body(png(8, 6));
+        let a = Response::new(200)
+            .with_header("content-type", "image/png")
+            .with_body(png(8, 6));
         let mut other_pixels = png(8, 6);
         let n = other_pixels.len();
         other_pixels[n - 20] ^= 0xff;
-        let b = Response::new(200).with_header("content-type", "image/png").with_body(other_pixels);
+        let b = Response::new(200)
+            .with_header("content-type", "image/png")
+            .with_body(other_pixels);
         assert_eq!(compare(&a, &b), vec![]);
-        let c = Response::new(200).with_header("content-type", "image/png").with_body(png(10, 6));
+        let c = Response::new(200)
+            .with_header("content-type", "image/png")
+            .with_body(png(10, 6));
         assert_eq!(
             compare(&a, &c),
             vec![Drift {
@@ -300,11 +330,20 @@ mod tests {
 
     #[test]
     fn error_bodies_compare_by_shape_and_message() {
-        let err = |body: &str| Response::new(422).with_header("content-type", "application/json").with_body(body.to_owned());
-        let a = err(r#"[{"value":"4H","msg":"must be a supported interval","param":"interval","location":"body"}]"#);
+        let err = |body: &str| {
+            Response::new(422)
+                .with_header("content-type", "application/json")
+                .with_body(body.to_owned())
+        };
+        let a = err(
+            r#"[{"value":"4H","msg":"must be a supported interval","param":"interval","location":"body"}]"#,
+        );
         let b = err(r#"{"message":"Invalid Interval"}"#);
         let fields: Vec<String> = compare(&a, &b).into_iter().map(|d| d.field).collect();
         assert_eq!(fields, vec!["body shape", "error message"]);
-        assert_eq!(compare(&b, &err(r#"{"message": "Invalid Interval"}"#)), vec![]);
+        assert_eq!(
+            compare(&b, &err(r#"{"message": "Invalid Interval"}"#)),
+            vec![]
+        );
     }
 }

@@ -306,6 +306,8 @@ pub struct ChartState {
     pub shrink: std::sync::atomic::AtomicBool,
     /// The `x-api-key` of every call, in order.
     pub keys_seen: std::sync::Mutex<Vec<String>>,
+    /// When every call arrived.
+    pub arrivals: std::sync::Mutex<Vec<std::time::Instant>>,
 }
 
 /// A real grayscale PNG of `w`×`h`.
@@ -327,6 +329,11 @@ async fn scripted_chart(
     body: Bytes,
 ) -> axum::response::Response {
     let n = state.hits.fetch_add(1, Ordering::SeqCst);
+    state
+        .arrivals
+        .lock()
+        .unwrap()
+        .push(std::time::Instant::now());
     let key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())

@@ -834,3 +834,45 @@ async fn committed_cassettes_verify_against_mock_chart_img() {
     );
     mock.shutdown().await.unwrap();
 }
+
+/// BASIC allows a burst of 3, then 1 call a second: five calls cannot all arrive within 2 s, however many may be
+/// in flight. Only lower bounds are asserted (a slow machine makes the calls later, never earlier).
+#[tokio::test]
+async fn record_keeps_to_the_plans_burst_and_rate() {
+    let upstream = ChartUpstream::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("c");
+    let mut requests = demo(KEY1);
+    requests.push((KEY1, with_size(demo_bodies()[0].clone(), 640, 480)));
+    requests.push((KEY1, with_size(demo_bodies()[0].clone(), 500, 400)));
+    seed(&dir, &requests).await;
+    let rec = recorder(
+        &[
+            "record",
+            s(&dir),
+            "--upstream",
+            &upstream.url(),
+            "--yes",
+            "--concurrency",
+            "5",
+        ],
+        &[(API_KEY_ENV, KEY1)],
+    )
+    .await;
+    assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+    let mut at = upstream.state.arrivals.lock().unwrap().clone();
+    at.sort();
+    assert_eq!(at.len(), 5);
+    let after = |i: usize| at[i].duration_since(at[0]).as_secs_f64();
+    assert!(
+        after(3) >= 0.9,
+        "4th call {:.3} s after the first",
+        after(3)
+    );
+    assert!(
+        after(4) >= 1.9,
+        "5th call {:.3} s after the first",
+        after(4)
+    );
+    upstream.stop().await;
+}

@@ -83,7 +83,7 @@ struct Work {
     loaded: Loaded,
     partial_dir: PathBuf,
     partial: Partial,
-    /// Whether `partial` came from an earlier run.
+    /// How many interactions of `partial` an earlier run recorded.
     resumed: usize,
     /// Positions still to record, their account and live request.
     pending: Vec<(usize, Option<String>, Request)>,
@@ -210,13 +210,21 @@ pub async fn record(opts: &RecordOptions, out: &mut dyn Write) -> Result<RecordO
     }
     let progress = progress_bar(jobs.len() as u64);
     let runner = Runner::new(&accounts, opts.concurrency, opts.timeout);
-    let mut store_errors: Vec<Error> = Vec::new();
     runner
         .run(jobs, |id, sent| {
             let (w, i) = ids[id];
             let work = &mut works[w];
+            let answer = match sent {
+                Sent::Answered(r) => format!(
+                    " ({} {}, {} bytes)",
+                    r.status,
+                    r.header("content-type").unwrap_or("no content type"),
+                    r.body.len()
+                ),
+                _ => String::new(),
+            };
             let line = match keep(work, i, &sent_requests[id], sent, &secrets, &config) {
-                Ok(None) => format!("#{i} recorded"),
+                Ok(None) => format!("#{i} recorded{answer}"),
                 Ok(Some(reason)) => {
                     let line = format!("#{i} FAILED: {reason}");
                     work.failures.push((i, reason));
@@ -226,7 +234,6 @@ pub async fn record(opts: &RecordOptions, out: &mut dyn Write) -> Result<RecordO
                     let reason = format!("could not keep it: {e}");
                     let line = format!("#{i} FAILED: {reason}");
                     work.failures.push((i, reason));
-                    store_errors.push(e);
                     line
                 }
             };

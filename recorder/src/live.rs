@@ -2,6 +2,7 @@
 //! ones (placeholders → the right account's key), and sending them at each account's plan rate.
 
 use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -370,4 +371,19 @@ impl Runner {
             }
         }
     }
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise (callers then print a line per call).
+pub(crate) fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} calls  eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }

@@ -15,7 +15,7 @@
 //!   leaves `git diff` empty, and `recordedAt` is the age of the answer as it is now.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use crate::cassette::{
 };
 use crate::error::Error;
 use crate::inspect::request_summary;
-use crate::live::{self, error_message, Job, Loaded, Runner, Sent};
+use crate::live::{self, error_message, progress_bar, Job, Loaded, Runner, Sent};
 use crate::model::{Request, VcrConfig};
 use crate::secrets::Secrets;
 
@@ -304,20 +304,6 @@ fn stdout_error(e: std::io::Error) -> Error {
         path: PathBuf::from("<stdout>"),
         source: e,
     }
-}
-
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} calls  eta {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 /// Stores an answer in the partial state when it is what was intended; else the reason it is not.

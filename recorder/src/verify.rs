@@ -14,7 +14,7 @@ use crate::accounts::KeySource;
 use crate::cassette::{body_bytes, StoredInteraction};
 use crate::error::Error;
 use crate::inspect::{print_columns, request_summary};
-use crate::live::{self, error_message, Job, Runner, Sent};
+use crate::live::{self, error_message, progress_bar, Job, Runner, Sent};
 use crate::model::Response;
 use crate::record::load_accounts;
 
@@ -216,8 +216,10 @@ pub async fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
         accounts.source
     );
     let runner = Runner::new(&accounts, opts.concurrency, opts.timeout);
+    let progress = progress_bar(jobs.len() as u64);
     runner
         .run(jobs, |id, sent| {
+            progress.inc(1);
             let (c, i) = ids[id];
             let drift = match sent {
                 Sent::Answered(live) => compare(&recorded[id], live),
@@ -230,6 +232,7 @@ pub async fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
             reports[c].interactions[i].drift = drift;
         })
         .await;
+    progress.finish_and_clear();
     for r in &mut reports {
         r.drifted = r
             .interactions

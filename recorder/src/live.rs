@@ -254,6 +254,22 @@ pub(crate) fn is_limit_exceeded(resp: &Response) -> bool {
     resp.status == 429 && error_message(&resp.body).as_deref() == Some(LIMIT_EXCEEDED_MESSAGE)
 }
 
+/// Whether an answer is the per-second throttle's 429 (`Too Many Requests`), not the daily quota's.
+pub(crate) fn is_throttled(resp: &Response) -> bool {
+    resp.status == 429 && !is_limit_exceeded(resp)
+}
+
+/// How often a throttled call is sent again before its 429 is the answer.
+const THROTTLE_RETRIES: u32 = 3;
+
+/// `retry-after` seconds when the answer has them (at most 10), else 1 s, 2 s, 4 s.
+fn throttle_wait(resp: &Response, attempt: u32) -> Duration {
+    resp.header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(10)))
+        .unwrap_or_else(|| Duration::from_secs(1 << (attempt - 1).min(3)))
+}
+
 /// One request to send.
 pub(crate) struct Job {
     /// The caller's handle for it (the position in its list).
@@ -272,8 +288,9 @@ pub(crate) enum Sent {
     Skipped(String),
 }
 
-/// Sends jobs with at most `concurrency` in flight, each account at its plan's rate and burst; after an account
-/// answers `Limit Exceeded`, its remaining jobs are not sent (they would fail the same way).
+/// Sends jobs with at most `concurrency` in flight, each account at its plan's rate and burst; a `Too Many
+/// Requests` is sent again (up to 3 times, after `retry-after` or 1, 2, 4 s); after an account answers `Limit
+/// Exceeded`, its remaining jobs are not sent (they would fail the same way).
 pub(crate) struct Runner {
     pub client: reqwest::Client,
     pub concurrency: usize,
@@ -342,23 +359,33 @@ impl Runner {
                 if is_exhausted(&job.account) {
                     return (job.id, skipped());
                 }
-                if let Some(l) = &limiter {
-                    l.until_ready().await;
-                }
-                if is_exhausted(&job.account) {
-                    return (job.id, skipped());
-                }
-                let sent = match crate::proxy::send(&client, job.url, job.request, &*redact).await {
-                    Ok(resp) => {
-                        if let (true, Some(a)) = (is_limit_exceeded(&resp), &job.account) {
-                            exhausted
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .insert(a.clone());
-                        }
-                        Sent::Answered(resp)
+                let mut attempt = 0;
+                let sent = loop {
+                    if let Some(l) = &limiter {
+                        l.until_ready().await;
                     }
-                    Err(message) => Sent::Failed(message),
+                    if is_exhausted(&job.account) {
+                        return (job.id, skipped());
+                    }
+                    let request = job.request.clone();
+                    match crate::proxy::send(&client, job.url.clone(), request, &*redact).await {
+                        Ok(resp) if is_throttled(&resp) && attempt < THROTTLE_RETRIES => {
+                            // The per-second throttle (another client, or a run just before this one, spent the
+                            // burst): transient by definition, so wait and send again rather than report it.
+                            attempt += 1;
+                            tokio::time::sleep(throttle_wait(&resp, attempt)).await;
+                        }
+                        Ok(resp) => {
+                            if let (true, Some(a)) = (is_limit_exceeded(&resp), &job.account) {
+                                exhausted
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .insert(a.clone());
+                            }
+                            break Sent::Answered(resp);
+                        }
+                        Err(message) => break Sent::Failed(message),
+                    }
                 };
                 (job.id, sent)
             });

@@ -306,6 +306,8 @@ pub struct ChartState {
     pub shrink: std::sync::atomic::AtomicBool,
     /// The `x-api-key` of every call, in order.
     pub keys_seen: std::sync::Mutex<Vec<String>>,
+    /// Calls (0-based) answered with the per-second throttle's `429 Too Many Requests`.
+    pub throttle: std::sync::Mutex<Vec<usize>>,
     /// When every call arrived.
     pub arrivals: std::sync::Mutex<Vec<std::time::Instant>>,
 }
@@ -350,6 +352,9 @@ async fn scripted_chart(
     };
     if key != KEY1 && key != KEY2 {
         return json(403, r#"{"message":"Forbidden"}"#.into());
+    }
+    if state.throttle.lock().unwrap().contains(&n) {
+        return json(429, r#"{"message":"Too Many Requests"}"#.into());
     }
     if let Some((from, status, message)) = *state.fail_from.lock().unwrap() {
         if n >= from {

@@ -876,3 +876,30 @@ async fn record_keeps_to_the_plans_burst_and_rate() {
     );
     upstream.stop().await;
 }
+
+/// The per-second throttle's 429 is transient: the call is sent again, and the run succeeds.
+#[tokio::test]
+async fn a_throttled_call_is_sent_again() {
+    let upstream = ChartUpstream::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("c");
+    seed(&dir, &demo(KEY1)).await;
+    *upstream.state.throttle.lock().unwrap() = vec![0, 1];
+    let rec = recorder(
+        &[
+            "record",
+            s(&dir),
+            "--upstream",
+            &upstream.url(),
+            "--yes",
+            "--concurrency",
+            "1",
+        ],
+        &[(API_KEY_ENV, KEY1)],
+    )
+    .await;
+    assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
+    assert_eq!(upstream.hits(), 5, "two throttled calls, sent again");
+    assert!(!cassette_text(&dir).contains("Too Many Requests"));
+    upstream.stop().await;
+}

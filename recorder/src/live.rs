@@ -414,3 +414,68 @@ pub(crate) fn progress_bar(len: u64) -> indicatif::ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(status: u16, body: &str) -> Response {
+        Response::new(status)
+            .with_header("content-type", "application/json")
+            .with_body(body.to_owned())
+    }
+
+    #[test]
+    fn the_two_429s_are_told_apart_by_their_message() {
+        let quota = json(429, r#"{"message":"Limit Exceeded"}"#);
+        let throttle = json(429, r#"{"message":"Too Many Requests"}"#);
+        assert!(is_limit_exceeded(&quota) && !is_throttled(&quota));
+        assert!(is_throttled(&throttle) && !is_limit_exceeded(&throttle));
+        assert!(!is_throttled(&json(
+            500,
+            r#"{"message":"Something Went Wrong"}"#
+        )));
+    }
+
+    #[test]
+    fn throttle_waits_follow_retry_after_or_double() {
+        let plain = json(429, r#"{"message":"Too Many Requests"}"#);
+        let waits: Vec<u64> = (1..=3)
+            .map(|a| throttle_wait(&plain, a).as_secs())
+            .collect();
+        assert_eq!(waits, vec![1, 2, 4]);
+        let told = plain.clone().with_header("retry-after", "3");
+        assert_eq!(throttle_wait(&told, 1), Duration::from_secs(3));
+        let long = plain.with_header("retry-after", "600");
+        assert_eq!(throttle_wait(&long, 1), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn error_messages_of_objects_and_field_error_arrays() {
+        assert_eq!(
+            error_message(br#"{"message":"Forbidden"}"#).as_deref(),
+            Some("Forbidden")
+        );
+        assert_eq!(
+            error_message(br#"{"error":"old v1"}"#).as_deref(),
+            Some("old v1")
+        );
+        assert_eq!(
+            error_message(br#"[{"value":"4H","msg":"must be a supported interval","param":"interval","location":"body"}]"#)
+                .as_deref(),
+            Some("interval: must be a supported interval")
+        );
+        assert_eq!(error_message(b"\x89PNG"), None);
+    }
+
+    #[test]
+    fn urls_carry_the_query_encoded() {
+        let req = Request::new("GET", "/v3/tradingview/exchange/BINANCE")
+            .with_query("symbol", "BTC USDT")
+            .with_query("type", "spot");
+        assert_eq!(
+            url("http://127.0.0.1:1/", &req),
+            "http://127.0.0.1:1/v3/tradingview/exchange/BINANCE?symbol=BTC+USDT&type=spot"
+        );
+    }
+}

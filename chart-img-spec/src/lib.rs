@@ -12,7 +12,7 @@
 //!   [`Rejection`] (status + exact body).
 //! - [`validate_advanced_chart`]: the one validation of an advanced-chart body, in the API's order
 //!   (body → fields → plan → semantic), returning a [`ValidatedChart`] with defaults filled in or the exact
-//!   [`Rejection`]; [`read_body`] turns raw request bytes into the JSON the validation takes.
+//!   [`Rejection`]; [`validate_layout_chart`] for the layout-chart body; [`read_body`] turns raw request bytes into the JSON the validation takes.
 //!
 //! # Invariants
 //! - **Each fact once:** no other crate of the workspace lists plans, intervals, study names or error texts.
@@ -43,7 +43,8 @@ pub use catalog::{
 pub use errors::{message_body, messages, FieldError, Rejection};
 pub use plan::{Plan, PlanLimits, UnknownPlan};
 pub use validate::{
-    read_body, symbol_is_well_formed, symbol_parts, validate_advanced_chart, validate_advanced_chart_with, ChartDrawing,
+    read_body, symbol_is_well_formed, symbol_parts, validate_advanced_chart, validate_advanced_chart_with, validate_layout_chart,
+    ChartDrawing,
     ChartStudy, Options, ValidatedChart, WatermarkRule,
 };
 

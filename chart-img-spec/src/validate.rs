@@ -156,6 +156,45 @@ pub fn validate_advanced_chart_with(body: &Value, plan: &PlanLimits, options: &O
     Ok(chart)
 }
 
+/// The body keys a layout chart shares with an advanced chart; the layout itself supplies the rest.
+const LAYOUT_SHARED: &[&str] = &["symbol", "interval", "width", "height", "format", "watermark", "watermarkSize", "watermarkOpacity"];
+
+/// Validates the body of `POST /v2/tradingview/layout-chart/{id}`: `resetZoom` (boolean), `zoomIn`/`zoomOut`
+/// (1-25), `moveLeft`/`moveRight` (1-50), and the fields it shares with an advanced chart, checked as
+/// [`validate_advanced_chart_with`] checks them (other keys are ignored).
+///
+/// ```
+/// use chart_img_spec::{validate_layout_chart, Options, Plan};
+/// let r = validate_layout_chart(&serde_json::json!({"zoomIn": 26}), &Plan::Pro.limits(), &Options::default()).unwrap_err();
+/// assert_eq!((r.status, r.body[0]["param"].as_str()), (422, Some("zoomIn")));
+/// ```
+pub fn validate_layout_chart(body: &Value, plan: &PlanLimits, options: &Options) -> Result<ValidatedChart, Rejection> {
+    let obj = body.as_object().ok_or_else(Rejection::bad_request)?;
+    let mut e = Errors(Vec::new());
+    e.bool("resetZoom", obj.get("resetZoom"));
+    e.int("zoomIn", obj.get("zoomIn"), 1, Some(25));
+    e.int("zoomOut", obj.get("zoomOut"), 1, Some(25));
+    e.int("moveLeft", obj.get("moveLeft"), 1, Some(50));
+    e.int("moveRight", obj.get("moveRight"), 1, Some(50));
+    let shared: Map<String, Value> =
+        obj.iter().filter(|(k, _)| LAYOUT_SHARED.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    match (validate_advanced_chart_with(&Value::Object(shared), plan, options), e.0.is_empty()) {
+        (Ok(chart), true) => Ok(chart),
+        (Ok(_), false) => Err(Rejection::fields(e.0)),
+        (Err(r), true) => Err(r),
+        (Err(r), false) => {
+            // Field errors of both parts come together, as one array; any other rejection waits for them.
+            let mut all = e.0;
+            if let (422, Value::Array(more)) = (r.status, &r.body) {
+                all.extend(more.iter().filter_map(|m| {
+                    Some(FieldError::new(m.get("param")?.as_str()?, m.get("value")?.clone(), m.get("msg")?.as_str()?))
+                }));
+            }
+            Err(Rejection::fields(all))
+        }
+    }
+}
+
 /// Reads a request body as the API's JSON parser does: no body is an empty object (the default chart); a body needs
 /// the `application/json` content type and valid JSON, otherwise `400`. Whether it is an object is checked by
 /// [`validate_advanced_chart`].

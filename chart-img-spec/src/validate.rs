@@ -149,7 +149,7 @@ pub fn validate_advanced_chart_with(body: &Value, plan: &PlanLimits, options: &O
     chart.chart_img_watermark = plan.chart_img_watermark;
     for (exchange, _) in symbol_parts(&chart.symbol) {
         let documented = catalog::exchange(&exchange).is_some_and(|e| e.v2);
-        if !documented && !options.extra_exchanges.iter().any(|e| *e == exchange) {
+        if !documented && !options.extra_exchanges.contains(&exchange) {
             return Err(Rejection::invalid_symbol());
         }
     }

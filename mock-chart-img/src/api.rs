@@ -503,8 +503,18 @@ pub(crate) async fn not_found() -> Response {
     ApiError::RouteNotFound.into_response()
 }
 
-/// `x-amzn-RequestId` on every answer, as API Gateway sends it (inferred).
-pub(crate) async fn request_id(mut response: Response) -> Response {
+/// `x-amzn-RequestId` on every answer, as API Gateway sends it (inferred); and a JSON body on every error, also the
+/// few the framework answers itself (a body over its size limit, say), so no error of this server is ever plain text.
+pub(crate) async fn gateway_headers(mut response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() >= 400 && !json && response.extensions().get::<Abort>().is_none() {
+        response = ApiError::Status { status: status.as_u16(), message: None }.into_response();
+    }
     if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
         response.headers_mut().insert("x-amzn-requestid", v);
     }

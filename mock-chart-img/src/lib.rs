@@ -95,12 +95,13 @@ fn chart_routes() -> Router<AppState> {
         .route("/storage/{date}/tradingview/{kind}/{file}", get(api::stored_image))
 }
 
-/// Unknown routes and wrong methods answer the JSON `404 Route Not Found`; every answer gets `x-amzn-RequestId`.
+/// Unknown routes and wrong methods answer the JSON `404 Route Not Found`; every answer gets `x-amzn-RequestId`,
+/// every error a JSON body.
 fn finish(router: Router<AppState>, state: AppState) -> Router {
     router
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::not_found)
-        .layer(axum::middleware::map_response(api::request_id))
+        .layer(axum::middleware::map_response(api::gateway_headers))
         .with_state(state)
 }
 

@@ -139,7 +139,7 @@ impl AppState {
                 cache: Mutex::new(LruCache::new(cap(config.render_cache_capacity))),
                 prepared: Mutex::new(LruCache::new(cap(1024))),
                 storage: Storage::open(config.storage_dir.as_deref(), config.storage_max_bytes, config.storage_capacity)?,
-                latency_dice: Mutex::new(StdRng::seed_from_u64(config.seed ^ 0x6c61_7465_6e63_79)),
+                latency_dice: Mutex::new(StdRng::seed_from_u64(config.seed ^ 0x006c_6174_656e_6379)),
                 settings: RwLock::new(Settings::from_config(config)?),
                 clock: config.clock.clone(),
                 replay: RwLock::new(replay),

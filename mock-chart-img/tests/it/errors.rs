@@ -176,6 +176,10 @@ async fn unknown_paths_answer_json_404() {
         let r = ctx.http.request(method.parse().unwrap(), ctx.url(path)).header("x-api-key", "k-pro").send().await.unwrap();
         assert_eq!(json_of(r).await, (404, msg("Route Not Found")), "{method} {path}");
     }
+    // Even what the HTTP framework refuses by itself (a body over its 2 MB limit) is JSON.
+    let huge = format!("{{\"symbol\":\"{}\"}}", "A".repeat(3 * 1024 * 1024));
+    let r = ctx.http.post(ctx.url(CHART)).header("x-api-key", "k-pro").header("content-type", "application/json").body(huge).send().await.unwrap();
+    assert_eq!(json_of(r).await, (413, msg("Payload Too Large")));
 }
 
 #[tokio::test]

@@ -238,12 +238,16 @@ async fn answer(
     };
 
     let memo_key = (body.clone(), account.plan_key);
-    let memo = match target {
-        Target::Advanced => s.prepared.lock().unwrap().get(&memo_key).cloned(),
-        Target::Layout(_) => None,
-    };
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    // A memoized body was read (and validated) before, with this content type or another JSON one.
+    let json_type = content_type
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    // Only JSON bodies that validated are memoized, so the memo is consulted for JSON requests only: the same bytes
+    // under another content type still get their 400.
+    let memo = match target {
+        Target::Advanced if json_type => s.prepared.lock().unwrap().get(&memo_key).cloned(),
+        _ => None,
+    };
     let value = match memo {
         Some(_) => Value::Null,
         None => chart_img_spec::read_body(content_type, body)?,

@@ -46,6 +46,10 @@ async fn bad_request_for_non_json_bodies() {
         assert_eq!(status, 400, "{ct:?} {body:?}");
         assert_eq!(body_json, msg("Bad Request"));
     }
+    // A body that validated as JSON is still refused under another content type.
+    assert_eq!(send(Some("application/json"), r#"{"width":400,"height":300}"#).await.unwrap().status(), 200);
+    let (status, body_json) = json_of(send(Some("text/plain"), r#"{"width":400,"height":300}"#).await.unwrap()).await;
+    assert_eq!((status, body_json), (400, msg("Bad Request")));
     // A charset parameter is still JSON.
     let r = send(Some("application/json; charset=utf-8"), "{}").await.unwrap();
     assert_eq!(r.status(), 200);

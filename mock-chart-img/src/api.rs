@@ -289,6 +289,9 @@ async fn answer(
                 }
             };
             let request = ChartRequest::from(validated);
+            // The mock's own semantic checks (catalogue, unsupported intervals) depend only on the request and the
+            // settings, so a memoized request has passed them (the memo is emptied when the settings change).
+            catalogue_checks(st, &request)?;
             let key = request.cache_key();
             let p = std::sync::Arc::new(Prepared { request, key });
             if layout.is_none() {
@@ -301,22 +304,7 @@ async fn answer(
     trace.symbol = Some(req.symbol.clone());
     trace.interval = Some(req.interval.clone());
 
-    let seed = {
-        let settings = s.settings.read().unwrap();
-        for (exchange, ticker) in chart_img_spec::symbol_parts(&req.symbol) {
-            let full = format!("{exchange}:{ticker}");
-            let listed = settings.catalogue.lists(&exchange, &ticker);
-            if settings.invalid_symbols.iter().any(|i| *i == full || *i == req.symbol)
-                || (settings.symbols == SymbolMode::Strict && listed == Some(false))
-            {
-                return Err(Rejection::invalid_symbol().into());
-            }
-            if settings.unsupported_intervals.get(&exchange).is_some_and(|l| l.contains(&req.interval)) {
-                return Err(Rejection::invalid_interval().into());
-            }
-        }
-        settings.seed
-    };
+    let seed = s.settings.read().unwrap().seed;
     if let Some(l) = &layout {
         let sent = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
         if let (Some(id), Some(sign)) = (&l.session_id, &l.session_sign) {
@@ -339,6 +327,24 @@ async fn answer(
         }
         Route::Storage => store(st, req, layout.is_some(), headers, bytes, account),
     }
+}
+
+/// `invalid_symbols`, `symbols: strict` against the catalogue, then `unsupported_intervals`.
+fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<(), ApiError> {
+    let settings = st.inner.settings.read().unwrap();
+    for (exchange, ticker) in chart_img_spec::symbol_parts(&req.symbol) {
+        let full = format!("{exchange}:{ticker}");
+        let listed = settings.catalogue.lists(&exchange, &ticker);
+        if settings.invalid_symbols.iter().any(|i| *i == full || *i == req.symbol)
+            || (settings.symbols == SymbolMode::Strict && listed == Some(false))
+        {
+            return Err(Rejection::invalid_symbol().into());
+        }
+        if settings.unsupported_intervals.get(&exchange).is_some_and(|l| l.contains(&req.interval)) {
+            return Err(Rejection::invalid_interval().into());
+        }
+    }
+    Ok(())
 }
 
 /// Under `latency: realistic`, waits as long as the real service would (scaled by `time_scale`); past the gateway

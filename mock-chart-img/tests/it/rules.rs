@@ -245,3 +245,31 @@ async fn checks_run_in_order_body_fields_plan_semantic() {
     );
     assert_eq!(ctx.chart_json("k-basic", json!({ "symbol": "NOPE:X" })).await, (422, msg("Invalid Symbol")));
 }
+
+#[tokio::test]
+async fn chart_options_ranges_and_shifts_are_field_errors() {
+    let ctx = start(config()).await;
+    assert_eq!(
+        ctx.chart_json("k-pro", json!({ "override": { "mainPaneHeight": 99 } })).await,
+        (422, field("override.mainPaneHeight", json!(99), "must be an integer between 100 and 1800"))
+    );
+    assert_eq!(
+        ctx.chart_json("k-pro", json!({ "override": { "priceRange": { "from": 1, "to": 2, "margin": 0.5 } } })).await,
+        (422, field("override.priceRange.margin", json!(0.5), "must be a number between 0.001 and 0.1"))
+    );
+    assert_eq!(
+        ctx.chart_json("k-pro", json!({ "override": { "showLegend": "sometimes" } })).await,
+        (422, field("override.showLegend", json!("sometimes"), "must be a boolean"))
+    );
+    assert_eq!(
+        ctx.chart_json("k-pro", json!({ "shiftRight": 1001 })).await,
+        (422, field("shiftRight", json!(1001), "must be an integer between 1 and 1000"))
+    );
+    assert_eq!(
+        ctx.chart_json("k-pro", json!({ "range": { "from": "2026-02-01", "to": "2026-01-01" } })).await,
+        (422, field("range", json!({ "from": "2026-02-01", "to": "2026-01-01" }), "`from` must be before `to`"))
+    );
+    let ok = json!({ "width": 400, "height": 300, "range": "YTD", "shiftLeft": "5",
+                     "override": { "mainPaneHeight": 300, "showLegend": false, "priceRange": { "from": 1, "to": 2, "margin": 0.05 } } });
+    assert_eq!(ctx.chart("k-pro", ok).await.status(), 200);
+}

@@ -25,6 +25,12 @@ struct Args {
     /// Seed of the chart data and fault dice (overrides the file's `seed`).
     #[arg(long)]
     seed: Option<u64>,
+    /// `instant` or `realistic` chart times (overrides the file's `latency`).
+    #[arg(long, value_parser = ["instant", "realistic"])]
+    latency: Option<String>,
+    /// Multiplies realistic waits (overrides the file's `time_scale`), e.g. 0.01 for tests.
+    #[arg(long)]
+    time_scale: Option<f64>,
     /// Human-readable logs instead of JSON lines.
     #[arg(long)]
     pretty_logs: bool,
@@ -53,6 +59,14 @@ async fn run_main() -> anyhow::Result<()> {
     };
     if let Some(seed) = args.seed {
         config.seed = seed;
+    }
+    match args.latency.as_deref() {
+        Some("realistic") => config.latency = mock_chart_img::LatencyProfile::Realistic,
+        Some(_) => config.latency = mock_chart_img::LatencyProfile::Instant,
+        None => {}
+    }
+    if let Some(scale) = args.time_scale {
+        config.time_scale = scale;
     }
     let state = AppState::new(&config)?;
     let _watch = match &args.config {

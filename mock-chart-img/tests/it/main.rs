@@ -8,6 +8,8 @@ mod images;
 mod limits;
 mod plans;
 mod replay;
+mod routes;
+mod rules;
 
 use mock_chart_img::{spawn, Config, MockServer};
 use serde_json::{json, Value};

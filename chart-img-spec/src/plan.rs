@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(pro.limits().max_width, 1920);
 /// assert_eq!(Plan::most_permissive([Plan::Basic, Plan::Pro]), Some(Plan::Pro));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Plan {
+    /// The default, since an account whose plan is not given is held to the smallest (`contract.md`, §3).
     /// 1/s, burst 3, 50 a day, 800×600, 3 parameters, CHART-IMG watermark, 14 days of storage.
+    #[default]
     Basic,
     /// 10/s, burst 15, 500 a day, 1920×1080, 5 parameters, 30 days.
     Pro,

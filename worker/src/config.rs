@@ -72,7 +72,7 @@ pub fn parse_accounts(source: &str, raw: &str) -> Result<Vec<AccountConfig>, Con
             None => return Err(cfg_err(at("apiKey"), "is missing")),
         };
         let plan = match o.remove("plan") {
-            None | Some(Value::Null) => Plan::Basic,
+            None | Some(Value::Null) => Plan::default(),
             Some(Value::String(s)) => s.parse().map_err(|e: chart_img_spec::UnknownPlan| cfg_err(at("plan"), e.to_string()))?,
             Some(_) => return Err(cfg_err(at("plan"), "must be a string")),
         };

@@ -67,19 +67,33 @@ fn utc_seconds(v: &str) -> bool {
 fn play_all(paths: Vec<PathBuf>, emu: &tests::runner::Emulators, jobs: usize) -> BTreeMap<PathBuf, Result<Option<serde_json::Value>, String>> {
     let queue = Mutex::new(paths);
     let results = Mutex::new(BTreeMap::new());
+    // A failing scenario's report is printed once, by the glob below, not also by the panic hook of its thread.
+    let hook = std::sync::Arc::new(std::panic::take_hook());
+    let inner = hook.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some(JOB_THREAD) {
+            inner(info);
+        }
+    }));
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
-            s.spawn(|| loop {
+            let job = std::thread::Builder::new().name(JOB_THREAD.into());
+            job.spawn_scoped(s, || loop {
                 let Some(path) = queue.lock().unwrap().pop() else { break };
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| play(&path, emu))).map_err(|p| {
                     p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
                 });
                 results.lock().unwrap().insert(path, r);
-            });
+            })
+            .expect("a scenario thread");
         }
     });
+    let _ = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| hook(info)));
     results.into_inner().unwrap()
 }
+
+const JOB_THREAD: &str = "scenario-job";
 
 #[test]
 fn scenarios() {

@@ -117,7 +117,9 @@ async fn handle(st: AppState, route: Route, method: Method, uri: Uri, headers: H
 
     let status = if response.extensions().get::<Abort>().is_some() { None } else { Some(response.status().as_u16()) };
     let duration_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(
+    // A debug line: at the default level only the periodic summary (`telemetry`) is written, so logging costs the
+    // request path nothing.
+    tracing::debug!(
         route = ?route,
         account = trace.account.as_deref().unwrap_or("-"),
         key_status = trace.key_status,
@@ -251,7 +253,7 @@ async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &
         return Ok(b);
     }
     trace.cache_hit = Some(false);
-    let owned = req.clone();
+    let owned = crate::render::RenderRequest::new(req.clone(), placement_of);
     let rendered = tokio::task::spawn_blocking(move || crate::render::render(&owned, seed))
         .await
         .map_err(|_| ApiError::Status { status: 500, message: None })?
@@ -263,6 +265,27 @@ async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &
     let bytes = Bytes::from(rendered);
     s.cache.lock().unwrap().put(key.to_string(), bytes.clone());
     Ok(bytes)
+}
+
+/// TEMPORARY (until the shared spec crate is merged): the natural pane of a study, the `placement` column of
+/// `shared/docs/chart-img-data/studies.json` for its overlay studies. At merge, replace this function with the spec's
+/// lookup (`placement` of the study named `name`); nothing else depends on it.
+fn placement_of(name: &str) -> crate::render::Placement {
+    const OVERLAYS: &[&str] = &[
+        "Arnaud Legoux Moving Average", "Bollinger Bands", "Chande Kroll Stop", "Donchian Channels", "Double EMA",
+        "Envelopes", "Hull Moving Average", "Ichimoku Cloud", "Keltner Channels", "Least Squares Moving Average",
+        "Linear Regression Curve", "MA Cross", "MA with EMA Cross", "McGinley Dynamic", "Moving Average",
+        "Moving Average Adaptive", "Moving Average Channel", "Moving Average Double", "Moving Average Exponential",
+        "Moving Average Hamming", "Moving Average Multiple", "Moving Average Triple", "Moving Average Weighted",
+        "Parabolic SAR", "Price Channel", "Smoothed Moving Average", "Standard Error Bands", "Super Trend", "Triple EMA",
+        "Volatility Index", "Volume Profile Visible Range", "VWAP", "VWMA", "Williams Alligator", "Williams Fractal",
+        "Zig Zag",
+    ];
+    if OVERLAYS.contains(&name) {
+        crate::render::Placement::Overlay
+    } else {
+        crate::render::Placement::Pane
+    }
 }
 
 /// Keeps the image and answers `{url, etag, expire}` with a URL this server serves.

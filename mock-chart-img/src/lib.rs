@@ -7,9 +7,12 @@
 //!   limits → interval/symbol → render. `errors` holds every error body; `request` validates and normalizes.
 //! - `accounts`: keys → accounts, each with a `governor` rate limiter and a daily counter by UTC date
 //!   ([`Clock`] injectable).
-//! - `render`: deterministic charts (tiny-skia) encoded as PNG or JPEG, behind a bounded LRU cache.
+//! - `render`: deterministic charts (tiny-skia) encoded as PNG or JPEG, behind a bounded LRU cache; study placement
+//!   is an input ([`RenderRequest`], [`StudySpec`]); `indicators` computes every study from the drawn candles.
 //! - `faults`: latency, status sequences, error rates, reset/empty/truncated/non-image answers.
-//! - `journal`: bounded ring buffer of requests; `admin`: the `/__admin` API and its OpenAPI document.
+//! - `journal`: bounded ring buffer of requests, and the traffic counts of the periodic summary log line;
+//!   `telemetry`: Cloud Logging JSON lines through a non-blocking writer; `admin`: the `/__admin` API and its OpenAPI
+//!   document.
 //! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching.
 //!
 //! # Invariants
@@ -39,6 +42,7 @@ mod clock;
 mod config;
 mod errors;
 mod faults;
+mod indicators;
 mod journal;
 mod plan;
 mod reload;
@@ -47,6 +51,7 @@ mod replay;
 pub mod request;
 mod server;
 mod state;
+mod telemetry;
 
 use std::{future::Future, net::SocketAddr};
 
@@ -62,13 +67,14 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigError, ConfigFormat, KeyConfig, LimitOverrides, ReplayConfig};
 pub use errors::{documented_message, ApiError};
 pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
-pub use journal::{JournalEntry, JournalQuery};
+pub use journal::{JournalEntry, JournalQuery, Traffic};
 pub use plan::{Plan, PlanLimits, PlanName};
 pub use reload::{watch_config, ConfigWatcher};
-pub use render::{render, RenderError};
+pub use render::{render, Placement, RenderError, RenderRequest, StudySpec};
 pub use replay::{MISS_MESSAGE, MISS_STATUS};
 pub use server::serve;
 pub use state::AppState;
+pub use telemetry::{init_logs, log_summaries, log_summary, CloudLoggingLayer, LogGuard};
 
 /// The Chart-IMG routes only (what a client talks to).
 pub fn api_router(state: AppState) -> Router {

@@ -53,9 +53,11 @@ LUA
 start_mock() {
     local log=$WORK/mock-$RANDOM.log
     env -u RUST_LOG "$@" "$MOCK" --config "$WORK/mock.yaml" --listen 127.0.0.1:0 2>"$log" &
-    PIDS+=($!)
+    local pid=$!
+    PIDS+=("$pid")
+    # The port comes from the kernel; with RUST_LOG=warn the mock does not log it, so ask the socket table.
     for _ in $(seq 100); do
-        ADDR=$(grep -o '"listen":"127.0.0.1:[0-9]*"' "$log" 2>/dev/null | head -1 | cut -d'"' -f4) || true
+        ADDR=$(ss -Hltnp 2>/dev/null | grep "pid=$pid," | awk '{print $4}' | head -1) || true
         [ -n "$ADDR" ] && return 0
         sleep 0.1
     done

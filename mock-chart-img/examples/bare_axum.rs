@@ -22,6 +22,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
+    if std::env::var_os("BARE_NODELAY").is_some() {
+        // The mock's own socket option (TCP_NODELAY on every connection), for a like-for-like transport.
+        use axum::serve::ListenerExt;
+        axum::serve(listener.tap_io(|tcp| drop(tcp.set_nodelay(true))), app).await?;
+    } else {
+        axum::serve(listener, app).await?;
+    }
     Ok(())
 }

@@ -132,10 +132,19 @@ async fn handle(st: AppState, route: Route, method: Method, uri: Uri, headers: H
     s.journal.push(JournalEntry {
         seq: 0,
         at: s.clock.now(),
-        method: method.to_string(),
-        path: uri.path().to_string(),
+        method: match method {
+            Method::POST => "POST".into(),
+            other => other.to_string().into(),
+        },
+        path: match route {
+            Route::AdvancedChart if uri.path() == "/v2/tradingview/advanced-chart" => "/v2/tradingview/advanced-chart".into(),
+            Route::Storage if uri.path() == "/v2/tradingview/advanced-chart/storage" => {
+                "/v2/tradingview/advanced-chart/storage".into()
+            }
+            _ => uri.path().to_string().into(),
+        },
         account: trace.account,
-        key_status: trace.key_status.to_string(),
+        key_status: trace.key_status.into(),
         status,
         duration_ms,
         error: trace.error,

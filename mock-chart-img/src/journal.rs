@@ -3,7 +3,7 @@
 //! **Invariant:** an entry names the account, never the API key, so the journal can be shown and logged freely.
 //! **Invariant:** at most `capacity` entries are kept; the oldest goes first, so memory stays flat under any load.
 
-use std::{collections::VecDeque, sync::Mutex};
+use std::{borrow::Cow, collections::VecDeque, sync::Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,15 +17,18 @@ pub struct JournalEntry {
     /// When the answer was decided.
     #[schema(value_type = String, format = DateTime)]
     pub at: DateTime<Utc>,
-    /// `POST`, …
-    pub method: String,
+    /// `POST`, … (a `Cow` so the common values cost no allocation per request).
+    #[schema(value_type = String)]
+    pub method: Cow<'static, str>,
     /// The request path.
-    pub path: String,
+    #[schema(value_type = String)]
+    pub path: Cow<'static, str>,
     /// The account of the key, when the key is known.
     pub account: Option<String>,
     /// `missing` (no header), `unknown`, `inactive` or `valid`: tells a typo from a missing header without
     /// showing the key.
-    pub key_status: String,
+    #[schema(value_type = String)]
+    pub key_status: Cow<'static, str>,
     /// The answered status; absent when the connection was dropped on purpose.
     pub status: Option<u16>,
     /// Time spent on the answer, injected latency included.

@@ -176,7 +176,9 @@ fn journal(st: &AppState, method: &Method, uri: &Uri, trace: Trace, started: Ins
     let s = &st.inner;
     let status = if response.extensions().get::<Abort>().is_some() { None } else { Some(response.status().as_u16()) };
     let duration_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(
+    // A debug line: at the default level only the periodic summary (`telemetry`) is written, so logging costs the
+    // request path nothing.
+    tracing::debug!(
         path = uri.path(),
         account = trace.account.as_deref().unwrap_or("-"),
         key_status = trace.key_status,
@@ -189,10 +191,18 @@ fn journal(st: &AppState, method: &Method, uri: &Uri, trace: Trace, started: Ins
     s.journal.push(JournalEntry {
         seq: 0,
         at: s.clock.now(),
-        method: method.to_string(),
-        path: uri.path().to_string(),
+        // Static names for the common method and paths: no allocation per request.
+        method: match *method {
+            Method::POST => "POST".into(),
+            ref other => other.to_string().into(),
+        },
+        path: match uri.path() {
+            "/v2/tradingview/advanced-chart" => "/v2/tradingview/advanced-chart".into(),
+            "/v2/tradingview/advanced-chart/storage" => "/v2/tradingview/advanced-chart/storage".into(),
+            other => other.to_string().into(),
+        },
         account: trace.account,
-        key_status: trace.key_status.to_string(),
+        key_status: trace.key_status.into(),
         status,
         duration_ms,
         error: trace.error,
@@ -381,7 +391,7 @@ async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &
         return Ok(b);
     }
     trace.cache_hit = Some(false);
-    let owned = req.clone();
+    let owned = crate::render::RenderRequest::new(req.clone());
     let rendered = tokio::task::spawn_blocking(move || crate::render::render(&owned, seed))
         .await
         .map_err(|_| ApiError::Status { status: 500, message: None })?

@@ -11,9 +11,12 @@
 //!   on-disk store behind the `/storage` URLs.
 //! - `accounts`: keys → accounts, each with a `governor` rate limiter and a daily counter by UTC date
 //!   ([`Clock`] injectable).
-//! - `render`: deterministic charts (tiny-skia) encoded as PNG or JPEG, behind a bounded LRU cache.
+//! - `render`: deterministic charts (tiny-skia) encoded as PNG or JPEG, behind a bounded LRU cache; study placement
+//!   is an input ([`RenderRequest`], [`StudySpec`]); `indicators` computes every study from the drawn candles.
 //! - `faults`: latency, status sequences, error rates, reset/empty/truncated/non-image answers.
-//! - `journal`: bounded ring buffer of requests; `admin`: the `/__admin` API and its OpenAPI document.
+//! - `journal`: bounded ring buffer of requests, and the traffic counts of the periodic summary log line;
+//!   `telemetry`: Cloud Logging JSON lines through a non-blocking writer; `admin`: the `/__admin` API and its OpenAPI
+//!   document.
 //! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching.
 //!
 //! # Invariants
@@ -46,6 +49,7 @@ mod clock;
 mod config;
 mod errors;
 mod faults;
+mod indicators;
 mod journal;
 mod latency;
 mod plan;
@@ -56,6 +60,7 @@ pub mod request;
 mod server;
 mod state;
 mod storage;
+mod telemetry;
 
 use std::{future::Future, net::SocketAddr};
 
@@ -75,13 +80,14 @@ pub use config::{
 };
 pub use errors::{documented_message, ApiError};
 pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
-pub use journal::{JournalEntry, JournalQuery};
+pub use journal::{JournalEntry, JournalQuery, Traffic};
 pub use plan::{Plan, PlanLimits, PlanName};
 pub use reload::{watch_config, ConfigWatcher};
-pub use render::{render, RenderError};
+pub use render::{render, Placement, RenderError, RenderRequest, StudySpec};
 pub use replay::{MISS_MESSAGE, MISS_STATUS};
 pub use server::serve;
 pub use state::AppState;
+pub use telemetry::{init_logs, log_summaries, log_summary, CloudLoggingLayer, LogGuard};
 
 /// The Chart-IMG routes (with their fallbacks), without state.
 fn chart_routes() -> Router<AppState> {

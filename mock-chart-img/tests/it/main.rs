@@ -6,6 +6,7 @@ mod errors;
 mod faults;
 mod images;
 mod limits;
+mod logs;
 mod plans;
 mod replay;
 mod routes;

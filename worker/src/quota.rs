@@ -3,7 +3,8 @@
 //!
 //! Invariant: every call sent to Chart-IMG was paid for by one unit taken from a grant before it was sent, and only
 //! units never sent are given back. So `usageToday` never under-counts; a crash between reserve and give-back
-//! over-counts by at most the units that step still held.
+//! over-counts by at most the units that step still held. Each reservation and give-back carries its own operation id
+//! ([`OpId`]), so a transaction retried after a lost commit reply applies once.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
@@ -15,7 +16,7 @@ use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::config::AccountConfig;
-use crate::domain::{AccountId, AccountQuota, Grant};
+use crate::domain::{AccountId, AccountQuota, Grant, OpId};
 use crate::ports::{AccountUsageStore, Clock, StoreError};
 
 /// One configured account with the limiter that keeps this process within its plan's rate and burst.
@@ -123,7 +124,7 @@ impl<'a> QuotaLedger<'a> {
     pub async fn reserve(&self, units: u32) -> Result<(), StoreError> {
         let mut st = self.state.lock().await;
         let usable = self.usable(&st);
-        let grants = self.store.reserve(&usable, units, self.clock.now()).await?;
+        let grants = self.store.reserve(&OpId::random(), &usable, units, self.clock.now()).await?;
         st.depleted = grants.is_empty();
         st.held.extend(grants);
         Ok(())
@@ -148,7 +149,7 @@ impl<'a> QuotaLedger<'a> {
                 let names: Vec<&str> = self.pool.accounts.iter().map(|a| a.config.id.as_str()).collect();
                 return Err(AcquireError::AllExhausted(names.join(", ")));
             }
-            let grants = self.store.reserve(&usable, top_up.max(1), self.clock.now()).await?;
+            let grants = self.store.reserve(&OpId::random(), &usable, top_up.max(1), self.clock.now()).await?;
             st.depleted = grants.is_empty();
             st.held.extend(grants);
         }
@@ -166,7 +167,7 @@ impl<'a> QuotaLedger<'a> {
         st.held.retain(|g| g.account != id);
         drop(st);
         for g in held {
-            if let Err(e) = self.store.give_back(&g.account, g.day, g.units, now).await {
+            if let Err(e) = self.store.give_back(&OpId::random(), &g.account, g.day, g.units, now).await {
                 warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
             }
         }
@@ -183,7 +184,7 @@ impl<'a> QuotaLedger<'a> {
         drop(st);
         let now = self.clock.now();
         for g in held.into_iter().filter(|g| g.units > 0) {
-            if let Err(e) = self.store.give_back(&g.account, g.day, g.units, now).await {
+            if let Err(e) = self.store.give_back(&OpId::random(), &g.account, g.day, g.units, now).await {
                 warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
             }
         }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::ids::{StepId, TemplateId, WorkerId};
+use super::ids::{ClaimToken, StepId, TemplateId, WorkerId};
 use super::timeframe::Timeframe;
 
 pub const CHART_EXPORT: &str = "CHART_EXPORT";
@@ -62,27 +62,38 @@ pub enum StepSelector {
 #[derive(Debug, Clone)]
 pub struct ClaimParams {
     pub worker: WorkerId,
+    /// New for every claim attempt (not per process): a retried commit that finds this token on a RUNNING step knows
+    /// the first try landed.
+    pub token: ClaimToken,
     pub now: DateTime<Utc>,
     pub lease: Duration,
+    /// Claims a step may have had; a claimable step that has used them all is finalized FAILED instead of claimed.
+    pub max_attempts: u32,
 }
 
-/// The closed set of answers to "claim a step". Only `Claimed` is followed by a write.
+/// The closed set of answers to "claim a step". Only `Claimed` (first try) and `GaveUp` are followed by a write.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "outcome", rename_all = "camelCase")]
+#[serde(tag = "outcome", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum ClaimOutcome {
-    /// The step is ours: `READY -> RUNNING` (or a RUNNING step whose lease had expired) was written.
-    /// `run` is the whole document as the transaction left it, so the core needs no second read.
-    Claimed { step_id: StepId, run: Value, reclaimed: bool },
+    /// The step is ours: `READY -> RUNNING` (or a RUNNING step whose lease had expired) was written, or a retried
+    /// commit found our own token already there. `run` is the whole document as the transaction left it, so the
+    /// core needs no second read; `attempt` counts this claim (1 for the first).
+    Claimed { step_id: StepId, run: Value, reclaimed: bool, attempt: u32 },
     RunNotFound,
-    /// No CHART_EXPORT step is READY (or RUNNING with an expired lease).
+    /// No CHART_EXPORT step is READY (or RUNNING with an expired lease), none waits for its not-before time and none
+    /// is held by someone else.
     NoClaimableStep,
     StepNotFound { step_id: StepId },
     WrongStepType { step_id: StepId, step_type: String },
-    /// Another worker holds a live lease.
-    AlreadyRunning { step_id: StepId, claimed_by: Option<String> },
+    /// Another claim holds a live lease.
+    AlreadyRunning { step_id: StepId, claimed_by: Option<String>, lease_expires_at: Option<String> },
+    /// Released after a transient failure; not claimable before `not_before`.
+    NotYet { step_id: StepId, not_before: String },
     AlreadyFinished { step_id: StepId, status: String },
     /// PENDING or an unknown status: not ours to touch.
     NotClaimable { step_id: StepId, status: String },
+    /// The step had used all its attempts: it was finalized FAILED with `code` instead of being claimed.
+    GaveUp { step_id: StepId, code: String, message: String },
 }
 
 /// A field-masked patch of `steps.<stepId>`: each key is a field of the step; `None` deletes the field.
@@ -142,8 +153,46 @@ fn lease_expired(step: &Value, now: DateTime<Utc>) -> bool {
     parse_time(step.get("leaseExpiresAt")).is_some_and(|t| t <= now)
 }
 
-/// Decides a claim on the document as read inside a transaction. Returns the outcome and, for `Claimed`, the patch
-/// the transaction must write.
+fn str_field<'a>(step: &'a Value, field: &str) -> Option<&'a str> {
+    step.get(field).and_then(Value::as_str)
+}
+
+/// Claims the step has had so far (`attempts`; absent = 0).
+pub fn attempts_of(step: &Value) -> u32 {
+    step.get("attempts").and_then(Value::as_u64).map(|n| n.min(u32::MAX as u64) as u32).unwrap_or(0)
+}
+
+/// Where a step stands for a would-be claimer at `now`.
+#[derive(Debug, Clone, PartialEq)]
+enum Availability {
+    /// READY (not-before passed or absent), or RUNNING with an expired lease (`reclaimed`).
+    Claimable { reclaimed: bool },
+    /// RUNNING under this very claim token: a retried commit whose first try landed.
+    Ours,
+    /// RUNNING under another claim whose lease is live.
+    HeldElsewhere,
+    /// READY with a not-before time still ahead.
+    NotYet(String),
+    Finished,
+    Other,
+}
+
+fn availability(step: &Value, now: DateTime<Utc>, token: Option<&ClaimToken>) -> Availability {
+    match status_of(step) {
+        StepStatus::Running if token.is_some_and(|t| str_field(step, "claimToken") == Some(t.as_str())) => Availability::Ours,
+        StepStatus::Running if lease_expired(step, now) => Availability::Claimable { reclaimed: true },
+        StepStatus::Running => Availability::HeldElsewhere,
+        StepStatus::Ready => match parse_time(step.get("notBefore")) {
+            Some(t) if t > now => Availability::NotYet(rfc3339(t)),
+            _ => Availability::Claimable { reclaimed: false },
+        },
+        StepStatus::Succeeded | StepStatus::Failed => Availability::Finished,
+        _ => Availability::Other,
+    }
+}
+
+/// Decides a claim on the document as read inside a transaction. Returns the outcome and the patch the transaction
+/// must write (for a first-try `Claimed` and for `GaveUp`).
 pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParams) -> (ClaimOutcome, Option<StepPatch>) {
     let Some(doc) = doc else { return (ClaimOutcome::RunNotFound, None) };
     let steps = doc.get("steps").and_then(Value::as_object);
@@ -154,24 +203,22 @@ pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParam
         },
         StepSelector::First => {
             // serde_json keeps insertion order; the contract says stepId order, so sort explicitly.
-            let mut candidates: Vec<(&String, &Value)> = steps
+            let mut candidates: Vec<(&String, &Value, Availability)> = steps
                 .into_iter()
                 .flatten()
                 .filter(|(_, s)| step_type(s) == CHART_EXPORT)
-                .filter(|(_, s)| match status_of(s) {
-                    StepStatus::Ready => true,
-                    StepStatus::Running => lease_expired(s, p.now),
-                    _ => false,
-                })
+                .map(|(k, s)| (k, s, availability(s, p.now, Some(&p.token))))
                 .collect();
             candidates.sort_by(|a, b| a.0.cmp(b.0));
-            match candidates.first() {
-                Some((id, step)) => match StepId::parse(id.as_str()) {
-                    Ok(id) => Some((id, *step)),
-                    Err(_) => None,
-                },
-                None => None,
-            }
+            // A step that can be taken wins; else the first one that blocks (so the answer says who holds it or
+            // when it may be retried); else there is nothing to do.
+            let takeable = |a: &Availability| matches!(a, Availability::Claimable { .. } | Availability::Ours);
+            let blocked = |a: &Availability| matches!(a, Availability::HeldElsewhere | Availability::NotYet(_));
+            candidates
+                .iter()
+                .find(|c| takeable(&c.2))
+                .or_else(|| candidates.iter().find(|c| blocked(&c.2)))
+                .and_then(|(id, step, _)| StepId::parse(id.as_str()).ok().map(|id| (id, *step)))
         }
     };
     let Some((step_id, step)) = pick else { return (ClaimOutcome::NoClaimableStep, None) };
@@ -179,69 +226,182 @@ pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParam
         let step_type = step_type(step).to_owned();
         return (ClaimOutcome::WrongStepType { step_id, step_type }, None);
     }
-    let reclaimed = match status_of(step) {
-        StepStatus::Ready => false,
-        StepStatus::Running if lease_expired(step, p.now) => true,
-        StepStatus::Running => {
-            let claimed_by = step.get("claimedBy").and_then(Value::as_str).map(str::to_owned);
-            return (ClaimOutcome::AlreadyRunning { step_id, claimed_by }, None);
+    let reclaimed = match availability(step, p.now, Some(&p.token)) {
+        Availability::Claimable { reclaimed } => reclaimed,
+        Availability::Ours => {
+            let attempt = attempts_of(step);
+            return (ClaimOutcome::Claimed { step_id, run: doc.clone(), reclaimed: false, attempt }, None);
         }
-        s @ (StepStatus::Succeeded | StepStatus::Failed) => {
-            return (ClaimOutcome::AlreadyFinished { step_id, status: s.as_str().to_owned() }, None);
+        Availability::HeldElsewhere => {
+            let claimed_by = str_field(step, "claimedBy").map(str::to_owned);
+            let lease_expires_at = str_field(step, "leaseExpiresAt").map(str::to_owned);
+            return (ClaimOutcome::AlreadyRunning { step_id, claimed_by, lease_expires_at }, None);
         }
-        s => return (ClaimOutcome::NotClaimable { step_id, status: s.as_str().to_owned() }, None),
+        Availability::NotYet(not_before) => return (ClaimOutcome::NotYet { step_id, not_before }, None),
+        Availability::Finished => {
+            return (ClaimOutcome::AlreadyFinished { step_id, status: status_of(step).as_str().to_owned() }, None);
+        }
+        Availability::Other => {
+            return (ClaimOutcome::NotClaimable { step_id, status: status_of(step).as_str().to_owned() }, None);
+        }
     };
     let mut fields = BTreeMap::new();
+    let mut last_error = step.get("lastError").cloned();
+    if reclaimed {
+        // The holder stopped renewing its lease (killed, cut off, or past its deadline without a word).
+        let by = str_field(step, "claimedBy").unwrap_or("an unknown worker");
+        let until = str_field(step, "leaseExpiresAt").unwrap_or("?");
+        let e = json!({ "code": "STEP_ABANDONED", "message": format!("the lease of {by} expired at {until} while the step was RUNNING") });
+        fields.insert("lastError".to_owned(), Some(e.clone()));
+        last_error = Some(e);
+    }
+    let done = attempts_of(step);
+    if done >= p.max_attempts {
+        let code = last_error.as_ref().and_then(|e| str_field(e, "code")).unwrap_or("STEP_ABANDONED").to_owned();
+        let last = last_error.as_ref().and_then(|e| str_field(e, "message")).unwrap_or("no error was recorded");
+        let message = format!("gave up after {done} attempts; last error: {last}");
+        fields.insert("status".to_owned(), Some(json!("FAILED")));
+        fields.insert("finishedAt".to_owned(), Some(json!(rfc3339(p.now))));
+        fields.insert("error".to_owned(), Some(json!({ "code": code, "message": message })));
+        fields.insert("claimToken".to_owned(), Some(json!(p.token.as_str())));
+        fields.insert("leaseExpiresAt".to_owned(), None);
+        fields.insert("notBefore".to_owned(), None);
+        return (ClaimOutcome::GaveUp { step_id: step_id.clone(), code, message }, Some(StepPatch { step_id, fields }));
+    }
+    let attempt = done + 1;
     fields.insert("status".to_owned(), Some(json!("RUNNING")));
     fields.insert("claimedBy".to_owned(), Some(json!(p.worker.as_str())));
+    fields.insert("claimToken".to_owned(), Some(json!(p.token.as_str())));
+    fields.insert("attempts".to_owned(), Some(json!(attempt)));
     fields.insert("startedAt".to_owned(), Some(json!(rfc3339(p.now))));
     fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(p.now + p.lease))));
+    fields.insert("notBefore".to_owned(), None);
     let patch = StepPatch { step_id: step_id.clone(), fields };
     let mut run = doc.clone();
     patch.apply_to(&mut run);
-    (ClaimOutcome::Claimed { step_id, run, reclaimed }, Some(patch))
+    (ClaimOutcome::Claimed { step_id, run, reclaimed, attempt }, Some(patch))
 }
 
-/// The answer of a guarded patch (finalize, release).
+/// The answer of a guarded patch (finalize, release, lease renewal).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "camelCase")]
 pub enum PatchOutcome {
     Applied,
-    /// The step is no longer RUNNING under this worker: finished, released, or reclaimed by another after our lease.
+    /// The step already shows this patch's status under our token: a retried commit whose first try landed.
+    AlreadyApplied,
+    /// The step is no longer RUNNING under this claim: finished, released, or reclaimed by another after our lease.
     NotOwner { status: String, claimed_by: Option<String> },
     StepMissing,
 }
 
-/// A finalize or release applies only while the step is RUNNING and claimed by `worker`.
-pub fn check_owner(doc: Option<&Value>, step_id: &StepId, worker: &WorkerId) -> PatchOutcome {
-    let Some(step) = doc.and_then(|d| d.get("steps")).and_then(|s| s.get(step_id.as_str())) else {
-        return PatchOutcome::StepMissing;
-    };
-    let claimed_by = step.get("claimedBy").and_then(Value::as_str);
-    let status = status_of(step);
-    if status == StepStatus::Running && claimed_by == Some(worker.as_str()) {
-        PatchOutcome::Applied
-    } else {
-        PatchOutcome::NotOwner { status: status.as_str().to_owned(), claimed_by: claimed_by.map(str::to_owned) }
+impl PatchOutcome {
+    /// Whether the patch is in the document now (written by this call or by an earlier try of it).
+    pub fn landed(&self) -> bool {
+        matches!(self, Self::Applied | Self::AlreadyApplied)
     }
 }
 
-/// The quick filter of the contract, run on event data before any store call: does this document hold a step that
-/// a claim could take right now? Our own writes (RUNNING, SUCCEEDED, FAILED) answer `false`.
-pub fn has_claimable_step(doc: &Value, selector: &StepSelector, now: DateTime<Utc>) -> bool {
-    let Some(steps) = doc.get("steps").and_then(Value::as_object) else { return false };
-    let claimable = |s: &Value| {
-        step_type(s) == CHART_EXPORT
-            && match status_of(s) {
-                StepStatus::Ready => true,
-                StepStatus::Running => lease_expired(s, now),
-                _ => false,
-            }
+/// A finalize, release or renewal applies only while the step is RUNNING under `token`. A step that already shows
+/// the patch's target status under `token` answers `AlreadyApplied` (nothing to write).
+pub fn check_owner(doc: Option<&Value>, patch: &StepPatch, token: &ClaimToken) -> PatchOutcome {
+    let Some(step) = doc.and_then(|d| d.get("steps")).and_then(|s| s.get(patch.step_id.as_str())) else {
+        return PatchOutcome::StepMissing;
     };
-    match selector {
-        StepSelector::First => steps.values().any(claimable),
-        StepSelector::Explicit(id) => steps.get(id.as_str()).is_some_and(claimable),
+    let ours = str_field(step, "claimToken") == Some(token.as_str());
+    let status = status_of(step);
+    let target = patch.fields.get("status").and_then(|v| v.as_ref()).and_then(Value::as_str).unwrap_or("RUNNING");
+    if ours && status == StepStatus::Running {
+        PatchOutcome::Applied
+    } else if ours && status.as_str() == target {
+        PatchOutcome::AlreadyApplied
+    } else {
+        PatchOutcome::NotOwner {
+            status: status.as_str().to_owned(),
+            claimed_by: str_field(step, "claimedBy").map(str::to_owned),
+        }
     }
+}
+
+/// The lease renewal of a running step: only `leaseExpiresAt` moves.
+pub fn renew_patch(step_id: &StepId, lease_expires_at: DateTime<Utc>) -> StepPatch {
+    let mut fields = BTreeMap::new();
+    fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(lease_expires_at))));
+    StepPatch { step_id: step_id.clone(), fields }
+}
+
+/// What a release (RUNNING → READY after a transient failure) records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseParams {
+    pub now: DateTime<Utc>,
+    /// Not claimable before this time: the release write itself is delivered at once, bypassing Eventarc's backoff.
+    pub not_before: DateTime<Utc>,
+    pub code: String,
+    pub message: String,
+    /// Overrides the step's `attempts` (a shutdown hands back its attempt: it was not the step's fault).
+    pub attempts: Option<u32>,
+}
+
+/// The release patch. `claimToken` and `attempts` stay, so a retried release recognises itself and the next claim
+/// counts on.
+pub fn release_patch(step_id: &StepId, r: &ReleaseParams) -> StepPatch {
+    let mut fields = BTreeMap::new();
+    fields.insert("status".to_owned(), Some(json!("READY")));
+    fields.insert("notBefore".to_owned(), Some(json!(rfc3339(r.not_before))));
+    fields.insert("lastError".to_owned(), Some(json!({ "code": r.code, "message": r.message })));
+    fields.insert("updatedAt".to_owned(), Some(json!(rfc3339(r.now))));
+    if let Some(n) = r.attempts {
+        fields.insert("attempts".to_owned(), Some(json!(n)));
+    }
+    for f in ["leaseExpiresAt", "startedAt"] {
+        fields.insert(f.to_owned(), None);
+    }
+    StepPatch { step_id: step_id.clone(), fields }
+}
+
+/// How `serve` may answer an event from its own data, before any store call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventVerdict {
+    /// A step a claim could take now.
+    Claimable,
+    /// A released step whose not-before time is ahead: ask for a redelivery later.
+    NotYet { not_before: String },
+    /// A step RUNNING under a live lease: the holder's own write; its delivery is the watch.
+    HeldLive,
+    /// Nothing for this worker.
+    Nothing,
+}
+
+/// The quick filter of the contract, run on event data before any store call.
+pub fn event_verdict(doc: &Value, selector: &StepSelector, now: DateTime<Utc>) -> EventVerdict {
+    let Some(steps) = doc.get("steps").and_then(Value::as_object) else { return EventVerdict::Nothing };
+    let mut chart_steps: Vec<(&String, &Value)> = steps
+        .iter()
+        .filter(|(k, s)| {
+            step_type(s) == CHART_EXPORT
+                && match selector {
+                    StepSelector::First => true,
+                    StepSelector::Explicit(id) => id.as_str() == k.as_str(),
+                }
+        })
+        .collect();
+    chart_steps.sort_by(|a, b| a.0.cmp(b.0));
+    let states: Vec<Availability> = chart_steps.iter().map(|(_, s)| availability(s, now, None)).collect();
+    if states.iter().any(|a| matches!(a, Availability::Claimable { .. })) {
+        return EventVerdict::Claimable;
+    }
+    if let Some(Availability::NotYet(t)) = states.iter().find(|a| matches!(a, Availability::NotYet(_))) {
+        return EventVerdict::NotYet { not_before: t.clone() };
+    }
+    if states.iter().any(|a| matches!(a, Availability::HeldElsewhere)) {
+        return EventVerdict::HeldLive;
+    }
+    EventVerdict::Nothing
+}
+
+/// Does this document hold a step that a claim could take right now? Our own writes (RUNNING, SUCCEEDED, FAILED)
+/// answer `false`.
+pub fn has_claimable_step(doc: &Value, selector: &StepSelector, now: DateTime<Utc>) -> bool {
+    event_verdict(doc, selector, now) == EventVerdict::Claimable
 }
 
 /// The inputs of a claimed step after step-level validation.

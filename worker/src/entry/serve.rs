@@ -3,26 +3,31 @@
 //! Routes: `POST /` (an event, any shape [`crate::eventarc::parse`] reads), `GET /health` and `GET /` (200 once the
 //! clients are built; Cloud Run reserves some paths ending in `z`, hence not `/healthz`).
 //!
-//! Answers, following Eventarc's retry rules (anything but 2xx/102 is redelivered with backoff for up to 24 h):
-//! - 200 for a handled step (SUCCEEDED or FAILED), a no-op (not a flow run, a delete, no claimable step: our own
-//!   writes come back this way), and for a malformed delivery, which no redelivery could fix (logged as ERROR);
-//! - 503 only where a retry helps: the store was unavailable or contended (the core released the step), the
-//!   re-read of an oversized document failed, or the step was cut short by shutdown (and released).
+//! Answers, following Eventarc's retry rules (anything but 2xx/102 is redelivered with backoff, 10 s doubling to
+//! 600 s, for up to 24 h; a 2xx ends the chain for good):
+//! - from the event's own data, before any Firestore call: a step RUNNING under a live lease → 200 no-op (the
+//!   holder's own write; the holder's delivery is the watch); a released step whose `notBefore` is ahead → 503
+//!   (Eventarc's backoff brings it back); nothing claimable → 200 no-op;
+//! - after the claim: the step ran to SUCCEEDED or FAILED → 200; released after a transient failure → 200 (the
+//!   release write triggers its own event, which carries the retry: one redelivery chain, never two); the claim met
+//!   another live lease → 503 (the redeliveries re-check until the holder finishes or its lease expires, which is what
+//!   recovers the step of a killed holder); the release itself failed → 503;
+//! - a malformed or oversized delivery, or a final write refused for good → 200 with an ERROR log: the same bytes can
+//!   never succeed, and a redelivery would only loop.
 //!
 //! Invariants:
-//! - The quick filter ([`has_claimable_step`]) runs on the event's own data before any Firestore call; only a
-//!   delivery without data (documents over 10 MiB) costs a read first.
-//! - On shutdown the server stops accepting, lets in-flight steps finish within [`AppState::grace`], then aborts
-//!   the rest and hands their steps back (RUNNING → READY, only while this worker still owns them).
+//! - The quick filter ([`event_verdict`]) runs on the event's own data before any Firestore call; only a delivery
+//!   without data (documents over 10 MiB) costs a read first.
+//! - A step runs inside its request's future: nothing outlives the request.
+//! - On SIGTERM the server stops accepting and fires the steps' shutdown signal: each stops starting calls and
+//!   finishes or releases its step within [`AppState::grace`]; what cannot be released by then is left to its lease.
 
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,37 +35,43 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::task::AbortHandle;
 use tracing::{error, info, warn};
 
 use crate::adapters::{FirestoreStore, GcsArtifacts};
 use crate::config::Settings;
-use crate::core::{run_chart_export_step, CoreError, CoreSettings, StepReport, Worker};
-use crate::domain::step::has_claimable_step;
-use crate::domain::{PatchOutcome, RunId, StepId, StepPatch, StepSelector};
+use crate::core::{run_chart_export_step, CoreSettings, InFlight, Shutdown, ShutdownTrigger, StepReport, Worker};
+use crate::domain::step::{event_verdict, EventVerdict};
+use crate::domain::{RunId, StepSelector};
 use crate::eventarc::{self, FirestoreEvent};
 use crate::ports::SystemClock;
 use crate::quota::AccountPool;
 
-/// Eventarc events carry the document before and after the write, each up to 1 MiB (more is left out).
-const MAX_BODY: usize = 32 * 1024 * 1024;
+/// The largest event Eventarc delivers: its Pub/Sub transport carries messages of up to 10 MB (Firestore leaves the
+/// data out of bigger events), base64-encoded inside a push envelope when Eventarc falls back to one. Anything larger
+/// is refused as malformed (200 and an ERROR log: the same bytes could never succeed).
+pub const MAX_EVENT_BYTES: usize = 10 * 1024 * 1024;
+pub const MAX_BODY: usize = MAX_EVENT_BYTES / 3 * 4 + 64 * 1024;
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    /// The ports and settings every step runs with.
+    /// The ports and settings every step runs with; its shutdown signal is this state's.
     pub worker: Worker,
-    /// How long shutdown waits for in-flight steps before aborting and releasing them. Cloud Run allows 10 s
-    /// between SIGTERM and SIGKILL, so the default leaves time for the release writes.
+    /// How long shutdown waits for in-flight steps to finish or release. Cloud Run allows 10 s between SIGTERM and
+    /// SIGKILL (`CHART_EXPORT_SHUTDOWN_GRACE_SECONDS`, default 8 s).
     pub grace: Duration,
-    /// Steps running now, by a request-local id, so shutdown can abort them and release their claims.
-    inflight: Arc<Mutex<HashMap<u64, (RunId, AbortHandle)>>>,
-    next_id: Arc<AtomicU64>,
+    /// Steps running now.
+    inflight: Arc<InFlight>,
+    /// Fires the steps' shutdown signal.
+    trigger: Arc<ShutdownTrigger>,
 }
 
 impl AppState {
-    pub fn new(worker: Worker) -> Self {
-        Self { worker, grace: Duration::from_secs(8), inflight: Arc::default(), next_id: Arc::default() }
+    pub fn new(mut worker: Worker) -> Self {
+        let (trigger, shutdown): (ShutdownTrigger, Shutdown) = Shutdown::channel();
+        worker.shutdown = shutdown;
+        let grace = worker.settings.lifecycle.shutdown_grace;
+        Self { worker, grace, inflight: Arc::default(), trigger: Arc::new(trigger) }
     }
 
     pub fn with_grace(mut self, grace: Duration) -> Self {
@@ -70,7 +81,12 @@ impl AppState {
 
     /// Number of steps running now.
     pub fn in_flight(&self) -> usize {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.inflight.get()
+    }
+
+    /// Tells running steps to stop starting calls and finish or release now.
+    pub fn begin_shutdown(&self) {
+        self.trigger.fire();
     }
 }
 
@@ -78,7 +94,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(health).post(event))
         .route("/health", get(health))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        // The body is read under `MAX_BODY` by the handler itself, so an oversized event is answered like any other
+        // malformed delivery rather than with a 413 that Eventarc would redeliver for a day.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -107,7 +125,18 @@ fn retry(reason: impl Into<String>) -> Answer {
     Answer { status: StatusCode::SERVICE_UNAVAILABLE, body: json!({ "result": "retry", "reason": reason.into() }) }
 }
 
-async fn event(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Answer {
+async fn event(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Answer {
+    let body: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            error!(event = "cloud_event_received", accepted = false, limit = MAX_BODY, error = %e, "refusing an oversized or unreadable event body");
+            return ok("rejected", format!("the event body could not be read within {MAX_BODY} bytes: {e}"));
+        }
+    };
+    if state.worker.shutdown.is_set() {
+        // Draining: another instance will take it.
+        return retry("the instance is shutting down");
+    }
     let ev = match eventarc::parse(&headers, &body) {
         Ok(ev) => ev,
         Err(e) => {
@@ -143,56 +172,51 @@ async fn handle(state: &AppState, ev: &FirestoreEvent, run: RunId) -> Answer {
             Ok(Some(v)) => v,
             Ok(None) => return ok("noop", format!("flow_runs/{run} does not exist")),
             Err(e) if e.is_transient() => return retry(format!("cannot read flow_runs/{run}: {e}")),
-            Err(e) => return ok("failed", format!("cannot read flow_runs/{run}: {e}")),
+            Err(e) => {
+                error!(event = "cloud_event_received", runId = %run, error = %e, "cannot read the flow run");
+                return ok("failed", format!("cannot read flow_runs/{run}: {e}"));
+            }
         },
         (None, false) => return ok("noop", "the event carries no document after the write"),
     };
-    if !has_claimable_step(&doc, &StepSelector::First, now) {
-        return ok("noop", "no claimable CHART_EXPORT step");
+    match event_verdict(&doc, &StepSelector::First, now) {
+        EventVerdict::Claimable => run_step(state, run).await,
+        EventVerdict::NotYet { not_before } => retry(format!("the step was released and is not claimable before {not_before}")),
+        EventVerdict::HeldLive => ok("noop", "the step is RUNNING under a live lease (the holder's own write)"),
+        EventVerdict::Nothing => ok("noop", "no claimable CHART_EXPORT step"),
     }
-    run_step(state, run).await
 }
 
-/// Runs the step as its own task, registered so that shutdown can abort and release it.
+/// Runs the step inside this request (no detached task), counted for shutdown.
 async fn run_step(state: &AppState, run: RunId) -> Answer {
-    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let worker = state.worker.clone();
-    let task_run = run.clone();
-    let task = tokio::spawn(async move { run_chart_export_step(&worker, &task_run, &StepSelector::First, None).await });
-    state.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (run.clone(), task.abort_handle()));
-    let result = task.await;
-    state.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    match result {
-        Ok(Ok(report)) => answer_for(report),
-        Ok(Err(CoreError::Store(e))) => {
-            warn!(event = "step_retry_requested", runId = %run, error = %e, "store failure; asking Eventarc to redeliver");
-            retry(format!("store failure (step released): {e}"))
+    let _counted = state.inflight.enter();
+    match run_chart_export_step(&state.worker, &run, &StepSelector::First, None).await {
+        Ok(report) => answer_for(report),
+        Err(e) if e.wants_redelivery() => {
+            warn!(event = "step_retry_requested", runId = %run, error = %e, "asking Eventarc to redeliver");
+            retry(e.to_string())
         }
-        Err(join) if join.is_cancelled() => retry("the worker shut down mid-step (step released)"),
-        Err(join) => {
-            error!(event = "step_panicked", runId = %run, error = %join, "the step task panicked");
-            retry("internal error")
+        Err(e) => {
+            // Nothing a redelivery could fix: answering non-2xx would only repeat this for a day.
+            error!(event = "step_failed_unrecorded", runId = %run, error = %e, "the step could not be settled; not asking for a redelivery");
+            ok("failed", e.to_string())
         }
     }
 }
 
 fn answer_for(report: StepReport) -> Answer {
-    let outcome = match &report {
-        StepReport::Succeeded { .. } => "succeeded",
-        StepReport::Failed { .. } => "failed",
-        StepReport::NoOp { .. } => "noop",
-        StepReport::Rejected { .. } => "rejected",
-        StepReport::LostClaim { .. } => "lost_claim",
-    };
+    let outcome = report.outcome();
+    let status = if report.wants_redelivery() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     let mut body = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
     if let Some(o) = body.as_object_mut() {
         o.insert("outcome".into(), json!(outcome));
     }
-    Answer { status: StatusCode::OK, body }
+    Answer { status, body }
 }
 
-/// Serves until `shutdown` resolves, then drains: in-flight steps get [`AppState::grace`] to finish; the rest are
-/// aborted and their steps released.
+/// Serves until `shutdown` resolves, then drains: new connections are refused, running steps are told to stop
+/// starting calls, and they get [`AppState::grace`] to finish or release their steps. What is still running then is
+/// dropped with the process; its step is reclaimable once its lease expires.
 pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = router(state.clone());
@@ -205,59 +229,23 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
         r = &mut server => return r,
         _ = shutdown => {}
     }
-    info!(event = "shutdown_started", inFlight = state.in_flight(), "no new requests; draining in-flight steps");
-    let _ = stop_tx.send(true);
     let started = Instant::now();
+    info!(event = "shutdown_started", inFlight = state.in_flight(), graceMs = state.grace.as_millis() as u64, "no new requests; stopping in-flight steps");
+    let _ = stop_tx.send(true);
+    state.begin_shutdown();
     match tokio::time::timeout(state.grace, &mut server).await {
         Ok(r) => {
             info!(event = "shutdown_finished", waitedMs = started.elapsed().as_millis() as u64, "drained");
             r
         }
         Err(_) => {
-            release_in_flight(&state).await;
+            error!(
+                event = "shutdown_finished",
+                waitedMs = started.elapsed().as_millis() as u64,
+                inFlight = state.in_flight(),
+                "grace period over; steps still running are left to their leases"
+            );
             Ok(())
-        }
-    }
-}
-
-/// Aborts every in-flight step and hands back the steps this worker still owns (RUNNING → READY).
-async fn release_in_flight(state: &AppState) {
-    let tasks: Vec<(RunId, AbortHandle)> =
-        state.inflight.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, v)| v).collect();
-    let w = &state.worker;
-    for (run, handle) in tasks {
-        handle.abort();
-        // Each serve process has its own worker id, so the steps of this run claimed by it are exactly ours.
-        let doc = match w.flow_runs.get_run(&run).await {
-            Ok(Some(d)) => d,
-            Ok(None) => continue,
-            Err(e) => {
-                error!(event = "finalize_failed", runId = %run, error = %e, "cannot read the run to release its step; it is reclaimable after its lease");
-                continue;
-            }
-        };
-        let ours: Vec<StepId> = doc["steps"]
-            .as_object()
-            .map(|steps| {
-                steps
-                    .iter()
-                    .filter(|(_, s)| s["status"] == "RUNNING" && s["claimedBy"] == w.settings.worker_id.as_str())
-                    .filter_map(|(k, _)| StepId::parse(k.as_str()).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for step_id in ours {
-            let mut fields = BTreeMap::new();
-            fields.insert("status".to_owned(), Some(json!("READY")));
-            for f in ["claimedBy", "leaseExpiresAt", "startedAt"] {
-                fields.insert(f.to_owned(), None);
-            }
-            let patch = StepPatch { step_id: step_id.clone(), fields };
-            match w.flow_runs.patch_owned_step(&run, &w.settings.worker_id, &patch).await {
-                Ok(PatchOutcome::Applied) => warn!(event = "step_released", runId = %run, stepId = %step_id, "released on shutdown"),
-                Ok(other) => info!(event = "step_released", runId = %run, stepId = %step_id, outcome = ?other, "not ours any more"),
-                Err(e) => error!(event = "finalize_failed", runId = %run, stepId = %step_id, error = %e, "release failed; reclaimable after its lease"),
-            }
         }
     }
 }
@@ -308,13 +296,15 @@ pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker>
         clock: Arc::new(SystemClock),
         accounts: AccountPool::new(settings.accounts.clone()),
         settings: CoreSettings {
-            worker_id: crate::cli::worker_id("serve"),
+            worker_id: super::worker_id("serve"),
             bucket,
             timezone: settings.timezone.clone(),
             concurrency: settings.concurrency,
             lease: settings.lease,
             retry: settings.retry,
+            lifecycle: settings.lifecycle,
         },
+        shutdown: Shutdown::never(),
     })
 }
 

@@ -186,9 +186,10 @@ pub enum StepReport {
 }
 
 impl StepReport {
-    /// Exit status meaning: SUCCEEDED or a no-op is fine; everything else is not.
+    /// Exit status meaning: SUCCEEDED or nothing to do here (a no-op, a step someone else holds or that waits for
+    /// its not-before time) is fine; everything else is not.
     pub fn is_ok(&self) -> bool {
-        matches!(self, Self::Succeeded { .. } | Self::NoOp { .. })
+        matches!(self, Self::Succeeded { .. } | Self::NoOp { .. } | Self::Busy { .. } | Self::NotYet { .. })
     }
 
     /// Whether a redelivery of the same event could do more (the step is held elsewhere or not due yet).

@@ -144,6 +144,12 @@ pub enum ChartApiError {
     /// `mock` mode: no recorded interaction answers this request.
     #[error("no recorded interaction matches: {message}")]
     MockMissing { message: String, details: Value },
+    /// The answer body exceeded the cap; it was not read.
+    #[error("{status} with a body larger than {limit} bytes")]
+    TooLarge { status: u16, limit: usize },
+    /// `record` mode: the call was answered but the cassette write failed. Not retried: that would pay twice.
+    #[error("{message}")]
+    NotRecorded { message: String },
 }
 
 impl ChartApiError {
@@ -165,7 +171,8 @@ impl ChartApiError {
             Self::Transient { status, .. } => *status,
             Self::Rejected { status, .. } => Some(*status),
             Self::NotAnImage { .. } => Some(200),
-            Self::MockMissing { .. } => None,
+            Self::TooLarge { status, .. } => Some(*status),
+            Self::MockMissing { .. } | Self::NotRecorded { .. } => None,
         }
     }
 }

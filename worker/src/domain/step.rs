@@ -342,7 +342,7 @@ pub struct ReleaseParams {
 }
 
 /// The release patch. `claimToken` and `attempts` stay, so a retried release recognises itself and the next claim
-/// counts on.
+/// counts on; `claimedBy` goes with the lease (nobody holds a READY step).
 pub fn release_patch(step_id: &StepId, r: &ReleaseParams) -> StepPatch {
     let mut fields = BTreeMap::new();
     fields.insert("status".to_owned(), Some(json!("READY")));
@@ -352,7 +352,7 @@ pub fn release_patch(step_id: &StepId, r: &ReleaseParams) -> StepPatch {
     if let Some(n) = r.attempts {
         fields.insert("attempts".to_owned(), Some(json!(n)));
     }
-    for f in ["leaseExpiresAt", "startedAt"] {
+    for f in ["leaseExpiresAt", "startedAt", "claimedBy"] {
         fields.insert(f.to_owned(), None);
     }
     StepPatch { step_id: step_id.clone(), fields }
@@ -487,11 +487,27 @@ mod tests {
     use super::*;
 
     fn params(now: &str) -> ClaimParams {
+        params_with("t-1", now)
+    }
+
+    fn params_with(token: &str, now: &str) -> ClaimParams {
         ClaimParams {
             worker: WorkerId::parse("w-1").unwrap(),
-            now: DateTime::parse_from_rfc3339(now).unwrap().with_timezone(&Utc),
+            token: ClaimToken::parse(token).unwrap(),
+            now: at(now),
             lease: Duration::minutes(15),
+            max_attempts: 3,
         }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn status_patch(status: &str) -> StepPatch {
+        let mut fields = BTreeMap::new();
+        fields.insert("status".to_owned(), Some(json!(status)));
+        StepPatch { step_id: StepId::parse("charts_4h").unwrap(), fields }
     }
 
     fn doc() -> Value {
@@ -510,18 +526,24 @@ mod tests {
     #[test]
     fn first_picks_the_lowest_ready_chart_export_step_and_writes_the_claim_fields() {
         let (out, patch) = decide_claim(Some(&doc()), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
-        let ClaimOutcome::Claimed { step_id, run, reclaimed } = out else { panic!("{out:?}") };
+        let ClaimOutcome::Claimed { step_id, run, reclaimed, attempt } = out else { panic!("{out:?}") };
         assert_eq!(step_id.as_str(), "charts_4h");
         let step = &run["steps"]["charts_4h"];
         assert_eq!(run["steps"]["z_other"], doc()["steps"]["z_other"]);
         assert!(!reclaimed);
+        assert_eq!(attempt, 1);
         assert_eq!(step["status"], "RUNNING");
+        assert_eq!(step["claimToken"], "t-1");
+        assert_eq!(step["attempts"], 1);
         assert_eq!(step["leaseExpiresAt"], "2026-11-28T10:15:00Z");
         assert_eq!(
             patch.unwrap().field_paths(),
             vec![
+                "steps.charts_4h.attempts",
+                "steps.charts_4h.claimToken",
                 "steps.charts_4h.claimedBy",
                 "steps.charts_4h.leaseExpiresAt",
+                "steps.charts_4h.notBefore",
                 "steps.charts_4h.startedAt",
                 "steps.charts_4h.status"
             ]
@@ -546,7 +568,7 @@ mod tests {
         d["steps"]["charts_4h"]["claimedBy"] = json!("w-0");
         d["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2026-11-28T10:05:00Z");
         let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:04:59Z"));
-        assert_eq!(out, ClaimOutcome::NoClaimableStep);
+        assert!(matches!(out, ClaimOutcome::AlreadyRunning { ref lease_expires_at, .. } if lease_expires_at.as_deref() == Some("2026-11-28T10:05:00Z")), "{out:?}");
         let sel = StepSelector::Explicit(StepId::parse("charts_4h").unwrap());
         let (out, _) = decide_claim(Some(&d), &sel, &params("2026-11-28T10:04:59Z"));
         assert!(matches!(out, ClaimOutcome::AlreadyRunning { claimed_by: Some(ref w), .. } if w == "w-0"));
@@ -555,15 +577,87 @@ mod tests {
     }
 
     #[test]
-    fn only_the_owner_of_a_running_step_may_patch_it() {
+    fn only_the_claim_token_of_a_running_step_may_patch_it() {
         let mut d = doc();
-        let id = StepId::parse("charts_4h").unwrap();
-        let me = WorkerId::parse("w-1").unwrap();
-        assert!(matches!(check_owner(Some(&d), &id, &me), PatchOutcome::NotOwner { .. }));
+        let mine = ClaimToken::parse("t-1").unwrap();
+        let other = ClaimToken::parse("t-2").unwrap();
+        let done = status_patch("SUCCEEDED");
+        assert!(matches!(check_owner(Some(&d), &done, &mine), PatchOutcome::NotOwner { .. }));
         d["steps"]["charts_4h"]["status"] = json!("RUNNING");
         d["steps"]["charts_4h"]["claimedBy"] = json!("w-1");
-        assert_eq!(check_owner(Some(&d), &id, &me), PatchOutcome::Applied);
-        assert_eq!(check_owner(Some(&d), &StepId::parse("x").unwrap(), &me), PatchOutcome::StepMissing);
+        d["steps"]["charts_4h"]["claimToken"] = json!("t-1");
+        assert_eq!(check_owner(Some(&d), &done, &mine), PatchOutcome::Applied);
+        // Same process, another claim: not ours.
+        assert!(matches!(check_owner(Some(&d), &done, &other), PatchOutcome::NotOwner { .. }));
+        let mut missing = done.clone();
+        missing.step_id = StepId::parse("x").unwrap();
+        assert_eq!(check_owner(Some(&d), &missing, &mine), PatchOutcome::StepMissing);
+        // A retried finalize whose first try landed.
+        d["steps"]["charts_4h"]["status"] = json!("SUCCEEDED");
+        assert_eq!(check_owner(Some(&d), &done, &mine), PatchOutcome::AlreadyApplied);
+        assert!(matches!(check_owner(Some(&d), &status_patch("FAILED"), &mine), PatchOutcome::NotOwner { .. }));
+        assert!(matches!(check_owner(Some(&d), &done, &other), PatchOutcome::NotOwner { .. }));
+    }
+
+    #[test]
+    fn a_retried_claim_finds_its_own_token_and_writes_nothing() {
+        let p = params("2026-11-28T10:00:00Z");
+        let (_, patch) = decide_claim(Some(&doc()), &StepSelector::First, &p);
+        let mut d = doc();
+        patch.unwrap().apply_to(&mut d);
+        let (again, write) = decide_claim(Some(&d), &StepSelector::First, &p);
+        assert!(matches!(again, ClaimOutcome::Claimed { attempt: 1, reclaimed: false, .. }), "{again:?}");
+        assert!(write.is_none());
+        // Another claim attempt (new token) of the same process meets a live lease.
+        let (other, _) = decide_claim(Some(&d), &StepSelector::First, &params_with("t-9", "2026-11-28T10:00:01Z"));
+        assert!(matches!(other, ClaimOutcome::AlreadyRunning { .. }), "{other:?}");
+    }
+
+    #[test]
+    fn a_released_step_waits_for_its_not_before_time_and_counts_attempts() {
+        let mut d = doc();
+        let id = StepId::parse("charts_4h").unwrap();
+        let (_, claim) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        claim.unwrap().apply_to(&mut d);
+        let r = ReleaseParams {
+            now: at("2026-11-28T10:00:05Z"),
+            not_before: at("2026-11-28T10:00:15Z"),
+            code: "STORE_FAILED".into(),
+            message: "unavailable".into(),
+            attempts: None,
+        };
+        let release = release_patch(&id, &r);
+        assert_eq!(check_owner(Some(&d), &release, &ClaimToken::parse("t-1").unwrap()), PatchOutcome::Applied);
+        release.apply_to(&mut d);
+        assert_eq!(check_owner(Some(&d), &release, &ClaimToken::parse("t-1").unwrap()), PatchOutcome::AlreadyApplied);
+        assert_eq!(event_verdict(&d, &StepSelector::First, at("2026-11-28T10:00:10Z")), EventVerdict::NotYet { not_before: "2026-11-28T10:00:15Z".into() });
+        let (early, _) = decide_claim(Some(&d), &StepSelector::First, &params_with("t-2", "2026-11-28T10:00:14Z"));
+        assert!(matches!(early, ClaimOutcome::NotYet { .. }), "{early:?}");
+        let (late, patch) = decide_claim(Some(&d), &StepSelector::First, &params_with("t-2", "2026-11-28T10:00:15Z"));
+        assert!(matches!(late, ClaimOutcome::Claimed { attempt: 2, .. }), "{late:?}");
+        patch.unwrap().apply_to(&mut d);
+        assert!(d["steps"]["charts_4h"].get("notBefore").is_none());
+        assert_eq!(d["steps"]["charts_4h"]["lastError"]["code"], "STORE_FAILED");
+    }
+
+    #[test]
+    fn a_step_out_of_attempts_is_failed_with_the_last_error_instead_of_claimed() {
+        let mut d = doc();
+        d["steps"]["charts_4h"]["attempts"] = json!(3);
+        d["steps"]["charts_4h"]["lastError"] = json!({"code": "GCS_WRITE_FAILED", "message": "503"});
+        let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        assert!(matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "GCS_WRITE_FAILED"), "{out:?}");
+        patch.unwrap().apply_to(&mut d);
+        assert_eq!(d["steps"]["charts_4h"]["status"], "FAILED");
+        assert_eq!(d["steps"]["charts_4h"]["error"]["code"], "GCS_WRITE_FAILED");
+        // A crashed holder's expired lease is recorded as the last error of a reclaim.
+        let mut d = doc();
+        d["steps"]["charts_4h"]["status"] = json!("RUNNING");
+        d["steps"]["charts_4h"]["claimedBy"] = json!("w-dead");
+        d["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2026-11-28T09:00:00Z");
+        d["steps"]["charts_4h"]["attempts"] = json!(3);
+        let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        assert!(matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "STEP_ABANDONED"), "{out:?}");
     }
 
     #[test]
@@ -632,5 +726,8 @@ mod tests {
         d["steps"]["charts_4h"]["status"] = json!("RUNNING");
         d["steps"]["charts_4h"]["leaseExpiresAt"] = json!(rfc3339(now + Duration::minutes(5)));
         assert!(!has_claimable_step(&d, &StepSelector::First, now));
+        assert_eq!(event_verdict(&d, &StepSelector::First, now), EventVerdict::HeldLive);
+        d["steps"]["charts_4h"]["leaseExpiresAt"] = json!(rfc3339(now - Duration::minutes(5)));
+        assert_eq!(event_verdict(&d, &StepSelector::First, now), EventVerdict::Claimable);
     }
 }

@@ -19,7 +19,7 @@ use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_
 use worker_chart_export::chartimg::HttpChartImg;
 use worker_chart_export::config::parse_accounts;
 use worker_chart_export::core::{CoreSettings, Worker};
-use worker_chart_export::domain::{ClaimOutcome, ClaimParams, PatchOutcome, RunId, StepPatch, StepSelector, WorkerId};
+use worker_chart_export::domain::{ClaimOutcome, ClaimParams, ClaimToken, PatchOutcome, RunId, StepPatch, StepSelector};
 use worker_chart_export::eventarc::encode_document_event;
 use worker_chart_export::ports::{
     ChartApiError, ChartCall, ChartRenderer, FlowRunStore, RenderedChart, StoreError, SystemClock,
@@ -122,13 +122,15 @@ async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_not
         clock: Arc::new(SystemClock),
         accounts: AccountPool::new(parse_accounts("accounts", &accounts).unwrap()),
         settings: CoreSettings {
-            worker_id: WorkerId::parse("serve-test").unwrap(),
+            worker_id: worker_chart_export::domain::WorkerId::parse("serve-test").unwrap(),
             bucket: bucket.clone(),
             timezone: "Etc/UTC".into(),
             concurrency: 4,
             lease: Duration::from_secs(900),
             retry: fast_retry(),
+            lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(900)),
         },
+        shutdown: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -217,7 +219,7 @@ impl<S: FlowRunStore> FlowRunStore for Counting<S> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.claim_step(run, s, p).await
     }
-    async fn patch_owned_step(&self, run: &RunId, o: &WorkerId, p: &StepPatch) -> Result<PatchOutcome, StoreError> {
+    async fn patch_owned_step(&self, run: &RunId, o: &ClaimToken, p: &StepPatch) -> Result<PatchOutcome, StoreError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.patch_owned_step(run, o, p).await
     }
@@ -349,8 +351,11 @@ async fn shutdown_releases_a_step_cut_short() {
     let step = tw.step().await;
     assert_eq!(step["status"], "READY", "{step}");
     assert!(step.get("claimedBy").is_none(), "{step}");
-    // The cut-short request is answered 503 (redeliver), or its connection is closed: either way Eventarc retries.
-    if let Ok(Ok((status, _))) = tokio::time::timeout(Duration::from_secs(2), pending).await {
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(step["attempts"], 0, "a shutdown does not use up an attempt: {step}");
+    assert!(step["notBefore"].is_string(), "{step}");
+    // The cut-short request is answered 200 `released` (the release write's own event carries the retry), or its
+    // connection is closed with the process.
+    if let Ok(Ok((status, body))) = tokio::time::timeout(Duration::from_secs(2), pending).await {
+        assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("released")), "{body}");
     }
 }

@@ -359,3 +359,64 @@ async fn shutdown_releases_a_step_cut_short() {
         assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("released")), "{body}");
     }
 }
+
+/// The answer policy of `eventarc.md` and contract §9: exactly the answers that make Eventarc redeliver are 503.
+#[tokio::test]
+async fn answers_follow_the_lifecycle() {
+    let (tw, counting) = memory_worker();
+    let state = AppState::new(tw.worker.clone());
+    // Released, not due yet: 503 from the event's data alone (no store call), so Eventarc's backoff brings it back.
+    let mut released = support::flow_run(&["a"], 1);
+    released["steps"]["charts_4h"]["notBefore"] = json!("2999-01-01T00:00:00Z");
+    released["steps"]["charts_4h"]["attempts"] = json!(1);
+    let (status, body) = send(&state, eventarc_request("p", "run-123", Some(&released), "n1")).await;
+    assert_eq!((status, body["result"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("retry")), "{body}");
+    assert_eq!(counting.calls.load(Ordering::SeqCst), 0);
+
+    // The event shows READY but the store has it RUNNING under another live claim: 503 (re-check later).
+    let mut held = support::flow_run(&["a"], 1);
+    held["steps"]["charts_4h"]["status"] = json!("RUNNING");
+    held["steps"]["charts_4h"]["claimedBy"] = json!("w-elsewhere");
+    held["steps"]["charts_4h"]["claimToken"] = json!("elsewhere");
+    held["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2999-01-01T00:00:00Z");
+    tw.seed(&held, &["a"]).await;
+    let (status, body) = send(&state, eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "b1")).await;
+    assert_eq!((status, body["outcome"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("busy")), "{body}");
+
+    // A transient failure after the claim: released and answered 200 (the release's own event carries the retry).
+    let mut tw2 = support::one_account(support::ScriptedRenderer::ok());
+    tw2.worker.clock = Arc::new(SystemClock);
+    tw2.worker.templates = Arc::new(FailingTemplates);
+    tw2.seed(&support::flow_run(&["a"], 1), &["a"]).await;
+    let state2 = AppState::new(tw2.worker.clone());
+    let (status, body) = send(&state2, eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "r1")).await;
+    assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("released")), "{body}");
+    let step = tw2.step().await;
+    assert_eq!((step["status"].as_str(), step["attempts"].as_u64()), (Some("READY"), Some(1)), "{step}");
+    // Its release event comes straight back: 503 until its not-before time.
+    let (status, _) = send(&state2, eventarc_request("p", "run-123", Some(&tw2.run_doc().await), "r2")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+struct FailingTemplates;
+
+#[async_trait]
+impl worker_chart_export::ports::TemplateStore for FailingTemplates {
+    async fn get_templates(
+        &self,
+        _ids: &[worker_chart_export::domain::TemplateId],
+    ) -> Result<std::collections::HashMap<worker_chart_export::domain::TemplateId, Value>, StoreError> {
+        Err(StoreError::Unavailable("UNAVAILABLE: injected".into()))
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_event_is_refused_as_malformed_not_redelivered() {
+    let (tw, counting) = memory_worker();
+    let state = AppState::new(tw.worker.clone());
+    let mut big = eventarc_request("p", "run-123", None, "huge");
+    *big.body_mut() = Body::from(vec![0u8; serve::MAX_BODY + 1]);
+    let (status, body) = send(&state, big).await;
+    assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("rejected")), "{body}");
+    assert_eq!(counting.calls.load(Ordering::SeqCst), 0);
+}

@@ -242,6 +242,7 @@ impl World {
             concurrency: 8,
             lease: Duration::from_secs(g.lease_seconds.unwrap_or(900)),
             retry,
+            lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(g.lease_seconds.unwrap_or(900))),
         }
     }
 
@@ -255,6 +256,7 @@ impl World {
             clock: Arc::new(SystemClock),
             accounts: AccountPool::new(parse_accounts("scenario accounts", &self.accounts_json)?),
             settings: self.settings(i),
+            shutdown: Default::default(),
         })
     }
 
@@ -547,14 +549,7 @@ async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) {
 }
 
 fn report_name(r: &StepReport) -> String {
-    match r {
-        StepReport::Succeeded { .. } => "succeeded",
-        StepReport::Failed { .. } => "failed",
-        StepReport::NoOp { .. } => "noop",
-        StepReport::Rejected { .. } => "rejected",
-        StepReport::LostClaim { .. } => "lost_claim",
-    }
-    .to_owned()
+    r.outcome().to_owned()
 }
 
 fn check_step(c: &mut Checks, field: &str, exp: &StepExpect, actual: &Value, seeded: &Value) {

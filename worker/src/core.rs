@@ -76,10 +76,9 @@ impl Shutdown {
 
     /// A signal that never fires (the CLI, tests).
     pub fn never() -> Self {
-        let (tx, rx) = watch::channel(false);
-        // Keep the sender alive for ever, so `changed()` never reports a closed channel as a shutdown.
-        std::mem::forget(tx);
-        Shutdown(rx)
+        // One sender for the whole process, never fired and never dropped, so a receiver never sees a closed channel.
+        static NEVER: std::sync::OnceLock<watch::Sender<bool>> = std::sync::OnceLock::new();
+        Shutdown(NEVER.get_or_init(|| watch::channel(false).0).subscribe())
     }
 
     pub fn is_set(&self) -> bool {

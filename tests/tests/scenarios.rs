@@ -8,14 +8,19 @@ use tracing_subscriber::layer::SubscriberExt;
 use worker_chart_export::telemetry::{CaptureWriter, CloudLoggingLayer};
 
 fn emulators() -> Option<tests::runner::Emulators> {
-    let emu = tests::runner::Emulators::from_env();
+    let mut emu = tests::runner::Emulators::from_env();
     if emu.is_none() {
         let required = std::env::var("CI").is_ok() || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1");
         assert!(
             !required,
             "FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST are not set; run the scenarios through scripts/test.sh"
         );
-        eprintln!("skipping scenarios: the emulators are not running (use scripts/test.sh)");
+        // Written to stderr directly, past the test harness's capture, so a skip is never mistaken for a pass.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIPPED scenarios: the emulators are not running (FIRESTORE_EMULATOR_HOST / STORAGE_EMULATOR_HOST unset; use scripts/test.sh)");
+    }
+    if let Some(e) = emu.as_mut() {
+        e.serve_bin = Some(env!("CARGO_BIN_EXE_scenario-serve").into());
     }
     emu
 }
@@ -37,10 +42,15 @@ fn play(path: &Path, emu: &tests::runner::Emulators) -> Option<serde_json::Value
     let outcome = outcome.unwrap_or_else(|e| panic!("scenario {name} could not run: {e:#}\n--- worker log ---\n{}", logs.contents()));
     if !outcome.differences.is_empty() {
         panic!(
-            "scenario {name} failed:\n  {}\n--- mock-chart-img journal ---\n{}\n--- worker log ---\n{}",
+            "scenario {name} failed:\n  {}\n--- mock-chart-img journal ---\n{}\n--- worker log ---\n{}{}",
             outcome.differences.join("\n  "),
             outcome.journal,
-            logs.contents()
+            logs.contents(),
+            if outcome.deliveries.is_empty() {
+                String::new()
+            } else {
+                format!("\n--- local eventarc: timeline and deliveries ---\n{}\n--- serve processes ---\n{}", outcome.deliveries, outcome.process_logs)
+            }
         );
     }
     eprintln!("scenario {name}: ok in {:.1} s", started.elapsed().as_secs_f64());

@@ -184,6 +184,8 @@ pub struct Settings {
     pub cassette_dir: Option<PathBuf>,
     pub timezone: String,
     pub port: u16,
+    /// Address `serve` listens on (`HOST`, default `0.0.0.0` as Cloud Run needs; tests use `127.0.0.1`).
+    pub host: std::net::IpAddr,
     /// Charts of one step rendered at once (`CHART_EXPORT_CONCURRENCY`).
     pub concurrency: usize,
     /// How long a claim holds before another worker may reclaim the step (`CHART_EXPORT_LEASE_SECONDS`, default
@@ -307,6 +309,10 @@ impl Settings {
             cassette_dir: non_empty("CHART_IMG_CASSETTE_DIR").map(PathBuf::from),
             timezone,
             port: number("PORT", 8080, 1, 65535)? as u16,
+            host: match non_empty("HOST") {
+                None => std::net::IpAddr::from([0, 0, 0, 0]),
+                Some(h) => h.trim().parse().map_err(|_| cfg_err("HOST", format!("is not an IP address: {h:?}")))?,
+            },
             concurrency: number("CHART_EXPORT_CONCURRENCY", 16, 1, 256)? as usize,
             lease,
             lifecycle,

@@ -308,13 +308,13 @@ pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker>
     })
 }
 
-/// `serve`: configuration from the environment, `0.0.0.0:$PORT`, until SIGTERM.
+/// `serve`: configuration from the environment, `$HOST:$PORT` (default `0.0.0.0:8080`), until SIGTERM.
 pub async fn main_from_env() -> anyhow::Result<()> {
     let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let worker = worker_from_settings(&settings).await?;
-    let listener = TcpListener::bind(("0.0.0.0", settings.port))
+    let listener = TcpListener::bind((settings.host, settings.port))
         .await
-        .with_context(|| format!("cannot listen on 0.0.0.0:{}", settings.port))?;
+        .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
     info!(event = "serve_started", port = settings.port, worker = %worker.settings.worker_id, "listening");
     run(listener, AppState::new(worker), shutdown_signal()).await.context("server failed")
 }

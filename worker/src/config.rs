@@ -197,6 +197,9 @@ pub struct Settings {
     /// Timeout of one Chart-IMG call (`CHART_IMG_TIMEOUT_SECONDS`); the API's own gateway gives up at about 29 s.
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// Total time budget of one Firestore or Cloud Storage operation's retries (`CHART_EXPORT_STORE_RETRY_SECONDS`,
+    /// default 30 s: an outage of a few seconds is waited out).
+    pub store_retry_total: Duration,
 }
 
 pub const DEFAULT_BASE_URL: &str = "https://api.chart-img.com";
@@ -318,6 +321,7 @@ impl Settings {
             lifecycle,
             request_timeout: Duration::from_secs(number("CHART_IMG_TIMEOUT_SECONDS", 35, 1, 600)?),
             retry: RetryPolicy::default(),
+            store_retry_total: seconds("CHART_EXPORT_STORE_RETRY_SECONDS", RetryPolicy::FIRESTORE.max_total_delay, 0.0, 300.0)?,
         })
     }
 }

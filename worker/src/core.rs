@@ -264,12 +264,14 @@ struct Claim {
     attempt: u32,
 }
 
-/// Why the step must stop starting work. `Lost` overrides the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why the step must stop starting work, in rising order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Stop {
     /// The step deadline passed: calls in flight finish, no new one starts.
     Deadline,
-    /// The process is shutting down: calls in flight are abandoned, the step ends now.
+    /// SIGTERM: no new call starts; calls in flight get most of the grace period to finish.
+    Draining,
+    /// The grace period is nearly over: calls in flight are abandoned, the step ends (releases) now.
     Shutdown,
     /// The claim is no longer ours (or cannot be proven ours): write nothing more.
     Lost,
@@ -283,7 +285,7 @@ impl Guard {
         *self.0.borrow()
     }
 
-    /// Resolves once the step must abandon calls in flight (shutdown or lost claim).
+    /// Resolves once the step must abandon calls in flight (end of the grace period, or a lost claim).
     async fn abandon(&self) {
         let mut rx = self.0.clone();
         let _ = rx.wait_for(|s| matches!(s, Some(Stop::Shutdown | Stop::Lost))).await;
@@ -291,18 +293,19 @@ impl Guard {
 }
 
 fn set_stop(tx: &watch::Sender<Option<Stop>>, stop: Stop) {
-    tx.send_if_modified(|cur| match cur {
-        None => {
+    tx.send_if_modified(|cur| {
+        if cur.is_none_or(|c| stop > c) {
             *cur = Some(stop);
             true
+        } else {
+            false
         }
-        Some(Stop::Lost) => false,
-        Some(_) if stop == Stop::Lost => {
-            *cur = Some(stop);
-            true
-        }
-        Some(_) => false,
     });
+}
+
+/// Time kept at the end of the shutdown grace period for the release write.
+fn release_margin(grace: Duration) -> Duration {
+    (grace / 2).min(Duration::from_secs(2))
 }
 
 /// How the stages end when they do not produce a report themselves.
@@ -468,6 +471,9 @@ impl StepRun<'_> {
         let mut confirmed_until = Instant::now() + lease;
         let mut next = Instant::now() + heartbeat;
         let (mut deadline_seen, mut shutdown_seen, mut lost) = (false, false, false);
+        let grace = w.settings.lifecycle.shutdown_grace;
+        // Far away until SIGTERM; then the moment calls in flight are abandoned so the release fits in the grace.
+        let mut abandon_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next), if !lost => {
@@ -499,6 +505,13 @@ impl StepRun<'_> {
                 }
                 _ = w.shutdown.wait(), if !shutdown_seen => {
                     shutdown_seen = true;
+                    warn!(event = "step_draining", graceMs = grace.as_millis() as u64, "shutting down: no new Chart-IMG call starts");
+                    set_stop(tx, Stop::Draining);
+                    abandon_at = Some(Instant::now() + grace.saturating_sub(release_margin(grace)));
+                }
+                _ = tokio::time::sleep_until(abandon_at.unwrap_or_else(Instant::now)), if abandon_at.is_some() => {
+                    abandon_at = None;
+                    warn!(event = "step_abandoned_calls", "grace period nearly over: abandoning calls in flight to release the step");
                     set_stop(tx, Stop::Shutdown);
                 }
             }
@@ -583,7 +596,7 @@ impl StepRun<'_> {
     ) -> Result<Vec<Result<ChartRequest, ChartFailure>>, Halt> {
         match guard.current() {
             Some(Stop::Lost) => return Err(Halt::Lost("the lease renewal found the step no longer ours".into())),
-            Some(Stop::Shutdown) => return Err(Halt::Shutdown),
+            Some(Stop::Shutdown | Stop::Draining) => return Err(Halt::Shutdown),
             Some(Stop::Deadline) => {
                 return Err(Halt::Transient { code: ErrorCode::ChartApiFailed, message: "the step deadline passed before any chart was rendered".into() })
             }
@@ -680,7 +693,7 @@ impl StepRun<'_> {
         if !enough {
             let first = first_failure.unwrap_or_else(|| ChartFailure::new(ErrorCode::ChartApiFailed, "no chart was rendered"));
             match stop {
-                Some(Stop::Shutdown) => return Err(Halt::Shutdown),
+                Some(Stop::Shutdown | Stop::Draining) => return Err(Halt::Shutdown),
                 Some(Stop::Deadline) => {
                     let message = format!("the step deadline passed: {}", summary(&first));
                     return Err(Halt::Transient { code: first.code, message });
@@ -914,7 +927,7 @@ impl StepRun<'_> {
                 if let Some(stop) = guard.current() {
                     let why = match stop {
                         Stop::Deadline => "the step deadline passed",
-                        Stop::Shutdown => "the worker is shutting down",
+                        Stop::Draining | Stop::Shutdown => "the worker is shutting down",
                         Stop::Lost => "the step's claim was lost",
                     };
                     return Err(AttemptError::Fatal(ChartFailure::new(ErrorCode::ChartApiFailed, format!("not rendered: {why} before this chart's call"))));

@@ -225,13 +225,20 @@ impl FirestoreStore {
             self.rollback(tx);
             return Ok(out);
         }
+        let tx_for_rollback = tx.clone();
         let commit = fs::CommitRequest {
             database: self.database_path().to_owned(),
             writes,
             transaction: tx,
             ..Default::default()
         };
-        self.call(client.commit(commit)).await?;
+        if let Err(e) = self.call(client.commit(commit)).await {
+            // A failed (or unanswered) commit leaves the transaction's locks held on the emulator until it times out,
+            // stalling every later transaction on these documents; roll it back. If the commit did land (its reply
+            // was lost), the rollback is refused, harmlessly.
+            self.rollback(tx_for_rollback);
+            return Err(e);
+        }
         Ok(out)
     }
 
@@ -412,6 +419,14 @@ impl FlowRunStore for FirestoreStore {
 
     async fn claim_step(&self, run: &RunId, selector: &StepSelector, params: &ClaimParams) -> Result<ClaimOutcome, StoreError> {
         let name = self.doc_name(FLOW_RUNS, run.as_str());
+        // A plain read first: most deliveries find the step held, finished or not yet due, and a decision that writes
+        // nothing needs no transaction (whose read locks would stall the holder's own lease renewals). A stale read
+        // only delays: every answer it can give is a no-op or a redelivery. Only a claim is decided again, inside
+        // the transaction.
+        let (outcome, patch) = decide_claim(self.get_doc(FLOW_RUNS, run.as_str()).await?.as_ref(), selector, params);
+        if patch.is_none() {
+            return Ok(outcome);
+        }
         self.transact("claim_step", vec![name.clone()], |docs| {
             let (outcome, patch) = decide_claim(docs[0].value.as_ref(), selector, params);
             let writes = patch.map(|p| step_patch_write(name.clone(), &p, Some(unchanged(&docs[0])))).into_iter().collect();

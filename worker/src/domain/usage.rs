@@ -161,6 +161,9 @@ pub fn plan_exhaust(doc: Option<&UsageDoc>, day: NaiveDate, daily_limit: u32, no
         return None; // The counter already moved to a later day; yesterday's 429 says nothing about today.
     }
     let mut d = UsageDoc::on_day(doc, day, daily_limit);
+    if d.exhausted && doc.is_some_and(|x| x.day == d.day) {
+        return None; // Already marked today (a retried commit whose first try landed): nothing to write.
+    }
     d.exhausted = true;
     d.updated_at = rfc3339(now);
     Some(d)
@@ -268,5 +271,7 @@ mod tests {
         let now = at("2026-11-28T09:00:00Z");
         assert!(plan_exhaust(None, day, 5, now).unwrap().exhausted);
         assert!(plan_exhaust(Some(&doc("2026-11-29", 0, 5, false)), day, 5, now).is_none());
+        assert!(plan_exhaust(Some(&doc("2026-11-28", 1, 5, true)), day, 5, now).is_none(), "marking twice writes nothing");
+        assert!(plan_exhaust(Some(&doc("2026-11-27", 1, 5, true)), day, 5, now).unwrap().exhausted);
     }
 }

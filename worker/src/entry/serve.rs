@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::adapters::{FirestoreStore, GcsArtifacts};
-use crate::config::Settings;
+use crate::config::{RetryPolicy, Settings};
 use crate::core::{run_chart_export_step, CoreSettings, InFlight, Shutdown, ShutdownTrigger, StepReport, Worker};
 use crate::domain::step::{event_verdict, EventVerdict};
 use crate::domain::{RunId, StepSelector};
@@ -76,6 +76,7 @@ impl AppState {
 
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self.worker.settings.lifecycle.shutdown_grace = grace;
         self
     }
 
@@ -284,8 +285,12 @@ pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker>
             .await
             .context("GOOGLE_CLOUD_PROJECT: is not set and no project could be detected from the environment")?,
     };
-    let store = FirestoreStore::new(&project).await?;
-    let artifacts = GcsArtifacts::new(settings.storage_emulator_host.as_deref()).await?;
+    let store = FirestoreStore::new(&project)
+        .await?
+        .with_policy(RetryPolicy { max_total_delay: settings.store_retry_total, ..RetryPolicy::FIRESTORE });
+    let artifacts = GcsArtifacts::new(settings.storage_emulator_host.as_deref())
+        .await?
+        .with_retry(RetryPolicy { max_total_delay: settings.store_retry_total, ..RetryPolicy::GCS });
     let renderer = crate::renderers::build(settings)?;
     Ok(Worker {
         flow_runs: Arc::new(store.clone()),

@@ -282,3 +282,22 @@ async fn error_texts_are_clipped_before_they_reach_the_step() {
     assert!(message.len() <= 2048, "{}", message.len());
     assert!(step.to_string().len() < 16 * 1024, "{}", step.to_string().len());
 }
+
+/// The lease renewal on the Firestore emulator: a step twice as long as its lease stays ours and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_firestore_a_step_longer_than_its_lease_is_renewed() {
+    let Some(store) = crate::emulators::firestore("lifecycle::renewal").await else { return };
+    let slow = Slow::new(Duration::from_millis(2500));
+    let mut t = one_account(slow.clone());
+    t.worker.flow_runs = Arc::new(store.clone());
+    t.worker.clock = Arc::new(worker_chart_export::ports::SystemClock);
+    t.worker.settings.lease = Duration::from_millis(1500);
+    t.worker.settings.lifecycle = Lifecycle::for_lease(Duration::from_millis(1500));
+    t.worker.settings.concurrency = 1;
+    t.seed(&flow_run(&["a", "b"], 2), &["a", "b"]).await;
+    store.put_doc("flow_runs", "run-123", flow_run(&["a", "b"], 2)).await.unwrap();
+    let started = std::time::Instant::now();
+    let report = run(&t).await;
+    assert!(matches!(report, StepReport::Succeeded { .. }), "{report:?} after {:?}", started.elapsed());
+    assert_eq!(slow.calls(), 2);
+}

@@ -262,6 +262,8 @@ struct Claim {
     token: ClaimToken,
     /// 1 for the first claim of the step.
     attempt: u32,
+    /// When the claim transaction started: the lease it wrote counts from then, however long the commit took.
+    started: Instant,
 }
 
 /// Why the step must stop starting work, in rising order of precedence.
@@ -354,6 +356,7 @@ impl StepRun<'_> {
     async fn claim(&self, selector: &StepSelector) -> Result<Result<(Claim, Value), StepReport>, CoreError> {
         let w = self.w;
         let run = self.run;
+        let started = Instant::now();
         let params = ClaimParams {
             worker: w.settings.worker_id.clone(),
             token: ClaimToken::random(),
@@ -384,7 +387,7 @@ impl StepRun<'_> {
         };
         Ok(Err(match outcome {
             ClaimOutcome::Claimed { step_id, run: doc, attempt, .. } => {
-                return Ok(Ok((Claim { step_id, token: params.token, attempt }, doc)));
+                return Ok(Ok((Claim { step_id, token: params.token, attempt, started }, doc)));
             }
             ClaimOutcome::RunNotFound => noop(run, None, format!("flow_runs/{run} does not exist")),
             ClaimOutcome::NoClaimableStep => noop(run, None, "no READY CHART_EXPORT step"),
@@ -428,7 +431,7 @@ impl StepRun<'_> {
     async fn run_claimed(&self, claim: &Claim, doc: &Value) -> Result<StepReport, CoreError> {
         let (tx, rx) = watch::channel(None);
         let guard = Guard(rx);
-        let deadline = Instant::now() + self.w.settings.lifecycle.step_deadline;
+        let deadline = claim.started + self.w.settings.lifecycle.step_deadline;
         let result = tokio::select! {
             biased;
             r = self.stages(claim, doc, &guard) => r,
@@ -468,8 +471,10 @@ impl StepRun<'_> {
         let w = self.w;
         let lease = w.settings.lease;
         let heartbeat = w.settings.lifecycle.heartbeat.max(Duration::from_millis(50));
-        let mut confirmed_until = Instant::now() + lease;
-        let mut next = Instant::now() + heartbeat;
+        // The lease was written as `now + lease` with `now` read before the claim transaction: count from there, and
+        // renew at once if the claim itself took longer than a heartbeat.
+        let mut confirmed_until = claim.started + lease;
+        let mut next = claim.started + heartbeat;
         let (mut deadline_seen, mut shutdown_seen, mut lost) = (false, false, false);
         let grace = w.settings.lifecycle.shutdown_grace;
         // Far away until SIGTERM; then the moment calls in flight are abandoned so the release fits in the grace.

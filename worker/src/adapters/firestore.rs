@@ -10,8 +10,8 @@
 //! Documents cross the port as `serde_json::Value`, converted by [`crate::firestore_codec`].
 //!
 //! Invariants:
-//! - Every read-modify-write is one read-write transaction; its decision is the same pure function the embedded
-//!   stores run ([`decide_claim`], [`check_owner`], [`plan_reservation`], [`plan_give_back`], [`plan_exhaust`]).
+//! - Every read-modify-write is one read-write transaction (a claim that writes nothing is decided on a plain read
+//!   first and needs none); its decision is the same pure function the embedded stores run ([`decide_claim`], [`check_owner`], [`plan_reservation`], [`plan_give_back`], [`plan_exhaust`]).
 //! - A flow run is only ever written through `steps.<stepId>.<field>` masks, with an `updateTime` precondition
 //!   taken from the transaction's own read; the rest of the document is never rewritten.
 //! - A transaction is retried (the one [`RetryPolicy`]) on ABORTED, a failed precondition, transport failures and

@@ -418,5 +418,7 @@ async fn an_oversized_event_is_refused_as_malformed_not_redelivered() {
     *big.body_mut() = Body::from(vec![0u8; serve::MAX_BODY + 1]);
     let (status, body) = send(&state, big).await;
     assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("rejected")), "{body}");
+    // Refused for its size, before parsing: not read whole and then found malformed.
+    assert!(body["reason"].as_str().unwrap().contains(&format!("within {} bytes", serve::MAX_BODY)), "{body}");
     assert_eq!(counting.calls.load(Ordering::SeqCst), 0);
 }

@@ -480,7 +480,7 @@ fn publish(inner: &Arc<Inner>, kind: EventKind, value: Option<fs::Document>, old
     };
     let time = value
         .as_ref()
-        .and_then(|v| v.update_time.clone())
+        .and_then(|v| v.update_time)
         .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .unwrap_or_else(chrono::Utc::now)
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);

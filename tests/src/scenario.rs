@@ -453,6 +453,21 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             }
         }
     } else {
+        let w = &s.when;
+        for (field, used) in [
+            ("given.retry", s.given.retry.is_some()),
+            ("when.deliveries", w.deliveries != 1),
+            ("when.workers", w.workers != 1),
+            ("when.stepId", w.step_id.is_some()),
+            ("when.events", !w.events.is_empty()),
+            ("when.killAfterMs", w.kill_after_ms.is_some()),
+        ] {
+            if used {
+                return Err(format!(
+                    "{field}: not used by via: local_eventarc (serve processes take settings through given.env; deliveries come from the local Eventarc)"
+                ));
+            }
+        }
         if s.when.processes == Some(0) && !s.when.actions.iter().any(|a| a.act == Verb::Start) {
             return Err("when.processes: 0 processes and no start action: nothing would ever handle a delivery".into());
         }
@@ -527,6 +542,14 @@ mod tests {
             "{HEAD}  env: {{CHART_EXPORT_LEASE_SECONDS: '10'}}\n  dependencyFaults: {{firestore: [{{match: {{pathPrefix: /google.firestore.v1.Firestore/Commit}}, action: {{kind: drop_reply}}, skip: 1, times: 1}}]}}\nwhen:\n  via: local_eventarc\n  processes: 2\n  actions: [{{when: claimed, do: kill}}, {{afterMs: 100, do: start}}, {{do: fault, dependency: gcs, rule: {{action: {{kind: reset}}}}}}]\nthen: {{withinSeconds: 5, deliveries: {{min: 1, answers: [200, 503, error, ack_deadline]}}, faultsApplied: {{firestore: 1}}}}\n"
         ));
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn in_process_knobs_are_refused_on_the_live_path() {
+        let e = parse(&format!("{HEAD}  retry: {{maxRetries: 1, minDelayMs: 1, maxDelayMs: 1, maxTotalDelayMs: 1}}\nwhen: {{via: local_eventarc}}\nthen: {{}}\n")).unwrap_err();
+        assert!(e.starts_with("given.retry: not used by via: local_eventarc"), "{e}");
+        let e = parse(&format!("{HEAD}when: {{via: local_eventarc, deliveries: 3}}\nthen: {{}}\n")).unwrap_err();
+        assert!(e.starts_with("when.deliveries: not used"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The harness against the real emulators: the local Eventarc, the fault proxies and the `worker-serve` child.
 //! Without the emulators each test prints SKIPPED; with `REQUIRE_EMULATORS=1` (or `CI`) it fails instead.
 
+mod binaries;
 mod eventarc;
 mod process;
 mod proxy;

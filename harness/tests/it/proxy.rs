@@ -39,12 +39,17 @@ async fn refused_and_reset_grpc_calls_fail_without_reaching_firestore_then_heal(
     let project = crate::project("px-refuse");
     let proxy = FaultProxy::start(&firestore, Upstream::Http2).await.unwrap();
     let via = store_via(&proxy, &project).await;
+    // The bare client, without retries, so each fault shows as one failed call.
+    let mut options = FirestoreDbOptions::new(project.clone()).with_firebase_api_url(proxy.url());
+    options.max_retries = 0;
+    let bare = FirestoreDb::with_options(options).await.unwrap();
     let direct = FirestoreStore::new(&project).await.unwrap();
     for action in [Action::Refuse, Action::Reset] {
         proxy.clear_rules();
-        proxy.add_rule(Rule::new(Matcher::path(COMMIT), action.clone()));
-        let e = via.put_doc("flow_runs", "run-1", json!({"n": 1})).await.unwrap_err();
-        assert!(e.is_transient(), "{action:?}: {e}");
+        proxy.add_rule(Rule::new(Matcher::path("/google.firestore.v1.Firestore/"), action.clone()));
+        let r: Result<serde_json::Value, _> =
+            bare.fluent().insert().into("flow_runs").document_id("run-1").object(&json!({"n": 1})).execute().await;
+        assert!(r.is_err(), "{action:?} let the call through: {r:?}");
         assert_eq!(direct.get_doc("flow_runs", "run-1").await.unwrap(), None, "{action:?} reached the emulator");
     }
     let refused = proxy.calls().iter().filter(|c| c.action == "refused").count();

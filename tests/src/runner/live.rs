@@ -75,6 +75,7 @@ struct Live<'a> {
     procs: Vec<ServeProcess>,
     eventarc: LocalEventarc,
     proxies: BTreeMap<Dependency, FaultProxy>,
+    /// When the live phase started (the time base of the timeline).
     t0: Instant,
     timeline: Vec<String>,
     sigterms: Vec<(String, Terminated)>,
@@ -323,7 +324,7 @@ async fn drive(live: &mut Live<'_>) -> anyhow::Result<(Option<u64>, Option<Strin
     }
     live.refresh_targets();
     w.fs.put_doc(FLOW_RUNS, &w.run_id, w.seeded.clone()).await?;
-    live.t0 = Instant::now();
+    let written = Instant::now();
     live.note("flow run written".into());
     for (i, a) in w.scenario.when.actions.iter().enumerate() {
         live.act(i, a).await?;
@@ -332,10 +333,10 @@ async fn drive(live: &mut Live<'_>) -> anyhow::Result<(Option<u64>, Option<Strin
     let mut reached = None;
     if let Some(want) = &t.step.status {
         let limit = Duration::from_secs_f64(t.within_seconds.map(|s| s + 5.0).unwrap_or(90.0));
-        let deadline = live.t0 + limit;
+        let deadline = written + limit;
         while Instant::now() < deadline {
             if live.step().await?["status"] == want.as_str() {
-                reached = Some(live.t0.elapsed().as_millis() as u64);
+                reached = Some(written.elapsed().as_millis() as u64);
                 live.note(format!("step {want}"));
                 break;
             }

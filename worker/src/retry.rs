@@ -203,7 +203,7 @@ mod tests {
             )
             .await;
         let n = calls.load(Ordering::SeqCst);
-        assert!(n >= 5 && n <= 8, "{n} attempts");
+        assert!((5..=8).contains(&n), "{n} attempts");
         assert!(started.elapsed() <= RetryPolicy::GCS.max_total_delay + Duration::from_secs(4), "{:?}", started.elapsed());
     }
 

@@ -248,8 +248,8 @@ pub async fn retried_quota_operations_apply_once(d: Docs) {
     let a = acc("acc-ops", 10);
     let now = at("2026-11-28T10:00:00Z");
     let day = now.date_naive();
-    let first = d.usage.reserve(&op("reserve-1"), &[a.clone()], 4, now).await.unwrap();
-    let again = d.usage.reserve(&op("reserve-1"), &[a.clone()], 4, now).await.unwrap();
+    let first = d.usage.reserve(&op("reserve-1"), std::slice::from_ref(&a), 4, now).await.unwrap();
+    let again = d.usage.reserve(&op("reserve-1"), std::slice::from_ref(&a), 4, now).await.unwrap();
     assert_eq!(first, again, "a retried reservation answers its first grants");
     assert_eq!(d.usage.get_usage(&a.id).await.unwrap().unwrap().usage_today, 4);
     d.usage.give_back(&op("give-1"), &a.id, day, 3, now).await.unwrap();
@@ -258,7 +258,7 @@ pub async fn retried_quota_operations_apply_once(d: Docs) {
     assert_eq!(u.usage_today, 1, "a retried give-back subtracts once: usageToday never under-counts");
     assert_eq!(u.recent_ops.len(), 2);
     // Tomorrow the remembered operations are gone with the counter.
-    let g = d.usage.reserve(&op("reserve-2"), &[a.clone()], 1, at("2026-11-29T00:00:01Z")).await.unwrap();
+    let g = d.usage.reserve(&op("reserve-2"), std::slice::from_ref(&a), 1, at("2026-11-29T00:00:01Z")).await.unwrap();
     assert_eq!(g[0].units, 1);
     let u = d.usage.get_usage(&a.id).await.unwrap().unwrap();
     assert_eq!((u.usage_today, u.recent_ops.len()), (1, 1));

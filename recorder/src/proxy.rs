@@ -20,6 +20,14 @@ use crate::vcr::Vcr;
 /// Largest request body the proxy accepts (Chart-IMG bodies are a few KiB).
 const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
 
+/// Largest upstream answer the proxy reads and records (Chart-IMG's largest images are a few MiB; the worker caps
+/// its own reads at the same size).
+pub const MAX_UPSTREAM_BODY: usize = 25 * 1024 * 1024;
+
+/// Limits of one upstream exchange: connecting, and the whole request (Chart-IMG's own gateway gives up at ~29 s).
+pub const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones the HTTP stacks
 /// recompute. `accept-encoding` is dropped so upstream answers uncompressed and the cassette holds plain bodies.
 const NOT_FORWARDED: &[&str] = &[
@@ -56,6 +64,8 @@ impl ProxyConfig {
     pub fn new(upstream: impl Into<String>, vcr: Vcr) -> Self {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(UPSTREAM_CONNECT_TIMEOUT)
+            .timeout(UPSTREAM_TIMEOUT)
             .build()
             .expect("a client without custom TLS settings always builds");
         ProxyConfig {
@@ -220,7 +230,19 @@ pub(crate) async fn send(
                 .map(|v| (n.as_str().to_owned(), v.to_owned()))
         })
         .collect();
-    let body = resp.bytes().await.map_err(|e| redacted(&e))?;
+    if resp.content_length().is_some_and(|n| n > MAX_UPSTREAM_BODY as u64) {
+        return Err(format!("upstream answered a body larger than {MAX_UPSTREAM_BODY} bytes"));
+    }
+    // Read in chunks so a body without (or with a lying) Content-Length is cut at the cap, never buffered whole.
+    let mut resp = resp;
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| redacted(&e))? {
+        if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
+            return Err(format!("upstream answered a body larger than {MAX_UPSTREAM_BODY} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
     Ok(Response {
         status,
         headers,

@@ -364,8 +364,8 @@ pub struct Then {
     /// `local_eventarc`: every `sigterm` action's process exited by itself within this many ms of the signal.
     #[serde(default)]
     pub sigterm_exit_within_ms: Option<u64>,
-    /// `local_eventarc`: how many calls a fault rule applied to, per dependency proxy (so a fault that never
-    /// fired cannot pass as survived).
+    /// `local_eventarc`: at least how many calls a fault rule applied to, per dependency proxy (so a fault that
+    /// never fired cannot pass as survived).
     #[serde(default)]
     pub faults_applied: BTreeMap<Dependency, usize>,
 }

@@ -108,7 +108,9 @@ async fn main() {
                 concurrency: concurrency as usize,
                 lease: Duration::from_secs(900),
                 retry: RetryPolicy::default(),
+                lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(900)),
             },
+            shutdown: Default::default(),
         };
         let started = Instant::now();
         let report = run_chart_export_step(&worker, &RunId::parse("bench").unwrap(), &StepSelector::First, None).await.unwrap();

@@ -13,9 +13,16 @@ use crate::ports::{ChartApiError, ChartCall, ChartRenderer, RenderedChart};
 
 pub const ADVANCED_CHART_PATH: &str = "/v2/tradingview/advanced-chart";
 
+/// The largest answer body read from Chart-IMG (its largest images are a few MiB); a bigger one is refused unread.
+pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
 /// The message of an error body: `message` (v2) or `error` (v1) of an object; `param: msg` pairs of an array of field
-/// errors; otherwise a short, printable excerpt.
+/// errors; otherwise a short, printable excerpt. At most 2 KiB ([`crate::domain::text::MAX_ERROR_TEXT`]).
 pub fn error_message(body: &[u8]) -> String {
+    crate::domain::text::clip_error(&error_message_whole(body))
+}
+
+fn error_message_whole(body: &[u8]) -> String {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) => match o.get("message").or_else(|| o.get("error")) {
             Some(Value::String(s)) => s.clone(),
@@ -65,7 +72,8 @@ pub fn classify(status: u16, body: Bytes, format: ImageFormat) -> Result<Rendere
             }
         }
         // 409 Session Disconnected is an upstream session gone stale: transient by the API's own description.
-        409 | 500..=599 => Err(ChartApiError::Transient { status: Some(status), message: error_message(&body) }),
+        // 408 Request Timeout: the gateway gave up waiting; retried like a timeout.
+        408 | 409 | 500..=599 => Err(ChartApiError::Transient { status: Some(status), message: error_message(&body) }),
         _ => Err(ChartApiError::Rejected { status, message: error_message(&body) }),
     }
 }
@@ -130,8 +138,19 @@ impl HttpChartImg {
             .iter()
             .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
             .collect();
-        let body = resp.bytes().await.map_err(|e| classify_transport(&e, self.timeout))?;
-        Ok((status, headers, body))
+        if resp.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(ChartApiError::TooLarge { status, limit: MAX_BODY_BYTES });
+        }
+        // Read in chunks so a body without (or with a lying) Content-Length is cut at the cap, never buffered whole.
+        let mut body = bytes::BytesMut::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| classify_transport(&e, self.timeout))? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(ChartApiError::TooLarge { status, limit: MAX_BODY_BYTES });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, headers, body.freeze()))
     }
 }
 
@@ -245,8 +264,9 @@ impl ChartRenderer for CassetteChartImg {
                     Err(recorder::VcrError::Miss(m)) => return Err(Self::miss(m)),
                     Err(recorder::VcrError::Upstream(e)) => return Err(e),
                     Err(recorder::VcrError::Store(e)) => {
-                        // The call was sent and answered; failing to record it must not lose the answer silently.
-                        return Err(ChartApiError::Transient { status: None, message: format!("cannot record the interaction: {e}") });
+                        // The call was sent, answered and paid for; the recording is what failed. Retrying would pay
+                        // again for the same answer, so this chart's recording fails, clearly and for good.
+                        return Err(ChartApiError::NotRecorded { message: format!("the call was answered but could not be recorded: {e}") });
                     }
                 }
             }

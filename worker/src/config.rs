@@ -118,25 +118,7 @@ impl fmt::Display for ChartImgMode {
     }
 }
 
-/// Retry of transient Chart-IMG answers: exponential backoff with jitter, bounded in attempts and in total delay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_retries: usize,
-    pub min_delay: Duration,
-    pub max_delay: Duration,
-    pub max_total_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_retries: 4,
-            min_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(4),
-            max_total_delay: Duration::from_secs(20),
-        }
-    }
-}
+pub use crate::retry::RetryPolicy;
 
 /// Everything the worker reads from its environment.
 #[derive(Debug, Clone)]
@@ -151,16 +133,68 @@ pub struct Settings {
     pub cassette_dir: Option<PathBuf>,
     pub timezone: String,
     pub port: u16,
+    /// Address `serve` listens on (`HOST`, default `0.0.0.0` as Cloud Run needs; tests use `127.0.0.1`).
+    pub host: std::net::IpAddr,
     /// Charts of one step rendered at once (`CHART_EXPORT_CONCURRENCY`).
     pub concurrency: usize,
-    /// How long a claim holds before another worker may reclaim the step (`CHART_EXPORT_LEASE_SECONDS`).
+    /// How long a claim holds before another worker may reclaim the step (`CHART_EXPORT_LEASE_SECONDS`, default
+    /// 60 s); renewed while the step runs, so it bounds how long a crashed holder blocks its step.
     pub lease: Duration,
+    /// The step's lifecycle timings (`CHART_EXPORT_HEARTBEAT_SECONDS`, `CHART_EXPORT_STEP_DEADLINE_SECONDS`,
+    /// `CHART_EXPORT_MAX_ATTEMPTS`, `CHART_EXPORT_RELEASE_BACKOFF_SECONDS`, `CHART_EXPORT_SHUTDOWN_GRACE_SECONDS`).
+    pub lifecycle: Lifecycle,
     /// Timeout of one Chart-IMG call (`CHART_IMG_TIMEOUT_SECONDS`); the API's own gateway gives up at about 29 s.
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// Total time budget of one Firestore or Cloud Storage operation's retries (`CHART_EXPORT_STORE_RETRY_SECONDS`,
+    /// default 30 s: an outage of a few seconds is waited out).
+    pub store_retry_total: Duration,
 }
 
 pub const DEFAULT_BASE_URL: &str = "https://api.chart-img.com";
+
+/// How a step lives: its lease renewal, its deadline, how often it may be retried and how a shutdown ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Renewal interval of the lease while the step runs (default a third of the lease).
+    pub heartbeat: Duration,
+    /// Past this time after the claim no new Chart-IMG call starts and the step ends (default 540 s: the push
+    /// subscription's ack deadline is at most 600 s, and calls already in flight finish within their own timeout).
+    pub step_deadline: Duration,
+    /// Claims a step may have (default 5); then it is FAILED with the last error's code.
+    pub max_attempts: u32,
+    /// Not-before delay of a release after attempt 1, doubling per attempt up to 10× (default 10 s, Eventarc's first
+    /// backoff step).
+    pub release_backoff: Duration,
+    /// How long SIGTERM waits for in-flight steps to finish or be released (default 8 s; Cloud Run kills 10 s after
+    /// SIGTERM).
+    pub shutdown_grace: Duration,
+}
+
+impl Lifecycle {
+    /// The defaults for a lease of `lease`.
+    pub fn for_lease(lease: Duration) -> Self {
+        Self {
+            heartbeat: lease / 3,
+            step_deadline: Duration::from_secs(540),
+            max_attempts: 5,
+            release_backoff: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(8),
+        }
+    }
+
+    /// The not-before delay of the release that ends attempt `attempt` (1-based).
+    pub fn release_delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(10)).min(10);
+        self.release_backoff * factor
+    }
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::for_lease(Duration::from_secs(60))
+    }
+}
 
 impl Settings {
     /// Reads the process environment.
@@ -180,6 +214,31 @@ impl Settings {
                 },
             }
         };
+        // Durations in seconds, fractions allowed (scenarios run with leases of a second or two).
+        let seconds = |k: &str, default: Duration, min: f64, max: f64| -> Result<Duration, ConfigError> {
+            match non_empty(k) {
+                None => Ok(default),
+                Some(v) => match v.trim().parse::<f64>() {
+                    Ok(n) if n.is_finite() && (min..=max).contains(&n) => Ok(Duration::from_secs_f64(n)),
+                    _ => Err(cfg_err(k, format!("must be a number of seconds from {min} to {max}, got {v:?}"))),
+                },
+            }
+        };
+        let lease = seconds("CHART_EXPORT_LEASE_SECONDS", Duration::from_secs(60), 0.5, 86_400.0)?;
+        let defaults = Lifecycle::for_lease(lease);
+        let lifecycle = Lifecycle {
+            heartbeat: seconds("CHART_EXPORT_HEARTBEAT_SECONDS", defaults.heartbeat, 0.1, 86_400.0)?,
+            step_deadline: seconds("CHART_EXPORT_STEP_DEADLINE_SECONDS", defaults.step_deadline, 0.5, 3_600.0)?,
+            max_attempts: number("CHART_EXPORT_MAX_ATTEMPTS", defaults.max_attempts as u64, 1, 100)? as u32,
+            release_backoff: seconds("CHART_EXPORT_RELEASE_BACKOFF_SECONDS", defaults.release_backoff, 0.0, 3_600.0)?,
+            shutdown_grace: seconds("CHART_EXPORT_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace, 0.0, 9.5)?,
+        };
+        if lifecycle.heartbeat >= lease {
+            return Err(cfg_err(
+                "CHART_EXPORT_HEARTBEAT_SECONDS",
+                format!("must be shorter than the lease ({} s)", lease.as_secs_f64()),
+            ));
+        }
         let accounts = match non_empty("CHART_IMG_ACCOUNTS_JSON") {
             Some(raw) => parse_accounts("CHART_IMG_ACCOUNTS_JSON", &raw)?,
             None => Vec::new(),
@@ -202,10 +261,16 @@ impl Settings {
             cassette_dir: non_empty("CHART_IMG_CASSETTE_DIR").map(PathBuf::from),
             timezone,
             port: number("PORT", 8080, 1, 65535)? as u16,
+            host: match non_empty("HOST") {
+                None => std::net::IpAddr::from([0, 0, 0, 0]),
+                Some(h) => h.trim().parse().map_err(|_| cfg_err("HOST", format!("is not an IP address: {h:?}")))?,
+            },
             concurrency: number("CHART_EXPORT_CONCURRENCY", 16, 1, 256)? as usize,
-            lease: Duration::from_secs(number("CHART_EXPORT_LEASE_SECONDS", 900, 10, 86_400)?),
+            lease,
+            lifecycle,
             request_timeout: Duration::from_secs(number("CHART_IMG_TIMEOUT_SECONDS", 35, 1, 600)?),
             retry: RetryPolicy::default(),
+            store_retry_total: seconds("CHART_EXPORT_STORE_RETRY_SECONDS", RetryPolicy::FIRESTORE.max_total_delay, 0.0, 300.0)?,
         })
     }
 }
@@ -265,5 +330,23 @@ mod tests {
         assert_eq!(bad("CHART_IMG_MODE", "fake"), "CHART_IMG_MODE: unknown mode \"fake\"; expected real, mock or record");
         assert!(bad("PORT", "http").starts_with("PORT: must be a whole number"));
         assert!(bad("CHART_IMG_BASE_URL", "ftp://x").starts_with("CHART_IMG_BASE_URL: must be an http(s) URL"));
+        assert!(bad("CHART_EXPORT_LEASE_SECONDS", "soon").starts_with("CHART_EXPORT_LEASE_SECONDS: must be a number of seconds"));
+        assert!(bad("CHART_EXPORT_SHUTDOWN_GRACE_SECONDS", "12").contains("from 0 to 9.5"));
+        assert!(bad("CHART_EXPORT_HEARTBEAT_SECONDS", "90").contains("shorter than the lease"));
+    }
+
+    #[test]
+    fn lifecycle_defaults_fit_cloud_run_and_pubsub() {
+        let s = Settings::from_lookup(|_| None).unwrap();
+        assert_eq!(s.lease, Duration::from_secs(60));
+        assert_eq!(s.lifecycle.heartbeat, Duration::from_secs(20));
+        assert!(s.lifecycle.step_deadline < Duration::from_secs(600), "below the maximum ack deadline");
+        assert!(s.lifecycle.shutdown_grace < Duration::from_secs(10), "below Cloud Run's SIGKILL");
+        assert_eq!(s.lifecycle.max_attempts, 5);
+        let l = s.lifecycle;
+        let delays: Vec<u64> = (1..=6).map(|a| l.release_delay(a).as_secs()).collect();
+        assert_eq!(delays, vec![10, 20, 40, 80, 100, 100]);
+        let fast = Settings::from_lookup(|k| (k == "CHART_EXPORT_LEASE_SECONDS").then(|| "1.5".to_owned())).unwrap();
+        assert_eq!((fast.lease, fast.lifecycle.heartbeat), (Duration::from_millis(1500), Duration::from_millis(500)));
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! The protobuf types of `google.events.cloud.firestore.v1` are generated at build time from the vendored
 //! `proto/` files (see `build.rs`). Document values are converted to JSON by the same function the Firestore
-//! adapter reads documents with ([`crate::adapters::firestore::document_to_json`]): the event's `Document` and
+//! adapter reads documents with ([`crate::firestore_codec::document_to_json`]): the event's `Document` and
 //! Firestore's own share their field numbers, so the event document is re-read as Firestore's type from its bytes.
 
 use std::collections::HashMap;
@@ -23,7 +23,7 @@ use http::HeaderMap;
 use prost::Message as _;
 use serde_json::Value as Json;
 
-use crate::adapters::firestore::document_to_json;
+use crate::firestore_codec::document_to_json;
 use crate::domain::RunId;
 
 /// Types generated from `proto/google/events/cloud/firestore/v1/data.proto` and `proto/google/type/latlng.proto`.

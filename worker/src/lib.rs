@@ -20,17 +20,21 @@
 
 pub mod adapters;
 pub mod chartimg;
-pub mod cli;
 pub mod config;
 pub mod core;
-#[cfg(feature = "demo")]
-pub mod demo;
 pub mod domain;
+pub mod entry;
 pub mod eventarc;
+pub mod firestore_codec;
 pub mod ports;
 pub mod quota;
 pub mod renderers;
-pub mod serve;
+pub mod retry;
 pub mod telemetry;
+
+// The entrypoints' usual paths.
+pub use crate::entry::{cli, serve};
+#[cfg(feature = "demo")]
+pub use crate::entry::demo;
 
 pub use crate::core::{run_chart_export_step, CoreSettings, StepReport, Worker};

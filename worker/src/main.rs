@@ -4,7 +4,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() {
-    let cli = worker_chart_export::cli::Cli::parse();
-    let code = worker_chart_export::cli::main_with(cli).await;
+    let cli = worker_chart_export::entry::Cli::parse();
+    let code = worker_chart_export::entry::main_with(cli).await;
     std::process::exit(code);
 }

@@ -14,8 +14,8 @@ use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use crate::domain::{
-    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ErrorCode, Grant, ImageFormat, ObjectRef, PatchOutcome, RunId,
-    StepPatch, StepSelector, TemplateId, UsageDoc, WorkerId,
+    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, ErrorCode, Grant, ImageFormat, ObjectRef, OpId,
+    PatchOutcome, RunId, StepPatch, StepSelector, TemplateId, UsageDoc,
 };
 
 /// A failure of a document store. `Unavailable` and `Contention` are worth a redelivery; the others are not.
@@ -46,9 +46,10 @@ pub trait FlowRunStore: Send + Sync {
     /// One read-write transaction: read the run, decide with [`crate::domain::step::decide_claim`], write the patch.
     async fn claim_step(&self, run: &RunId, selector: &StepSelector, params: &ClaimParams) -> Result<ClaimOutcome, StoreError>;
 
-    /// Writes `patch` only while the step is RUNNING and claimed by `owner` ([`crate::domain::step::check_owner`]),
-    /// as a field-masked update of `steps.<stepId>.*`.
-    async fn patch_owned_step(&self, run: &RunId, owner: &WorkerId, patch: &StepPatch) -> Result<PatchOutcome, StoreError>;
+    /// Writes `patch` only while the step is RUNNING under the claim `token` ([`crate::domain::step::check_owner`]),
+    /// as a field-masked update of `steps.<stepId>.*`. A step already showing the patch's status under `token` (the
+    /// first try of a retried commit landed) answers `AlreadyApplied`.
+    async fn patch_owned_step(&self, run: &RunId, token: &ClaimToken, patch: &StepPatch) -> Result<PatchOutcome, StoreError>;
 }
 
 /// `chart_templates/{chartTemplateId}`.
@@ -62,11 +63,12 @@ pub trait TemplateStore: Send + Sync {
 #[async_trait]
 pub trait AccountUsageStore: Send + Sync {
     /// Reserves up to `units` over `accounts` (in order) with [`crate::domain::usage::plan_reservation`].
-    /// An empty answer means every account is exhausted or used up today.
-    async fn reserve(&self, accounts: &[AccountQuota], units: u32, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError>;
+    /// An empty answer means every account is exhausted or used up today. `op` identifies this reservation across
+    /// the retries of its transaction, so it is applied once.
+    async fn reserve(&self, op: &OpId, accounts: &[AccountQuota], units: u32, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError>;
 
-    /// Returns units of a grant that were never sent.
-    async fn give_back(&self, account: &AccountId, day: NaiveDate, units: u32, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Returns units of a grant that were never sent, once per `op`.
+    async fn give_back(&self, op: &OpId, account: &AccountId, day: NaiveDate, units: u32, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Marks the account exhausted for `day` after a `429 Limit Exceeded`.
     async fn mark_exhausted(&self, account: &AccountQuota, day: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError>;
@@ -142,6 +144,12 @@ pub enum ChartApiError {
     /// `mock` mode: no recorded interaction answers this request.
     #[error("no recorded interaction matches: {message}")]
     MockMissing { message: String, details: Value },
+    /// The answer body exceeded the cap; it was not read.
+    #[error("{status} with a body larger than {limit} bytes")]
+    TooLarge { status: u16, limit: usize },
+    /// `record` mode: the call was answered but the cassette write failed. Not retried: that would pay twice.
+    #[error("{message}")]
+    NotRecorded { message: String },
 }
 
 impl ChartApiError {
@@ -163,7 +171,8 @@ impl ChartApiError {
             Self::Transient { status, .. } => *status,
             Self::Rejected { status, .. } => Some(*status),
             Self::NotAnImage { .. } => Some(200),
-            Self::MockMissing { .. } => None,
+            Self::TooLarge { status, .. } => Some(*status),
+            Self::MockMissing { .. } | Self::NotRecorded { .. } => None,
         }
     }
 }

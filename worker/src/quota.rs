@@ -3,7 +3,8 @@
 //!
 //! Invariant: every call sent to Chart-IMG was paid for by one unit taken from a grant before it was sent, and only
 //! units never sent are given back. So `usageToday` never under-counts; a crash between reserve and give-back
-//! over-counts by at most the units that step still held.
+//! over-counts by at most the units that step still held. Each reservation and give-back carries its own operation id
+//! ([`OpId`]), so a transaction retried after a lost commit reply applies once.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
@@ -16,7 +17,7 @@ use tracing::warn;
 
 use crate::config::{AccountConfig, Plan};
 use crate::domain::request::{check_request, TemplateInvalid};
-use crate::domain::{AccountId, AccountQuota, ChartRequest, Grant, PlanNeeds};
+use crate::domain::{AccountId, AccountQuota, ChartRequest, Grant, OpId, PlanNeeds};
 use crate::ports::{AccountUsageStore, Clock, StoreError};
 
 /// One configured account with the limiter that keeps this process within its plan's rate and burst.
@@ -137,7 +138,7 @@ impl<'a> QuotaLedger<'a> {
     pub async fn reserve(&self, units: u32) -> Result<(), StoreError> {
         let mut st = self.state.lock().await;
         let usable = self.usable(&st);
-        let grants = self.store.reserve(&usable, units, self.clock.now()).await?;
+        let grants = self.store.reserve(&OpId::random(), &usable, units, self.clock.now()).await?;
         st.depleted = grants.is_empty();
         st.held.extend(grants);
         Ok(())
@@ -174,7 +175,7 @@ impl<'a> QuotaLedger<'a> {
                     self.pool.accounts.iter().filter(|a| fits(&a.config.id)).map(|a| a.config.id.as_str()).collect();
                 return Err(AcquireError::AllExhausted(names.join(", ")));
             }
-            let grants = self.store.reserve(&usable, top_up.max(1), self.clock.now()).await?;
+            let grants = self.store.reserve(&OpId::random(), &usable, top_up.max(1), self.clock.now()).await?;
             if grants.is_empty() {
                 if every {
                     st.depleted = true;
@@ -198,7 +199,7 @@ impl<'a> QuotaLedger<'a> {
         st.held.retain(|g| g.account != id);
         drop(st);
         for g in held {
-            if let Err(e) = self.store.give_back(&g.account, g.day, g.units, now).await {
+            if let Err(e) = self.store.give_back(&OpId::random(), &g.account, g.day, g.units, now).await {
                 warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
             }
         }
@@ -215,7 +216,7 @@ impl<'a> QuotaLedger<'a> {
         drop(st);
         let now = self.clock.now();
         for g in held.into_iter().filter(|g| g.units > 0) {
-            if let Err(e) = self.store.give_back(&g.account, g.day, g.units, now).await {
+            if let Err(e) = self.store.give_back(&OpId::random(), &g.account, g.day, g.units, now).await {
                 warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
             }
         }

@@ -291,3 +291,26 @@ async fn the_proxy_binary_writes_batched_interactions_while_running() {
     assert!(!text.contains(KEY1));
     upstream.stop().await;
 }
+
+/// An upstream answer over the cap is refused (502) and nothing is recorded: the proxy never buffers it whole.
+#[tokio::test]
+async fn an_oversized_upstream_answer_is_refused_and_not_recorded() {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        CHART_PATH,
+        post(|| async { vec![0u8; recorder::MAX_UPSTREAM_BODY + 1] }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let cassette = dir.path().join("big");
+    let proxy = Proxy::start(upstream, open(&cassette, Mode::NewEpisodes)).await;
+    let client = reqwest::Client::new();
+    let (status, _, body) = post_chart(&client, &proxy.url(), KEY1, &serde_json::json!({"symbol": "BINANCE:BTCUSDT"})).await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("larger than"));
+    proxy.stop().await;
+    server.abort();
+    assert!(!cassette.join("bodies").exists() || std::fs::read_dir(cassette.join("bodies")).unwrap().count() == 0);
+}

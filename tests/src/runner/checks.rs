@@ -271,7 +271,8 @@ fn check_live(c: &mut Checks, t: &crate::scenario::Then, live: &super::live::Liv
     }
     for (dep, n) in &t.faults_applied {
         let applied = live.proxy_calls.get(dep).map_or(0, |calls| calls.iter().filter(|c| c.rule.is_some()).count());
-        c.eq(&format!("faultsApplied.{dep:?}"), *n, applied);
+        // At least: a time-window fault applies to as many calls as the worker's retries make within the window.
+        c.that(&format!("faultsApplied.{dep:?}"), applied >= *n, || format!("expected at least {n}, actual {applied}"));
     }
     if let Some(ms) = t.sigterm_exit_within_ms {
         c.that("sigtermExitWithinMs", !live.sigterms.is_empty(), || "no sigterm action ran".into());

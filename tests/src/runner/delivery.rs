@@ -158,12 +158,5 @@ async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) {
 }
 
 pub fn report_name(r: &StepReport) -> String {
-    match r {
-        StepReport::Succeeded { .. } => "succeeded",
-        StepReport::Failed { .. } => "failed",
-        StepReport::NoOp { .. } => "noop",
-        StepReport::Rejected { .. } => "rejected",
-        StepReport::LostClaim { .. } => "lost_claim",
-    }
-    .to_owned()
+    r.outcome().to_owned()
 }

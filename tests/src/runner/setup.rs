@@ -121,6 +121,7 @@ impl World {
             concurrency: 8,
             lease: Duration::from_secs(g.lease_seconds.unwrap_or(900)),
             retry,
+            lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(g.lease_seconds.unwrap_or(900))),
         }
     }
 
@@ -134,6 +135,7 @@ impl World {
             clock: Arc::new(SystemClock),
             accounts: AccountPool::new(parse_accounts("scenario accounts", &self.accounts_json)?),
             settings: self.settings(i),
+            shutdown: Default::default(),
         })
     }
 

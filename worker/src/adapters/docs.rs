@@ -16,8 +16,8 @@ use serde_json::Value;
 use crate::domain::step::{check_owner, decide_claim};
 use crate::domain::usage::{plan_exhaust, plan_give_back, plan_reservation};
 use crate::domain::{
-    AccountId, AccountQuota, ClaimOutcome, ClaimParams, Grant, PatchOutcome, RunId, StepPatch, StepSelector,
-    TemplateId, UsageDoc, WorkerId,
+    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, Grant, OpId, PatchOutcome, RunId, StepPatch,
+    StepSelector, TemplateId, UsageDoc,
 };
 use crate::ports::{AccountUsageStore, FlowRunStore, StoreError, TemplateStore};
 
@@ -227,10 +227,10 @@ impl<B: DocBackend> FlowRunStore for JsonDocs<B> {
         .await
     }
 
-    async fn patch_owned_step(&self, run: &RunId, owner: &WorkerId, patch: &StepPatch) -> Result<PatchOutcome, StoreError> {
-        let (owner, patch) = (owner.clone(), patch.clone());
+    async fn patch_owned_step(&self, run: &RunId, token: &ClaimToken, patch: &StepPatch) -> Result<PatchOutcome, StoreError> {
+        let (token, patch) = (token.clone(), patch.clone());
         self.tx(vec![(FLOW_RUNS, run.to_string())], move |d| {
-            let outcome = check_owner(d[0].as_ref(), &patch.step_id, &owner);
+            let outcome = check_owner(d[0].as_ref(), &patch, &token);
             if let (PatchOutcome::Applied, Some(doc)) = (&outcome, d[0].as_mut()) {
                 patch.apply_to(doc);
             }
@@ -254,13 +254,14 @@ impl<B: DocBackend> TemplateStore for JsonDocs<B> {
 
 #[async_trait]
 impl<B: DocBackend> AccountUsageStore for JsonDocs<B> {
-    async fn reserve(&self, accounts: &[AccountQuota], units: u32, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError> {
+    async fn reserve(&self, op: &OpId, accounts: &[AccountQuota], units: u32, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError> {
         let keys = accounts.iter().map(|a| (ACCOUNTS_USAGE, a.id.to_string())).collect();
         let accounts = accounts.to_vec();
+        let op = op.clone();
         self.tx(keys, move |d| -> Result<Vec<Grant>, StoreError> {
             let current: Vec<Option<UsageDoc>> =
                 d.iter().zip(&accounts).map(|(v, a)| usage_of(v, &a.id)).collect::<Result<_, _>>()?;
-            let (grants, writes) = plan_reservation(&accounts, &current, units, now);
+            let (grants, writes) = plan_reservation(&op, &accounts, &current, units, now);
             for (id, doc) in writes {
                 let i = accounts.iter().position(|a| a.id == id).expect("writes name configured accounts");
                 d[i] = Some(to_value(&doc));
@@ -270,10 +271,11 @@ impl<B: DocBackend> AccountUsageStore for JsonDocs<B> {
         .await?
     }
 
-    async fn give_back(&self, account: &AccountId, day: NaiveDate, units: u32, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn give_back(&self, op: &OpId, account: &AccountId, day: NaiveDate, units: u32, now: DateTime<Utc>) -> Result<(), StoreError> {
         let id = account.clone();
+        let op = op.clone();
         self.tx(vec![(ACCOUNTS_USAGE, account.to_string())], move |d| -> Result<(), StoreError> {
-            if let Some(doc) = plan_give_back(usage_of(&d[0], &id)?.as_ref(), day, units, now) {
+            if let Some(doc) = plan_give_back(&op, usage_of(&d[0], &id)?.as_ref(), day, units, now) {
                 d[0] = Some(to_value(&doc));
             }
             Ok(())

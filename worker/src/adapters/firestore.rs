@@ -7,125 +7,59 @@
 //! (a decode error or a refused document must surface at once); and every write must be a field-masked update with a
 //! precondition, which the pure decisions of [`crate::domain`] describe as JSON.
 //!
-//! Documents cross the port as `serde_json::Value` (see [`document_to_json`] and [`json_to_value`]): Firestore
-//! timestamps read as RFC 3339 strings, bytes as base64, references as their path, geo points as
-//! `{latitude, longitude}`. The time fields the worker writes (`startedAt`, `leaseExpiresAt`, `finishedAt`,
-//! `updatedAt`) are stored as Firestore timestamps, so they sort and filter as times in the console and in queries.
+//! Documents cross the port as `serde_json::Value`, converted by [`crate::firestore_codec`].
 //!
 //! Invariants:
-//! - Every read-modify-write is one read-write transaction; its decision is the same pure function the embedded
-//!   stores run ([`decide_claim`], [`check_owner`], [`plan_reservation`], [`plan_give_back`], [`plan_exhaust`]).
+//! - Every read-modify-write is one read-write transaction (a claim that writes nothing is decided on a plain read
+//!   first and needs none); its decision is the same pure function the embedded stores run ([`decide_claim`], [`check_owner`], [`plan_reservation`], [`plan_give_back`], [`plan_exhaust`]).
 //! - A flow run is only ever written through `steps.<stepId>.<field>` masks, with an `updateTime` precondition
 //!   taken from the transaction's own read; the rest of the document is never rewritten.
-//! - A transaction is retried only on ABORTED, on a failed precondition and on transport failures, at most
-//!   [`TxPolicy::max_attempts`] times within [`TxPolicy::max_total`]; then it fails with [`StoreError::Contention`]
-//!   or [`StoreError::Unavailable`].
+//! - A transaction is retried (the one [`RetryPolicy`]) on ABORTED, a failed precondition, transport failures and
+//!   the retryable codes of Google's guidance, then fails with [`StoreError::Contention`] or
+//!   [`StoreError::Unavailable`]. A retried commit may find its first try applied (the reply was lost): the
+//!   decisions recognise their own claim token and quota operation id, so nothing applies twice.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use firestore::gcloud_sdk::google::firestore::v1 as fs;
 use firestore::gcloud_sdk::google::firestore::v1::firestore_client::FirestoreClient;
-use firestore::gcloud_sdk::google::r#type::LatLng;
 use firestore::gcloud_sdk::prost_types::Timestamp;
 use firestore::gcloud_sdk::tonic::{Code, Status};
 use firestore::gcloud_sdk::GoogleAuthMiddleware;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use futures::StreamExt;
-use serde_json::{Map, Number, Value as Json};
+use serde_json::Value as Json;
 use tracing::{debug, warn};
+
+pub use crate::firestore_codec::{
+    document_to_json, field_path, json_document, json_to_value, quote_segment, timestamp_to_rfc3339, value_to_json,
+};
+use crate::firestore_codec::field_value;
+use crate::retry::RetryPolicy;
 
 use crate::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use crate::domain::step::{check_owner, decide_claim};
 use crate::domain::usage::{plan_exhaust, plan_give_back, plan_reservation};
 use crate::domain::{
-    AccountId, AccountQuota, ClaimOutcome, ClaimParams, Grant, PatchOutcome, RunId, StepPatch, StepSelector,
-    TemplateId, UsageDoc, WorkerId,
+    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, Grant, OpId, PatchOutcome, RunId, StepPatch,
+    StepSelector, TemplateId, UsageDoc,
 };
 use crate::ports::{AccountUsageStore, FlowRunStore, StoreError, TemplateStore};
 
-/// Fields the worker writes as times; stored as Firestore timestamps, read back as RFC 3339 strings.
-const TIME_FIELDS: [&str; 4] = ["startedAt", "leaseExpiresAt", "finishedAt", "updatedAt"];
-
-/// How a read-write transaction is retried, and how long one RPC may take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TxPolicy {
-    /// Attempts of one transaction, the first included.
-    pub max_attempts: u32,
-    /// Wall-clock budget of one transaction, retries and backoff included.
-    pub max_total: Duration,
-    /// Backoff before the second attempt; doubles each time up to `max_backoff`, with full jitter.
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
-    /// Limit of one RPC; a call that takes longer counts as a transport failure.
-    pub call_timeout: Duration,
-}
-
-impl Default for TxPolicy {
-    /// Sized for Cloud Run: a delivery has 300 s by default, and a contended usage counter (about one write per
-    /// second per document) clears a handful of concurrent transactions within seconds.
-    fn default() -> Self {
-        Self {
-            max_attempts: 12,
-            max_total: Duration::from_secs(90),
-            min_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(2),
-            call_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// The retry budget of one operation (a transaction or a plain call): full-jitter exponential backoff, bounded in
-/// attempts and in total time by the [`TxPolicy`]. Shared by every retry loop of this adapter.
-struct RetryBudget {
-    op: &'static str,
-    started: Instant,
-    attempt: u32,
-    backoff: Duration,
-    max_backoff: Duration,
-    max_attempts: u32,
-    max_total: Duration,
-}
-
-impl RetryBudget {
-    fn new(policy: &TxPolicy, op: &'static str) -> Self {
-        RetryBudget {
-            op,
-            started: Instant::now(),
-            attempt: 0,
-            backoff: policy.min_backoff,
-            max_backoff: policy.max_backoff,
-            max_attempts: policy.max_attempts,
-            max_total: policy.max_total,
-        }
-    }
-
-    /// After a retryable failure: sleeps before the next attempt, or gives up with `Contention` (the failure was an
-    /// aborted transaction) or `Unavailable` once the budget is spent.
-    async fn wait(&mut self, contention: bool, message: String) -> Result<(), StoreError> {
-        self.attempt += 1;
-        let op = self.op;
-        let sleep = self.backoff.mul_f64(rand::random::<f64>());
-        if self.attempt >= self.max_attempts || self.started.elapsed() + sleep >= self.max_total {
-            let what = format!("{op}: gave up after {} attempts in {:?}: {message}", self.attempt, self.started.elapsed());
-            warn!(event = "transaction_gave_up", op, attempts = self.attempt, contention, "{what}");
-            return Err(if contention { StoreError::Contention(what) } else { StoreError::Unavailable(what) });
-        }
-        debug!(event = "transaction_retry", op, attempt = self.attempt, contention, "{message}");
-        tokio::time::sleep(sleep).await;
-        self.backoff = (self.backoff * 2).min(self.max_backoff);
-        Ok(())
-    }
-}
+/// Limit of one RPC; a call that takes longer counts as a transport failure (and is retried).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The three document ports on one Firestore database. Cheap to clone.
 #[derive(Clone)]
 pub struct FirestoreStore {
     db: FirestoreDb,
-    policy: TxPolicy,
+    /// Retries of one transaction or call (attempts and total time).
+    policy: RetryPolicy,
+    /// Limit of one RPC.
+    call_timeout: Duration,
 }
 
 impl std::fmt::Debug for FirestoreStore {
@@ -162,11 +96,16 @@ impl FirestoreStore {
 
     /// Wraps a client built elsewhere (other database id, explicit credentials).
     pub fn from_db(db: FirestoreDb) -> Self {
-        Self { db, policy: TxPolicy::default() }
+        Self { db, policy: RetryPolicy::FIRESTORE, call_timeout: DEFAULT_CALL_TIMEOUT }
     }
 
-    pub fn with_policy(mut self, policy: TxPolicy) -> Self {
+    pub fn with_policy(mut self, policy: RetryPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
         self
     }
 
@@ -188,13 +127,10 @@ impl FirestoreStore {
         &self,
         fut: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, AttemptError> {
-        match tokio::time::timeout(self.policy.call_timeout, fut).await {
+        match tokio::time::timeout(self.call_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(status)) => Err(classify(&status)),
-            Err(_) => Err(AttemptError::Retry {
-                contention: false,
-                message: format!("no answer within {:?}", self.policy.call_timeout),
-            }),
+            Err(_) => Err(AttemptError::Retry { contention: false, message: format!("no answer within {:?}", self.call_timeout) }),
         }
     }
 
@@ -239,13 +175,13 @@ impl FirestoreStore {
         names: Vec<String>,
         mut decide: impl FnMut(&[TxDoc]) -> Result<(R, Vec<fs::Write>), StoreError>,
     ) -> Result<R, StoreError> {
-        let mut budget = RetryBudget::new(&self.policy, op);
+        let mut budget = self.policy.start();
         let mut retry_transaction: Vec<u8> = Vec::new();
         loop {
             match self.attempt(&names, &mut decide, &mut retry_transaction).await {
                 Ok(r) => return Ok(r),
                 Err(AttemptError::Fatal(e)) => return Err(e),
-                Err(AttemptError::Retry { contention, message }) => budget.wait(contention, message).await?,
+                Err(AttemptError::Retry { contention, message }) => give_up_or_wait(&mut budget, op, contention, message).await?,
             }
         }
     }
@@ -289,13 +225,20 @@ impl FirestoreStore {
             self.rollback(tx);
             return Ok(out);
         }
+        let tx_for_rollback = tx.clone();
         let commit = fs::CommitRequest {
             database: self.database_path().to_owned(),
             writes,
             transaction: tx,
             ..Default::default()
         };
-        self.call(client.commit(commit)).await?;
+        if let Err(e) = self.call(client.commit(commit)).await {
+            // A failed (or unanswered) commit leaves the transaction's locks held on the emulator until it times out,
+            // stalling every later transaction on these documents; roll it back. If the commit did land (its reply
+            // was lost), the rollback is refused, harmlessly.
+            self.rollback(tx_for_rollback);
+            return Err(e);
+        }
         Ok(out)
     }
 
@@ -314,12 +257,12 @@ impl FirestoreStore {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, AttemptError>>,
     {
-        let mut budget = RetryBudget::new(&self.policy, op);
+        let mut budget = self.policy.start();
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(AttemptError::Fatal(e)) => return Err(e),
-                Err(AttemptError::Retry { contention, message }) => budget.wait(contention, message).await?,
+                Err(AttemptError::Retry { contention, message }) => give_up_or_wait(&mut budget, op, contention, message).await?,
             }
         }
     }
@@ -374,6 +317,19 @@ impl FirestoreStore {
     }
 }
 
+/// After a retryable failure: sleeps before the next attempt, or gives up with `Contention` (the failure was an
+/// aborted transaction) or `Unavailable` once the budget is spent.
+async fn give_up_or_wait(budget: &mut crate::retry::Attempts, op: &'static str, contention: bool, message: String) -> Result<(), StoreError> {
+    let attempts = budget.attempts();
+    debug!(event = "transaction_retry", op, attempt = attempts, contention, "{message}");
+    if budget.wait().await {
+        return Ok(());
+    }
+    let what = format!("{op}: gave up after {attempts} attempts in {:?}: {message}", budget.elapsed());
+    warn!(event = "transaction_gave_up", op, attempts, contention, "{what}");
+    Err(if contention { StoreError::Contention(what) } else { StoreError::Unavailable(what) })
+}
+
 fn exists(yes: bool) -> fs::Precondition {
     fs::Precondition { condition_type: Some(fs::precondition::ConditionType::Exists(yes)) }
 }
@@ -391,38 +347,13 @@ fn classify(status: &Status) -> AttemptError {
     match status.code() {
         // ABORTED: lost a lock or a commit race. FAILED_PRECONDITION on a transactional write: the document moved.
         Code::Aborted | Code::FailedPrecondition => AttemptError::Retry { contention: true, message },
+        // Google's retry guidance for Firestore, plus UNAUTHENTICATED (an expired token is refreshed on the next
+        // call) and CANCELLED/UNKNOWN (what a reset connection surfaces as).
         Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled | Code::Internal
-        | Code::Unknown => AttemptError::Retry { contention: false, message },
+        | Code::Unknown | Code::Unauthenticated => AttemptError::Retry { contention: false, message },
         Code::AlreadyExists => AttemptError::Fatal(StoreError::Other(format!("ALREADY_EXISTS: {}", status.message()))),
         _ => AttemptError::Fatal(StoreError::Other(message)),
     }
-}
-
-/// Quotes one segment of a field path when Firestore requires it: anything but `[A-Za-z_][A-Za-z0-9_]*` goes
-/// between backticks, with `` ` `` and `\` escaped by a backslash.
-pub fn quote_segment(s: &str) -> String {
-    let simple = !s.is_empty()
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if simple {
-        s.to_owned()
-    } else {
-        let mut out = String::with_capacity(s.len() + 2);
-        out.push('`');
-        for c in s.chars() {
-            if c == '`' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('`');
-        out
-    }
-}
-
-/// `a.b.c` from raw segments, each quoted as needed.
-pub fn field_path(segments: &[&str]) -> String {
-    segments.iter().map(|s| quote_segment(s)).collect::<Vec<_>>().join(".")
 }
 
 /// A step patch as one Firestore write: the set fields nested under `steps.<stepId>`, the mask naming every field
@@ -450,100 +381,8 @@ pub fn step_patch_write(doc_name: String, patch: &StepPatch, precondition: Optio
     }
 }
 
-fn map_value(fields: HashMap<String, fs::Value>) -> fs::Value {
+pub fn map_value(fields: HashMap<String, fs::Value>) -> fs::Value {
     fs::Value { value_type: Some(fs::value::ValueType::MapValue(fs::MapValue { fields })) }
-}
-
-/// A top-level or step field: the worker's time fields become timestamps, everything else converts as is.
-fn field_value(name: &str, v: &Json) -> fs::Value {
-    if TIME_FIELDS.contains(&name) {
-        if let Some(t) = v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()) {
-            let t = t.with_timezone(&Utc);
-            return fs::Value {
-                value_type: Some(fs::value::ValueType::TimestampValue(Timestamp {
-                    seconds: t.timestamp(),
-                    // Firestore keeps microseconds; a finer time would be refused as not microsecond-aligned.
-                    nanos: (t.timestamp_subsec_micros() * 1000) as i32,
-                })),
-            };
-        }
-    }
-    json_to_value(v)
-}
-
-/// A JSON value as a Firestore value. Integers that fit `i64` stay integers; others become doubles.
-pub fn json_to_value(v: &Json) -> fs::Value {
-    use fs::value::ValueType as T;
-    let t = match v {
-        Json::Null => T::NullValue(0),
-        Json::Bool(b) => T::BooleanValue(*b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => T::IntegerValue(i),
-            None => T::DoubleValue(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Json::String(s) => T::StringValue(s.clone()),
-        Json::Array(a) => T::ArrayValue(fs::ArrayValue { values: a.iter().map(json_to_value).collect() }),
-        Json::Object(o) => T::MapValue(fs::MapValue {
-            fields: o.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
-        }),
-    };
-    fs::Value { value_type: Some(t) }
-}
-
-/// A whole JSON object as a document named `name` (the top level must be an object).
-pub fn json_document(name: String, v: &Json) -> Result<fs::Document, StoreError> {
-    let Json::Object(o) = v else {
-        return Err(StoreError::Other(format!("{name}: a document must be a JSON object")));
-    };
-    Ok(fs::Document {
-        name,
-        fields: o.iter().map(|(k, v)| (k.clone(), field_value(k, v))).collect(),
-        ..Default::default()
-    })
-}
-
-/// RFC 3339 in UTC with `Z`; whole seconds print without a fraction, so times the worker wrote read back verbatim.
-pub fn timestamp_to_rfc3339(t: &Timestamp) -> String {
-    match DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32) {
-        Some(dt) => dt.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        None => format!("{}s", t.seconds),
-    }
-}
-
-/// A Firestore value as JSON (see the module documentation for the mapping). Map keys come out sorted, so a
-/// document reads the same every time.
-pub fn value_to_json(v: &fs::Value) -> Json {
-    use fs::value::ValueType as T;
-    match &v.value_type {
-        None | Some(T::NullValue(_)) => Json::Null,
-        Some(T::BooleanValue(b)) => Json::Bool(*b),
-        Some(T::IntegerValue(i)) => Json::from(*i),
-        // JSON has no NaN or infinity; they read as null.
-        Some(T::DoubleValue(d)) => Number::from_f64(*d).map(Json::Number).unwrap_or(Json::Null),
-        Some(T::TimestampValue(t)) => Json::String(timestamp_to_rfc3339(t)),
-        Some(T::StringValue(s)) => Json::String(s.clone()),
-        Some(T::BytesValue(b)) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
-        Some(T::ReferenceValue(r)) => Json::String(r.clone()),
-        Some(T::GeoPointValue(LatLng { latitude, longitude })) => {
-            let mut m = Map::new();
-            m.insert("latitude".into(), Number::from_f64(*latitude).map(Json::Number).unwrap_or(Json::Null));
-            m.insert("longitude".into(), Number::from_f64(*longitude).map(Json::Number).unwrap_or(Json::Null));
-            Json::Object(m)
-        }
-        Some(T::ArrayValue(a)) => Json::Array(a.values.iter().map(value_to_json).collect()),
-        Some(T::MapValue(m)) => document_to_json(&m.fields),
-        // Pipeline-only expressions never appear in stored documents.
-        Some(T::FieldReferenceValue(_) | T::VariableReferenceValue(_) | T::FunctionValue(_) | T::PipelineValue(_)) => {
-            Json::Null
-        }
-    }
-}
-
-/// The fields of a document (or map) as a JSON object with sorted keys.
-pub fn document_to_json(fields: &HashMap<String, fs::Value>) -> Json {
-    let mut keys: Vec<&String> = fields.keys().collect();
-    keys.sort();
-    Json::Object(keys.into_iter().map(|k| (k.clone(), value_to_json(&fields[k]))).collect())
 }
 
 fn usage_of(doc: &TxDoc, id: &AccountId) -> Result<Option<UsageDoc>, StoreError> {
@@ -559,6 +398,10 @@ fn usage_write(name: String, doc: &UsageDoc, read: &TxDoc) -> Result<fs::Write, 
     let value = serde_json::to_value(doc).map_err(|e| StoreError::Other(e.to_string()))?;
     let document = json_document(name, &value)?;
     let mut mask: Vec<String> = document.fields.keys().map(|k| quote_segment(k)).collect();
+    // `recentOps` is left out of an empty list's JSON; naming it anyway clears yesterday's list.
+    if !mask.iter().any(|m| m == "recentOps") {
+        mask.push("recentOps".to_owned());
+    }
     mask.sort();
     Ok(fs::Write {
         operation: Some(fs::write::Operation::Update(document)),
@@ -576,6 +419,14 @@ impl FlowRunStore for FirestoreStore {
 
     async fn claim_step(&self, run: &RunId, selector: &StepSelector, params: &ClaimParams) -> Result<ClaimOutcome, StoreError> {
         let name = self.doc_name(FLOW_RUNS, run.as_str());
+        // A plain read first: most deliveries find the step held, finished or not yet due, and a decision that writes
+        // nothing needs no transaction (whose read locks would stall the holder's own lease renewals). A stale read
+        // only delays: every answer it can give is a no-op or a redelivery. Only a claim is decided again, inside
+        // the transaction.
+        let (outcome, patch) = decide_claim(self.get_doc(FLOW_RUNS, run.as_str()).await?.as_ref(), selector, params);
+        if patch.is_none() {
+            return Ok(outcome);
+        }
         self.transact("claim_step", vec![name.clone()], |docs| {
             let (outcome, patch) = decide_claim(docs[0].value.as_ref(), selector, params);
             let writes = patch.map(|p| step_patch_write(name.clone(), &p, Some(unchanged(&docs[0])))).into_iter().collect();
@@ -584,10 +435,10 @@ impl FlowRunStore for FirestoreStore {
         .await
     }
 
-    async fn patch_owned_step(&self, run: &RunId, owner: &WorkerId, patch: &StepPatch) -> Result<PatchOutcome, StoreError> {
+    async fn patch_owned_step(&self, run: &RunId, token: &ClaimToken, patch: &StepPatch) -> Result<PatchOutcome, StoreError> {
         let name = self.doc_name(FLOW_RUNS, run.as_str());
         self.transact("patch_owned_step", vec![name.clone()], |docs| {
-            let outcome = check_owner(docs[0].value.as_ref(), &patch.step_id, owner);
+            let outcome = check_owner(docs[0].value.as_ref(), patch, token);
             let writes = match outcome {
                 PatchOutcome::Applied => vec![step_patch_write(name.clone(), patch, Some(unchanged(&docs[0])))],
                 _ => Vec::new(),
@@ -609,12 +460,12 @@ impl TemplateStore for FirestoreStore {
 
 #[async_trait]
 impl AccountUsageStore for FirestoreStore {
-    async fn reserve(&self, accounts: &[AccountQuota], units: u32, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError> {
+    async fn reserve(&self, op: &OpId, accounts: &[AccountQuota], units: u32, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError> {
         let names: Vec<String> = accounts.iter().map(|a| self.doc_name(ACCOUNTS_USAGE, a.id.as_str())).collect();
         self.transact("reserve", names.clone(), |docs| {
             let current: Vec<Option<UsageDoc>> =
                 docs.iter().zip(accounts).map(|(d, a)| usage_of(d, &a.id)).collect::<Result<_, _>>()?;
-            let (grants, plan) = plan_reservation(accounts, &current, units, now);
+            let (grants, plan) = plan_reservation(op, accounts, &current, units, now);
             let mut writes = Vec::with_capacity(plan.len());
             for (id, doc) in plan {
                 let i = accounts.iter().position(|a| a.id == id).expect("writes name configured accounts");
@@ -625,10 +476,10 @@ impl AccountUsageStore for FirestoreStore {
         .await
     }
 
-    async fn give_back(&self, account: &AccountId, day: NaiveDate, units: u32, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn give_back(&self, op: &OpId, account: &AccountId, day: NaiveDate, units: u32, now: DateTime<Utc>) -> Result<(), StoreError> {
         let name = self.doc_name(ACCOUNTS_USAGE, account.as_str());
         self.transact("give_back", vec![name.clone()], |docs| {
-            let writes = match plan_give_back(usage_of(&docs[0], account)?.as_ref(), day, units, now) {
+            let writes = match plan_give_back(op, usage_of(&docs[0], account)?.as_ref(), day, units, now) {
                 Some(doc) => vec![usage_write(name.clone(), &doc, &docs[0])?],
                 None => Vec::new(),
             };
@@ -665,37 +516,6 @@ mod tests {
     use crate::domain::StepId;
 
     #[test]
-    fn segments_with_special_characters_are_quoted() {
-        assert_eq!(quote_segment("status"), "status");
-        assert_eq!(quote_segment("charts_4h"), "charts_4h");
-        assert_eq!(quote_segment("charts-4h"), "`charts-4h`");
-        assert_eq!(quote_segment("4h"), "`4h`");
-        assert_eq!(quote_segment("a`b\\c"), "`a\\`b\\\\c`");
-        assert_eq!(field_path(&["steps", "x.y", "claimedBy"]), "steps.`x.y`.claimedBy");
-    }
-
-    #[test]
-    fn json_round_trips_through_firestore_values() {
-        let v = json!({"a": 1, "b": -2.5, "c": "s", "d": [true, null, {"e": []}], "f": {}, "big": u64::MAX});
-        let back = value_to_json(&json_to_value(&v));
-        assert_eq!(back["a"], json!(1));
-        assert_eq!(back["b"], json!(-2.5));
-        assert_eq!(back["d"], json!([true, null, {"e": []}]));
-        assert_eq!(back["f"], json!({}));
-        assert_eq!(back["big"].as_f64(), Some(u64::MAX as f64));
-    }
-
-    #[test]
-    fn time_fields_are_timestamps_that_read_back_verbatim() {
-        let v = field_value("leaseExpiresAt", &json!("2026-11-28T10:15:00Z"));
-        assert!(matches!(v.value_type, Some(fs::value::ValueType::TimestampValue(_))));
-        assert_eq!(value_to_json(&v), json!("2026-11-28T10:15:00Z"));
-        assert!(matches!(field_value("note", &json!("2026-11-28T10:15:00Z")).value_type, Some(fs::value::ValueType::StringValue(_))));
-        let bytes = fs::Value { value_type: Some(fs::value::ValueType::BytesValue(vec![0, 255])) };
-        assert_eq!(value_to_json(&bytes), json!("AP8="));
-    }
-
-    #[test]
     fn a_step_patch_masks_every_field_and_sends_only_the_set_ones() {
         let mut fields = BTreeMap::new();
         fields.insert("status".to_owned(), Some(json!("READY")));
@@ -705,5 +525,15 @@ mod tests {
         assert_eq!(w.update_mask.unwrap().field_paths, vec!["steps.`charts-4h`.claimedBy", "steps.`charts-4h`.status"]);
         let Some(fs::write::Operation::Update(doc)) = w.operation else { panic!() };
         assert_eq!(document_to_json(&doc.fields), json!({"steps": {"charts-4h": {"status": "READY"}}}));
+    }
+
+    #[test]
+    fn token_errors_and_googles_retryable_codes_are_retried() {
+        for code in [Code::Unavailable, Code::Aborted, Code::DeadlineExceeded, Code::ResourceExhausted, Code::Internal, Code::Unauthenticated] {
+            assert!(matches!(classify(&Status::new(code, "x")), AttemptError::Retry { .. }), "{code:?}");
+        }
+        for code in [Code::PermissionDenied, Code::InvalidArgument, Code::NotFound] {
+            assert!(matches!(classify(&Status::new(code, "x")), AttemptError::Fatal(_)), "{code:?}");
+        }
     }
 }

@@ -26,6 +26,7 @@ use token_source::{TokenSource, TokenSourceProvider};
 use tracing::debug;
 
 use crate::domain::ObjectRef;
+use crate::retry::RetryPolicy;
 use crate::ports::{ArtifactError, ArtifactStore, StoredObject, WriteMode};
 
 /// Everything but RFC 3986 unreserved characters is escaped in a path segment or a query value.
@@ -43,8 +44,9 @@ pub struct GcsArtifacts {
     endpoint: String,
     /// `None` against an emulator: requests go unauthenticated.
     token: Option<Arc<dyn TokenSource>>,
-    /// Attempts of one upload on a transient failure (5xx, 429, transport); uploads are idempotent per mode.
-    attempts: u32,
+    /// Retries of one upload or read on a transient failure (408, 429, 5xx, transport, token); uploads are
+    /// idempotent per mode, so a retry after a lost answer is safe.
+    retry: RetryPolicy,
 }
 
 /// One `reqwest` client (one TLS root store) shared by the crate's client and the upload.
@@ -83,7 +85,7 @@ impl GcsArtifacts {
     /// An emulator (or any endpoint) with anonymous credentials.
     pub fn emulator(endpoint: &str) -> Self {
         let endpoint = endpoint.trim_end_matches('/').to_owned();
-        Self { clients: Arc::default(), endpoint, token: None, attempts: 3 }
+        Self { clients: Arc::default(), endpoint, token: None, retry: RetryPolicy::GCS }
     }
 
     /// `storage.googleapis.com` with Application Default Credentials (on Cloud Run: the service account).
@@ -93,7 +95,7 @@ impl GcsArtifacts {
             .await
             .map_err(|e| ArtifactError::Unavailable(format!("no Google credentials for Cloud Storage: {e}")))?;
         let token = config.token_source_provider.as_ref().map(|p| p.token_source());
-        Ok(Self { clients: Arc::default(), endpoint: PRODUCTION_ENDPOINT.to_owned(), token, attempts: 3 })
+        Ok(Self { clients: Arc::default(), endpoint: PRODUCTION_ENDPOINT.to_owned(), token, retry: RetryPolicy::GCS })
     }
 
     /// The clients, built once. The crate's client gets the shared `reqwest` client and this adapter's token
@@ -112,6 +114,11 @@ impl GcsArtifacts {
                 Clients { client: Client::new(config), http }
             })
             .await
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     pub fn endpoint(&self) -> &str {
@@ -154,7 +161,8 @@ impl GcsArtifacts {
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, format!("multipart/related; boundary={boundary}"))
             .body(body);
-        if let Some(auth) = self.authorization().await.map_err(Attempt::Final)? {
+        // A token that cannot be had right now (metadata server hiccup, refresh race) is a transient failure.
+        if let Some(auth) = self.authorization().await.map_err(|e| Attempt::Transient(e.to_string()))? {
             request = request.header(reqwest::header::AUTHORIZATION, auth);
         }
         let response = match request.send().await {
@@ -169,7 +177,8 @@ impl GcsArtifacts {
         let detail: String = text.chars().take(300).collect();
         match status.as_u16() {
             412 if mode == WriteMode::CreateOnly => Err(Attempt::Final(ArtifactError::AlreadyExists(obj.uri()))),
-            429 | 500..=599 => Err(Attempt::Transient(format!("upload of {obj}: HTTP {status}: {detail}"))),
+            408 | 429 | 500..=599 => Err(Attempt::Transient(format!("upload of {obj}: HTTP {status}: {detail}"))),
+            401 if self.token.is_some() => Err(Attempt::Transient(format!("upload of {obj}: HTTP {status} (token refresh)"))),
             _ => Err(Attempt::Final(ArtifactError::Other(format!("upload of {obj}: HTTP {status}: {detail}")))),
         }
     }
@@ -192,15 +201,15 @@ enum Attempt {
 
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120))
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
         .build()
         .expect("a reqwest client with timeouts builds")
 }
 
 fn read_error(obj: &ObjectRef, e: GcsError) -> ArtifactError {
     match &e {
-        GcsError::Response(r) if r.code == 429 || r.code >= 500 => ArtifactError::Unavailable(format!("read of {obj}: {e}")),
+        GcsError::Response(r) if r.code == 408 || r.code == 429 || r.code >= 500 => ArtifactError::Unavailable(format!("read of {obj}: {e}")),
         GcsError::HttpClient(_) | GcsError::TokenSource(_) => ArtifactError::Unavailable(format!("read of {obj}: {e}")),
         _ => ArtifactError::Other(format!("read of {obj}: {e}")),
     }
@@ -213,24 +222,34 @@ fn is_not_found(e: &GcsError) -> bool {
 #[async_trait]
 impl ArtifactStore for GcsArtifacts {
     async fn put(&self, obj: &ObjectRef, bytes: Bytes, content_type: &str, mode: WriteMode) -> Result<(), ArtifactError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.upload_once(obj, &bytes, content_type, mode).await {
-                Ok(()) => return Ok(()),
-                Err(Attempt::Final(e)) => return Err(e),
-                Err(Attempt::Transient(m)) if attempt >= self.attempts => return Err(ArtifactError::Unavailable(m)),
-                Err(Attempt::Transient(m)) => {
-                    // A create-only retry after a lost answer may meet its own object: that reads as AlreadyExists,
-                    // which the core treats as "the manifest is there", the right conclusion.
-                    debug!(event = "gcs_upload_retry", attempt, "{m}");
-                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
-                }
-            }
-        }
+        // A create-only retry after a lost answer may meet its own object: that reads as AlreadyExists, which the
+        // core treats as "the manifest is there", the right conclusion.
+        self.retry
+            .run(
+                || self.upload_once(obj, &bytes, content_type, mode),
+                |e| matches!(e, Attempt::Transient(_)),
+                |e, after| {
+                    if let Attempt::Transient(m) = e {
+                        debug!(event = "gcs_upload_retry", after_ms = after.as_millis() as u64, "{m}");
+                    }
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                Attempt::Final(e) => e,
+                Attempt::Transient(m) => ArtifactError::Unavailable(m),
+            })
     }
 
     async fn get(&self, obj: &ObjectRef) -> Result<Option<StoredObject>, ArtifactError> {
+        self.retry
+            .run(|| self.get_once(obj), |e| matches!(e, ArtifactError::Unavailable(_)), |_, _| {})
+            .await
+    }
+}
+
+impl GcsArtifacts {
+    async fn get_once(&self, obj: &ObjectRef) -> Result<Option<StoredObject>, ArtifactError> {
         let req = GetObjectRequest { bucket: obj.bucket.clone(), object: obj.path.clone(), ..Default::default() };
         let client = &self.clients().await.client;
         let meta = match client.get_object(&req).await {

@@ -91,6 +91,30 @@ id_type!(
     WorkerId,
     "worker id"
 );
+id_type!(
+    /// One claim of a step (`claimToken`): new for every claim attempt, so a retried commit whose first try landed
+    /// is recognised as its own, and two steps in one process never share a claim.
+    ClaimToken,
+    "claim token"
+);
+id_type!(
+    /// One quota operation (a reservation or a give-back), remembered by the usage document so that a retried commit
+    /// applies once.
+    OpId,
+    "quota operation id"
+);
+
+impl ClaimToken {
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+impl OpId {
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -20,9 +20,29 @@ pub enum ErrorCode {
     ChartApiMockMissing,
     GcsWriteFailed,
     ManifestWriteFailed,
+    /// Step-level only: Firestore refused an operation for good, or stayed unavailable through every attempt.
+    StoreFailed,
+    /// Step-level only: the step's holders stopped renewing their lease (crash, kill, lost network) too often.
+    StepAbandoned,
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 8] = [
+        Self::ValidationFailed,
+        Self::ChartApiFailed,
+        Self::ChartApiLimitExceeded,
+        Self::ChartApiMockMissing,
+        Self::GcsWriteFailed,
+        Self::ManifestWriteFailed,
+        Self::StoreFailed,
+        Self::StepAbandoned,
+    ];
+
+    /// The code named `s` (as stored in `error.code` / `lastError.code`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ValidationFailed => "VALIDATION_FAILED",
@@ -31,6 +51,8 @@ impl ErrorCode {
             Self::ChartApiMockMissing => "CHART_API_MOCK_MISSING",
             Self::GcsWriteFailed => "GCS_WRITE_FAILED",
             Self::ManifestWriteFailed => "MANIFEST_WRITE_FAILED",
+            Self::StoreFailed => "STORE_FAILED",
+            Self::StepAbandoned => "STEP_ABANDONED",
         }
     }
 }

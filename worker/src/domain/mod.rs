@@ -5,12 +5,13 @@ pub mod ids;
 pub mod manifest;
 pub mod request;
 pub mod step;
+pub mod text;
 pub mod timeframe;
 pub mod usage;
 
-pub use ids::{AccountId, RunId, StepId, TemplateId, WorkerId};
+pub use ids::{AccountId, ClaimToken, OpId, RunId, StepId, TemplateId, WorkerId};
 pub use manifest::{ErrorCode, Manifest, ManifestFailure, ManifestItem, ObjectRef};
 pub use request::{ChartRequest, ImageFormat, PlanNeeds};
-pub use step::{ClaimOutcome, ClaimParams, PatchOutcome, StepPatch, StepSelector};
+pub use step::{ClaimOutcome, ClaimParams, PatchOutcome, ReleaseParams, StepPatch, StepSelector};
 pub use timeframe::Timeframe;
-pub use usage::{AccountQuota, Grant, UsageDoc};
+pub use usage::{AccountQuota, Grant, OpRecord, UsageDoc};

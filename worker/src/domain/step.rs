@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::ids::{StepId, TemplateId, WorkerId};
+use super::ids::{ClaimToken, StepId, TemplateId, WorkerId};
 use super::timeframe::Timeframe;
 
 pub const CHART_EXPORT: &str = "CHART_EXPORT";
@@ -62,27 +62,38 @@ pub enum StepSelector {
 #[derive(Debug, Clone)]
 pub struct ClaimParams {
     pub worker: WorkerId,
+    /// New for every claim attempt (not per process): a retried commit that finds this token on a RUNNING step knows
+    /// the first try landed.
+    pub token: ClaimToken,
     pub now: DateTime<Utc>,
     pub lease: Duration,
+    /// Claims a step may have had; a claimable step that has used them all is finalized FAILED instead of claimed.
+    pub max_attempts: u32,
 }
 
-/// The closed set of answers to "claim a step". Only `Claimed` is followed by a write.
+/// The closed set of answers to "claim a step". Only `Claimed` (first try) and `GaveUp` are followed by a write.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "outcome", rename_all = "camelCase")]
+#[serde(tag = "outcome", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum ClaimOutcome {
-    /// The step is ours: `READY -> RUNNING` (or a RUNNING step whose lease had expired) was written.
-    /// `run` is the whole document as the transaction left it, so the core needs no second read.
-    Claimed { step_id: StepId, run: Value, reclaimed: bool },
+    /// The step is ours: `READY -> RUNNING` (or a RUNNING step whose lease had expired) was written, or a retried
+    /// commit found our own token already there. `run` is the whole document as the transaction left it, so the
+    /// core needs no second read; `attempt` counts this claim (1 for the first).
+    Claimed { step_id: StepId, run: Value, reclaimed: bool, attempt: u32 },
     RunNotFound,
-    /// No CHART_EXPORT step is READY (or RUNNING with an expired lease).
+    /// No CHART_EXPORT step is READY (or RUNNING with an expired lease), none waits for its not-before time and none
+    /// is held by someone else.
     NoClaimableStep,
     StepNotFound { step_id: StepId },
     WrongStepType { step_id: StepId, step_type: String },
-    /// Another worker holds a live lease.
-    AlreadyRunning { step_id: StepId, claimed_by: Option<String> },
+    /// Another claim holds a live lease.
+    AlreadyRunning { step_id: StepId, claimed_by: Option<String>, lease_expires_at: Option<String> },
+    /// Released after a transient failure; not claimable before `not_before`.
+    NotYet { step_id: StepId, not_before: String },
     AlreadyFinished { step_id: StepId, status: String },
     /// PENDING or an unknown status: not ours to touch.
     NotClaimable { step_id: StepId, status: String },
+    /// The step had used all its attempts: it was finalized FAILED with `code` instead of being claimed.
+    GaveUp { step_id: StepId, code: String, message: String },
 }
 
 /// A field-masked patch of `steps.<stepId>`: each key is a field of the step; `None` deletes the field.
@@ -142,8 +153,46 @@ fn lease_expired(step: &Value, now: DateTime<Utc>) -> bool {
     parse_time(step.get("leaseExpiresAt")).is_some_and(|t| t <= now)
 }
 
-/// Decides a claim on the document as read inside a transaction. Returns the outcome and, for `Claimed`, the patch
-/// the transaction must write.
+fn str_field<'a>(step: &'a Value, field: &str) -> Option<&'a str> {
+    step.get(field).and_then(Value::as_str)
+}
+
+/// Claims the step has had so far (`attempts`; absent = 0).
+pub fn attempts_of(step: &Value) -> u32 {
+    step.get("attempts").and_then(Value::as_u64).map(|n| n.min(u32::MAX as u64) as u32).unwrap_or(0)
+}
+
+/// Where a step stands for a would-be claimer at `now`.
+#[derive(Debug, Clone, PartialEq)]
+enum Availability {
+    /// READY (not-before passed or absent), or RUNNING with an expired lease (`reclaimed`).
+    Claimable { reclaimed: bool },
+    /// RUNNING under this very claim token: a retried commit whose first try landed.
+    Ours,
+    /// RUNNING under another claim whose lease is live.
+    HeldElsewhere,
+    /// READY with a not-before time still ahead.
+    NotYet(String),
+    Finished,
+    Other,
+}
+
+fn availability(step: &Value, now: DateTime<Utc>, token: Option<&ClaimToken>) -> Availability {
+    match status_of(step) {
+        StepStatus::Running if token.is_some_and(|t| str_field(step, "claimToken") == Some(t.as_str())) => Availability::Ours,
+        StepStatus::Running if lease_expired(step, now) => Availability::Claimable { reclaimed: true },
+        StepStatus::Running => Availability::HeldElsewhere,
+        StepStatus::Ready => match parse_time(step.get("notBefore")) {
+            Some(t) if t > now => Availability::NotYet(rfc3339(t)),
+            _ => Availability::Claimable { reclaimed: false },
+        },
+        StepStatus::Succeeded | StepStatus::Failed => Availability::Finished,
+        _ => Availability::Other,
+    }
+}
+
+/// Decides a claim on the document as read inside a transaction. Returns the outcome and the patch the transaction
+/// must write (for a first-try `Claimed` and for `GaveUp`).
 pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParams) -> (ClaimOutcome, Option<StepPatch>) {
     let Some(doc) = doc else { return (ClaimOutcome::RunNotFound, None) };
     let steps = doc.get("steps").and_then(Value::as_object);
@@ -154,24 +203,22 @@ pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParam
         },
         StepSelector::First => {
             // serde_json keeps insertion order; the contract says stepId order, so sort explicitly.
-            let mut candidates: Vec<(&String, &Value)> = steps
+            let mut candidates: Vec<(&String, &Value, Availability)> = steps
                 .into_iter()
                 .flatten()
                 .filter(|(_, s)| step_type(s) == CHART_EXPORT)
-                .filter(|(_, s)| match status_of(s) {
-                    StepStatus::Ready => true,
-                    StepStatus::Running => lease_expired(s, p.now),
-                    _ => false,
-                })
+                .map(|(k, s)| (k, s, availability(s, p.now, Some(&p.token))))
                 .collect();
             candidates.sort_by(|a, b| a.0.cmp(b.0));
-            match candidates.first() {
-                Some((id, step)) => match StepId::parse(id.as_str()) {
-                    Ok(id) => Some((id, *step)),
-                    Err(_) => None,
-                },
-                None => None,
-            }
+            // A step that can be taken wins; else the first one that blocks (so the answer says who holds it or
+            // when it may be retried); else there is nothing to do.
+            let takeable = |a: &Availability| matches!(a, Availability::Claimable { .. } | Availability::Ours);
+            let blocked = |a: &Availability| matches!(a, Availability::HeldElsewhere | Availability::NotYet(_));
+            candidates
+                .iter()
+                .find(|c| takeable(&c.2))
+                .or_else(|| candidates.iter().find(|c| blocked(&c.2)))
+                .and_then(|(id, step, _)| StepId::parse(id.as_str()).ok().map(|id| (id, *step)))
         }
     };
     let Some((step_id, step)) = pick else { return (ClaimOutcome::NoClaimableStep, None) };
@@ -179,69 +226,182 @@ pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParam
         let step_type = step_type(step).to_owned();
         return (ClaimOutcome::WrongStepType { step_id, step_type }, None);
     }
-    let reclaimed = match status_of(step) {
-        StepStatus::Ready => false,
-        StepStatus::Running if lease_expired(step, p.now) => true,
-        StepStatus::Running => {
-            let claimed_by = step.get("claimedBy").and_then(Value::as_str).map(str::to_owned);
-            return (ClaimOutcome::AlreadyRunning { step_id, claimed_by }, None);
+    let reclaimed = match availability(step, p.now, Some(&p.token)) {
+        Availability::Claimable { reclaimed } => reclaimed,
+        Availability::Ours => {
+            let attempt = attempts_of(step);
+            return (ClaimOutcome::Claimed { step_id, run: doc.clone(), reclaimed: false, attempt }, None);
         }
-        s @ (StepStatus::Succeeded | StepStatus::Failed) => {
-            return (ClaimOutcome::AlreadyFinished { step_id, status: s.as_str().to_owned() }, None);
+        Availability::HeldElsewhere => {
+            let claimed_by = str_field(step, "claimedBy").map(str::to_owned);
+            let lease_expires_at = str_field(step, "leaseExpiresAt").map(str::to_owned);
+            return (ClaimOutcome::AlreadyRunning { step_id, claimed_by, lease_expires_at }, None);
         }
-        s => return (ClaimOutcome::NotClaimable { step_id, status: s.as_str().to_owned() }, None),
+        Availability::NotYet(not_before) => return (ClaimOutcome::NotYet { step_id, not_before }, None),
+        Availability::Finished => {
+            return (ClaimOutcome::AlreadyFinished { step_id, status: status_of(step).as_str().to_owned() }, None);
+        }
+        Availability::Other => {
+            return (ClaimOutcome::NotClaimable { step_id, status: status_of(step).as_str().to_owned() }, None);
+        }
     };
     let mut fields = BTreeMap::new();
+    let mut last_error = step.get("lastError").cloned();
+    if reclaimed {
+        // The holder stopped renewing its lease (killed, cut off, or past its deadline without a word).
+        let by = str_field(step, "claimedBy").unwrap_or("an unknown worker");
+        let until = str_field(step, "leaseExpiresAt").unwrap_or("?");
+        let e = json!({ "code": "STEP_ABANDONED", "message": format!("the lease of {by} expired at {until} while the step was RUNNING") });
+        fields.insert("lastError".to_owned(), Some(e.clone()));
+        last_error = Some(e);
+    }
+    let done = attempts_of(step);
+    if done >= p.max_attempts {
+        let code = last_error.as_ref().and_then(|e| str_field(e, "code")).unwrap_or("STEP_ABANDONED").to_owned();
+        let last = last_error.as_ref().and_then(|e| str_field(e, "message")).unwrap_or("no error was recorded");
+        let message = format!("gave up after {done} attempts; last error: {last}");
+        fields.insert("status".to_owned(), Some(json!("FAILED")));
+        fields.insert("finishedAt".to_owned(), Some(json!(rfc3339(p.now))));
+        fields.insert("error".to_owned(), Some(json!({ "code": code, "message": message })));
+        fields.insert("claimToken".to_owned(), Some(json!(p.token.as_str())));
+        fields.insert("leaseExpiresAt".to_owned(), None);
+        fields.insert("notBefore".to_owned(), None);
+        return (ClaimOutcome::GaveUp { step_id: step_id.clone(), code, message }, Some(StepPatch { step_id, fields }));
+    }
+    let attempt = done + 1;
     fields.insert("status".to_owned(), Some(json!("RUNNING")));
     fields.insert("claimedBy".to_owned(), Some(json!(p.worker.as_str())));
+    fields.insert("claimToken".to_owned(), Some(json!(p.token.as_str())));
+    fields.insert("attempts".to_owned(), Some(json!(attempt)));
     fields.insert("startedAt".to_owned(), Some(json!(rfc3339(p.now))));
     fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(p.now + p.lease))));
+    fields.insert("notBefore".to_owned(), None);
     let patch = StepPatch { step_id: step_id.clone(), fields };
     let mut run = doc.clone();
     patch.apply_to(&mut run);
-    (ClaimOutcome::Claimed { step_id, run, reclaimed }, Some(patch))
+    (ClaimOutcome::Claimed { step_id, run, reclaimed, attempt }, Some(patch))
 }
 
-/// The answer of a guarded patch (finalize, release).
+/// The answer of a guarded patch (finalize, release, lease renewal).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "camelCase")]
 pub enum PatchOutcome {
     Applied,
-    /// The step is no longer RUNNING under this worker: finished, released, or reclaimed by another after our lease.
+    /// The step already shows this patch's status under our token: a retried commit whose first try landed.
+    AlreadyApplied,
+    /// The step is no longer RUNNING under this claim: finished, released, or reclaimed by another after our lease.
     NotOwner { status: String, claimed_by: Option<String> },
     StepMissing,
 }
 
-/// A finalize or release applies only while the step is RUNNING and claimed by `worker`.
-pub fn check_owner(doc: Option<&Value>, step_id: &StepId, worker: &WorkerId) -> PatchOutcome {
-    let Some(step) = doc.and_then(|d| d.get("steps")).and_then(|s| s.get(step_id.as_str())) else {
-        return PatchOutcome::StepMissing;
-    };
-    let claimed_by = step.get("claimedBy").and_then(Value::as_str);
-    let status = status_of(step);
-    if status == StepStatus::Running && claimed_by == Some(worker.as_str()) {
-        PatchOutcome::Applied
-    } else {
-        PatchOutcome::NotOwner { status: status.as_str().to_owned(), claimed_by: claimed_by.map(str::to_owned) }
+impl PatchOutcome {
+    /// Whether the patch is in the document now (written by this call or by an earlier try of it).
+    pub fn landed(&self) -> bool {
+        matches!(self, Self::Applied | Self::AlreadyApplied)
     }
 }
 
-/// The quick filter of the contract, run on event data before any store call: does this document hold a step that
-/// a claim could take right now? Our own writes (RUNNING, SUCCEEDED, FAILED) answer `false`.
-pub fn has_claimable_step(doc: &Value, selector: &StepSelector, now: DateTime<Utc>) -> bool {
-    let Some(steps) = doc.get("steps").and_then(Value::as_object) else { return false };
-    let claimable = |s: &Value| {
-        step_type(s) == CHART_EXPORT
-            && match status_of(s) {
-                StepStatus::Ready => true,
-                StepStatus::Running => lease_expired(s, now),
-                _ => false,
-            }
+/// A finalize, release or renewal applies only while the step is RUNNING under `token`. A step that already shows
+/// the patch's target status under `token` answers `AlreadyApplied` (nothing to write).
+pub fn check_owner(doc: Option<&Value>, patch: &StepPatch, token: &ClaimToken) -> PatchOutcome {
+    let Some(step) = doc.and_then(|d| d.get("steps")).and_then(|s| s.get(patch.step_id.as_str())) else {
+        return PatchOutcome::StepMissing;
     };
-    match selector {
-        StepSelector::First => steps.values().any(claimable),
-        StepSelector::Explicit(id) => steps.get(id.as_str()).is_some_and(claimable),
+    let ours = str_field(step, "claimToken") == Some(token.as_str());
+    let status = status_of(step);
+    let target = patch.fields.get("status").and_then(|v| v.as_ref()).and_then(Value::as_str).unwrap_or("RUNNING");
+    if ours && status == StepStatus::Running {
+        PatchOutcome::Applied
+    } else if ours && status.as_str() == target {
+        PatchOutcome::AlreadyApplied
+    } else {
+        PatchOutcome::NotOwner {
+            status: status.as_str().to_owned(),
+            claimed_by: str_field(step, "claimedBy").map(str::to_owned),
+        }
     }
+}
+
+/// The lease renewal of a running step: only `leaseExpiresAt` moves.
+pub fn renew_patch(step_id: &StepId, lease_expires_at: DateTime<Utc>) -> StepPatch {
+    let mut fields = BTreeMap::new();
+    fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(lease_expires_at))));
+    StepPatch { step_id: step_id.clone(), fields }
+}
+
+/// What a release (RUNNING → READY after a transient failure) records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseParams {
+    pub now: DateTime<Utc>,
+    /// Not claimable before this time: the release write itself is delivered at once, bypassing Eventarc's backoff.
+    pub not_before: DateTime<Utc>,
+    pub code: String,
+    pub message: String,
+    /// Overrides the step's `attempts` (a shutdown hands back its attempt: it was not the step's fault).
+    pub attempts: Option<u32>,
+}
+
+/// The release patch. `claimToken` and `attempts` stay, so a retried release recognises itself and the next claim
+/// counts on; `claimedBy` goes with the lease (nobody holds a READY step).
+pub fn release_patch(step_id: &StepId, r: &ReleaseParams) -> StepPatch {
+    let mut fields = BTreeMap::new();
+    fields.insert("status".to_owned(), Some(json!("READY")));
+    fields.insert("notBefore".to_owned(), Some(json!(rfc3339(r.not_before))));
+    fields.insert("lastError".to_owned(), Some(json!({ "code": r.code, "message": r.message })));
+    fields.insert("updatedAt".to_owned(), Some(json!(rfc3339(r.now))));
+    if let Some(n) = r.attempts {
+        fields.insert("attempts".to_owned(), Some(json!(n)));
+    }
+    for f in ["leaseExpiresAt", "startedAt", "claimedBy"] {
+        fields.insert(f.to_owned(), None);
+    }
+    StepPatch { step_id: step_id.clone(), fields }
+}
+
+/// How `serve` may answer an event from its own data, before any store call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventVerdict {
+    /// A step a claim could take now.
+    Claimable,
+    /// A released step whose not-before time is ahead: ask for a redelivery later.
+    NotYet { not_before: String },
+    /// A step RUNNING under a live lease: the holder's own write; its delivery is the watch.
+    HeldLive,
+    /// Nothing for this worker.
+    Nothing,
+}
+
+/// The quick filter of the contract, run on event data before any store call.
+pub fn event_verdict(doc: &Value, selector: &StepSelector, now: DateTime<Utc>) -> EventVerdict {
+    let Some(steps) = doc.get("steps").and_then(Value::as_object) else { return EventVerdict::Nothing };
+    let mut chart_steps: Vec<(&String, &Value)> = steps
+        .iter()
+        .filter(|(k, s)| {
+            step_type(s) == CHART_EXPORT
+                && match selector {
+                    StepSelector::First => true,
+                    StepSelector::Explicit(id) => id.as_str() == k.as_str(),
+                }
+        })
+        .collect();
+    chart_steps.sort_by(|a, b| a.0.cmp(b.0));
+    let states: Vec<Availability> = chart_steps.iter().map(|(_, s)| availability(s, now, None)).collect();
+    if states.iter().any(|a| matches!(a, Availability::Claimable { .. })) {
+        return EventVerdict::Claimable;
+    }
+    if let Some(Availability::NotYet(t)) = states.iter().find(|a| matches!(a, Availability::NotYet(_))) {
+        return EventVerdict::NotYet { not_before: t.clone() };
+    }
+    if states.iter().any(|a| matches!(a, Availability::HeldElsewhere)) {
+        return EventVerdict::HeldLive;
+    }
+    EventVerdict::Nothing
+}
+
+/// Does this document hold a step that a claim could take right now? Our own writes (RUNNING, SUCCEEDED, FAILED)
+/// answer `false`.
+pub fn has_claimable_step(doc: &Value, selector: &StepSelector, now: DateTime<Utc>) -> bool {
+    event_verdict(doc, selector, now) == EventVerdict::Claimable
 }
 
 /// The inputs of a claimed step after step-level validation.
@@ -327,11 +487,27 @@ mod tests {
     use super::*;
 
     fn params(now: &str) -> ClaimParams {
+        params_with("t-1", now)
+    }
+
+    fn params_with(token: &str, now: &str) -> ClaimParams {
         ClaimParams {
             worker: WorkerId::parse("w-1").unwrap(),
-            now: DateTime::parse_from_rfc3339(now).unwrap().with_timezone(&Utc),
+            token: ClaimToken::parse(token).unwrap(),
+            now: at(now),
             lease: Duration::minutes(15),
+            max_attempts: 3,
         }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn status_patch(status: &str) -> StepPatch {
+        let mut fields = BTreeMap::new();
+        fields.insert("status".to_owned(), Some(json!(status)));
+        StepPatch { step_id: StepId::parse("charts_4h").unwrap(), fields }
     }
 
     fn doc() -> Value {
@@ -350,18 +526,24 @@ mod tests {
     #[test]
     fn first_picks_the_lowest_ready_chart_export_step_and_writes_the_claim_fields() {
         let (out, patch) = decide_claim(Some(&doc()), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
-        let ClaimOutcome::Claimed { step_id, run, reclaimed } = out else { panic!("{out:?}") };
+        let ClaimOutcome::Claimed { step_id, run, reclaimed, attempt } = out else { panic!("{out:?}") };
         assert_eq!(step_id.as_str(), "charts_4h");
         let step = &run["steps"]["charts_4h"];
         assert_eq!(run["steps"]["z_other"], doc()["steps"]["z_other"]);
         assert!(!reclaimed);
+        assert_eq!(attempt, 1);
         assert_eq!(step["status"], "RUNNING");
+        assert_eq!(step["claimToken"], "t-1");
+        assert_eq!(step["attempts"], 1);
         assert_eq!(step["leaseExpiresAt"], "2026-11-28T10:15:00Z");
         assert_eq!(
             patch.unwrap().field_paths(),
             vec![
+                "steps.charts_4h.attempts",
+                "steps.charts_4h.claimToken",
                 "steps.charts_4h.claimedBy",
                 "steps.charts_4h.leaseExpiresAt",
+                "steps.charts_4h.notBefore",
                 "steps.charts_4h.startedAt",
                 "steps.charts_4h.status"
             ]
@@ -386,7 +568,7 @@ mod tests {
         d["steps"]["charts_4h"]["claimedBy"] = json!("w-0");
         d["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2026-11-28T10:05:00Z");
         let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:04:59Z"));
-        assert_eq!(out, ClaimOutcome::NoClaimableStep);
+        assert!(matches!(out, ClaimOutcome::AlreadyRunning { ref lease_expires_at, .. } if lease_expires_at.as_deref() == Some("2026-11-28T10:05:00Z")), "{out:?}");
         let sel = StepSelector::Explicit(StepId::parse("charts_4h").unwrap());
         let (out, _) = decide_claim(Some(&d), &sel, &params("2026-11-28T10:04:59Z"));
         assert!(matches!(out, ClaimOutcome::AlreadyRunning { claimed_by: Some(ref w), .. } if w == "w-0"));
@@ -395,15 +577,87 @@ mod tests {
     }
 
     #[test]
-    fn only_the_owner_of_a_running_step_may_patch_it() {
+    fn only_the_claim_token_of_a_running_step_may_patch_it() {
         let mut d = doc();
-        let id = StepId::parse("charts_4h").unwrap();
-        let me = WorkerId::parse("w-1").unwrap();
-        assert!(matches!(check_owner(Some(&d), &id, &me), PatchOutcome::NotOwner { .. }));
+        let mine = ClaimToken::parse("t-1").unwrap();
+        let other = ClaimToken::parse("t-2").unwrap();
+        let done = status_patch("SUCCEEDED");
+        assert!(matches!(check_owner(Some(&d), &done, &mine), PatchOutcome::NotOwner { .. }));
         d["steps"]["charts_4h"]["status"] = json!("RUNNING");
         d["steps"]["charts_4h"]["claimedBy"] = json!("w-1");
-        assert_eq!(check_owner(Some(&d), &id, &me), PatchOutcome::Applied);
-        assert_eq!(check_owner(Some(&d), &StepId::parse("x").unwrap(), &me), PatchOutcome::StepMissing);
+        d["steps"]["charts_4h"]["claimToken"] = json!("t-1");
+        assert_eq!(check_owner(Some(&d), &done, &mine), PatchOutcome::Applied);
+        // Same process, another claim: not ours.
+        assert!(matches!(check_owner(Some(&d), &done, &other), PatchOutcome::NotOwner { .. }));
+        let mut missing = done.clone();
+        missing.step_id = StepId::parse("x").unwrap();
+        assert_eq!(check_owner(Some(&d), &missing, &mine), PatchOutcome::StepMissing);
+        // A retried finalize whose first try landed.
+        d["steps"]["charts_4h"]["status"] = json!("SUCCEEDED");
+        assert_eq!(check_owner(Some(&d), &done, &mine), PatchOutcome::AlreadyApplied);
+        assert!(matches!(check_owner(Some(&d), &status_patch("FAILED"), &mine), PatchOutcome::NotOwner { .. }));
+        assert!(matches!(check_owner(Some(&d), &done, &other), PatchOutcome::NotOwner { .. }));
+    }
+
+    #[test]
+    fn a_retried_claim_finds_its_own_token_and_writes_nothing() {
+        let p = params("2026-11-28T10:00:00Z");
+        let (_, patch) = decide_claim(Some(&doc()), &StepSelector::First, &p);
+        let mut d = doc();
+        patch.unwrap().apply_to(&mut d);
+        let (again, write) = decide_claim(Some(&d), &StepSelector::First, &p);
+        assert!(matches!(again, ClaimOutcome::Claimed { attempt: 1, reclaimed: false, .. }), "{again:?}");
+        assert!(write.is_none());
+        // Another claim attempt (new token) of the same process meets a live lease.
+        let (other, _) = decide_claim(Some(&d), &StepSelector::First, &params_with("t-9", "2026-11-28T10:00:01Z"));
+        assert!(matches!(other, ClaimOutcome::AlreadyRunning { .. }), "{other:?}");
+    }
+
+    #[test]
+    fn a_released_step_waits_for_its_not_before_time_and_counts_attempts() {
+        let mut d = doc();
+        let id = StepId::parse("charts_4h").unwrap();
+        let (_, claim) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        claim.unwrap().apply_to(&mut d);
+        let r = ReleaseParams {
+            now: at("2026-11-28T10:00:05Z"),
+            not_before: at("2026-11-28T10:00:15Z"),
+            code: "STORE_FAILED".into(),
+            message: "unavailable".into(),
+            attempts: None,
+        };
+        let release = release_patch(&id, &r);
+        assert_eq!(check_owner(Some(&d), &release, &ClaimToken::parse("t-1").unwrap()), PatchOutcome::Applied);
+        release.apply_to(&mut d);
+        assert_eq!(check_owner(Some(&d), &release, &ClaimToken::parse("t-1").unwrap()), PatchOutcome::AlreadyApplied);
+        assert_eq!(event_verdict(&d, &StepSelector::First, at("2026-11-28T10:00:10Z")), EventVerdict::NotYet { not_before: "2026-11-28T10:00:15Z".into() });
+        let (early, _) = decide_claim(Some(&d), &StepSelector::First, &params_with("t-2", "2026-11-28T10:00:14Z"));
+        assert!(matches!(early, ClaimOutcome::NotYet { .. }), "{early:?}");
+        let (late, patch) = decide_claim(Some(&d), &StepSelector::First, &params_with("t-2", "2026-11-28T10:00:15Z"));
+        assert!(matches!(late, ClaimOutcome::Claimed { attempt: 2, .. }), "{late:?}");
+        patch.unwrap().apply_to(&mut d);
+        assert!(d["steps"]["charts_4h"].get("notBefore").is_none());
+        assert_eq!(d["steps"]["charts_4h"]["lastError"]["code"], "STORE_FAILED");
+    }
+
+    #[test]
+    fn a_step_out_of_attempts_is_failed_with_the_last_error_instead_of_claimed() {
+        let mut d = doc();
+        d["steps"]["charts_4h"]["attempts"] = json!(3);
+        d["steps"]["charts_4h"]["lastError"] = json!({"code": "GCS_WRITE_FAILED", "message": "503"});
+        let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        assert!(matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "GCS_WRITE_FAILED"), "{out:?}");
+        patch.unwrap().apply_to(&mut d);
+        assert_eq!(d["steps"]["charts_4h"]["status"], "FAILED");
+        assert_eq!(d["steps"]["charts_4h"]["error"]["code"], "GCS_WRITE_FAILED");
+        // A crashed holder's expired lease is recorded as the last error of a reclaim.
+        let mut d = doc();
+        d["steps"]["charts_4h"]["status"] = json!("RUNNING");
+        d["steps"]["charts_4h"]["claimedBy"] = json!("w-dead");
+        d["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2026-11-28T09:00:00Z");
+        d["steps"]["charts_4h"]["attempts"] = json!(3);
+        let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        assert!(matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "STEP_ABANDONED"), "{out:?}");
     }
 
     #[test]
@@ -472,5 +726,8 @@ mod tests {
         d["steps"]["charts_4h"]["status"] = json!("RUNNING");
         d["steps"]["charts_4h"]["leaseExpiresAt"] = json!(rfc3339(now + Duration::minutes(5)));
         assert!(!has_claimable_step(&d, &StepSelector::First, now));
+        assert_eq!(event_verdict(&d, &StepSelector::First, now), EventVerdict::HeldLive);
+        d["steps"]["charts_4h"]["leaseExpiresAt"] = json!(rfc3339(now - Duration::minutes(5)));
+        assert_eq!(event_verdict(&d, &StepSelector::First, now), EventVerdict::Claimable);
     }
 }

@@ -4,8 +4,12 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::ids::AccountId;
+use super::ids::{AccountId, OpId};
 use super::step::rfc3339;
+
+/// How many applied operations a usage document remembers. A retried commit comes within seconds of its first try,
+/// while a document sees about one write per second, so a few dozen cover any retry; older ones are dropped.
+pub const MAX_RECENT_OPS: usize = 64;
 
 /// The stored counter. `day` is the UTC date the counter belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +20,30 @@ pub struct UsageDoc {
     pub daily_limit: u32,
     pub exhausted: bool,
     pub updated_at: String,
+    /// Operations (reservations and give-backs) applied to this counter today, newest last, at most
+    /// [`MAX_RECENT_OPS`]: a retried commit whose first try landed finds its id here and applies nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_ops: Vec<OpRecord>,
+}
+
+/// One applied quota operation: its id and the units it moved (taken by a reservation, returned by a give-back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpRecord {
+    pub op: String,
+    pub units: u32,
+}
+
+impl UsageDoc {
+    fn applied(&self, op: &OpId) -> Option<u32> {
+        self.recent_ops.iter().find(|r| r.op == op.as_str()).map(|r| r.units)
+    }
+
+    fn remember(&mut self, op: &OpId, units: u32) {
+        self.recent_ops.push(OpRecord { op: op.to_string(), units });
+        let excess = self.recent_ops.len().saturating_sub(MAX_RECENT_OPS);
+        self.recent_ops.drain(..excess);
+    }
 }
 
 impl UsageDoc {
@@ -24,8 +52,23 @@ impl UsageDoc {
         let day_s = day.to_string();
         match doc {
             Some(d) if d.day == day_s => UsageDoc { daily_limit, ..d.clone() },
-            Some(d) => UsageDoc { day: day_s, usage_today: 0, daily_limit, exhausted: false, updated_at: d.updated_at.clone() },
-            None => UsageDoc { day: day_s, usage_today: 0, daily_limit, exhausted: false, updated_at: String::new() },
+            // A new day starts with no remembered operations: yesterday's ids can no longer be retried against it.
+            Some(d) => UsageDoc {
+                day: day_s,
+                usage_today: 0,
+                daily_limit,
+                exhausted: false,
+                updated_at: d.updated_at.clone(),
+                recent_ops: Vec::new(),
+            },
+            None => UsageDoc {
+                day: day_s,
+                usage_today: 0,
+                daily_limit,
+                exhausted: false,
+                updated_at: String::new(),
+                recent_ops: Vec::new(),
+            },
         }
     }
 
@@ -55,13 +98,28 @@ pub struct Grant {
 
 /// Spreads `units` over the accounts in their configured order, each up to its remaining quota, and returns the grants
 /// plus the documents to write (only for accounts that granted something, so an idle account costs no write).
+/// A reservation `op` that a document already remembers (a retried commit whose first try landed) answers the grants
+/// it made then and writes nothing.
 pub fn plan_reservation(
+    op: &OpId,
     accounts: &[AccountQuota],
     current: &[Option<UsageDoc>],
     units: u32,
     now: DateTime<Utc>,
 ) -> (Vec<Grant>, Vec<(AccountId, UsageDoc)>) {
     let day = now.date_naive();
+    let day_s = day.to_string();
+    let earlier: Vec<Grant> = accounts
+        .iter()
+        .zip(current)
+        .filter_map(|(acc, doc)| {
+            let d = doc.as_ref().filter(|d| d.day == day_s)?;
+            d.applied(op).map(|units| Grant { account: acc.id.clone(), day, units })
+        })
+        .collect();
+    if !earlier.is_empty() {
+        return (earlier.into_iter().filter(|g| g.units > 0).collect(), Vec::new());
+    }
     let mut left = units;
     let mut grants = Vec::new();
     let mut writes = Vec::new();
@@ -76,6 +134,7 @@ pub fn plan_reservation(
         }
         d.usage_today += take;
         d.updated_at = rfc3339(now);
+        d.remember(op, take);
         left -= take;
         grants.push(Grant { account: acc.id.clone(), day, units: take });
         writes.push((acc.id.clone(), d));
@@ -84,12 +143,16 @@ pub fn plan_reservation(
 }
 
 /// Gives back units that were reserved but never sent. A counter of another day was reset meanwhile: nothing to undo.
-pub fn plan_give_back(doc: Option<&UsageDoc>, grant_day: NaiveDate, units: u32, now: DateTime<Utc>) -> Option<UsageDoc> {
+/// A give-back `op` already remembered (a retried commit whose first try landed) changes nothing: units are returned
+/// once, so `usageToday` never under-counts.
+pub fn plan_give_back(op: &OpId, doc: Option<&UsageDoc>, grant_day: NaiveDate, units: u32, now: DateTime<Utc>) -> Option<UsageDoc> {
     let d = doc?;
-    if d.day != grant_day.to_string() || units == 0 {
+    if d.day != grant_day.to_string() || units == 0 || d.applied(op).is_some() {
         return None;
     }
-    Some(UsageDoc { usage_today: d.usage_today.saturating_sub(units), updated_at: rfc3339(now), ..d.clone() })
+    let mut next = UsageDoc { usage_today: d.usage_today.saturating_sub(units), updated_at: rfc3339(now), ..d.clone() };
+    next.remember(op, units);
+    Some(next)
 }
 
 /// Marks an account exhausted for `day` (a `429 Limit Exceeded`). Creates the counter if it does not exist yet.
@@ -98,6 +161,9 @@ pub fn plan_exhaust(doc: Option<&UsageDoc>, day: NaiveDate, daily_limit: u32, no
         return None; // The counter already moved to a later day; yesterday's 429 says nothing about today.
     }
     let mut d = UsageDoc::on_day(doc, day, daily_limit);
+    if d.exhausted && doc.is_some_and(|x| x.day == d.day) {
+        return None; // Already marked today (a retried commit whose first try landed): nothing to write.
+    }
     d.exhausted = true;
     d.updated_at = rfc3339(now);
     Some(d)
@@ -116,14 +182,18 @@ mod tests {
     }
 
     fn doc(day: &str, used: u32, limit: u32, exhausted: bool) -> UsageDoc {
-        UsageDoc { day: day.into(), usage_today: used, daily_limit: limit, exhausted, updated_at: "x".into() }
+        UsageDoc { day: day.into(), usage_today: used, daily_limit: limit, exhausted, updated_at: "x".into(), recent_ops: Vec::new() }
+    }
+
+    fn op(s: &str) -> OpId {
+        OpId::parse(s).unwrap()
     }
 
     #[test]
     fn reservation_fills_accounts_in_order_up_to_their_remaining_quota() {
         let accounts = [acc("a", 5), acc("b", 5), acc("c", 5)];
         let current = [Some(doc("2026-11-28", 3, 5, false)), None, Some(doc("2026-11-28", 0, 5, false))];
-        let (grants, writes) = plan_reservation(&accounts, &current, 4, at("2026-11-28T12:00:00Z"));
+        let (grants, writes) = plan_reservation(&op("r1"), &accounts, &current, 4, at("2026-11-28T12:00:00Z"));
         let got: Vec<(&str, u32)> = grants.iter().map(|g| (g.account.as_str(), g.units)).collect();
         assert_eq!(got, vec![("a", 2), ("b", 2)]);
         assert_eq!(writes[0].1.usage_today, 5);
@@ -134,6 +204,7 @@ mod tests {
     #[test]
     fn a_counter_from_yesterday_is_reset_and_exhaustion_cleared() {
         let (grants, writes) = plan_reservation(
+            &op("r1"),
             &[acc("a", 5)],
             &[Some(doc("2026-11-27", 5, 5, true))],
             1,
@@ -145,14 +216,15 @@ mod tests {
             usage_today: 1,
             daily_limit: 5,
             exhausted: false,
-            updated_at: "2026-11-28T00:00:01Z".into()
+            updated_at: "2026-11-28T00:00:01Z".into(),
+            recent_ops: vec![OpRecord { op: "r1".into(), units: 1 }],
         });
     }
 
     #[test]
     fn exhausted_or_full_accounts_grant_nothing() {
         let current = [Some(doc("2026-11-28", 1, 5, true)), Some(doc("2026-11-28", 5, 5, false))];
-        let (grants, writes) = plan_reservation(&[acc("a", 5), acc("b", 5)], &current, 3, at("2026-11-28T08:00:00Z"));
+        let (grants, writes) = plan_reservation(&op("r1"), &[acc("a", 5), acc("b", 5)], &current, 3, at("2026-11-28T08:00:00Z"));
         assert!(grants.is_empty() && writes.is_empty());
     }
 
@@ -160,9 +232,37 @@ mod tests {
     fn give_back_only_undoes_units_of_the_same_day() {
         let d = doc("2026-11-28", 4, 5, false);
         let day = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
-        assert_eq!(plan_give_back(Some(&d), day, 3, at("2026-11-28T09:00:00Z")).unwrap().usage_today, 1);
-        assert!(plan_give_back(Some(&d), day.pred_opt().unwrap(), 3, at("2026-11-28T09:00:00Z")).is_none());
-        assert!(plan_give_back(None, day, 3, at("2026-11-28T09:00:00Z")).is_none());
+        assert_eq!(plan_give_back(&op("g1"), Some(&d), day, 3, at("2026-11-28T09:00:00Z")).unwrap().usage_today, 1);
+        assert!(plan_give_back(&op("g1"), Some(&d), day.pred_opt().unwrap(), 3, at("2026-11-28T09:00:00Z")).is_none());
+        assert!(plan_give_back(&op("g1"), None, day, 3, at("2026-11-28T09:00:00Z")).is_none());
+    }
+
+    #[test]
+    fn a_retried_operation_applies_once() {
+        let now = at("2026-11-28T09:00:00Z");
+        let day = now.date_naive();
+        let accounts = [acc("a", 3), acc("b", 5)];
+        let (grants, writes) = plan_reservation(&op("r1"), &accounts, &[None, None], 4, now);
+        let after: Vec<Option<UsageDoc>> = writes.iter().map(|(_, d)| Some(d.clone())).collect();
+        // The retried commit reads the documents its first try wrote: the same grants, nothing written.
+        let (again, rewrites) = plan_reservation(&op("r1"), &accounts, &after, 4, now);
+        assert_eq!(again, grants);
+        assert!(rewrites.is_empty());
+        let back = plan_give_back(&op("g1"), after[1].as_ref(), day, 1, now).unwrap();
+        assert_eq!(back.usage_today, 0);
+        assert!(plan_give_back(&op("g1"), Some(&back), day, 1, now).is_none(), "a second give-back must not subtract again");
+    }
+
+    #[test]
+    fn remembered_operations_are_bounded() {
+        let mut d = doc("2026-11-28", 0, 1000, false);
+        let now = at("2026-11-28T09:00:00Z");
+        for i in 0..(MAX_RECENT_OPS + 10) {
+            let (_, w) = plan_reservation(&op(&format!("r{i}")), &[acc("a", 1000)], &[Some(d.clone())], 1, now);
+            d = w[0].1.clone();
+        }
+        assert_eq!(d.recent_ops.len(), MAX_RECENT_OPS);
+        assert_eq!(d.recent_ops[0].op, "r10");
     }
 
     #[test]
@@ -171,5 +271,7 @@ mod tests {
         let now = at("2026-11-28T09:00:00Z");
         assert!(plan_exhaust(None, day, 5, now).unwrap().exhausted);
         assert!(plan_exhaust(Some(&doc("2026-11-29", 0, 5, false)), day, 5, now).is_none());
+        assert!(plan_exhaust(Some(&doc("2026-11-28", 1, 5, true)), day, 5, now).is_none(), "marking twice writes nothing");
+        assert!(plan_exhaust(Some(&doc("2026-11-27", 1, 5, true)), day, 5, now).unwrap().exhausted);
     }
 }

@@ -175,3 +175,14 @@ async fn the_api_key_never_leaves_its_header() {
     assert!(!everything.contains(KEY_1), "the API key leaked");
     assert!(!everything.contains("9f8e7d6c5b4a"), "part of the API key leaked");
 }
+
+/// B8: an answer body over 25 MiB is refused without being buffered whole, as a non-retryable failure.
+#[tokio::test]
+async fn an_oversized_body_is_refused() {
+    let server = MockServer::start().await;
+    let big = vec![0u8; worker_chart_export::chartimg::MAX_BODY_BYTES + 1];
+    Mock::given(method("POST")).and(path(PATH)).respond_with(ResponseTemplate::new(200).set_body_bytes(big)).expect(1).mount(&server).await;
+    let err = call_once(&server, Duration::from_secs(20)).await.unwrap_err();
+    assert!(matches!(err, ChartApiError::TooLarge { status: 200, .. }), "{err:?}");
+    assert!(!err.is_retryable());
+}

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::adapters::{FirestoreStore, JsonDocs, LocalArtifacts, LocalBackend, MemoryArtifacts, MemoryBackend};
 use worker_chart_export::domain::{
-    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ObjectRef, PatchOutcome, RunId, StepId, StepPatch,
+    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, ObjectRef, OpId, PatchOutcome, RunId, StepId, StepPatch,
     StepSelector, TemplateId, WorkerId,
 };
 use worker_chart_export::ports::{
@@ -142,8 +142,17 @@ fn worker(w: &str) -> WorkerId {
     WorkerId::parse(w).unwrap()
 }
 
+/// The claim token a test's worker `w` uses (one claim per worker name in these suites).
+fn tok(w: &str) -> ClaimToken {
+    ClaimToken::parse(format!("tok-{w}")).unwrap()
+}
+
+fn op(s: &str) -> OpId {
+    OpId::parse(s).unwrap()
+}
+
 fn params(w: &str, now: &str, lease_secs: i64) -> ClaimParams {
-    ClaimParams { worker: worker(w), now: at(now), lease: Duration::seconds(lease_secs) }
+    ClaimParams { worker: worker(w), token: tok(w), now: at(now), lease: Duration::seconds(lease_secs), max_attempts: 5 }
 }
 
 fn flow_run() -> Value {
@@ -181,26 +190,29 @@ fn acc(id: &str, limit: u32) -> AccountQuota {
 pub async fn claim_then_finalize_touches_only_the_step_fields(d: Docs) {
     d.seed.put(FLOW_RUNS, "run-1", flow_run()).await;
     let out = d.runs.claim_step(&run(), &StepSelector::First, &params("w-1", "2026-11-28T10:00:00Z", 900)).await.unwrap();
-    let ClaimOutcome::Claimed { step_id, run: doc, reclaimed } = out else { panic!("{out:?}") };
-    assert_eq!((step_id.as_str(), reclaimed), (STEP, false));
+    let ClaimOutcome::Claimed { step_id, run: doc, reclaimed, attempt } = out else { panic!("{out:?}") };
+    assert_eq!((step_id.as_str(), reclaimed, attempt), (STEP, false, 1));
     assert_eq!(doc["steps"][STEP]["status"], "RUNNING");
 
     let stored = d.runs.get_run(&run()).await.unwrap().unwrap();
     let s = &stored["steps"][STEP];
     assert_eq!(s["status"], "RUNNING");
     assert_eq!(s["claimedBy"], "w-1");
+    assert_eq!(s["claimToken"], "tok-w-1");
+    assert_eq!(s["attempts"], 1);
     assert_eq!(s["startedAt"], "2026-11-28T10:00:00Z");
     assert_eq!(s["leaseExpiresAt"], "2026-11-28T10:15:00Z");
     assert_eq!(stored, doc, "the claim answers the document as stored");
 
-    let out = d.runs.patch_owned_step(&run(), &worker("w-1"), &finalize_patch()).await.unwrap();
+    let out = d.runs.patch_owned_step(&run(), &tok("w-1"), &finalize_patch()).await.unwrap();
     assert_eq!(out, PatchOutcome::Applied);
     let after = d.runs.get_run(&run()).await.unwrap().unwrap();
     let mut want = flow_run();
     want["steps"][STEP] = json!({
         "stepType": "CHART_EXPORT", "status": "SUCCEEDED",
         "inputs": {"timeframe": "4h", "minImages": 1, "requests": [{"chartTemplateId": "price"}]},
-        "claimedBy": "w-1", "startedAt": "2026-11-28T10:00:00Z", "finishedAt": "2026-11-28T10:01:00Z",
+        "claimedBy": "w-1", "claimToken": "tok-w-1", "attempts": 1,
+        "startedAt": "2026-11-28T10:00:00Z", "finishedAt": "2026-11-28T10:01:00Z",
         "outputsManifestGcsUri": "gs://b/runs/run-1/steps/charts-4h/charts/manifest.json"
     });
     assert_eq!(after, want, "only steps.{STEP}.* changed; leaseExpiresAt deleted");
@@ -210,34 +222,64 @@ pub async fn repeats_are_no_ops(d: Docs) {
     d.seed.put(FLOW_RUNS, "run-1", flow_run()).await;
     let p = params("w-1", "2026-11-28T10:00:00Z", 900);
     assert!(matches!(d.runs.claim_step(&run(), &explicit(), &p).await.unwrap(), ClaimOutcome::Claimed { .. }));
+    let after_claim = d.seed.raw(FLOW_RUNS, "run-1").await;
+    // The same claim again (a retried commit whose first try landed) is recognised by its token and writes nothing.
     let again = d.runs.claim_step(&run(), &explicit(), &p).await.unwrap();
-    assert!(matches!(again, ClaimOutcome::AlreadyRunning { claimed_by: Some(ref w), .. } if w == "w-1"), "{again:?}");
-    assert_eq!(d.runs.claim_step(&run(), &StepSelector::First, &p).await.unwrap(), ClaimOutcome::NoClaimableStep);
-    assert_eq!(d.runs.patch_owned_step(&run(), &worker("w-1"), &finalize_patch()).await.unwrap(), PatchOutcome::Applied);
+    assert!(matches!(again, ClaimOutcome::Claimed { attempt: 1, reclaimed: false, .. }), "{again:?}");
+    assert_eq!(d.seed.raw(FLOW_RUNS, "run-1").await, after_claim);
+    // Another claim of the same worker process (new token) meets a live lease.
+    let mut other = p.clone();
+    other.token = tok("w-1-second-claim");
+    let busy = d.runs.claim_step(&run(), &StepSelector::First, &other).await.unwrap();
+    assert!(matches!(busy, ClaimOutcome::AlreadyRunning { claimed_by: Some(ref w), .. } if w == "w-1"), "{busy:?}");
+    assert_eq!(d.runs.patch_owned_step(&run(), &tok("w-1"), &finalize_patch()).await.unwrap(), PatchOutcome::Applied);
     let before = d.seed.raw(FLOW_RUNS, "run-1").await;
-    let again = d.runs.patch_owned_step(&run(), &worker("w-1"), &finalize_patch()).await.unwrap();
-    assert!(matches!(again, PatchOutcome::NotOwner { ref status, .. } if status == "SUCCEEDED"), "{again:?}");
-    let claim = d.runs.claim_step(&run(), &explicit(), &p).await.unwrap();
+    // A retried finalize whose first try landed: applied, once.
+    let again = d.runs.patch_owned_step(&run(), &tok("w-1"), &finalize_patch()).await.unwrap();
+    assert_eq!(again, PatchOutcome::AlreadyApplied);
+    let foreign = d.runs.patch_owned_step(&run(), &tok("w-2"), &finalize_patch()).await.unwrap();
+    assert!(matches!(foreign, PatchOutcome::NotOwner { ref status, .. } if status == "SUCCEEDED"), "{foreign:?}");
+    let claim = d.runs.claim_step(&run(), &explicit(), &other).await.unwrap();
     assert!(matches!(claim, ClaimOutcome::AlreadyFinished { ref status, .. } if status == "SUCCEEDED"), "{claim:?}");
     assert_eq!(d.seed.raw(FLOW_RUNS, "run-1").await, before, "repeats wrote nothing");
 }
 
+pub async fn retried_quota_operations_apply_once(d: Docs) {
+    let a = acc("acc-ops", 10);
+    let now = at("2026-11-28T10:00:00Z");
+    let day = now.date_naive();
+    let first = d.usage.reserve(&op("reserve-1"), std::slice::from_ref(&a), 4, now).await.unwrap();
+    let again = d.usage.reserve(&op("reserve-1"), std::slice::from_ref(&a), 4, now).await.unwrap();
+    assert_eq!(first, again, "a retried reservation answers its first grants");
+    assert_eq!(d.usage.get_usage(&a.id).await.unwrap().unwrap().usage_today, 4);
+    d.usage.give_back(&op("give-1"), &a.id, day, 3, now).await.unwrap();
+    d.usage.give_back(&op("give-1"), &a.id, day, 3, now).await.unwrap();
+    let u = d.usage.get_usage(&a.id).await.unwrap().unwrap();
+    assert_eq!(u.usage_today, 1, "a retried give-back subtracts once: usageToday never under-counts");
+    assert_eq!(u.recent_ops.len(), 2);
+    // Tomorrow the remembered operations are gone with the counter.
+    let g = d.usage.reserve(&op("reserve-2"), std::slice::from_ref(&a), 1, at("2026-11-29T00:00:01Z")).await.unwrap();
+    assert_eq!(g[0].units, 1);
+    let u = d.usage.get_usage(&a.id).await.unwrap().unwrap();
+    assert_eq!((u.usage_today, u.recent_ops.len()), (1, 1));
+}
+
 pub async fn a_non_owner_cannot_finalize(d: Docs) {
     d.seed.put(FLOW_RUNS, "run-1", flow_run()).await;
-    let refused = d.runs.patch_owned_step(&run(), &worker("w-2"), &finalize_patch()).await.unwrap();
+    let refused = d.runs.patch_owned_step(&run(), &tok("w-2"), &finalize_patch()).await.unwrap();
     assert!(matches!(refused, PatchOutcome::NotOwner { ref status, .. } if status == "READY"), "{refused:?}");
     d.runs.claim_step(&run(), &explicit(), &params("w-1", "2026-11-28T10:00:00Z", 900)).await.unwrap();
     let before = d.seed.raw(FLOW_RUNS, "run-1").await;
-    let refused = d.runs.patch_owned_step(&run(), &worker("w-2"), &finalize_patch()).await.unwrap();
+    let refused = d.runs.patch_owned_step(&run(), &tok("w-2"), &finalize_patch()).await.unwrap();
     assert!(
         matches!(refused, PatchOutcome::NotOwner { ref status, claimed_by: Some(ref w) } if status == "RUNNING" && w == "w-1"),
         "{refused:?}"
     );
     assert_eq!(d.seed.raw(FLOW_RUNS, "run-1").await, before);
     let missing = StepPatch { step_id: StepId::parse("nope").unwrap(), fields: finalize_patch().fields };
-    assert_eq!(d.runs.patch_owned_step(&run(), &worker("w-1"), &missing).await.unwrap(), PatchOutcome::StepMissing);
+    assert_eq!(d.runs.patch_owned_step(&run(), &tok("w-1"), &missing).await.unwrap(), PatchOutcome::StepMissing);
     let gone = RunId::parse("missing-run").unwrap();
-    assert_eq!(d.runs.patch_owned_step(&gone, &worker("w-1"), &finalize_patch()).await.unwrap(), PatchOutcome::StepMissing);
+    assert_eq!(d.runs.patch_owned_step(&gone, &tok("w-1"), &finalize_patch()).await.unwrap(), PatchOutcome::StepMissing);
     assert_eq!(d.runs.claim_step(&gone, &StepSelector::First, &params("w-1", "2026-11-28T10:00:00Z", 9)).await.unwrap(), ClaimOutcome::RunNotFound);
     assert_eq!(d.runs.get_run(&gone).await.unwrap(), None);
 }
@@ -249,9 +291,9 @@ pub async fn an_expired_lease_is_reclaimed_and_the_old_owner_refused(d: Docs) {
     assert!(matches!(early, ClaimOutcome::AlreadyRunning { .. }), "{early:?}");
     let late = d.runs.claim_step(&run(), &StepSelector::First, &params("w-2", "2026-11-28T10:01:00Z", 60)).await.unwrap();
     assert!(matches!(late, ClaimOutcome::Claimed { reclaimed: true, .. }), "{late:?}");
-    let old = d.runs.patch_owned_step(&run(), &worker("w-1"), &finalize_patch()).await.unwrap();
+    let old = d.runs.patch_owned_step(&run(), &tok("w-1"), &finalize_patch()).await.unwrap();
     assert!(matches!(old, PatchOutcome::NotOwner { claimed_by: Some(ref w), .. } if w == "w-2"), "{old:?}");
-    assert_eq!(d.runs.patch_owned_step(&run(), &worker("w-2"), &finalize_patch()).await.unwrap(), PatchOutcome::Applied);
+    assert_eq!(d.runs.patch_owned_step(&run(), &tok("w-2"), &finalize_patch()).await.unwrap(), PatchOutcome::Applied);
 }
 
 pub async fn two_claims_at_once_exactly_one_wins(d: Docs) {
@@ -297,25 +339,25 @@ pub async fn usage_reserve_give_back_exhaust_and_day_reset(d: Docs) {
     let a = acc("acc-1", 5);
     let now = at("2026-11-28T10:00:00Z");
     let day = now.date_naive();
-    let g = d.usage.reserve(&[a.clone()], 3, now).await.unwrap();
+    let g = d.usage.reserve(&OpId::random(), &[a.clone()], 3, now).await.unwrap();
     assert_eq!((g.len(), g[0].units, g[0].day), (1, 3, day));
-    let g = d.usage.reserve(&[a.clone()], 5, now).await.unwrap();
+    let g = d.usage.reserve(&OpId::random(), &[a.clone()], 5, now).await.unwrap();
     assert_eq!(g[0].units, 2, "only the remaining 2 are granted");
-    assert!(d.usage.reserve(&[a.clone()], 1, now).await.unwrap().is_empty());
-    d.usage.give_back(&a.id, day, 1, now).await.unwrap();
+    assert!(d.usage.reserve(&OpId::random(), &[a.clone()], 1, now).await.unwrap().is_empty());
+    d.usage.give_back(&OpId::random(), &a.id, day, 1, now).await.unwrap();
     let u = d.usage.get_usage(&a.id).await.unwrap().unwrap();
     assert_eq!((u.usage_today, u.daily_limit, u.exhausted, u.day.as_str()), (4, 5, false, "2026-11-28"));
     assert_eq!(u.updated_at, "2026-11-28T10:00:00Z");
     // A give-back of yesterday's grant changes nothing.
-    d.usage.give_back(&a.id, NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), 4, now).await.unwrap();
+    d.usage.give_back(&OpId::random(), &a.id, NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), 4, now).await.unwrap();
     assert_eq!(d.usage.get_usage(&a.id).await.unwrap().unwrap().usage_today, 4);
     d.usage.mark_exhausted(&a, day, now).await.unwrap();
     assert!(d.usage.get_usage(&a.id).await.unwrap().unwrap().exhausted);
-    assert!(d.usage.reserve(&[a.clone()], 1, now).await.unwrap().is_empty());
+    assert!(d.usage.reserve(&OpId::random(), &[a.clone()], 1, now).await.unwrap().is_empty());
     // The next day resets the counter and clears exhaustion; a second account takes the overflow.
     let b = acc("acc-2", 2);
     let tomorrow = at("2026-11-29T00:00:01Z");
-    let g = d.usage.reserve(&[a.clone(), b.clone()], 6, tomorrow).await.unwrap();
+    let g = d.usage.reserve(&OpId::random(), &[a.clone(), b.clone()], 6, tomorrow).await.unwrap();
     let got: Vec<(&str, u32)> = g.iter().map(|g| (g.account.as_str(), g.units)).collect();
     assert_eq!(got, vec![("acc-1", 5), ("acc-2", 1)]);
     let u = d.usage.get_usage(&a.id).await.unwrap().unwrap();
@@ -331,7 +373,7 @@ pub async fn ten_concurrent_reservations_on_a_limit_of_five(d: Docs) {
         .map(|_| {
             let usage = d.usage.clone();
             let a = a.clone();
-            tokio::spawn(async move { usage.reserve(&[a], 1, now).await })
+            tokio::spawn(async move { usage.reserve(&OpId::random(), &[a], 1, now).await })
         })
         .collect();
     let mut granted = 0;
@@ -346,7 +388,7 @@ pub async fn ten_concurrent_reservations_on_a_limit_of_five(d: Docs) {
 pub async fn a_corrupt_usage_document_is_reported_not_retried(d: Docs) {
     d.seed.put(ACCOUNTS_USAGE, "acc-bad", json!({"day": 3, "usageToday": "many"})).await;
     let started = std::time::Instant::now();
-    let err = d.usage.reserve(&[acc("acc-bad", 5)], 1, at("2026-11-28T10:00:00Z")).await.unwrap_err();
+    let err = d.usage.reserve(&OpId::random(), &[acc("acc-bad", 5)], 1, at("2026-11-28T10:00:00Z")).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { ref path, .. } if path == "chart_img_accounts_usage/acc-bad"), "{err:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "a decode error must not be retried");
 }
@@ -454,6 +496,7 @@ macro_rules! doc_suites {
                 documents_round_trip_faithfully,
                 templates_are_read_in_one_batch_missing_ones_absent,
                 usage_reserve_give_back_exhaust_and_day_reset,
+                retried_quota_operations_apply_once,
                 ten_concurrent_reservations_on_a_limit_of_five,
                 a_corrupt_usage_document_is_reported_not_retried,
             ]);
@@ -494,7 +537,7 @@ mod firestore_only {
 
     use firestore::{FirestoreDb, FirestoreDbOptions};
     use serde_json::Value;
-    use worker_chart_export::adapters::firestore::TxPolicy;
+    use worker_chart_export::retry::RetryPolicy;
     use worker_chart_export::adapters::FirestoreStore;
     use worker_chart_export::ports::{AccountUsageStore, FlowRunStore, StoreError};
 
@@ -518,7 +561,7 @@ mod firestore_only {
         assert_eq!(step["startedAt"]["timestampValue"], "2026-11-28T10:00:00Z");
         assert_eq!(step["status"]["stringValue"], "RUNNING");
         assert_eq!(step["inputs"]["mapValue"]["fields"]["timeframe"]["stringValue"], "4h", "inputs kept");
-        store.reserve(&[acc("acc-1", 5)], 1, at("2026-11-28T10:00:00Z")).await.unwrap();
+        store.reserve(&OpId::random(), &[acc("acc-1", 5)], 1, at("2026-11-28T10:00:00Z")).await.unwrap();
         let usage = rest_doc(&store, "chart_img_accounts_usage/acc-1").await;
         assert_eq!(usage["fields"]["updatedAt"]["timestampValue"], "2026-11-28T10:00:00Z", "{usage}");
         assert_eq!(usage["fields"]["usageToday"]["integerValue"], "1");
@@ -527,12 +570,12 @@ mod firestore_only {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_exhausted_retry_budget_is_contention_and_never_over_grants() {
         let Some(store) = emulators::firestore("firestore_only::budget").await else { return };
-        let store = store.with_policy(TxPolicy { max_attempts: 1, ..TxPolicy::default() });
+        let store = store.with_policy(RetryPolicy::NONE);
         let a = acc("acc-tight", 5);
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let (s, a) = (store.clone(), a.clone());
-                tokio::spawn(async move { s.reserve(&[a], 1, at("2026-11-28T10:00:00Z")).await })
+                tokio::spawn(async move { s.reserve(&OpId::random(), &[a], 1, at("2026-11-28T10:00:00Z")).await })
             })
             .collect();
         let mut granted = 0;
@@ -589,12 +632,9 @@ mod firestore_only {
             ..FirestoreDbOptions::new(emulators::unique("it", "unreachable"))
         };
         let db = FirestoreDb::with_options(options).await.unwrap();
-        let store = FirestoreStore::from_db(db).with_policy(TxPolicy {
-            max_attempts: 3,
-            max_total: Duration::from_secs(5),
-            call_timeout: Duration::from_secs(1),
-            ..TxPolicy::default()
-        });
+        let store = FirestoreStore::from_db(db)
+            .with_policy(RetryPolicy { max_retries: 2, max_total_delay: Duration::from_secs(5), ..RetryPolicy::FIRESTORE })
+            .with_call_timeout(Duration::from_secs(1));
         assert_eq!(store.get_run(&run()).await.unwrap(), None, "reachable through the proxy");
         proxy.abort();
         let _ = proxy.await;

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use worker_chart_export::adapters::firestore::TxPolicy;
+use worker_chart_export::retry::RetryPolicy;
 use worker_chart_export::adapters::gcs::emulator_endpoint;
 use worker_chart_export::adapters::{FirestoreStore, GcsArtifacts};
 
@@ -50,7 +50,7 @@ pub async fn firestore(test: &str) -> Option<FirestoreStore> {
     let project = unique("it", test);
     let store = FirestoreStore::new(&project).await.expect("connect to the Firestore emulator");
     // The emulator's lock waits make a contended transaction slow; give tests a generous, still bounded, budget.
-    Some(store.with_policy(TxPolicy { max_total: Duration::from_secs(120), max_attempts: 30, ..TxPolicy::default() }))
+    Some(store.with_policy(RetryPolicy { max_total_delay: Duration::from_secs(120), max_retries: 30, ..RetryPolicy::FIRESTORE }))
 }
 
 /// The emulator's base URL, or `None` (skipped).

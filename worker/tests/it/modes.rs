@@ -98,3 +98,29 @@ async fn record_through_the_mock_server_then_replay_offline_byte_exact() {
     assert!(details.contains("interval"), "the differing field is named: {details}");
     assert!(!details.contains(KEY_1) && !String::from_utf8_lossy(&miss.stderr).contains(KEY_1));
 }
+
+/// B9: in record mode a cassette that cannot be written fails that chart's recording, clearly, and the paid call is
+/// sent once (never re-sent as if it were a transient failure).
+#[tokio::test]
+async fn a_failed_cassette_write_fails_the_chart_and_never_resends_the_paid_call() {
+    let server = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    write_inputs(p, &flow_run(&["dark"], 1), &[("dark", real_template("dark"))]);
+    // The bodies folder is a file: opening the cassette works, storing the answer's body does not.
+    let cassette = p.join("cassette");
+    std::fs::create_dir_all(&cassette).unwrap();
+    std::fs::write(cassette.join("bodies"), b"not a folder").unwrap();
+    let accounts = accounts_json(&[("acc-1", KEY_1, 50)]);
+    let cassette_arg = cassette.display().to_string();
+    let out = run_bin(p, "state", &["--mode", "record", "--base-url", &server.base_url(), "--cassette-dir", &cassette_arg], &accounts).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["code"], "CHART_API_FAILED", "{report}");
+    assert!(report["message"].as_str().unwrap().contains("could not be recorded"), "{report}");
+    assert_eq!(server.state().usage("acc-1").unwrap().used_today, 1, "the paid call was sent exactly once");
+    server.shutdown().await.unwrap();
+}

@@ -19,7 +19,7 @@ use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_
 use worker_chart_export::chartimg::HttpChartImg;
 use worker_chart_export::config::parse_accounts;
 use worker_chart_export::core::{CoreSettings, Worker};
-use worker_chart_export::domain::{ClaimOutcome, ClaimParams, PatchOutcome, RunId, StepPatch, StepSelector, WorkerId};
+use worker_chart_export::domain::{ClaimOutcome, ClaimParams, ClaimToken, PatchOutcome, RunId, StepPatch, StepSelector};
 use worker_chart_export::eventarc::encode_document_event;
 use worker_chart_export::ports::{
     ChartApiError, ChartCall, ChartRenderer, FlowRunStore, RenderedChart, StoreError, SystemClock,
@@ -122,13 +122,15 @@ async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_not
         clock: Arc::new(SystemClock),
         accounts: AccountPool::new(parse_accounts("accounts", &accounts).unwrap()),
         settings: CoreSettings {
-            worker_id: WorkerId::parse("serve-test").unwrap(),
+            worker_id: worker_chart_export::domain::WorkerId::parse("serve-test").unwrap(),
             bucket: bucket.clone(),
             timezone: "Etc/UTC".into(),
             concurrency: 4,
             lease: Duration::from_secs(900),
             retry: fast_retry(),
+            lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(900)),
         },
+        shutdown: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -217,7 +219,7 @@ impl<S: FlowRunStore> FlowRunStore for Counting<S> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.claim_step(run, s, p).await
     }
-    async fn patch_owned_step(&self, run: &RunId, o: &WorkerId, p: &StepPatch) -> Result<PatchOutcome, StoreError> {
+    async fn patch_owned_step(&self, run: &RunId, o: &ClaimToken, p: &StepPatch) -> Result<PatchOutcome, StoreError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.patch_owned_step(run, o, p).await
     }
@@ -349,8 +351,74 @@ async fn shutdown_releases_a_step_cut_short() {
     let step = tw.step().await;
     assert_eq!(step["status"], "READY", "{step}");
     assert!(step.get("claimedBy").is_none(), "{step}");
-    // The cut-short request is answered 503 (redeliver), or its connection is closed: either way Eventarc retries.
-    if let Ok(Ok((status, _))) = tokio::time::timeout(Duration::from_secs(2), pending).await {
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(step["attempts"], 0, "a shutdown does not use up an attempt: {step}");
+    assert!(step["notBefore"].is_string(), "{step}");
+    // The cut-short request is answered 200 `released` (the release write's own event carries the retry), or its
+    // connection is closed with the process.
+    if let Ok(Ok((status, body))) = tokio::time::timeout(Duration::from_secs(2), pending).await {
+        assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("released")), "{body}");
     }
+}
+
+/// The answer policy of `eventarc.md` and contract §9: exactly the answers that make Eventarc redeliver are 503.
+#[tokio::test]
+async fn answers_follow_the_lifecycle() {
+    let (tw, counting) = memory_worker();
+    let state = AppState::new(tw.worker.clone());
+    // Released, not due yet: 503 from the event's data alone (no store call), so Eventarc's backoff brings it back.
+    let mut released = support::flow_run(&["a"], 1);
+    released["steps"]["charts_4h"]["notBefore"] = json!("2999-01-01T00:00:00Z");
+    released["steps"]["charts_4h"]["attempts"] = json!(1);
+    let (status, body) = send(&state, eventarc_request("p", "run-123", Some(&released), "n1")).await;
+    assert_eq!((status, body["result"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("retry")), "{body}");
+    assert_eq!(counting.calls.load(Ordering::SeqCst), 0);
+
+    // The event shows READY but the store has it RUNNING under another live claim: 503 (re-check later).
+    let mut held = support::flow_run(&["a"], 1);
+    held["steps"]["charts_4h"]["status"] = json!("RUNNING");
+    held["steps"]["charts_4h"]["claimedBy"] = json!("w-elsewhere");
+    held["steps"]["charts_4h"]["claimToken"] = json!("elsewhere");
+    held["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2999-01-01T00:00:00Z");
+    tw.seed(&held, &["a"]).await;
+    let (status, body) = send(&state, eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "b1")).await;
+    assert_eq!((status, body["outcome"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("busy")), "{body}");
+
+    // A transient failure after the claim: released and answered 200 (the release's own event carries the retry).
+    let mut tw2 = support::one_account(support::ScriptedRenderer::ok());
+    tw2.worker.clock = Arc::new(SystemClock);
+    tw2.worker.templates = Arc::new(FailingTemplates);
+    tw2.seed(&support::flow_run(&["a"], 1), &["a"]).await;
+    let state2 = AppState::new(tw2.worker.clone());
+    let (status, body) = send(&state2, eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "r1")).await;
+    assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("released")), "{body}");
+    let step = tw2.step().await;
+    assert_eq!((step["status"].as_str(), step["attempts"].as_u64()), (Some("READY"), Some(1)), "{step}");
+    // Its release event comes straight back: 503 until its not-before time.
+    let (status, _) = send(&state2, eventarc_request("p", "run-123", Some(&tw2.run_doc().await), "r2")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+struct FailingTemplates;
+
+#[async_trait]
+impl worker_chart_export::ports::TemplateStore for FailingTemplates {
+    async fn get_templates(
+        &self,
+        _ids: &[worker_chart_export::domain::TemplateId],
+    ) -> Result<std::collections::HashMap<worker_chart_export::domain::TemplateId, Value>, StoreError> {
+        Err(StoreError::Unavailable("UNAVAILABLE: injected".into()))
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_event_is_refused_as_malformed_not_redelivered() {
+    let (tw, counting) = memory_worker();
+    let state = AppState::new(tw.worker.clone());
+    let mut big = eventarc_request("p", "run-123", None, "huge");
+    *big.body_mut() = Body::from(vec![0u8; serve::MAX_BODY + 1]);
+    let (status, body) = send(&state, big).await;
+    assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("rejected")), "{body}");
+    // Refused for its size, before parsing: not read whole and then found malformed.
+    assert!(body["reason"].as_str().unwrap().contains(&format!("within {} bytes", serve::MAX_BODY)), "{body}");
+    assert_eq!(counting.calls.load(Ordering::SeqCst), 0);
 }

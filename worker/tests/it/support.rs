@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::adapters::{JsonDocs, MemoryArtifacts, MemoryBackend};
-use worker_chart_export::config::{parse_accounts, RetryPolicy};
+use worker_chart_export::config::{parse_accounts, Lifecycle, RetryPolicy};
 use worker_chart_export::core::{CoreSettings, Worker};
 use worker_chart_export::domain::{RunId, WorkerId};
 use worker_chart_export::ports::{ChartApiError, ChartCall, ChartRenderer, Clock, RenderedChart};
@@ -148,7 +148,9 @@ pub fn worker_with(renderer: Arc<dyn ChartRenderer>, accounts: &str) -> TestWork
             concurrency: 4,
             lease: Duration::from_secs(900),
             retry: fast_retry(),
+            lifecycle: Lifecycle::for_lease(Duration::from_secs(900)),
         },
+        shutdown: Default::default(),
     };
     TestWorker { worker, docs, artifacts, clock }
 }

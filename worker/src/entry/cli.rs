@@ -1,5 +1,4 @@
-//! The command line: `run-local` (one step on the embedded local backend), `serve` (the Cloud Run entrypoint) and
-//! `demo` (the local demo against an in-process mock Chart-IMG server). Raw flags become validated settings here,
+//! `run-local`: one step of a flow-run file on the embedded local backend. Raw flags become validated settings here,
 //! before any work starts.
 
 use std::io::IsTerminal;
@@ -7,44 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use serde_json::Value;
 
 use crate::adapters::docs::{CHART_TEMPLATES, FLOW_RUNS};
 use crate::adapters::{JsonDocs, LocalArtifacts, LocalBackend};
 use crate::config::{check_base_url, parse_accounts, ChartImgMode, Settings};
 use crate::core::{run_chart_export_step, CoreSettings, StepReport, Worker};
-use crate::domain::{ObjectRef, RunId, StepId, StepSelector, TemplateId, WorkerId};
+use crate::domain::{ObjectRef, RunId, StepId, StepSelector, TemplateId};
 use crate::ports::{StepObserver, SystemClock};
 use crate::quota::AccountPool;
-use crate::telemetry::{self, LogFormat};
-
-#[derive(Debug, Parser)]
-#[command(name = "worker-chart-export", version, about = "Renders CHART_EXPORT steps through Chart-IMG")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run one step of a flow-run JSON file on the local state directory (no cloud needed).
-    RunLocal(RunLocalArgs),
-    /// The Cloud Run entrypoint: serve Eventarc Firestore events on 0.0.0.0:$PORT (configuration from the
-    /// environment; Firestore and Cloud Storage, or their emulators).
-    Serve(ServeArgs),
-    /// The local demo: start a mock Chart-IMG server in this process, run a sample flow run through the worker on
-    /// the embedded backend, and print where the PNGs and the manifest are.
-    #[cfg(feature = "demo")]
-    Demo(crate::demo::DemoArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Log lines as text instead of Cloud Logging JSON (JSON on stdout is what Cloud Run expects).
-    #[arg(long)]
-    pub text_logs: bool,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -97,48 +68,10 @@ pub struct RunLocalArgs {
     pub json_logs: bool,
 }
 
-/// Exit codes: 0 SUCCEEDED or no-op, 1 step FAILED / rejected / lost, 2 bad input, 3 infrastructure failure.
-pub async fn main_with(cli: Cli) -> i32 {
-    match cli.command {
-        Command::RunLocal(args) => {
-            telemetry::init(if args.json_logs { LogFormat::Json } else { LogFormat::Text }, true);
-            match run_local(args).await {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    e.downcast_ref::<Exit>().map(|x| x.0).unwrap_or(2)
-                }
-            }
-        }
-        #[cfg(feature = "demo")]
-        Command::Demo(args) => {
-            telemetry::init_with_default(LogFormat::Text, true, "warn");
-            match crate::demo::run(args).await {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    2
-                }
-            }
-        }
-        Command::Serve(args) => {
-            telemetry::init(if args.text_logs { LogFormat::Text } else { LogFormat::Json }, false);
-            match crate::serve::main_from_env().await {
-                Ok(()) => 0,
-                Err(e) => {
-                    tracing::error!(event = "serve_failed", error = %format!("{e:#}"), "serve failed");
-                    eprintln!("error: {e:#}");
-                    2
-                }
-            }
-        }
-    }
-}
-
 /// An error that carries its own exit code.
 #[derive(Debug, thiserror::Error)]
 #[error("{1}")]
-struct Exit(i32, String);
+pub(crate) struct Exit(pub(crate) i32, pub(crate) String);
 
 fn read_json(path: &Path, what: &str) -> anyhow::Result<Value> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
@@ -187,14 +120,7 @@ pub fn load_templates(dir: &Path) -> anyhow::Result<Vec<(TemplateId, Value)>> {
         .collect()
 }
 
-/// A worker id unique to this process.
-pub fn worker_id(prefix: &str) -> WorkerId {
-    let host = std::env::var("K_REVISION").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "local".into());
-    let raw = format!("{prefix}-{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    WorkerId::parse(raw.replace('/', "_")).expect("generated worker ids are plain")
-}
-
-async fn run_local(args: RunLocalArgs) -> anyhow::Result<i32> {
+pub(crate) async fn run_local(args: RunLocalArgs) -> anyhow::Result<i32> {
     let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     run_local_with(settings, args).await
 }
@@ -250,13 +176,15 @@ pub async fn run_local_with(mut settings: Settings, args: RunLocalArgs) -> anyho
         clock: Arc::new(SystemClock),
         accounts: AccountPool::new(settings.accounts.clone()),
         settings: CoreSettings {
-            worker_id: worker_id("run-local"),
+            worker_id: super::worker_id("run-local"),
             bucket,
             timezone: settings.timezone.clone(),
             concurrency: settings.concurrency,
             lease: settings.lease,
             retry: settings.retry,
+            lifecycle: settings.lifecycle,
         },
+        shutdown: crate::core::Shutdown::never(),
     };
     let bar = ProgressObserver::new();
     let report = run_chart_export_step(&worker, &run_id, &selector, bar.as_ref().map(|b| b as &dyn StepObserver))
@@ -297,6 +225,17 @@ fn print_report(report: &StepReport, format: OutputFormat, artifacts: &LocalArti
         StepReport::NoOp { run_id, reason, .. } => println!("NO-OP flow_runs/{run_id}: {reason}"),
         StepReport::Rejected { run_id, code, message, .. } => println!("REJECTED flow_runs/{run_id}: {code}: {message}"),
         StepReport::LostClaim { run_id, step_id, reason } => println!("LOST flow_runs/{run_id} step {step_id}: {reason}"),
+        StepReport::Released { run_id, step_id, attempt, not_before, code, message } => {
+            println!("RELEASED flow_runs/{run_id} step {step_id} after attempt {attempt} ({code}: {message}); claimable from {not_before}")
+        }
+        StepReport::Busy { run_id, step_id, claimed_by, lease_expires_at } => println!(
+            "BUSY flow_runs/{run_id} step {step_id}: RUNNING under {} until {}",
+            claimed_by.as_deref().unwrap_or("another claim"),
+            lease_expires_at.as_deref().unwrap_or("?")
+        ),
+        StepReport::NotYet { run_id, step_id, not_before } => {
+            println!("NOT YET flow_runs/{run_id} step {step_id}: released, claimable from {not_before}")
+        }
     }
 }
 

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::cli::{run_local_with, OutputFormat, RunLocalArgs};
+use super::cli::{run_local_with, OutputFormat, RunLocalArgs};
 use crate::config::{parse_accounts, Settings};
 
-const FLOW_RUN: &str = include_str!("../demo/flow_run.json");
+const FLOW_RUN: &str = include_str!("../../demo/flow_run.json");
 const TEMPLATES: &[(&str, &str)] = &[
-    ("price_volume", include_str!("../demo/templates/price_volume.json")),
-    ("rsi_14", include_str!("../demo/templates/rsi_14.json")),
-    ("macd", include_str!("../demo/templates/macd.json")),
+    ("price_volume", include_str!("../../demo/templates/price_volume.json")),
+    ("rsi_14", include_str!("../../demo/templates/rsi_14.json")),
+    ("macd", include_str!("../../demo/templates/macd.json")),
 ];
 
 /// A key known only to the in-process mock server; not a secret.

@@ -1,0 +1,87 @@
+//! The process's entrypoints, one module each, dispatched from here: `run-local` ([`cli`]: one step on the embedded
+//! local backend), `serve` ([`serve`]: the Cloud Run service Eventarc calls) and `demo` ([`demo`]: the local demo
+//! against an in-process mock Chart-IMG server). Dependencies point one way: this module → the entrypoints,
+//! `demo` → `cli`; no entrypoint imports this module's dispatcher back (only [`worker_id`]).
+
+pub mod cli;
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod serve;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::domain::WorkerId;
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "worker-chart-export", version, about = "Renders CHART_EXPORT steps through Chart-IMG")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one step of a flow-run JSON file on the local state directory (no cloud needed).
+    RunLocal(cli::RunLocalArgs),
+    /// The Cloud Run entrypoint: serve Eventarc Firestore events on 0.0.0.0:$PORT (configuration from the
+    /// environment; Firestore and Cloud Storage, or their emulators).
+    Serve(ServeArgs),
+    /// The local demo: start a mock Chart-IMG server in this process, run a sample flow run through the worker on
+    /// the embedded backend, and print where the PNGs and the manifest are.
+    #[cfg(feature = "demo")]
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Log lines as text instead of Cloud Logging JSON (JSON on stdout is what Cloud Run expects).
+    #[arg(long)]
+    pub text_logs: bool,
+}
+
+/// Exit codes: 0 SUCCEEDED or no-op, 1 step FAILED / rejected / lost, 2 bad input, 3 infrastructure failure.
+pub async fn main_with(cli: Cli) -> i32 {
+    match cli.command {
+        Command::RunLocal(args) => {
+            telemetry::init(if args.json_logs { LogFormat::Json } else { LogFormat::Text }, true);
+            match cli::run_local(args).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    e.downcast_ref::<cli::Exit>().map(|x| x.0).unwrap_or(2)
+                }
+            }
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => {
+            telemetry::init_with_default(LogFormat::Text, true, "warn");
+            match demo::run(args).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            }
+        }
+        Command::Serve(args) => {
+            telemetry::init(if args.text_logs { LogFormat::Text } else { LogFormat::Json }, false);
+            match serve::main_from_env().await {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(event = "serve_failed", error = %format!("{e:#}"), "serve failed");
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            }
+        }
+    }
+}
+
+/// A worker id unique to this process.
+pub fn worker_id(prefix: &str) -> WorkerId {
+    let host = std::env::var("K_REVISION").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "local".into());
+    let raw = format!("{prefix}-{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    WorkerId::parse(raw.replace('/', "_")).expect("generated worker ids are plain")
+}
+

@@ -126,15 +126,19 @@ impl World {
     }
 
     pub fn worker(&self, i: usize) -> anyhow::Result<Worker> {
+        let settings = self.settings(i);
+        // In-process, Cloud Storage retries on the scenario's short policy too: `gcs: unavailable` then takes as
+        // long as the other refusals instead of the production budget of 30 s (the live path keeps the real one).
+        let artifacts = GcsArtifacts::emulator(&self.storage_endpoint).with_retry(settings.retry.clone());
         Ok(Worker {
             flow_runs: Arc::new(self.fs.clone()),
             templates: Arc::new(self.fs.clone()),
             usage: Arc::new(self.fs.clone()),
             renderer: self.renderer()?,
-            artifacts: Arc::new(GcsArtifacts::emulator(&self.storage_endpoint)),
+            artifacts: Arc::new(artifacts),
             clock: Arc::new(SystemClock),
             accounts: AccountPool::new(parse_accounts("scenario accounts", &self.accounts_json)?),
-            settings: self.settings(i),
+            settings,
             shutdown: Default::default(),
         })
     }

@@ -3,12 +3,14 @@
 //! - `core`: the step flow over in-memory adapters.
 //! - `client`: the Chart-IMG HTTP client against `wiremock`.
 //! - `cli`: the built binary run on files.
+//! - `report`: `worker-chart-export report` on a step rendered against mock-chart-img, in headless Chromium.
 
 mod cli;
 mod client;
 mod contract;
 mod core;
 mod modes;
+mod report;
 mod emulators;
 mod serve;
 mod support;

@@ -274,7 +274,7 @@ pub fn render_html(r: &RunReport, generated_at: &str) -> String {
         chart_html(&mut h, c);
     }
     h.push_str("</section>\n");
-    let _ = write!(h, "<h2>Failures ({})</h2>\n", m.failures.len());
+    let _ = writeln!(h, "<h2>Failures ({})</h2>", m.failures.len());
     if m.failures.is_empty() {
         h.push_str("<p id=\"no-failures\">No chart failed.</p>\n");
     } else {
@@ -327,7 +327,7 @@ fn chart_html(h: &mut String, c: &Chart) {
             c.actual_sha256
         )
     };
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<figcaption><h3>{}</h3><table>\
          <tr><th>size</th><td class=\"size\">{size}</td></tr>\
@@ -335,7 +335,7 @@ fn chart_html(h: &mut String, c: &Chart) {
          <tr><th>sha256</th><td>{sha}</td></tr>\
          <tr><th>generated</th><td>{}</td></tr>\
          <tr><th>type</th><td>{}</td></tr>\
-         <tr><th>object</th><td><code>{}</code></td></tr></table></figcaption></figure>\n",
+         <tr><th>object</th><td><code>{}</code></td></tr></table></figcaption></figure>",
         e(&i.chart_template_id),
         e(&i.generated_at),
         e(&i.content_type),
@@ -345,10 +345,10 @@ fn chart_html(h: &mut String, c: &Chart) {
 
 fn failure_html(h: &mut String, f: &ManifestFailure) {
     let status = f.http_status.map(|s| s.to_string()).unwrap_or_else(|| "—".into());
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<tr class=\"failure\"><td class=\"template\">{}</td><td class=\"code\">{}</td><td class=\"status\">{status}</td>\
-         <td class=\"message\">{}</td></tr>\n",
+         <td class=\"message\">{}</td></tr>",
         escape(&f.chart_template_id),
         f.code,
         escape(&f.message)

@@ -9,15 +9,19 @@
 //!   (a `<meta>` policy only governs what comes after it), so the page under test keeps its own policy. The script
 //!   hands its findings to `__probe(value)`, which writes them into the DOM; [`Chromium::dump_dom`] prints the DOM
 //!   after the page's `load` handlers ran, and [`probe_result`] reads the value back.
+//! - [`Chromium::launch`] keeps a browser running with its DevTools endpoint on a loopback port the kernel picks, for
+//!   pages that must be acted on (click, wait, screenshot): [`devtools::Page`].
 //! - Every launch gets a fresh `--user-data-dir`, the flags of [`FLAGS`] (no sandbox — tests run as root in CI —,
 //!   no GPU, no QUIC, no first-run, no background or component networking, no sync) and a time limit.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+
+pub mod devtools;
 
 /// The flags of every launch.
 pub const FLAGS: &[&str] = &[
@@ -97,9 +101,10 @@ impl Chromium {
         &self.exe
     }
 
-    fn run(&self, args: &[String]) -> Result<Run, String> {
+    /// Starts the browser with [`FLAGS`], a fresh profile (returned: it must outlive the process) and `args`.
+    fn start(&self, args: &[String]) -> Result<(Child, tempfile::TempDir), String> {
         let profile = tempfile::tempdir().map_err(|e| format!("cannot create a profile folder: {e}"))?;
-        let mut child = Command::new(&self.exe)
+        let child = Command::new(&self.exe)
             .args(FLAGS)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(args)
@@ -108,6 +113,11 @@ impl Chromium {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+        Ok((child, profile))
+    }
+
+    fn run(&self, args: &[String]) -> Result<Run, String> {
+        let (mut child, _profile) = self.start(args)?;
         // Both pipes are drained on their own threads: a page's DOM is larger than a pipe's buffer.
         let out = drain(child.stdout.take());
         let err = drain(child.stderr.take());
@@ -215,5 +225,34 @@ mod tests {
         assert_eq!(probe_result(&dom).unwrap(), v);
         assert!(probe_result("<body></body>").unwrap_err().contains("reported nothing"));
         assert_eq!(file_url(Path::new("/tmp/a b#1.html")), "file:///tmp/a%20b%231.html");
+    }
+
+    #[test]
+    fn a_page_is_driven_over_devtools_and_dumped_as_a_process() {
+        let Some(chromium) = Chromium::for_test("a_page_is_driven_over_devtools_and_dumped_as_a_process") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join("p.html");
+        std::fs::write(
+            &page,
+            "<!doctype html><html><head></head><body><button onclick=\"this.textContent='clicked'\">click me</button></body></html>",
+        )
+        .unwrap();
+        let mut tab = chromium.launch(400, 300).unwrap();
+        tab.goto(&file_url(&page)).unwrap();
+        assert_eq!(tab.eval("document.querySelector('button').textContent").unwrap(), "click me");
+        tab.eval("document.querySelector('button').click()").unwrap();
+        let v = tab.wait_for("document.querySelector('button').textContent === 'clicked' && 'yes'", Duration::from_secs(5));
+        assert_eq!(v.unwrap(), "yes");
+        assert!(tab.eval("nope.nope").unwrap_err().contains("ReferenceError"));
+        let err = tab.wait_for("false", Duration::from_millis(200)).unwrap_err();
+        assert!(err.contains("still falsy"), "{err}");
+        let shot = dir.path().join("shot.png");
+        tab.screenshot(&shot).unwrap();
+        assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
+        drop(tab);
+
+        let probed = dir.path().join("probed.html");
+        std::fs::write(&probed, with_probe(&std::fs::read_to_string(&page).unwrap(), "addEventListener('load', () => __probe(document.querySelector('button').textContent))")).unwrap();
+        assert_eq!(probe_result(&chromium.dump_dom(&file_url(&probed)).unwrap()).unwrap(), "click me");
     }
 }

@@ -29,7 +29,7 @@ impl std::fmt::Debug for Page {
 }
 
 impl Chromium {
-    /// Starts the browser on a `width`×`height` window with its DevTools endpoint, and attaches to its page.
+    /// Starts the browser with its DevTools endpoint and attaches to its page, whose viewport is `width`×`height`.
     pub fn launch(&self, width: u32, height: u32) -> Result<Page, String> {
         let (mut child, profile) = self.start(&[
             "--remote-debugging-address=127.0.0.1".to_owned(),
@@ -68,6 +68,11 @@ impl Chromium {
             .to_owned();
         let attached = page.call_browser("Target.attachToTarget", json!({"targetId": target, "flatten": true}))?;
         page.session = attached["sessionId"].as_str().ok_or("no DevTools session for the page")?.to_owned();
+        // The viewport is exactly `width`×`height` (the window's size counts its frame too).
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+        )?;
         Ok(page)
     }
 }

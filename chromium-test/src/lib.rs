@@ -248,7 +248,10 @@ mod tests {
         assert!(err.contains("still falsy"), "{err}");
         let shot = dir.path().join("shot.png");
         tab.screenshot(&shot).unwrap();
-        assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
+        let png = std::fs::read(&shot).unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+        let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+        assert_eq!((size(16), size(20)), (400, 300), "the IHDR's width and height are the viewport's");
         drop(tab);
 
         let probed = dir.path().join("probed.html");

@@ -49,6 +49,8 @@ struct Trace {
     interval: Option<String>,
     cache_hit: Option<bool>,
     replayed: Option<bool>,
+    /// The image answered, for the dashboard's thumbnails.
+    image: Option<(&'static str, Bytes)>,
 }
 
 pub(crate) async fn advanced_chart(State(st): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -127,7 +129,8 @@ async fn handle(st: AppState, route: Route, method: Method, uri: Uri, headers: H
         error = trace.error.as_deref().unwrap_or(""),
         "chart request"
     );
-    s.journal.push(JournalEntry {
+    let image = trace.image.take().filter(|_| !truncate && status == Some(200));
+    let seq = s.journal.push(JournalEntry {
         seq: 0,
         at: s.clock.now(),
         method: method.to_string(),
@@ -143,6 +146,9 @@ async fn handle(st: AppState, route: Route, method: Method, uri: Uri, headers: H
         cache_hit: trace.cache_hit,
         replayed: trace.replayed,
     });
+    if let Some((content_type, bytes)) = image {
+        s.thumbnails.put(seq, content_type, bytes);
+    }
     response
 }
 
@@ -232,6 +238,7 @@ async fn answer(
     };
 
     let bytes = image(st, req, &prepared.key, seed, trace).await?;
+    trace.image = Some((req.content_type(), bytes.clone()));
     match route {
         Route::AdvancedChart => {
             let mut r = (StatusCode::OK, bytes).into_response();

@@ -66,7 +66,8 @@ impl Journal {
         Journal { capacity, inner: Mutex::new((0, VecDeque::with_capacity(capacity.min(4096)))) }
     }
 
-    pub fn push(&self, mut entry: JournalEntry) {
+    /// Appends `entry` and answers the sequence number it got.
+    pub fn push(&self, mut entry: JournalEntry) -> u64 {
         let mut g = self.inner.lock().unwrap();
         g.0 += 1;
         entry.seq = g.0;
@@ -74,6 +75,7 @@ impl Journal {
             g.1.pop_front();
         }
         g.1.push_back(entry);
+        g.0
     }
 
     pub fn query(&self, q: &JournalQuery) -> Vec<JournalEntry> {

@@ -9,7 +9,8 @@
 //!   ([`Clock`] injectable).
 //! - `render`: deterministic charts (tiny-skia) encoded as PNG or JPEG, behind a bounded LRU cache.
 //! - `faults`: latency, status sequences, error rates, reset/empty/truncated/non-image answers.
-//! - `journal`: bounded ring buffer of requests; `admin`: the `/__admin` API and its OpenAPI document.
+//! - `journal`: bounded ring buffer of requests; `admin`: the `/__admin` API and its OpenAPI document; `ui`: the
+//!   dashboard at `/__admin/ui` (embedded page over the admin API, thumbnails of the last images answered).
 //! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching.
 //!
 //! # Invariants
@@ -47,6 +48,7 @@ mod replay;
 pub mod request;
 mod server;
 mod state;
+mod ui;
 
 use std::{future::Future, net::SocketAddr};
 

@@ -33,6 +33,8 @@ pub(crate) enum Gate {
 pub(crate) struct Account {
     pub config: KeyConfig,
     pub limits: PlanLimits,
+    /// A hash of `limits`: validated bodies are memoized per plan.
+    pub plan_key: u64,
     limiter: DefaultDirectRateLimiter,
     usage: Mutex<DayUsage>,
     requests: AtomicU64,
@@ -55,9 +57,17 @@ impl Account {
         let period = Duration::from_secs_f64(1.0 / limits.rate_per_sec).max(Duration::from_nanos(1));
         let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period).expect("period is positive").allow_burst(burst);
+        let plan_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (limits.rate_per_sec.to_bits(), limits.burst, limits.daily_limit, limits.max_width, limits.max_height).hash(&mut h);
+            (limits.max_params, limits.storage_days, limits.chart_img_watermark, limits.custom_watermark).hash(&mut h);
+            h.finish()
+        };
         Account {
             config,
             limits,
+            plan_key,
             limiter: RateLimiter::direct(quota),
             usage: Mutex::new(DayUsage { day: None, used: 0 }),
             requests: AtomicU64::new(0),

@@ -56,6 +56,10 @@ pub struct Health {
     pub renders: u64,
     /// Images answered from the render cache.
     pub cache_hits: u64,
+    /// Images held by the `/storage` store, and their bytes.
+    pub stored_objects: usize,
+    /// See `stored_objects`.
+    pub stored_bytes: u64,
 }
 
 /// A key as the admin API shows it: by account, never the key itself.
@@ -169,6 +173,8 @@ async fn health(State(st): State<AppState>) -> Json<Health> {
         journal_len: s.journal.len(),
         renders: s.renders.load(Ordering::Relaxed),
         cache_hits: s.cache_hits.load(Ordering::Relaxed),
+        stored_objects: s.storage.usage().0,
+        stored_bytes: s.storage.usage().1,
     })
 }
 

@@ -1,33 +1,40 @@
-//! The Chart-IMG routes: `POST /v2/tradingview/advanced-chart`, its `/storage` variant, and `GET /storage/{file}`
-//! that serves what the variant handed out.
+//! The Chart-IMG routes: `POST /v2/tradingview/advanced-chart` and `/layout-chart/{id}` with their `/storage`
+//! variants, `GET /storage/…` that serves what the variants handed out, and the v3 exchange routes.
 //!
-//! A request goes through, in order: faults → key (403) → throttle (429 Too Many Requests) → daily quota (429 Limit
-//! Exceeded) → body (400) → fields (422 array) → plan limits (403) → interval/symbol (422 object) → replay →
-//! render (cached). The gateway steps come first because on the real service they are an API gateway in front of
-//! the renderer; a request that passes the gateway uses one unit of quota whatever the renderer answers.
+//! A chart request goes through, in order: faults → key (403) → throttle (429 Too Many Requests) → daily quota
+//! (429 Limit Exceeded) → layout id (404, layout routes) → body (400) → replay → fields (422 array) → plan limits
+//! (403) → semantic checks (422 object: exchange, catalogue symbol, exchange interval) → layout session (403 Layout
+//! Forbidden, 409 Session Disconnected) → latency (504 past the gateway timeout) → render (cached). Body, fields,
+//! plan and the exchange check are `chart_img_spec::validate_advanced_chart`, the one the worker runs too. The
+//! gateway steps come first because on the real service they are an API gateway in front of the renderer; a request
+//! that passes the gateway uses one unit of quota whatever the renderer answers.
 
 use std::{
+    collections::HashMap,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use axum::{
     body::Body,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
+use chart_img_spec::{Rejection, ValidatedChart};
+use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::{
-    accounts::Gate,
+    accounts::{Account, Gate},
+    config::SymbolMode,
     errors::ApiError,
     faults::{Action, Route},
     journal::JournalEntry,
     replay::Lookup,
-    request::{self, ChartRequest, INTERVALS, KNOWN_EXCHANGES},
-    state::{AppState, Prepared, Stored},
+    request::ChartRequest,
+    state::{AppState, Prepared},
 };
 
 /// Put on a response to make the connection drop instead of answering; the serve loop acts on it.
@@ -53,8 +60,15 @@ struct Trace {
     image: Option<(&'static str, Bytes)>,
 }
 
+/// Which chart a request asks for.
+#[derive(Debug, Clone)]
+enum Target {
+    Advanced,
+    Layout(String),
+}
+
 pub(crate) async fn advanced_chart(State(st): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    handle(st, Route::AdvancedChart, method, uri, headers, body).await
+    handle(st, Route::AdvancedChart, Target::Advanced, method, uri, headers, body).await
 }
 
 pub(crate) async fn advanced_chart_storage(
@@ -64,21 +78,61 @@ pub(crate) async fn advanced_chart_storage(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(st, Route::Storage, method, uri, headers, body).await
+    handle(st, Route::Storage, Target::Advanced, method, uri, headers, body).await
 }
 
-async fn handle(st: AppState, route: Route, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let started = Instant::now();
-    let s = &st.inner;
-    let mut trace = Trace::default();
-    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty());
-    let account = key.and_then(|k| s.accounts.get(k));
-    trace.key_status = match (&key, &account) {
+pub(crate) async fn layout_chart(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(st, Route::AdvancedChart, Target::Layout(id), method, uri, headers, body).await
+}
+
+pub(crate) async fn layout_chart_storage(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(st, Route::Storage, Target::Layout(id), method, uri, headers, body).await
+}
+
+/// The key of a request: the `x-api-key` header, or `?key=` where the route accepts it.
+fn api_key(headers: &HeaderMap, uri: &Uri, query_allowed: bool) -> Option<String> {
+    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty()) {
+        return Some(k.to_owned());
+    }
+    if !query_allowed || uri.query().is_none() {
+        return None;
+    }
+    let q = Query::<HashMap<String, String>>::try_from_uri(uri).ok()?;
+    q.0.get("key").filter(|k| !k.is_empty()).cloned()
+}
+
+fn key_status(key: Option<&String>, account: Option<&std::sync::Arc<Account>>) -> &'static str {
+    match (key, account) {
         (None, _) => "missing",
         (Some(_), None) => "unknown",
         (Some(_), Some(a)) if !a.config.active => "inactive",
         _ => "valid",
-    };
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle(st: AppState, route: Route, target: Target, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let s = &st.inner;
+    let mut trace = Trace::default();
+    let query_key = s.settings.read().unwrap().query_key_on_v2;
+    let key = api_key(&headers, &uri, query_key);
+    let account = key.as_deref().and_then(|k| s.accounts.get(k));
+    trace.key_status = key_status(key.as_ref(), account.as_ref());
     trace.account = account.as_ref().map(|a| a.id().to_string());
 
     let decision = s.faults.decide(trace.account.as_deref(), route);
@@ -106,7 +160,7 @@ async fn handle(st: AppState, route: Route, method: Method, uri: Uri, headers: H
         }
         other => {
             truncate = matches!(other, Some(Action::Truncate));
-            match answer(&st, route, &headers, &body, account.as_deref(), &mut trace).await {
+            match answer(&st, route, &target, &uri, &headers, &body, account.as_deref(), &mut trace).await {
                 Ok(r) => r,
                 Err(e) => {
                     trace.error = Some(e.summary());
@@ -115,32 +169,53 @@ async fn handle(st: AppState, route: Route, method: Method, uri: Uri, headers: H
             }
         }
     };
-    let response = if truncate { truncated(response).await } else { response };
+    let response = if truncate {
+        trace.image = None;
+        truncated(response).await
+    } else {
+        response
+    };
+    journal(&st, &method, &uri, trace, started, &decision.fired, &response);
+    response
+}
 
+fn journal(st: &AppState, method: &Method, uri: &Uri, mut trace: Trace, started: Instant, fired: &[&'static str], response: &Response) {
+    let s = &st.inner;
     let status = if response.extensions().get::<Abort>().is_some() { None } else { Some(response.status().as_u16()) };
     let duration_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(
-        route = ?route,
+    // A debug line: at the default level only the periodic summary (`telemetry`) is written, so logging costs the
+    // request path nothing.
+    tracing::debug!(
+        path = uri.path(),
         account = trace.account.as_deref().unwrap_or("-"),
         key_status = trace.key_status,
         status = status.unwrap_or(0),
         duration_ms,
-        faults = ?decision.fired,
+        faults = ?fired,
         error = trace.error.as_deref().unwrap_or(""),
         "chart request"
     );
-    let image = trace.image.take().filter(|_| !truncate && status == Some(200));
+    // A thumbnail only of an image answered whole.
+    let image = trace.image.take().filter(|_| status == Some(200));
     let seq = s.journal.push(JournalEntry {
         seq: 0,
         at: s.clock.now(),
-        method: method.to_string(),
-        path: uri.path().to_string(),
+        // Static names for the common method and paths: no allocation per request.
+        method: match *method {
+            Method::POST => "POST".into(),
+            ref other => other.to_string().into(),
+        },
+        path: match uri.path() {
+            "/v2/tradingview/advanced-chart" => "/v2/tradingview/advanced-chart".into(),
+            "/v2/tradingview/advanced-chart/storage" => "/v2/tradingview/advanced-chart/storage".into(),
+            other => other.to_string().into(),
+        },
         account: trace.account,
-        key_status: trace.key_status.to_string(),
+        key_status: trace.key_status.into(),
         status,
         duration_ms,
         error: trace.error,
-        faults: decision.fired.iter().map(|f| f.to_string()).collect(),
+        faults: fired.iter().map(|f| f.to_string()).collect(),
         symbol: trace.symbol,
         interval: trace.interval,
         cache_hit: trace.cache_hit,
@@ -149,46 +224,61 @@ async fn handle(st: AppState, route: Route, method: Method, uri: Uri, headers: H
     if let Some((content_type, bytes)) = image {
         s.thumbnails.put(seq, content_type, bytes);
     }
-    response
+}
+
+/// The gateway: an active key, the throttle, then one unit of today's quota.
+fn gateway(st: &AppState, account: Option<&Account>) -> Result<(), ApiError> {
+    let account = account.filter(|a| a.config.active).ok_or(ApiError::Forbidden)?;
+    match account.admit(st.inner.clock.now().date_naive()) {
+        Gate::Pass => Ok(()),
+        Gate::Throttled => Err(ApiError::TooManyRequests),
+        Gate::QuotaExceeded => Err(ApiError::LimitExceeded),
+    }
 }
 
 /// The answer when no fault takes over.
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     st: &AppState,
     route: Route,
+    target: &Target,
+    uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
-    account: Option<&crate::accounts::Account>,
+    account: Option<&Account>,
     trace: &mut Trace,
 ) -> Result<Response, ApiError> {
     let s = &st.inner;
-    let account = account.filter(|a| a.config.active).ok_or(ApiError::Forbidden)?;
-    match account.admit(s.clock.now().date_naive()) {
-        Gate::Pass => {}
-        Gate::Throttled => return Err(ApiError::TooManyRequests),
-        Gate::QuotaExceeded => return Err(ApiError::LimitExceeded),
-    }
+    gateway(st, account)?;
+    let account = account.ok_or(ApiError::Forbidden)?;
+    let layout = match target {
+        Target::Advanced => None,
+        Target::Layout(id) => {
+            let found = s.settings.read().unwrap().layouts.iter().find(|l| l.id == *id).cloned();
+            Some(found.ok_or(ApiError::RouteNotFound)?)
+        }
+    };
 
-    let json_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    let memo_key = (body.clone(), account.plan_key);
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let json_type = content_type
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !json_type {
-        return Err(ApiError::BadRequest);
+    // Only JSON bodies that validated are memoized, so the memo is consulted for JSON requests only: the same bytes
+    // under another content type still get their 400.
+    let memo = match target {
+        Target::Advanced if json_type => s.prepared.lock().unwrap().get(&memo_key).cloned(),
+        _ => None,
+    };
+    let value = match memo {
+        Some(_) => Value::Null,
+        None => chart_img_spec::read_body(content_type, body)?,
+    };
+    if memo.is_none() && !value.is_object() {
+        return Err(Rejection::bad_request().into());
     }
-    let memo = s.prepared.lock().unwrap().get(body).cloned();
-    if memo.is_none() {
-        // Only a body that is a JSON object gets this far; a memoized one was one.
-        let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::BadRequest)?;
-        value.as_object().ok_or(ApiError::BadRequest)?;
-    }
-    if let Some(replay) = s.replay.read().unwrap().as_ref() {
-        let path = match route {
-            Route::AdvancedChart => "/v2/tradingview/advanced-chart",
-            Route::Storage => "/v2/tradingview/advanced-chart/storage",
-        };
-        match replay.lookup(path, body) {
+    if let (Target::Advanced, Some(replay)) = (target, s.replay.read().unwrap().as_ref()) {
+        match replay.lookup(uri.path(), body) {
             Lookup::Hit(r) => {
                 trace.replayed = Some(true);
                 return Ok(r);
@@ -201,15 +291,34 @@ async fn answer(
             Lookup::Miss => trace.replayed = Some(false),
         }
     }
+    let limits: chart_img_spec::PlanLimits = account.limits.into();
     let prepared = match memo {
         Some(p) => p,
         None => {
-            let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::BadRequest)?;
-            let obj = value.as_object().ok_or(ApiError::BadRequest)?;
-            let request = request::validate(obj).map_err(ApiError::Fields)?;
+            let options = s.settings.read().unwrap().options.clone();
+            let validated: ValidatedChart = match &layout {
+                None => chart_img_spec::validate_advanced_chart_with(&value, &limits, &options)?,
+                Some(l) => {
+                    let mut v = value.clone();
+                    if let Some(o) = v.as_object_mut() {
+                        for (k, d) in [("symbol", &l.symbol), ("interval", &l.interval)] {
+                            if let (false, Some(d)) = (o.contains_key(k), d) {
+                                o.insert(k.into(), Value::String(d.clone()));
+                            }
+                        }
+                    }
+                    chart_img_spec::validate_layout_chart(&v, &limits, &options)?
+                }
+            };
+            let request = ChartRequest::from(validated);
+            // The mock's own semantic checks (catalogue, unsupported intervals) depend only on the request and the
+            // settings, so a memoized request has passed them (the memo is emptied when the settings change).
+            catalogue_checks(st, &request)?;
             let key = request.cache_key();
             let p = std::sync::Arc::new(Prepared { request, key });
-            s.prepared.lock().unwrap().put(body.clone(), p.clone());
+            if layout.is_none() {
+                s.prepared.lock().unwrap().put(memo_key, p.clone());
+            }
             p
         }
     };
@@ -217,25 +326,19 @@ async fn answer(
     trace.symbol = Some(req.symbol.clone());
     trace.interval = Some(req.interval.clone());
 
-    let limits = account.limits;
-    if req.width > limits.max_width || req.height > limits.max_height {
-        return Err(ApiError::Resolution { max_width: limits.max_width, max_height: limits.max_height });
-    }
-    if req.params() > limits.max_params as usize {
-        return Err(ApiError::Parameters { max: limits.max_params });
-    }
-    if !INTERVALS.contains(&req.interval.as_str()) {
-        return Err(ApiError::InvalidInterval);
-    }
-    let seed = {
-        let settings = s.settings.read().unwrap();
-        let known = |ex: &str| KNOWN_EXCHANGES.contains(&ex) || settings.extra_exchanges.iter().any(|e| e == ex);
-        let parts = request::symbol_parts(&req.symbol);
-        if settings.invalid_symbols.contains(&req.symbol) || parts.iter().any(|(ex, _)| !known(ex)) {
-            return Err(ApiError::InvalidSymbol);
+    let seed = s.settings.read().unwrap().seed;
+    if let Some(l) = &layout {
+        let sent = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+        if let (Some(id), Some(sign)) = (&l.session_id, &l.session_sign) {
+            if sent("tradingview-session-id") != Some(id.as_str()) || sent("tradingview-session-id-sign") != Some(sign.as_str()) {
+                return Err(ApiError::Rejected(Rejection::message(403, chart_img_spec::messages::LAYOUT_FORBIDDEN)));
+            }
         }
-        settings.seed
-    };
+        if l.disconnected {
+            return Err(ApiError::Rejected(Rejection::message(409, chart_img_spec::messages::SESSION_DISCONNECTED)));
+        }
+    }
+    realistic_wait(st, req).await?;
 
     let bytes = image(st, req, &prepared.key, seed, trace).await?;
     trace.image = Some((req.content_type(), bytes.clone()));
@@ -245,8 +348,51 @@ async fn answer(
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(req.content_type()));
             Ok(r)
         }
-        Route::Storage => Ok(store(st, req, headers, bytes)),
+        Route::Storage => store(st, req, layout.is_some(), headers, bytes, account),
     }
+}
+
+/// `invalid_symbols`, `symbols: strict` against the catalogue, then `unsupported_intervals`.
+fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<(), ApiError> {
+    let settings = st.inner.settings.read().unwrap();
+    for (exchange, ticker) in chart_img_spec::symbol_parts(&req.symbol) {
+        let full = format!("{exchange}:{ticker}");
+        let listed = settings.catalogue.lists(&exchange, &ticker);
+        if settings.invalid_symbols.iter().any(|i| *i == full || *i == req.symbol)
+            || (settings.symbols == SymbolMode::Strict && listed == Some(false))
+        {
+            return Err(Rejection::invalid_symbol().into());
+        }
+        if settings.unsupported_intervals.get(&exchange).is_some_and(|l| l.contains(&req.interval)) {
+            return Err(Rejection::invalid_interval().into());
+        }
+    }
+    Ok(())
+}
+
+/// Under `latency: realistic`, waits as long as the real service would (scaled by `time_scale`); past the gateway
+/// timeout, waits the timeout and answers 504.
+async fn realistic_wait(st: &AppState, req: &ChartRequest) -> Result<(), ApiError> {
+    let s = &st.inner;
+    let (profile, scale, timeout_ms) = {
+        let settings = s.settings.read().unwrap();
+        (settings.latency, settings.time_scale, settings.gateway_timeout_ms)
+    };
+    if profile != crate::config::LatencyProfile::Realistic {
+        return Ok(());
+    }
+    let u = {
+        let mut dice = s.latency_dice.lock().unwrap();
+        [dice.random::<f64>(), dice.random::<f64>(), dice.random::<f64>()]
+    };
+    let took = crate::latency::sample(req.width, req.height, req.params(), u);
+    let timeout = Duration::from_millis(timeout_ms);
+    if took > timeout {
+        tokio::time::sleep(timeout.mul_f64(scale)).await;
+        return Err(ApiError::GatewayTimeout);
+    }
+    tokio::time::sleep(took.mul_f64(scale)).await;
+    Ok(())
 }
 
 /// The image for `req`, from the cache or freshly rendered (off the async threads: a big chart takes milliseconds).
@@ -258,7 +404,7 @@ async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &
         return Ok(b);
     }
     trace.cache_hit = Some(false);
-    let owned = req.clone();
+    let owned = crate::render::RenderRequest::new(req.clone());
     let rendered = tokio::task::spawn_blocking(move || crate::render::render(&owned, seed))
         .await
         .map_err(|_| ApiError::Status { status: 500, message: None })?
@@ -272,41 +418,140 @@ async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &
     Ok(bytes)
 }
 
-/// Keeps the image and answers `{url, etag, expire}` with a URL this server serves.
-fn store(st: &AppState, req: &ChartRequest, headers: &HeaderMap, bytes: Bytes) -> Response {
+/// Keeps the image as a new object and answers `{url, etag, expire}` (`size` too for layouts) with a URL this
+/// server serves until `expire` = now + the plan's storage period.
+fn store(st: &AppState, req: &ChartRequest, layout: bool, headers: &HeaderMap, bytes: Bytes, account: &Account) -> Result<Response, ApiError> {
     use sha2::Digest;
     let s = &st.inner;
     let etag = hex::encode(&sha2::Sha256::digest(&bytes)[..16]);
     let ext = if req.format == "jpeg" { "jpeg" } else { "png" };
-    let file = format!("{etag}.{ext}");
+    let now = s.clock.now();
+    let expire = now + chrono::Duration::days(i64::from(account.limits.storage_days));
+    let kind = if layout { "layout-chart" } else { "advanced-chart" };
+    let rel = format!("{}/tradingview/{kind}/{}.{ext}", expire.format("%Y%m%d"), uuid::Uuid::new_v4());
     let base = s.settings.read().unwrap().public_url.clone().unwrap_or_else(|| {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
         format!("http://{host}")
     });
-    s.storage.lock().unwrap().put(file.clone(), Stored { content_type: req.content_type(), bytes });
-    // The real service keeps stored images for a week.
-    let expire = (s.clock.now() + chrono::Duration::days(7)).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-    let body = json!({ "url": format!("{}/storage/{file}", base.trim_end_matches('/')), "etag": etag, "expire": expire });
+    s.storage.put(&rel, &bytes, req.content_type(), expire, now).map_err(|e| {
+        tracing::error!(error = %e, "cannot store the image");
+        ApiError::Status { status: 500, message: None }
+    })?;
+    let url = format!("{}/storage/{rel}", base.trim_end_matches('/'));
+    let expire = expire.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let body = if layout {
+        json!({ "url": url, "etag": etag, "size": bytes.len(), "expire": expire })
+    } else {
+        json!({ "url": url, "etag": etag, "expire": expire })
+    };
     let mut r = (StatusCode::OK, body.to_string()).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+    Ok(r)
 }
 
-/// `GET /storage/{file}`: the images handed out by the `/storage` route.
-pub(crate) async fn stored_image(State(st): State<AppState>, Path(file): Path<String>) -> Response {
-    match st.inner.storage.lock().unwrap().get(&file).cloned() {
-        Some(img) => {
-            let mut r = (StatusCode::OK, img.bytes).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(img.content_type));
+/// `GET /storage/{yyyymmdd}/tradingview/{kind}/{file}`: the images handed out by the `/storage` routes, until
+/// they expire.
+pub(crate) async fn stored_image(State(st): State<AppState>, Path((date, kind, file)): Path<(String, String, String)>) -> Response {
+    let rel = format!("{date}/tradingview/{kind}/{file}");
+    match st.inner.storage.get(&rel, st.inner.clock.now()) {
+        Some((content_type, bytes)) => {
+            let mut r = (StatusCode::OK, bytes).into_response();
+            if let Ok(v) = HeaderValue::from_str(&content_type) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
             r
         }
-        None => ApiError::Status { status: 404, message: None }.into_response(),
+        None => ApiError::RouteNotFound.into_response(),
     }
 }
 
-/// Any other path: the JSON 404 the rest of the API speaks.
+/// `GET /v3/tradingview/exchange/list`.
+pub(crate) async fn exchange_list(State(st): State<AppState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    v3(st, method, uri, headers, None).await
+}
+
+/// `GET /v3/tradingview/exchange/{id}?symbol=&type=`.
+pub(crate) async fn exchange_symbols(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    v3(st, method, uri, headers, Some(id)).await
+}
+
+async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange: Option<String>) -> Response {
+    let started = Instant::now();
+    let s = &st.inner;
+    let mut trace = Trace::default();
+    // The v3 routes always take `?key=` (documented).
+    let key = api_key(&headers, &uri, true);
+    let account = key.as_deref().and_then(|k| s.accounts.get(k));
+    trace.key_status = key_status(key.as_ref(), account.as_ref());
+    trace.account = account.as_ref().map(|a| a.id().to_string());
+    let result = gateway(&st, account.as_deref()).and_then(|()| {
+        let settings = s.settings.read().unwrap();
+        let catalogue = &settings.catalogue;
+        let payload = match &exchange {
+            None => json!(catalogue.exchange_ids()),
+            Some(id) => {
+                if chart_img_spec::exchange(id).is_none() && !catalogue.exchanges.contains_key(id) {
+                    return Err(ApiError::RouteNotFound);
+                }
+                let q = Query::<HashMap<String, String>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
+                let symbol = q.get("symbol").map(|s| s.to_uppercase());
+                let kind = q.get("type");
+                let list: Vec<Value> = catalogue
+                    .exchanges
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| symbol.as_ref().is_none_or(|q| e.symbol.contains(q.as_str()) || e.description.to_uppercase().contains(q.as_str())))
+                    .filter(|e| kind.is_none_or(|k| e.kind == *k))
+                    .map(|e| json!({ "symbol": e.symbol, "description": e.description, "type": e.kind, "exchange": id, "currency_code": e.currency_code }))
+                    .collect();
+                json!(list)
+            }
+        };
+        Ok(json!({ "updatedAt": catalogue.updated_at, "payload": payload }))
+    });
+    let response = match result {
+        Ok(body) => {
+            let mut r = (StatusCode::OK, body.to_string()).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => {
+            trace.error = Some(e.summary());
+            e.into_response()
+        }
+    };
+    journal(&st, &method, &uri, trace, started, &[], &response);
+    response
+}
+
+/// Any other path, and any wrong method on a known one: the JSON 404 the real API answers.
 pub(crate) async fn not_found() -> Response {
-    ApiError::Status { status: 404, message: None }.into_response()
+    ApiError::RouteNotFound.into_response()
+}
+
+/// `x-amzn-RequestId` on every answer, as API Gateway sends it (inferred); and a JSON body on every error, also the
+/// few the framework answers itself (a body over its size limit, say), so no error of this server is ever plain text.
+pub(crate) async fn gateway_headers(mut response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() >= 400 && !json && response.extensions().get::<Abort>().is_none() {
+        response = ApiError::Status { status: status.as_u16(), message: None }.into_response();
+    }
+    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        response.headers_mut().insert("x-amzn-requestid", v);
+    }
+    response
 }
 
 /// Sends half the body after announcing all of it, then breaks the connection, as a proxy dying mid-transfer does.

@@ -2,7 +2,12 @@
 //! code with the `with_*` methods. Parsing validates everything up front so a bad file is refused with its line
 //! before the server answers a single request.
 
-use std::{fmt, path::Path, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -48,6 +53,32 @@ pub struct Config {
     pub extra_exchanges: Vec<String>,
     /// Answer from recorded cassettes (see the README).
     pub replay: Option<ReplayConfig>,
+    /// `lenient` (default): a ticker is refused only when listed in `invalid_symbols`; `strict`: a ticker the symbol
+    /// catalogue does not list for an exchange it knows is an `Invalid Symbol` too.
+    pub symbols: SymbolMode,
+    /// A symbol catalogue file (YAML/JSON, see the README); the built-in one covers the common symbols of the big
+    /// crypto and stock exchanges. It also answers `GET /v3/tradingview/exchange/{id}`.
+    pub symbol_catalogue: Option<PathBuf>,
+    /// Intervals an exchange does not support (`{BINANCE: ["45m"]}`): answered `422 {"message":"Invalid Interval"}`.
+    pub unsupported_intervals: BTreeMap<String, Vec<String>>,
+    /// A custom `watermark` on a plan below ULTRA: `ignore` (default, rendered without it) or `refuse` (422).
+    pub custom_watermark: WatermarkMode,
+    /// Accept the key as `?key=` on the v2 routes too (the v3 routes always do). Default `true`.
+    pub query_key_on_v2: bool,
+    /// Saved TradingView layouts served by `/v2/tradingview/layout-chart/{id}`.
+    pub layouts: Vec<LayoutConfig>,
+    /// Where `/storage` images are kept (they survive a restart there); a fresh temporary directory when absent.
+    pub storage_dir: Option<PathBuf>,
+    /// Byte budget of the stored images; the oldest are evicted first past it.
+    pub storage_max_bytes: u64,
+    /// `instant` (default) or `realistic`: each chart takes the time the real service takes (about 4 s at 800x600,
+    /// 5-10 s for large charts with many studies, rare outliers near 25 s); past `gateway_timeout_ms` the answer is
+    /// `504 {"message":"Endpoint request timed out"}`.
+    pub latency: LatencyProfile,
+    /// Multiplies every realistic wait (`0.01`: the same shape a hundred times faster, for tests).
+    pub time_scale: f64,
+    /// The gateway's integration timeout in (unscaled) milliseconds.
+    pub gateway_timeout_ms: u64,
     /// The clock of the daily quota; not part of the file format.
     #[serde(skip, default = "system_clock")]
     pub clock: Arc<dyn Clock>,
@@ -70,6 +101,17 @@ impl Default for Config {
             invalid_symbols: Vec::new(),
             extra_exchanges: Vec::new(),
             replay: None,
+            symbols: SymbolMode::Lenient,
+            symbol_catalogue: None,
+            unsupported_intervals: BTreeMap::new(),
+            custom_watermark: WatermarkMode::Ignore,
+            query_key_on_v2: true,
+            layouts: Vec::new(),
+            storage_dir: None,
+            storage_max_bytes: 256 * 1024 * 1024,
+            latency: LatencyProfile::Instant,
+            time_scale: 1.0,
+            gateway_timeout_ms: 29_000,
             clock: system_clock(),
         }
     }
@@ -86,8 +128,70 @@ impl fmt::Debug for Config {
             .field("storage_capacity", &self.storage_capacity)
             .field("public_url", &self.public_url)
             .field("replay", &self.replay)
+            .field("symbols", &self.symbols)
+            .field("layouts", &self.layouts)
+            .field("storage_dir", &self.storage_dir)
+            .field("latency", &self.latency)
+            .field("time_scale", &self.time_scale)
             .finish_non_exhaustive()
     }
+}
+
+/// How strictly symbols are checked against the catalogue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SymbolMode {
+    /// Any well-formed ticker on a documented exchange, unless listed in `invalid_symbols`.
+    #[default]
+    Lenient,
+    /// Also refuse a ticker the catalogue does not list for an exchange it has entries for.
+    Strict,
+}
+
+/// A custom watermark on a plan that does not include one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WatermarkMode {
+    /// Render without the custom text.
+    #[default]
+    Ignore,
+    /// `422` field error on `watermark`.
+    Refuse,
+}
+
+/// How long a chart takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LatencyProfile {
+    /// Answer as fast as the image renders.
+    #[default]
+    Instant,
+    /// Wait as long as the real service takes (see the README).
+    Realistic,
+}
+
+/// A saved TradingView layout.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutConfig {
+    /// The `{LAYOUT_ID}` of the route.
+    pub id: String,
+    /// The layout's symbol, used when the body has none.
+    #[serde(default)]
+    pub symbol: Option<String>,
+    /// The layout's interval, used when the body has none.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// A private layout needs `tradingview-session-id` and `tradingview-session-id-sign` matching these;
+    /// otherwise `403 {"message":"Layout Forbidden"}`.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// See `session_id`.
+    #[serde(default)]
+    pub session_sign: Option<String>,
+    /// The TradingView session behind the layout is stale: `409 {"message":"Session Disconnected"}`.
+    #[serde(default)]
+    pub disconnected: bool,
 }
 
 /// Replay of recorded interactions from a cassette directory written by the `recorder` crate.
@@ -331,6 +435,32 @@ impl Config {
         }
         if self.journal_capacity == 0 || self.render_cache_capacity == 0 || self.storage_capacity == 0 {
             return Err((Some(("capacity".into(), 0)), "capacities must be at least 1".into()));
+        }
+        if !(self.time_scale.is_finite() && self.time_scale >= 0.0) {
+            return Err((Some(("time_scale".into(), 0)), "`time_scale` must be a number >= 0".into()));
+        }
+        if self.gateway_timeout_ms == 0 {
+            return Err((Some(("gateway_timeout_ms".into(), 0)), "`gateway_timeout_ms` must be at least 1".into()));
+        }
+        for (exchange, intervals) in &self.unsupported_intervals {
+            if let Some(bad) = intervals.iter().find(|i| !chart_img_spec::INTERVALS.contains(&i.as_str())) {
+                return Err((
+                    Some((exchange.clone(), 0)),
+                    format!("unsupported_intervals.{exchange}: `{bad}` is not a Chart-IMG interval"),
+                ));
+            }
+        }
+        let mut layouts = std::collections::HashSet::new();
+        for l in &self.layouts {
+            if l.id.is_empty() || !layouts.insert(l.id.as_str()) {
+                return Err((Some((format!("id: {}", l.id), 0)), format!("layout `{}` is empty or listed twice", l.id)));
+            }
+            if l.session_id.is_some() != l.session_sign.is_some() {
+                return Err((
+                    Some((format!("id: {}", l.id), 0)),
+                    format!("layout `{}`: give both `session_id` and `session_sign`, or neither", l.id),
+                ));
+            }
         }
         Ok(())
     }

@@ -1,36 +1,30 @@
-//! The error answers of the API, with the exact bodies of `shared/docs/chart-img-api.md`.
+//! The error answers of the API. Bodies come from `chart-img-spec` (validation rejections and the documented
+//! messages); this module adds the gateway's headers.
 //!
-//! **Invariant:** every error the chart routes answer is built here, so each status has exactly one body.
+//! **Invariant:** every error the API routes answer is built here, as JSON, so each status has exactly one body.
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use serde_json::{json, Value};
+use chart_img_spec::{message_body, messages, Rejection};
+use serde_json::Value;
 
-use crate::request::FieldError;
-
-/// An error answer of the chart routes.
+/// An error answer of the API routes.
 #[derive(Debug, Clone)]
 pub enum ApiError {
-    /// 400: bad content type or a body that is not a JSON object.
-    BadRequest,
-    /// 403 `Forbidden`: missing, unknown or inactive key.
+    /// What the spec's validation refused (400, 422 array or object, 403 plan limits).
+    Rejected(Rejection),
+    /// 403 `Forbidden`: missing, unknown or inactive key (gateway: `ForbiddenException`).
     Forbidden,
-    /// 403 `Exceed Max Usage Resolution Limit (WxH)`.
-    Resolution { max_width: u32, max_height: u32 },
-    /// 403 `Exceed Max Usage Parameter Limit (N)`.
-    Parameters { max: u32 },
-    /// 422, array form.
-    Fields(Vec<FieldError>),
-    /// 422 `Invalid Interval`.
-    InvalidInterval,
-    /// 422 `Invalid Symbol`.
-    InvalidSymbol,
-    /// 429 `Too Many Requests`: the per-second throttle.
+    /// 429 `Too Many Requests`: the per-second throttle (gateway: `TooManyRequestsException`).
     TooManyRequests,
-    /// 429 `Limit Exceeded`: the daily quota.
+    /// 429 `Limit Exceeded`: the daily quota (gateway: `LimitExceededException`).
     LimitExceeded,
+    /// 504 `Endpoint request timed out`: the gateway's integration timeout.
+    GatewayTimeout,
+    /// 404 `Route Not Found`: unknown route, wrong method, unknown layout or expired image.
+    RouteNotFound,
     /// Any status with its documented message (faults), or `message` when given.
     Status { status: u16, message: Option<String> },
 }
@@ -38,17 +32,17 @@ pub enum ApiError {
 /// The documented `message` for a status, used when a fault asks for a bare status.
 pub fn documented_message(status: u16) -> &'static str {
     match status {
-        400 => "Bad Request",
-        401 => "Invalid Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        409 => "Session Disconnected",
-        422 => "Invalid Symbol",
-        429 => "Too Many Requests",
-        500 => "Something Went Wrong",
+        400 => messages::BAD_REQUEST,
+        401 => messages::INVALID_REQUEST,
+        403 => messages::FORBIDDEN,
+        404 => messages::ROUTE_NOT_FOUND,
+        409 => messages::SESSION_DISCONNECTED,
+        422 => messages::INVALID_SYMBOL,
+        429 => messages::TOO_MANY_REQUESTS,
+        500 => messages::SOMETHING_WENT_WRONG,
         502 => "Bad Gateway",
         503 => "Service Unavailable",
-        504 => "Endpoint request timed out",
+        504 => messages::ENDPOINT_TIMED_OUT,
         _ => StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error"),
     }
 }
@@ -56,35 +50,41 @@ pub fn documented_message(status: u16) -> &'static str {
 impl ApiError {
     /// The status and JSON body.
     pub fn parts(&self) -> (u16, Value) {
-        let msg = |m: &str| json!({ "message": m });
         match self {
-            ApiError::BadRequest => (400, msg("Bad Request")),
-            ApiError::Forbidden => (403, msg("Forbidden")),
-            ApiError::Resolution { max_width, max_height } => {
-                (403, msg(&format!("Exceed Max Usage Resolution Limit ({max_width}x{max_height})")))
-            }
-            ApiError::Parameters { max } => (403, msg(&format!("Exceed Max Usage Parameter Limit ({max})"))),
-            ApiError::Fields(errors) => (422, serde_json::to_value(errors).unwrap_or(Value::Null)),
-            ApiError::InvalidInterval => (422, msg("Invalid Interval")),
-            ApiError::InvalidSymbol => (422, msg("Invalid Symbol")),
-            ApiError::TooManyRequests => (429, msg("Too Many Requests")),
-            ApiError::LimitExceeded => (429, msg("Limit Exceeded")),
+            ApiError::Rejected(r) => (r.status, r.body.clone()),
+            ApiError::Forbidden => (403, message_body(messages::FORBIDDEN)),
+            ApiError::TooManyRequests => (429, message_body(messages::TOO_MANY_REQUESTS)),
+            ApiError::LimitExceeded => (429, message_body(messages::LIMIT_EXCEEDED)),
+            ApiError::GatewayTimeout => (504, message_body(messages::ENDPOINT_TIMED_OUT)),
+            ApiError::RouteNotFound => (404, message_body(messages::ROUTE_NOT_FOUND)),
             ApiError::Status { status, message } => {
-                (*status, msg(message.as_deref().unwrap_or_else(|| documented_message(*status))))
+                (*status, message_body(message.as_deref().unwrap_or_else(|| documented_message(*status))))
             }
+        }
+    }
+
+    /// `x-amzn-ErrorType` of the errors the gateway itself answers (inferred: the bodies are API Gateway's).
+    pub fn gateway_error_type(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Forbidden => Some("ForbiddenException"),
+            ApiError::TooManyRequests => Some("TooManyRequestsException"),
+            ApiError::LimitExceeded => Some("LimitExceededException"),
+            _ => None,
         }
     }
 
     /// A one-line summary for the journal and the logs.
     pub fn summary(&self) -> String {
-        match self.parts().1 {
-            Value::Object(m) => m.get("message").and_then(Value::as_str).unwrap_or_default().to_string(),
-            Value::Array(a) => format!(
-                "field errors: {}",
-                a.iter().filter_map(|e| e.get("param").and_then(Value::as_str)).collect::<Vec<_>>().join(", ")
-            ),
-            _ => String::new(),
+        match self {
+            ApiError::Rejected(r) => r.summary(),
+            other => other.parts().1.get("message").and_then(Value::as_str).unwrap_or_default().to_string(),
         }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> ApiError {
+        ApiError::Rejected(r)
     }
 }
 
@@ -94,6 +94,9 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, body.to_string()).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(t) = self.gateway_error_type() {
+            resp.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static(t));
+        }
         resp
     }
 }

@@ -3,7 +3,7 @@
 //! **Invariant:** an entry names the account, never the API key, so the journal can be shown and logged freely.
 //! **Invariant:** at most `capacity` entries are kept; the oldest goes first, so memory stays flat under any load.
 
-use std::{collections::VecDeque, sync::Mutex};
+use std::{borrow::Cow, collections::VecDeque, sync::Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,15 +17,18 @@ pub struct JournalEntry {
     /// When the answer was decided.
     #[schema(value_type = String, format = DateTime)]
     pub at: DateTime<Utc>,
-    /// `POST`, …
-    pub method: String,
+    /// `POST`, … (a `Cow` so the common values cost no allocation per request).
+    #[schema(value_type = String)]
+    pub method: Cow<'static, str>,
     /// The request path.
-    pub path: String,
+    #[schema(value_type = String)]
+    pub path: Cow<'static, str>,
     /// The account of the key, when the key is known.
     pub account: Option<String>,
     /// `missing` (no header), `unknown`, `inactive` or `valid`: tells a typo from a missing header without
     /// showing the key.
-    pub key_status: String,
+    #[schema(value_type = String)]
+    pub key_status: Cow<'static, str>,
     /// The answered status; absent when the connection was dropped on purpose.
     pub status: Option<u16>,
     /// Time spent on the answer, injected latency included.
@@ -56,31 +59,86 @@ pub struct JournalQuery {
     pub limit: Option<usize>,
 }
 
+/// What was answered over a period: the figures of the periodic summary log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    /// Requests answered (or dropped on purpose).
+    pub requests: u64,
+    /// `2xx` answers.
+    pub ok: u64,
+    /// `4xx` answers other than `429`.
+    pub client_errors: u64,
+    /// `429` answers (rate or daily quota).
+    pub throttled: u64,
+    /// `5xx` answers.
+    pub server_errors: u64,
+    /// Connections dropped by a fault, without an answer.
+    pub dropped: u64,
+    /// Images served from the render cache.
+    pub cache_hits: u64,
+    /// Sum and maximum of the answers' durations.
+    pub total_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Traffic {
+    fn count(&mut self, e: &JournalEntry) {
+        self.requests += 1;
+        match e.status {
+            None => self.dropped += 1,
+            Some(429) => self.throttled += 1,
+            Some(s) if s >= 500 => self.server_errors += 1,
+            Some(s) if s >= 400 => self.client_errors += 1,
+            Some(_) => self.ok += 1,
+        }
+        self.cache_hits += u64::from(e.cache_hit == Some(true));
+        self.total_ms += e.duration_ms;
+        self.max_ms = self.max_ms.max(e.duration_ms);
+    }
+}
+
+struct Ring {
+    seq: u64,
+    entries: VecDeque<JournalEntry>,
+    /// Counted since the last [`Journal::take_traffic`]; kept under the same lock, so counting costs no extra one.
+    traffic: Traffic,
+}
+
 pub(crate) struct Journal {
     capacity: usize,
-    inner: Mutex<(u64, VecDeque<JournalEntry>)>,
+    inner: Mutex<Ring>,
 }
 
 impl Journal {
     pub fn new(capacity: usize) -> Self {
-        Journal { capacity, inner: Mutex::new((0, VecDeque::with_capacity(capacity.min(4096)))) }
+        let entries = VecDeque::with_capacity(capacity.min(4096));
+        Journal { capacity, inner: Mutex::new(Ring { seq: 0, entries, traffic: Traffic::default() }) }
     }
 
     /// Appends `entry` and answers the sequence number it got.
     pub fn push(&self, mut entry: JournalEntry) -> u64 {
         let mut g = self.inner.lock().unwrap();
-        g.0 += 1;
-        entry.seq = g.0;
-        if g.1.len() >= self.capacity {
-            g.1.pop_front();
+        g.seq += 1;
+        entry.seq = g.seq;
+        g.traffic.count(&entry);
+        if g.entries.len() >= self.capacity {
+            g.entries.pop_front();
         }
-        g.1.push_back(entry);
-        g.0
+        if self.capacity > 0 {
+            g.entries.push_back(entry);
+        }
+        g.seq
+    }
+
+    /// The traffic since the previous call.
+    pub fn take_traffic(&self) -> Traffic {
+        std::mem::take(&mut self.inner.lock().unwrap().traffic)
     }
 
     pub fn query(&self, q: &JournalQuery) -> Vec<JournalEntry> {
         let g = self.inner.lock().unwrap();
-        g.1.iter()
+        g.entries
+            .iter()
             .rev()
             .filter(|e| q.account.as_ref().is_none_or(|a| e.account.as_ref() == Some(a)))
             .filter(|e| q.status.is_none_or(|s| e.status == Some(s)))
@@ -90,10 +148,10 @@ impl Journal {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap().1.len()
+        self.inner.lock().unwrap().entries.len()
     }
 
     pub fn clear(&self) {
-        self.inner.lock().unwrap().1.clear();
+        self.inner.lock().unwrap().entries.clear();
     }
 }

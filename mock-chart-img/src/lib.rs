@@ -3,14 +3,21 @@
 //! # Layout
 //! - [`config`](Config): keys with their [`Plan`], [`FaultSpec`]s, capacities, seed; parsed from YAML/TOML with the
 //!   line of any problem, or built in code.
-//! - `api`: the chart routes. Order of checks: faults → key → throttle → daily quota → body → fields → plan
-//!   limits → interval/symbol → render. `errors` holds every error body; `request` validates and normalizes.
+//! - `api`: the chart, layout, storage and v3 exchange routes. Order of checks: faults → key → throttle → daily
+//!   quota → (layout id) → body → fields → plan limits → semantic (exchange, catalogue symbol, exchange interval) →
+//!   (layout session) → latency → render. Body, fields, plan and exchange checks are `chart_img_spec`'s
+//!   validation, the one the worker runs; `errors` adds the gateway headers; `request` shapes the validated chart
+//!   for rendering. `catalogue`: the symbol catalogue; `latency`: the realistic latency model; `storage`: the
+//!   on-disk store behind the `/storage` URLs.
 //! - `accounts`: keys → accounts, each with a `governor` rate limiter and a daily counter by UTC date
 //!   ([`Clock`] injectable).
-//! - `render`: deterministic charts (tiny-skia) encoded as PNG or JPEG, behind a bounded LRU cache.
+//! - `render`: deterministic charts (tiny-skia) encoded as PNG or JPEG, behind a bounded LRU cache; study placement
+//!   is an input ([`RenderRequest`], [`StudySpec`]); `indicators` computes every study from the drawn candles.
 //! - `faults`: latency, status sequences, error rates, reset/empty/truncated/non-image answers.
-//! - `journal`: bounded ring buffer of requests; `admin`: the `/__admin` API and its OpenAPI document; `ui`: the
-//!   dashboard at `/__admin/ui` (embedded page over the admin API, thumbnails of the last images answered).
+//! - `journal`: bounded ring buffer of requests, and the traffic counts of the periodic summary log line;
+//!   `telemetry`: Cloud Logging JSON lines through a non-blocking writer; `admin`: the `/__admin` API and its OpenAPI
+//!   document; `ui`: the dashboard at `/__admin/ui` (embedded page over the admin API, thumbnails of the last images
+//!   answered).
 //! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching.
 //!
 //! # Invariants
@@ -18,7 +25,9 @@
 //! - **Limits are exact under concurrency**: one atomic decision per request for the rate, one locked
 //!   check-and-increment for the quota.
 //! - **Same request, same bytes**: images depend only on the normalized request and the seed.
-//! - **Memory is bounded**: journal, render cache and storage are capped by the config.
+//! - **Memory is bounded**: journal and render cache are capped by the config; stored images live on disk under a
+//!   byte budget.
+//! - **The API's facts are `chart_img_spec`'s**: no plan table, interval list or study list of its own.
 //!
 //! # Example
 //! ```
@@ -36,11 +45,14 @@
 mod accounts;
 mod admin;
 mod api;
+mod catalogue;
 mod clock;
 mod config;
 mod errors;
 mod faults;
+mod indicators;
 mod journal;
+mod latency;
 mod plan;
 mod reload;
 mod render;
@@ -48,6 +60,8 @@ mod replay;
 pub mod request;
 mod server;
 mod state;
+mod storage;
+mod telemetry;
 mod ui;
 
 use std::{future::Future, net::SocketAddr};
@@ -61,25 +75,47 @@ use tokio::net::TcpListener;
 pub use accounts::Usage;
 pub use admin::AdminApi;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Config, ConfigError, ConfigFormat, KeyConfig, LimitOverrides, ReplayConfig};
+pub use catalogue::{Catalogue, SymbolEntry};
+pub use config::{
+    Config, ConfigError, ConfigFormat, KeyConfig, LatencyProfile, LayoutConfig, LimitOverrides, ReplayConfig, SymbolMode,
+    WatermarkMode,
+};
 pub use errors::{documented_message, ApiError};
 pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
-pub use journal::{JournalEntry, JournalQuery};
+pub use journal::{JournalEntry, JournalQuery, Traffic};
 pub use plan::{Plan, PlanLimits, PlanName};
 pub use reload::{watch_config, ConfigWatcher};
-pub use render::{render, RenderError};
+pub use render::{render, Placement, RenderError, RenderRequest, StudySpec};
 pub use replay::{MISS_MESSAGE, MISS_STATUS};
 pub use server::serve;
 pub use state::AppState;
+pub use telemetry::{init_logs, log_summaries, log_summary, CloudLoggingLayer, LogGuard};
 
-/// The Chart-IMG routes only (what a client talks to).
-pub fn api_router(state: AppState) -> Router {
+/// The Chart-IMG routes (with their fallbacks), without state.
+fn chart_routes() -> Router<AppState> {
     Router::new()
         .route("/v2/tradingview/advanced-chart", post(api::advanced_chart))
         .route("/v2/tradingview/advanced-chart/storage", post(api::advanced_chart_storage))
-        .route("/storage/{file}", get(api::stored_image))
+        .route("/v2/tradingview/layout-chart/{id}", post(api::layout_chart))
+        .route("/v2/tradingview/layout-chart/storage/{id}", post(api::layout_chart_storage))
+        .route("/v3/tradingview/exchange/list", get(api::exchange_list))
+        .route("/v3/tradingview/exchange/{id}", get(api::exchange_symbols))
+        .route("/storage/{date}/tradingview/{kind}/{file}", get(api::stored_image))
+}
+
+/// Unknown routes and wrong methods answer the JSON `404 Route Not Found`; every answer gets `x-amzn-RequestId`,
+/// every error a JSON body.
+fn finish(router: Router<AppState>, state: AppState) -> Router {
+    router
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::not_found)
+        .layer(axum::middleware::map_response(api::gateway_headers))
         .with_state(state)
+}
+
+/// The Chart-IMG routes only (what a client talks to).
+pub fn api_router(state: AppState) -> Router {
+    finish(chart_routes(), state)
 }
 
 /// The `/__admin` routes only, for serving on a separate (loopback) listener.
@@ -95,13 +131,7 @@ pub fn admin_router(state: AppState) -> Router {
 /// # let _ = app;
 /// ```
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v2/tradingview/advanced-chart", post(api::advanced_chart))
-        .route("/v2/tradingview/advanced-chart/storage", post(api::advanced_chart_storage))
-        .route("/storage/{file}", get(api::stored_image))
-        .merge(admin::router())
-        .fallback(api::not_found)
-        .with_state(state)
+    finish(chart_routes().merge(admin::router()), state)
 }
 
 /// Serves the API and `/__admin` on `listener` until `shutdown` completes. Bind the listener to loopback unless you

@@ -5,8 +5,12 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use mock_chart_img::{admin_router, api_router, router, serve, watch_config, AppState, Config};
+use mock_chart_img::{admin_router, api_router, init_logs, log_summaries, router, serve, watch_config, AppState, Config};
 use tokio::net::TcpListener;
+
+// See Cargo.toml: the allocator is a measurable share of the per-request cost.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A standalone server that behaves like the Chart-IMG API (keys, plans, quotas, faults, real images).
 #[derive(Debug, Parser)]
@@ -25,9 +29,18 @@ struct Args {
     /// Seed of the chart data and fault dice (overrides the file's `seed`).
     #[arg(long)]
     seed: Option<u64>,
-    /// Human-readable logs instead of JSON lines.
+    /// `instant` or `realistic` chart times (overrides the file's `latency`).
+    #[arg(long, value_parser = ["instant", "realistic"])]
+    latency: Option<String>,
+    /// Multiplies realistic waits (overrides the file's `time_scale`), e.g. 0.01 for tests.
+    #[arg(long)]
+    time_scale: Option<f64>,
+    /// Human-readable logs instead of Cloud Logging JSON lines.
     #[arg(long)]
     pretty_logs: bool,
+    /// Seconds between the `traffic summary` log lines (per-request lines are `debug`); 0: no summary.
+    #[arg(long, default_value_t = 10)]
+    log_summary_secs: u64,
 }
 
 #[tokio::main]
@@ -44,7 +57,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logs(args.pretty_logs);
+    // Held to the end: dropping it flushes the queued log lines.
+    let _logs = init_logs(args.pretty_logs);
 
     let mut config = match &args.config {
         // `ConfigError` already reads `file:line: message`.
@@ -53,6 +67,14 @@ async fn run_main() -> anyhow::Result<()> {
     };
     if let Some(seed) = args.seed {
         config.seed = seed;
+    }
+    match args.latency.as_deref() {
+        Some("realistic") => config.latency = mock_chart_img::LatencyProfile::Realistic,
+        Some(_) => config.latency = mock_chart_img::LatencyProfile::Instant,
+        None => {}
+    }
+    if let Some(scale) = args.time_scale {
+        config.time_scale = scale;
     }
     let state = AppState::new(&config)?;
     let _watch = match &args.config {
@@ -71,6 +93,8 @@ async fn run_main() -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = Vec::new();
+    let summaries = (args.log_summary_secs > 0)
+        .then(|| tokio::spawn(log_summaries(state.clone(), std::time::Duration::from_secs(args.log_summary_secs))));
     match admin_addr {
         None => {
             tracing::info!(listen = %listener.local_addr()?, keys = config.keys.len(), "serving Chart-IMG API and /__admin");
@@ -89,17 +113,12 @@ async fn run_main() -> anyhow::Result<()> {
     for t in tasks {
         t.await??;
     }
-    Ok(())
-}
-
-fn init_logs(pretty: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if pretty {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).init();
+    if let Some(s) = summaries {
+        s.abort();
     }
+    // What the last period served.
+    mock_chart_img::log_summary(&state);
+    Ok(())
 }
 
 async fn shutdown_signal() {

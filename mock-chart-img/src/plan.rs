@@ -1,9 +1,10 @@
-//! Chart-IMG plans and the limits each one carries (see `shared/docs/chart-img-api.md`, "Plans").
+//! Plans as the mock's config names them. The numbers come from `chart-img-spec` (the one plan table of the
+//! workspace); this module only adds what a config file needs: custom limits and their parsing.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// The limits a key is held to. Every named [`Plan`] resolves to one of these; a custom plan spells them out.
+/// The limits a key is held to. Every named [`Plan`] resolves to the spec's limits; a custom plan spells them out.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanLimits {
@@ -19,6 +20,22 @@ pub struct PlanLimits {
     pub max_height: u32,
     /// Largest accepted `studies.len() + drawings.len()`.
     pub max_params: u32,
+    /// Days a `/storage` image stays downloadable (custom plans: 14 unless given).
+    #[serde(default = "fourteen")]
+    pub storage_days: u32,
+    /// Every image carries the CHART-IMG watermark (custom plans: no unless given).
+    #[serde(default)]
+    pub chart_img_watermark: bool,
+    /// A custom `watermark` text is honoured (custom plans: yes unless given).
+    #[serde(default = "yes")]
+    pub custom_watermark: bool,
+}
+
+fn fourteen() -> u32 {
+    14
+}
+fn yes() -> bool {
+    true
 }
 
 /// A named plan, or custom limits.
@@ -34,7 +51,7 @@ pub enum Plan {
     Custom(PlanLimits),
 }
 
-/// The published Chart-IMG plans.
+/// The published Chart-IMG plans (their limits: [`chart_img_spec::Plan::limits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 #[allow(missing_docs)]
@@ -46,17 +63,29 @@ pub enum PlanName {
     Enterprise,
 }
 
+impl PlanName {
+    /// The spec's plan of that name.
+    pub fn spec(self) -> chart_img_spec::Plan {
+        match self {
+            PlanName::Basic => chart_img_spec::Plan::Basic,
+            PlanName::Pro => chart_img_spec::Plan::Pro,
+            PlanName::Mega => chart_img_spec::Plan::Mega,
+            PlanName::Ultra => chart_img_spec::Plan::Ultra,
+            PlanName::Enterprise => chart_img_spec::Plan::Enterprise,
+        }
+    }
+}
+
 impl Plan {
-    /// BASIC: 1 req/s, burst 3, 50 a day, 800×600, 3 studies+drawings.
+    /// BASIC (see [`chart_img_spec::Plan::Basic`]).
     pub const BASIC: Plan = Plan::Named(PlanName::Basic);
-    /// PRO: 10 req/s, burst 15, 500 a day, 1920×1080, 5 studies+drawings.
+    /// PRO.
     pub const PRO: Plan = Plan::Named(PlanName::Pro);
-    /// MEGA: 15 req/s, burst 25, 1000 a day, 1920×1600, 10 studies+drawings.
+    /// MEGA.
     pub const MEGA: Plan = Plan::Named(PlanName::Mega);
-    /// ULTRA: 35 req/s, burst 50, 3000 a day, 2048×1920, 25 studies+drawings.
+    /// ULTRA.
     pub const ULTRA: Plan = Plan::Named(PlanName::Ultra);
-    /// ENTERPRISE: at least 35 req/s, burst 50, 5000 a day, 2048×1920, 50 studies+drawings
-    /// (raise them per key with the overrides of [`KeyConfig`](crate::KeyConfig)).
+    /// ENTERPRISE (raise its limits per key with the overrides of [`KeyConfig`](crate::KeyConfig)).
     pub const ENTERPRISE: Plan = Plan::Named(PlanName::Enterprise);
 
     /// A plan with limits of your own.
@@ -68,49 +97,59 @@ impl Plan {
     pub fn limits(&self) -> PlanLimits {
         match self {
             Plan::Custom(l) => *l,
-            Plan::Named(n) => {
-                let (rate, burst, daily, w, h, params) = match n {
-                    PlanName::Basic => (1.0, 3, 50, 800, 600, 3),
-                    PlanName::Pro => (10.0, 15, 500, 1920, 1080, 5),
-                    PlanName::Mega => (15.0, 25, 1000, 1920, 1600, 10),
-                    PlanName::Ultra => (35.0, 50, 3000, 2048, 1920, 25),
-                    PlanName::Enterprise => (35.0, 50, 5000, 2048, 1920, 50),
-                };
-                PlanLimits {
-                    rate_per_sec: rate,
-                    burst,
-                    daily_limit: daily,
-                    max_width: w,
-                    max_height: h,
-                    max_params: params,
-                }
-            }
+            Plan::Named(n) => PlanLimits::from(n.spec().limits()),
         }
     }
 
     /// `BASIC`, `PRO`, … or `custom`, as shown by the admin API.
     pub fn label(&self) -> &'static str {
         match self {
-            Plan::Named(PlanName::Basic) => "BASIC",
-            Plan::Named(PlanName::Pro) => "PRO",
-            Plan::Named(PlanName::Mega) => "MEGA",
-            Plan::Named(PlanName::Ultra) => "ULTRA",
-            Plan::Named(PlanName::Enterprise) => "ENTERPRISE",
+            Plan::Named(n) => n.spec().name(),
             Plan::Custom(_) => "custom",
         }
     }
 }
 
+impl From<chart_img_spec::PlanLimits> for PlanLimits {
+    fn from(l: chart_img_spec::PlanLimits) -> PlanLimits {
+        PlanLimits {
+            rate_per_sec: l.rate_per_sec,
+            burst: l.burst,
+            daily_limit: l.daily_limit,
+            max_width: l.max_width,
+            max_height: l.max_height,
+            max_params: l.max_params,
+            storage_days: l.storage_days,
+            chart_img_watermark: l.chart_img_watermark,
+            custom_watermark: l.custom_watermark,
+        }
+    }
+}
+
+impl From<PlanLimits> for chart_img_spec::PlanLimits {
+    fn from(l: PlanLimits) -> chart_img_spec::PlanLimits {
+        chart_img_spec::PlanLimits {
+            rate_per_sec: l.rate_per_sec,
+            burst: l.burst,
+            daily_limit: l.daily_limit,
+            max_width: l.max_width,
+            max_height: l.max_height,
+            max_params: l.max_params,
+            storage_days: l.storage_days,
+            chart_img_watermark: l.chart_img_watermark,
+            custom_watermark: l.custom_watermark,
+        }
+    }
+}
+
 impl PlanLimits {
-    /// Limits so high they never bite: for load tests.
+    /// Limits so high they never bite (the ENTERPRISE size and parameter limits, no rate or quota): for load tests.
     pub fn unlimited() -> PlanLimits {
         PlanLimits {
             rate_per_sec: 1.0e9,
             burst: 1_000_000_000,
             daily_limit: u32::MAX,
-            max_width: 2048,
-            max_height: 1920,
-            max_params: 50,
+            ..PlanLimits::from(chart_img_spec::Plan::Enterprise.limits())
         }
     }
 }
@@ -127,17 +166,20 @@ impl<'de> Deserialize<'de> for Plan {
                 f.write_str("a plan name (BASIC, PRO, MEGA, ULTRA, ENTERPRISE) or a map of custom limits")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Plan, E> {
-                match s.to_ascii_uppercase().as_str() {
-                    "BASIC" => Ok(Plan::BASIC),
-                    "PRO" => Ok(Plan::PRO),
-                    "MEGA" => Ok(Plan::MEGA),
-                    "ULTRA" => Ok(Plan::ULTRA),
-                    "ENTERPRISE" => Ok(Plan::ENTERPRISE),
-                    _ => Err(E::custom(format!(
-                        "unknown plan `{s}`: expected BASIC, PRO, MEGA, ULTRA, ENTERPRISE or a map of custom limits \
-                         (rate_per_sec, burst, daily_limit, max_width, max_height, max_params)"
-                    ))),
-                }
+                let named = match s.parse::<chart_img_spec::Plan>() {
+                    Ok(chart_img_spec::Plan::Basic) => PlanName::Basic,
+                    Ok(chart_img_spec::Plan::Pro) => PlanName::Pro,
+                    Ok(chart_img_spec::Plan::Mega) => PlanName::Mega,
+                    Ok(chart_img_spec::Plan::Ultra) => PlanName::Ultra,
+                    Ok(chart_img_spec::Plan::Enterprise) => PlanName::Enterprise,
+                    Err(_) => {
+                        return Err(E::custom(format!(
+                            "unknown plan `{s}`: expected BASIC, PRO, MEGA, ULTRA, ENTERPRISE or a map of custom \
+                             limits (rate_per_sec, burst, daily_limit, max_width, max_height, max_params)"
+                        )))
+                    }
+                };
+                Ok(Plan::Named(named))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Plan, A::Error> {
                 PlanLimits::deserialize(de::value::MapAccessDeserializer::new(map)).map(Plan::Custom)

@@ -9,7 +9,20 @@ use std::{
 use bytes::Bytes;
 use lru::LruCache;
 
-use crate::{accounts::Accounts, clock::Clock, config::Config, faults::Faults, journal::Journal, replay::Replay};
+use std::collections::BTreeMap;
+
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::{
+    accounts::Accounts,
+    catalogue::Catalogue,
+    clock::Clock,
+    config::{Config, LatencyProfile, LayoutConfig, SymbolMode, WatermarkMode},
+    faults::Faults,
+    journal::Journal,
+    replay::Replay,
+    storage::Storage,
+};
 
 /// Everything the handlers share. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -27,20 +40,51 @@ pub(crate) struct Settings {
     pub seed: u64,
     pub public_url: Option<String>,
     pub invalid_symbols: Vec<String>,
-    pub extra_exchanges: Vec<String>,
+    /// What the spec's validation is told: the watermark rule and the extra exchanges.
+    pub options: chart_img_spec::Options,
+    pub symbols: SymbolMode,
+    pub catalogue: Arc<Catalogue>,
+    pub unsupported_intervals: BTreeMap<String, Vec<String>>,
+    pub query_key_on_v2: bool,
+    pub layouts: Vec<LayoutConfig>,
+    pub latency: LatencyProfile,
+    pub time_scale: f64,
+    pub gateway_timeout_ms: u64,
+}
+
+impl Settings {
+    fn from_config(config: &Config) -> anyhow::Result<Settings> {
+        let catalogue = match &config.symbol_catalogue {
+            Some(path) => Catalogue::from_file(path)?,
+            None => Catalogue::built_in(),
+        };
+        Ok(Settings {
+            seed: config.seed,
+            public_url: config.public_url.clone(),
+            invalid_symbols: config.invalid_symbols.clone(),
+            options: chart_img_spec::Options {
+                watermark: match config.custom_watermark {
+                    WatermarkMode::Ignore => chart_img_spec::WatermarkRule::Ignore,
+                    WatermarkMode::Refuse => chart_img_spec::WatermarkRule::Refuse,
+                },
+                extra_exchanges: config.extra_exchanges.clone(),
+            },
+            symbols: config.symbols,
+            catalogue: Arc::new(catalogue),
+            unsupported_intervals: config.unsupported_intervals.clone(),
+            query_key_on_v2: config.query_key_on_v2,
+            layouts: config.layouts.clone(),
+            latency: config.latency,
+            time_scale: config.time_scale,
+            gateway_timeout_ms: config.gateway_timeout_ms,
+        })
+    }
 }
 
 /// A validated request and its cache key.
 pub(crate) struct Prepared {
     pub request: crate::request::ChartRequest,
     pub key: String,
-}
-
-/// An image handed out by the `/storage` route, kept until pushed out of the bounded store.
-#[derive(Clone)]
-pub(crate) struct Stored {
-    pub content_type: &'static str,
-    pub bytes: Bytes,
 }
 
 pub(crate) struct Shared {
@@ -58,10 +102,13 @@ pub(crate) struct Shared {
     pub cache: Mutex<LruCache<String, Bytes>>,
     /// Valid request bodies, byte for byte, with their normalized form and cache key: a client repeating a request
     /// (the common case, and the load benchmark's) skips JSON parsing and validation. Only bodies that validated
-    /// are kept, and validation depends on nothing but the body, so the memo can never disagree with it.
-    pub prepared: Mutex<LruCache<Bytes, Arc<Prepared>>>,
-    /// Images behind the URLs the `/storage` route hands out, by file name.
-    pub storage: Mutex<LruCache<String, Stored>>,
+    /// are kept, keyed with the plan's limits (the only other input of validation besides the settings, and the
+    /// memo is emptied when those change), so the memo can never disagree with it.
+    pub prepared: Mutex<LruCache<(Bytes, u64), Arc<Prepared>>>,
+    /// Images behind the URLs the `/storage` routes hand out, on disk.
+    pub storage: Storage,
+    /// Dice of the realistic latency profile (seeded by `seed`).
+    pub latency_dice: Mutex<StdRng>,
     /// The parts of the config that may change on reload.
     pub settings: RwLock<Settings>,
     /// Clock of the daily quota (a manual one in tests).
@@ -97,13 +144,9 @@ impl AppState {
                 loaded: RwLock::new(crate::admin::ConfigView::of(config)),
                 cache: Mutex::new(LruCache::new(cap(config.render_cache_capacity))),
                 prepared: Mutex::new(LruCache::new(cap(1024))),
-                storage: Mutex::new(LruCache::new(cap(config.storage_capacity))),
-                settings: RwLock::new(Settings {
-                    seed: config.seed,
-                    public_url: config.public_url.clone(),
-                    invalid_symbols: config.invalid_symbols.clone(),
-                    extra_exchanges: config.extra_exchanges.clone(),
-                }),
+                storage: Storage::open(config.storage_dir.as_deref(), config.storage_max_bytes, config.storage_capacity)?,
+                latency_dice: Mutex::new(StdRng::seed_from_u64(config.seed ^ 0x006c_6174_656e_6379)),
+                settings: RwLock::new(Settings::from_config(config)?),
                 clock: config.clock.clone(),
                 replay: RwLock::new(replay),
                 started: Instant::now(),
@@ -122,6 +165,7 @@ impl AppState {
             Some(r) => Some(Replay::load(r)?),
             None => None,
         };
+        let next = Settings::from_config(config)?;
         let s = &self.inner;
         s.accounts.replace_all(&config.keys);
         s.faults.replace_config(&config.faults);
@@ -130,12 +174,10 @@ impl AppState {
             // Cached images were drawn with the old seed.
             s.cache.lock().unwrap().clear();
         }
-        *settings = Settings {
-            seed: config.seed,
-            public_url: config.public_url.clone(),
-            invalid_symbols: config.invalid_symbols.clone(),
-            extra_exchanges: config.extra_exchanges.clone(),
-        };
+        // Validation depends on the settings (watermark rule, extra exchanges): forget what was validated under
+        // the old ones.
+        s.prepared.lock().unwrap().clear();
+        *settings = next;
         *s.replay.write().unwrap() = replay;
         *s.loaded.write().unwrap() = crate::admin::ConfigView::of(config);
         Ok(())

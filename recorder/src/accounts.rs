@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::plan::Plan;
+use chart_img_spec::Plan;
 use crate::secrets::{Secrets, ACCOUNTS_ENV};
 
 /// The environment variable holding one bare key (the account id comes from the cassette or `--account`).

@@ -34,7 +34,7 @@
 //! - `miss`: the "no match" report.
 //! - `lint`: `recorder lint`, the scan for keys that reached disk anyway.
 //! - `proxy`: the recording HTTP proxy (axum in, reqwest out) around a `Vcr`.
-//! - `plan`: rate, burst and daily quota per Chart-IMG plan (to be replaced by `chart_img_spec::Plan` at merge).
+//! - plans (rate, burst, daily quota) come from `chart_img_spec::Plan`, re-exported as `recorder::Plan`.
 //! - `accounts`: keys from the environment or a key file, with plan and daily limit, for calls the tools spend.
 //! - `live`: shared by `record` and `verify`: finding cassettes, recorded request → live request (placeholders
 //!   back to keys), sending at each account's plan rate.
@@ -80,7 +80,6 @@ mod lint;
 mod live;
 mod miss;
 mod model;
-mod plan;
 mod proxy;
 pub mod record;
 mod secrets;
@@ -88,7 +87,7 @@ mod vcr;
 pub mod verify;
 
 pub use accounts::{Account, Accounts, KeySource, API_KEY_ENV};
-pub use plan::{Plan, PlanLimits};
+pub use chart_img_spec::{Plan, PlanLimits};
 
 pub use error::{Error, VcrError};
 pub use lint::{lint, Finding, FindingKind};

@@ -17,7 +17,7 @@ use crate::cassette::{
 };
 use crate::error::Error;
 use crate::model::{Request, Response};
-use crate::plan::LIMIT_EXCEEDED_MESSAGE;
+use chart_img_spec::messages::LIMIT_EXCEEDED as LIMIT_EXCEEDED_MESSAGE;
 use crate::secrets::{fill_placeholders, placeholder_ids};
 
 /// A cassette as it is on disk now.

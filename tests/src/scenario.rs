@@ -48,9 +48,37 @@ pub struct Given {
     /// Retry policy of the worker, for scenarios that exercise backoff.
     #[serde(default)]
     pub retry: Option<Retry>,
-    /// Lease of a claim in seconds (default 900).
+    /// Lease of a claim in seconds (default 900; `CHART_EXPORT_LEASE_SECONDS` of `serve` processes).
     #[serde(default)]
     pub lease_seconds: Option<u64>,
+    /// Environment of every `serve` process (`via: local_eventarc`), passed through as is: worker settings such as
+    /// `CHART_EXPORT_LEASE_SECONDS`. Set after the harness's own variables, so a scenario can override them.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Fault-proxy rules per dependency (`via: local_eventarc`): `firestore` (gRPC), `gcs`, `chartimg` (HTTP).
+    #[serde(default)]
+    pub dependency_faults: DependencyFaults,
+}
+
+/// Rules of the fault proxy in front of each dependency, in the harness's `Rule` format.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DependencyFaults {
+    #[serde(default)]
+    pub firestore: Vec<harness::proxy::Rule>,
+    #[serde(default)]
+    pub gcs: Vec<harness::proxy::Rule>,
+    #[serde(default)]
+    pub chartimg: Vec<harness::proxy::Rule>,
+}
+
+/// A dependency of the worker, behind its fault proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dependency {
+    Firestore,
+    Gcs,
+    Chartimg,
 }
 
 fn real() -> String {
@@ -115,12 +143,130 @@ pub struct When {
     /// lease a second delivery must reclaim the step.
     #[serde(default)]
     pub kill_after_ms: Option<u64>,
+    /// `local_eventarc`: how many `serve` child processes run from the start (default 1).
+    #[serde(default)]
+    pub processes: Option<usize>,
+    /// `local_eventarc`: the delivery semantics.
+    #[serde(default)]
+    pub eventarc: EventarcSettings,
+    /// `local_eventarc`: what happens while the step runs, in order.
+    #[serde(default)]
+    pub actions: Vec<Action>,
 }
 
 impl Default for When {
     fn default() -> Self {
-        When { via: eventarc(), deliveries: 1, workers: 1, step_id: None, events: Vec::new(), kill_after_ms: None }
+        When {
+            via: eventarc(),
+            deliveries: 1,
+            workers: 1,
+            step_id: None,
+            events: Vec::new(),
+            kill_after_ms: None,
+            processes: None,
+            eventarc: EventarcSettings::default(),
+            actions: Vec::new(),
+        }
     }
+}
+
+/// The local Eventarc's settings; durations are Eventarc's own, all multiplied by `timeScale`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventarcSettings {
+    /// Default 0.02: backoff 10 s → 200 ms, ack deadline 600 s → 12 s.
+    #[serde(default = "time_scale")]
+    pub time_scale: f64,
+    #[serde(default = "ack_deadline")]
+    pub ack_deadline_seconds: u64,
+    #[serde(default)]
+    pub duplicate_probability: f64,
+    #[serde(default)]
+    pub reorder_window_ms: u64,
+    #[serde(default = "seed")]
+    pub seed: u64,
+    /// Event types delivered (default created, updated, deleted).
+    #[serde(default)]
+    pub types: Option<Vec<harness::eventarc::EventKind>>,
+}
+
+impl Default for EventarcSettings {
+    fn default() -> Self {
+        EventarcSettings {
+            time_scale: time_scale(),
+            ack_deadline_seconds: ack_deadline(),
+            duplicate_probability: 0.0,
+            reorder_window_ms: 0,
+            seed: seed(),
+            types: None,
+        }
+    }
+}
+
+fn time_scale() -> f64 {
+    0.02
+}
+fn ack_deadline() -> u64 {
+    600
+}
+fn seed() -> u64 {
+    1
+}
+
+/// One step of `when.actions`: wait (`afterMs`, then `when` / `afterMockCalls`), then `do` it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Action {
+    /// Wait this long after the previous action (or the write of the flow run).
+    #[serde(default)]
+    pub after_ms: Option<u64>,
+    /// Then wait until this holds (at most 60 s).
+    #[serde(default)]
+    pub when: Option<Trigger>,
+    /// Then wait until mock-chart-img has received this many calls.
+    #[serde(default)]
+    pub after_mock_calls: Option<usize>,
+    #[serde(rename = "do")]
+    pub act: Verb,
+    /// `kill` / `sigterm`: the process by start order (0 = first); default: the one holding the step's claim,
+    /// else the first one still running.
+    #[serde(default)]
+    pub process: Option<usize>,
+    /// `heal` / `fault`: which proxy.
+    #[serde(default)]
+    pub dependency: Option<Dependency>,
+    /// `fault`: the rule to add.
+    #[serde(default)]
+    pub rule: Option<harness::proxy::Rule>,
+    /// `sigterm`: how long to wait for the exit before SIGKILL (default 30000).
+    #[serde(default)]
+    pub budget_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The step (`then.stepId`) is RUNNING in Firestore.
+    Claimed,
+    /// The step is SUCCEEDED or FAILED.
+    Final,
+    /// The local Eventarc has made a delivery attempt.
+    Delivered,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    /// SIGKILL (a crash); the process leaves the Eventarc targets.
+    Kill,
+    /// SIGTERM (Cloud Run's stop); it leaves the targets first; the time to exit is measured.
+    Sigterm,
+    /// A new `serve` process (a new instance), added to the targets once healthy.
+    Start,
+    /// Remove every rule of `dependency`'s proxy.
+    Heal,
+    /// Add `rule` to `dependency`'s proxy.
+    Fault,
 }
 
 fn eventarc() -> String {
@@ -198,9 +344,47 @@ pub struct Then {
     /// Interactions the recorded cassette must hold (mode `record`).
     #[serde(default)]
     pub cassette_interactions: Option<usize>,
-    /// Exit-like result of a `run_local`/`direct` run: succeeded, failed, noop, rejected.
+    /// Exit-like result of a `run_local`/`direct` run: succeeded, failed, noop, rejected. A run that produces no
+    /// result (any other `via`) fails this check.
     #[serde(default)]
     pub result: Option<String>,
+    /// `local_eventarc`: the step reaches `step.status` within this many seconds of the flow run's write.
+    #[serde(default)]
+    pub within_seconds: Option<f64>,
+    /// `local_eventarc`: delivery attempts of the local Eventarc.
+    #[serde(default)]
+    pub deliveries: Option<DeliveriesExpect>,
+    /// Accounts whose `usageToday` is at least the calls mock-chart-img received with their key (never
+    /// under-counted; a crash may over-count).
+    #[serde(default)]
+    pub usage_covers_calls: Vec<String>,
+    /// No template has more than one PNG and no step more than one manifest.
+    #[serde(default)]
+    pub no_duplicates: bool,
+    /// `local_eventarc`: every `sigterm` action's process exited by itself within this many ms of the signal.
+    #[serde(default)]
+    pub sigterm_exit_within_ms: Option<u64>,
+    /// `local_eventarc`: how many calls a fault rule applied to, per dependency proxy (so a fault that never
+    /// fired cannot pass as survived).
+    #[serde(default)]
+    pub faults_applied: BTreeMap<Dependency, usize>,
+}
+
+/// What the local Eventarc's delivery attempts must look like.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeliveriesExpect {
+    #[serde(default)]
+    pub min: Option<usize>,
+    #[serde(default)]
+    pub max: Option<usize>,
+    /// Every attempt's answer is one of these: an HTTP status (`200`), `error` (no answer: refused, reset) or
+    /// `ack_deadline`.
+    #[serde(default)]
+    pub answers: Vec<serde_yaml::Value>,
+    /// Every event was acknowledged in the end (none given up or still pending).
+    #[serde(default)]
+    pub all_acked: bool,
 }
 
 fn default_step() -> String {
@@ -246,8 +430,73 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
     if s.given.mode == "mock" && s.given.cassette.is_none() {
         return Err("given.cassette: mode mock needs a cassette".into());
     }
-    if !matches!(s.when.via.as_str(), "eventarc" | "run_local" | "direct") {
-        return Err(format!("when.via: {:?} is not eventarc, run_local or direct", s.when.via));
+    if !matches!(s.when.via.as_str(), "eventarc" | "run_local" | "direct" | "local_eventarc") {
+        return Err(format!("when.via: {:?} is not eventarc, local_eventarc, run_local or direct", s.when.via));
+    }
+    let live = s.when.via == "local_eventarc";
+    if !live {
+        let g = &s.given;
+        let w = &s.when;
+        let t = &s.then;
+        for (field, used) in [
+            ("given.env", !g.env.is_empty()),
+            ("given.dependencyFaults", !(g.dependency_faults.firestore.is_empty() && g.dependency_faults.gcs.is_empty() && g.dependency_faults.chartimg.is_empty())),
+            ("when.processes", w.processes.is_some()),
+            ("when.actions", !w.actions.is_empty()),
+            ("then.withinSeconds", t.within_seconds.is_some()),
+            ("then.deliveries", t.deliveries.is_some()),
+            ("then.sigtermExitWithinMs", t.sigterm_exit_within_ms.is_some()),
+            ("then.faultsApplied", !t.faults_applied.is_empty()),
+        ] {
+            if used {
+                return Err(format!("{field}: needs via: local_eventarc"));
+            }
+        }
+    } else {
+        let w = &s.when;
+        for (field, used) in [
+            ("given.retry", s.given.retry.is_some()),
+            ("when.deliveries", w.deliveries != 1),
+            ("when.workers", w.workers != 1),
+            ("when.stepId", w.step_id.is_some()),
+            ("when.events", !w.events.is_empty()),
+            ("when.killAfterMs", w.kill_after_ms.is_some()),
+        ] {
+            if used {
+                return Err(format!(
+                    "{field}: not used by via: local_eventarc (serve processes take settings through given.env; deliveries come from the local Eventarc)"
+                ));
+            }
+        }
+        if s.when.processes == Some(0) && !s.when.actions.iter().any(|a| a.act == Verb::Start) {
+            return Err("when.processes: 0 processes and no start action: nothing would ever handle a delivery".into());
+        }
+        if !(s.when.eventarc.time_scale > 0.0 && s.when.eventarc.time_scale <= 1.0) {
+            return Err(format!("when.eventarc.timeScale: must be in (0, 1], got {}", s.when.eventarc.time_scale));
+        }
+        if !(0.0..=1.0).contains(&s.when.eventarc.duplicate_probability) {
+            return Err(format!("when.eventarc.duplicateProbability: must be in 0..=1, got {}", s.when.eventarc.duplicate_probability));
+        }
+        for (i, a) in s.when.actions.iter().enumerate() {
+            let at = |f: &str| format!("when.actions[{i}].{f}");
+            match a.act {
+                Verb::Heal | Verb::Fault if a.dependency.is_none() => return Err(format!("{}: {:?} needs a dependency", at("dependency"), a.act)),
+                Verb::Fault if a.rule.is_none() => return Err(format!("{}: fault needs a rule", at("rule"))),
+                Verb::Kill | Verb::Sigterm | Verb::Start | Verb::Heal if a.rule.is_some() => return Err(format!("{}: only fault takes a rule", at("rule"))),
+                _ => {}
+            }
+        }
+        if let Some(d) = &s.then.deliveries {
+            for (i, a) in d.answers.iter().enumerate() {
+                let ok = a.as_u64().is_some_and(|c| (100..600).contains(&c)) || matches!(a.as_str(), Some("error" | "ack_deadline"));
+                if !ok {
+                    return Err(format!("then.deliveries.answers[{i}]: {a:?} is not an HTTP status, error or ack_deadline"));
+                }
+            }
+        }
+    }
+    if s.then.result.is_some() && !matches!(s.when.via.as_str(), "run_local" | "direct") {
+        return Err(format!("then.result: via {} gives no result to check (only run_local and direct do)", s.when.via));
     }
     if s.when.kill_after_ms.is_some() && s.when.via != "direct" {
         return Err("when.killAfterMs: needs via: direct".into());
@@ -272,6 +521,40 @@ mod tests {
         assert!(e.starts_with("given.acounts: given: unknown field `acounts`"), "{e}");
         assert!(e.contains("line 4"), "{e}");
         let e = parse("description: x\ngiven:\n  flowRun: {}\n  accounts: []\nwhen: {via: carrier_pigeon}\nthen: {}\n").unwrap_err();
-        assert_eq!(e, "when.via: \"carrier_pigeon\" is not eventarc, run_local or direct");
+        assert_eq!(e, "when.via: \"carrier_pigeon\" is not eventarc, local_eventarc, run_local or direct");
+    }
+
+    const HEAD: &str = "description: x\ngiven:\n  flowRun: {}\n  accounts: []\n";
+
+    #[test]
+    fn live_fields_need_the_live_path_and_are_checked() {
+        let e = parse(&format!("{HEAD}when: {{via: eventarc, actions: [{{do: kill}}]}}\nthen: {{}}\n")).unwrap_err();
+        assert_eq!(e, "when.actions: needs via: local_eventarc");
+        let e = parse(&format!("{HEAD}when: {{via: local_eventarc, actions: [{{do: heal}}]}}\nthen: {{}}\n")).unwrap_err();
+        assert_eq!(e, "when.actions[0].dependency: Heal needs a dependency");
+        let e = parse(&format!("{HEAD}when: {{via: local_eventarc, actions: [{{do: explode}}]}}\nthen: {{}}\n")).unwrap_err();
+        assert!(e.starts_with("when.actions[0].do: ") && e.contains("unknown variant `explode`"), "{e}");
+        let e = parse(&format!("{HEAD}when: {{via: local_eventarc}}\nthen: {{deliveries: {{answers: [teapot]}}}}\n")).unwrap_err();
+        assert!(e.starts_with("then.deliveries.answers[0]:"), "{e}");
+        let e = parse(&format!("{HEAD}  dependencyFaults: {{gcs: [{{action: {{kind: refuse}}, tmes: 2}}]}}\nwhen: {{via: local_eventarc}}\nthen: {{}}\n")).unwrap_err();
+        assert!(e.starts_with("given.dependencyFaults.gcs[0].tmes:"), "{e}");
+        let ok = parse(&format!(
+            "{HEAD}  env: {{CHART_EXPORT_LEASE_SECONDS: '10'}}\n  dependencyFaults: {{firestore: [{{match: {{pathPrefix: /google.firestore.v1.Firestore/Commit}}, action: {{kind: drop_reply}}, skip: 1, times: 1}}]}}\nwhen:\n  via: local_eventarc\n  processes: 2\n  actions: [{{when: claimed, do: kill}}, {{afterMs: 100, do: start}}, {{do: fault, dependency: gcs, rule: {{action: {{kind: reset}}}}}}]\nthen: {{withinSeconds: 5, deliveries: {{min: 1, answers: [200, 503, error, ack_deadline]}}, faultsApplied: {{firestore: 1}}}}\n"
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn in_process_knobs_are_refused_on_the_live_path() {
+        let e = parse(&format!("{HEAD}  retry: {{maxRetries: 1, minDelayMs: 1, maxDelayMs: 1, maxTotalDelayMs: 1}}\nwhen: {{via: local_eventarc}}\nthen: {{}}\n")).unwrap_err();
+        assert!(e.starts_with("given.retry: not used by via: local_eventarc"), "{e}");
+        let e = parse(&format!("{HEAD}when: {{via: local_eventarc, deliveries: 3}}\nthen: {{}}\n")).unwrap_err();
+        assert!(e.starts_with("when.deliveries: not used"), "{e}");
+    }
+
+    #[test]
+    fn a_result_expectation_needs_a_run_that_gives_one() {
+        let e = parse(&format!("{HEAD}when: {{via: eventarc}}\nthen: {{result: succeeded}}\n")).unwrap_err();
+        assert_eq!(e, "then.result: via eventarc gives no result to check (only run_local and direct do)");
     }
 }

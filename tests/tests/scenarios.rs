@@ -1,21 +1,27 @@
 //! Plays every `scenarios/*.yaml` against the emulators (one insta snapshot of the manifest per scenario), and
 //! checks that the snapshot folder holds nothing stale or pending.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::layer::SubscriberExt;
 use worker_chart_export::telemetry::{CaptureWriter, CloudLoggingLayer};
 
 fn emulators() -> Option<tests::runner::Emulators> {
-    let emu = tests::runner::Emulators::from_env();
+    let mut emu = tests::runner::Emulators::from_env();
     if emu.is_none() {
         let required = std::env::var("CI").is_ok() || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1");
         assert!(
             !required,
             "FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST are not set; run the scenarios through scripts/test.sh"
         );
-        eprintln!("skipping scenarios: the emulators are not running (use scripts/test.sh)");
+        // Written to stderr directly, past the test harness's capture, so a skip is never mistaken for a pass.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIPPED scenarios: the emulators are not running (FIRESTORE_EMULATOR_HOST / STORAGE_EMULATOR_HOST unset; use scripts/test.sh)");
+    }
+    if let Some(e) = emu.as_mut() {
+        e.serve_bin = Some(env!("CARGO_BIN_EXE_scenario-serve").into());
     }
     emu
 }
@@ -37,10 +43,15 @@ fn play(path: &Path, emu: &tests::runner::Emulators) -> Option<serde_json::Value
     let outcome = outcome.unwrap_or_else(|e| panic!("scenario {name} could not run: {e:#}\n--- worker log ---\n{}", logs.contents()));
     if !outcome.differences.is_empty() {
         panic!(
-            "scenario {name} failed:\n  {}\n--- mock-chart-img journal ---\n{}\n--- worker log ---\n{}",
+            "scenario {name} failed:\n  {}\n--- mock-chart-img journal ---\n{}\n--- worker log ---\n{}{}",
             outcome.differences.join("\n  "),
             outcome.journal,
-            logs.contents()
+            logs.contents(),
+            if outcome.deliveries.is_empty() {
+                String::new()
+            } else {
+                format!("\n--- local eventarc: timeline and deliveries ---\n{}\n--- serve processes ---\n{}", outcome.deliveries, outcome.process_logs)
+            }
         );
     }
     eprintln!("scenario {name}: ok in {:.1} s", started.elapsed().as_secs_f64());
@@ -51,13 +62,54 @@ fn utc_seconds(v: &str) -> bool {
     chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%SZ").is_ok()
 }
 
+/// Plays `paths` on `jobs` threads at once (each scenario has its own project, bucket, mock and processes, and its
+/// own thread, runtime and log capture); answers each one's manifest or its failure report.
+fn play_all(paths: Vec<PathBuf>, emu: &tests::runner::Emulators, jobs: usize) -> BTreeMap<PathBuf, Result<Option<serde_json::Value>, String>> {
+    let queue = Mutex::new(paths);
+    let results = Mutex::new(BTreeMap::new());
+    // A failing scenario's report is printed once, by the glob below, not also by the panic hook of its thread.
+    let hook = std::sync::Arc::new(std::panic::take_hook());
+    let inner = hook.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some(JOB_THREAD) {
+            inner(info);
+        }
+    }));
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            let job = std::thread::Builder::new().name(JOB_THREAD.into());
+            job.spawn_scoped(s, || loop {
+                let Some(path) = queue.lock().unwrap().pop() else { break };
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| play(&path, emu))).map_err(|p| {
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                });
+                results.lock().unwrap().insert(path, r);
+            })
+            .expect("a scenario thread");
+        }
+    });
+    let _ = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| hook(info)));
+    results.into_inner().unwrap()
+}
+
+const JOB_THREAD: &str = "scenario-job";
+
 #[test]
 fn scenarios() {
     let Some(emu) = emulators() else { return };
+    // First the files insta's glob (and INSTA_GLOB_FILTER) selects, then all of them at once, then the snapshots.
+    let mut paths = Vec::new();
+    insta::glob!("../../scenarios", "*.yaml", |path| paths.push(path.to_path_buf()));
+    let jobs = std::env::var("SCENARIO_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let started = std::time::Instant::now();
+    let mut results = play_all(paths, &emu, jobs);
+    eprintln!("scenarios: played in {:.1} s ({jobs} at a time)", started.elapsed().as_secs_f64());
     let played = Arc::new(Mutex::new(0usize));
     insta::glob!("../../scenarios", "*.yaml", |path| {
         *played.lock().unwrap() += 1;
-        let Some(manifest) = play(path, &emu) else { return };
+        let result = results.remove(path).unwrap_or_else(|| panic!("{} was not played", path.display()));
+        let Some(manifest) = result.unwrap_or_else(|report| panic!("{report}")) else { return };
         insta::assert_json_snapshot!(manifest, {
             ".createdAt" => insta::dynamic_redaction(|v, _| {
                 assert!(v.as_str().is_some_and(utc_seconds), "createdAt {v:?} is not UTC seconds");

@@ -70,13 +70,13 @@ async fn main() {
     let addr: SocketAddr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let ideal = ideal_bound(charts, latency, plan.per_second(), plan.burst(), concurrency);
+    let ideal = ideal_bound(charts, latency, plan.limits().rate_per_sec as u32, plan.limits().burst, concurrency);
     let sequential = latency * charts as u32;
     println!(
         "step of {charts} charts, endpoint latency {} ms, plan {plan:?} ({}/s, burst {}), concurrency {concurrency}",
         latency.as_millis(),
-        plan.per_second(),
-        plan.burst()
+        plan.limits().rate_per_sec,
+        plan.limits().burst
     );
     println!("sequential  {:>7.0} ms", sequential.as_secs_f64() * 1e3);
     println!("ideal bound {:>7.0} ms", ideal.as_secs_f64() * 1e3);

@@ -12,59 +12,8 @@ use serde_json::Value;
 
 use crate::domain::{AccountId, AccountQuota};
 
-/// A Chart-IMG plan: the per-second rate and burst the client keeps to, and the default daily quota.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
-    Basic,
-    Pro,
-    Mega,
-    Ultra,
-    Enterprise,
-}
-
-impl Plan {
-    pub fn per_second(self) -> u32 {
-        match self {
-            Self::Basic => 1,
-            Self::Pro => 10,
-            Self::Mega => 15,
-            Self::Ultra | Self::Enterprise => 35,
-        }
-    }
-
-    pub fn burst(self) -> u32 {
-        match self {
-            Self::Basic => 3,
-            Self::Pro => 15,
-            Self::Mega => 25,
-            Self::Ultra | Self::Enterprise => 50,
-        }
-    }
-
-    pub fn daily(self) -> u32 {
-        match self {
-            Self::Basic => 50,
-            Self::Pro => 500,
-            Self::Mega => 1000,
-            Self::Ultra => 3000,
-            Self::Enterprise => 5000,
-        }
-    }
-}
-
-impl FromStr for Plan {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_uppercase().as_str() {
-            "BASIC" => Ok(Self::Basic),
-            "PRO" => Ok(Self::Pro),
-            "MEGA" => Ok(Self::Mega),
-            "ULTRA" => Ok(Self::Ultra),
-            "ENTERPRISE" => Ok(Self::Enterprise),
-            _ => Err(format!("unknown plan {s:?}; expected BASIC, PRO, MEGA, ULTRA or ENTERPRISE")),
-        }
-    }
-}
+/// A Chart-IMG plan; its limits (rate, burst, daily quota, max size and parameters) are `chart-img-spec`'s.
+pub use chart_img_spec::Plan;
 
 /// One entry of `CHART_IMG_ACCOUNTS_JSON`. The key is a `SecretString`: its `Debug` prints `[REDACTED]`.
 #[derive(Debug, Clone)]
@@ -123,12 +72,12 @@ pub fn parse_accounts(source: &str, raw: &str) -> Result<Vec<AccountConfig>, Con
             None => return Err(cfg_err(at("apiKey"), "is missing")),
         };
         let plan = match o.remove("plan") {
-            None | Some(Value::Null) => Plan::Basic,
-            Some(Value::String(s)) => s.parse().map_err(|e: String| cfg_err(at("plan"), e))?,
+            None | Some(Value::Null) => Plan::default(),
+            Some(Value::String(s)) => s.parse().map_err(|e: chart_img_spec::UnknownPlan| cfg_err(at("plan"), e.to_string()))?,
             Some(_) => return Err(cfg_err(at("plan"), "must be a string")),
         };
         let daily_limit = match o.remove("dailyLimit") {
-            None | Some(Value::Null) => plan.daily(),
+            None | Some(Value::Null) => plan.limits().daily_limit,
             Some(v) => match v.as_u64() {
                 Some(n) if n >= 1 && n <= u32::MAX as u64 => n as u32,
                 _ => return Err(cfg_err(at("dailyLimit"), "must be a positive integer")),

@@ -250,7 +250,9 @@ impl StepRun<'_> {
             .iter()
             .map(|id| match templates.get(id) {
                 None => Err(ChartFailure::new(ErrorCode::ValidationFailed, format!("chart_templates/{id} does not exist"))),
+                // Checked as Chart-IMG would before any quota is reserved for it (chart-img-spec).
                 Some(t) => build_request(id, t, &valid.symbol, valid.timeframe, &w.settings.timezone)
+                    .and_then(|r| w.accounts.check(r))
                     .map_err(|e| ChartFailure::new(ErrorCode::ValidationFailed, e.to_string())),
             })
             .collect();
@@ -467,7 +469,7 @@ impl StepRun<'_> {
         let attempt = || async {
             loop {
                 let top_up = remaining.load(std::sync::atomic::Ordering::SeqCst);
-                let account = match ledger.acquire(top_up).await {
+                let account = match ledger.acquire_for(top_up, req.needs).await {
                     Ok(a) => a,
                     Err(AcquireError::AllExhausted(names)) => {
                         let mut f = ChartFailure::new(

@@ -14,8 +14,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use crate::config::AccountConfig;
-use crate::domain::{AccountId, AccountQuota, Grant};
+use crate::config::{AccountConfig, Plan};
+use crate::domain::request::{check_request, TemplateInvalid};
+use crate::domain::{AccountId, AccountQuota, ChartRequest, Grant, PlanNeeds};
 use crate::ports::{AccountUsageStore, Clock, StoreError};
 
 /// One configured account with the limiter that keeps this process within its plan's rate and burst.
@@ -43,9 +44,11 @@ impl AccountPool {
         let accounts = configs
             .into_iter()
             .map(|config| {
-                let rate = NonZeroU32::new(config.plan.per_second()).unwrap_or(NonZeroU32::MIN);
-                let burst = NonZeroU32::new(config.plan.burst()).unwrap_or(NonZeroU32::MIN);
-                let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+                let limits = config.plan.limits();
+                let period = std::time::Duration::from_secs_f64(1.0 / limits.rate_per_sec);
+                let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+                let limiter = RateLimiter::direct(quota.allow_burst(burst));
                 Account { config, limiter }
             })
             .collect();
@@ -58,6 +61,17 @@ impl AccountPool {
 
     pub fn accounts(&self) -> &[Account] {
         &self.accounts
+    }
+
+    /// The configured plans, in account order.
+    pub fn plans(&self) -> Vec<Plan> {
+        self.accounts.iter().map(|a| a.config.plan).collect()
+    }
+
+    /// Checks a built request with the spec's validation against the most permissive configured plan, before any
+    /// quota is reserved for it (see [`check_request`]).
+    pub fn check(&self, req: ChartRequest) -> Result<ChartRequest, TemplateInvalid> {
+        check_request(req, &self.plans())
     }
 
     /// Replaces every configured API key in `text` with `<CHART_IMG_API_KEY:account>`. Applied to every message that
@@ -129,12 +143,21 @@ impl<'a> QuotaLedger<'a> {
         Ok(())
     }
 
-    /// Takes one unit for one call, topping up with a reservation of `top_up` units when nothing is held.
+    /// Takes one unit for one call on any account, topping up with a reservation of `top_up` units when nothing is
+    /// held.
     pub async fn acquire(&self, top_up: u32) -> Result<&'a Account, AcquireError> {
+        self.acquire_for(top_up, PlanNeeds::NONE).await
+    }
+
+    /// Takes one unit for one call on an account whose plan allows `needs` (size and parameters): a 1920x1080 chart
+    /// never goes to a BASIC account. Units held on accounts that do not fit stay for other calls (and are given
+    /// back at the end if unused); when none fits, a top-up is reserved on the fitting accounts only.
+    pub async fn acquire_for(&self, top_up: u32, needs: PlanNeeds) -> Result<&'a Account, AcquireError> {
+        let fits = |id: &AccountId| self.pool.get(id).is_some_and(|a| needs.fits(a.config.plan));
         let mut st = self.state.lock().await;
         loop {
             let exhausted = st.exhausted.clone();
-            if let Some(g) = st.held.iter_mut().find(|g| g.units > 0 && !exhausted.contains(&g.account)) {
+            if let Some(g) = st.held.iter_mut().find(|g| g.units > 0 && !exhausted.contains(&g.account) && fits(&g.account)) {
                 g.units -= 1;
                 let id = g.account.clone();
                 match st.spent.iter_mut().find(|(a, _)| *a == id) {
@@ -143,13 +166,22 @@ impl<'a> QuotaLedger<'a> {
                 }
                 return self.pool.get(&id).ok_or_else(|| AcquireError::AllExhausted(id.to_string()));
             }
-            let usable = self.usable(&st);
-            if st.depleted || usable.is_empty() {
-                let names: Vec<&str> = self.pool.accounts.iter().map(|a| a.config.id.as_str()).collect();
+            let all = self.usable(&st);
+            let usable: Vec<AccountQuota> = all.iter().filter(|q| fits(&q.id)).cloned().collect();
+            let every = usable.len() == all.len();
+            if usable.is_empty() || (st.depleted && every) {
+                let names: Vec<&str> =
+                    self.pool.accounts.iter().filter(|a| fits(&a.config.id)).map(|a| a.config.id.as_str()).collect();
                 return Err(AcquireError::AllExhausted(names.join(", ")));
             }
             let grants = self.store.reserve(&usable, top_up.max(1), self.clock.now()).await?;
-            st.depleted = grants.is_empty();
+            if grants.is_empty() {
+                if every {
+                    st.depleted = true;
+                }
+                let names: Vec<&str> = usable.iter().map(|q| q.id.as_str()).collect();
+                return Err(AcquireError::AllExhausted(names.join(", ")));
+            }
             st.held.extend(grants);
         }
     }

@@ -34,7 +34,7 @@ async fn journal_newest_first_with_filters_and_no_keys() {
     assert_eq!(seqs, [4, 3, 2, 1], "newest first");
     assert_eq!(all[0]["account"], Value::Null);
     assert_eq!(all[0]["key_status"], "unknown");
-    assert_eq!(all[1]["error"], "Invalid Interval");
+    assert_eq!(all[1]["error"], "interval: must be a supported interval (\"4H\")");
 
     let acc2 = ctx.admin_get("/requests?account=acc-2").await;
     assert_eq!(acc2.as_array().unwrap().len(), 2);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mock_chart_img::{spawn_with_state, watch_config, AppState, Config, ConfigFormat, FaultKind};
+use mock_chart_img::{spawn_with_state, watch_config, AppState, Config, ConfigFormat, FaultKind, LatencyProfile, SymbolMode, WatermarkMode};
 
 use crate::small;
 
@@ -171,4 +171,24 @@ fn the_binary_reports_a_bad_config_in_one_line() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("bad.yaml:3:") && err.contains("unknown plan `GOLD`"), "{err}");
+}
+
+#[test]
+fn the_issue_9_keys_parse_and_bad_values_name_their_line() {
+    let text = "symbols: strict\nunsupported_intervals: {BIST: [\"1m\"]}\ncustom_watermark: refuse\nquery_key_on_v2: false\n\
+                latency: realistic\ntime_scale: 0.01\ngateway_timeout_ms: 5000\nstorage_max_bytes: 1000\n\
+                layouts:\n  - {id: L1, symbol: \"NASDAQ:AAPL\", session_id: s, session_sign: t}\n";
+    let c = Config::parse(text, ConfigFormat::Yaml, "m.yaml").unwrap();
+    assert_eq!((c.symbols, c.custom_watermark, c.latency), (SymbolMode::Strict, WatermarkMode::Refuse, LatencyProfile::Realistic));
+    assert_eq!((c.query_key_on_v2, c.time_scale, c.gateway_timeout_ms, c.storage_max_bytes), (false, 0.01, 5000, 1000));
+    assert_eq!(c.layouts[0].session_id.as_deref(), Some("s"));
+
+    let bad = |text: &str| Config::parse(text, ConfigFormat::Yaml, "m.yaml").unwrap_err().to_string();
+    assert_eq!(bad("seed: 1\nunsupported_intervals:\n  BIST: [\"4H\"]\n"), "m.yaml:3: unsupported_intervals.BIST: `4H` is not a Chart-IMG interval");
+    assert!(bad("symbols: loose\n").starts_with("m.yaml:1: symbols: unknown variant `loose`"), "{}", bad("symbols: loose\n"));
+    assert_eq!(
+        bad("layouts:\n  - {id: L1, session_id: s}\n"),
+        "m.yaml:2: layout `L1`: give both `session_id` and `session_sign`, or neither"
+    );
+    assert_eq!(bad("time_scale: -1\n"), "m.yaml:1: `time_scale` must be a number >= 0");
 }

@@ -36,8 +36,9 @@ async fn bad_request_for_non_json_bodies() {
     };
     for (ct, body) in [
         (Some("application/json"), "{not json"),
-        (Some("application/json"), ""),
         (Some("application/json"), "[1,2]"),
+        (Some("application/json"), "\"a string\""),
+        (Some("application/json"), "null"),
         (Some("text/plain"), "{}"),
         (None, "{}"),
     ] {
@@ -45,6 +46,10 @@ async fn bad_request_for_non_json_bodies() {
         assert_eq!(status, 400, "{ct:?} {body:?}");
         assert_eq!(body_json, msg("Bad Request"));
     }
+    // A body that validated as JSON is still refused under another content type.
+    assert_eq!(send(Some("application/json"), r#"{"width":400,"height":300}"#).await.unwrap().status(), 200);
+    let (status, body_json) = json_of(send(Some("text/plain"), r#"{"width":400,"height":300}"#).await.unwrap()).await;
+    assert_eq!((status, body_json), (400, msg("Bad Request")));
     // A charset parameter is still JSON.
     let r = send(Some("application/json; charset=utf-8"), "{}").await.unwrap();
     assert_eq!(r.status(), 200);
@@ -82,15 +87,28 @@ async fn field_errors_use_the_array_form() {
 }
 
 #[tokio::test]
-async fn unknown_interval_and_symbol_use_the_object_form() {
+async fn intervals_outside_the_list_are_field_errors_and_unknown_exchanges_invalid_symbols() {
     let ctx = start(config().with_seed(1)).await;
-    assert_eq!(ctx.chart_json("k-ent", json!({ "interval": "4H" })).await, (422, msg("Invalid Interval")));
-    assert_eq!(ctx.chart_json("k-ent", json!({ "interval": "7m" })).await, (422, msg("Invalid Interval")));
+    for bad in [json!("4H"), json!("7m"), json!("2m"), json!(4)] {
+        assert_eq!(
+            ctx.chart_json("k-ent", json!({ "interval": bad })).await,
+            (422, json!([{ "value": bad, "msg": "must be a supported interval", "param": "interval", "location": "body" }]))
+        );
+    }
     assert_eq!(ctx.chart_json("k-ent", json!({ "symbol": "NOWHERE:BTCUSDT" })).await, (422, msg("Invalid Symbol")));
-    // A non-string interval is a field error, not a semantic one.
-    let (status, body) = ctx.chart_json("k-ent", json!({ "interval": 4 })).await;
-    assert_eq!(status, 422);
-    assert_eq!(body[0]["param"], "interval");
+}
+
+#[tokio::test]
+async fn invalid_interval_only_where_the_config_marks_it_unsupported_on_an_exchange() {
+    let mut c = config();
+    c.unsupported_intervals.insert("BIST".into(), vec!["1m".into(), "45m".into()]);
+    let ctx = start(c).await;
+    let (status, body) = ctx.chart_json("k-ent", json!({ "symbol": "BIST:THYAO", "interval": "45m" })).await;
+    assert_eq!((status, body), (422, msg("Invalid Interval")));
+    let r = ctx.chart("k-ent", json!({ "symbol": "BIST:THYAO", "interval": "1h", "width": 400, "height": 300 })).await;
+    assert_eq!(r.status(), 200);
+    let r = ctx.chart("k-ent", json!({ "symbol": "BINANCE:BTCUSDT", "interval": "45m", "width": 400, "height": 300 })).await;
+    assert_eq!(r.status(), 200, "another exchange keeps 45m");
 }
 
 #[tokio::test]
@@ -154,7 +172,18 @@ async fn upstream_statuses_have_their_documented_bodies() {
 async fn unknown_paths_answer_json_404() {
     let ctx = start(config()).await;
     let r = ctx.http.get(ctx.url("/v2/nope")).send().await.unwrap();
-    assert_eq!(json_of(r).await, (404, msg("Not Found")));
+    assert_eq!(json_of(r).await, (404, msg("Route Not Found")));
+    // v1 paths and wrong methods on known paths are the same JSON 404 (never an empty 405).
+    let r = ctx.post("/v1/tradingview/advanced-chart", Some("k-pro"), &small()).await;
+    assert_eq!(json_of(r).await, (404, msg("Route Not Found")));
+    for (method, path) in [("GET", CHART), ("PUT", crate::STORAGE), ("DELETE", "/v2/tradingview/layout-chart/abc"), ("POST", "/v3/tradingview/exchange/list")] {
+        let r = ctx.http.request(method.parse().unwrap(), ctx.url(path)).header("x-api-key", "k-pro").send().await.unwrap();
+        assert_eq!(json_of(r).await, (404, msg("Route Not Found")), "{method} {path}");
+    }
+    // Even what the HTTP framework refuses by itself (a body over its 2 MB limit) is JSON.
+    let huge = format!("{{\"symbol\":\"{}\"}}", "A".repeat(3 * 1024 * 1024));
+    let r = ctx.http.post(ctx.url(CHART)).header("x-api-key", "k-pro").header("content-type", "application/json").body(huge).send().await.unwrap();
+    assert_eq!(json_of(r).await, (413, msg("Payload Too Large")));
 }
 
 #[tokio::test]

@@ -135,3 +135,25 @@ async fn spawned_servers_shut_down_cleanly() {
     server.shutdown().await.unwrap();
     assert!(reqwest::get(format!("{url}/__admin/health")).await.is_err());
 }
+
+/// Each study is drawn where its spec placement says: Super Trend over the price, Bollinger Bands %B in a pane.
+#[tokio::test]
+async fn studies_are_placed_by_the_spec() {
+    let ctx = start(config()).await;
+    let blue = |p: &[u8]| p[..3] == [0x29, 0x62, 0xFF];
+    // 800x600 with mainPaneHeight 300: the price pane is rows 30..330, a study pane rows 330..580.
+    for (name, in_pane) in [("Super Trend", false), ("Bollinger Bands %B", true), ("Relative Strength Index", true)] {
+        let body = json!({ "override": { "mainPaneHeight": 300 }, "studies": [{ "name": name }] });
+        let (w, _, px, spp) = decode(&png_of(&ctx, body).await);
+        let rows = |r: std::ops::Range<u32>| px[(r.start * w) as usize * spp..(r.end * w) as usize * spp].chunks(spp).filter(|p| blue(p)).count();
+        let (price, pane) = (rows(30..330), rows(332..580));
+        if in_pane {
+            assert!(pane > 50 && price == 0, "{name}: price {price}, pane {pane}");
+        } else {
+            assert!(price > 50, "{name}: price {price}");
+            // No pane border at row 330 in the scale column.
+            let border = (w - 70..w - 8).filter(|x| px[((330 * w + x) as usize) * spp..][..3] == [0xF0, 0xF3, 0xFA]).count();
+            assert!(border < 30, "{name}: no pane");
+        }
+    }
+}

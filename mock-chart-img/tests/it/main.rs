@@ -7,8 +7,11 @@ mod errors;
 mod faults;
 mod images;
 mod limits;
+mod logs;
 mod plans;
 mod replay;
+mod routes;
+mod rules;
 
 use mock_chart_img::{spawn, Config, MockServer};
 use serde_json::{json, Value};

@@ -10,7 +10,7 @@ pub mod usage;
 
 pub use ids::{AccountId, RunId, StepId, TemplateId, WorkerId};
 pub use manifest::{ErrorCode, Manifest, ManifestFailure, ManifestItem, ObjectRef};
-pub use request::{ChartRequest, ImageFormat};
+pub use request::{ChartRequest, ImageFormat, PlanNeeds};
 pub use step::{ClaimOutcome, ClaimParams, PatchOutcome, StepPatch, StepSelector};
 pub use timeframe::Timeframe;
 pub use usage::{AccountQuota, Grant, UsageDoc};

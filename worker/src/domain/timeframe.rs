@@ -2,10 +2,8 @@
 
 use std::fmt;
 
-const ALL: &[&str] = &[
-    "1m", "3m", "5m", "15m", "30m", "45m", "1h", "2h", "3h", "4h", "6h", "8h", "12h", "1D", "2D", "3D", "1W", "1M",
-    "3M", "6M", "1Y",
-];
+/// The list is the spec's: the worker keeps no interval list of its own.
+const ALL: &[&str] = chart_img_spec::INTERVALS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Timeframe(&'static str);

@@ -462,3 +462,60 @@ async fn the_total_retry_delay_is_bounded() {
     assert!(started.elapsed() <= Duration::from_secs(5), "{:?}", started.elapsed());
     assert!(r.calls().len() < 10, "{} attempts", r.calls().len());
 }
+
+#[tokio::test]
+async fn a_request_the_api_would_refuse_fails_before_any_quota_or_call() {
+    let r = ScriptedRenderer::ok();
+    let t = one_account(r.clone());
+    t.seed(&flow_run(&["a", "rsi"], 1), &["a"]).await;
+    t.docs
+        .put_doc("chart_templates", "rsi", json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": {"studies": [{"name": "RSI"}]}}))
+        .await
+        .unwrap();
+    let report = run(&t).await;
+    let StepReport::Succeeded { items, failures, .. } = &report else { panic!("{report:?}") };
+    assert_eq!((items.len(), failures.len()), (1, 1));
+    assert_eq!(failures[0].code, ErrorCode::ValidationFailed);
+    assert_eq!(
+        failures[0].message,
+        "chart_templates/rsi.request.studies[0].name: Chart-IMG would refuse it with 422 studies[0].name: must be a supported name (\"RSI\")"
+    );
+    assert_eq!(r.calls().len(), 1, "no call for the refused request");
+    assert_eq!(t.usage_today("acc-1").await, 1, "no unit reserved for it");
+}
+
+fn plans_json(accounts: &[(&str, &str, &str)]) -> String {
+    let items: Vec<Value> =
+        accounts.iter().map(|(id, key, plan)| json!({"id": id, "apiKey": key, "dailyLimit": 50, "plan": plan})).collect();
+    Value::Array(items).to_string()
+}
+
+#[tokio::test]
+async fn a_large_chart_goes_to_an_account_whose_plan_fits_or_fails_saying_none_does() {
+    let hd = json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": {"width": 1920, "height": 1080}});
+    let r = ScriptedRenderer::ok();
+    let t = worker_with(r.clone(), &plans_json(&[("acc-basic", KEY_1, "BASIC"), ("acc-pro", KEY_2, "PRO")]));
+    t.seed(&flow_run(&["a", "hd"], 2), &["a"]).await;
+    t.docs.put_doc("chart_templates", "hd", hd.clone()).await.unwrap();
+    let report = run(&t).await;
+    assert!(matches!(report, StepReport::Succeeded { ref failures, .. } if failures.is_empty()), "{report:?}");
+    let hd_call = r.calls().into_iter().find(|c| c.body["width"] == 1920).unwrap();
+    assert_eq!(hd_call.account, "acc-pro");
+    let sent = |acc: &str| r.calls().iter().filter(|c| c.account == acc).count() as u64;
+    assert_eq!(t.usage_today("acc-basic").await, sent("acc-basic"), "units reserved on BASIC for the big chart were given back");
+    assert_eq!(t.usage_today("acc-pro").await, sent("acc-pro"));
+
+    let r = ScriptedRenderer::ok();
+    let t = worker_with(r.clone(), &plans_json(&[("acc-basic", KEY_1, "BASIC")]));
+    t.seed(&flow_run(&["hd"], 1), &[]).await;
+    t.docs.put_doc("chart_templates", "hd", hd).await.unwrap();
+    let report = run(&t).await;
+    let StepReport::Failed { code, message, .. } = &report else { panic!("{report:?}") };
+    assert_eq!(*code, ErrorCode::ValidationFailed);
+    assert!(
+        message.contains("chart_templates/hd.request.width: 1920x1080: no configured account's plan fits (the largest, BASIC, allows 800x600"),
+        "{message}"
+    );
+    assert_eq!(r.calls().len(), 0);
+    assert_eq!(t.usage("acc-basic").await, None, "no reservation at all");
+}

@@ -33,7 +33,7 @@ fn s(p: &Path) -> String {
 const BROKEN: &str = r#"bad<i>&"style""#;
 
 /// A finished step on the local layout: `price_volume` and `rsi_14` rendered by mock-chart-img, [`BROKEN`] refused
-/// by it (422: its `style` is not one Chart-IMG knows).
+/// by it (422 `Invalid Symbol`: the mock is told its symbol is not listed, which no client can check beforehand).
 struct Step {
     dir: tempfile::TempDir,
     bucket: String,
@@ -41,9 +41,9 @@ struct Step {
 
 impl Step {
     async fn render(bucket: &str) -> Self {
-        let mock = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
-            .await
-            .unwrap();
+        let mut config = mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO);
+        config.invalid_symbols = vec!["COINBASE:BTCUSDT".into()];
+        let mock = mock_chart_img::spawn(config).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::create_dir(p.join("templates")).unwrap();
@@ -52,10 +52,12 @@ impl Step {
             r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": r})
         };
+        let mut broken = request(json!({}));
+        broken["chartImgSymbolTemplate"] = json!("COINBASE:{symbol}");
         let templates = [
             ("price_volume", request(json!({}))),
             ("rsi_14", request(json!({"width": 640, "height": 400, "studies": [{"name": "Relative Strength Index"}]}))),
-            (BROKEN, request(json!({"style": "bogus"}))),
+            (BROKEN, broken),
         ];
         for (id, t) in &templates {
             std::fs::write(p.join("templates").join(format!("{id}.json")), t.to_string()).unwrap();
@@ -134,7 +136,7 @@ async fn report_page_loads_its_images_and_lists_the_failures_in_chromium() {
     let failures = seen["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{seen}");
     assert_eq!(failures[0].as_array().unwrap()[0..3], [json!(BROKEN), json!("CHART_API_FAILED"), json!("422")], "{seen}");
-    assert!(failures[0][3].as_str().unwrap().starts_with("422 style: must be one of"), "{seen}");
+    assert!(failures[0][3].as_str().unwrap().contains("Invalid Symbol"), "{seen}");
     assert_eq!(seen["outcome"], "SUCCEEDED");
     assert_eq!(seen["scripts"], 1, "only the probe ran");
 

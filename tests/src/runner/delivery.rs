@@ -1,0 +1,169 @@
+//! Phase 2, delivery: the `when` part through the worker's real entrypoints.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, FLOW_RUNS};
+use worker_chart_export::adapters::{JsonDocs, LocalArtifacts, LocalBackend};
+use worker_chart_export::cli::{run_local_with, OutputFormat, RunLocalArgs};
+use worker_chart_export::config::{parse_accounts, Settings};
+use worker_chart_export::core::{run_chart_export_step, StepReport, Worker};
+use worker_chart_export::domain::{RunId, StepId, StepSelector};
+use worker_chart_export::serve::{router, AppState};
+
+use super::readback::Backend;
+use super::setup::{retry_policy, substitute, templates, World};
+
+/// One HTTP answer: status, body, and the status the scenario expects for it (hand-made events).
+pub type HttpAnswer = (u16, String, Option<u16>);
+
+/// What the delivery phase leaves for the checks.
+pub struct Delivered {
+    pub backend: Backend,
+    pub answers: Vec<HttpAnswer>,
+    /// Step results of `direct` / `run_local` runs.
+    pub results: Vec<String>,
+    pub live: Option<super::live::LiveReport>,
+}
+
+/// Runs the `when` part.
+pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
+    if w.scenario.when.via == "local_eventarc" {
+        return super::live::deliver(w).await;
+    }
+    let (backend, answers, results) = deliver_in_process(w).await?;
+    Ok(Delivered { backend, answers, results, live: None })
+}
+
+async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswer>, Vec<String>)> {
+    let when = &w.scenario.when;
+    // Results are read from the real emulator even when the worker was pointed at a dead storage endpoint.
+    let storage = w.emulators.storage.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let emu_backend = || Backend::Emulators { fs: w.fs.clone(), storage: storage.clone(), bucket: w.bucket.clone() };
+    match when.via.as_str() {
+        "eventarc" => {
+            let mut urls = Vec::new();
+            let mut servers = Vec::new();
+            for i in 0..when.workers.max(1) {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                urls.push(format!("http://{}/", listener.local_addr()?));
+                let app = router(AppState::new(w.worker(i)?));
+                servers.push(tokio::spawn(async move { axum_serve(listener, app).await }));
+            }
+            let client = reqwest::Client::new();
+            let mut answers = Vec::new();
+            if when.events.is_empty() {
+                let posts = (0..when.deliveries.max(1)).map(|k| w.event(&client, &urls[k % urls.len()], "regular").send());
+                for r in futures::future::join_all(posts).await {
+                    let r = r?;
+                    answers.push((r.status().as_u16(), r.text().await?, None));
+                }
+            } else {
+                for e in &when.events {
+                    let r = w.event(&client, &urls[0], &e.kind).send().await?;
+                    answers.push((r.status().as_u16(), format!("{}: {}", e.kind, r.text().await?), Some(e.expect_status)));
+                }
+            }
+            for s in servers {
+                s.abort();
+            }
+            Ok((emu_backend(), answers, Vec::new()))
+        }
+        "direct" => {
+            let selector = match &when.step_id {
+                Some(s) => StepSelector::Explicit(StepId::parse(s.as_str()).map_err(anyhow::Error::msg)?),
+                None => StepSelector::First,
+            };
+            let run = RunId::parse(w.run_id.as_str()).map_err(anyhow::Error::msg)?;
+            let mut results = Vec::new();
+            if let Some(ms) = when.kill_after_ms {
+                // A worker that dies mid-step: its future is dropped after the claim, so nothing releases the step.
+                let doomed = w.worker(0)?;
+                let (run2, sel2) = (run.clone(), selector.clone());
+                let task = tokio::spawn(async move { run_chart_export_step(&doomed, &run2, &sel2, None).await });
+                // Wait until the claim is committed (a slow emulator must not turn this into a kill before the claim).
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    let doc = w.fs.get_doc(FLOW_RUNS, &w.run_id).await?.unwrap_or(Value::Null);
+                    if doc["steps"].as_object().is_some_and(|s| s.values().any(|st| st["status"] == "RUNNING")) {
+                        break;
+                    }
+                    anyhow::ensure!(std::time::Instant::now() < deadline, "the first worker never claimed the step");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                task.abort();
+                let _ = task.await;
+                let lease = w.scenario.given.lease_seconds.unwrap_or(900);
+                tokio::time::sleep(Duration::from_secs(lease) + Duration::from_millis(200)).await;
+                let report = run_chart_export_step(&w.worker(1)?, &run, &selector, None).await?;
+                results.push(report_name(&report));
+            } else {
+                let workers: Vec<Worker> = (0..when.workers.max(1)).map(|i| w.worker(i)).collect::<Result<_, _>>()?;
+                let runs = (0..when.deliveries.max(1)).map(|k| run_chart_export_step(&workers[k % workers.len()], &run, &selector, None));
+                for r in futures::future::join_all(runs).await {
+                    results.push(report_name(&r?));
+                }
+            }
+            Ok((emu_backend(), Vec::new(), results))
+        }
+        _ => {
+            // `run_local`: the CLI's own entry (flags → settings → local backend), as `worker-chart-export run-local`.
+            let dir = w.tmp.path().join("local");
+            std::fs::create_dir_all(dir.join("templates"))?;
+            let file = dir.join(format!("{}.json", w.run_id));
+            std::fs::write(&file, serde_json::to_vec(&w.seeded)?)?;
+            for (id, t) in templates(&w.scenario)? {
+                std::fs::write(dir.join("templates").join(format!("{id}.json")), serde_json::to_vec(&t)?)?;
+            }
+            let docs = JsonDocs::<LocalBackend>::local(&dir.join("state"))?;
+            for (id, u) in &w.scenario.given.usage {
+                docs.put_doc(ACCOUNTS_USAGE, id, substitute(u)).await?;
+            }
+            let mut settings = Settings::from_lookup(|_| None).map_err(anyhow::Error::msg)?;
+            settings.accounts = parse_accounts("scenario accounts", &w.accounts_json)?;
+            settings.base_url = w.mock.base_url().trim_end_matches('/').to_owned();
+            if let Some(r) = &w.scenario.given.retry {
+                settings.retry = retry_policy(r);
+            }
+            let mut results = Vec::new();
+            for _ in 0..when.deliveries.max(1) {
+                let args = RunLocalArgs {
+                    flow_run: file.clone(),
+                    run_id: None,
+                    step_id: when.step_id.clone(),
+                    bucket: w.bucket.clone(),
+                    mode: Some(w.scenario.given.mode.clone()),
+                    base_url: None,
+                    cassette_dir: w.cassette_dir.clone(),
+                    accounts: None,
+                    templates: Some(dir.join("templates")),
+                    state_dir: dir.join("state"),
+                    artifacts_dir: Some(dir.join("gcs")),
+                    replace_run: false,
+                    format: OutputFormat::Json,
+                    json_logs: true,
+                };
+                let code = run_local_with(settings.clone(), args).await?;
+                results.push(format!("exit {code}"));
+            }
+            let backend = Backend::Local { docs, artifacts: LocalArtifacts::new(dir.join("gcs")), bucket: w.bucket.clone() };
+            Ok((backend, Vec::new(), results))
+        }
+    }
+}
+
+async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    let _ = axum::serve(listener, app).await;
+}
+
+pub fn report_name(r: &StepReport) -> String {
+    match r {
+        StepReport::Succeeded { .. } => "succeeded",
+        StepReport::Failed { .. } => "failed",
+        StepReport::NoOp { .. } => "noop",
+        StepReport::Rejected { .. } => "rejected",
+        StepReport::LostClaim { .. } => "lost_claim",
+    }
+    .to_owned()
+}

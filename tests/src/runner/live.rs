@@ -1,0 +1,353 @@
+//! Phase 2 for `via: local_eventarc`: production's path on this machine. `serve` runs as child processes (the
+//! `scenario-serve` binary, the worker's serve entrypoint on 127.0.0.1), each dependency sits behind a fault proxy
+//! (Firestore over gRPC, GCS and mock-chart-img over HTTP), and the local Eventarc delivers the flow run's writes
+//! to the processes at least once, with Pub/Sub's backoff (time-scaled). The flow run is written once everything
+//! listens — that write is the first event — then `when.actions` run in order (kill -9 the claim's holder,
+//! SIGTERM, a new instance, a fault added or healed), and the phase ends when the step reached `then.step.status`
+//! (or the deliveries settled), after which every process gets SIGTERM.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use harness::eventarc::{Config, Delivery, EventRecord, LocalEventarc};
+use harness::process::{ServeProcess, ServeSpec, Terminated};
+use harness::proxy::{Call, FaultProxy, Upstream};
+use serde_json::Value;
+use worker_chart_export::adapters::docs::FLOW_RUNS;
+
+use super::delivery::Delivered;
+use super::readback::Backend;
+use super::setup::World;
+use crate::scenario::{Action, Dependency, Trigger, Verb};
+
+/// What happened on the live path, for the checks and the failure report.
+#[derive(Debug, Default)]
+pub struct LiveReport {
+    pub deliveries: Vec<Delivery>,
+    pub events: Vec<EventRecord>,
+    /// Every line of every process, in start order.
+    pub process_logs: String,
+    /// (process name, how its SIGTERM ended) for each `sigterm` action.
+    pub sigterms: Vec<(String, Terminated)>,
+    /// Ms from the flow run's write until the step had `then.step.status`; `None` if it never did.
+    pub reached_ms: Option<u64>,
+    /// The step's status at the end.
+    pub final_status: Option<String>,
+    /// What the harness did, with times.
+    pub timeline: Vec<String>,
+    pub proxy_calls: BTreeMap<Dependency, Vec<Call>>,
+}
+
+impl LiveReport {
+    /// One line per delivery attempt and per timeline entry, for failure reports.
+    pub fn describe(&self) -> String {
+        let mut out: Vec<String> = self.timeline.clone();
+        for d in &self.deliveries {
+            out.push(format!(
+                "delivery {} #{}{} at {} ms to {}: {:?} after {} ms {}",
+                &d.event_id[..8.min(d.event_id.len())],
+                d.attempt,
+                if d.chain > 0 { " (duplicate)" } else { "" },
+                d.at_ms,
+                d.target.as_deref().unwrap_or("-"),
+                d.outcome,
+                d.duration_ms,
+                d.body.chars().take(200).collect::<String>()
+            ));
+        }
+        out.join("\n")
+    }
+}
+
+fn serve_program(w: &World) -> anyhow::Result<PathBuf> {
+    match &w.emulators.serve_bin {
+        Some(p) => Ok(p.clone()),
+        None => harness::process::locate("worker-serve"),
+    }
+}
+
+struct Live<'a> {
+    w: &'a World,
+    program: PathBuf,
+    env: BTreeMap<String, String>,
+    procs: Vec<ServeProcess>,
+    eventarc: LocalEventarc,
+    proxies: BTreeMap<Dependency, FaultProxy>,
+    /// When the live phase started (the time base of the timeline).
+    t0: Instant,
+    timeline: Vec<String>,
+    sigterms: Vec<(String, Terminated)>,
+}
+
+impl Live<'_> {
+    fn note(&mut self, what: String) {
+        self.timeline.push(format!("{:>6} ms: {what}", self.t0.elapsed().as_millis()));
+    }
+
+    fn refresh_targets(&mut self) {
+        let urls = self.procs.iter_mut().filter_map(|p| p.running().then(|| format!("{}/", p.url()))).collect();
+        self.eventarc.set_targets(urls);
+    }
+
+    async fn start_process(&mut self) -> anyhow::Result<()> {
+        let name = format!("serve-{}", self.procs.len());
+        let mut spec = ServeSpec::new(&name, &self.program);
+        spec.env = self.env.clone();
+        let p = ServeProcess::start(spec).await?;
+        self.note(format!("started {name} (pid {}, port {})", p.pid(), p.port));
+        self.procs.push(p);
+        Ok(())
+    }
+
+    async fn step(&self) -> anyhow::Result<Value> {
+        let doc = self.w.fs.get_doc(FLOW_RUNS, &self.w.run_id).await?.unwrap_or(Value::Null);
+        Ok(doc["steps"][self.w.scenario.then.step_id.as_str()].clone())
+    }
+
+    /// The process whose worker id holds the step's claim, else the first one still running.
+    async fn pick(&mut self, explicit: Option<usize>) -> anyhow::Result<usize> {
+        if let Some(i) = explicit {
+            anyhow::ensure!(i < self.procs.len(), "process {i}: only {} were started", self.procs.len());
+            return Ok(i);
+        }
+        let holder = self.step().await?["claimedBy"].as_str().map(str::to_owned);
+        if let Some(h) = holder {
+            for (i, p) in self.procs.iter_mut().enumerate() {
+                let theirs = p.json_logs().iter().any(|l| l["event"] == "serve_started" && l["worker"] == h.as_str());
+                if theirs && p.running() {
+                    return Ok(i);
+                }
+            }
+        }
+        self.procs.iter_mut().position(|p| p.running()).context("no process is running")
+    }
+
+    async fn wait_for(&self, what: &str, limit: Duration, mut ok: impl AsyncFnMut(&Self) -> anyhow::Result<bool>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if ok(self).await? {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{what} did not happen within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn act(&mut self, i: usize, a: &Action) -> anyhow::Result<()> {
+        if let Some(ms) = a.after_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let limit = Duration::from_secs(60);
+        if let Some(t) = a.when {
+            let what = format!("when.actions[{i}].when {t:?}");
+            self.wait_for(&what, limit, async |l: &Self| {
+                Ok(match t {
+                    Trigger::Claimed => l.step().await?["status"] == "RUNNING",
+                    Trigger::Final => matches!(l.step().await?["status"].as_str(), Some("SUCCEEDED" | "FAILED")),
+                    Trigger::Delivered => !l.eventarc.deliveries().is_empty(),
+                })
+            })
+            .await?;
+        }
+        if let Some(n) = a.after_mock_calls {
+            let what = format!("when.actions[{i}].afterMockCalls {n}");
+            self.wait_for(&what, limit, async |l: &Self| Ok(l.w.mock.state().journal(&Default::default()).len() >= n)).await?;
+        }
+        match a.act {
+            Verb::Kill => {
+                let p = self.pick(a.process).await?;
+                self.procs[p].kill().await;
+                self.refresh_targets();
+                let name = self.procs[p].name.clone();
+                self.note(format!("action {i}: SIGKILL {name}"));
+            }
+            Verb::Sigterm => {
+                let p = self.pick(a.process).await?;
+                // Cloud Run stops routing to an instance before it signals it.
+                let url = format!("{}/", self.procs[p].url());
+                let rest: Vec<String> = self.eventarc.targets().into_iter().filter(|t| *t != url).collect();
+                self.eventarc.set_targets(rest);
+                let name = self.procs[p].name.clone();
+                self.note(format!("action {i}: SIGTERM {name}"));
+                let t = self.procs[p].terminate(Duration::from_millis(a.budget_ms.unwrap_or(30_000))).await?;
+                self.note(format!("{name} exited {} ms after SIGTERM (by itself: {})", t.after.as_millis(), t.by_itself));
+                self.sigterms.push((name, t));
+                self.refresh_targets();
+            }
+            Verb::Start => {
+                self.start_process().await?;
+                self.refresh_targets();
+                self.note(format!("action {i}: new instance"));
+            }
+            Verb::Heal | Verb::Fault => {
+                let dep = a.dependency.context("checked at parse")?;
+                let proxy = self.proxies.get(&dep).with_context(|| format!("when.actions[{i}]: no proxy for {dep:?} (gcs: unavailable?)"))?;
+                if a.act == Verb::Heal {
+                    proxy.clear_rules();
+                    self.note(format!("action {i}: healed {dep:?}"));
+                } else {
+                    proxy.add_rule(a.rule.clone().context("checked at parse")?);
+                    self.note(format!("action {i}: fault on {dep:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn host_port(url: &str) -> String {
+    url.trim().trim_start_matches("http://").trim_end_matches('/').to_owned()
+}
+
+pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
+    let g = &w.scenario.given;
+    let when = &w.scenario.when;
+    let storage = host_port(&w.emulators.storage);
+
+    // A proxy in front of every dependency, with the scenario's rules.
+    let mut proxies = BTreeMap::new();
+    proxies.insert(Dependency::Firestore, FaultProxy::start(&w.emulators.firestore, Upstream::Http2).await?);
+    if g.gcs.as_deref() != Some("unavailable") {
+        proxies.insert(Dependency::Gcs, FaultProxy::start(&storage, Upstream::Http1).await?);
+    }
+    proxies.insert(Dependency::Chartimg, FaultProxy::start(&host_port(&w.mock.base_url()), Upstream::Http1).await?);
+    for (dep, rules) in [
+        (Dependency::Firestore, &g.dependency_faults.firestore),
+        (Dependency::Gcs, &g.dependency_faults.gcs),
+        (Dependency::Chartimg, &g.dependency_faults.chartimg),
+    ] {
+        if rules.is_empty() {
+            continue;
+        }
+        let proxy = proxies.get(&dep).with_context(|| format!("given.dependencyFaults: no {dep:?} proxy (gcs: unavailable)"))?;
+        for r in rules {
+            proxy.add_rule(r.clone());
+        }
+    }
+
+    // The environment of every serve process: the harness's wiring, then the scenario's own variables.
+    let mut env = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        env.insert(k.to_owned(), v);
+    };
+    put("FIRESTORE_EMULATOR_HOST", proxies[&Dependency::Firestore].host());
+    put(
+        "STORAGE_EMULATOR_HOST",
+        proxies.get(&Dependency::Gcs).map(FaultProxy::url).unwrap_or_else(|| w.storage_endpoint.clone()),
+    );
+    put("CHART_IMG_BASE_URL", proxies[&Dependency::Chartimg].url());
+    put("GOOGLE_CLOUD_PROJECT", w.project.clone());
+    put("ARTIFACTS_BUCKET", w.bucket.clone());
+    put("CHART_IMG_ACCOUNTS_JSON", w.accounts_json.clone());
+    put("CHART_IMG_MODE", g.mode.clone());
+    if let Some(dir) = &w.cassette_dir {
+        put("CHART_IMG_CASSETTE_DIR", dir.display().to_string());
+    }
+    if let Some(l) = g.lease_seconds {
+        put("CHART_EXPORT_LEASE_SECONDS", l.to_string());
+    }
+    put("RUST_LOG", "info,h2=warn,hyper=warn,tonic=warn,tower=warn".into());
+    for (k, v) in &g.env {
+        put(k, v.clone());
+    }
+
+    let s = &when.eventarc;
+    let mut cfg = Config::new(&w.project).with_time_scale(s.time_scale);
+    cfg.ack_deadline = Duration::from_secs(s.ack_deadline_seconds);
+    cfg.duplicate_probability = s.duplicate_probability;
+    cfg.reorder_window = Duration::from_millis(s.reorder_window_ms);
+    cfg.seed = s.seed;
+    if let Some(t) = &s.types {
+        cfg.kinds = t.clone();
+    }
+    let eventarc = LocalEventarc::start(cfg, Vec::new()).await?;
+    let mut live = Live {
+        w,
+        program: serve_program(w)?,
+        env,
+        procs: Vec::new(),
+        eventarc,
+        proxies,
+        t0: Instant::now(),
+        timeline: Vec::new(),
+        sigterms: Vec::new(),
+    };
+    let result = drive(&mut live).await;
+
+    // Whatever happened: stop every process (SIGTERM, then SIGKILL), then the local Eventarc.
+    live.eventarc.set_targets(Vec::new());
+    for p in live.procs.iter_mut() {
+        if p.running() {
+            let _ = p.terminate(Duration::from_secs(10)).await;
+        }
+    }
+    live.eventarc.shutdown().await;
+    let mut process_logs = String::new();
+    for p in &live.procs {
+        for l in p.logs() {
+            process_logs.push_str(&l);
+            process_logs.push('\n');
+        }
+    }
+    let (reached_ms, final_status) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            anyhow::bail!("{e:#}\n--- timeline and deliveries ---\n{}\n--- serve processes ---\n{process_logs}", {
+                let mut r = LiveReport { deliveries: live.eventarc.deliveries(), timeline: live.timeline.clone(), ..Default::default() };
+                r.timeline.push("(run aborted)".into());
+                r.describe()
+            });
+        }
+    };
+    let report = LiveReport {
+        deliveries: live.eventarc.deliveries(),
+        events: live.eventarc.events(),
+        process_logs,
+        sigterms: std::mem::take(&mut live.sigterms),
+        reached_ms,
+        final_status,
+        timeline: std::mem::take(&mut live.timeline),
+        proxy_calls: live.proxies.iter().map(|(d, p)| (*d, p.calls())).collect(),
+    };
+    let backend = Backend::Emulators { fs: w.fs.clone(), storage, bucket: w.bucket.clone() };
+    Ok(Delivered { backend, answers: Vec::new(), results: Vec::new(), live: Some(report) })
+}
+
+/// Starts the processes, writes the flow run, runs the actions and waits for the end. Answers when the step reached
+/// `then.step.status` (ms after the write) and its status at the end.
+async fn drive(live: &mut Live<'_>) -> anyhow::Result<(Option<u64>, Option<String>)> {
+    let w = live.w;
+    for _ in 0..w.scenario.when.processes.unwrap_or(1) {
+        live.start_process().await?;
+    }
+    live.refresh_targets();
+    w.fs.put_doc(FLOW_RUNS, &w.run_id, w.seeded.clone()).await?;
+    let written = Instant::now();
+    live.note("flow run written".into());
+    for (i, a) in w.scenario.when.actions.iter().enumerate() {
+        live.act(i, a).await?;
+    }
+    let t = &w.scenario.then;
+    let mut reached = None;
+    if let Some(want) = &t.step.status {
+        let limit = Duration::from_secs_f64(t.within_seconds.map(|s| s + 5.0).unwrap_or(90.0));
+        let deadline = written + limit;
+        while Instant::now() < deadline {
+            if live.step().await?["status"] == want.as_str() {
+                reached = Some(written.elapsed().as_millis() as u64);
+                live.note(format!("step {want}"));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    // Let the deliveries the last writes caused run out (each of them quick: a no-op or a retry answer).
+    let settled = live.eventarc.wait_settled(Duration::from_millis(400), Duration::from_secs(30)).await;
+    if !settled {
+        live.note("deliveries still pending after 30 s".into());
+    }
+    let status = live.step().await?["status"].as_str().map(str::to_owned);
+    Ok((reached, status))
+}

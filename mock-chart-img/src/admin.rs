@@ -1,5 +1,6 @@
-//! The admin API under `/__admin`: health, journal, usage, reset, keys and faults at run time, and the OpenAPI
-//! document of all of it (generated from these handlers by `utoipa`, so it cannot drift from the code).
+//! The admin API under `/__admin`: health, journal, usage, reset, keys and faults at run time, the loaded config,
+//! and the OpenAPI document of all of it (generated from these handlers by `utoipa`, so it cannot drift from the
+//! code). The dashboard (`/__admin/ui`, [`crate::ui`]) is merged into this router, so it is served where this is.
 //!
 //! **Invariant:** no admin answer contains an API key; keys are named by their account.
 
@@ -18,7 +19,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     accounts::Usage,
-    config::{KeyConfig, LimitOverrides},
+    config::{Config, KeyConfig, LatencyProfile, LimitOverrides, ReplayConfig, SymbolMode, WatermarkMode},
     faults::{FaultKind, FaultSpec, InstalledFault, Route},
     journal::{JournalEntry, JournalQuery},
     plan::{Plan, PlanLimits, PlanName},
@@ -30,9 +31,10 @@ use crate::{
 #[openapi(
     info(title = "mock-chart-img admin API", description = "Control and inspect a running mock Chart-IMG server."),
     paths(health, requests, clear_requests, usage, usage_of, reset, list_keys, add_key, remove_key, list_faults, add_fault,
-          remove_fault, clear_faults, openapi_json),
+          remove_fault, clear_faults, loaded_config, openapi_json),
     components(schemas(Health, JournalEntry, Usage, KeySummary, KeyConfig, LimitOverrides, Plan, PlanLimits, PlanName,
-                       FaultSpec, FaultKind, Route, InstalledFault, Created, AdminError))
+                       FaultSpec, FaultKind, Route, InstalledFault, Created, AdminError, ConfigView, ReplayConfig,
+                       SymbolMode, WatermarkMode, LatencyProfile))
 )]
 pub struct AdminApi;
 
@@ -62,7 +64,7 @@ pub struct Health {
 }
 
 /// A key as the admin API shows it: by account, never the key itself.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct KeySummary {
     /// The account id.
     pub account: String,
@@ -72,6 +74,92 @@ pub struct KeySummary {
     pub active: bool,
     /// Limits in force.
     pub limits: PlanLimits,
+}
+
+/// `GET /__admin/config`: the config as loaded at start or by the last reload, each key shown by its account.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConfigView {
+    /// Seed of the chart data and the fault dice.
+    pub seed: u64,
+    /// The configured keys, by account (the key itself never).
+    pub keys: Vec<KeySummary>,
+    /// The faults of the config (the admin API may have added more: `GET /__admin/faults`).
+    pub faults: Vec<FaultSpec>,
+    /// Requests the journal keeps.
+    pub journal_capacity: usize,
+    /// Images the render cache keeps.
+    pub render_cache_capacity: usize,
+    /// `/storage` images kept downloadable.
+    pub storage_capacity: usize,
+    /// Base of the `/storage` URLs, when set.
+    pub public_url: Option<String>,
+    /// Symbols answered `Invalid Symbol`.
+    pub invalid_symbols: Vec<String>,
+    /// Exchanges accepted besides the built-in list.
+    pub extra_exchanges: Vec<String>,
+    /// Replay from cassettes, when configured.
+    pub replay: Option<ReplayConfig>,
+    /// `lenient` or `strict` symbols.
+    pub symbols: SymbolMode,
+    /// The symbol catalogue file, when one is configured.
+    #[schema(value_type = Option<String>)]
+    pub symbol_catalogue: Option<std::path::PathBuf>,
+    /// Intervals refused per exchange.
+    pub unsupported_intervals: std::collections::BTreeMap<String, Vec<String>>,
+    /// What a custom watermark below ULTRA gets.
+    pub custom_watermark: WatermarkMode,
+    /// Whether `?key=` is accepted on the v2 routes.
+    pub query_key_on_v2: bool,
+    /// The ids of the saved layouts (their TradingView session values are secrets too, so they are not shown).
+    pub layouts: Vec<String>,
+    /// Where `/storage` images are kept, when set.
+    #[schema(value_type = Option<String>)]
+    pub storage_dir: Option<std::path::PathBuf>,
+    /// Byte budget of the stored images.
+    pub storage_max_bytes: u64,
+    /// `instant` or `realistic`.
+    pub latency: LatencyProfile,
+    /// Multiplier of every realistic wait.
+    pub time_scale: f64,
+    /// The gateway's timeout in (unscaled) milliseconds.
+    pub gateway_timeout_ms: u64,
+}
+
+impl ConfigView {
+    pub(crate) fn of(c: &Config) -> Self {
+        ConfigView {
+            seed: c.seed,
+            keys: c
+                .keys
+                .iter()
+                .map(|k| KeySummary {
+                    account: k.account.clone(),
+                    plan: k.plan.label().to_string(),
+                    active: k.active,
+                    limits: k.limits(),
+                })
+                .collect(),
+            faults: c.faults.clone(),
+            journal_capacity: c.journal_capacity,
+            render_cache_capacity: c.render_cache_capacity,
+            storage_capacity: c.storage_capacity,
+            public_url: c.public_url.clone(),
+            invalid_symbols: c.invalid_symbols.clone(),
+            extra_exchanges: c.extra_exchanges.clone(),
+            replay: c.replay.clone(),
+            symbols: c.symbols,
+            symbol_catalogue: c.symbol_catalogue.clone(),
+            unsupported_intervals: c.unsupported_intervals.clone(),
+            custom_watermark: c.custom_watermark,
+            query_key_on_v2: c.query_key_on_v2,
+            layouts: c.layouts.iter().map(|l| l.id.clone()).collect(),
+            storage_dir: c.storage_dir.clone(),
+            storage_max_bytes: c.storage_max_bytes,
+            latency: c.latency,
+            time_scale: c.time_scale,
+            gateway_timeout_ms: c.gateway_timeout_ms,
+        }
+    }
 }
 
 /// Answer of a creation.
@@ -103,7 +191,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/__admin/keys/{account}", delete(remove_key))
         .route("/__admin/faults", get(list_faults).post(add_fault).delete(clear_faults))
         .route("/__admin/faults/{id}", delete(remove_fault))
+        .route("/__admin/config", get(loaded_config))
         .route("/__admin/openapi.json", get(openapi_json))
+        .merge(crate::ui::router())
 }
 
 /// Liveness and a few counters.
@@ -135,6 +225,7 @@ async fn requests(State(st): State<AppState>, Query(q): Query<JournalQuery>) -> 
 #[utoipa::path(delete, path = "/__admin/requests", responses((status = 204)))]
 async fn clear_requests(State(st): State<AppState>) -> StatusCode {
     st.inner.journal.clear();
+    st.inner.thumbnails.clear();
     StatusCode::NO_CONTENT
 }
 
@@ -161,6 +252,7 @@ async fn usage_of(State(st): State<AppState>, Path(account): Path<String>) -> Re
 async fn reset(State(st): State<AppState>) -> StatusCode {
     st.inner.accounts.reset();
     st.inner.journal.clear();
+    st.inner.thumbnails.clear();
     StatusCode::NO_CONTENT
 }
 
@@ -240,6 +332,12 @@ async fn remove_fault(State(st): State<AppState>, Path(id): Path<u64>) -> Respon
 async fn clear_faults(State(st): State<AppState>) -> StatusCode {
     st.inner.faults.clear();
     StatusCode::NO_CONTENT
+}
+
+/// The config as loaded (at start or by the last reload), keys shown by their account.
+#[utoipa::path(get, path = "/__admin/config", responses((status = 200, body = ConfigView)))]
+async fn loaded_config(State(st): State<AppState>) -> Json<ConfigView> {
+    Json(st.inner.loaded.read().unwrap().clone())
 }
 
 /// This document.

@@ -56,6 +56,8 @@ struct Trace {
     interval: Option<String>,
     cache_hit: Option<bool>,
     replayed: Option<bool>,
+    /// The image answered, for the dashboard's thumbnails.
+    image: Option<(&'static str, Bytes)>,
 }
 
 /// Which chart a request asks for.
@@ -167,12 +169,17 @@ async fn handle(st: AppState, route: Route, target: Target, method: Method, uri:
             }
         }
     };
-    let response = if truncate { truncated(response).await } else { response };
+    let response = if truncate {
+        trace.image = None;
+        truncated(response).await
+    } else {
+        response
+    };
     journal(&st, &method, &uri, trace, started, &decision.fired, &response);
     response
 }
 
-fn journal(st: &AppState, method: &Method, uri: &Uri, trace: Trace, started: Instant, fired: &[&'static str], response: &Response) {
+fn journal(st: &AppState, method: &Method, uri: &Uri, mut trace: Trace, started: Instant, fired: &[&'static str], response: &Response) {
     let s = &st.inner;
     let status = if response.extensions().get::<Abort>().is_some() { None } else { Some(response.status().as_u16()) };
     let duration_ms = started.elapsed().as_millis() as u64;
@@ -188,7 +195,9 @@ fn journal(st: &AppState, method: &Method, uri: &Uri, trace: Trace, started: Ins
         error = trace.error.as_deref().unwrap_or(""),
         "chart request"
     );
-    s.journal.push(JournalEntry {
+    // A thumbnail only of an image answered whole.
+    let image = trace.image.take().filter(|_| status == Some(200));
+    let seq = s.journal.push(JournalEntry {
         seq: 0,
         at: s.clock.now(),
         // Static names for the common method and paths: no allocation per request.
@@ -212,6 +221,9 @@ fn journal(st: &AppState, method: &Method, uri: &Uri, trace: Trace, started: Ins
         cache_hit: trace.cache_hit,
         replayed: trace.replayed,
     });
+    if let Some((content_type, bytes)) = image {
+        s.thumbnails.put(seq, content_type, bytes);
+    }
 }
 
 /// The gateway: an active key, the throttle, then one unit of today's quota.
@@ -329,6 +341,7 @@ async fn answer(
     realistic_wait(st, req).await?;
 
     let bytes = image(st, req, &prepared.key, seed, trace).await?;
+    trace.image = Some((req.content_type(), bytes.clone()));
     match route {
         Route::AdvancedChart => {
             let mut r = (StatusCode::OK, bytes).into_response();

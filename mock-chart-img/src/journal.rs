@@ -115,7 +115,8 @@ impl Journal {
         Journal { capacity, inner: Mutex::new(Ring { seq: 0, entries, traffic: Traffic::default() }) }
     }
 
-    pub fn push(&self, mut entry: JournalEntry) {
+    /// Appends `entry` and answers the sequence number it got.
+    pub fn push(&self, mut entry: JournalEntry) -> u64 {
         let mut g = self.inner.lock().unwrap();
         g.seq += 1;
         entry.seq = g.seq;
@@ -126,6 +127,7 @@ impl Journal {
         if self.capacity > 0 {
             g.entries.push_back(entry);
         }
+        g.seq
     }
 
     /// The traffic since the previous call.

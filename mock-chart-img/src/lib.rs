@@ -16,7 +16,8 @@
 //! - `faults`: latency, status sequences, error rates, reset/empty/truncated/non-image answers.
 //! - `journal`: bounded ring buffer of requests, and the traffic counts of the periodic summary log line;
 //!   `telemetry`: Cloud Logging JSON lines through a non-blocking writer; `admin`: the `/__admin` API and its OpenAPI
-//!   document.
+//!   document; `ui`: the dashboard at `/__admin/ui` (embedded page over the admin API, thumbnails of the last images
+//!   answered).
 //! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching.
 //!
 //! # Invariants
@@ -61,6 +62,7 @@ mod server;
 mod state;
 mod storage;
 mod telemetry;
+mod ui;
 
 use std::{future::Future, net::SocketAddr};
 

@@ -94,6 +94,10 @@ pub(crate) struct Shared {
     pub faults: Faults,
     /// Bounded request journal for the admin API.
     pub journal: Journal,
+    /// The last images answered, for the dashboard's thumbnails (bounded, shared with the cache).
+    pub thumbnails: crate::ui::Thumbnails,
+    /// The config as loaded (at start or by the last reload), keys replaced by their accounts: `GET /__admin/config`.
+    pub loaded: RwLock<crate::admin::ConfigView>,
     /// Rendered images by normalized request: repeated requests cost no rendering.
     pub cache: Mutex<LruCache<String, Bytes>>,
     /// Valid request bodies, byte for byte, with their normalized form and cache key: a client repeating a request
@@ -136,6 +140,8 @@ impl AppState {
                 accounts: Accounts::new(&config.keys),
                 faults: Faults::new(config.seed, &config.faults),
                 journal: Journal::new(config.journal_capacity),
+                thumbnails: crate::ui::Thumbnails::new(crate::ui::THUMBNAILS),
+                loaded: RwLock::new(crate::admin::ConfigView::of(config)),
                 cache: Mutex::new(LruCache::new(cap(config.render_cache_capacity))),
                 prepared: Mutex::new(LruCache::new(cap(1024))),
                 storage: Storage::open(config.storage_dir.as_deref(), config.storage_max_bytes, config.storage_capacity)?,
@@ -173,6 +179,7 @@ impl AppState {
         s.prepared.lock().unwrap().clear();
         *settings = next;
         *s.replay.write().unwrap() = replay;
+        *s.loaded.write().unwrap() = crate::admin::ConfigView::of(config);
         Ok(())
     }
 }

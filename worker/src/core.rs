@@ -686,7 +686,7 @@ impl StepRun<'_> {
         if stop == Some(Stop::Lost) {
             return Err(Halt::Lost("the lease renewal found the step no longer ours".into()));
         }
-        let enough = items.len() as u32 >= valid.min_images;
+        let enough = crate::domain::manifest::enough_images(items.len(), valid.min_images);
         let summary = |first: &ChartFailure| {
             format!(
                 "{} of {} charts rendered, {} required; first failure: {} {}",

@@ -9,7 +9,7 @@
 //!   per-step quota ledger.
 //! - [`adapters`]: in-memory and local-file stores (the embedded default), and the Google Cloud adapters.
 //! - [`chartimg`]: the Chart-IMG HTTP client and the one function that classifies its answers.
-//! - [`config`], [`telemetry`], [`cli`]: the edges of the process.
+//! - [`config`], [`telemetry`], [`cli`]: the edges of the process; [`report`]: the HTML page of a finished step.
 //!
 //! Invariants:
 //! - Only [`chartimg`] knows Chart-IMG's wire format; the domain does no I/O.
@@ -29,6 +29,7 @@ pub mod firestore_codec;
 pub mod ports;
 pub mod quota;
 pub mod renderers;
+pub mod report;
 pub mod retry;
 pub mod telemetry;
 

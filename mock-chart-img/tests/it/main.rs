@@ -2,6 +2,7 @@
 
 mod admin;
 mod config;
+mod dashboard;
 mod errors;
 mod faults;
 mod images;

@@ -154,7 +154,30 @@ fn validator() -> &'static jsonschema::Validator {
     })
 }
 
+/// Contract §8: a step SUCCEEDED when at least `minImages` charts were stored; otherwise it FAILED.
+pub fn enough_images(stored: usize, min_images: u32) -> bool {
+    stored as u64 >= u64::from(min_images)
+}
+
 impl Manifest {
+    /// The outcome of the step this manifest records ([`enough_images`]).
+    pub fn succeeded(&self) -> bool {
+        enough_images(self.items.len(), self.min_images)
+    }
+
+    /// Reads a manifest: JSON, checked against `schemas/manifest.schema.json`, then typed. The error says what is
+    /// wrong (the JSON error with its position, or the schema violations with their JSON pointers).
+    pub fn from_validated_json(bytes: &[u8]) -> Result<Manifest, String> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
+        let errors: Vec<String> =
+            validator().iter_errors(&value).take(3).map(|e| format!("manifest{}: {}", e.instance_path(), e)).collect();
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+
     /// Serializes the manifest after checking it against `schemas/manifest.schema.json`.
     /// The error lists every violation with its JSON pointer.
     pub fn to_validated_json(&self) -> Result<Vec<u8>, String> {
@@ -218,6 +241,20 @@ mod tests {
         let err = m.to_validated_json().unwrap_err();
         assert!(err.contains("manifest/items/0/sha256"), "{err}");
         assert!(err.contains("manifest/items/0/gcsUri"), "{err}");
+    }
+
+    #[test]
+    fn reading_checks_the_schema_and_the_outcome_follows_min_images() {
+        let m = manifest();
+        let back = Manifest::from_validated_json(&m.to_validated_json().unwrap()).unwrap();
+        assert_eq!(back, m);
+        assert!(m.succeeded());
+        let mut short = m.clone();
+        short.min_images = 2;
+        assert!(!short.succeeded());
+        assert!(Manifest::from_validated_json(b"{").unwrap_err().starts_with("not JSON"));
+        let err = Manifest::from_validated_json(br#"{"flow": "run"}"#).unwrap_err();
+        assert!(err.starts_with("manifest: "), "{err}");
     }
 
     #[test]

@@ -9,6 +9,8 @@ use clap::Args;
 
 use super::cli::{run_local_with, OutputFormat, RunLocalArgs};
 use crate::config::{parse_accounts, Settings};
+use crate::domain::manifest::manifest_path;
+use crate::domain::{RunId, StepId};
 
 const FLOW_RUN: &str = include_str!("../../demo/flow_run.json");
 const TEMPLATES: &[(&str, &str)] = &[
@@ -48,11 +50,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     settings.base_url = mock.base_url().trim_end_matches('/').to_owned();
     settings.accounts =
         parse_accounts("demo accounts", &format!(r#"[{{"id":"acc-demo","apiKey":"{DEMO_KEY}","plan":"PRO","dailyLimit":500}}]"#))?;
+    let bucket = "demo-artifacts".to_owned();
     let run_args = RunLocalArgs {
         flow_run,
-        run_id: Some(run_id),
+        run_id: Some(run_id.clone()),
         step_id: None,
-        bucket: "demo-artifacts".into(),
+        bucket: bucket.clone(),
         mode: None,
         base_url: None,
         cassette_dir: None,
@@ -67,7 +70,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let code = run_local_with(settings, run_args).await?;
     mock.shutdown().await.ok();
     if code == 0 {
-        println!("\nOpen the PNG files above with any image viewer; the manifest lists them with their sha256.");
+        // The sample's one CHART_EXPORT step is `charts_4h` (demo/flow_run.json).
+        let (run, step) = (RunId::parse(run_id.as_str())?, StepId::parse("charts_4h")?);
+        let manifest = out.join("gcs").join(&bucket).join(manifest_path(&run, &step));
+        let page = out.join(format!("report-{run_id}.html"));
+        let page = crate::report::write(&manifest.to_string_lossy(), None, Some(&page)).await?;
+        println!("report    {}", page.display());
+        println!("\nOpen the PNG files above with any image viewer, or the report in a browser; the manifest lists them with their sha256.");
     }
     Ok(code)
 }

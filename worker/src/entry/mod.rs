@@ -31,6 +31,9 @@ pub enum Command {
     /// the embedded backend, and print where the PNGs and the manifest are.
     #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// Write one self-contained HTML page of a finished step from its manifest (a local file or gs:// URI): the
+    /// charts with their template, size, pixels, sha256 and time, the failures, the outcome.
+    Report(crate::report::ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +67,7 @@ pub async fn main_with(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Report(args) => crate::report::main(args).await,
         Command::Serve(args) => {
             telemetry::init(if args.text_logs { LogFormat::Text } else { LogFormat::Json }, false);
             match serve::main_from_env().await {

@@ -4,6 +4,7 @@
 //! - `client`: the Chart-IMG HTTP client against `wiremock`.
 //! - `cli`: the built binary run on files.
 //! - `lifecycle`: lease renewal, deadline, release and give-up, shutdown, on a paused clock.
+//! - `report`: `worker-chart-export report` on a step rendered against mock-chart-img, in headless Chromium.
 
 mod cli;
 mod client;
@@ -11,6 +12,7 @@ mod contract;
 mod core;
 mod lifecycle;
 mod modes;
+mod report;
 mod emulators;
 mod serve;
 mod support;

@@ -30,6 +30,7 @@ export REQUIRE_EMULATORS=1
 export INSTA_UPDATE=no
 
 started=$(date +%s)
+deploy/check.sh
 cargo test --workspace --locked --no-run
 cargo test --workspace --locked "$@"
 echo "tests took $(( $(date +%s) - started )) s (build included)"

@@ -1,7 +1,9 @@
 //! Wall time of one 20-chart step against a local Chart-IMG stand-in that answers in 300 ms, with one PRO account
-//! (10 req/s, burst 15), next to the sequential time (20 × 300 ms) and the ideal bound that rate and latency allow.
+//! (10 req/s, burst 15), next to the sequential time (20 × 300 ms) and the ideal bound that the plan's rate and burst
+//! and the latency allow (the worker's own in-flight maximum plays no part in the bound).
 //!
-//! Run: `cargo bench -p worker --bench step` (add `-- --charts 40 --latency-ms 200 --plan MEGA` to vary).
+//! Run: `cargo bench -p worker --bench step` (add `-- --charts 40 --latency-ms 6000 --plan MEGA --max-in-flight 64`
+//! to vary).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,22 +31,14 @@ fn arg_str(name: &str, default: &str) -> String {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_owned())
 }
 
-/// Earliest finish of `n` calls of `latency` each under a GCRA limiter of `rate`/s with `burst`, `concurrency` at once.
-fn ideal_bound(n: u64, latency: Duration, rate: u32, burst: u32, concurrency: u64) -> Duration {
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut finishes: Vec<Duration> = Vec::new();
-    for i in 0..n {
-        let by_rate = if i < burst as u64 { Duration::ZERO } else { interval * (i + 1 - burst as u64) as u32 };
-        let by_slot = if i < concurrency {
-            Duration::ZERO
-        } else {
-            let mut f = finishes.clone();
-            f.sort();
-            f[(i - concurrency) as usize]
-        };
-        finishes.push(by_rate.max(by_slot) + latency);
+/// Earliest finish of `n` calls of `latency` each under a GCRA limiter of `rate`/s with `burst`: the first `burst`
+/// start at once, the others one per `1/rate`, so the last starts at `(n − burst) / rate`.
+fn ideal_bound(n: u64, latency: Duration, rate: f64, burst: u32) -> Duration {
+    if n == 0 {
+        return Duration::ZERO;
     }
-    finishes.into_iter().max().unwrap_or_default()
+    let last_start = Duration::from_secs_f64(n.saturating_sub(burst as u64) as f64 / rate);
+    last_start + latency
 }
 
 #[tokio::main]
@@ -52,7 +46,7 @@ async fn main() {
     let charts = arg("--charts", 20);
     let latency = Duration::from_millis(arg("--latency-ms", 300));
     let plan: Plan = arg_str("--plan", "PRO").parse().unwrap();
-    let concurrency = arg("--concurrency", 16);
+    let max_in_flight = arg("--max-in-flight", worker_chart_export::config::DEFAULT_CONCURRENCY as u64);
     let rounds = arg("--rounds", 3);
 
     let png = std::sync::Arc::new(b"\x89PNG\r\n\x1a\nbench".to_vec());
@@ -70,10 +64,10 @@ async fn main() {
     let addr: SocketAddr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let ideal = ideal_bound(charts, latency, plan.limits().rate_per_sec as u32, plan.limits().burst, concurrency);
+    let ideal = ideal_bound(charts, latency, plan.limits().rate_per_sec, plan.limits().burst);
     let sequential = latency * charts as u32;
     println!(
-        "step of {charts} charts, endpoint latency {} ms, plan {plan:?} ({}/s, burst {}), concurrency {concurrency}",
+        "step of {charts} charts, endpoint latency {} ms, plan {plan:?} ({}/s, burst {}), in-flight maximum {max_in_flight}",
         latency.as_millis(),
         plan.limits().rate_per_sec,
         plan.limits().burst
@@ -105,19 +99,20 @@ async fn main() {
                 worker_id: WorkerId::parse("bench").unwrap(),
                 bucket: "bench-bucket".into(),
                 timezone: "Etc/UTC".into(),
-                concurrency: concurrency as usize,
+                concurrency: max_in_flight as usize,
                 lease: Duration::from_secs(900),
                 retry: RetryPolicy::default(),
                 lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(900)),
             },
             shutdown: Default::default(),
         };
+        let in_flight = worker.accounts.in_flight(max_in_flight as usize);
         let started = Instant::now();
         let report = run_chart_export_step(&worker, &RunId::parse("bench").unwrap(), &StepSelector::First, None).await.unwrap();
         let wall = started.elapsed();
         assert!(matches!(report, StepReport::Succeeded { ref items, .. } if items.len() as u64 == charts), "{report:?}");
         println!(
-            "round {round}: wall {:>7.0} ms = {:.2}x ideal, {:.2}x faster than sequential",
+            "round {round}: {in_flight} in flight, wall {:>7.0} ms = {:.2}x ideal, {:.2}x faster than sequential",
             wall.as_secs_f64() * 1e3,
             wall.as_secs_f64() / ideal.as_secs_f64(),
             sequential.as_secs_f64() / wall.as_secs_f64()

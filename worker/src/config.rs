@@ -15,6 +15,9 @@ use crate::domain::{AccountId, AccountQuota};
 /// A Chart-IMG plan; its limits (rate, burst, daily quota, max size and parameters) are `chart-img-spec`'s.
 pub use chart_img_spec::Plan;
 
+/// Default of `CHART_EXPORT_CONCURRENCY`, the memory-safe maximum of charts of one step in flight.
+pub const DEFAULT_CONCURRENCY: usize = 128;
+
 /// One entry of `CHART_IMG_ACCOUNTS_JSON`. The key is a `SecretString`: its `Debug` prints `[REDACTED]`.
 #[derive(Debug, Clone)]
 pub struct AccountConfig {
@@ -120,10 +123,32 @@ impl fmt::Display for ChartImgMode {
 
 pub use crate::retry::RetryPolicy;
 
+/// The Firestore database a project has unless told otherwise.
+pub const DEFAULT_FIRESTORE_DATABASE: &str = firestore::FIREBASE_DEFAULT_DATABASE_ID;
+
+/// Firestore's rule for database ids: `(default)`, or 4–63 characters of lowercase letters, digits and `-`, starting
+/// with a letter and not ending with `-`.
+pub fn check_database_id(id: &str) -> Result<(), String> {
+    if id == DEFAULT_FIRESTORE_DATABASE {
+        return Ok(());
+    }
+    let ok_chars = id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let starts = id.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    if !(4..=63).contains(&id.len()) || !ok_chars || !starts || id.ends_with('-') {
+        return Err(format!(
+            "{id:?} is not a Firestore database id: `{DEFAULT_FIRESTORE_DATABASE}` or 4-63 lowercase letters, digits and `-`, starting with a letter, not ending with `-`"
+        ));
+    }
+    Ok(())
+}
+
 /// Everything the worker reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub project: Option<String>,
+    /// The Firestore database id (`FIRESTORE_DATABASE`, default `(default)`); events for another database are
+    /// answered 2xx and never run.
+    pub firestore_database: String,
     pub firestore_emulator_host: Option<String>,
     pub storage_emulator_host: Option<String>,
     pub bucket: Option<String>,
@@ -135,7 +160,9 @@ pub struct Settings {
     pub port: u16,
     /// Address `serve` listens on (`HOST`, default `0.0.0.0` as Cloud Run needs; tests use `127.0.0.1`).
     pub host: std::net::IpAddr,
-    /// Charts of one step rendered at once (`CHART_EXPORT_CONCURRENCY`).
+    /// The memory-safe maximum of charts of one step in flight (`CHART_EXPORT_CONCURRENCY`, default 128, 1–1024):
+    /// each holds one image (a few MiB at most at the largest plan size), so 128 stay well within a 512 MiB instance.
+    /// The number in flight is computed from the plans and the latency seen (`quota::in_flight_for`), at most this.
     pub concurrency: usize,
     /// How long a claim holds before another worker may reclaim the step (`CHART_EXPORT_LEASE_SECONDS`, default
     /// 60 s); renewed while the step runs, so it bounds how long a crashed holder blocks its step.
@@ -250,8 +277,11 @@ impl Settings {
         if timezone.contains(char::is_whitespace) {
             return Err(cfg_err("CHARTS_DEFAULT_TIMEZONE", format!("is not an IANA zone name: {timezone:?}")));
         }
+        let firestore_database = non_empty("FIRESTORE_DATABASE").unwrap_or_else(|| DEFAULT_FIRESTORE_DATABASE.to_owned());
+        check_database_id(&firestore_database).map_err(|why| cfg_err("FIRESTORE_DATABASE", why))?;
         Ok(Self {
             project: non_empty("GOOGLE_CLOUD_PROJECT"),
+            firestore_database,
             firestore_emulator_host: non_empty("FIRESTORE_EMULATOR_HOST"),
             storage_emulator_host: non_empty("STORAGE_EMULATOR_HOST"),
             bucket: non_empty("ARTIFACTS_BUCKET"),
@@ -265,7 +295,7 @@ impl Settings {
                 None => std::net::IpAddr::from([0, 0, 0, 0]),
                 Some(h) => h.trim().parse().map_err(|_| cfg_err("HOST", format!("is not an IP address: {h:?}")))?,
             },
-            concurrency: number("CHART_EXPORT_CONCURRENCY", 16, 1, 256)? as usize,
+            concurrency: number("CHART_EXPORT_CONCURRENCY", DEFAULT_CONCURRENCY as u64, 1, 1024)? as usize,
             lease,
             lifecycle,
             request_timeout: Duration::from_secs(number("CHART_IMG_TIMEOUT_SECONDS", 35, 1, 600)?),
@@ -290,6 +320,17 @@ mod tests {
     use secrecy::ExposeSecret;
 
     const KEY: &str = "sk_live_very_secret_123";
+
+    #[test]
+    fn database_ids_follow_firestores_rule() {
+        for ok in ["(default)", "charts", "charts-db-2", "abcd"] {
+            assert_eq!(check_database_id(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "abc", "Charts", "1charts", "charts-", "charts_db", "(other)", &"a".repeat(64)] {
+            let e = check_database_id(bad).unwrap_err();
+            assert!(e.contains("is not a Firestore database id"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn accounts_parse_with_plan_and_limit_defaults() {

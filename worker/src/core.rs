@@ -51,6 +51,8 @@ pub struct CoreSettings {
     pub worker_id: WorkerId,
     pub bucket: String,
     pub timezone: String,
+    /// The memory-safe maximum of charts of one step in flight; the number in flight is computed from the accounts'
+    /// plans and the latency seen ([`AccountPool::in_flight`]), at most this.
     pub concurrency: usize,
     /// How long a claim (or its last renewal) holds before another worker may reclaim the step.
     pub lease: Duration,
@@ -623,7 +625,8 @@ impl StepRun<'_> {
         Ok(slots)
     }
 
-    /// Stage 6: render and upload every chart, `concurrency` at a time.
+    /// Stage 6: render and upload every chart, as many at a time as the accounts' rates use at the latency seen
+    /// ([`AccountPool::in_flight`], at most `concurrency`).
     async fn render_all(
         &self,
         valid: &ValidStep,
@@ -651,7 +654,7 @@ impl StepRun<'_> {
                     (id, out)
                 }
             })
-            .buffered(self.w.settings.concurrency.max(1))
+            .buffered(self.w.accounts.in_flight(self.w.settings.concurrency))
             .collect()
             .await
     }
@@ -955,10 +958,15 @@ impl StepRun<'_> {
                 account.until_ready().await;
                 let id = &account.config.id;
                 info!(event = "chart_api_call_start", chartTemplateId = template, account = %id, "calling Chart-IMG");
-                let started = std::time::Instant::now();
+                let started = tokio::time::Instant::now();
                 let call = ChartCall { body: &req.body, format: req.format, account: id, api_key: &account.config.api_key };
                 let result = w.renderer.render(&call).await;
-                let ms = started.elapsed().as_millis() as u64;
+                let took = started.elapsed();
+                let ms = took.as_millis() as u64;
+                if result.is_ok() {
+                    // Only rendered charts: fast refusals and timeouts say nothing about the time a chart takes.
+                    w.accounts.latency().observe(took);
+                }
                 match &result {
                     Ok(img) => info!(event = "chart_api_call_finished", chartTemplateId = template, account = %id, ok = true, bytes = img.bytes.len(), ms, "Chart-IMG answered an image"),
                     Err(e) => {

@@ -62,6 +62,9 @@ pub struct FirestoreEvent {
     pub value: Option<Json>,
     /// The body carried no `DocumentEventData` at all (the large-document case).
     pub data_omitted: bool,
+    /// The Firestore database id the event is from: `ce-database`, else the one in the data's document name; `None`
+    /// when the event says neither.
+    pub database: Option<String>,
 }
 
 impl FirestoreEvent {
@@ -135,6 +138,7 @@ fn from_cloudevent(event: &cloudevents::Event) -> Result<FirestoreEvent, Malform
         event.ty().to_owned(),
         ext("document"),
         event.subject().map(str::to_owned),
+        ext("database"),
         &content_type,
         data.as_ref(),
     )
@@ -146,6 +150,7 @@ fn from_headers(headers: &HeaderMap, content_type: &str, body: &Bytes) -> Result
         header(headers, "ce-type").unwrap_or_default(),
         header(headers, "ce-document"),
         header(headers, "ce-subject"),
+        header(headers, "ce-database"),
         content_type,
         (!body.is_empty()).then_some(body),
     )
@@ -174,6 +179,7 @@ fn from_pubsub(envelope: &Json) -> Result<FirestoreEvent, Malformed> {
         attr("type").unwrap_or_default(),
         attr("document"),
         attr("subject"),
+        attr("database"),
         &content_type,
         data.as_ref(),
     )
@@ -184,6 +190,7 @@ fn build(
     event_type: String,
     document: Option<String>,
     subject: Option<String>,
+    database: Option<String>,
     content_type: &str,
     data: Option<&Bytes>,
 ) -> Result<FirestoreEvent, Malformed> {
@@ -201,13 +208,20 @@ fn build(
         Some(Decoded { value, name }) => (value, name),
         None => (None, None),
     };
+    // Which database: `ce-database`, else `projects/<p>/databases/<d>/documents/…` in the data.
+    let database = database.filter(|d| !d.is_empty()).or_else(|| {
+        name.as_deref()
+            .and_then(|n| n.split_once("/databases/"))
+            .and_then(|(_, rest)| rest.split_once("/documents"))
+            .map(|(d, _)| d.to_owned())
+    });
     // Where the document is: `ce-document`, else `ce-subject` (`documents/<path>`), else the name in the data.
     let document = document
         .filter(|d| !d.is_empty())
         .or_else(|| subject.and_then(|s| s.strip_prefix("documents/").map(str::to_owned)))
         .or_else(|| name.and_then(|n| n.split_once("/documents/").map(|(_, p)| p.to_owned())))
         .ok_or_else(|| malformed("no document path: neither ce-document, ce-subject nor a document name in the data"))?;
-    Ok(FirestoreEvent { id, event_type, document, value, data_omitted })
+    Ok(FirestoreEvent { id, event_type, document, value, data_omitted, database })
 }
 
 struct Decoded {
@@ -366,6 +380,17 @@ mod tests {
         assert_eq!(e.flow_run().unwrap().as_str(), "run-1");
         assert_eq!(e.value.unwrap(), doc());
         assert_eq!((e.id.as_str(), e.data_omitted), ("evt-1", false));
+    }
+
+    #[test]
+    fn the_database_comes_from_ce_database_else_from_the_document_name() {
+        let body = Bytes::from(encode_document_event("projects/p/databases/charts-db/documents/flow_runs/run-1", &doc(), &[]));
+        let e = parse(&binary_headers("application/protobuf"), &body).unwrap();
+        assert_eq!(e.database.as_deref(), Some("(default)"), "ce-database wins");
+        let mut h = binary_headers("application/protobuf");
+        h.remove("ce-database");
+        assert_eq!(parse(&h, &body).unwrap().database.as_deref(), Some("charts-db"));
+        assert_eq!(parse(&h, &Bytes::new()).unwrap().database, None, "neither header nor data: unknown");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -34,10 +35,57 @@ impl Account {
     }
 }
 
+/// The latency a Chart-IMG call is assumed to take before this process has seen one: the middle of the 4–10 s
+/// Chart-IMG takes per chart (`chart-img-api.md`). Only the number of charts in flight depends on it.
+pub const DEFAULT_CALL_LATENCY: Duration = Duration::from_secs(6);
+
+/// Weight of the newest call in the latency estimate (an exponentially weighted moving average).
+const LATENCY_WEIGHT: f64 = 0.2;
+
+/// Charts in flight that keep every account busy: by Little's law a key sending `rate` calls a second that each take
+/// `latency` has `rate × latency` calls open, plus its `burst` at the start (the burst goes out at once, and those
+/// calls are still open when the steady rate has filled `rate × latency` more). Summed over `plans`, rounded up, and
+/// kept within `1..=max` (`max` is the memory-safe bound, `CHART_EXPORT_CONCURRENCY`).
+pub fn in_flight_for(plans: &[Plan], latency: Duration, max: usize) -> usize {
+    let want: f64 = plans
+        .iter()
+        .map(|p| {
+            let l = p.limits();
+            l.burst as f64 + l.rate_per_sec * latency.as_secs_f64()
+        })
+        .sum();
+    let want = if want.is_finite() { want.ceil().min(usize::MAX as f64) as usize } else { usize::MAX };
+    want.clamp(1, max.max(1))
+}
+
+/// The latency of Chart-IMG calls as seen by this process: an EWMA of the durations of answered calls, starting at
+/// [`DEFAULT_CALL_LATENCY`].
+#[derive(Debug)]
+pub struct LatencyEstimate {
+    secs: std::sync::Mutex<f64>,
+}
+
+impl LatencyEstimate {
+    pub fn new(initial: Duration) -> Self {
+        Self { secs: std::sync::Mutex::new(initial.as_secs_f64()) }
+    }
+
+    /// Takes one call's duration into the estimate.
+    pub fn observe(&self, took: Duration) {
+        let mut s = self.secs.lock().unwrap_or_else(|p| p.into_inner());
+        *s += LATENCY_WEIGHT * (took.as_secs_f64() - *s);
+    }
+
+    pub fn current(&self) -> Duration {
+        Duration::from_secs_f64(*self.secs.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// All accounts, in the configured order (the order quota is taken in). Built once per process, shared by steps.
 #[derive(Debug, Clone)]
 pub struct AccountPool {
     accounts: Arc<Vec<Account>>,
+    latency: Arc<LatencyEstimate>,
 }
 
 impl AccountPool {
@@ -53,7 +101,18 @@ impl AccountPool {
                 Account { config, limiter }
             })
             .collect();
-        Self { accounts: Arc::new(accounts) }
+        Self { accounts: Arc::new(accounts), latency: Arc::new(LatencyEstimate::new(DEFAULT_CALL_LATENCY)) }
+    }
+
+    /// The process's estimate of one Chart-IMG call's latency.
+    pub fn latency(&self) -> &LatencyEstimate {
+        &self.latency
+    }
+
+    /// Charts a step keeps in flight now: [`in_flight_for`] the configured plans at the latency seen so far, at most
+    /// `max`.
+    pub fn in_flight(&self, max: usize) -> usize {
+        in_flight_for(&self.plans(), self.latency.current(), max)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -221,5 +280,59 @@ impl<'a> QuotaLedger<'a> {
             }
         }
         spent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_accounts;
+
+    fn pool(plans: &[&str]) -> AccountPool {
+        let accounts: Vec<String> = plans
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!(r#"{{"id":"acc-{i}","apiKey":"k{i}","dailyLimit":100,"plan":"{p}"}}"#))
+            .collect();
+        AccountPool::new(parse_accounts("test", &format!("[{}]", accounts.join(","))).unwrap())
+    }
+
+    #[test]
+    fn in_flight_is_burst_plus_rate_times_latency_summed_over_accounts() {
+        // PRO: 10/s, burst 15; BASIC: 1/s, burst 3 (from chart_img_spec).
+        assert_eq!(in_flight_for(&[Plan::Pro], Duration::from_secs(6), 1000), 15 + 60);
+        assert_eq!(in_flight_for(&[Plan::Pro, Plan::Basic], Duration::from_secs(6), 1000), 15 + 60 + 3 + 6);
+        assert_eq!(in_flight_for(&[Plan::Basic], Duration::from_millis(300), 1000), 3 + 1, "0.3 rounds up");
+        assert_eq!(in_flight_for(&[Plan::Pro], Duration::from_secs(6), 32), 32, "the memory-safe maximum holds");
+        assert_eq!(in_flight_for(&[], Duration::from_secs(6), 32), 1, "never zero");
+        assert_eq!(in_flight_for(&[Plan::Pro], Duration::from_secs(6), 0), 1, "never zero");
+    }
+
+    #[test]
+    fn a_new_pool_assumes_the_default_latency() {
+        assert_eq!(pool(&["PRO"]).latency().current(), DEFAULT_CALL_LATENCY);
+        assert_eq!(pool(&["PRO"]).in_flight(1000), in_flight_for(&[Plan::Pro], DEFAULT_CALL_LATENCY, 1000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_in_flight_count_follows_the_latency_seen() {
+        let p = pool(&["PRO", "PRO"]);
+        assert_eq!(p.in_flight(1000), 2 * (15 + 60));
+        // Calls that take 1 s on the paused clock pull the estimate from 6 s towards 1 s.
+        for _ in 0..40 {
+            let started = tokio::time::Instant::now();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            p.latency().observe(started.elapsed());
+        }
+        let l = p.latency().current().as_secs_f64();
+        assert!((l - 1.0).abs() < 0.01, "estimate {l} s after 40 calls of 1 s");
+        // 2 × (15 + 10 × ~1.0 s), the tiny excess over 1 s of the EWMA rounding up by one at most.
+        assert!((50..=51).contains(&p.in_flight(1000)), "{}", p.in_flight(1000));
+        // One slow call moves it by the EWMA weight only.
+        p.latency().observe(Duration::from_secs(11));
+        let l = p.latency().current().as_secs_f64();
+        assert!((l - 3.0).abs() < 0.01, "estimate {l} s");
+        // Clones share the estimate (one per process).
+        assert_eq!(p.clone().latency().current(), p.latency().current());
     }
 }

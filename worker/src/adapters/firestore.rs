@@ -88,7 +88,13 @@ impl FirestoreStore {
     /// used and no credentials are looked up; otherwise Application Default Credentials (on Cloud Run: the service's
     /// service account).
     pub async fn new(project_id: &str) -> Result<Self, StoreError> {
-        let db = FirestoreDb::with_options(FirestoreDbOptions::new(project_id.to_owned()))
+        Self::connect(project_id, crate::config::DEFAULT_FIRESTORE_DATABASE).await
+    }
+
+    /// Connects to database `database_id` (`FIRESTORE_DATABASE`) of project `project_id`, as [`Self::new`] does.
+    pub async fn connect(project_id: &str, database_id: &str) -> Result<Self, StoreError> {
+        let options = FirestoreDbOptions::new(project_id.to_owned()).with_database_id(database_id.to_owned());
+        let db = FirestoreDb::with_options(options)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to Firestore: {e}")))?;
         Ok(Self::from_db(db))

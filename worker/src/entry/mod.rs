@@ -1,9 +1,11 @@
 //! The process's entrypoints, one module each, dispatched from here: `run-local` ([`cli`]: one step on the embedded
-//! local backend), `serve` ([`serve`]: the Cloud Run service Eventarc calls) and `demo` ([`demo`]: the local demo
+//! local backend), `serve` ([`serve`]: the Cloud Run service Eventarc calls), `deploy-plan` ([`deploy`]: the gcloud
+//! commands of a deployment) and `demo` ([`demo`]: the local demo
 //! against an in-process mock Chart-IMG server). Dependencies point one way: this module → the entrypoints,
 //! `demo` → `cli`; no entrypoint imports this module's dispatcher back (only [`worker_id`]).
 
 pub mod cli;
+pub mod deploy;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod serve;
@@ -27,6 +29,8 @@ pub enum Command {
     /// The Cloud Run entrypoint: serve Eventarc Firestore events on 0.0.0.0:$PORT (configuration from the
     /// environment; Firestore and Cloud Storage, or their emulators).
     Serve(ServeArgs),
+    /// Print the exact gcloud commands that deploy the worker for the given parameters (refusing inconsistent ones).
+    DeployPlan(deploy::DeployPlanArgs),
     /// The local demo: start a mock Chart-IMG server in this process, run a sample flow run through the worker on
     /// the embedded backend, and print where the PNGs and the manifest are.
     #[cfg(feature = "demo")]
@@ -68,6 +72,7 @@ pub async fn main_with(cli: Cli) -> i32 {
             }
         }
         Command::Report(args) => crate::report::main(args).await,
+        Command::DeployPlan(args) => deploy::run(args),
         Command::Serve(args) => {
             telemetry::init(if args.text_logs { LogFormat::Text } else { LogFormat::Json }, false);
             match serve::main_from_env().await {

@@ -64,6 +64,8 @@ pub struct AppState {
     inflight: Arc<InFlight>,
     /// Fires the steps' shutdown signal.
     trigger: Arc<ShutdownTrigger>,
+    /// The Firestore database id this instance works on (`FIRESTORE_DATABASE`); events from another are not run.
+    database: String,
 }
 
 impl AppState {
@@ -71,7 +73,14 @@ impl AppState {
         let (trigger, shutdown): (ShutdownTrigger, Shutdown) = Shutdown::channel();
         worker.shutdown = shutdown;
         let grace = worker.settings.lifecycle.shutdown_grace;
-        Self { worker, grace, inflight: Arc::default(), trigger: Arc::new(trigger) }
+        let database = crate::config::DEFAULT_FIRESTORE_DATABASE.to_owned();
+        Self { worker, grace, inflight: Arc::default(), trigger: Arc::new(trigger), database }
+    }
+
+    /// The Firestore database id events must come from (default `(default)`).
+    pub fn with_database(mut self, database: impl Into<String>) -> Self {
+        self.database = database.into();
+        self
     }
 
     pub fn with_grace(mut self, grace: Duration) -> Self {
@@ -156,6 +165,11 @@ async fn event(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         dataOmitted = ev.data_omitted,
         "cloud event received"
     );
+    if let Some(db) = ev.database.as_deref().filter(|db| *db != state.database) {
+        // A trigger on another database routed here: no redelivery changes that, so 2xx, logged, never run.
+        warn!(event = "cloud_event_other_database", ceId = %ev.id, database = db, expected = %state.database, "ignoring an event for another Firestore database");
+        return ok("ignored", format!("the event is for Firestore database {db:?}, this worker uses {:?} (FIRESTORE_DATABASE)", state.database));
+    }
     let Some(run) = run else { return ok("noop", format!("{} is not a flow run", ev.document)) };
     if ev.is_delete() {
         return ok("noop", "the flow run was deleted");
@@ -285,7 +299,7 @@ pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker>
             .await
             .context("GOOGLE_CLOUD_PROJECT: is not set and no project could be detected from the environment")?,
     };
-    let store = FirestoreStore::new(&project)
+    let store = FirestoreStore::connect(&project, &settings.firestore_database)
         .await?
         .with_policy(RetryPolicy { max_total_delay: settings.store_retry_total, ..RetryPolicy::FIRESTORE });
     let artifacts = GcsArtifacts::new(settings.storage_emulator_host.as_deref())
@@ -321,5 +335,6 @@ pub async fn main_from_env() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
     info!(event = "serve_started", port = settings.port, worker = %worker.settings.worker_id, "listening");
-    run(listener, AppState::new(worker), shutdown_signal()).await.context("server failed")
+    let state = AppState::new(worker).with_database(settings.firestore_database.clone());
+    run(listener, state, shutdown_signal()).await.context("server failed")
 }

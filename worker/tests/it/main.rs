@@ -10,6 +10,7 @@ mod cli;
 mod client;
 mod contract;
 mod core;
+mod deploy;
 mod lifecycle;
 mod modes;
 mod report;

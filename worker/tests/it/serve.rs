@@ -261,6 +261,24 @@ async fn our_own_writes_and_other_documents_are_no_ops_without_a_store_call() {
 }
 
 #[tokio::test]
+async fn an_event_for_another_database_is_acknowledged_and_never_run() {
+    let (tw, counting) = memory_worker();
+    let ready = support::flow_run(&["a"], 1);
+    // A worker on database `charts` gets an event from `(default)`: 2xx, nothing read or claimed.
+    let state = AppState::new(tw.worker.clone()).with_database("charts");
+    let (status, body) = send(&state, eventarc_request("p", "run-123", Some(&ready), "e1")).await;
+    assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("ignored")), "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("\"(default)\""), "{body}");
+    assert_eq!(counting.calls.load(Ordering::SeqCst), 0, "never run");
+    // The same event for the worker's database is run (the claim reads the store).
+    let mut ours = eventarc_request("p", "run-123", Some(&ready), "e2");
+    ours.headers_mut().insert("ce-database", "charts".parse().unwrap());
+    let (status, body) = send(&state, ours).await;
+    assert_ne!(body["result"].as_str(), Some("ignored"), "{status} {body}");
+    assert!(counting.calls.load(Ordering::SeqCst) > 0, "the step was looked at");
+}
+
+#[tokio::test]
 async fn malformed_deliveries_are_acknowledged_so_they_are_not_retried_forever() {
     let (tw, counting) = memory_worker();
     let state = AppState::new(tw.worker.clone());

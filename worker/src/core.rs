@@ -955,7 +955,12 @@ impl StepRun<'_> {
                     }
                     Err(e @ AcquireError::Store(_)) => return Err(AttemptError::Fatal(ChartFailure::new(ErrorCode::ChartApiFailed, e.to_string()))),
                 };
-                account.until_ready().await;
+                if let Err(e) = account.until_ready().await {
+                    // No call was sent: the unit goes back to the step, and the attempt is retried like a 5xx.
+                    ledger.refund(account).await;
+                    let message = format!("cannot reserve a rate window for {}: {e}", account.config.id);
+                    return Err(AttemptError::Api(ChartApiError::Transient { status: None, message }));
+                }
                 let id = &account.config.id;
                 info!(event = "chart_api_call_start", chartTemplateId = template, account = %id, "calling Chart-IMG");
                 let started = tokio::time::Instant::now();

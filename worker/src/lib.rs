@@ -5,8 +5,8 @@
 //! - [`domain`]: ids, the step document and its pure decisions (claim, ownership, validation), request building,
 //!   quota decisions, the manifest and its schema. No I/O.
 //! - [`ports`]: the traits the core talks to (flow runs, templates, account usage, chart renderer, artifacts, clock).
-//! - [`core`]: [`core::run_chart_export_step`], the whole flow over the ports; [`quota`]: accounts, rate limits and the
-//!   per-step quota ledger.
+//! - [`core`]: [`core::run_chart_export_step`], the whole flow over the ports; [`quota`]: accounts and the per-step
+//!   quota ledger; [`pacing`]: each key's rate, in this process or shared by every instance through time windows.
 //! - [`adapters`]: in-memory and local-file stores (the embedded default), and the Google Cloud adapters.
 //! - [`chartimg`]: the Chart-IMG HTTP client and the one function that classifies its answers.
 //! - [`config`], [`telemetry`], [`cli`]: the edges of the process; [`report`]: the HTML page of a finished step.
@@ -26,6 +26,7 @@ pub mod domain;
 pub mod entry;
 pub mod eventarc;
 pub mod firestore_codec;
+pub mod pacing;
 pub mod ports;
 pub mod quota;
 pub mod renderers;

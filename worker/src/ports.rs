@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::domain::{
     AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, ErrorCode, Grant, ImageFormat, ObjectRef, OpId,
-    PatchOutcome, RunId, StepPatch, StepSelector, TemplateId, UsageDoc,
+    PatchOutcome, RunId, StepPatch, StepSelector, TemplateId, UsageDoc, Window, WindowAsk,
 };
 
 /// A failure of a document store. `Unavailable` and `Contention` are worth a redelivery; the others are not.
@@ -75,6 +75,16 @@ pub trait AccountUsageStore: Send + Sync {
 
     /// The counter as stored (for reports and tests).
     async fn get_usage(&self, account: &AccountId) -> Result<Option<UsageDoc>, StoreError>;
+}
+
+/// `chart_img_rate/{accountId}`: the windows in which one instance at a time calls Chart-IMG with an account's key
+/// (the per-key rate shared by every instance). One transaction per reservation.
+#[async_trait]
+pub trait RateWindowStore: Send + Sync {
+    /// Reserves the account's next window with [`crate::domain::rate::plan_window`]: it starts when the last
+    /// reserved window and its gap end, or at `now`. `ask.op` identifies the reservation across the retries of its
+    /// transaction, so a retried commit gets the same window.
+    async fn reserve_window(&self, account: &AccountId, ask: &WindowAsk, now: DateTime<Utc>) -> Result<Window, StoreError>;
 }
 
 /// Whether an artifact write may replace an existing object.

@@ -12,26 +12,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{Quota, RateLimiter};
 use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::config::{AccountConfig, Plan};
+use crate::pacing::{Pace, SharedRate, WindowPacer};
 use crate::domain::request::{check_request, TemplateInvalid};
 use crate::domain::{AccountId, AccountQuota, ChartRequest, Grant, OpId, PlanNeeds};
 use crate::ports::{AccountUsageStore, Clock, StoreError};
 
-/// One configured account with the limiter that keeps this process within its plan's rate and burst.
+/// One configured account with the pacing that keeps its key within its plan's rate and burst.
 #[derive(Debug)]
 pub struct Account {
     pub config: AccountConfig,
-    limiter: DefaultDirectRateLimiter,
+    pace: Pace,
 }
 
 impl Account {
-    /// Waits until the plan allows one more call from this process.
-    pub async fn until_ready(&self) {
-        self.limiter.until_ready().await;
+    /// Waits until the plan allows one more call with this key: from this process alone ([`Pace::Local`]), or from
+    /// every instance together ([`Pace::Shared`]), which can fail when the window store does.
+    pub async fn until_ready(&self) -> Result<(), StoreError> {
+        self.pace.until_ready().await
+    }
+
+    /// How this account's calls are paced.
+    pub fn pace(&self) -> &Pace {
+        &self.pace
     }
 }
 
@@ -89,18 +96,28 @@ pub struct AccountPool {
 }
 
 impl AccountPool {
+    /// Accounts whose keys only this process uses (embedded modes, the demo, the bench): each key paced in memory at
+    /// its plan's rate and burst.
     pub fn new(configs: Vec<AccountConfig>) -> Self {
-        let accounts = configs
-            .into_iter()
-            .map(|config| {
-                let limits = config.plan.limits();
-                let period = std::time::Duration::from_secs_f64(1.0 / limits.rate_per_sec);
-                let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
-                let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
-                let limiter = RateLimiter::direct(quota.allow_burst(burst));
-                Account { config, limiter }
-            })
-            .collect();
+        Self::build(configs, |config| {
+            let limits = config.plan.limits();
+            let period = std::time::Duration::from_secs_f64(1.0 / limits.rate_per_sec);
+            let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
+            let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+            Pace::Local(RateLimiter::direct(quota.allow_burst(burst)))
+        })
+    }
+
+    /// Accounts whose keys every instance of a deployment shares (`serve`): each key paced through time windows
+    /// reserved in `shared.store` ([`WindowPacer`]), so all instances together keep to the plan.
+    pub fn shared(configs: Vec<AccountConfig>, shared: SharedRate) -> Self {
+        Self::build(configs, |config| {
+            Pace::Shared(WindowPacer::new(config.id.clone(), config.plan.limits().rate_per_sec, shared.clone()))
+        })
+    }
+
+    fn build(configs: Vec<AccountConfig>, pace: impl Fn(&AccountConfig) -> Pace) -> Self {
+        let accounts = configs.into_iter().map(|config| Account { pace: pace(&config), config }).collect();
         Self { accounts: Arc::new(accounts), latency: Arc::new(LatencyEstimate::new(DEFAULT_CALL_LATENCY)) }
     }
 
@@ -243,6 +260,21 @@ impl<'a> QuotaLedger<'a> {
                 return Err(AcquireError::AllExhausted(names.join(", ")));
             }
             st.held.extend(grants);
+        }
+    }
+
+    /// Puts back the unit last taken on `account` for a call that was never sent.
+    pub async fn refund(&self, account: &Account) {
+        let mut st = self.state.lock().await;
+        let id = &account.config.id;
+        let Some((_, n)) = st.spent.iter_mut().find(|(a, n)| a == id && *n > 0) else { return };
+        *n -= 1;
+        match st.held.iter_mut().find(|g| g.account == *id) {
+            Some(g) => g.units += 1,
+            None => {
+                let day = self.clock.now().date_naive();
+                st.held.push(Grant { account: id.clone(), day, units: 1 });
+            }
         }
     }
 

@@ -14,16 +14,19 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 
 use crate::domain::step::{check_owner, decide_claim};
+use crate::domain::rate::plan_window;
 use crate::domain::usage::{plan_exhaust, plan_give_back, plan_reservation};
 use crate::domain::{
-    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, Grant, OpId, PatchOutcome, RunId, StepPatch,
-    StepSelector, TemplateId, UsageDoc,
+    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, Grant, OpId, PatchOutcome, RateDoc, RunId,
+    StepPatch, StepSelector, TemplateId, UsageDoc, Window, WindowAsk,
 };
-use crate::ports::{AccountUsageStore, FlowRunStore, StoreError, TemplateStore};
+use crate::ports::{AccountUsageStore, FlowRunStore, RateWindowStore, StoreError, TemplateStore};
 
 pub const FLOW_RUNS: &str = "flow_runs";
 pub const CHART_TEMPLATES: &str = "chart_templates";
 pub const ACCOUNTS_USAGE: &str = "chart_img_accounts_usage";
+/// The per-key rate windows shared by every instance ([`crate::domain::rate`]).
+pub const RATE_WINDOWS: &str = "chart_img_rate";
 
 /// `(collection, document id)`; ids are typed ids already checked for `/`.
 pub type DocKey = (&'static str, String);
@@ -297,5 +300,25 @@ impl<B: DocBackend> AccountUsageStore for JsonDocs<B> {
     async fn get_usage(&self, account: &AccountId) -> Result<Option<UsageDoc>, StoreError> {
         let v = self.get_doc(ACCOUNTS_USAGE, account.as_str()).await?;
         usage_of(&v, account)
+    }
+}
+
+#[async_trait]
+impl<B: DocBackend> RateWindowStore for JsonDocs<B> {
+    async fn reserve_window(&self, account: &AccountId, ask: &WindowAsk, now: DateTime<Utc>) -> Result<Window, StoreError> {
+        let (id, ask) = (account.clone(), ask.clone());
+        self.tx(vec![(RATE_WINDOWS, account.to_string())], move |d| -> Result<Window, StoreError> {
+            let current: Option<RateDoc> = d[0]
+                .as_ref()
+                .map(|v| serde_json::from_value(v.clone()))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt { path: format!("{RATE_WINDOWS}/{id}"), reason: e.to_string() })?;
+            let (window, write) = plan_window(current.as_ref(), &ask, now);
+            if let Some(doc) = write {
+                d[0] = Some(serde_json::to_value(&doc).expect("rate documents serialize"));
+            }
+            Ok(window)
+        })
+        .await?
     }
 }

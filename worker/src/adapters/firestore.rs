@@ -40,14 +40,15 @@ pub use crate::firestore_codec::{
 use crate::firestore_codec::field_value;
 use crate::retry::RetryPolicy;
 
-use crate::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
+use crate::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS, RATE_WINDOWS};
+use crate::domain::rate::plan_window;
 use crate::domain::step::{check_owner, decide_claim};
 use crate::domain::usage::{plan_exhaust, plan_give_back, plan_reservation};
 use crate::domain::{
-    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, Grant, OpId, PatchOutcome, RunId, StepPatch,
-    StepSelector, TemplateId, UsageDoc,
+    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, Grant, OpId, PatchOutcome, RateDoc, RunId,
+    StepPatch, StepSelector, TemplateId, UsageDoc, Window, WindowAsk,
 };
-use crate::ports::{AccountUsageStore, FlowRunStore, StoreError, TemplateStore};
+use crate::ports::{AccountUsageStore, FlowRunStore, RateWindowStore, StoreError, TemplateStore};
 
 /// Limit of one RPC; a call that takes longer counts as a transport failure (and is retried).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -509,6 +510,36 @@ impl AccountUsageStore for FirestoreStore {
     async fn get_usage(&self, account: &AccountId) -> Result<Option<UsageDoc>, StoreError> {
         let v = self.get_doc(ACCOUNTS_USAGE, account.as_str()).await?;
         usage_of(&TxDoc { value: v, update_time: None }, account)
+    }
+}
+
+#[async_trait]
+impl RateWindowStore for FirestoreStore {
+    async fn reserve_window(&self, account: &AccountId, ask: &WindowAsk, now: DateTime<Utc>) -> Result<Window, StoreError> {
+        let name = self.doc_name(RATE_WINDOWS, account.as_str());
+        self.transact("reserve_window", vec![name.clone()], |docs| {
+            let current: Option<RateDoc> = docs[0]
+                .value
+                .as_ref()
+                .map(|v| serde_json::from_value(v.clone()))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt { path: format!("{RATE_WINDOWS}/{account}"), reason: e.to_string() })?;
+            let (window, write) = plan_window(current.as_ref(), ask, now);
+            let writes = match write {
+                Some(doc) => {
+                    let value = serde_json::to_value(&doc).map_err(|e| StoreError::Other(e.to_string()))?;
+                    let document = json_document(name.clone(), &value)?;
+                    vec![fs::Write {
+                        operation: Some(fs::write::Operation::Update(document)),
+                        current_document: Some(unchanged(&docs[0])),
+                        ..Default::default()
+                    }]
+                }
+                None => Vec::new(),
+            };
+            Ok((window, writes))
+        })
+        .await
     }
 }
 

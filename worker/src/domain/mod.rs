@@ -3,6 +3,7 @@
 
 pub mod ids;
 pub mod manifest;
+pub mod rate;
 pub mod request;
 pub mod step;
 pub mod text;
@@ -11,6 +12,7 @@ pub mod usage;
 
 pub use ids::{AccountId, ClaimToken, OpId, RunId, StepId, TemplateId, WorkerId};
 pub use manifest::{ErrorCode, Manifest, ManifestFailure, ManifestItem, ObjectRef};
+pub use rate::{RateDoc, Window, WindowAsk};
 pub use request::{ChartRequest, ImageFormat, PlanNeeds};
 pub use step::{ClaimOutcome, ClaimParams, PatchOutcome, ReleaseParams, StepPatch, StepSelector};
 pub use timeframe::Timeframe;

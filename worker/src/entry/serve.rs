@@ -44,6 +44,7 @@ use crate::domain::step::{event_verdict, EventVerdict};
 use crate::domain::{RunId, StepSelector};
 use crate::eventarc::{self, FirestoreEvent};
 use crate::ports::SystemClock;
+use crate::pacing::{SharedRate, WindowSettings};
 use crate::quota::AccountPool;
 
 /// The largest event Eventarc delivers: its Pub/Sub transport carries messages of up to 10 MB (Firestore leaves the
@@ -306,6 +307,14 @@ pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker>
         .await?
         .with_retry(RetryPolicy { max_total_delay: settings.store_retry_total, ..RetryPolicy::GCS });
     let renderer = crate::renderers::build(settings)?;
+    let worker_id = super::worker_id("serve");
+    // Every instance of the service shares the keys: each key's rate goes through windows in Firestore.
+    let rate = SharedRate {
+        store: Arc::new(store.clone()),
+        clock: Arc::new(SystemClock),
+        holder: worker_id.to_string(),
+        windows: WindowSettings::default(),
+    };
     Ok(Worker {
         flow_runs: Arc::new(store.clone()),
         templates: Arc::new(store.clone()),
@@ -313,9 +322,9 @@ pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker>
         renderer,
         artifacts: Arc::new(artifacts),
         clock: Arc::new(SystemClock),
-        accounts: AccountPool::new(settings.accounts.clone()),
+        accounts: AccountPool::shared(settings.accounts.clone(), rate),
         settings: CoreSettings {
-            worker_id: super::worker_id("serve"),
+            worker_id,
             bucket,
             timezone: settings.timezone.clone(),
             concurrency: settings.concurrency,

@@ -1,0 +1,451 @@
+//! Pacing of Chart-IMG calls per account key, so that every instance together stays within the key's plan.
+//!
+//! Chart-IMG enforces a plan's rate and burst per key, not per process. Two ways to keep to it:
+//! - [`Pace::Local`]: this process is the key's only user (the embedded modes, the demo, the bench): `governor`
+//!   with the plan's rate and burst, in memory.
+//! - [`Pace::Shared`] ([`WindowPacer`]): every `serve` instance of a deployment shares the key. An instance that has
+//!   calls waiting reserves the key's next time window in one transaction on `chart_img_rate/{accountId}`
+//!   ([`RateWindowStore`], [`crate::domain::rate::plan_window`]) and, inside its own windows only, sends at most one
+//!   call per `1/rate` on a fixed grid from the window's start — never the burst, because another instance may have
+//!   used the rate just before. Windows are sized to the calls waiting (at least [`WindowSettings::min`], at most
+//!   [`WindowSettings::max`]), so one document sees about one write per second per busy instance; no window is
+//!   reserved without a call waiting, and an instance holds at most the current window and the next one.
+//!
+//! Why that keeps the key under rate + burst, with clock skew, and what a dead holder costs: ARCHITECTURE.md,
+//! "Rate and quota across instances". `429 Too Many Requests` is still retried with backoff by the core: the
+//! fallback for calls nobody paced (another user of the key, a clock far off), not the mechanism.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::DefaultDirectRateLimiter;
+use tokio::time::Instant;
+
+use crate::domain::{AccountId, OpId, WindowAsk};
+use crate::ports::{Clock, RateWindowStore, StoreError};
+
+/// How the shared windows are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSettings {
+    /// Shortest window (rounded up to whole calls): with few calls waiting, one reservation still covers this long,
+    /// so a busy instance writes an account's document about once per `min` at most.
+    pub min: Duration,
+    /// Longest window: what one instance may take of the key at once (and what a holder that dies wastes).
+    pub max: Duration,
+    /// Left unreserved after every window, on top of the burst's tolerance, against clock skew and network jitter.
+    pub gap: Duration,
+}
+
+impl Default for WindowSettings {
+    fn default() -> Self {
+        Self { min: Duration::from_secs(1), max: Duration::from_secs(2), gap: Duration::from_millis(50) }
+    }
+}
+
+/// What the shared pacing of one process needs: the store of the windows, the wall clock the windows are written
+/// in, the instance id stored as their holder, and the window settings.
+#[derive(Clone)]
+pub struct SharedRate {
+    pub store: Arc<dyn RateWindowStore>,
+    pub clock: Arc<dyn Clock>,
+    pub holder: String,
+    pub windows: WindowSettings,
+}
+
+impl std::fmt::Debug for SharedRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRate").field("holder", &self.holder).field("windows", &self.windows).finish()
+    }
+}
+
+/// How one account's calls are paced in this process.
+#[derive(Debug)]
+pub enum Pace {
+    /// This process is the key's only user: the plan's rate and burst, in memory.
+    Local(DefaultDirectRateLimiter),
+    /// Every instance shares the key through time windows.
+    Shared(WindowPacer),
+}
+
+impl Pace {
+    /// Waits until this process may send one more call with the key. Only the shared pacing can fail (its store).
+    pub async fn until_ready(&self) -> Result<(), StoreError> {
+        match self {
+            Pace::Local(l) => {
+                l.until_ready().await;
+                Ok(())
+            }
+            Pace::Shared(p) => p.until_ready().await,
+        }
+    }
+}
+
+/// One reserved window as this process sees it: `count` slots, one every `period` from `start`.
+#[derive(Debug)]
+struct Slots {
+    start: Instant,
+    count: u32,
+    /// Slots below this index are taken.
+    next: u32,
+}
+
+impl Slots {
+    /// The first slot not taken whose time has not passed.
+    fn first_free(&self, now: Instant, period: Duration) -> u32 {
+        let passed = if now <= self.start {
+            0
+        } else {
+            let p = period.as_nanos().max(1);
+            (now - self.start).as_nanos().div_ceil(p).min(u32::MAX as u128) as u32
+        };
+        self.next.max(passed)
+    }
+
+    fn at(&self, k: u32, period: Duration) -> Instant {
+        self.start + period * k
+    }
+
+    fn end(&self, period: Duration) -> Instant {
+        self.at(self.count, period)
+    }
+}
+
+#[derive(Debug, Default)]
+struct PacerState {
+    /// Windows with slots still to come, oldest first (at most the current one and the next).
+    windows: VecDeque<Slots>,
+    /// Callers that found no free slot and wait for a window.
+    waiting: usize,
+    /// Bumped whenever a window is added.
+    generation: u64,
+}
+
+impl PacerState {
+    fn prune(&mut self, now: Instant, period: Duration) {
+        self.windows.retain(|w| w.first_free(now, period) < w.count);
+    }
+
+    /// Takes the earliest free slot of the held windows; answers its time.
+    fn take(&mut self, now: Instant, period: Duration) -> Option<Instant> {
+        self.prune(now, period);
+        let w = self.windows.iter_mut().find(|w| w.first_free(now, period) < w.count)?;
+        let k = w.first_free(now, period);
+        w.next = k + 1;
+        Some(w.at(k, period))
+    }
+}
+
+/// The shared pacing of one account in one process (see the module documentation).
+pub struct WindowPacer {
+    account: AccountId,
+    /// `1 / rate`: the spacing of calls inside a window.
+    period: Duration,
+    min_slots: u32,
+    max_slots: u32,
+    shared: SharedRate,
+    state: std::sync::Mutex<PacerState>,
+    /// One reservation at a time per account and process.
+    reserving: tokio::sync::Mutex<()>,
+    reservations: AtomicU64,
+}
+
+impl std::fmt::Debug for WindowPacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowPacer")
+            .field("account", &self.account)
+            .field("period", &self.period)
+            .field("slots", &(self.min_slots..=self.max_slots))
+            .finish()
+    }
+}
+
+/// Decrements the waiting count when a caller stops waiting for a window (served, failed or dropped).
+struct Waiting<'a>(&'a WindowPacer);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
+impl WindowPacer {
+    /// Paces `account`'s calls at `rate_per_sec` through `shared`'s windows.
+    pub fn new(account: AccountId, rate_per_sec: f64, shared: SharedRate) -> Self {
+        let rate = if rate_per_sec.is_finite() && rate_per_sec > 0.0 { rate_per_sec } else { 1.0 };
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let slots_in = |d: Duration| (d.as_secs_f64() * rate).floor().clamp(1.0, 10_000.0) as u32;
+        let min_slots = (shared.windows.min.as_secs_f64() * rate).ceil().clamp(1.0, 10_000.0) as u32;
+        let max_slots = slots_in(shared.windows.max).max(min_slots);
+        Self {
+            account,
+            period,
+            min_slots,
+            max_slots,
+            shared,
+            state: Default::default(),
+            reserving: Default::default(),
+            reservations: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Windows this process reserved for the account so far.
+    pub fn reservations(&self) -> u64 {
+        self.reservations.load(Ordering::Relaxed)
+    }
+
+    /// Waits for a slot in one of this process's windows, reserving the next window when none is free.
+    pub async fn until_ready(&self) -> Result<(), StoreError> {
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
+            let (slot, seen) = {
+                let mut st = self.lock();
+                let slot = st.take(Instant::now(), self.period);
+                if slot.is_none() && waiting.is_none() {
+                    st.waiting += 1;
+                }
+                (slot, st.generation)
+            };
+            if let Some(at) = slot {
+                drop(waiting);
+                tokio::time::sleep_until(at).await;
+                return Ok(());
+            }
+            if waiting.is_none() {
+                waiting = Some(Waiting(self));
+            }
+            let reserving = self.reserving.lock().await;
+            let next = {
+                let mut st = self.lock();
+                if st.generation != seen {
+                    None // Someone reserved while we queued: try its slots first.
+                } else {
+                    st.prune(Instant::now(), self.period);
+                    Some(match st.windows.front() {
+                        // The current window and the next are held: wait for the current one to end, not further.
+                        Some(w) if st.windows.len() >= 2 => Err(w.end(self.period)),
+                        _ => Ok(st.waiting.clamp(self.min_slots as usize, self.max_slots as usize) as u32),
+                    })
+                }
+            };
+            let want = match next {
+                None => continue,
+                Some(Err(wake)) => {
+                    drop(reserving);
+                    tokio::time::sleep_until(wake).await;
+                    continue;
+                }
+                Some(Ok(want)) => want,
+            };
+            let ask = WindowAsk {
+                op: OpId::random(),
+                holder: self.shared.holder.clone(),
+                length: chrono::Duration::from_std(self.period * want).unwrap_or(chrono::Duration::seconds(1)),
+                gap: chrono::Duration::from_std(self.shared.windows.gap).unwrap_or_default(),
+            };
+            let now = self.shared.clock.now();
+            let base = Instant::now();
+            let w = self.shared.store.reserve_window(&self.account, &ask, now).await?;
+            self.reservations.fetch_add(1, Ordering::Relaxed);
+            let ahead = (w.start - now).to_std().unwrap_or(Duration::ZERO);
+            let length = (w.end - w.start).to_std().unwrap_or(Duration::ZERO);
+            let count = (length.as_nanos() / self.period.as_nanos().max(1)).min(u32::MAX as u128) as u32;
+            {
+                let mut st = self.lock();
+                st.windows.push_back(Slots { start: base + ahead, count, next: 0 });
+                st.generation += 1;
+            }
+            drop(reserving);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::adapters::JsonDocs;
+    use crate::domain::Window;
+
+    /// Wall time that moves with tokio's (paused) clock, plus a skew.
+    struct TokioClock {
+        base: DateTime<Utc>,
+        at: Instant,
+        skew: chrono::Duration,
+    }
+
+    impl TokioClock {
+        fn new(skew_ms: i64) -> Arc<Self> {
+            let base = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap().with_timezone(&Utc);
+            Arc::new(Self { base, at: Instant::now(), skew: chrono::Duration::milliseconds(skew_ms) })
+        }
+    }
+
+    impl Clock for TokioClock {
+        fn now(&self) -> DateTime<Utc> {
+            self.base + chrono::Duration::from_std(self.at.elapsed()).unwrap() + self.skew
+        }
+    }
+
+    /// Counts reservations and can be told to fail.
+    struct Counting {
+        inner: JsonDocs<crate::adapters::MemoryBackend>,
+        calls: Mutex<u32>,
+        fail: Mutex<bool>,
+    }
+
+    #[async_trait]
+    impl RateWindowStore for Counting {
+        async fn reserve_window(&self, account: &AccountId, ask: &WindowAsk, now: DateTime<Utc>) -> Result<Window, StoreError> {
+            *self.calls.lock().unwrap() += 1;
+            if *self.fail.lock().unwrap() {
+                return Err(StoreError::Unavailable("injected".into()));
+            }
+            self.inner.reserve_window(account, ask, now).await
+        }
+    }
+
+    fn store() -> Arc<Counting> {
+        Arc::new(Counting { inner: JsonDocs::in_memory(), calls: Mutex::new(0), fail: Mutex::new(false) })
+    }
+
+    fn pacer(store: Arc<Counting>, holder: &str, rate: f64, skew_ms: i64) -> Arc<WindowPacer> {
+        let shared = SharedRate { store, clock: TokioClock::new(skew_ms), holder: holder.into(), windows: WindowSettings::default() };
+        Arc::new(WindowPacer::new(AccountId::parse("acc-1").unwrap(), rate, shared))
+    }
+
+    /// Runs `n` callers on `p` at once; answers when each got its slot (ms since `t0`).
+    fn callers(p: &Arc<WindowPacer>, n: usize, t0: Instant) -> Vec<tokio::task::JoinHandle<u64>> {
+        (0..n)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.until_ready().await.unwrap();
+                    t0.elapsed().as_millis() as u64
+                })
+            })
+            .collect()
+    }
+
+    async fn times(handles: Vec<tokio::task::JoinHandle<u64>>) -> Vec<u64> {
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out.sort();
+        out
+    }
+
+    /// Whether a GCRA with `rate` and `burst` (Chart-IMG's throttle, governor's algorithm) lets every call through.
+    fn gcra_allows(calls_ms: &[u64], rate: f64, burst: u32) -> Result<(), String> {
+        let t = 1000.0 / rate;
+        let tau = t * (burst as f64 - 1.0);
+        let mut tat = f64::MIN;
+        for (i, &c) in calls_ms.iter().enumerate() {
+            let c = c as f64;
+            if tat - c > tau + 1e-6 {
+                return Err(format!("call {i} at {c} ms would get 429 (TAT {tat} ms)"));
+            }
+            tat = tat.max(c) + t;
+        }
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_instance_paces_at_the_rate_without_the_burst_and_reserves_only_with_calls_waiting() {
+        let s = store();
+        let p = pacer(s.clone(), "a", 1.0, 0);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(*s.calls.lock().unwrap(), 0, "no window without a call waiting");
+        let t0 = Instant::now();
+        let got = times(callers(&p, 6, t0)).await;
+        // One call per second on each window's grid, a 50 ms gap after each window. The first window holds the one
+        // call waiting when it was reserved (1 s, BASIC's shortest); the next ones the calls waiting then, at most
+        // 2 s (2 calls): [0, 1 s), [1.05, 3.05), [3.1, 5.1), [5.15, 6.15).
+        assert_eq!(got, vec![0, 1050, 2050, 3100, 4100, 5150]);
+        assert_eq!(*s.calls.lock().unwrap(), 4);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(*s.calls.lock().unwrap(), 4, "idle again: no more reservations");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_instances_on_one_key_stay_within_rate_and_burst_together() {
+        let s = store();
+        // Instance b's clock is 300 ms ahead of a's: windows are written in each one's own time.
+        let (a, b) = (pacer(s.clone(), "a", 1.0, 0), pacer(s.clone(), "b", 1.0, 300));
+        let t0 = Instant::now();
+        let (ha, hb) = (callers(&a, 6, t0), callers(&b, 6, t0));
+        let (ta, tb) = (times(ha).await, times(hb).await);
+        let mut all: Vec<u64> = ta.iter().chain(&tb).copied().collect();
+        all.sort();
+        gcra_allows(&all, 1.0, 3).unwrap();
+        // Paced, not merely throttled: the 12 calls take about 12 s, and both instances called early on.
+        assert!(*all.last().unwrap() <= 12_000, "{all:?}");
+        assert!(ta[0] < 3000 && tb[0] < 3000, "both instances got the key early: {ta:?} {tb:?}");
+        // Without the shared windows each process would send its burst of 3 at once: the key's GCRA refuses that.
+        assert!(gcra_allows(&[0, 0, 0, 0, 0, 0], 1.0, 3).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pro_key_shared_by_three_instances_keeps_its_rate() {
+        let s = store();
+        let ps: Vec<_> = (0..3).map(|i| pacer(s.clone(), &format!("p{i}"), 10.0, i * 20)).collect();
+        let t0 = Instant::now();
+        let hs: Vec<_> = ps.iter().map(|p| callers(p, 40, t0)).collect();
+        let mut all = Vec::new();
+        for h in hs {
+            all.extend(times(h).await);
+        }
+        all.sort();
+        gcra_allows(&all, 10.0, 15).unwrap();
+        let took = *all.last().unwrap() as f64 / 1000.0;
+        // 120 calls at 10/s: 11.9 s on the grid, plus the gaps (50 ms per window of 2 s) and waits for half-used windows.
+        assert!((11.9..13.5).contains(&took), "{took} s");
+        for p in &ps {
+            assert!(p.reservations() <= 8, "{} reservations: about one per 2 s window per instance", p.reservations());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_that_dies_only_costs_its_window() {
+        let s = store();
+        let (dead, alive) = (pacer(s.clone(), "dead", 1.0, 0), pacer(s.clone(), "alive", 1.0, 0));
+        // The dying instance reserves its windows for 2 callers ([0, 1 s) and [1.05, 2.05)) and vanishes.
+        let t0 = Instant::now();
+        let doomed = callers(&dead, 2, t0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for h in doomed {
+            h.abort();
+        }
+        drop(dead);
+        let got = times(callers(&alive, 2, t0)).await;
+        // Its windows and their gaps pass unused; the key is the other instance's after that.
+        assert_eq!(got, vec![2100, 3150]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_gives_up_frees_its_place_and_a_store_failure_surfaces() {
+        let s = store();
+        let p = pacer(s.clone(), "a", 1.0, 0);
+        let t0 = Instant::now();
+        let hs = callers(&p, 3, t0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        hs[2].abort(); // waiting for the second window
+        let done = times(hs.into_iter().take(2).collect()).await;
+        assert_eq!(done, vec![0, 1050]);
+        assert_eq!(p.lock().waiting, 0, "an aborted caller is not counted as waiting");
+        *s.fail.lock().unwrap() = true;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let err = p.until_ready().await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+}

@@ -332,6 +332,13 @@ pub struct Then {
     /// Accounts whose `usageToday` must equal the calls mock-chart-img received with their key.
     #[serde(default)]
     pub usage_matches_calls: Vec<String>,
+    /// Answers mock-chart-img gave, by HTTP status (from its journal): `{429: 0}` — no call was throttled.
+    #[serde(default)]
+    pub mock_statuses: BTreeMap<u16, usize>,
+    /// `local_eventarc`: at least this many `serve` processes sent Chart-IMG calls during one common stretch of
+    /// time (each one's first call before every other one's last), so their calls met at the key.
+    #[serde(default)]
+    pub calling_processes: Option<usize>,
     /// How many deliveries claimed the step (log events `claim_attempt` with outcome claimed/reclaimed).
     #[serde(default)]
     pub claims: Option<usize>,
@@ -447,6 +454,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             ("then.deliveries", t.deliveries.is_some()),
             ("then.sigtermExitWithinMs", t.sigterm_exit_within_ms.is_some()),
             ("then.faultsApplied", !t.faults_applied.is_empty()),
+            ("then.callingProcesses", t.calling_processes.is_some()),
         ] {
             if used {
                 return Err(format!("{field}: needs via: local_eventarc"));

@@ -165,6 +165,13 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
             format!("usageToday {used} under-counts the {} calls mock-chart-img received", calls(acc))
         });
     }
+    for (status, n) in &t.mock_statuses {
+        let answered: Vec<&mock_chart_img::JournalEntry> = journal.iter().filter(|e| e.status == Some(*status)).collect();
+        c.that(&format!("mockStatuses.{status}"), answered.len() == *n, || {
+            let first: Vec<String> = answered.iter().take(5).map(|e| format!("#{} at {} {:?}", e.seq, e.at, e.error)).collect();
+            format!("expected {n} answers {status}, actual {} (first: {})", answered.len(), first.join("; "))
+        });
+    }
     for acc in &t.usage_matches_calls {
         let u = backend.doc(ACCOUNTS_USAGE, acc).await?;
         let used = u.as_ref().and_then(|u| u["usageToday"].as_u64()).unwrap_or(0) as usize;
@@ -273,6 +280,20 @@ fn check_live(c: &mut Checks, t: &crate::scenario::Then, live: &super::live::Liv
         let applied = live.proxy_calls.get(dep).map_or(0, |calls| calls.iter().filter(|c| c.rule.is_some()).count());
         // At least: a time-window fault applies to as many calls as the worker's retries make within the window.
         c.that(&format!("faultsApplied.{dep:?}"), applied >= *n, || format!("expected at least {n}, actual {applied}"));
+    }
+    if let Some(n) = t.calling_processes {
+        // RFC 3339 UTC times of one format sort as text.
+        let spans: Vec<(&str, &str, &str, usize)> = live
+            .call_times
+            .iter()
+            .filter_map(|(name, times)| Some((name.as_str(), times.iter().min()?.as_str(), times.iter().max()?.as_str(), times.len())))
+            .collect();
+        let latest_first = spans.iter().map(|s| s.1).max();
+        let earliest_last = spans.iter().map(|s| s.2).min();
+        let together = latest_first.zip(earliest_last).is_some_and(|(f, l)| f <= l);
+        c.that("callingProcesses", spans.len() >= n && together, || {
+            format!("expected at least {n} processes calling Chart-IMG at the same time, actual (process, first, last, calls): {spans:?}")
+        });
     }
     if let Some(ms) = t.sigterm_exit_within_ms {
         c.that("sigtermExitWithinMs", !live.sigterms.is_empty(), || "no sigterm action ran".into());

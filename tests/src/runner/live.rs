@@ -38,6 +38,8 @@ pub struct LiveReport {
     /// What the harness did, with times.
     pub timeline: Vec<String>,
     pub proxy_calls: BTreeMap<Dependency, Vec<Call>>,
+    /// Per process (start order): the times (`time` of its `chart_api_call_start` lines) of its Chart-IMG calls.
+    pub call_times: Vec<(String, Vec<String>)>,
 }
 
 impl LiveReport {
@@ -284,6 +286,19 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
         }
     }
     live.eventarc.shutdown().await;
+    let call_times = live
+        .procs
+        .iter()
+        .map(|p| {
+            let times = p
+                .json_logs()
+                .iter()
+                .filter(|l| l["event"] == "chart_api_call_start")
+                .filter_map(|l| l["time"].as_str().map(str::to_owned))
+                .collect();
+            (p.name.clone(), times)
+        })
+        .collect();
     let mut process_logs = String::new();
     for p in &live.procs {
         for l in p.logs() {
@@ -310,6 +325,7 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
         final_status,
         timeline: std::mem::take(&mut live.timeline),
         proxy_calls: live.proxies.iter().map(|(d, p)| (*d, p.calls())).collect(),
+        call_times,
     };
     let backend = Backend::Emulators { fs: w.fs.clone(), storage, bucket: w.bucket.clone() };
     Ok(Delivered { backend, answers: Vec::new(), results: Vec::new(), live: Some(report) })

@@ -20,6 +20,7 @@
 //!   decisions recognise their own claim token and quota operation id, so nothing applies twice.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,7 +33,7 @@ use firestore::gcloud_sdk::GoogleAuthMiddleware;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use futures::StreamExt;
 use serde_json::Value as Json;
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
 pub use crate::firestore_codec::{
     document_to_json, field_path, json_document, json_to_value, quote_segment, timestamp_to_rfc3339, value_to_json,
@@ -324,11 +325,45 @@ impl FirestoreStore {
     }
 }
 
+/// Retries of Firestore calls in this process since it started, by cause: `contention` (ABORTED, a failed
+/// precondition: another transaction won the document) or not (transport failures, timeouts). Each retry is also
+/// logged as `transaction_retry` with the same `contention` flag.
+#[derive(Debug, Default)]
+pub struct RetryCounts {
+    contention: AtomicU64,
+    other: AtomicU64,
+}
+
+impl RetryCounts {
+    fn count(&self, contention: bool) {
+        let c = if contention { &self.contention } else { &self.other };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Retries after contention so far.
+    pub fn contention(&self) -> u64 {
+        self.contention.load(Ordering::Relaxed)
+    }
+
+    /// Retries after other failures so far.
+    pub fn other(&self) -> u64 {
+        self.other.load(Ordering::Relaxed)
+    }
+}
+
+static RETRIES: RetryCounts = RetryCounts { contention: AtomicU64::new(0), other: AtomicU64::new(0) };
+
+/// This process's retry counts (every `FirestoreStore` together).
+pub fn retry_counts() -> &'static RetryCounts {
+    &RETRIES
+}
+
 /// After a retryable failure: sleeps before the next attempt, or gives up with `Contention` (the failure was an
 /// aborted transaction) or `Unavailable` once the budget is spent.
 async fn give_up_or_wait(budget: &mut crate::retry::Attempts, op: &'static str, contention: bool, message: String) -> Result<(), StoreError> {
     let attempts = budget.attempts();
-    debug!(event = "transaction_retry", op, attempt = attempts, contention, "{message}");
+    RETRIES.count(contention);
+    info!(event = "transaction_retry", op, attempt = attempts, contention, "{message}");
     if budget.wait().await {
         return Ok(());
     }

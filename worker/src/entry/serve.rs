@@ -249,9 +249,16 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
     info!(event = "shutdown_started", inFlight = state.in_flight(), graceMs = state.grace.as_millis() as u64, "no new requests; stopping in-flight steps");
     let _ = stop_tx.send(true);
     state.begin_shutdown();
+    let retries = crate::adapters::firestore::retry_counts();
     match tokio::time::timeout(state.grace, &mut server).await {
         Ok(r) => {
-            info!(event = "shutdown_finished", waitedMs = started.elapsed().as_millis() as u64, "drained");
+            info!(
+                event = "shutdown_finished",
+                waitedMs = started.elapsed().as_millis() as u64,
+                contentionRetries = retries.contention(),
+                otherRetries = retries.other(),
+                "drained"
+            );
             r
         }
         Err(_) => {
@@ -259,6 +266,8 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
                 event = "shutdown_finished",
                 waitedMs = started.elapsed().as_millis() as u64,
                 inFlight = state.in_flight(),
+                contentionRetries = retries.contention(),
+                otherRetries = retries.other(),
                 "grace period over; steps still running are left to their leases"
             );
             Ok(())

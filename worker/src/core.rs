@@ -538,7 +538,8 @@ impl StepRun<'_> {
             o.charts_planned(valid.requests.len());
         }
         let slots = self.prepare_requests(&valid).await?;
-        let ledger = QuotaLedger::new(&self.w.accounts, self.w.usage.as_ref(), self.w.clock.as_ref());
+        let key = format!("{}/{}", self.run, claim.step_id);
+        let ledger = QuotaLedger::new(&self.w.accounts, self.w.usage.as_ref(), self.w.clock.as_ref(), &key);
         let slots = self.reserve_quota(&ledger, slots, guard).await?;
         let results = self.render_all(&valid, &ledger, slots, guard).await;
         let spent = ledger.finish().await;

@@ -19,6 +19,7 @@ use tracing::warn;
 use crate::config::{AccountConfig, Plan};
 use crate::pacing::{Pace, SharedRate, WindowPacer};
 use crate::domain::request::{check_request, TemplateInvalid};
+use crate::domain::usage::{preference_order, MAX_RESERVATION};
 use crate::domain::{AccountId, AccountQuota, ChartRequest, Grant, OpId, PlanNeeds};
 use crate::ports::{AccountUsageStore, Clock, StoreError};
 
@@ -191,32 +192,56 @@ struct LedgerState {
     spent: Vec<(AccountId, u32)>,
 }
 
-/// The quota of one step. Reserves in batches (one transaction per batch, not per chart) because a Firestore document
-/// sustains about one write per second.
+/// The quota of one step. Reserves in batches (one transaction per batch, not per chart, at most
+/// [`MAX_RESERVATION`] units) because a Firestore document sustains about one write per second. Accounts are tried
+/// in the step's own [`preference_order`], one account (one usage document) per transaction, so steps spread over the
+/// accounts and a reservation reads and writes only the counters it takes from.
 pub struct QuotaLedger<'a> {
     pool: &'a AccountPool,
     store: &'a dyn AccountUsageStore,
     clock: &'a dyn Clock,
+    /// The configured accounts in this step's preference order.
+    order: Vec<AccountQuota>,
     state: Mutex<LedgerState>,
 }
 
 impl<'a> QuotaLedger<'a> {
-    pub fn new(pool: &'a AccountPool, store: &'a dyn AccountUsageStore, clock: &'a dyn Clock) -> Self {
-        Self { pool, store, clock, state: Mutex::new(LedgerState::default()) }
+    /// The ledger of the step `key` (`<runId>/<stepId>`: it picks the step's account order).
+    pub fn new(pool: &'a AccountPool, store: &'a dyn AccountUsageStore, clock: &'a dyn Clock, key: &str) -> Self {
+        let all: Vec<AccountQuota> = pool.accounts.iter().map(|a| a.config.quota()).collect();
+        Self { pool, store, clock, order: preference_order(key, &all), state: Mutex::new(LedgerState::default()) }
     }
 
     fn usable(&self, st: &LedgerState) -> Vec<AccountQuota> {
-        self.pool.accounts.iter().map(|a| a.config.quota()).filter(|q| !st.exhausted.contains(&q.id)).collect()
+        self.order.iter().filter(|q| !st.exhausted.contains(&q.id)).cloned().collect()
     }
 
-    /// Reserves `units` up front (the number of charts of the step). An empty grant is not an error here: each call
-    /// will then fail with `CHART_API_LIMIT_EXCEEDED`.
+    /// Reserves up to `units` (at most [`MAX_RESERVATION`]) on `candidates` in order, one transaction per account,
+    /// until covered; what each grants is held at once (a later failure keeps it). Answers the units granted.
+    async fn reserve_on(&self, st: &mut LedgerState, candidates: &[AccountQuota], units: u32) -> Result<u32, StoreError> {
+        let mut left = units.min(MAX_RESERVATION);
+        let mut granted = 0;
+        let now = self.clock.now();
+        for account in candidates {
+            if left == 0 {
+                break;
+            }
+            for g in self.store.reserve(&OpId::random(), std::slice::from_ref(account), left, now).await? {
+                left = left.saturating_sub(g.units);
+                granted += g.units;
+                st.held.push(g);
+            }
+        }
+        Ok(granted)
+    }
+
+    /// Reserves `units` up front (the number of charts of the step, at most [`MAX_RESERVATION`]; calls beyond top up).
+    /// An empty grant is not an error here: each call will then fail with `CHART_API_LIMIT_EXCEEDED`.
     pub async fn reserve(&self, units: u32) -> Result<(), StoreError> {
         let mut st = self.state.lock().await;
         let usable = self.usable(&st);
-        let grants = self.store.reserve(&OpId::random(), &usable, units, self.clock.now()).await?;
-        st.depleted = grants.is_empty();
-        st.held.extend(grants);
+        let granted = self.reserve_on(&mut st, &usable, units).await?;
+        st.depleted = granted == 0 && units > 0;
         Ok(())
     }
 
@@ -251,15 +276,13 @@ impl<'a> QuotaLedger<'a> {
                     self.pool.accounts.iter().filter(|a| fits(&a.config.id)).map(|a| a.config.id.as_str()).collect();
                 return Err(AcquireError::AllExhausted(names.join(", ")));
             }
-            let grants = self.store.reserve(&OpId::random(), &usable, top_up.max(1), self.clock.now()).await?;
-            if grants.is_empty() {
+            if self.reserve_on(&mut st, &usable, top_up.max(1)).await? == 0 {
                 if every {
                     st.depleted = true;
                 }
                 let names: Vec<&str> = usable.iter().map(|q| q.id.as_str()).collect();
                 return Err(AcquireError::AllExhausted(names.join(", ")));
             }
-            st.held.extend(grants);
         }
     }
 
@@ -338,6 +361,70 @@ mod tests {
         assert_eq!(in_flight_for(&[Plan::Pro], Duration::from_secs(6), 32), 32, "the memory-safe maximum holds");
         assert_eq!(in_flight_for(&[], Duration::from_secs(6), 32), 1, "never zero");
         assert_eq!(in_flight_for(&[Plan::Pro], Duration::from_secs(6), 0), 1, "never zero");
+    }
+
+    /// The in-memory usage store, recording the accounts and units of every reservation.
+    struct Recording {
+        inner: crate::adapters::JsonDocs<crate::adapters::MemoryBackend>,
+        calls: std::sync::Mutex<Vec<(Vec<String>, u32)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl AccountUsageStore for Recording {
+        async fn reserve(&self, op: &OpId, accounts: &[AccountQuota], units: u32, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Grant>, StoreError> {
+            self.calls.lock().unwrap().push((accounts.iter().map(|a| a.id.to_string()).collect(), units));
+            self.inner.reserve(op, accounts, units, now).await
+        }
+        async fn give_back(&self, op: &OpId, a: &AccountId, day: chrono::NaiveDate, units: u32, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+            self.inner.give_back(op, a, day, units, now).await
+        }
+        async fn mark_exhausted(&self, a: &AccountQuota, day: chrono::NaiveDate, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+            self.inner.mark_exhausted(a, day, now).await
+        }
+        async fn get_usage(&self, a: &AccountId) -> Result<Option<crate::domain::UsageDoc>, StoreError> {
+            self.inner.get_usage(a).await
+        }
+    }
+
+    fn pool_with_limits(limits: &[u32]) -> AccountPool {
+        let accounts: Vec<String> = limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!(r#"{{"id":"acc-{i}","apiKey":"k{i}","dailyLimit":{l},"plan":"PRO"}}"#))
+            .collect();
+        AccountPool::new(parse_accounts("test", &format!("[{}]", accounts.join(","))).unwrap())
+    }
+
+    #[tokio::test]
+    async fn steps_start_on_different_accounts_and_a_reservation_touches_only_the_accounts_it_takes_from() {
+        let pool = pool_with_limits(&[500, 500, 500]);
+        let store = Recording { inner: crate::adapters::JsonDocs::in_memory(), calls: Default::default() };
+        let clock = crate::ports::SystemClock;
+        let mut firsts = HashSet::new();
+        for i in 0..12 {
+            let ledger = QuotaLedger::new(&pool, &store, &clock, &format!("run-{i}/charts_4h"));
+            ledger.reserve(5).await.unwrap();
+            let (accounts, _) = store.calls.lock().unwrap().last().cloned().unwrap();
+            assert_eq!(accounts.len(), 1, "one usage document per reservation: {accounts:?}");
+            firsts.insert(accounts[0].clone());
+            ledger.finish().await;
+        }
+        assert_eq!(firsts.len(), 3, "12 steps started on every one of 3 accounts, not all on the first: {firsts:?}");
+    }
+
+    #[tokio::test]
+    async fn a_reservation_is_bounded_and_moves_on_only_when_an_account_is_short() {
+        let pool = pool_with_limits(&[30, 30, 30]);
+        let store = Recording { inner: crate::adapters::JsonDocs::in_memory(), calls: Default::default() };
+        let clock = crate::ports::SystemClock;
+        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/charts_4h");
+        ledger.reserve(200).await.unwrap();
+        let calls = store.calls.lock().unwrap().clone();
+        // At most 50 units: 30 from the step's first account, the 20 left from its second; the third is not read.
+        assert_eq!(calls.iter().map(|(_, u)| *u).collect::<Vec<_>>(), vec![50, 20], "{calls:?}");
+        assert!(calls.iter().all(|(a, _)| a.len() == 1));
+        let order: Vec<String> = ledger.order.iter().map(|q| q.id.to_string()).collect();
+        assert_eq!(calls.iter().map(|(a, _)| a[0].clone()).collect::<Vec<_>>(), order[..2].to_vec());
     }
 
     #[test]

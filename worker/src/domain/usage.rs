@@ -96,7 +96,28 @@ pub struct Grant {
     pub units: u32,
 }
 
-/// Spreads `units` over the accounts in their configured order, each up to its remaining quota, and returns the grants
+/// Units one reservation asks for at most. A step with more charts tops up as it goes: a crash over-counts at most
+/// this many units per account it held, and one transaction never takes a day's quota at once.
+pub const MAX_RESERVATION: u32 = 50;
+
+/// The order in which the step `key` (`<runId>/<stepId>`) tries `accounts`: a rendezvous hash weighted by daily limit
+/// (each account comes first for a share of steps proportional to its limit), so steps, and the transactions on
+/// their usage counters, spread over every account instead of all starting on the first one configured. The same
+/// step gets the same order on every instance and every attempt.
+pub fn preference_order(key: &str, accounts: &[AccountQuota]) -> Vec<AccountQuota> {
+    use sha2::{Digest, Sha256};
+    let score = |a: &AccountQuota| {
+        let h = Sha256::new().chain_update(key.as_bytes()).chain_update([0]).chain_update(a.id.as_str().as_bytes()).finalize();
+        let x = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+        let u = (x as f64 + 0.5) / 18_446_744_073_709_551_616.0; // (0, 1)
+        -u.ln() / f64::from(a.daily_limit.max(1))
+    };
+    let mut scored: Vec<(f64, &AccountQuota)> = accounts.iter().map(|a| (score(a), a)).collect();
+    scored.sort_by(|x, y| x.0.total_cmp(&y.0));
+    scored.into_iter().map(|(_, a)| a.clone()).collect()
+}
+
+/// Spreads `units` over the accounts in the order given, each up to its remaining quota, and returns the grants
 /// plus the documents to write (only for accounts that granted something, so an idle account costs no write).
 /// A reservation `op` that a document already remembers (a retried commit whose first try landed) answers the grants
 /// it made then and writes nothing.
@@ -199,6 +220,22 @@ mod tests {
         assert_eq!(writes[0].1.usage_today, 5);
         assert_eq!(writes[1].1.usage_today, 2);
         assert_eq!(writes.len(), 2, "an account that grants nothing is not written");
+    }
+
+    #[test]
+    fn steps_spread_over_accounts_in_proportion_to_their_daily_limits() {
+        let accounts = [acc("a", 50), acc("b", 500), acc("c", 500)];
+        let mut first = std::collections::BTreeMap::new();
+        for i in 0..3000 {
+            let order = preference_order(&format!("run-{i}/charts_4h"), &accounts);
+            assert_eq!(order.len(), 3);
+            *first.entry(order[0].id.to_string()).or_insert(0) += 1;
+        }
+        // Expected shares 50 : 500 : 500 of 3000 = 143, 1429, 1429.
+        assert!((90..200).contains(&first["a"]), "{first:?}");
+        assert!((1300..1560).contains(&first["b"]) && (1300..1560).contains(&first["c"]), "{first:?}");
+        // Stable: the same step always gets the same order.
+        assert_eq!(preference_order("run-7/s", &accounts), preference_order("run-7/s", &accounts));
     }
 
     #[test]

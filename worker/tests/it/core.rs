@@ -258,18 +258,20 @@ async fn throttling_is_retried_and_a_200_without_an_image_is_a_failure() {
 
 #[tokio::test]
 async fn limit_exceeded_moves_to_the_next_account_and_marks_the_first_exhausted() {
-    let r = ScriptedRenderer::new(|c, _| if c.key == KEY_1 { Err(ChartApiError::LimitExceeded) } else { Ok(png(c)) });
+    // The step's first account (its preference order) is used up at Chart-IMG; the other renders.
+    let [(first, first_key), (second, _)] = two_accounts_in_step_order();
+    let r = ScriptedRenderer::new(move |c, _| if c.key == first_key { Err(ChartApiError::LimitExceeded) } else { Ok(png(c)) });
     let t = worker_with(r.clone(), &accounts_json(&[("acc-1", KEY_1, 50), ("acc-2", KEY_2, 50)]));
     t.seed(&flow_run(&["a", "b", "c"], 3), &["a", "b", "c"]).await;
     let report = run(&t).await;
     assert!(matches!(report, StepReport::Succeeded { .. }), "{report:?}");
-    let u1 = t.usage("acc-1").await.unwrap();
+    let u1 = t.usage(first).await.unwrap();
     assert_eq!(u1["exhausted"], true);
-    let sent_1 = r.calls().iter().filter(|c| c.account == "acc-1").count() as u64;
-    let sent_2 = r.calls().iter().filter(|c| c.account == "acc-2").count() as u64;
+    let sent_1 = r.calls().iter().filter(|c| c.account == first).count() as u64;
+    let sent_2 = r.calls().iter().filter(|c| c.account == second).count() as u64;
     assert!(sent_1 >= 1 && sent_2 == 3, "{sent_1} {sent_2}");
-    assert_eq!(u1["usageToday"].as_u64().unwrap(), sent_1, "acc-1 counts exactly the calls it was sent");
-    assert_eq!(t.usage_today("acc-2").await, sent_2);
+    assert_eq!(u1["usageToday"].as_u64().unwrap(), sent_1, "the first account counts exactly the calls it was sent");
+    assert_eq!(t.usage_today(second).await, sent_2);
 }
 
 #[tokio::test]

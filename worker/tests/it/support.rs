@@ -11,7 +11,8 @@ use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_
 use worker_chart_export::adapters::{JsonDocs, MemoryArtifacts, MemoryBackend};
 use worker_chart_export::config::{parse_accounts, Lifecycle, RetryPolicy};
 use worker_chart_export::core::{CoreSettings, Worker};
-use worker_chart_export::domain::{RunId, WorkerId};
+use worker_chart_export::domain::usage::preference_order;
+use worker_chart_export::domain::{AccountId, AccountQuota, RunId, WorkerId};
 use worker_chart_export::ports::{ChartApiError, ChartCall, ChartRenderer, Clock, RenderedChart};
 use worker_chart_export::quota::AccountPool;
 
@@ -164,6 +165,15 @@ pub fn run_id() -> RunId {
 }
 
 /// A flow run with one CHART_EXPORT step over `templates`, plus an unrelated step that must never change.
+/// `acc-1` (`KEY_1`) and `acc-2` (`KEY_2`), daily limit 50 each, in the order the step `charts_4h` of `run-123`
+/// tries them (its [`preference_order`]): tests of a failover make the first one fail.
+pub fn two_accounts_in_step_order() -> [(&'static str, &'static str); 2] {
+    let q = |id: &str| AccountQuota { id: AccountId::parse(id).unwrap(), daily_limit: 50 };
+    let order = preference_order("run-123/charts_4h", &[q("acc-1"), q("acc-2")]);
+    let key = |a: &AccountQuota| if a.id.as_str() == "acc-1" { ("acc-1", KEY_1) } else { ("acc-2", KEY_2) };
+    [key(&order[0]), key(&order[1])]
+}
+
 pub fn flow_run(templates: &[&str], min_images: u32) -> Value {
     let requests: Vec<Value> = templates.iter().map(|t| json!({"chartTemplateId": t})).collect();
     json!({

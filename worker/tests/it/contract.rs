@@ -1,5 +1,5 @@
 //! Contract suites of the storage ports: the same test functions run against every adapter family.
-//! - documents (flow runs, templates, usage): `JsonDocs` in memory, `JsonDocs` on local files, `FirestoreStore`
+//! - documents (flow runs, templates, usage, rate windows): `JsonDocs` in memory, `JsonDocs` on local files, `FirestoreStore`
 //!   on the Firestore emulator (one project per test);
 //! - artifacts: `MemoryArtifacts`, `LocalArtifacts`, `GcsArtifacts` on fake-gcs-server (one bucket per test).
 //!
@@ -13,14 +13,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::{json, Value};
-use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
+use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS, RATE_WINDOWS};
 use worker_chart_export::adapters::{FirestoreStore, JsonDocs, LocalArtifacts, LocalBackend, MemoryArtifacts, MemoryBackend};
 use worker_chart_export::domain::{
-    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, ObjectRef, OpId, PatchOutcome, RunId, StepId, StepPatch,
+    AccountId, AccountQuota, WindowAsk, ClaimOutcome, ClaimParams, ClaimToken, ObjectRef, OpId, PatchOutcome, RunId, StepId, StepPatch,
     StepSelector, TemplateId, WorkerId,
 };
 use worker_chart_export::ports::{
-    AccountUsageStore, ArtifactError, ArtifactStore, FlowRunStore, StoreError, TemplateStore, WriteMode,
+    AccountUsageStore, ArtifactError, ArtifactStore, FlowRunStore, RateWindowStore, StoreError, TemplateStore, WriteMode,
 };
 
 use crate::emulators;
@@ -70,15 +70,23 @@ pub struct Docs {
     pub runs: Arc<dyn FlowRunStore>,
     pub templates: Arc<dyn TemplateStore>,
     pub usage: Arc<dyn AccountUsageStore>,
+    pub rate: Arc<dyn RateWindowStore>,
     pub seed: Arc<dyn Seed>,
     pub _keep: Option<tempfile::TempDir>,
 }
 
 fn docs_of<S>(s: S, keep: Option<tempfile::TempDir>) -> Docs
 where
-    S: FlowRunStore + TemplateStore + AccountUsageStore + Seed + Clone + 'static,
+    S: FlowRunStore + TemplateStore + AccountUsageStore + RateWindowStore + Seed + Clone + 'static,
 {
-    Docs { runs: Arc::new(s.clone()), templates: Arc::new(s.clone()), usage: Arc::new(s.clone()), seed: Arc::new(s), _keep: keep }
+    Docs {
+        runs: Arc::new(s.clone()),
+        templates: Arc::new(s.clone()),
+        usage: Arc::new(s.clone()),
+        rate: Arc::new(s.clone()),
+        seed: Arc::new(s),
+        _keep: keep,
+    }
 }
 
 pub async fn memory_docs(_test: &str) -> Option<Docs> {
@@ -466,6 +474,53 @@ pub async fn a_missing_object_reads_as_none(a: Artifacts) {
     assert!(a.store.get(&obj(&a, "nothing/here.png")).await.unwrap().is_none());
 }
 
+fn ask(op_id: &str, holder: &str, length_ms: i64) -> WindowAsk {
+    WindowAsk { op: op(op_id), holder: holder.into(), length: Duration::milliseconds(length_ms), gap: Duration::milliseconds(50) }
+}
+
+pub async fn rate_windows_queue_and_a_retried_reservation_gets_its_window_back(d: Docs) {
+    let a = AccountId::parse("acc-1").unwrap();
+    let t0 = at("2026-12-01T10:00:00Z");
+    let w1 = d.rate.reserve_window(&a, &ask("w1", "serve-a", 2000), t0).await.unwrap();
+    assert_eq!((w1.start, w1.end), (t0, t0 + Duration::milliseconds(2000)));
+    // Another instance, 300 ms later: behind the first window and its gap.
+    let w2 = d.rate.reserve_window(&a, &ask("w2", "serve-b", 1000), t0 + Duration::milliseconds(300)).await.unwrap();
+    assert_eq!((w2.start, w2.end), (t0 + Duration::milliseconds(2050), t0 + Duration::milliseconds(3050)));
+    // A retried commit whose first try landed: the same window, nothing moved.
+    let again = d.rate.reserve_window(&a, &ask("w2", "serve-b", 1000), t0 + Duration::milliseconds(400)).await.unwrap();
+    assert_eq!(again, w2);
+    let stored = d.seed.raw(RATE_WINDOWS, "acc-1").await.unwrap();
+    assert_eq!(stored["nextFreeMs"], (t0 + Duration::milliseconds(3100)).timestamp_millis(), "{stored}");
+    assert_eq!(stored["holder"], "serve-b");
+    // Long after: the key is free at once (a holder that died wasted only its window).
+    let later = t0 + Duration::seconds(60);
+    assert_eq!(d.rate.reserve_window(&a, &ask("w3", "serve-a", 1000), later).await.unwrap().start, later);
+    // Other accounts are independent.
+    let b = AccountId::parse("acc-2").unwrap();
+    assert_eq!(d.rate.reserve_window(&b, &ask("w4", "serve-a", 1000), t0).await.unwrap().start, t0);
+}
+
+pub async fn concurrent_window_reservations_never_overlap(d: Docs) {
+    let a = AccountId::parse("acc-1").unwrap();
+    let t0 = at("2026-12-01T10:00:00Z");
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let (rate, a) = (d.rate.clone(), a.clone());
+            tokio::spawn(async move { rate.reserve_window(&a, &ask(&format!("c{i}"), &format!("serve-{i}"), 1000), t0).await })
+        })
+        .collect();
+    let mut windows = Vec::new();
+    for t in tasks {
+        windows.push(t.await.unwrap().unwrap());
+    }
+    windows.sort_by_key(|w| w.start);
+    for pair in windows.windows(2) {
+        assert!(pair[1].start >= pair[0].end + Duration::milliseconds(50), "overlap or no gap: {pair:?}");
+    }
+    assert_eq!(windows[0].start, t0);
+    assert_eq!(windows[5].end, t0 + Duration::milliseconds(5 * 1050 + 1000));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Instantiation
 
@@ -499,6 +554,8 @@ macro_rules! doc_suites {
                 retried_quota_operations_apply_once,
                 ten_concurrent_reservations_on_a_limit_of_five,
                 a_corrupt_usage_document_is_reported_not_retried,
+                rate_windows_queue_and_a_retried_reservation_gets_its_window_back,
+                concurrent_window_reservations_never_overlap,
             ]);
         )*
     };

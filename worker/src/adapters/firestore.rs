@@ -11,7 +11,8 @@
 //!
 //! Invariants:
 //! - Every read-modify-write is one read-write transaction (a claim that writes nothing is decided on a plain read
-//!   first and needs none); its decision is the same pure function the embedded stores run ([`decide_claim`], [`check_owner`], [`plan_reservation`], [`plan_give_back`], [`plan_exhaust`]).
+//!   first and needs none), except a rate window's: one hot document, read plainly and written with a precondition
+//!   on the version read (`compare_and_set`); its decision is the same pure function the embedded stores run ([`decide_claim`], [`check_owner`], [`plan_reservation`], [`plan_give_back`], [`plan_exhaust`]).
 //! - A flow run is only ever written through `steps.<stepId>.<field>` masks, with an `updateTime` precondition
 //!   taken from the transaction's own read; the rest of the document is never rewritten.
 //! - A transaction is retried (the one [`RetryPolicy`]) on ABORTED, a failed precondition, transport failures and
@@ -273,6 +274,43 @@ impl FirestoreStore {
                 Err(AttemptError::Retry { contention, message }) => give_up_or_wait(&mut budget, op, contention, message).await?,
             }
         }
+    }
+
+    /// One document's read-modify-write without a transaction: a plain read, then a commit guarded by the version it
+    /// read (`updateTime`, or "does not exist"), all again from the read when another writer got there first
+    /// (FAILED_PRECONDITION, counted as contention). No lock is held between the read and the write, so writers of a
+    /// hot document never wait on each other's locks — on the emulator two read-write transactions on one document
+    /// each hold a read lock the other's commit needs, until a lock timeout aborts one. A retry after a lost commit
+    /// reply reads what its first try wrote, and `decide` (a pure decision that recognises its own operation) writes
+    /// nothing again.
+    async fn compare_and_set<R>(
+        &self,
+        op: &'static str,
+        name: String,
+        decide: impl Fn(&TxDoc) -> Result<(R, Option<fs::Write>), StoreError>,
+    ) -> Result<R, StoreError> {
+        let names = vec![name];
+        let decide = &decide;
+        let names = &names;
+        self.with_retry(op, move || async move {
+            let docs = self.batch_get(names, None).await?;
+            let (out, write) = decide(&docs[0]).map_err(AttemptError::Fatal)?;
+            if let Some(mut w) = write {
+                w.current_document = Some(unchanged(&docs[0]));
+                let request =
+                    fs::CommitRequest { database: self.database_path().to_owned(), writes: vec![w], ..Default::default() };
+                let mut client = self.client();
+                match self.call(client.commit(request)).await {
+                    // "Does not exist" failed: another writer created the document first.
+                    Err(AttemptError::Fatal(StoreError::Other(m))) if m.starts_with("ALREADY_EXISTS") => {
+                        return Err(AttemptError::Retry { contention: true, message: m });
+                    }
+                    r => r?,
+                };
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// One document as JSON, or `None` when it does not exist.
@@ -552,8 +590,9 @@ impl AccountUsageStore for FirestoreStore {
 impl RateWindowStore for FirestoreStore {
     async fn reserve_window(&self, account: &AccountId, ask: &WindowAsk, now: DateTime<Utc>) -> Result<Window, StoreError> {
         let name = self.doc_name(RATE_WINDOWS, account.as_str());
-        self.transact("reserve_window", vec![name.clone()], |docs| {
-            let current: Option<RateDoc> = docs[0]
+        // A hot document written about once a second per busy instance: compare-and-set, not a locking transaction.
+        self.compare_and_set("reserve_window", name.clone(), |doc| {
+            let current: Option<RateDoc> = doc
                 .value
                 .as_ref()
                 .map(|v| serde_json::from_value(v.clone()))
@@ -564,13 +603,9 @@ impl RateWindowStore for FirestoreStore {
                 Some(doc) => {
                     let value = serde_json::to_value(&doc).map_err(|e| StoreError::Other(e.to_string()))?;
                     let document = json_document(name.clone(), &value)?;
-                    vec![fs::Write {
-                        operation: Some(fs::write::Operation::Update(document)),
-                        current_document: Some(unchanged(&docs[0])),
-                        ..Default::default()
-                    }]
+                    Some(fs::Write { operation: Some(fs::write::Operation::Update(document)), ..Default::default() })
                 }
-                None => Vec::new(),
+                None => None,
             };
             Ok((window, writes))
         })

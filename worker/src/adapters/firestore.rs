@@ -10,9 +10,9 @@
 //! Documents cross the port as `serde_json::Value`, converted by [`crate::firestore_codec`].
 //!
 //! Invariants:
-//! - Every read-modify-write is one read-write transaction (a claim that writes nothing is decided on a plain read
-//!   first and needs none), except a rate window's: one hot document, read plainly and written with a precondition
-//!   on the version read (`compare_and_set`); its decision is the same pure function the embedded stores run ([`decide_claim`], [`check_owner`], [`plan_reservation`], [`plan_give_back`], [`plan_exhaust`]).
+//! - Every read-modify-write is atomic: a read-write transaction over the documents it names (a claim that writes
+//!   nothing is decided on a plain read first and needs none), or, for one hot document (a rate window, a usage
+//!   counter), a plain read and a commit guarded by the version read (`compare_and_set`), which holds no lock; its decision is the same pure function the embedded stores run ([`decide_claim`], [`check_owner`], [`plan_reservation`], [`plan_give_back`], [`plan_exhaust`]).
 //! - A flow run is only ever written through `steps.<stepId>.<field>` masks, with an `updateTime` precondition
 //!   taken from the transaction's own read; the rest of the document is never rewritten.
 //! - A transaction is retried (the one [`RetryPolicy`]) on ABORTED, a failed precondition, transport failures and
@@ -542,6 +542,17 @@ impl TemplateStore for FirestoreStore {
 impl AccountUsageStore for FirestoreStore {
     async fn reserve(&self, op: &OpId, accounts: &[AccountQuota], units: u32, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError> {
         let names: Vec<String> = accounts.iter().map(|a| self.doc_name(ACCOUNTS_USAGE, a.id.as_str())).collect();
+        if let ([account], [name]) = (accounts, names.as_slice()) {
+            // One counter (the ledger's case): compare-and-set, so steps reserving on one account at once never wait
+            // on each other's transaction locks.
+            return self
+                .compare_and_set("reserve", name.clone(), |doc| {
+                    let (grants, plan) = plan_reservation(op, accounts, &[usage_of(doc, &account.id)?], units, now);
+                    let write = plan.first().map(|(_, d)| usage_write(name.clone(), d, doc)).transpose()?;
+                    Ok((grants, write))
+                })
+                .await;
+        }
         self.transact("reserve", names.clone(), |docs| {
             let current: Vec<Option<UsageDoc>> =
                 docs.iter().zip(accounts).map(|(d, a)| usage_of(d, &a.id)).collect::<Result<_, _>>()?;
@@ -558,24 +569,22 @@ impl AccountUsageStore for FirestoreStore {
 
     async fn give_back(&self, op: &OpId, account: &AccountId, day: NaiveDate, units: u32, now: DateTime<Utc>) -> Result<(), StoreError> {
         let name = self.doc_name(ACCOUNTS_USAGE, account.as_str());
-        self.transact("give_back", vec![name.clone()], |docs| {
-            let writes = match plan_give_back(op, usage_of(&docs[0], account)?.as_ref(), day, units, now) {
-                Some(doc) => vec![usage_write(name.clone(), &doc, &docs[0])?],
-                None => Vec::new(),
-            };
-            Ok(((), writes))
+        self.compare_and_set("give_back", name.clone(), |doc| {
+            let write = plan_give_back(op, usage_of(doc, account)?.as_ref(), day, units, now)
+                .map(|d| usage_write(name.clone(), &d, doc))
+                .transpose()?;
+            Ok(((), write))
         })
         .await
     }
 
     async fn mark_exhausted(&self, account: &AccountQuota, day: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError> {
         let name = self.doc_name(ACCOUNTS_USAGE, account.id.as_str());
-        self.transact("mark_exhausted", vec![name.clone()], |docs| {
-            let writes = match plan_exhaust(usage_of(&docs[0], &account.id)?.as_ref(), day, account.daily_limit, now) {
-                Some(doc) => vec![usage_write(name.clone(), &doc, &docs[0])?],
-                None => Vec::new(),
-            };
-            Ok(((), writes))
+        self.compare_and_set("mark_exhausted", name.clone(), |doc| {
+            let write = plan_exhaust(usage_of(doc, &account.id)?.as_ref(), day, account.daily_limit, now)
+                .map(|d| usage_write(name.clone(), &d, doc))
+                .transpose()?;
+            Ok(((), write))
         })
         .await
     }

@@ -78,7 +78,7 @@ pub trait AccountUsageStore: Send + Sync {
 }
 
 /// `chart_img_rate/{accountId}`: the windows in which one instance at a time calls Chart-IMG with an account's key
-/// (the per-key rate shared by every instance). One transaction per reservation.
+/// (the per-key rate shared by every instance). Each reservation is one atomic read-modify-write of that document.
 #[async_trait]
 pub trait RateWindowStore: Send + Sync {
     /// Reserves the account's next window with [`crate::domain::rate::plan_window`]: it starts when the last

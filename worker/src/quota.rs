@@ -1,5 +1,5 @@
-//! Accounts at run time: the process-wide pool (keys and per-account rate limiters) and the per-step ledger that
-//! reserves daily quota in batches.
+//! Accounts at run time: the process-wide pool (keys and each key's pacing, [`crate::pacing`]) and the per-step
+//! ledger that reserves daily quota in batches, trying the accounts in the step's own order.
 //!
 //! Invariant: every call sent to Chart-IMG was paid for by one unit taken from a grant before it was sent, and only
 //! units never sent are given back. So `usageToday` never under-counts; a crash between reserve and give-back
@@ -89,7 +89,8 @@ impl LatencyEstimate {
     }
 }
 
-/// All accounts, in the configured order (the order quota is taken in). Built once per process, shared by steps.
+/// All accounts, in the configured order (each step takes quota in its own order, [`preference_order`]). Built once
+/// per process, shared by steps.
 #[derive(Debug, Clone)]
 pub struct AccountPool {
     accounts: Arc<Vec<Account>>,

@@ -267,27 +267,7 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
     }
 }
 
-/// Resolves on SIGTERM (Cloud Run's stop signal) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}
+pub use cloud_run_kit::shutdown_signal;
 
 /// The production worker: Firestore + Cloud Storage (or their emulators) + the renderer of `CHART_IMG_MODE`.
 pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker> {

@@ -59,6 +59,8 @@ pub struct Options {
     pub seed: u64,
     /// `RUST_LOG` of the `serve` processes.
     pub rust_log: String,
+    /// Where to write every process's log lines (one file, `<process> <line>`), for a look afterwards.
+    pub logs: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             // Debug for the Firestore adapter: today its `transaction_retry` lines are debug lines (they become info
             // lines with the contention counting of issue 11); the filter keeps them either way.
             rust_log: "info,worker_chart_export::adapters::firestore=debug,h2=warn,hyper=warn,tonic=warn,tower=warn".into(),
+            logs: None,
         }
     }
 }
@@ -154,18 +157,26 @@ pub struct Report {
     pub gateway_timeouts: u64,
     /// `transaction_retry` log lines with `contention: true`, over every process.
     pub contention_retries: u64,
+    /// Contention retries by the transaction's `op` (claim, reserve, …): which documents collide.
+    pub contention_by_op: BTreeMap<String, u64>,
     /// `transaction_retry` lines without contention (transport failures).
     pub other_transaction_retries: u64,
     pub transactions_gave_up: u64,
+    /// `quota_give_back_failed` lines: unused units not given back, so `usageToday` over-counts by them.
+    pub give_backs_failed: u64,
     /// `chart_api_retry` log lines: Chart-IMG calls the worker retried.
     pub chart_retries: u64,
     pub accounts: Vec<AccountFigures>,
     /// Steps by status (`SUCCEEDED`, `FAILED`, and anything not final).
     pub steps: BTreeMap<String, usize>,
+    /// Failed steps by `error.code`.
+    pub failed_by: BTreeMap<String, usize>,
     pub all_final: bool,
     pub deliveries: u64,
     /// Delivery attempts not acknowledged (non-2xx, broken, ack deadline).
     pub deliveries_not_acked: u64,
+    /// Delivery attempts by answer (`200`, `503`, `error`, `ack_deadline`, `no_target`).
+    pub deliveries_by_answer: BTreeMap<String, u64>,
     pub problems: Vec<String>,
 }
 
@@ -291,14 +302,28 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     eventarc.shutdown().await;
 
     // The processes' log lines.
-    let (mut contention, mut other_retries, mut gave_up, mut chart_retries) = (0, 0, 0, 0);
+    let (mut contention, mut other_retries, mut gave_up, mut chart_retries, mut give_backs_failed) = (0, 0, 0, 0, 0);
+    let mut contention_by_op: BTreeMap<String, u64> = BTreeMap::new();
+    if let Some(path) = &opts.logs {
+        let mut text = String::new();
+        for p in &procs {
+            for l in p.logs() {
+                text.push_str(&format!("{} {l}\n", p.name));
+            }
+        }
+        std::fs::write(path, text).with_context(|| format!("cannot write the logs to {}", path.display()))?;
+    }
     for p in &procs {
         for l in p.json_logs() {
             match l["event"].as_str() {
-                Some("transaction_retry") if l["contention"] == true => contention += 1,
+                Some("transaction_retry") if l["contention"] == true => {
+                    contention += 1;
+                    *contention_by_op.entry(l["op"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+                }
                 Some("transaction_retry") => other_retries += 1,
                 Some("transaction_gave_up") => gave_up += 1,
                 Some("chart_api_retry") => chart_retries += 1,
+                Some("quota_give_back_failed") => give_backs_failed += 1,
                 _ => {}
             }
         }
@@ -334,6 +359,10 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     for id in &run_ids {
         let s = steps.get(id).and_then(|s| s["status"].as_str()).unwrap_or("(unread)").to_owned();
         *by_status.entry(s).or_default() += 1;
+    }
+    let mut failed_by: BTreeMap<String, usize> = BTreeMap::new();
+    for s in steps.values().filter(|s| s["status"] == "FAILED") {
+        *failed_by.entry(s["error"]["code"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
     }
     let all_final = run_ids.iter().all(|id| steps.get(id).is_some_and(is_final));
     let last_finished = run_ids
@@ -376,14 +405,27 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
         limit_exceeded: figures.iter().map(|f| f.limit_exceeded).sum(),
         gateway_timeouts,
         contention_retries: contention,
+        contention_by_op,
         other_transaction_retries: other_retries,
         transactions_gave_up: gave_up,
+        give_backs_failed,
         chart_retries,
         accounts: figures,
         steps: by_status,
+        failed_by,
         all_final,
         deliveries: deliveries.len() as u64,
         deliveries_not_acked: deliveries.iter().filter(|d| !d.outcome.acked()).count() as u64,
+        deliveries_by_answer: deliveries.iter().fold(BTreeMap::new(), |mut m, d| {
+            let k = match &d.outcome {
+                harness::eventarc::Outcome::Status { code } => code.to_string(),
+                harness::eventarc::Outcome::Error { .. } => "error".into(),
+                harness::eventarc::Outcome::AckDeadline => "ack_deadline".into(),
+                harness::eventarc::Outcome::NoTarget => "no_target".into(),
+            };
+            *m.entry(k).or_default() += 1;
+            m
+        }),
         problems,
     })
 }
@@ -430,13 +472,20 @@ impl Report {
         row(
             "Firestore contention retries",
             format!(
-                "{} (other transaction retries {}, gave up {})",
-                self.contention_retries, self.other_transaction_retries, self.transactions_gave_up
+                "{} {:?} (other transaction retries {}, gave up {})",
+                self.contention_retries, self.contention_by_op, self.other_transaction_retries, self.transactions_gave_up
             ),
         );
         let steps: Vec<String> = self.steps.iter().map(|(s, n)| format!("{s} {n}")).collect();
         row("steps", format!("{}{}", steps.join(", "), if self.all_final { " (all final)" } else { " (NOT all final)" }));
-        row("deliveries", format!("{} attempts, {} not acknowledged", self.deliveries, self.deliveries_not_acked));
+        if !self.failed_by.is_empty() {
+            row("failed steps by error code", format!("{:?}", self.failed_by));
+        }
+        row("quota give-backs failed", format!("{} (each leaves usageToday above the calls)", self.give_backs_failed));
+        row(
+            "deliveries",
+            format!("{} attempts, {} not acknowledged, by answer {:?}", self.deliveries, self.deliveries_not_acked, self.deliveries_by_answer),
+        );
         out.push_str(&format!(
             "\n{:<10} {:<6} {:>6} {:>11} {:>10} {:>15} {:>8} {:>8} {}\n",
             "account", "plan", "daily", "usageToday", "mock calls", "mock usedToday", "429 TMR", "429 LE", "usage = calls"

@@ -39,6 +39,9 @@ struct Args {
     /// print the report as JSON
     #[arg(long)]
     json: bool,
+    /// write every serve process's log lines to this file
+    #[arg(long)]
+    logs: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -66,6 +69,7 @@ async fn main() {
         time_scale: args.time_scale,
         timeout,
         seed: args.seed,
+        logs: args.logs,
         ..Options::default()
     };
     let program = match std::env::current_exe() {

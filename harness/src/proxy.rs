@@ -163,7 +163,8 @@ pub struct Call {
     pub grpc: bool,
     /// Id of the rule that applied, if any.
     pub rule: Option<u64>,
-    /// `forwarded`, `delayed`, `reset`, `refused`, `status`, `dropped_reply`, or `upstream_error`.
+    /// `forwarded`, `delayed`, `reset`, `refused`, `status`, `dropped_reply`, `upstream_error`, or `client_gone` (the
+    /// client gave up before the call ended, e.g. during a delay: not forwarded).
     pub action: String,
     /// The upstream's HTTP status (forwarded calls) or the status the proxy answered.
     pub status: Option<u16>,
@@ -350,6 +351,31 @@ const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "
 #[error("fault proxy: {0}")]
 struct Cut(String);
 
+/// A call through the proxy, recorded once when it ends — or, when hyper drops its future half-way because the
+/// client went away, as `client_gone`.
+struct PendingCall<'a> {
+    shared: &'a Shared,
+    call: Call,
+    t0: Instant,
+    recorded: std::sync::atomic::AtomicBool,
+}
+
+impl PendingCall<'_> {
+    fn record(&self, action: &str, status: Option<u16>) {
+        if self.recorded.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let call = Call { action: action.to_owned(), status, duration_ms: self.t0.elapsed().as_millis() as u64, ..self.call.clone() };
+        self.shared.calls.lock().unwrap_or_else(|p| p.into_inner()).push(call);
+    }
+}
+
+impl Drop for PendingCall<'_> {
+    fn drop(&mut self) {
+        self.record("client_gone", None);
+    }
+}
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Cut> {
     let t0 = Instant::now();
     let at_ms = shared.started.elapsed().as_millis() as u64;
@@ -367,18 +393,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
         found
     };
-    let record = |action: &str, status: Option<u16>| {
-        shared.calls.lock().unwrap_or_else(|p| p.into_inner()).push(Call {
-            at_ms,
-            method: method.clone(),
-            path: path.clone(),
-            grpc,
-            rule: applied.as_ref().map(|(id, _)| *id),
-            action: action.to_owned(),
-            status,
-            duration_ms: t0.elapsed().as_millis() as u64,
-        });
+    let call = Call {
+        at_ms,
+        method,
+        path,
+        grpc,
+        rule: applied.as_ref().map(|(id, _)| *id),
+        action: String::new(),
+        status: None,
+        duration_ms: 0,
     };
+    let pending = PendingCall { shared: &shared, call, t0, recorded: Default::default() };
+    let record = |action: &str, status: Option<u16>| pending.record(action, status);
     let mut drop_reply = false;
     let mut label = "forwarded";
     match applied.as_ref().map(|(_, a)| a) {

@@ -52,7 +52,7 @@ mod errors;
 mod faults;
 mod indicators;
 mod journal;
-mod latency;
+pub mod latency;
 mod plan;
 mod reload;
 mod render;

@@ -1,6 +1,7 @@
 //! Wall time of one 20-chart step against a local Chart-IMG stand-in that answers in 300 ms, with one PRO account
 //! (10 req/s, burst 15), next to the sequential time (20 × 300 ms) and the ideal bound that the plan's rate and burst
-//! and the latency allow (the worker's own in-flight maximum plays no part in the bound).
+//! and the latency allow (`quota::ideal_bound`, shared with the fleet simulation; the worker's own in-flight maximum
+//! plays no part in it).
 //!
 //! Run: `cargo bench -p worker --bench step` (add `-- --charts 40 --latency-ms 6000 --plan MEGA --max-in-flight 64`
 //! to vary).
@@ -18,7 +19,7 @@ use worker_chart_export::config::{parse_accounts, Plan, RetryPolicy};
 use worker_chart_export::core::{CoreSettings, Worker};
 use worker_chart_export::domain::{RunId, StepSelector, WorkerId};
 use worker_chart_export::ports::SystemClock;
-use worker_chart_export::quota::AccountPool;
+use worker_chart_export::quota::{ideal_bound, AccountPool};
 use worker_chart_export::{run_chart_export_step, StepReport};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -29,16 +30,6 @@ fn arg(name: &str, default: u64) -> u64 {
 fn arg_str(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_owned())
-}
-
-/// Earliest finish of `n` calls of `latency` each under a GCRA limiter of `rate`/s with `burst`: the first `burst`
-/// start at once, the others one per `1/rate`, so the last starts at `(n − burst) / rate`.
-fn ideal_bound(n: u64, latency: Duration, rate: f64, burst: u32) -> Duration {
-    if n == 0 {
-        return Duration::ZERO;
-    }
-    let last_start = Duration::from_secs_f64(n.saturating_sub(burst as u64) as f64 / rate);
-    last_start + latency
 }
 
 #[tokio::main]
@@ -64,7 +55,8 @@ async fn main() {
     let addr: SocketAddr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let ideal = ideal_bound(charts, latency, plan.limits().rate_per_sec, plan.limits().burst);
+    let accounts = format!(r#"[{{"id":"acc-1","apiKey":"bench-key","dailyLimit":100000,"plan":"{plan:?}"}}]"#);
+    let ideal = ideal_bound(charts, latency, &parse_accounts("bench", &accounts).unwrap()).expect("the daily limit allows every chart");
     let sequential = latency * charts as u32;
     println!(
         "step of {charts} charts, endpoint latency {} ms, plan {plan:?} ({}/s, burst {}), in-flight maximum {max_in_flight}",
@@ -76,7 +68,6 @@ async fn main() {
     println!("ideal bound {:>7.0} ms", ideal.as_secs_f64() * 1e3);
     for round in 0..rounds {
         // A fresh account pool each round: the limiter starts full, as in a new process.
-        let accounts = format!(r#"[{{"id":"acc-1","apiKey":"bench-key","dailyLimit":100000,"plan":"{plan:?}"}}]"#);
         let docs = JsonDocs::in_memory();
         let requests: Vec<_> = (0..charts).map(|i| json!({"chartTemplateId": format!("t{i:02}")})).collect();
         let run = json!({"scope": {"symbol": "BTCUSDT"}, "steps": {"s": {"stepType": "CHART_EXPORT", "status": "READY",

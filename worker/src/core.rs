@@ -193,9 +193,13 @@ impl StepReport {
         matches!(self, Self::Succeeded { .. } | Self::NoOp { .. } | Self::Busy { .. } | Self::NotYet { .. })
     }
 
-    /// Whether a redelivery of the same event could do more (the step is held elsewhere or not due yet).
+    /// Whether a redelivery of the same event could do more: the step is held elsewhere, not due yet, or its claim
+    /// was lost. A lost claim may mean another instance holds it (the redelivery then meets its lease, 503, until it
+    /// finishes) or only that this instance could not renew in time (a hung store call, a network cut): then nobody
+    /// holds it and no write of anyone's will trigger a new event, so only a redelivery recovers it once the lease
+    /// has expired.
     pub fn wants_redelivery(&self) -> bool {
-        matches!(self, Self::Busy { .. } | Self::NotYet { .. })
+        matches!(self, Self::Busy { .. } | Self::NotYet { .. } | Self::LostClaim { .. })
     }
 
     /// A short name for logs and answers.
@@ -266,6 +270,11 @@ struct Claim {
     attempt: u32,
     /// When the claim transaction started: the lease it wrote counts from then, however long the commit took.
     started: Instant,
+    /// Held by each of this claim's own writes to the flow run (a lease renewal, the finalize), so they never run as
+    /// two transactions at once: on Firestore's pessimistic locks two read-write transactions of one holder on one
+    /// document wait on each other's read locks until one is aborted, and a renewal stuck behind the finalize (or
+    /// the finalize behind a renewal) loses the lease or the result.
+    writes: tokio::sync::Mutex<()>,
 }
 
 /// Why the step must stop starting work, in rising order of precedence.
@@ -389,7 +398,7 @@ impl StepRun<'_> {
         };
         Ok(Err(match outcome {
             ClaimOutcome::Claimed { step_id, run: doc, attempt, .. } => {
-                return Ok(Ok((Claim { step_id, token: params.token, attempt, started }, doc)));
+                return Ok(Ok((Claim { step_id, token: params.token, attempt, started, writes: tokio::sync::Mutex::new(()) }, doc)));
             }
             ClaimOutcome::RunNotFound => noop(run, None, format!("flow_runs/{run} does not exist")),
             ClaimOutcome::NoClaimableStep => noop(run, None, "no READY CHART_EXPORT step"),
@@ -486,7 +495,10 @@ impl StepRun<'_> {
                 _ = tokio::time::sleep_until(next), if !lost => {
                     let sent = Instant::now();
                     let patch = renew_patch(&claim.step_id, w.clock.now() + chrono_of(lease));
-                    let renewal = tokio::time::timeout_at(confirmed_until, w.flow_runs.patch_owned_step(self.run, &claim.token, &patch));
+                    let renewal = tokio::time::timeout_at(confirmed_until, async {
+                        let _own = claim.writes.lock().await;
+                        w.flow_runs.patch_owned_step(self.run, &claim.token, &patch).await
+                    });
                     match renewal.await {
                         Ok(Ok(o)) if o.landed() => confirmed_until = sent + lease,
                         Ok(Ok(other)) => {
@@ -818,7 +830,11 @@ impl StepRun<'_> {
             StepReport::Succeeded { .. } => "SUCCEEDED",
             _ => "FAILED",
         };
-        match self.w.flow_runs.patch_owned_step(self.run, &claim.token, &patch).await {
+        let outcome = {
+            let _own = claim.writes.lock().await;
+            self.w.flow_runs.patch_owned_step(self.run, &claim.token, &patch).await
+        };
+        match outcome {
             Ok(o) if o.landed() => {
                 info!(event = "step_completed", status, repeated = (o == PatchOutcome::AlreadyApplied), "step {status}");
                 Ok(report)

@@ -66,6 +66,29 @@ pub fn in_flight_for(plans: &[Plan], latency: Duration, max: usize) -> usize {
     want.clamp(1, max.max(1))
 }
 
+/// The earliest time `n` calls of `latency` each can all have finished on `accounts` together, when every key is held
+/// to its plan's rate and burst (a GCRA limiter per key, as Chart-IMG enforces) and to its daily limit: key `i`'s
+/// `k`-th call (0-based) can start at `max(0, k − burstᵢ + 1) / rateᵢ`, so the first `burstᵢ` start at once; the
+/// `n`-th earliest of those start times over all keys, plus `latency`. `None` when the accounts' daily limits
+/// together allow fewer than `n` calls. The bound of the step bench and of the fleet simulation: it knows nothing of
+/// the worker (no in-flight cap, no overhead), only the plans and the latency.
+pub fn ideal_bound(n: u64, latency: Duration, accounts: &[AccountConfig]) -> Option<Duration> {
+    if n == 0 {
+        return Some(Duration::ZERO);
+    }
+    let mut starts: Vec<f64> = Vec::new();
+    for a in accounts {
+        let l = a.plan.limits();
+        let calls = u64::from(a.daily_limit).min(n);
+        starts.extend((0..calls).map(|k| k.saturating_sub(u64::from(l.burst).saturating_sub(1)) as f64 / l.rate_per_sec));
+    }
+    if (starts.len() as u64) < n {
+        return None;
+    }
+    starts.sort_by(f64::total_cmp);
+    Some(Duration::from_secs_f64(starts[(n - 1) as usize]) + latency)
+}
+
 /// The latency of Chart-IMG calls as seen by this process: an EWMA of the durations of answered calls, starting at
 /// [`DEFAULT_CALL_LATENCY`].
 #[derive(Debug)]
@@ -426,6 +449,35 @@ mod tests {
         assert!(calls.iter().all(|(a, _)| a.len() == 1));
         let order: Vec<String> = ledger.order.iter().map(|q| q.id.to_string()).collect();
         assert_eq!(calls.iter().map(|(a, _)| a[0].clone()).collect::<Vec<_>>(), order[..2].to_vec());
+    }
+
+    fn configs(accounts: &[(&str, u32)]) -> Vec<AccountConfig> {
+        let list: Vec<String> = accounts
+            .iter()
+            .enumerate()
+            .map(|(i, (p, d))| format!(r#"{{"id":"acc-{i}","apiKey":"k{i}","dailyLimit":{d},"plan":"{p}"}}"#))
+            .collect();
+        parse_accounts("test", &format!("[{}]", list.join(","))).unwrap()
+    }
+
+    #[test]
+    fn the_ideal_bound_comes_from_rates_bursts_daily_limits_and_latency() {
+        let ms = |m: u64| Some(Duration::from_millis(m));
+        let l = Duration::from_secs(6);
+        // One PRO key (10/s, burst 15): 20 calls, the last starts (20 − 15) / 10 s = 0.5 s in.
+        assert_eq!(ideal_bound(20, l, &configs(&[("PRO", 500)])), ms(6500));
+        assert_eq!(ideal_bound(40, l, &configs(&[("PRO", 500)])), ms(8500));
+        assert_eq!(ideal_bound(15, l, &configs(&[("PRO", 500)])), ms(6000), "the burst starts at once");
+        assert_eq!(ideal_bound(0, l, &configs(&[("PRO", 500)])), ms(0));
+        // BASIC (1/s, burst 3) + two PRO: 33 at once, then 21 a second (BASIC's start on whole seconds).
+        let three = configs(&[("BASIC", 50), ("PRO", 500), ("PRO", 500)]);
+        assert_eq!(ideal_bound(33, l, &three), ms(6000));
+        assert_eq!(ideal_bound(54, l, &three), ms(7000), "20 PRO starts up to 1.0 s and BASIC's 4th at 1.0 s");
+        // A daily limit caps a key: two BASIC keys of 5 calls a day cannot take an 11th.
+        let small = configs(&[("BASIC", 5), ("BASIC", 5)]);
+        assert_eq!(ideal_bound(10, l, &small), ms(8000), "each key's 5th call starts at (5 − 3) / 1 s");
+        assert_eq!(ideal_bound(11, l, &small), None);
+        assert_eq!(ideal_bound(1, l, &[]), None);
     }
 
     #[test]

@@ -63,6 +63,37 @@ impl LiveReport {
     }
 }
 
+/// Where a `serve` child finds its dependencies and what it runs with.
+#[derive(Debug, Clone)]
+pub struct Wiring {
+    /// `host:port` of Firestore (the emulator or a proxy in front of it).
+    pub firestore: String,
+    /// The GCS endpoint URL.
+    pub storage: String,
+    /// Chart-IMG's base URL (mock-chart-img or a proxy in front of it).
+    pub chartimg: String,
+    pub project: String,
+    pub bucket: String,
+    pub accounts_json: String,
+    /// `CHART_IMG_MODE`.
+    pub mode: String,
+}
+
+/// The environment of a `serve` child (shared by the live scenarios and the fleet simulation): the wiring, and
+/// info-level logs without the HTTP/2 stack's.
+pub fn serve_env(w: &Wiring) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("FIRESTORE_EMULATOR_HOST".into(), w.firestore.clone()),
+        ("STORAGE_EMULATOR_HOST".into(), w.storage.clone()),
+        ("CHART_IMG_BASE_URL".into(), w.chartimg.clone()),
+        ("GOOGLE_CLOUD_PROJECT".into(), w.project.clone()),
+        ("ARTIFACTS_BUCKET".into(), w.bucket.clone()),
+        ("CHART_IMG_ACCOUNTS_JSON".into(), w.accounts_json.clone()),
+        ("CHART_IMG_MODE".into(), w.mode.clone()),
+        ("RUST_LOG".into(), "info,h2=warn,hyper=warn,tonic=warn,tower=warn".into()),
+    ])
+}
+
 fn serve_program(w: &World) -> anyhow::Result<PathBuf> {
     match &w.emulators.serve_bin {
         Some(p) => Ok(p.clone()),
@@ -230,27 +261,24 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
     }
 
     // The environment of every serve process: the harness's wiring, then the scenario's own variables.
-    let mut env = BTreeMap::new();
+    let mut env = serve_env(&Wiring {
+        firestore: proxies[&Dependency::Firestore].host(),
+        storage: proxies.get(&Dependency::Gcs).map(FaultProxy::url).unwrap_or_else(|| w.storage_endpoint.clone()),
+        chartimg: proxies[&Dependency::Chartimg].url(),
+        project: w.project.clone(),
+        bucket: w.bucket.clone(),
+        accounts_json: w.accounts_json.clone(),
+        mode: g.mode.clone(),
+    });
     let mut put = |k: &str, v: String| {
         env.insert(k.to_owned(), v);
     };
-    put("FIRESTORE_EMULATOR_HOST", proxies[&Dependency::Firestore].host());
-    put(
-        "STORAGE_EMULATOR_HOST",
-        proxies.get(&Dependency::Gcs).map(FaultProxy::url).unwrap_or_else(|| w.storage_endpoint.clone()),
-    );
-    put("CHART_IMG_BASE_URL", proxies[&Dependency::Chartimg].url());
-    put("GOOGLE_CLOUD_PROJECT", w.project.clone());
-    put("ARTIFACTS_BUCKET", w.bucket.clone());
-    put("CHART_IMG_ACCOUNTS_JSON", w.accounts_json.clone());
-    put("CHART_IMG_MODE", g.mode.clone());
     if let Some(dir) = &w.cassette_dir {
         put("CHART_IMG_CASSETTE_DIR", dir.display().to_string());
     }
     if let Some(l) = g.lease_seconds {
         put("CHART_EXPORT_LEASE_SECONDS", l.to_string());
     }
-    put("RUST_LOG", "info,h2=warn,hyper=warn,tonic=warn,tower=warn".into());
     for (k, v) in &g.env {
         put(k, v.clone());
     }

@@ -38,16 +38,74 @@ pub fn templates(s: &Scenario) -> anyhow::Result<BTreeMap<String, Value>> {
     Ok(match &s.given.templates {
         Templates::None => BTreeMap::new(),
         Templates::Inline(m) => m.clone(),
-        Templates::Library(ids) => {
-            let mut m = BTreeMap::new();
-            for id in ids {
-                let p = repo_root().join("scenarios/templates").join(format!("{id}.json"));
-                let text = std::fs::read_to_string(&p).with_context(|| format!("given.templates: no template {}", p.display()))?;
-                m.insert(id.clone(), serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?);
-            }
-            m
-        }
+        Templates::Library(ids) => library_templates(ids)?,
     })
+}
+
+/// Templates of `scenarios/templates/` by id.
+pub fn library_templates(ids: &[String]) -> anyhow::Result<BTreeMap<String, Value>> {
+    let mut m = BTreeMap::new();
+    for id in ids {
+        let p = repo_root().join("scenarios/templates").join(format!("{id}.json"));
+        let text = std::fs::read_to_string(&p).with_context(|| format!("given.templates: no template {}", p.display()))?;
+        m.insert(id.clone(), serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?);
+    }
+    Ok(m)
+}
+
+/// The accounts of a run as both sides see them: a fresh random key each (known only to this run), the worker's
+/// `CHART_IMG_ACCOUNTS_JSON`, and a mock-chart-img config holding the same keys with each account's plan (and
+/// overrides) enforced per key. The caller adds faults, latency and the like to `mock`.
+#[derive(Debug)]
+pub struct Keys {
+    /// (account id, its API key).
+    pub keys: Vec<(String, String)>,
+    pub accounts_json: String,
+    pub mock: mock_chart_img::Config,
+}
+
+pub fn keys(accounts: &[crate::scenario::Account]) -> anyhow::Result<Keys> {
+    let keys: Vec<(String, String)> =
+        accounts.iter().map(|a| (a.id.clone(), format!("sk_live_{}", uuid::Uuid::new_v4().simple()))).collect();
+    let accounts_json = Value::Array(
+        accounts
+            .iter()
+            .zip(&keys)
+            .map(|(a, (_, key))| {
+                let mut o = json!({"id": a.id, "apiKey": key, "plan": a.plan.clone().unwrap_or_else(|| "PRO".into())});
+                if let Some(l) = a.daily_limit {
+                    o["dailyLimit"] = json!(l);
+                }
+                o
+            })
+            .collect(),
+    )
+    .to_string();
+    let mut mock = mock_chart_img::Config::default();
+    for (a, (_, key)) in accounts.iter().zip(&keys) {
+        let plan = a.mock_plan.clone().or_else(|| a.plan.clone()).unwrap_or_else(|| "PRO".into()).to_uppercase();
+        let mut kc = json!({"key": key, "account": a.id, "plan": plan});
+        if let Some(o) = &a.mock_overrides {
+            kc["overrides"] = o.clone();
+        }
+        let kc: mock_chart_img::KeyConfig = serde_json::from_value(kc).context("given.accounts: mock key config")?;
+        mock = mock.with_key_config(kc);
+    }
+    Ok(Keys { keys, accounts_json, mock })
+}
+
+/// Creates `bucket` on the GCS emulator at `storage` (`STORAGE_EMULATOR_HOST`) and answers the endpoint the worker's
+/// storage client uses.
+pub async fn create_bucket(storage: &str, project: &str, bucket: &str) -> anyhow::Result<String> {
+    let endpoint = emulator_endpoint(storage);
+    let resp = reqwest::Client::new()
+        .post(format!("{endpoint}/storage/v1/b?project={project}"))
+        .json(&json!({"name": bucket}))
+        .send()
+        .await
+        .context("cannot reach the GCS emulator")?;
+    anyhow::ensure!(resp.status().is_success(), "cannot create bucket {bucket}: {}", resp.status());
+    Ok(endpoint)
 }
 
 pub fn retry_policy(r: &crate::scenario::Retry) -> RetryPolicy {
@@ -224,32 +282,7 @@ pub async fn setup(path: &Path, scenario: Scenario, emu: &Emulators) -> anyhow::
     let g = &scenario.given;
 
     // Accounts: a fresh random key each, known only to this run (and checked for leaks at the end).
-    let keys: Vec<(String, String)> =
-        g.accounts.iter().map(|a| (a.id.clone(), format!("sk_live_{}", uuid::Uuid::new_v4().simple()))).collect();
-    let accounts_json = Value::Array(
-        g.accounts
-            .iter()
-            .zip(&keys)
-            .map(|(a, (_, key))| {
-                let mut o = json!({"id": a.id, "apiKey": key, "plan": a.plan.clone().unwrap_or_else(|| "PRO".into())});
-                if let Some(l) = a.daily_limit {
-                    o["dailyLimit"] = json!(l);
-                }
-                o
-            })
-            .collect(),
-    )
-    .to_string();
-    let mut config = mock_chart_img::Config::default();
-    for (a, (_, key)) in g.accounts.iter().zip(&keys) {
-        let plan = a.mock_plan.clone().or_else(|| a.plan.clone()).unwrap_or_else(|| "PRO".into()).to_uppercase();
-        let mut kc = json!({"key": key, "account": a.id, "plan": plan});
-        if let Some(o) = &a.mock_overrides {
-            kc["overrides"] = o.clone();
-        }
-        let kc: mock_chart_img::KeyConfig = serde_json::from_value(kc).context("given.accounts: mock key config")?;
-        config = config.with_key_config(kc);
-    }
+    let Keys { keys, accounts_json, mock: mut config } = self::keys(&g.accounts)?;
     for f in &g.faults {
         config = config.with_fault(f.clone());
     }
@@ -259,14 +292,7 @@ pub async fn setup(path: &Path, scenario: Scenario, emu: &Emulators) -> anyhow::
     let storage_endpoint = if g.gcs.as_deref() == Some("unavailable") {
         "http://127.0.0.1:9".to_owned()
     } else {
-        let resp = reqwest::Client::new()
-            .post(format!("{}/storage/v1/b?project={project}", emulator_endpoint(&emu.storage)))
-            .json(&json!({"name": bucket}))
-            .send()
-            .await
-            .context("cannot reach the GCS emulator")?;
-        anyhow::ensure!(resp.status().is_success(), "cannot create bucket {bucket}: {}", resp.status());
-        emulator_endpoint(&emu.storage)
+        create_bucket(&emu.storage, &project, &bucket).await?
     };
 
     // Firestore: a project of its own, seeded.

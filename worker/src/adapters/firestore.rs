@@ -19,6 +19,9 @@
 //!   the retryable codes of Google's guidance, then fails with [`StoreError::Contention`] or
 //!   [`StoreError::Unavailable`]. A retried commit may find its first try applied (the reply was lost): the
 //!   decisions recognise their own claim token and quota operation id, so nothing applies twice.
+//! - A transaction that does not commit is rolled back on every way out, the caller dropping it half-way included
+//!   (`OpenTransaction`): a lease renewal cut short must not leave its read lock on the step for the server's
+//!   minute-long expiry, stalling every other instance's claim.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +37,7 @@ use firestore::gcloud_sdk::GoogleAuthMiddleware;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 use futures::StreamExt;
 use serde_json::Value as Json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use crate::firestore_codec::{
     document_to_json, field_path, json_document, json_to_value, quote_segment, timestamp_to_rfc3339, value_to_json,
@@ -84,6 +87,52 @@ enum AttemptError {
     Fatal(StoreError),
     /// Worth a retry; `contention` tells ABORTED / precondition from transport failures.
     Retry { contention: bool, message: String },
+}
+
+/// A read-write transaction that is rolled back when dropped, unless [`OpenTransaction::committed`] said it landed.
+///
+/// The rollback is sent in the background on the current tokio runtime; a transaction that is never rolled back
+/// (the process died) expires on the server by itself.
+struct OpenTransaction {
+    client: FirestoreClient<GoogleAuthMiddleware>,
+    database: String,
+    id: Vec<u8>,
+    done: bool,
+}
+
+impl OpenTransaction {
+    fn new(client: FirestoreClient<GoogleAuthMiddleware>, database: &str, id: Vec<u8>) -> Self {
+        Self { client, database: database.to_owned(), id, done: false }
+    }
+
+    fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    /// The commit was answered: nothing to roll back.
+    fn committed(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut client = self.client.clone();
+        let request = fs::RollbackRequest {
+            database: std::mem::take(&mut self.database),
+            transaction: std::mem::take(&mut self.id),
+            ..Default::default()
+        };
+        runtime.spawn(async move {
+            if let Err(e) = client.rollback(request).await {
+                debug!(event = "transaction_rollback_failed", error = %e.message(), "rollback not applied (the transaction may have committed or expired)");
+            }
+        });
+    }
 }
 
 impl FirestoreStore {
@@ -215,49 +264,27 @@ impl FirestoreStore {
         let mut client = self.client();
         let tx = self.call(client.begin_transaction(begin)).await?.into_inner().transaction;
         *retry_transaction = tx.clone();
-        let docs = match self.batch_get(names, Some(&tx)).await {
-            Ok(d) => d,
-            Err(e) => {
-                self.rollback(tx);
-                return Err(e);
-            }
-        };
-        let (out, writes) = match decide(&docs) {
-            Ok(x) => x,
-            Err(e) => {
-                self.rollback(tx);
-                return Err(AttemptError::Fatal(e));
-            }
-        };
+        // From here on the transaction holds locks on the emulator (and on Firestore) until it commits, is rolled back
+        // or times out on the server (about a minute). The guard rolls it back on every way out, including the caller
+        // dropping this future half-way (a timeout, a `select!`, a lease renewal abandoned when its step ended).
+        let open = OpenTransaction::new(client.clone(), self.database_path(), tx);
+        let docs = self.batch_get(names, Some(open.id())).await?;
+        let (out, writes) = decide(&docs).map_err(AttemptError::Fatal)?;
         if writes.is_empty() {
-            // Nothing to write: release the read locks now rather than when the transaction times out.
-            self.rollback(tx);
+            // Nothing to write: the guard releases the read locks now rather than when the transaction times out.
             return Ok(out);
         }
-        let tx_for_rollback = tx.clone();
         let commit = fs::CommitRequest {
             database: self.database_path().to_owned(),
             writes,
-            transaction: tx,
+            transaction: open.id().to_vec(),
             ..Default::default()
         };
-        if let Err(e) = self.call(client.commit(commit)).await {
-            // A failed (or unanswered) commit leaves the transaction's locks held on the emulator until it times out,
-            // stalling every later transaction on these documents; roll it back. If the commit did land (its reply
-            // was lost), the rollback is refused, harmlessly.
-            self.rollback(tx_for_rollback);
-            return Err(e);
-        }
+        // A failed (or unanswered) commit is rolled back by the guard. If the commit did land (its reply was lost),
+        // the rollback is refused, harmlessly.
+        self.call(client.commit(commit)).await?;
+        open.committed();
         Ok(out)
-    }
-
-    /// Best effort, in the background: a transaction that is not rolled back expires by itself.
-    fn rollback(&self, transaction: Vec<u8>) {
-        let mut client = self.client();
-        let database = self.database_path().to_owned();
-        tokio::spawn(async move {
-            let _ = client.rollback(fs::RollbackRequest { database, transaction, ..Default::default() }).await;
-        });
     }
 
     /// Non-transactional reads and writes, retried on transport failures within the policy.

@@ -11,7 +11,9 @@
 //! - after the claim: the step ran to SUCCEEDED or FAILED → 200; released after a transient failure → 200 (the
 //!   release write triggers its own event, which carries the retry: one redelivery chain, never two); the claim met
 //!   another live lease → 503 (the redeliveries re-check until the holder finishes or its lease expires, which is what
-//!   recovers the step of a killed holder); the release itself failed → 503;
+//!   recovers the step of a killed holder); the release itself failed → 503; the claim was lost mid-step (a renewal
+//!   found another holder, or could not get through before the lease ran out) → 503: with nobody else holding the
+//!   step nothing else would ever bring it back;
 //! - a malformed or oversized delivery, or a final write refused for good → 200 with an ERROR log: the same bytes can
 //!   never succeed, and a redelivery would only loop.
 //!
@@ -275,27 +277,7 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
     }
 }
 
-/// Resolves on SIGTERM (Cloud Run's stop signal) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}
+pub use cloud_run_kit::shutdown_signal;
 
 /// The production worker: Firestore + Cloud Storage (or their emulators) + the renderer of `CHART_IMG_MODE`.
 pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker> {

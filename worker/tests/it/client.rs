@@ -138,6 +138,17 @@ async fn limit_exceeded_on_the_first_key_switches_to_the_second_over_http() {
     assert_eq!(t.usage_today(second).await, 2);
 }
 
+/// `tracing` caches each callsite's interest process-wide, computed on the thread that first reaches it: a sibling
+/// test with no subscriber would cache "never" for a line this capture needs, and the event would vanish. A global
+/// registry (interested in everything, writing nowhere) makes every thread answer "always"; installing it also
+/// rebuilds the interest already cached.
+fn interested_everywhere() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    });
+}
+
 /// The key of a known account is sent in its header and nowhere else: not in logs, the manifest, the stored
 /// documents or the error messages, even when the API echoes it back in an error body.
 #[tokio::test]
@@ -151,6 +162,7 @@ async fn the_api_key_never_leaves_its_header() {
     let t = http_worker(&server, &accounts_json(&[("acc-1", KEY_1, 50)]));
     t.seed(&flow_run(&["a", "echo"], 1), &["a", "echo"]).await;
 
+    interested_everywhere();
     let logs = CaptureWriter::default();
     let subscriber = tracing_subscriber::registry().with(CloudLoggingLayer::new(logs.clone()));
     let _guard = tracing::subscriber::set_default(subscriber);

@@ -301,3 +301,55 @@ async fn on_firestore_a_step_longer_than_its_lease_is_renewed() {
     assert!(matches!(report, StepReport::Succeeded { .. }), "{report:?} after {:?}", started.elapsed());
     assert_eq!(slow.calls(), 2);
 }
+
+/// A flow-run store whose owned-step writes take `write_time` each, recording how many ran at once.
+struct SlowWrites {
+    inner: Arc<dyn worker_chart_export::ports::FlowRunStore>,
+    write_time: Duration,
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+#[async_trait]
+impl worker_chart_export::ports::FlowRunStore for SlowWrites {
+    async fn get_run(&self, run: &worker_chart_export::domain::RunId) -> Result<Option<Value>, StoreError> {
+        self.inner.get_run(run).await
+    }
+    async fn claim_step(
+        &self,
+        run: &worker_chart_export::domain::RunId,
+        selector: &StepSelector,
+        params: &worker_chart_export::domain::ClaimParams,
+    ) -> Result<worker_chart_export::domain::ClaimOutcome, StoreError> {
+        self.inner.claim_step(run, selector, params).await
+    }
+    async fn patch_owned_step(
+        &self,
+        run: &worker_chart_export::domain::RunId,
+        token: &worker_chart_export::domain::ClaimToken,
+        patch: &worker_chart_export::domain::StepPatch,
+    ) -> Result<worker_chart_export::domain::PatchOutcome, StoreError> {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(n, Ordering::SeqCst);
+        tokio::time::sleep(self.write_time).await;
+        let out = self.inner.patch_owned_step(run, token, patch).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+}
+
+/// On Firestore two read-write transactions of one holder on one document wait on each other's read locks until
+/// one is aborted; the holder's renewal and its finalize must therefore never overlap. Here the finalize starts
+/// just before a heartbeat and takes most of one.
+#[tokio::test(start_paused = true)]
+async fn a_holder_never_runs_its_renewal_and_its_finalize_at_once() {
+    // Heartbeat every 10 s (30 s lease); the one chart is done at 9.5 s, the finalize then takes 8 s.
+    let mut t = short_lease(Slow::new(Duration::from_millis(9_500)));
+    let slow = Arc::new(SlowWrites { inner: t.worker.flow_runs.clone(), write_time: Duration::from_secs(8), now: AtomicUsize::new(0), most: AtomicUsize::new(0) });
+    t.worker.flow_runs = slow.clone();
+    t.seed(&flow_run(&["a"], 1), &["a"]).await;
+    let report = run(&t).await;
+    assert!(matches!(report, StepReport::Succeeded { ref items, .. } if items.len() == 1), "{report:?}");
+    assert_eq!(slow.most.load(Ordering::SeqCst), 1, "the renewal ran beside the finalize");
+    assert_eq!(t.step().await["status"], "SUCCEEDED");
+}

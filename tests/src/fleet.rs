@@ -1,0 +1,517 @@
+//! The fleet simulation (`fleet-sim`): production's shape at full load on this machine. N `serve` processes of the
+//! real worker, one Firestore project on the emulator, one bucket on the GCS emulator, one mock-chart-img that
+//! enforces each key's plan (rate, burst, daily quota) with its `realistic` latency profile × `time_scale`, three
+//! accounts (BASIC, PRO, PRO, each with its plan's daily limit), and `runs` flow runs of `charts` charts written at
+//! once and delivered by the local Eventarc (round-robin over the processes, at least once, Pub/Sub's backoff ×
+//! `time_scale`).
+//!
+//! What it measures ([`Report`]): wall time from the first write to the last step's `finishedAt`, against
+//! [`ideal_bound`] (the keys' summed rates and bursts and the profile's median latency, nothing of the worker);
+//! `429 Too Many Requests` answered by the mock (goal 0); Firestore contention retries (the processes' JSON log lines
+//! `"event":"transaction_retry"` with `"contention":true`); per account `usageToday` against the calls the mock
+//! received on that key; every step's final status. [`Report::problems`] lists what makes the run fail: a step not
+//! final within the timeout, or `usageToday` ≠ calls on some key.
+//!
+//! The set-up is the scenario runner's (`runner::setup::keys`, `create_bucket`, `library_templates`,
+//! `runner::live::serve_env`) and the harness's (`ServeProcess`, `LocalEventarc`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use harness::eventarc::{Config as EventarcConfig, LocalEventarc};
+use harness::process::{ServeProcess, ServeSpec};
+use serde::Serialize;
+use serde_json::{json, Value};
+use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
+use worker_chart_export::adapters::FirestoreStore;
+use worker_chart_export::config::parse_accounts;
+use worker_chart_export::quota::ideal_bound;
+
+use crate::runner::live::{serve_env, Wiring};
+use crate::runner::setup::{create_bucket, keys, library_templates, Keys};
+use crate::runner::Emulators;
+use crate::scenario::Account;
+
+/// The step every flow run carries.
+pub const STEP_ID: &str = "charts";
+
+/// Templates of `scenarios/templates/` a BASIC key can render (800×600, at most 3 parameters); chart `j` of a run
+/// uses the `j % 6`-th.
+const TEMPLATES: [&str; 6] = ["price_volume", "rsi_14", "macd", "line_dark", "area_light", "ema_cross"];
+
+const SYMBOLS: [&str; 8] = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "LTCUSDT"];
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub instances: usize,
+    pub runs: usize,
+    pub charts: usize,
+    /// Multiplies the mock's realistic latency and the local Eventarc's backoff (1.0 = Chart-IMG's real 4–10 s).
+    pub time_scale: f64,
+    /// How long the steps may take to be final; default 4 × the ideal bound + 60 s.
+    pub timeout: Option<Duration>,
+    /// Seed of the mock's latency dice and chart data.
+    pub seed: u64,
+    /// `RUST_LOG` of the `serve` processes.
+    pub rust_log: String,
+    /// Where to write every process's log lines (one file, `<process> <line>`), for a look afterwards.
+    pub logs: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            instances: 4,
+            runs: 100,
+            charts: 5,
+            time_scale: 0.25,
+            timeout: None,
+            seed: 1,
+            // Debug for the Firestore adapter: today its `transaction_retry` lines are debug lines (they become info
+            // lines with the contention counting of issue 11); the filter keeps them either way.
+            rust_log: "info,worker_chart_export::adapters::firestore=debug,h2=warn,hyper=warn,tonic=warn,tower=warn".into(),
+            logs: None,
+        }
+    }
+}
+
+impl Options {
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.instances >= 1, "--instances must be at least 1");
+        anyhow::ensure!(self.runs >= 1, "--runs must be at least 1");
+        anyhow::ensure!((1..=50).contains(&self.charts), "--charts must be within 1..=50 (a step's requests)");
+        anyhow::ensure!(
+            self.time_scale.is_finite() && self.time_scale > 0.0 && self.time_scale <= 10.0,
+            "--time-scale must be above 0 and at most 10, got {}",
+            self.time_scale
+        );
+        Ok(())
+    }
+}
+
+/// The three accounts: one BASIC (1/s, burst 3, 50 a day) and two PRO (10/s, burst 15, 500 a day). `dailyLimit` is
+/// left to the plan (the worker then uses the plan's, as the mock does), so the day allows 1050 charts.
+pub fn accounts() -> Vec<Account> {
+    [("acc-basic", "BASIC"), ("acc-pro-1", "PRO"), ("acc-pro-2", "PRO")]
+        .into_iter()
+        .map(|(id, plan)| Account { id: id.into(), plan: Some(plan.into()), daily_limit: None, mock_plan: None, mock_overrides: None })
+        .collect()
+}
+
+/// One account's figures.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountFigures {
+    pub id: String,
+    pub plan: String,
+    pub daily_limit: u32,
+    /// `usageToday` of the worker's `chart_img_accounts_usage/{id}` (0 when the document does not exist).
+    pub usage_today: u64,
+    /// Every request the mock received with the key (throttled ones included: each of them cost the worker a unit).
+    pub mock_calls: u64,
+    /// Requests that passed the mock's gateway (its own daily counter).
+    pub mock_used_today: u32,
+    /// `429 Too Many Requests` answers.
+    pub too_many_requests: u64,
+    /// `429 Limit Exceeded` answers.
+    pub limit_exceeded: u64,
+    pub usage_matches_calls: bool,
+}
+
+/// Latency of the mock's `200` answers.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyFigures {
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Everything one simulation measured.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub started_at: DateTime<Utc>,
+    pub instances: usize,
+    pub runs: usize,
+    pub charts_per_run: usize,
+    pub charts: usize,
+    pub time_scale: f64,
+    /// First write to the last step's `finishedAt`; `None` when some step never finished.
+    pub wall_ms: Option<u64>,
+    /// [`ideal_bound`] of all charts on the three keys at [`Report::model_latency_ms`].
+    pub ideal_bound_ms: u64,
+    /// `wall_ms / ideal_bound_ms`.
+    pub ratio: Option<f64>,
+    /// The realistic profile's median for the templates' size × `time_scale` (the latency of the bound).
+    pub model_latency_ms: u64,
+    pub observed_latency: LatencyFigures,
+    pub too_many_requests: u64,
+    pub limit_exceeded: u64,
+    /// `504 Endpoint request timed out` (the profile's outliers past the gateway timeout).
+    pub gateway_timeouts: u64,
+    /// `transaction_retry` log lines with `contention: true`, over every process.
+    pub contention_retries: u64,
+    /// Contention retries by the transaction's `op` (claim, reserve, …): which documents collide.
+    pub contention_by_op: BTreeMap<String, u64>,
+    /// `transaction_retry` lines without contention (transport failures).
+    pub other_transaction_retries: u64,
+    pub transactions_gave_up: u64,
+    /// `quota_give_back_failed` lines: unused units not given back, so `usageToday` over-counts by them.
+    pub give_backs_failed: u64,
+    /// `chart_api_retry` log lines: Chart-IMG calls the worker retried.
+    pub chart_retries: u64,
+    pub accounts: Vec<AccountFigures>,
+    /// Steps by status (`SUCCEEDED`, `FAILED`, and anything not final).
+    pub steps: BTreeMap<String, usize>,
+    /// Failed steps by `error.code`.
+    pub failed_by: BTreeMap<String, usize>,
+    pub all_final: bool,
+    pub deliveries: u64,
+    /// Delivery attempts not acknowledged (non-2xx, broken, ack deadline).
+    pub deliveries_not_acked: u64,
+    /// Delivery attempts by answer (`200`, `503`, `error`, `ack_deadline`, `no_target`).
+    pub deliveries_by_answer: BTreeMap<String, u64>,
+    pub problems: Vec<String>,
+}
+
+/// Runs the simulation; `program` is the `serve` executable (started as `<program> serve`).
+pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::Result<Report> {
+    opts.check()?;
+    let started_at = Utc::now();
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let project = format!("fleet-sim-{suffix}");
+    let bucket = format!("fleet-sim-{suffix}");
+    let accounts = accounts();
+    let Keys { keys: _, accounts_json, mock: mut mock_config } = keys(&accounts)?;
+    let configs = parse_accounts("fleet accounts", &accounts_json)?;
+
+    let charts = opts.runs * opts.charts;
+    let templates: Vec<(String, Value)> = {
+        let ids: Vec<String> = TEMPLATES.iter().map(|t| (*t).to_owned()).collect();
+        let lib = library_templates(&ids)?;
+        (0..opts.charts).map(|j| (format!("sim_{j:02}"), lib[TEMPLATES[j % TEMPLATES.len()]].clone())).collect()
+    };
+    // The bound's latency: the profile's median for the templates' size and fewest parameters (a lower bound).
+    let model_latency = templates
+        .iter()
+        .map(|(_, t)| {
+            let r = &t["request"];
+            let dim = |k: &str, d: u64| r[k].as_u64().unwrap_or(d) as u32;
+            let params = r["studies"].as_array().map_or(0, Vec::len) + r["drawings"].as_array().map_or(0, Vec::len);
+            mock_chart_img::latency::median(dim("width", 800), dim("height", 600), params)
+        })
+        .min()
+        .unwrap_or_default()
+        .mul_f64(opts.time_scale);
+    let ideal = ideal_bound(charts as u64, model_latency, &configs).with_context(|| {
+        let total: u64 = configs.iter().map(|c| u64::from(c.daily_limit)).sum();
+        format!("{charts} charts: the accounts' daily limits allow {total} a day")
+    })?;
+    let timeout = opts.timeout.unwrap_or(ideal * 4 + Duration::from_secs(60));
+
+    mock_config.latency = mock_chart_img::LatencyProfile::Realistic;
+    mock_config.time_scale = opts.time_scale;
+    mock_config.seed = opts.seed;
+    mock_config.journal_capacity = charts * 4 + 1000;
+    let mock = mock_chart_img::spawn(mock_config).await.context("cannot start mock-chart-img")?;
+
+    let storage = create_bucket(&emu.storage, &project, &bucket).await?;
+    let fs = FirestoreStore::new(&project).await.context("cannot reach the Firestore emulator")?;
+    for (id, t) in &templates {
+        fs.put_doc(CHART_TEMPLATES, id, t.clone()).await?;
+    }
+
+    let mut eventarc_config = EventarcConfig::new(&project).with_time_scale(opts.time_scale);
+    // Backoff scaled, but the ack deadline stays production's 600 s: a step runs inside its delivery.
+    eventarc_config.ack_deadline = Duration::from_secs(600).div_f64(opts.time_scale);
+    let eventarc = LocalEventarc::start(eventarc_config, Vec::new()).await?;
+
+    let mut env = serve_env(&Wiring {
+        firestore: emu.firestore.clone(),
+        storage,
+        chartimg: mock.base_url(),
+        project: project.clone(),
+        bucket: bucket.clone(),
+        accounts_json,
+        mode: "real".into(),
+    });
+    env.insert("RUST_LOG".into(), opts.rust_log.clone());
+    let mut procs = Vec::new();
+    for i in 0..opts.instances {
+        let mut spec = ServeSpec::new(format!("serve-{i}"), &program);
+        spec.env = env.clone();
+        procs.push(ServeProcess::start(spec).await?);
+    }
+    eventarc.set_targets(procs.iter().map(|p| format!("{}/", p.url())).collect());
+
+    let run_ids: Vec<String> = (0..opts.runs).map(|i| format!("sim-{i:03}")).collect();
+    let requests: Vec<Value> = templates.iter().map(|(id, _)| json!({"chartTemplateId": id})).collect();
+    let written_at = Utc::now();
+    let written = Instant::now();
+    let writes = futures::future::join_all(run_ids.iter().enumerate().map(|(i, id)| {
+        let doc = json!({
+            "scope": {"symbol": SYMBOLS[i % SYMBOLS.len()]},
+            "steps": {STEP_ID: {"stepType": "CHART_EXPORT", "status": "READY",
+                "inputs": {"timeframe": "4h", "minImages": opts.charts, "requests": requests}}}
+        });
+        let fs = fs.clone();
+        async move { fs.put_doc(FLOW_RUNS, id, doc).await }
+    }))
+    .await;
+    for w in writes {
+        w.context("cannot write a flow run")?;
+    }
+
+    // Until every step is final (or the timeout): poll the runs not final yet.
+    let mut steps: BTreeMap<String, Value> = BTreeMap::new();
+    let mut pending: Vec<String> = run_ids.clone();
+    while !pending.is_empty() && written.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let read: Vec<(String, anyhow::Result<Option<Value>>)> = futures::stream::iter(pending.clone())
+            .map(|id| {
+                let fs = fs.clone();
+                async move {
+                    let doc = fs.get_doc(FLOW_RUNS, &id).await.map_err(anyhow::Error::from);
+                    (id, doc)
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (id, doc) in read {
+            let step = doc?.unwrap_or(Value::Null)["steps"][STEP_ID].clone();
+            steps.insert(id, step);
+        }
+        pending.retain(|id| !is_final(&steps[id]));
+    }
+    // The deliveries the last writes caused (no-ops) run out before the processes stop.
+    eventarc.wait_settled(Duration::from_millis(400), Duration::from_secs(15)).await;
+    eventarc.set_targets(Vec::new());
+    for p in procs.iter_mut() {
+        if p.running() {
+            let _ = p.terminate(Duration::from_secs(10)).await;
+        }
+    }
+    let deliveries = eventarc.deliveries();
+    eventarc.shutdown().await;
+
+    // The processes' log lines.
+    let (mut contention, mut other_retries, mut gave_up, mut chart_retries, mut give_backs_failed) = (0, 0, 0, 0, 0);
+    let mut contention_by_op: BTreeMap<String, u64> = BTreeMap::new();
+    if let Some(path) = &opts.logs {
+        let mut text = String::new();
+        for p in &procs {
+            for l in p.logs() {
+                text.push_str(&format!("{} {l}\n", p.name));
+            }
+        }
+        std::fs::write(path, text).with_context(|| format!("cannot write the logs to {}", path.display()))?;
+    }
+    for p in &procs {
+        for l in p.json_logs() {
+            match l["event"].as_str() {
+                Some("transaction_retry") if l["contention"] == true => {
+                    contention += 1;
+                    *contention_by_op.entry(l["op"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+                }
+                Some("transaction_retry") => other_retries += 1,
+                Some("transaction_gave_up") => gave_up += 1,
+                Some("chart_api_retry") => chart_retries += 1,
+                Some("quota_give_back_failed") => give_backs_failed += 1,
+                _ => {}
+            }
+        }
+    }
+
+    // The mock's side, per key, and the worker's counters.
+    let mut figures = Vec::new();
+    for (a, c) in accounts.iter().zip(&configs) {
+        let u = mock.state().usage(&a.id).with_context(|| format!("the mock has no account {}", a.id))?;
+        let doc = fs.get_doc(ACCOUNTS_USAGE, &a.id).await?;
+        let usage_today = doc.as_ref().and_then(|d| d["usageToday"].as_u64()).unwrap_or(0);
+        figures.push(AccountFigures {
+            id: a.id.clone(),
+            plan: format!("{:?}", c.plan).to_uppercase(),
+            daily_limit: c.daily_limit,
+            usage_today,
+            mock_calls: u.requests,
+            mock_used_today: u.used_today,
+            too_many_requests: u.throttled,
+            limit_exceeded: u.quota_rejected,
+            usage_matches_calls: usage_today == u.requests,
+        });
+    }
+    let journal = mock.state().journal(&Default::default());
+    let mut took: Vec<u64> = journal.iter().filter(|e| e.status == Some(200)).map(|e| e.duration_ms).collect();
+    took.sort_unstable();
+    let pct = |p: f64| took.get(((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1))).copied().unwrap_or(0);
+    let observed_latency = LatencyFigures { p50_ms: pct(0.5), p95_ms: pct(0.95), max_ms: took.last().copied().unwrap_or(0) };
+    let gateway_timeouts = journal.iter().filter(|e| e.status == Some(504)).count() as u64;
+    let _ = mock.shutdown().await;
+
+    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+    for id in &run_ids {
+        let s = steps.get(id).and_then(|s| s["status"].as_str()).unwrap_or("(unread)").to_owned();
+        *by_status.entry(s).or_default() += 1;
+    }
+    let mut failed_by: BTreeMap<String, usize> = BTreeMap::new();
+    for s in steps.values().filter(|s| s["status"] == "FAILED") {
+        *failed_by.entry(s["error"]["code"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+    }
+    let all_final = run_ids.iter().all(|id| steps.get(id).is_some_and(is_final));
+    let last_finished = run_ids
+        .iter()
+        .filter_map(|id| steps.get(id)?["finishedAt"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()))
+        .max();
+    let wall_ms = match (all_final, last_finished) {
+        (true, Some(t)) => Some((t.with_timezone(&Utc) - written_at).num_milliseconds().max(0) as u64),
+        _ => None,
+    };
+    let ideal_bound_ms = ideal.as_millis() as u64;
+
+    let mut problems = Vec::new();
+    if !all_final {
+        let open: Vec<&String> = run_ids.iter().filter(|id| !steps.get(*id).is_some_and(is_final)).collect();
+        problems.push(format!(
+            "{} of {} steps not final within {:.0} s (first: {})",
+            open.len(),
+            run_ids.len(),
+            timeout.as_secs_f64(),
+            open.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    for f in figures.iter().filter(|f| !f.usage_matches_calls) {
+        problems.push(format!("{}: usageToday {} but the mock received {} calls", f.id, f.usage_today, f.mock_calls));
+    }
+    Ok(Report {
+        started_at,
+        instances: opts.instances,
+        runs: opts.runs,
+        charts_per_run: opts.charts,
+        charts,
+        time_scale: opts.time_scale,
+        wall_ms,
+        ideal_bound_ms,
+        ratio: wall_ms.map(|w| w as f64 / ideal_bound_ms.max(1) as f64),
+        model_latency_ms: model_latency.as_millis() as u64,
+        observed_latency,
+        too_many_requests: figures.iter().map(|f| f.too_many_requests).sum(),
+        limit_exceeded: figures.iter().map(|f| f.limit_exceeded).sum(),
+        gateway_timeouts,
+        contention_retries: contention,
+        contention_by_op,
+        other_transaction_retries: other_retries,
+        transactions_gave_up: gave_up,
+        give_backs_failed,
+        chart_retries,
+        accounts: figures,
+        steps: by_status,
+        failed_by,
+        all_final,
+        deliveries: deliveries.len() as u64,
+        deliveries_not_acked: deliveries.iter().filter(|d| !d.outcome.acked()).count() as u64,
+        deliveries_by_answer: deliveries.iter().fold(BTreeMap::new(), |mut m, d| {
+            let k = match &d.outcome {
+                harness::eventarc::Outcome::Status { code } => code.to_string(),
+                harness::eventarc::Outcome::Error { .. } => "error".into(),
+                harness::eventarc::Outcome::AckDeadline => "ack_deadline".into(),
+                harness::eventarc::Outcome::NoTarget => "no_target".into(),
+            };
+            *m.entry(k).or_default() += 1;
+            m
+        }),
+        problems,
+    })
+}
+
+fn is_final(step: &Value) -> bool {
+    matches!(step["status"].as_str(), Some("SUCCEEDED" | "FAILED"))
+}
+
+impl Report {
+    /// The report as a table for humans.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut row = |k: &str, v: String| out.push_str(&format!("{k:<34} {v}\n"));
+        row(
+            "simulation",
+            format!(
+                "{} instances, {} runs × {} charts = {} charts, time scale {}",
+                self.instances, self.runs, self.charts_per_run, self.charts, self.time_scale
+            ),
+        );
+        row("started", self.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+        row(
+            "wall (write → last step final)",
+            match (self.wall_ms, self.ratio) {
+                (Some(w), Some(r)) => format!("{w} ms = {r:.2}× the ideal bound"),
+                _ => "— (not every step finished)".into(),
+            },
+        );
+        row(
+            "ideal bound",
+            format!("{} ms (summed rates and bursts of the keys, latency {} ms)", self.ideal_bound_ms, self.model_latency_ms),
+        );
+        row(
+            "mock latency of 200s",
+            format!(
+                "p50 {} ms, p95 {} ms, max {} ms",
+                self.observed_latency.p50_ms, self.observed_latency.p95_ms, self.observed_latency.max_ms
+            ),
+        );
+        row("429 Too Many Requests (goal 0)", self.too_many_requests.to_string());
+        row("429 Limit Exceeded", self.limit_exceeded.to_string());
+        row("504 gateway timeouts", self.gateway_timeouts.to_string());
+        row("Chart-IMG retries (worker)", self.chart_retries.to_string());
+        row(
+            "Firestore contention retries",
+            format!(
+                "{} {:?} (other transaction retries {}, gave up {})",
+                self.contention_retries, self.contention_by_op, self.other_transaction_retries, self.transactions_gave_up
+            ),
+        );
+        let steps: Vec<String> = self.steps.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        row("steps", format!("{}{}", steps.join(", "), if self.all_final { " (all final)" } else { " (NOT all final)" }));
+        if !self.failed_by.is_empty() {
+            row("failed steps by error code", format!("{:?}", self.failed_by));
+        }
+        row("quota give-backs failed", format!("{} (each leaves usageToday above the calls)", self.give_backs_failed));
+        row(
+            "deliveries",
+            format!("{} attempts, {} not acknowledged, by answer {:?}", self.deliveries, self.deliveries_not_acked, self.deliveries_by_answer),
+        );
+        out.push_str(&format!(
+            "\n{:<10} {:<6} {:>6} {:>11} {:>10} {:>15} {:>8} {:>8} {}\n",
+            "account", "plan", "daily", "usageToday", "mock calls", "mock usedToday", "429 TMR", "429 LE", "usage = calls"
+        ));
+        for a in &self.accounts {
+            out.push_str(&format!(
+                "{:<10} {:<6} {:>6} {:>11} {:>10} {:>15} {:>8} {:>8} {}\n",
+                a.id,
+                a.plan,
+                a.daily_limit,
+                a.usage_today,
+                a.mock_calls,
+                a.mock_used_today,
+                a.too_many_requests,
+                a.limit_exceeded,
+                if a.usage_matches_calls { "yes" } else { "NO (mismatch)" }
+            ));
+        }
+        if self.problems.is_empty() {
+            out.push_str("\nresult: ok\n");
+        } else {
+            out.push_str("\nresult: FAILED\n");
+            for p in &self.problems {
+                out.push_str(&format!("  - {p}\n"));
+            }
+        }
+        out
+    }
+}

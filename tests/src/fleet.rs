@@ -72,8 +72,8 @@ impl Default for Options {
             time_scale: 0.25,
             timeout: None,
             seed: 1,
-            // Debug for the Firestore adapter: today its `transaction_retry` lines are debug lines (they become info
-            // lines with the contention counting of issue 11); the filter keeps them either way.
+            // Debug for the Firestore adapter: its `transaction_retry` lines are info lines now, and the rollback
+            // lines stay debug; the filter keeps both.
             rust_log: "info,worker_chart_export::adapters::firestore=debug,h2=warn,hyper=warn,tonic=warn,tower=warn".into(),
             logs: None,
         }

@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
-# Load bench with an external load generator: wrk against the mock (default settings, then RUST_LOG=warn) and
-# against a bare axum server answering the same PNG bytes, in one run, on loopback only. Prints req/s and the ratios.
+# Load bench with an external load generator: wrk against a bare axum server answering the same PNG bytes (the
+# ceiling), the mock with its default settings, and the mock with RUST_LOG=warn, interleaved round by round on
+# loopback. Prints, per round, req/s and CPU time per request of each server and the ratios to bare axum; then the
+# medians over the rounds.
 #
-#   mock-chart-img/benches/wrk.sh                 # ROUNDS=1 CONNS=50 SECS=10 THREADS=2
-#   BENCH_NO_BUILD=1 mock-chart-img/benches/wrk.sh  # reuse target/release binaries
+#   mock-chart-img/benches/wrk.sh                             # ROUNDS=5 CONNS=50 SECS=10 THREADS=2 QUIET=1
+#   BENCH_NO_BUILD=1 ROUNDS=2 mock-chart-img/benches/wrk.sh   # reuse target/release binaries
 #
 # "Default settings" means what a user gets: no RUST_LOG (info), the default journal capacity (1000), the default
 # traffic summary, logs written to a file (as a platform collects stderr), and a key whose rate limiter and daily
 # counter run on every request (a custom plan too large to throttle the bench).
+#
+# Why interleaved rounds and CPU per request: on a shared machine req/s moves with whatever else runs (wrk shares the
+# cores with the server it loads). All three servers run for the whole bench and are loaded in turn (bare, mock,
+# quiet, bare, mock, quiet, …), so slow drifts hit each of them alike and each round's ratio compares neighbours in
+# time; the median ratio ignores the odd disturbed round. CPU µs per request — the server process's utime+stime
+# (/proc/<pid>/stat, all threads) over the measured run, divided by the requests wrk counted — is what the server
+# itself spends on a request, and moves far less with the neighbours' load than req/s does.
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-1}
+ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-50}
 SECS=${SECS:-10}
 THREADS=${THREADS:-2}
+QUIET=${QUIET:-1}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -34,6 +45,7 @@ if [ -z "${BENCH_NO_BUILD:-}" ]; then
 fi
 MOCK=$TARGET/release/mock-chart-img
 BARE=$TARGET/release/examples/bare_axum
+TICK=$(getconf CLK_TCK)
 
 BODY='{"symbol":"BINANCE:BTCUSDT","interval":"4h"}'
 cat >"$WORK/mock.yaml" <<YAML
@@ -49,15 +61,15 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["x-api-key"] = "bench-key"
 LUA
 
-# Starts the mock with extra environment "$@"; sets ADDR.
+# Starts the mock with extra environment "$@"; sets ADDR and PID.
 start_mock() {
     local log=$WORK/mock-$RANDOM.log
     env -u RUST_LOG "$@" "$MOCK" --config "$WORK/mock.yaml" --listen 127.0.0.1:0 2>"$log" &
-    local pid=$!
-    PIDS+=("$pid")
+    PID=$!
+    PIDS+=("$PID")
     # The port comes from the kernel; with RUST_LOG=warn the mock does not log it, so ask the socket table.
     for _ in $(seq 100); do
-        ADDR=$(ss -Hltnp 2>/dev/null | grep "pid=$pid," | awk '{print $4}' | head -1) || true
+        ADDR=$(ss -Hltnp 2>/dev/null | grep "pid=$PID," | awk '{print $4}' | head -1) || true
         [ -n "$ADDR" ] && return 0
         sleep 0.1
     done
@@ -65,9 +77,11 @@ start_mock() {
     exit 1
 }
 
+# Starts bare axum on the PNG; sets ADDR and PID.
 start_bare() {
     "$BARE" "$WORK/chart.png" >"$WORK/bare.out" &
-    PIDS+=($!)
+    PID=$!
+    PIDS+=("$PID")
     for _ in $(seq 100); do
         ADDR=$(sed -n 's/^listening on //p' "$WORK/bare.out")
         [ -n "$ADDR" ] && return 0
@@ -77,47 +91,70 @@ start_bare() {
     exit 1
 }
 
-stop_last() {
-    kill "${PIDS[-1]}" 2>/dev/null || true
-    wait "${PIDS[-1]}" 2>/dev/null || true
-    unset 'PIDS[-1]'
+# utime+stime of a process (all its threads), in clock ticks.
+cpu_ticks() {
+    sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
 
-# Runs wrk against ADDR; prints req/s, and the latency line to stderr.
+# Loads server $2 (pid) at $1 (address) with wrk; prints "req/s cpu_us_per_request", the latency line to stderr.
 load() {
-    local url="http://$ADDR/v2/tradingview/advanced-chart"
+    local url="http://$1/v2/tradingview/advanced-chart" pid=$2
     wrk -t"$THREADS" -c"$CONNS" -d2s -s "$WORK/post.lua" "$url" >/dev/null # warm-up: cache, memo, connections
-    local out
+    local out before after
+    before=$(cpu_ticks "$pid")
     out=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency -s "$WORK/post.lua" "$url")
+    after=$(cpu_ticks "$pid")
     if grep -q "Non-2xx" <<<"$out"; then
         echo "non-2xx answers: $out" >&2
         exit 1
     fi
     echo "    $(grep -E '^ +50%|^ +99%' <<<"$out" | tr -s ' ' | tr '\n' ' ')" >&2
-    awk '/^Requests\/sec/ {print $2}' <<<"$out"
+    awk -v b="$before" -v a="$after" -v t="$TICK" '
+        / requests in / {n = $1}
+        /^Requests\/sec/ {r = $2}
+        END {printf "%s %.2f\n", r, (a - b) / t * 1e6 / n}' <<<"$out"
+}
+
+median() {
+    sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
 
 # The PNG both servers answer with: the mock's own answer to the bench body.
 start_mock
+MOCK_ADDR=$ADDR MOCK_PID=$PID
 curl -sf -o "$WORK/chart.png" -H 'content-type: application/json' -H 'x-api-key: bench-key' -d "$BODY" \
-    "http://$ADDR/v2/tradingview/advanced-chart"
-stop_last
-
-echo "wrk -t$THREADS -c$CONNS -d${SECS}s, POST of $(wc -c <"$WORK/chart.png") PNG bytes, $(nproc) cores, loopback"
-for round in $(seq "$ROUNDS"); do
-    start_bare
-    echo "  bare axum:" >&2
-    bare=$(load)
-    stop_last
-    start_mock
-    echo "  mock default:" >&2
-    mock=$(load)
-    stop_last
+    "http://$MOCK_ADDR/v2/tradingview/advanced-chart"
+start_bare
+BARE_ADDR=$ADDR BARE_PID=$PID
+if [ "$QUIET" = 1 ]; then
     start_mock RUST_LOG=warn
-    echo "  mock RUST_LOG=warn:" >&2
-    quiet=$(load)
-    stop_last
-    awk -v r="$round" -v b="$bare" -v m="$mock" -v q="$quiet" 'BEGIN {
-        printf "round %s: bare axum %.0f req/s | mock default %.0f req/s (%.2fx) | mock RUST_LOG=warn %.0f req/s (%.2fx)\n",
-            r, b, m, m / b, q, q / b }'
+    QUIET_ADDR=$ADDR QUIET_PID=$PID
+fi
+
+echo "wrk -t$THREADS -c$CONNS -d${SECS}s, POST of $(wc -c <"$WORK/chart.png") PNG bytes, $(nproc) cores, loopback," \
+    "load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u '+%Y-%m-%d %H:%M UTC')"
+: >"$WORK/rounds"
+for round in $(seq "$ROUNDS"); do
+    echo "  round $round, bare axum:" >&2
+    read -r bare bare_cpu < <(load "$BARE_ADDR" "$BARE_PID")
+    echo "  round $round, mock default:" >&2
+    read -r mock mock_cpu < <(load "$MOCK_ADDR" "$MOCK_PID")
+    quiet=0 quiet_cpu=0
+    if [ "$QUIET" = 1 ]; then
+        echo "  round $round, mock RUST_LOG=warn:" >&2
+        read -r quiet quiet_cpu < <(load "$QUIET_ADDR" "$QUIET_PID")
+    fi
+    awk -v r="$round" -v b="$bare" -v bc="$bare_cpu" -v m="$mock" -v mc="$mock_cpu" -v q="$quiet" -v qc="$quiet_cpu" 'BEGIN {
+        printf "round %s: bare axum %.0f req/s %.2f us/req | mock default %.0f req/s %.2f us/req (%.2fx)", r, b, bc, m, mc, m / b
+        if (q > 0) printf " | mock RUST_LOG=warn %.0f req/s %.2f us/req (%.2fx)", q, qc, q / b
+        printf "\n" }'
+    echo "$bare $bare_cpu $mock $mock_cpu $quiet $quiet_cpu" >>"$WORK/rounds"
 done
+col() { awk -v c="$1" '{print $c}' "$WORK/rounds" | median; }
+ratio() { awk -v a="$1" -v b="$2" '{print $a / $b}' "$WORK/rounds" | median; }
+printf 'median of %s rounds: mock default %.2fx bare axum (req/s); CPU %.2f us/req vs bare %.2f us/req (bare/mock %.2fx)' \
+    "$ROUNDS" "$(ratio 3 1)" "$(col 4)" "$(col 2)" "$(ratio 2 4)"
+if [ "$QUIET" = 1 ]; then
+    printf ' | mock RUST_LOG=warn %.2fx, CPU %.2f us/req' "$(ratio 5 1)" "$(col 6)"
+fi
+printf '\n'

@@ -32,6 +32,8 @@ pub(crate) enum Gate {
 
 pub(crate) struct Account {
     pub config: KeyConfig,
+    /// `config.account`, shared: what each journal record of a request names.
+    pub name: Arc<str>,
     pub limits: PlanLimits,
     /// A hash of `limits`: validated bodies are memoized per plan.
     pub plan_key: u64,
@@ -65,6 +67,7 @@ impl Account {
             h.finish()
         };
         Account {
+            name: Arc::from(config.account.as_str()),
             config,
             limits,
             plan_key,

@@ -4,8 +4,11 @@
 # loopback. Prints, per round, req/s and CPU time per request of each server and the ratios to bare axum; then the
 # medians over the rounds.
 #
-#   mock-chart-img/benches/wrk.sh                             # ROUNDS=5 CONNS=50 SECS=10 THREADS=2 QUIET=1
+#   mock-chart-img/benches/wrk.sh                             # ROUNDS=5 CONNS=50 SECS=10 THREADS=2 QUIET=1 READ_BODY=0
 #   BENCH_NO_BUILD=1 ROUNDS=2 mock-chart-img/benches/wrk.sh   # reuse target/release binaries
+#
+# QUIET=0 leaves out the RUST_LOG=warn mock; READ_BODY=1 adds bare axum reading the request body (`BARE_BODY=1`), which
+# the ceiling does not and the mock must: what reading a body costs by itself.
 #
 # "Default settings" means what a user gets: no RUST_LOG (info), the default journal capacity (1000), the default
 # traffic summary, logs written to a file (as a platform collects stderr), and a key whose rate limiter and daily
@@ -24,6 +27,7 @@ CONNS=${CONNS:-50}
 SECS=${SECS:-10}
 THREADS=${THREADS:-2}
 QUIET=${QUIET:-1}
+READ_BODY=${READ_BODY:-0}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d)
@@ -77,13 +81,14 @@ start_mock() {
     exit 1
 }
 
-# Starts bare axum on the PNG; sets ADDR and PID.
+# Starts bare axum on the PNG with extra environment "$@"; sets ADDR and PID.
 start_bare() {
-    "$BARE" "$WORK/chart.png" >"$WORK/bare.out" &
+    local out=$WORK/bare-$RANDOM.out
+    env "$@" "$BARE" "$WORK/chart.png" >"$out" &
     PID=$!
     PIDS+=("$PID")
     for _ in $(seq 100); do
-        ADDR=$(sed -n 's/^listening on //p' "$WORK/bare.out")
+        ADDR=$(sed -n 's/^listening on //p' "$out")
         [ -n "$ADDR" ] && return 0
         sleep 0.1
     done
@@ -130,6 +135,10 @@ if [ "$QUIET" = 1 ]; then
     start_mock RUST_LOG=warn
     QUIET_ADDR=$ADDR QUIET_PID=$PID
 fi
+if [ "$READ_BODY" = 1 ]; then
+    start_bare BARE_BODY=1
+    BODY_ADDR=$ADDR BODY_PID=$PID
+fi
 
 echo "wrk -t$THREADS -c$CONNS -d${SECS}s, POST of $(wc -c <"$WORK/chart.png") PNG bytes, $(nproc) cores, loopback," \
     "load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -144,11 +153,18 @@ for round in $(seq "$ROUNDS"); do
         echo "  round $round, mock RUST_LOG=warn:" >&2
         read -r quiet quiet_cpu < <(load "$QUIET_ADDR" "$QUIET_PID")
     fi
-    awk -v r="$round" -v b="$bare" -v bc="$bare_cpu" -v m="$mock" -v mc="$mock_cpu" -v q="$quiet" -v qc="$quiet_cpu" 'BEGIN {
+    body=0 body_cpu=0
+    if [ "$READ_BODY" = 1 ]; then
+        echo "  round $round, bare axum reading the body:" >&2
+        read -r body body_cpu < <(load "$BODY_ADDR" "$BODY_PID")
+    fi
+    awk -v r="$round" -v b="$bare" -v bc="$bare_cpu" -v m="$mock" -v mc="$mock_cpu" -v q="$quiet" -v qc="$quiet_cpu" \
+        -v y="$body" -v yc="$body_cpu" 'BEGIN {
         printf "round %s: bare axum %.0f req/s %.2f us/req | mock default %.0f req/s %.2f us/req (%.2fx)", r, b, bc, m, mc, m / b
         if (q > 0) printf " | mock RUST_LOG=warn %.0f req/s %.2f us/req (%.2fx)", q, qc, q / b
+        if (y > 0) printf " | bare axum reading the body %.0f req/s %.2f us/req (%.2fx)", y, yc, y / b
         printf "\n" }'
-    echo "$bare $bare_cpu $mock $mock_cpu $quiet $quiet_cpu" >>"$WORK/rounds"
+    echo "$bare $bare_cpu $mock $mock_cpu $quiet $quiet_cpu $body $body_cpu" >>"$WORK/rounds"
 done
 col() { awk -v c="$1" '{print $c}' "$WORK/rounds" | median; }
 ratio() { awk -v a="$1" -v b="$2" '{print $a / $b}' "$WORK/rounds" | median; }
@@ -156,5 +172,8 @@ printf 'median of %s rounds: mock default %.2fx bare axum (req/s); CPU %.2f us/r
     "$ROUNDS" "$(ratio 3 1)" "$(col 4)" "$(col 2)" "$(ratio 2 4)"
 if [ "$QUIET" = 1 ]; then
     printf ' | mock RUST_LOG=warn %.2fx, CPU %.2f us/req' "$(ratio 5 1)" "$(col 6)"
+fi
+if [ "$READ_BODY" = 1 ]; then
+    printf ' | bare axum reading the body %.2fx, CPU %.2f us/req' "$(ratio 7 1)" "$(col 8)"
 fi
 printf '\n'

@@ -8,7 +8,8 @@
 #   BENCH_NO_BUILD=1 ROUNDS=2 mock-chart-img/benches/wrk.sh   # reuse target/release binaries
 #
 # QUIET=0 leaves out the RUST_LOG=warn mock; READ_BODY=1 adds bare axum reading the request body (`BARE_BODY=1`), which
-# the ceiling does not and the mock must: what reading a body costs by itself.
+# the ceiling does not and the mock must: what reading a body costs by itself. BASELINE=<path of another
+# mock-chart-img binary> adds that binary with default settings, for a before/after in the same interleaved run.
 #
 # "Default settings" means what a user gets: no RUST_LOG (info), the default journal capacity (1000), the default
 # traffic summary, logs written to a file (as a platform collects stderr), and a key whose rate limiter and daily
@@ -28,6 +29,7 @@ SECS=${SECS:-10}
 THREADS=${THREADS:-2}
 QUIET=${QUIET:-1}
 READ_BODY=${READ_BODY:-0}
+BASELINE=${BASELINE:-}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 WORK=$(mktemp -d)
@@ -65,10 +67,11 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["x-api-key"] = "bench-key"
 LUA
 
-# Starts the mock with extra environment "$@"; sets ADDR and PID.
+# Starts the mock binary $1 with extra environment "${@:2}"; sets ADDR and PID.
 start_mock() {
-    local log=$WORK/mock-$RANDOM.log
-    env -u RUST_LOG "$@" "$MOCK" --config "$WORK/mock.yaml" --listen 127.0.0.1:0 2>"$log" &
+    local log=$WORK/mock-$RANDOM.log bin=$1
+    shift
+    env -u RUST_LOG "$@" "$bin" --config "$WORK/mock.yaml" --listen 127.0.0.1:0 2>"$log" &
     PID=$!
     PIDS+=("$PID")
     # The port comes from the kernel; with RUST_LOG=warn the mock does not log it, so ask the socket table.
@@ -124,56 +127,55 @@ median() {
     sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
 
-# The PNG both servers answer with: the mock's own answer to the bench body.
-start_mock
-MOCK_ADDR=$ADDR MOCK_PID=$PID
+# The PNG all servers answer with: the mock's own answer to the bench body.
+NAMES=() ADDRS=() SPIDS=()
+add() { NAMES+=("$1"); ADDRS+=("$ADDR"); SPIDS+=("$PID"); }
+start_mock "$MOCK"
 curl -sf -o "$WORK/chart.png" -H 'content-type: application/json' -H 'x-api-key: bench-key' -d "$BODY" \
-    "http://$MOCK_ADDR/v2/tradingview/advanced-chart"
+    "http://$ADDR/v2/tradingview/advanced-chart"
+MOCK_ADDR=$ADDR MOCK_PID=$PID
 start_bare
-BARE_ADDR=$ADDR BARE_PID=$PID
+add "bare axum"
+ADDR=$MOCK_ADDR PID=$MOCK_PID add "mock default"
 if [ "$QUIET" = 1 ]; then
-    start_mock RUST_LOG=warn
-    QUIET_ADDR=$ADDR QUIET_PID=$PID
+    start_mock "$MOCK" RUST_LOG=warn
+    add "mock RUST_LOG=warn"
 fi
 if [ "$READ_BODY" = 1 ]; then
     start_bare BARE_BODY=1
-    BODY_ADDR=$ADDR BODY_PID=$PID
+    add "bare axum reading the body"
+fi
+if [ -n "$BASELINE" ]; then
+    start_mock "$BASELINE"
+    add "baseline mock default"
 fi
 
 echo "wrk -t$THREADS -c$CONNS -d${SECS}s, POST of $(wc -c <"$WORK/chart.png") PNG bytes, $(nproc) cores, loopback," \
     "load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u '+%Y-%m-%d %H:%M UTC')"
 : >"$WORK/rounds"
 for round in $(seq "$ROUNDS"); do
-    echo "  round $round, bare axum:" >&2
-    read -r bare bare_cpu < <(load "$BARE_ADDR" "$BARE_PID")
-    echo "  round $round, mock default:" >&2
-    read -r mock mock_cpu < <(load "$MOCK_ADDR" "$MOCK_PID")
-    quiet=0 quiet_cpu=0
-    if [ "$QUIET" = 1 ]; then
-        echo "  round $round, mock RUST_LOG=warn:" >&2
-        read -r quiet quiet_cpu < <(load "$QUIET_ADDR" "$QUIET_PID")
-    fi
-    body=0 body_cpu=0
-    if [ "$READ_BODY" = 1 ]; then
-        echo "  round $round, bare axum reading the body:" >&2
-        read -r body body_cpu < <(load "$BODY_ADDR" "$BODY_PID")
-    fi
-    awk -v r="$round" -v b="$bare" -v bc="$bare_cpu" -v m="$mock" -v mc="$mock_cpu" -v q="$quiet" -v qc="$quiet_cpu" \
-        -v y="$body" -v yc="$body_cpu" 'BEGIN {
-        printf "round %s: bare axum %.0f req/s %.2f us/req | mock default %.0f req/s %.2f us/req (%.2fx)", r, b, bc, m, mc, m / b
-        if (q > 0) printf " | mock RUST_LOG=warn %.0f req/s %.2f us/req (%.2fx)", q, qc, q / b
-        if (y > 0) printf " | bare axum reading the body %.0f req/s %.2f us/req (%.2fx)", y, yc, y / b
-        printf "\n" }'
-    echo "$bare $bare_cpu $mock $mock_cpu $quiet $quiet_cpu $body $body_cpu" >>"$WORK/rounds"
+    line=() row=()
+    for i in "${!NAMES[@]}"; do
+        echo "  round $round, ${NAMES[$i]}:" >&2
+        read -r rps cpu < <(load "${ADDRS[$i]}" "${SPIDS[$i]}")
+        [ "$i" = 0 ] && bare=$rps
+        line+=("$(awk -v n="${NAMES[$i]}" -v r="$rps" -v c="$cpu" -v b="$bare" -v i="$i" 'BEGIN {
+            printf "%s %.0f req/s %.2f us/req", n, r, c; if (i > 0) printf " (%.2fx)", r / b }')")
+        row+=("$rps" "$cpu")
+    done
+    (IFS='|'; echo "round $round: ${line[*]}" | sed 's/|/ | /g')
+    echo "${row[*]}" >>"$WORK/rounds"
 done
-col() { awk -v c="$1" '{print $c}' "$WORK/rounds" | median; }
-ratio() { awk -v a="$1" -v b="$2" '{print $a / $b}' "$WORK/rounds" | median; }
-printf 'median of %s rounds: mock default %.2fx bare axum (req/s); CPU %.2f us/req vs bare %.2f us/req (bare/mock %.2fx)' \
-    "$ROUNDS" "$(ratio 3 1)" "$(col 4)" "$(col 2)" "$(ratio 2 4)"
-if [ "$QUIET" = 1 ]; then
-    printf ' | mock RUST_LOG=warn %.2fx, CPU %.2f us/req' "$(ratio 5 1)" "$(col 6)"
-fi
-if [ "$READ_BODY" = 1 ]; then
-    printf ' | bare axum reading the body %.2fx, CPU %.2f us/req' "$(ratio 7 1)" "$(col 8)"
-fi
-printf '\n'
+# Medians over the rounds: of each server's req/s ratio to bare axum in the same round, and of its CPU per request.
+summary=()
+for i in "${!NAMES[@]}"; do
+    cpu=$(awk -v c=$((2 * i + 2)) '{print $c}' "$WORK/rounds" | median)
+    if [ "$i" = 0 ]; then
+        summary+=("$(printf '%s CPU %.2f us/req' "${NAMES[$i]}" "$cpu")")
+    else
+        ratio=$(awk -v c=$((2 * i + 1)) '{print $c / $1}' "$WORK/rounds" | median)
+        cpu_ratio=$(awk -v c=$((2 * i + 2)) '{print $2 / $c}' "$WORK/rounds" | median)
+        summary+=("$(printf '%s %.2fx, CPU %.2f us/req (bare/it %.2fx)' "${NAMES[$i]}" "$ratio" "$cpu" "$cpu_ratio")")
+    fi
+done
+(IFS='|'; echo "median of $ROUNDS rounds: ${summary[*]}" | sed 's/|/ | /g')

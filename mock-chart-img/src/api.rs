@@ -442,7 +442,6 @@ async fn realistic_wait(st: &AppState, knobs: &Knobs, req: &ChartRequest) -> Res
 async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &mut Trace) -> Result<Bytes, ApiError> {
     let s = &st.inner;
     if let Some(b) = s.cache.lock().unwrap().get(key).cloned() {
-        s.cache_hits.fetch_add(1, Ordering::Relaxed);
         trace.cache_hit = Some(true);
         return Ok(b);
     }

@@ -158,6 +158,9 @@ struct Ring {
     entries: VecDeque<(u64, Record)>,
     /// Counted since the last [`Journal::take_traffic`]; kept under the same lock, so counting costs no extra one.
     traffic: Traffic,
+    /// Images served from the render cache since start (the health answer's `cache_hits`), counted here for the
+    /// same reason.
+    cache_hits: u64,
 }
 
 pub(crate) struct Journal {
@@ -168,7 +171,7 @@ pub(crate) struct Journal {
 impl Journal {
     pub fn new(capacity: usize) -> Self {
         let entries = VecDeque::with_capacity(capacity.min(4096));
-        Journal { capacity, inner: Mutex::new(Ring { seq: 0, entries, traffic: Traffic::default() }) }
+        Journal { capacity, inner: Mutex::new(Ring { seq: 0, entries, traffic: Traffic::default(), cache_hits: 0 }) }
     }
 
     /// Appends `record` and answers the sequence number it got.
@@ -177,6 +180,7 @@ impl Journal {
         g.seq += 1;
         let seq = g.seq;
         g.traffic.count(&record);
+        g.cache_hits += u64::from(record.cache_hit == Some(true));
         // The record dropped here (the oldest) holds nothing costly to free: `Arc`s and, rarely, a string.
         let oldest = if g.entries.len() >= self.capacity { g.entries.pop_front() } else { None };
         if self.capacity > 0 {
@@ -202,6 +206,11 @@ impl Journal {
             .take(q.limit.unwrap_or(usize::MAX))
             .map(|(seq, e)| e.entry(*seq))
             .collect()
+    }
+
+    /// Images served from the render cache since start.
+    pub fn cache_hits(&self) -> u64 {
+        self.inner.lock().unwrap().cache_hits
     }
 
     pub fn len(&self) -> usize {

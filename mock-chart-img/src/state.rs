@@ -122,9 +122,8 @@ pub(crate) struct Shared {
     pub clock: Arc<dyn Clock>,
     /// For `uptime_s` in the health answer.
     pub started: Instant,
-    /// Counters for the health answer: how well the cache works.
+    /// For the health answer: how well the cache works (its hits are counted by the journal, under its lock).
     pub renders: AtomicU64,
-    pub cache_hits: AtomicU64,
 }
 
 fn cap(n: usize) -> NonZeroUsize {
@@ -151,7 +150,6 @@ impl AppState {
                 clock: config.clock.clone(),
                 started: Instant::now(),
                 renders: AtomicU64::new(0),
-                cache_hits: AtomicU64::new(0),
             }),
         })
     }

@@ -23,7 +23,7 @@ pub struct JournalEntry {
     /// When the answer was decided.
     #[schema(value_type = String, format = DateTime)]
     pub at: DateTime<Utc>,
-    /// `POST`, … (a `Cow` so the common values cost no allocation per request).
+    /// `POST`, … (a `Cow`: the common values are static).
     #[schema(value_type = String)]
     pub method: Cow<'static, str>,
     /// The request path.

@@ -13,13 +13,27 @@ use bytes::Bytes;
 async fn main() -> anyhow::Result<()> {
     let path = std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: bare_axum <file.png>"))?;
     let png = Bytes::from(std::fs::read(&path)?);
-    let app = Router::new().route(
-        "/v2/tradingview/advanced-chart",
-        post(move || {
-            let png = png.clone();
-            async move { ([(header::CONTENT_TYPE, "image/png")], png) }
-        }),
-    );
+    let app = if std::env::var_os("BARE_BODY").is_some() {
+        // Reads the request body as the mock must (to compare, not as the ceiling: the ceiling reads nothing).
+        Router::new().route(
+            "/v2/tradingview/advanced-chart",
+            post(move |body: Bytes| {
+                let png = png.clone();
+                async move {
+                    drop(body);
+                    ([(header::CONTENT_TYPE, "image/png")], png)
+                }
+            }),
+        )
+    } else {
+        Router::new().route(
+            "/v2/tradingview/advanced-chart",
+            post(move || {
+                let png = png.clone();
+                async move { ([(header::CONTENT_TYPE, "image/png")], png) }
+            }),
+        )
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening on {}", listener.local_addr()?);
     if std::env::var_os("BARE_NODELAY").is_some() {

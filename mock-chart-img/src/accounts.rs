@@ -8,10 +8,7 @@
 use std::{
     collections::HashMap,
     num::NonZeroU32,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, RwLock,
-    },
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -32,21 +29,25 @@ pub(crate) enum Gate {
 
 pub(crate) struct Account {
     pub config: KeyConfig,
+    /// `config.account`, shared: what each journal record of a request names.
+    pub name: Arc<str>,
     pub limits: PlanLimits,
     /// A hash of `limits`: validated bodies are memoized per plan.
     pub plan_key: u64,
     limiter: DefaultDirectRateLimiter,
+    /// The daily counter and the request counts, under one lock: the request path takes it once and touches no
+    /// other shared counter of the account.
     usage: Mutex<DayUsage>,
-    requests: AtomicU64,
-    throttled: AtomicU64,
-    quota_rejected: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct DayUsage {
     /// The UTC date `used` counts for; a request on another date starts the count again.
     day: Option<NaiveDate>,
     used: u32,
+    requests: u64,
+    throttled: u64,
+    quota_rejected: u64,
 }
 
 impl Account {
@@ -65,14 +66,12 @@ impl Account {
             h.finish()
         };
         Account {
+            name: Arc::from(config.account.as_str()),
             config,
             limits,
             plan_key,
             limiter: RateLimiter::direct(quota),
-            usage: Mutex::new(DayUsage { day: None, used: 0 }),
-            requests: AtomicU64::new(0),
-            throttled: AtomicU64::new(0),
-            quota_rejected: AtomicU64::new(0),
+            usage: Mutex::new(DayUsage::default()),
         }
     }
 
@@ -82,18 +81,19 @@ impl Account {
 
     /// The gateway: throttle first (a throttled request does not use quota), then take one unit of today's quota.
     pub fn admit(&self, today: NaiveDate) -> Gate {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if self.limiter.check().is_err() {
-            self.throttled.fetch_add(1, Ordering::Relaxed);
+        let throttled = self.limiter.check().is_err();
+        let mut u = self.usage.lock().unwrap();
+        u.requests += 1;
+        if throttled {
+            u.throttled += 1;
             return Gate::Throttled;
         }
-        let mut u = self.usage.lock().unwrap();
         if u.day != Some(today) {
-            *u = DayUsage { day: Some(today), used: 0 };
+            u.day = Some(today);
+            u.used = 0;
         }
         if u.used >= self.limits.daily_limit {
-            drop(u);
-            self.quota_rejected.fetch_add(1, Ordering::Relaxed);
+            u.quota_rejected += 1;
             return Gate::QuotaExceeded;
         }
         u.used += 1;
@@ -111,9 +111,9 @@ impl Account {
             day: today.to_string(),
             used_today: used,
             remaining_today: self.limits.daily_limit.saturating_sub(used),
-            requests: self.requests.load(Ordering::Relaxed),
-            throttled: self.throttled.load(Ordering::Relaxed),
-            quota_rejected: self.quota_rejected.load(Ordering::Relaxed),
+            requests: u.requests,
+            throttled: u.throttled,
+            quota_rejected: u.quota_rejected,
         }
     }
 }

@@ -208,7 +208,7 @@ async fn health(State(st): State<AppState>) -> Json<Health> {
         faults: s.faults.list().len(),
         journal_len: s.journal.len(),
         renders: s.renders.load(Ordering::Relaxed),
-        cache_hits: s.cache_hits.load(Ordering::Relaxed),
+        cache_hits: s.journal.cache_hits(),
         stored_objects: s.storage.usage().0,
         stored_bytes: s.storage.usage().1,
     })

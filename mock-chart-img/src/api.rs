@@ -10,18 +10,19 @@
 //! that passes the gateway uses one unit of quota whatever the renderer answers.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
-    sync::atomic::Ordering,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
 use axum::{
     body::Body,
-    extract::{Path, Query, State},
-    http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri},
+    extract::{Path, Query, Request, State},
+    http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chart_img_spec::{Rejection, ValidatedChart};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -31,7 +32,7 @@ use crate::{
     config::SymbolMode,
     errors::ApiError,
     faults::{Action, Route},
-    journal::JournalEntry,
+    journal::{ChartLabel, Record},
     replay::Lookup,
     request::ChartRequest,
     state::{AppState, Prepared},
@@ -49,15 +50,38 @@ pub(crate) enum Abort {
 /// What the journal learns while a request is handled.
 #[derive(Default)]
 struct Trace {
-    account: Option<String>,
+    account: Option<Arc<str>>,
     key_status: &'static str,
     error: Option<String>,
-    symbol: Option<String>,
-    interval: Option<String>,
+    chart: Option<Arc<ChartLabel>>,
     cache_hit: Option<bool>,
     replayed: Option<bool>,
     /// The image answered, for the dashboard's thumbnails.
     image: Option<(&'static str, Bytes)>,
+}
+
+/// What a chart request reads of the settings, taken under one read of their lock.
+struct Knobs {
+    query_key_on_v2: bool,
+    seed: u64,
+    latency: crate::config::LatencyProfile,
+    time_scale: f64,
+    gateway_timeout_ms: u64,
+    replay: Option<Arc<crate::replay::Replay>>,
+}
+
+impl Knobs {
+    fn of(st: &AppState) -> Knobs {
+        let s = st.inner.settings.read().unwrap();
+        Knobs {
+            query_key_on_v2: s.query_key_on_v2,
+            seed: s.seed,
+            latency: s.latency,
+            time_scale: s.time_scale,
+            gateway_timeout_ms: s.gateway_timeout_ms,
+            replay: s.replay.clone(),
+        }
+    }
 }
 
 /// Which chart a request asks for.
@@ -67,55 +91,73 @@ enum Target {
     Layout(String),
 }
 
-pub(crate) async fn advanced_chart(State(st): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    handle(st, Route::AdvancedChart, Target::Advanced, method, uri, headers, body).await
+// The chart handlers take the whole request: its head is only borrowed (the `HeaderMap`, `Uri` and `Method`
+// extractors would each clone their part) and the body is read by `read_body`.
+
+pub(crate) async fn advanced_chart(State(st): State<AppState>, req: Request) -> Response {
+    handle(st, Route::AdvancedChart, Target::Advanced, req).await
 }
 
-pub(crate) async fn advanced_chart_storage(
-    State(st): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(st, Route::Storage, Target::Advanced, method, uri, headers, body).await
+pub(crate) async fn advanced_chart_storage(State(st): State<AppState>, req: Request) -> Response {
+    handle(st, Route::Storage, Target::Advanced, req).await
 }
 
-pub(crate) async fn layout_chart(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(st, Route::AdvancedChart, Target::Layout(id), method, uri, headers, body).await
+pub(crate) async fn layout_chart(State(st): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    handle(st, Route::AdvancedChart, Target::Layout(id), req).await
 }
 
-pub(crate) async fn layout_chart_storage(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(st, Route::Storage, Target::Layout(id), method, uri, headers, body).await
+pub(crate) async fn layout_chart_storage(State(st): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    handle(st, Route::Storage, Target::Layout(id), req).await
 }
 
-/// The key of a request: the `x-api-key` header, or `?key=` where the route accepts it.
-fn api_key(headers: &HeaderMap, uri: &Uri, query_allowed: bool) -> Option<String> {
-    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty()) {
-        return Some(k.to_owned());
+/// The request body limit: axum's default, which its `Bytes` extractor applied when the handlers used it.
+const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// The whole body, as axum's `Bytes` extractor reads it (413 past [`BODY_LIMIT`], 400 when the client breaks off),
+/// but without its wrappers: a body that arrives in one piece — every small JSON body — is that piece itself, not
+/// a copy.
+async fn read_body(mut body: Body) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut whole = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::Status { status: 400, message: None })?;
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len();
+        if len > BODY_LIMIT {
+            return Err(ApiError::Status { status: 413, message: None });
+        }
+        match &mut joined {
+            Some(j) => j.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let mut j = BytesMut::with_capacity(len);
+                j.extend_from_slice(&whole);
+                j.extend_from_slice(&data);
+                joined = Some(j);
+            }
+        }
+    }
+    Ok(joined.map_or(whole, BytesMut::freeze))
+}
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_AMZN_REQUESTID: HeaderName = HeaderName::from_static("x-amzn-requestid");
+
+/// The key of a request: the `x-api-key` header (borrowed), or `?key=` where the route accepts it.
+fn api_key<'h>(headers: &'h HeaderMap, uri: &Uri, query_allowed: bool) -> Option<Cow<'h, str>> {
+    if let Some(k) = headers.get(X_API_KEY).and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty()) {
+        return Some(Cow::Borrowed(k));
     }
     if !query_allowed || uri.query().is_none() {
         return None;
     }
-    let q = Query::<HashMap<String, String>>::try_from_uri(uri).ok()?;
-    q.0.get("key").filter(|k| !k.is_empty()).cloned()
+    let mut q = Query::<HashMap<String, String>>::try_from_uri(uri).ok()?;
+    q.0.remove("key").filter(|k| !k.is_empty()).map(Cow::Owned)
 }
 
-fn key_status(key: Option<&String>, account: Option<&std::sync::Arc<Account>>) -> &'static str {
+fn key_status(key: Option<&str>, account: Option<&Arc<Account>>) -> &'static str {
     match (key, account) {
         (None, _) => "missing",
         (Some(_), None) => "unknown",
@@ -124,16 +166,22 @@ fn key_status(key: Option<&String>, account: Option<&std::sync::Arc<Account>>) -
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle(st: AppState, route: Route, target: Target, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Response {
+    let (head, body) = req.into_parts();
+    // The body first, as when it was an extractor: one over the limit is refused before anything else.
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let (method, uri, headers) = (&head.method, &head.uri, &head.headers);
     let started = Instant::now();
     let s = &st.inner;
     let mut trace = Trace::default();
-    let query_key = s.settings.read().unwrap().query_key_on_v2;
-    let key = api_key(&headers, &uri, query_key);
+    let knobs = Knobs::of(&st);
+    let key = api_key(headers, uri, knobs.query_key_on_v2);
     let account = key.as_deref().and_then(|k| s.accounts.get(k));
-    trace.key_status = key_status(key.as_ref(), account.as_ref());
-    trace.account = account.as_ref().map(|a| a.id().to_string());
+    trace.key_status = key_status(key.as_deref(), account.as_ref());
+    trace.account = account.as_ref().map(|a| a.name.clone());
 
     let decision = s.faults.decide(trace.account.as_deref(), route);
     if !decision.latency.is_zero() {
@@ -160,7 +208,7 @@ async fn handle(st: AppState, route: Route, target: Target, method: Method, uri:
         }
         other => {
             truncate = matches!(other, Some(Action::Truncate));
-            match answer(&st, route, &target, &uri, &headers, &body, account.as_deref(), &mut trace).await {
+            match answer(&st, &knobs, route, &target, uri, headers, &body, account.as_deref(), &mut trace).await {
                 Ok(r) => r,
                 Err(e) => {
                     trace.error = Some(e.summary());
@@ -175,11 +223,11 @@ async fn handle(st: AppState, route: Route, target: Target, method: Method, uri:
     } else {
         response
     };
-    journal(&st, &method, &uri, trace, started, &decision.fired, &response);
+    journal(&st, method, uri, trace, started, decision.fired, &response);
     response
 }
 
-fn journal(st: &AppState, method: &Method, uri: &Uri, mut trace: Trace, started: Instant, fired: &[&'static str], response: &Response) {
+fn journal(st: &AppState, method: &Method, uri: &Uri, mut trace: Trace, started: Instant, fired: Vec<&'static str>, response: &Response) {
     let s = &st.inner;
     let status = if response.extensions().get::<Abort>().is_some() { None } else { Some(response.status().as_u16()) };
     let duration_ms = started.elapsed().as_millis() as u64;
@@ -197,27 +245,22 @@ fn journal(st: &AppState, method: &Method, uri: &Uri, mut trace: Trace, started:
     );
     // A thumbnail only of an image answered whole.
     let image = trace.image.take().filter(|_| status == Some(200));
-    let seq = s.journal.push(JournalEntry {
-        seq: 0,
+    let seq = s.journal.push(Record {
         at: s.clock.now(),
-        // Static names for the common method and paths: no allocation per request.
-        method: match *method {
-            Method::POST => "POST".into(),
-            ref other => other.to_string().into(),
-        },
+        method: method.clone(),
+        // Static names for the common paths: no allocation per request.
         path: match uri.path() {
             "/v2/tradingview/advanced-chart" => "/v2/tradingview/advanced-chart".into(),
             "/v2/tradingview/advanced-chart/storage" => "/v2/tradingview/advanced-chart/storage".into(),
             other => other.to_string().into(),
         },
         account: trace.account,
-        key_status: trace.key_status.into(),
+        key_status: trace.key_status,
         status,
         duration_ms,
         error: trace.error,
-        faults: fired.iter().map(|f| f.to_string()).collect(),
-        symbol: trace.symbol,
-        interval: trace.interval,
+        faults: fired,
+        chart: trace.chart,
         cache_hit: trace.cache_hit,
         replayed: trace.replayed,
     });
@@ -240,6 +283,7 @@ fn gateway(st: &AppState, account: Option<&Account>) -> Result<(), ApiError> {
 #[allow(clippy::too_many_arguments)]
 async fn answer(
     st: &AppState,
+    knobs: &Knobs,
     route: Route,
     target: &Target,
     uri: &Uri,
@@ -277,7 +321,7 @@ async fn answer(
     if memo.is_none() && !value.is_object() {
         return Err(Rejection::bad_request().into());
     }
-    if let (Target::Advanced, Some(replay)) = (target, s.replay.read().unwrap().as_ref()) {
+    if let (Target::Advanced, Some(replay)) = (target, &knobs.replay) {
         match replay.lookup(uri.path(), body) {
             Lookup::Hit(r) => {
                 trace.replayed = Some(true);
@@ -315,18 +359,19 @@ async fn answer(
             // settings, so a memoized request has passed them (the memo is emptied when the settings change).
             catalogue_checks(st, &request)?;
             let key = request.cache_key();
-            let p = std::sync::Arc::new(Prepared { request, key });
+            let label = Arc::new(ChartLabel { symbol: request.symbol.clone(), interval: request.interval.clone() });
+            let p = Arc::new(Prepared { request, key, label });
             if layout.is_none() {
-                s.prepared.lock().unwrap().put(memo_key, p.clone());
+                // A copy of the body: the one read shares the connection's read buffer, which the memo must not pin.
+                let (body, plan) = memo_key;
+                s.prepared.lock().unwrap().put((Bytes::copy_from_slice(&body), plan), p.clone());
             }
             p
         }
     };
     let req = &prepared.request;
-    trace.symbol = Some(req.symbol.clone());
-    trace.interval = Some(req.interval.clone());
+    trace.chart = Some(prepared.label.clone());
 
-    let seed = s.settings.read().unwrap().seed;
     if let Some(l) = &layout {
         let sent = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
         if let (Some(id), Some(sign)) = (&l.session_id, &l.session_sign) {
@@ -338,13 +383,14 @@ async fn answer(
             return Err(ApiError::Rejected(Rejection::message(409, chart_img_spec::messages::SESSION_DISCONNECTED)));
         }
     }
-    realistic_wait(st, req).await?;
+    realistic_wait(st, knobs, req).await?;
 
-    let bytes = image(st, req, &prepared.key, seed, trace).await?;
+    let bytes = image(st, req, &prepared.key, knobs.seed, trace).await?;
     trace.image = Some((req.content_type(), bytes.clone()));
     match route {
         Route::AdvancedChart => {
-            let mut r = (StatusCode::OK, bytes).into_response();
+            // Built directly: `Bytes::into_response` would insert a content type only to have it replaced.
+            let mut r = Response::new(Body::from(bytes));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(req.content_type()));
             Ok(r)
         }
@@ -372,12 +418,9 @@ fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<(), ApiError> {
 
 /// Under `latency: realistic`, waits as long as the real service would (scaled by `time_scale`); past the gateway
 /// timeout, waits the timeout and answers 504.
-async fn realistic_wait(st: &AppState, req: &ChartRequest) -> Result<(), ApiError> {
+async fn realistic_wait(st: &AppState, knobs: &Knobs, req: &ChartRequest) -> Result<(), ApiError> {
     let s = &st.inner;
-    let (profile, scale, timeout_ms) = {
-        let settings = s.settings.read().unwrap();
-        (settings.latency, settings.time_scale, settings.gateway_timeout_ms)
-    };
+    let (profile, scale, timeout_ms) = (knobs.latency, knobs.time_scale, knobs.gateway_timeout_ms);
     if profile != crate::config::LatencyProfile::Realistic {
         return Ok(());
     }
@@ -399,7 +442,6 @@ async fn realistic_wait(st: &AppState, req: &ChartRequest) -> Result<(), ApiErro
 async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &mut Trace) -> Result<Bytes, ApiError> {
     let s = &st.inner;
     if let Some(b) = s.cache.lock().unwrap().get(key).cloned() {
-        s.cache_hits.fetch_add(1, Ordering::Relaxed);
         trace.cache_hit = Some(true);
         return Ok(b);
     }
@@ -488,8 +530,8 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
     // The v3 routes always take `?key=` (documented).
     let key = api_key(&headers, &uri, true);
     let account = key.as_deref().and_then(|k| s.accounts.get(k));
-    trace.key_status = key_status(key.as_ref(), account.as_ref());
-    trace.account = account.as_ref().map(|a| a.id().to_string());
+    trace.key_status = key_status(key.as_deref(), account.as_ref());
+    trace.account = account.as_ref().map(|a| a.name.clone());
     let result = gateway(&st, account.as_deref()).and_then(|()| {
         let settings = s.settings.read().unwrap();
         let catalogue = &settings.catalogue;
@@ -527,7 +569,7 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
             e.into_response()
         }
     };
-    journal(&st, &method, &uri, trace, started, &[], &response);
+    journal(&st, &method, &uri, trace, started, Vec::new(), &response);
     response
 }
 
@@ -538,18 +580,22 @@ pub(crate) async fn not_found() -> Response {
 
 /// `x-amzn-RequestId` on every answer, as API Gateway sends it (inferred); and a JSON body on every error, also the
 /// few the framework answers itself (a body over its size limit, say), so no error of this server is ever plain text.
-pub(crate) async fn gateway_headers(mut response: Response) -> Response {
+pub(crate) fn gateway_headers(mut response: Response) -> Response {
     let status = response.status();
-    let json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if status.as_u16() >= 400 && !json && response.extensions().get::<Abort>().is_none() {
-        response = ApiError::Status { status: status.as_u16(), message: None }.into_response();
+    if status.as_u16() >= 400 {
+        let json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json && response.extensions().get::<Abort>().is_none() {
+            response = ApiError::Status { status: status.as_u16(), message: None }.into_response();
+        }
     }
-    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        response.headers_mut().insert("x-amzn-requestid", v);
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert(X_AMZN_REQUESTID, v);
     }
     response
 }

@@ -2,8 +2,14 @@
 //!
 //! **Invariant:** an entry names the account, never the API key, so the journal can be shown and logged freely.
 //! **Invariant:** at most `capacity` entries are kept; the oldest goes first, so memory stays flat under any load.
+//!
+//! The ring keeps a [`Record`] per request, built on the request path without formatting or allocating (the
+//! account id and the chart's symbol and interval are shared `Arc`s, the common method and paths static); it is
+//! turned into the public [`JournalEntry`] only when the admin API reads the journal.
 
-use std::{borrow::Cow, collections::VecDeque, sync::Mutex};
+use std::{borrow::Cow, collections::VecDeque, sync::Arc, sync::Mutex};
+
+use axum::http::Method;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,7 +23,7 @@ pub struct JournalEntry {
     /// When the answer was decided.
     #[schema(value_type = String, format = DateTime)]
     pub at: DateTime<Utc>,
-    /// `POST`, … (a `Cow` so the common values cost no allocation per request).
+    /// `POST`, … (a `Cow`: the common values are static).
     #[schema(value_type = String)]
     pub method: Cow<'static, str>,
     /// The request path.
@@ -81,8 +87,57 @@ pub struct Traffic {
     pub max_ms: u64,
 }
 
+/// The symbol and interval of a normalized request, shared by the journal records of all its repeats.
+#[derive(Debug)]
+pub(crate) struct ChartLabel {
+    pub symbol: String,
+    pub interval: String,
+}
+
+/// One request as the ring keeps it (see the module doc); [`JournalEntry`] is its public form.
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub at: DateTime<Utc>,
+    pub method: Method,
+    pub path: Cow<'static, str>,
+    pub account: Option<Arc<str>>,
+    pub key_status: &'static str,
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub faults: Vec<&'static str>,
+    pub chart: Option<Arc<ChartLabel>>,
+    pub cache_hit: Option<bool>,
+    pub replayed: Option<bool>,
+}
+
+impl Record {
+    fn entry(&self, seq: u64) -> JournalEntry {
+        JournalEntry {
+            seq,
+            at: self.at,
+            method: match self.method {
+                Method::POST => "POST".into(),
+                Method::GET => "GET".into(),
+                ref other => other.to_string().into(),
+            },
+            path: self.path.clone(),
+            account: self.account.as_deref().map(str::to_owned),
+            key_status: self.key_status.into(),
+            status: self.status,
+            duration_ms: self.duration_ms,
+            error: self.error.clone(),
+            faults: self.faults.iter().map(|f| f.to_string()).collect(),
+            symbol: self.chart.as_ref().map(|c| c.symbol.clone()),
+            interval: self.chart.as_ref().map(|c| c.interval.clone()),
+            cache_hit: self.cache_hit,
+            replayed: self.replayed,
+        }
+    }
+}
+
 impl Traffic {
-    fn count(&mut self, e: &JournalEntry) {
+    fn count(&mut self, e: &Record) {
         self.requests += 1;
         match e.status {
             None => self.dropped += 1,
@@ -99,9 +154,13 @@ impl Traffic {
 
 struct Ring {
     seq: u64,
-    entries: VecDeque<JournalEntry>,
+    /// `(seq, record)`, oldest first; allocated for the whole capacity (up to 4096) at start.
+    entries: VecDeque<(u64, Record)>,
     /// Counted since the last [`Journal::take_traffic`]; kept under the same lock, so counting costs no extra one.
     traffic: Traffic,
+    /// Images served from the render cache since start (the health answer's `cache_hits`), counted here for the
+    /// same reason.
+    cache_hits: u64,
 }
 
 pub(crate) struct Journal {
@@ -112,22 +171,24 @@ pub(crate) struct Journal {
 impl Journal {
     pub fn new(capacity: usize) -> Self {
         let entries = VecDeque::with_capacity(capacity.min(4096));
-        Journal { capacity, inner: Mutex::new(Ring { seq: 0, entries, traffic: Traffic::default() }) }
+        Journal { capacity, inner: Mutex::new(Ring { seq: 0, entries, traffic: Traffic::default(), cache_hits: 0 }) }
     }
 
-    /// Appends `entry` and answers the sequence number it got.
-    pub fn push(&self, mut entry: JournalEntry) -> u64 {
+    /// Appends `record` and answers the sequence number it got.
+    pub fn push(&self, record: Record) -> u64 {
         let mut g = self.inner.lock().unwrap();
         g.seq += 1;
-        entry.seq = g.seq;
-        g.traffic.count(&entry);
-        if g.entries.len() >= self.capacity {
-            g.entries.pop_front();
-        }
+        let seq = g.seq;
+        g.traffic.count(&record);
+        g.cache_hits += u64::from(record.cache_hit == Some(true));
+        // The record dropped here (the oldest) holds nothing costly to free: `Arc`s and, rarely, a string.
+        let oldest = if g.entries.len() >= self.capacity { g.entries.pop_front() } else { None };
         if self.capacity > 0 {
-            g.entries.push_back(entry);
+            g.entries.push_back((seq, record));
         }
-        g.seq
+        drop(g);
+        drop(oldest);
+        seq
     }
 
     /// The traffic since the previous call.
@@ -140,11 +201,16 @@ impl Journal {
         g.entries
             .iter()
             .rev()
-            .filter(|e| q.account.as_ref().is_none_or(|a| e.account.as_ref() == Some(a)))
-            .filter(|e| q.status.is_none_or(|s| e.status == Some(s)))
+            .filter(|(_, e)| q.account.as_deref().is_none_or(|a| e.account.as_deref() == Some(a)))
+            .filter(|(_, e)| q.status.is_none_or(|s| e.status == Some(s)))
             .take(q.limit.unwrap_or(usize::MAX))
-            .cloned()
+            .map(|(seq, e)| e.entry(*seq))
             .collect()
+    }
+
+    /// Images served from the render cache since start.
+    pub fn cache_hits(&self) -> u64 {
+        self.inner.lock().unwrap().cache_hits
     }
 
     pub fn len(&self) -> usize {

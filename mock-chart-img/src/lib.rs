@@ -109,7 +109,8 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
     router
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::not_found)
-        .layer(axum::middleware::map_response(api::gateway_headers))
+        // `tower`'s map, not `axum::middleware::map_response`: no boxed future and no service clone per request.
+        .layer(tower::util::MapResponseLayer::new(api::gateway_headers))
         .with_state(state)
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct Settings {
     pub latency: LatencyProfile,
     pub time_scale: f64,
     pub gateway_timeout_ms: u64,
+    /// Recorded interactions to answer from, when configured.
+    pub replay: Option<Arc<Replay>>,
 }
 
 impl Settings {
@@ -77,14 +79,19 @@ impl Settings {
             latency: config.latency,
             time_scale: config.time_scale,
             gateway_timeout_ms: config.gateway_timeout_ms,
+            replay: match &config.replay {
+                Some(r) => Some(Arc::new(Replay::load(r)?)),
+                None => None,
+            },
         })
     }
 }
 
-/// A validated request and its cache key.
+/// A validated request, its cache key and what the journal shows of it.
 pub(crate) struct Prepared {
     pub request: crate::request::ChartRequest,
     pub key: String,
+    pub label: Arc<crate::journal::ChartLabel>,
 }
 
 pub(crate) struct Shared {
@@ -113,13 +120,10 @@ pub(crate) struct Shared {
     pub settings: RwLock<Settings>,
     /// Clock of the daily quota (a manual one in tests).
     pub clock: Arc<dyn Clock>,
-    /// Recorded interactions to answer from, when configured.
-    pub replay: RwLock<Option<Replay>>,
     /// For `uptime_s` in the health answer.
     pub started: Instant,
-    /// Counters for the health answer: how well the cache works.
+    /// For the health answer: how well the cache works (its hits are counted by the journal, under its lock).
     pub renders: AtomicU64,
-    pub cache_hits: AtomicU64,
 }
 
 fn cap(n: usize) -> NonZeroUsize {
@@ -131,10 +135,6 @@ impl AppState {
     /// [`Config::from_file`]; configs built in code are checked here).
     pub fn new(config: &Config) -> anyhow::Result<AppState> {
         config.validate().map_err(|(_, m)| anyhow::anyhow!("invalid config: {m}"))?;
-        let replay = match &config.replay {
-            Some(r) => Some(Replay::load(r)?),
-            None => None,
-        };
         Ok(AppState {
             inner: Arc::new(Shared {
                 accounts: Accounts::new(&config.keys),
@@ -148,10 +148,8 @@ impl AppState {
                 latency_dice: Mutex::new(StdRng::seed_from_u64(config.seed ^ 0x006c_6174_656e_6379)),
                 settings: RwLock::new(Settings::from_config(config)?),
                 clock: config.clock.clone(),
-                replay: RwLock::new(replay),
                 started: Instant::now(),
                 renders: AtomicU64::new(0),
-                cache_hits: AtomicU64::new(0),
             }),
         })
     }
@@ -161,10 +159,6 @@ impl AppState {
     /// fixed at start.
     pub fn apply_config(&self, config: &Config) -> anyhow::Result<()> {
         config.validate().map_err(|(_, m)| anyhow::anyhow!("invalid config: {m}"))?;
-        let replay = match &config.replay {
-            Some(r) => Some(Replay::load(r)?),
-            None => None,
-        };
         let next = Settings::from_config(config)?;
         let s = &self.inner;
         s.accounts.replace_all(&config.keys);
@@ -178,7 +172,6 @@ impl AppState {
         // the old ones.
         s.prepared.lock().unwrap().clear();
         *settings = next;
-        *s.replay.write().unwrap() = replay;
         *s.loaded.write().unwrap() = crate::admin::ConfigView::of(config);
         Ok(())
     }

@@ -114,7 +114,7 @@ impl Slots {
 
 #[derive(Debug, Default)]
 struct PacerState {
-    /// Windows with slots still to come, oldest first (at most the current one and the next).
+    /// Windows whose time is not over, oldest first (at most the current one and the next).
     windows: VecDeque<Slots>,
     /// Callers that found no free slot and wait for a window.
     waiting: usize,
@@ -123,8 +123,11 @@ struct PacerState {
 }
 
 impl PacerState {
+    /// Forgets the windows whose time is over. A window whose slots are all taken still counts until it ends: it
+    /// is still this instance's turn on the key, and counting it keeps an instance with many calls waiting from
+    /// reserving the key's future window after window while another instance waits.
     fn prune(&mut self, now: Instant, period: Duration) {
-        self.windows.retain(|w| w.first_free(now, period) < w.count);
+        self.windows.retain(|w| w.end(period) > now);
     }
 
     /// Takes the earliest free slot of the held windows; answers its time.
@@ -255,6 +258,16 @@ impl WindowPacer {
             let ahead = (w.start - now).to_std().unwrap_or(Duration::ZERO);
             let length = (w.end - w.start).to_std().unwrap_or(Duration::ZERO);
             let count = (length.as_nanos() / self.period.as_nanos().max(1)).min(u32::MAX as u128) as u32;
+            tracing::debug!(
+                event = "rate_window_reserved",
+                account = %self.account,
+                start = %w.start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                end = %w.end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                aheadMs = ahead.as_millis() as u64,
+                slots = count,
+                asked = want,
+                "reserved a window of the key's rate"
+            );
             {
                 let mut st = self.lock();
                 st.windows.push_back(Slots { start: base + ahead, count, next: 0 });
@@ -393,6 +406,26 @@ mod tests {
         assert!(ta[0] < 3000 && tb[0] < 3000, "both instances got the key early: {ta:?} {tb:?}");
         // Without the shared windows each process would send its burst of 3 at once: the key's GCRA refuses that.
         assert!(gcra_allows(&[0, 0, 0, 0, 0, 0], 1.0, 3).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_with_many_calls_waiting_holds_two_windows_not_the_key_s_future() {
+        let s = store();
+        let (a, b) = (pacer(s.clone(), "a", 1.0, 0), pacer(s.clone(), "b", 1.0, 0));
+        let t0 = Instant::now();
+        let ha = callers(&a, 8, t0);
+        // b's calls come a moment after a's: a already holds its current window and the next, and must not have
+        // reserved windows for all 8 of its calls (8 s of the key) ahead of b.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let hb = callers(&b, 8, t0);
+        let (ta, tb) = (times(ha).await, times(hb).await);
+        // a: [0, 1 s) and [1.05, 3.05) are its; b's first window follows them.
+        assert!(tb[0] <= 3_200, "b waited for a's later windows: a {ta:?}, b {tb:?}");
+        // And they take turns from there: a does not finish before b has made half its calls.
+        assert!(tb[3] < ta[7], "a kept the key: a {ta:?}, b {tb:?}");
+        let mut all: Vec<u64> = ta.iter().chain(&tb).copied().collect();
+        all.sort();
+        gcra_allows(&all, 1.0, 3).unwrap();
     }
 
     #[tokio::test(start_paused = true)]

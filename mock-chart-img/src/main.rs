@@ -107,7 +107,7 @@ async fn run_main() -> anyhow::Result<()> {
             tasks.push(tokio::spawn(serve(admin, admin_router(state.clone()), stopped(stop_rx.clone()))));
         }
     }
-    shutdown_signal().await;
+    cloud_run_kit::shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     for t in tasks {
@@ -121,20 +121,3 @@ async fn run_main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}

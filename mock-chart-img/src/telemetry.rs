@@ -1,7 +1,7 @@
 //! Logs that cost the request path nothing it can notice.
 //!
-//! - Lines are Cloud Logging JSON (`severity`, `time`, `message`, `target`, then the event's fields), the shape the
-//!   worker writes, so one log query reads both.
+//! - Lines are Cloud Logging JSON (`severity`, `time`, `message`, the event's fields, `target`), written by the
+//!   worker's own layer (`cloud_run_kit`), so one log query reads both.
 //! - They go through a non-blocking writer (`tracing-appender`): a request never waits on stderr. If the writer's
 //!   queue is full (128 000 lines behind) lines are dropped rather than slowing the server; the queue is flushed on
 //!   exit.
@@ -9,82 +9,11 @@
 //!   summary line every `--log-summary-secs` (10 s) says how many requests were answered with what, and nothing is
 //!   written while the server is idle.
 
-use std::{io::Write, time::Duration};
+use std::time::Duration;
 
-use serde_json::{Map, Value};
-use tracing::{
-    field::{Field, Visit},
-    Event, Level, Subscriber,
-};
-use tracing_subscriber::{fmt::MakeWriter, layer::Context, registry::LookupSpan, Layer};
+pub use cloud_run_kit::CloudLoggingLayer;
 
 use crate::{journal::Traffic, state::AppState};
-
-struct JsonVisitor<'a>(&'a mut Map<String, Value>);
-
-impl Visit for JsonVisitor<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), Value::String(format!("{value:?}")));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), Value::String(value.to_owned()));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-}
-
-fn severity(level: &Level) -> &'static str {
-    match *level {
-        Level::ERROR => "ERROR",
-        Level::WARN => "WARNING",
-        Level::INFO => "INFO",
-        Level::DEBUG | Level::TRACE => "DEBUG",
-    }
-}
-
-/// A `tracing` layer writing one Cloud Logging JSON object a line to `W`.
-#[derive(Debug)]
-pub struct CloudLoggingLayer<W> {
-    make_writer: W,
-}
-
-impl<W> CloudLoggingLayer<W> {
-    /// Writes to `make_writer` (stderr, a non-blocking writer, a test buffer).
-    pub fn new(make_writer: W) -> Self {
-        CloudLoggingLayer { make_writer }
-    }
-}
-
-impl<S, W> Layer<S> for CloudLoggingLayer<W>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    W: for<'w> MakeWriter<'w> + 'static,
-{
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let meta = event.metadata();
-        let mut fields = Map::new();
-        event.record(&mut JsonVisitor(&mut fields));
-        let mut line = Map::new();
-        line.insert("severity".into(), severity(meta.level()).into());
-        line.insert("time".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into());
-        line.insert("message".into(), fields.remove("message").unwrap_or(Value::String(String::new())));
-        line.extend(fields);
-        line.insert("target".into(), meta.target().into());
-        let mut bytes = serde_json::to_vec(&Value::Object(line)).unwrap_or_default();
-        bytes.push(b'\n');
-        let _ = self.make_writer.make_writer().write_all(&bytes);
-    }
-}
 
 /// Keeps the background log writer alive; dropping it flushes what is queued. Hold it until `main` returns.
 #[derive(Debug)]

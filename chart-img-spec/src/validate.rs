@@ -5,6 +5,7 @@
 //! fraction (`800`, `800.0`: JavaScript cannot tell them apart) and a string of digits (`"800"`) pass `isInt`, and
 //! `800.5` or `"800.0"` do not; `isFloat` takes numbers and numeric strings.
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::{
@@ -33,7 +34,8 @@ pub struct Options {
 }
 
 /// A study as validated.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ChartStudy {
     /// A supported name.
     pub name: String,
@@ -44,6 +46,7 @@ pub struct ChartStudy {
     /// `input` as sent (an object; unknown keys kept, they are ignored by the API).
     pub input: Value,
     /// `override` as sent (an object).
+    #[serde(rename = "override")]
     pub override_: Value,
 }
 
@@ -55,20 +58,25 @@ impl ChartStudy {
 }
 
 /// A drawing as validated.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ChartDrawing {
     /// A supported name.
     pub name: String,
     /// `input`, with every required key present.
     pub input: Value,
     /// `override` (an object).
+    #[serde(rename = "override")]
     pub override_: Value,
     /// `top` or `bottom`.
     pub z_order: String,
 }
 
-/// A body the API accepts, with every default filled in.
-#[derive(Debug, Clone, PartialEq)]
+/// A body the API accepts, with every default filled in. It serializes (camelCase, as the API spells the fields)
+/// to the same text for the same chart once [`ValidatedChart::canonical`] has key-sorted its free-form objects:
+/// the mock's cache key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct ValidatedChart {
     pub symbol: String,
@@ -85,6 +93,7 @@ pub struct ValidatedChart {
     pub range: Value,
     pub studies: Vec<ChartStudy>,
     pub drawings: Vec<ChartDrawing>,
+    #[serde(rename = "override")]
     pub override_: Value,
     pub shift_left: Option<u32>,
     pub shift_right: Option<u32>,
@@ -96,10 +105,66 @@ pub struct ValidatedChart {
     pub chart_img_watermark: bool,
 }
 
+/// The text of the watermark the plans that stamp one (BASIC) put on every image.
+pub const CHART_IMG_WATERMARK: &str = "CHART-IMG";
+
 impl ValidatedChart {
     /// `studies + drawings`, what the plan's parameter limit counts.
     pub fn params(&self) -> usize {
         self.studies.len() + self.drawings.len()
+    }
+
+    /// The watermark text drawn on the image: the custom one where the plan honours it, else `CHART-IMG` on plans
+    /// that stamp it, else none.
+    pub fn drawn_watermark(&self) -> Option<&str> {
+        self.watermark.as_deref().or(self.chart_img_watermark.then_some(CHART_IMG_WATERMARK))
+    }
+
+    /// `image/png` or `image/jpeg`.
+    pub fn content_type(&self) -> &'static str {
+        if self.format == "jpeg" {
+            "image/jpeg"
+        } else {
+            "image/png"
+        }
+    }
+
+    /// The same chart with the keys of its free-form objects (`range`, `input`, `override`) sorted, so two bodies
+    /// that mean the same serialize the same.
+    pub fn canonical(mut self) -> Self {
+        self.range = canonical_json(&self.range);
+        self.override_ = canonical_json(&self.override_);
+        for s in &mut self.studies {
+            s.input = canonical_json(&s.input);
+            s.override_ = canonical_json(&s.override_);
+        }
+        for d in &mut self.drawings {
+            d.input = canonical_json(&d.input);
+            d.override_ = canonical_json(&d.override_);
+        }
+        self
+    }
+
+    /// The canonical JSON text of this chart (call on a [`ValidatedChart::canonical`] one): equal for equal charts.
+    pub fn cache_key(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// `v` with object keys sorted recursively.
+pub fn canonical_json(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<_> = m.keys().collect();
+            keys.sort();
+            let mut out = Map::new();
+            for k in keys {
+                out.insert(k.clone(), canonical_json(&m[k]));
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical_json).collect()),
+        other => other.clone(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use mock_chart_img::{render, request, Placement, RenderRequest};
+use mock_chart_img::{render, request, RenderRequest};
 use serde_json::json;
 
 fn main() {
@@ -23,11 +23,8 @@ fn main() {
     println!("{:<44} {:>10} {:>10} {:>10} {:>9}", "case", "min", "median", "p99", "bytes");
     for (name, body) in cases {
         let chart = request::validate(body.as_object().unwrap()).unwrap();
-        // The spec's placement of the studies used here.
-        let req = RenderRequest::new(chart, |name| match name {
-            "Bollinger Bands" | "Moving Average Exponential" => Placement::Overlay,
-            _ => Placement::Pane,
-        });
+        // Each study's placement comes from the spec, set by the validation.
+        let req = RenderRequest::new(chart);
         let mut times = Vec::with_capacity(iterations);
         let mut size = 0;
         for i in 0..iterations {

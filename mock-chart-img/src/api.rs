@@ -354,7 +354,7 @@ async fn answer(
                     chart_img_spec::validate_layout_chart(&v, &limits, &options)?
                 }
             };
-            let request = ChartRequest::from(validated);
+            let request = validated.canonical();
             // The mock's own semantic checks (catalogue, unsupported intervals) depend only on the request and the
             // settings, so a memoized request has passed them (the memo is emptied when the settings change).
             catalogue_checks(st, &request)?;

@@ -653,7 +653,7 @@ fn draw(req: &RenderRequest, seed: u64) -> Result<Pixmap, RenderError> {
     // Time axis line, title, watermark.
     fill(&mut pm, left, top + plot_h, plot_w, 1.0, t.grid);
     text(&mut pm, left as i32, 7, &format!("{}, {}", chart.symbol, chart.interval), 2, t.text);
-    if let Some(wm) = &chart.watermark {
+    if let Some(wm) = chart.drawn_watermark() {
         let scale = 3;
         let tw = wm.chars().count() as i32 * 8 * scale;
         let c = color_bytes(t.grid);

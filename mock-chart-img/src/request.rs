@@ -1,152 +1,16 @@
-//! The normalized chart request the renderer draws and the cache keys on, built from the spec's
-//! [`ValidatedChart`](chart_img_spec::ValidatedChart). Validation itself is `chart_img_spec::validate_advanced_chart`
-//! (the one the worker runs too); this module only shapes its result for rendering.
-//!
-//! Free-form objects (`input`, `override`) are key-sorted, so two requests that mean the same thing serialize to
-//! the same cache key.
+//! The normalized chart request the renderer draws and the cache keys on: the spec's
+//! [`ValidatedChart`](chart_img_spec::ValidatedChart) with its free-form objects (`input`, `override`, `range`)
+//! key-sorted, so two requests that mean the same thing serialize to the same cache key. Validation itself is
+//! `chart_img_spec::validate_advanced_chart` (the one the worker runs too).
 
-use chart_img_spec::{Placement, PlanLimits, Rejection, ValidatedChart};
-use serde::Serialize;
+use chart_img_spec::{PlanLimits, Rejection};
 use serde_json::{Map, Value};
 
-/// The text of the watermark BASIC images always carry.
-pub const CHART_IMG_WATERMARK: &str = "CHART-IMG";
-
-/// A study as normalized.
-#[derive(Debug, Clone, Serialize)]
-pub struct Study {
-    /// Display name (`Relative Strength Index`).
-    pub name: String,
-    /// Its natural placement, from the spec's study list.
-    pub placement: Placement,
-    /// Drawn on the price pane instead of a pane of its own.
-    #[serde(rename = "forceOverlay")]
-    pub force_overlay: bool,
-    /// Key-sorted `input`.
-    pub input: Value,
-    /// Key-sorted `override`.
-    #[serde(rename = "override")]
-    pub override_: Value,
-}
-
-impl Study {
-    /// On the price pane: an overlay study, or any study with `forceOverlay`.
-    pub fn on_price_pane(&self) -> bool {
-        self.force_overlay || self.placement == Placement::Overlay
-    }
-}
-
-/// A drawing as normalized.
-#[derive(Debug, Clone, Serialize)]
-pub struct Drawing {
-    /// Display name (`Horizontal Line`).
-    pub name: String,
-    /// Key-sorted `input`.
-    pub input: Value,
-    /// Key-sorted `override`.
-    #[serde(rename = "override")]
-    pub override_: Value,
-    /// `top` or `bottom`.
-    #[serde(rename = "zOrder")]
-    pub z_order: String,
-}
-
-/// A valid request with every default filled in.
-#[derive(Debug, Clone, Serialize)]
-#[allow(missing_docs)]
-pub struct ChartRequest {
-    pub symbol: String,
-    pub interval: String,
-    pub width: u32,
-    pub height: u32,
-    pub style: String,
-    pub theme: String,
-    pub scale: String,
-    pub session: String,
-    pub timezone: String,
-    pub format: String,
-    pub range: Value,
-    pub studies: Vec<Study>,
-    pub drawings: Vec<Drawing>,
-    #[serde(rename = "override")]
-    pub override_: Value,
-    #[serde(rename = "shiftLeft")]
-    pub shift_left: Option<u32>,
-    #[serde(rename = "shiftRight")]
-    pub shift_right: Option<u32>,
-    /// The watermark text drawn: the custom one where the plan honours it, `CHART-IMG` on plans that stamp it.
-    pub watermark: Option<String>,
-    #[serde(rename = "watermarkSize")]
-    pub watermark_size: u32,
-    #[serde(rename = "watermarkOpacity")]
-    pub watermark_opacity: f64,
-}
-
-impl ChartRequest {
-    /// The cache key: the canonical JSON of the normalized request.
-    pub fn cache_key(&self) -> String {
-        serde_json::to_string(self).expect("a normalized request always serializes")
-    }
-
-    /// `studies.len() + drawings.len()`, what the plan's parameter limit counts.
-    pub fn params(&self) -> usize {
-        self.studies.len() + self.drawings.len()
-    }
-
-    /// `image/png` or `image/jpeg`.
-    pub fn content_type(&self) -> &'static str {
-        if self.format == "jpeg" {
-            "image/jpeg"
-        } else {
-            "image/png"
-        }
-    }
-}
-
-impl From<ValidatedChart> for ChartRequest {
-    fn from(v: ValidatedChart) -> ChartRequest {
-        let watermark = match (v.watermark, v.chart_img_watermark) {
-            (Some(custom), _) => Some(custom),
-            (None, true) => Some(CHART_IMG_WATERMARK.to_owned()),
-            (None, false) => None,
-        };
-        ChartRequest {
-            symbol: v.symbol,
-            interval: v.interval,
-            width: v.width,
-            height: v.height,
-            style: v.style,
-            theme: v.theme,
-            scale: v.scale,
-            session: v.session,
-            timezone: v.timezone,
-            format: v.format,
-            range: canonical(&v.range),
-            studies: v
-                .studies
-                .into_iter()
-                .map(|s| Study {
-                    name: s.name,
-                    placement: s.placement,
-                    force_overlay: s.force_overlay,
-                    input: canonical(&s.input),
-                    override_: canonical(&s.override_),
-                })
-                .collect(),
-            drawings: v
-                .drawings
-                .into_iter()
-                .map(|d| Drawing { name: d.name, input: canonical(&d.input), override_: canonical(&d.override_), z_order: d.z_order })
-                .collect(),
-            override_: canonical(&v.override_),
-            shift_left: v.shift_left,
-            shift_right: v.shift_right,
-            watermark,
-            watermark_size: v.watermark_size,
-            watermark_opacity: v.watermark_opacity,
-        }
-    }
-}
+/// The normalized request: the spec's validated chart, key-sorted ([`ChartRequest::canonical`]).
+pub use chart_img_spec::{
+    canonical_json as canonical, ChartDrawing as Drawing, ChartStudy as Study, ValidatedChart as ChartRequest,
+    CHART_IMG_WATERMARK,
+};
 
 /// Validates a body with the spec for a key without plan limits in the way (the ENTERPRISE limits) and
 /// normalizes it: for benchmarks and tools that render without a server.
@@ -157,24 +21,7 @@ impl From<ValidatedChart> for ChartRequest {
 /// ```
 pub fn validate(body: &Map<String, Value>) -> Result<ChartRequest, Rejection> {
     let limits: PlanLimits = chart_img_spec::Plan::Enterprise.limits();
-    chart_img_spec::validate_advanced_chart(&Value::Object(body.clone()), &limits).map(ChartRequest::from)
-}
-
-/// Sorts object keys recursively so key order never changes a cache key.
-pub fn canonical(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<_> = m.keys().collect();
-            keys.sort();
-            let mut out = Map::new();
-            for k in keys {
-                out.insert(k.clone(), canonical(&m[k]));
-            }
-            Value::Object(out)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
-        other => other.clone(),
-    }
+    chart_img_spec::validate_advanced_chart(&Value::Object(body.clone()), &limits).map(ChartRequest::canonical)
 }
 
 #[cfg(test)]

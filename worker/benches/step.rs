@@ -156,16 +156,26 @@ async fn realistic(bench: &Bench, accounts: &[AccountConfig], plan: Plan, rounds
         server.shutdown().await.expect("the mock stops");
 
         let calls: Vec<_> = journal.iter().filter(|e| e.path == CHART_PATH).collect();
+        let start = |e: &mock_chart_img::JournalEntry| e.at - chrono::Duration::milliseconds(e.duration_ms as i64);
+        let first = calls.iter().map(|e| start(e)).min();
         let mut answered: Vec<_> = calls.iter().filter(|e| e.status == Some(200)).collect();
-        let not_ok: Vec<String> =
-            calls.iter().filter(|e| e.status != Some(200)).map(|e| format!("{:?} {:?}", e.status, e.error)).collect();
+        // Each failure with when it reached the mock, counted from the first call, and how many calls came before it.
+        let not_ok: Vec<String> = calls
+            .iter()
+            .filter(|e| e.status != Some(200))
+            .map(|e| {
+                let before = calls.iter().filter(|c| start(c) < start(e)).count();
+                let at = first.map_or(0, |f| (start(e) - f).num_milliseconds());
+                format!("{} {} at +{at} ms after {before} calls", e.status.map_or("dropped".into(), |s| s.to_string()), e.error.as_deref().unwrap_or(""))
+            })
+            .collect();
         assert_eq!(answered.len() as u64, bench.charts, "one answered call per chart");
         // Every chart needs one answered call at least as long as the one the mock measured; failed attempts only
         // add to the real optimum, so leaving them out keeps the bound a lower bound.
         let drawn: Vec<Duration> = answered.iter().map(|e| Duration::from_millis(e.duration_ms)).collect();
         let bound = ideal_bound_for(&drawn, accounts).expect("the daily limit allows every chart");
         // The same schedule for the order the calls went out in (start = answer time − duration).
-        answered.sort_by_key(|e| e.at - chrono::Duration::milliseconds(e.duration_ms as i64));
+        answered.sort_by_key(|e| start(e));
         // (The k-th earliest start is the bound of k calls that take no time.)
         let in_order = (0..answered.len() as u64)
             .map(|k| ideal_bound(k + 1, Duration::ZERO, accounts).expect("allowed") + Duration::from_millis(answered[k as usize].duration_ms))

@@ -67,15 +67,32 @@ pub fn in_flight_for(plans: &[Plan], latency: Duration, max: usize) -> usize {
 }
 
 /// The earliest time `n` calls of `latency` each can all have finished on `accounts` together, when every key is held
-/// to its plan's rate and burst (a GCRA limiter per key, as Chart-IMG enforces) and to its daily limit: key `i`'s
-/// `k`-th call (0-based) can start at `max(0, k − burstᵢ + 1) / rateᵢ`, so the first `burstᵢ` start at once; the
-/// `n`-th earliest of those start times over all keys, plus `latency`. `None` when the accounts' daily limits
-/// together allow fewer than `n` calls. The bound of the step bench and of the fleet simulation: it knows nothing of
-/// the worker (no in-flight cap, no overhead), only the plans and the latency.
+/// to its plan's rate and burst (a GCRA limiter per key, as Chart-IMG enforces) and to its daily limit: the `n`-th
+/// earliest start time of [`earliest_starts`], plus `latency`. `None` when the accounts' daily limits together allow
+/// fewer than `n` calls. The bound of the step bench and of the fleet simulation: it knows nothing of the worker (no
+/// in-flight cap, no overhead), only the plans and the latency.
 pub fn ideal_bound(n: u64, latency: Duration, accounts: &[AccountConfig]) -> Option<Duration> {
-    if n == 0 {
-        return Some(Duration::ZERO);
-    }
+    let starts = earliest_starts(n, accounts)?;
+    Some(starts.last().map_or(Duration::ZERO, |s| Duration::from_secs_f64(*s) + latency))
+}
+
+/// [`ideal_bound`] for calls whose durations differ (e.g. those a realistic server drew for a run): the earliest time
+/// calls of `latencies` can all have finished under the same per-key schedule. Any schedule starts its `k`-th call
+/// no earlier than the `k`-th earliest start, and with the starts fixed, giving the longest call the earliest start
+/// is optimal (exchanging any other pairing does not lengthen it), so this is
+/// `maxₖ(startₖ + dₖ)` with the durations sorted longest first — a lower bound no scheduler can beat, even one that
+/// knew every duration in advance. With equal durations it is [`ideal_bound`].
+pub fn ideal_bound_for(latencies: &[Duration], accounts: &[AccountConfig]) -> Option<Duration> {
+    let starts = earliest_starts(latencies.len() as u64, accounts)?;
+    let mut longest_first = latencies.to_vec();
+    longest_first.sort_unstable_by(|a, b| b.cmp(a));
+    Some(starts.iter().zip(longest_first).map(|(s, d)| Duration::from_secs_f64(*s) + d).max().unwrap_or(Duration::ZERO))
+}
+
+/// The `n` earliest start times (seconds, ascending) that `accounts` allow together: key `i`'s `k`-th call (0-based)
+/// can start at `max(0, k − burstᵢ + 1) / rateᵢ`, so the first `burstᵢ` start at once, and at most its daily limit of
+/// them. `None` when the daily limits together allow fewer than `n`.
+fn earliest_starts(n: u64, accounts: &[AccountConfig]) -> Option<Vec<f64>> {
     let mut starts: Vec<f64> = Vec::new();
     for a in accounts {
         let l = a.plan.limits();
@@ -86,7 +103,8 @@ pub fn ideal_bound(n: u64, latency: Duration, accounts: &[AccountConfig]) -> Opt
         return None;
     }
     starts.sort_by(f64::total_cmp);
-    Some(Duration::from_secs_f64(starts[(n - 1) as usize]) + latency)
+    starts.truncate(n as usize);
+    Some(starts)
 }
 
 /// The latency of Chart-IMG calls as seen by this process: an EWMA of the durations of answered calls, starting at
@@ -478,6 +496,31 @@ mod tests {
         assert_eq!(ideal_bound(10, l, &small), ms(8000), "each key's 5th call starts at (5 − 3) / 1 s");
         assert_eq!(ideal_bound(11, l, &small), None);
         assert_eq!(ideal_bound(1, l, &[]), None);
+    }
+
+    #[test]
+    fn the_bound_for_drawn_latencies_gives_the_longest_calls_the_earliest_starts() {
+        let ms = Duration::from_millis;
+        let pro = configs(&[("PRO", 500)]);
+        // Equal durations: the same as `ideal_bound`.
+        assert_eq!(ideal_bound_for(&vec![ms(6000); 20], &pro), ideal_bound(20, ms(6000), &pro));
+        assert_eq!(ideal_bound_for(&vec![ms(6000); 40], &pro), Some(ms(8500)));
+        assert_eq!(ideal_bound_for(&[], &pro), Some(ms(0)));
+        // 16 calls on PRO: 15 start at 0, the 16th at 0.1 s. The 25 s call takes a burst start; the 16th start gets
+        // the shortest call (4 s): max(25 s, 0.1 + 4 s) = 25 s, whatever order the durations came in.
+        let mut drawn = vec![ms(5000); 14];
+        drawn.extend([ms(4000), ms(25_000)]);
+        assert_eq!(ideal_bound_for(&drawn, &pro), Some(ms(25_000)));
+        drawn.reverse();
+        assert_eq!(ideal_bound_for(&drawn, &pro), Some(ms(25_000)));
+        // The late starts bind when the short calls are not short enough: 40 calls, slots 0 (×15) then 0.1 … 2.5 s;
+        // 39 of 5 s and one of 7 s: the last start (2.5 s) gets a 5 s call.
+        let mut drawn = vec![ms(5000); 39];
+        drawn.push(ms(7000));
+        assert_eq!(ideal_bound_for(&drawn, &pro), Some(ms(7500)));
+        // (In the given order the 7 s call would take the last start: 9.5 s; the bound does not depend on order.)
+        // Daily limits still cap the calls.
+        assert_eq!(ideal_bound_for(&vec![ms(1); 11], &configs(&[("BASIC", 5), ("BASIC", 5)])), None);
     }
 
     #[test]

@@ -440,6 +440,20 @@ mod tests {
         AccountPool::new(parse_accounts("test", &format!("[{}]", accounts.join(","))).unwrap())
     }
 
+    /// A PRO key (10/s, burst 15) used only by this process lets 14 calls go at once and holds the 15th for a
+    /// period: the call of the burst kept back is the tolerance for calls arriving out of step.
+    #[tokio::test]
+    async fn a_local_key_keeps_one_call_of_its_burst_as_jitter_tolerance() {
+        let pool = pool_with_limits(&[500]);
+        let account = &pool.accounts()[0];
+        let t0 = std::time::Instant::now();
+        for _ in 0..14 {
+            account.until_ready().await.unwrap();
+        }
+        account.until_ready().await.unwrap();
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(90), "the 15th call of the burst went at once: {:?}", t0.elapsed());
+    }
+
     #[tokio::test]
     async fn steps_start_on_different_accounts_and_a_reservation_touches_only_the_accounts_it_takes_from() {
         let pool = pool_with_limits(&[500, 500, 500]);

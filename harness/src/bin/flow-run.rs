@@ -47,14 +47,6 @@ async fn main() {
     });
 }
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 async fn run(args: Args) -> Result<i32, (i32, anyhow::Error)> {
     let bad = |e: anyhow::Error| (2, e);
@@ -109,7 +101,7 @@ async fn run(args: Args) -> Result<i32, (i32, anyhow::Error)> {
         let Some(uri) = step["outputsManifestGcsUri"].as_str() else { continue };
         let media = |gs: &str| -> Option<String> {
             let (bucket, name) = gs.strip_prefix("gs://")?.split_once('/')?;
-            Some(format!("{storage}/storage/v1/b/{bucket}/o/{}?alt=media", enc(name)))
+            Some(format!("{storage}/storage/v1/b/{bucket}/o/{}?alt=media", worker_chart_export::adapters::gcs::encode_component(name)))
         };
         println!("  manifest: {uri}");
         let Some(url) = media(uri) else { continue };

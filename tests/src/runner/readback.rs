@@ -40,7 +40,7 @@ impl Backend {
                 for item in list["items"].as_array().cloned().unwrap_or_default() {
                     let name = item["name"].as_str().unwrap_or_default().to_owned();
                     let url = reqwest::Url::parse_with_params(
-                        &format!("http://{storage}/storage/v1/b/{bucket}/o/{}", urlencode(&name)),
+                        &format!("http://{storage}/storage/v1/b/{bucket}/o/{}", worker_chart_export::adapters::gcs::encode_component(&name)),
                         &[("alt", "media")],
                     )?;
                     let bytes = http.get(url).send().await?.bytes().await?.to_vec();
@@ -64,14 +64,6 @@ impl Backend {
     }
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -32,6 +32,12 @@ use crate::ports::{ArtifactError, ArtifactStore, StoredObject, WriteMode};
 /// Everything but RFC 3986 unreserved characters is escaped in a path segment or a query value.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
+/// `s` percent-encoded as one URL path component of the JSON API (a bucket, an object name with its slashes): what the
+/// harness and tests use too when they read objects back from fake-gcs-server.
+pub fn encode_component(s: &str) -> String {
+    utf8_percent_encode(s, COMPONENT).to_string()
+}
+
 pub const PRODUCTION_ENDPOINT: &str = "https://storage.googleapis.com";
 
 /// Cloud Storage through its JSON API. Cheap to clone.

@@ -79,7 +79,7 @@ pub async fn gcs(test: &str) -> Option<(GcsArtifacts, String)> {
 
 /// The object as fake-gcs stores it, read over plain HTTP (independent of the adapter): metadata and bytes.
 pub async fn raw_object(endpoint: &str, bucket: &str, path: &str) -> Option<(serde_json::Value, Vec<u8>)> {
-    let enc = percent_encode(path);
+    let enc = worker_chart_export::adapters::gcs::encode_component(path);
     let http = reqwest::Client::new();
     let meta = http.get(format!("{endpoint}/storage/v1/b/{bucket}/o/{enc}")).send().await.unwrap();
     if meta.status() == 404 {
@@ -109,11 +109,3 @@ pub async fn list_objects(endpoint: &str, bucket: &str, prefix: &str) -> Vec<Str
     names
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}

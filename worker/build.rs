@@ -3,7 +3,10 @@
 //! build machine or in the Docker build stage.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/google/events/cloud/firestore/v1/data.proto", "proto/google/type/latlng.proto"];
+    let protos = [
+        "proto/google/events/cloud/firestore/v1/data.proto",
+        "proto/google/type/latlng.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -12,7 +12,17 @@ pub const INTERVALS: &[&str] = &[
     "3M", "6M", "1Y",
 ];
 /// Chart styles.
-pub const STYLES: &[&str] = &["bar", "candle", "line", "area", "heikinAshi", "hollowCandle", "baseline", "hiLo", "column"];
+pub const STYLES: &[&str] = &[
+    "bar",
+    "candle",
+    "line",
+    "area",
+    "heikinAshi",
+    "hollowCandle",
+    "baseline",
+    "hiLo",
+    "column",
+];
 /// Themes (case-sensitive).
 pub const THEMES: &[&str] = &["light", "dark"];
 /// Price scales.
@@ -22,7 +32,9 @@ pub const SESSIONS: &[&str] = &["regular", "extended"];
 /// Image formats.
 pub const FORMATS: &[&str] = &["png", "jpeg"];
 /// Named ranges (a range may also be `{"from", "to"}`).
-pub const RANGES: &[&str] = &["1D", "5D", "1M", "3M", "6M", "1Y", "5Y", "ALL", "DTD", "WTD", "MTD", "YTD"];
+pub const RANGES: &[&str] = &[
+    "1D", "5D", "1M", "3M", "6M", "1Y", "5Y", "ALL", "DTD", "WTD", "MTD", "YTD",
+];
 /// A drawing's `zOrder`.
 pub const Z_ORDERS: &[&str] = &["top", "bottom"];
 /// The allowed `watermarkSize` values.
@@ -194,10 +206,16 @@ pub const TIMEZONES_JSON: &str = include_str!("../data/timezones.json");
 pub const EXCHANGES_JSON: &str = include_str!("../data/exchanges.json");
 
 // The embedded files are part of the crate and checked by its tests, so a parse failure is a build defect.
-static STUDIES: LazyLock<Vec<Study>> =
-    LazyLock::new(|| serde_json::from_str::<StudiesFile>(STUDIES_JSON).expect("data/studies.json parses").studies);
-static DRAWINGS: LazyLock<Vec<Drawing>> =
-    LazyLock::new(|| serde_json::from_str::<DrawingsFile>(DRAWINGS_JSON).expect("data/drawings.json parses").drawings);
+static STUDIES: LazyLock<Vec<Study>> = LazyLock::new(|| {
+    serde_json::from_str::<StudiesFile>(STUDIES_JSON)
+        .expect("data/studies.json parses")
+        .studies
+});
+static DRAWINGS: LazyLock<Vec<Drawing>> = LazyLock::new(|| {
+    serde_json::from_str::<DrawingsFile>(DRAWINGS_JSON)
+        .expect("data/drawings.json parses")
+        .drawings
+});
 static TIMEZONES: LazyLock<Vec<String>> = LazyLock::new(|| {
     let f: TimezonesFile = serde_json::from_str(TIMEZONES_JSON).expect("data/timezones.json parses");
     let mut all = f.timezones;
@@ -212,7 +230,11 @@ static EXCHANGES: LazyLock<Vec<Exchange>> = LazyLock::new(|| {
         .into_iter()
         .flat_map(|(category, list)| {
             let list: Vec<ExchangeEntry> = serde_json::from_value(list).expect("data/exchanges.json entries parse");
-            list.into_iter().map(move |e| Exchange { id: e.id, category: category.clone(), v2: e.v2 })
+            list.into_iter().map(move |e| Exchange {
+                id: e.id,
+                category: category.clone(),
+                v2: e.v2,
+            })
         })
         .collect()
 });
@@ -296,7 +318,10 @@ mod tests {
         let off: Vec<_> = exchanges().iter().filter(|e| !e.v2).map(|e| e.id.as_str()).collect();
         assert_eq!(off, ["BAHRAIN", "BVMT", "NSEKE", "BSSE", "BVCV", "TFX"]);
         let bb = study("Bollinger Bands %B").unwrap();
-        assert_eq!((bb.placement, bb.inputs[1].min, bb.inputs[1].max), (Placement::Pane, Some(0.001), Some(50.0)));
+        assert_eq!(
+            (bb.placement, bb.inputs[1].min, bb.inputs[1].max),
+            (Placement::Pane, Some(0.001), Some(50.0))
+        );
         assert_eq!(drawing("Horizontal Line").unwrap().inputs[0].key, "price");
     }
 }

@@ -67,7 +67,12 @@ pub struct FieldError {
 impl FieldError {
     /// An entry for `param`.
     pub fn new(param: impl Into<String>, value: Value, msg: impl Into<String>) -> FieldError {
-        FieldError { value, msg: msg.into(), param: param.into(), location: "body" }
+        FieldError {
+            value,
+            msg: msg.into(),
+            param: param.into(),
+            location: "body",
+        }
     }
 }
 
@@ -91,7 +96,11 @@ pub struct Rejection {
 impl Rejection {
     /// `status` with `{"message": m}`.
     pub fn message(status: u16, m: &str) -> Rejection {
-        Rejection { status, body: message_body(m), field: None }
+        Rejection {
+            status,
+            body: message_body(m),
+            field: None,
+        }
     }
 
     fn about(mut self, field: &str) -> Rejection {
@@ -107,12 +116,20 @@ impl Rejection {
     /// 422 array form; `field` is the first entry's `param`.
     pub fn fields(errors: Vec<FieldError>) -> Rejection {
         let field = errors.first().map(|e| e.param.clone());
-        Rejection { status: 422, body: serde_json::to_value(&errors).unwrap_or(Value::Null), field }
+        Rejection {
+            status: 422,
+            body: serde_json::to_value(&errors).unwrap_or(Value::Null),
+            field,
+        }
     }
 
     /// 403 `Exceed Max Usage Resolution Limit (WxH)`.
     pub fn resolution(max_width: u32, max_height: u32) -> Rejection {
-        Rejection::message(403, &format!("Exceed Max Usage Resolution Limit ({max_width}x{max_height})")).about("width")
+        Rejection::message(
+            403,
+            &format!("Exceed Max Usage Resolution Limit ({max_width}x{max_height})"),
+        )
+        .about("width")
     }
 
     /// 403 `Exceed Max Usage Parameter Limit (N)`.
@@ -144,7 +161,12 @@ impl Rejection {
                 .iter()
                 .map(|e| {
                     let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-                    format!("{}: {} ({})", s("param"), s("msg"), e.get("value").unwrap_or(&Value::Null))
+                    format!(
+                        "{}: {} ({})",
+                        s("param"),
+                        s("msg"),
+                        e.get("value").unwrap_or(&Value::Null)
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join("; "),

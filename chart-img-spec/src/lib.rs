@@ -43,8 +43,9 @@ pub use catalog::{
 pub use errors::{message_body, messages, FieldError, Rejection};
 pub use plan::{Plan, PlanLimits, UnknownPlan};
 pub use validate::{
-    canonical_json, read_body, symbol_is_well_formed, symbol_parts, validate_advanced_chart, validate_advanced_chart_with,
-    validate_layout_chart, ChartDrawing, ChartStudy, Options, ValidatedChart, WatermarkRule, CHART_IMG_WATERMARK,
+    canonical_json, read_body, symbol_is_well_formed, symbol_parts, validate_advanced_chart,
+    validate_advanced_chart_with, validate_layout_chart, ChartDrawing, ChartStudy, Options, ValidatedChart,
+    WatermarkRule, CHART_IMG_WATERMARK,
 };
 
 #[doc(hidden)]

@@ -108,7 +108,11 @@ pub struct UnknownPlan(pub String);
 
 impl fmt::Display for UnknownPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown plan {:?}; expected BASIC, PRO, MEGA, ULTRA or ENTERPRISE", self.0)
+        write!(
+            f,
+            "unknown plan {:?}; expected BASIC, PRO, MEGA, ULTRA or ENTERPRISE",
+            self.0
+        )
     }
 }
 
@@ -117,7 +121,10 @@ impl std::error::Error for UnknownPlan {}
 impl FromStr for Plan {
     type Err = UnknownPlan;
     fn from_str(s: &str) -> Result<Plan, UnknownPlan> {
-        Plan::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(s)).ok_or_else(|| UnknownPlan(s.to_owned()))
+        Plan::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownPlan(s.to_owned()))
     }
 }
 
@@ -146,6 +153,10 @@ mod tests {
             assert!(a.storage_days < b.storage_days && a.daily_limit < b.daily_limit);
         }
         assert_eq!("Enterprise".parse::<Plan>().unwrap(), Plan::Enterprise);
-        assert!("GOLD".parse::<Plan>().unwrap_err().to_string().contains("unknown plan \"GOLD\""));
+        assert!("GOLD"
+            .parse::<Plan>()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown plan \"GOLD\""));
     }
 }

@@ -117,7 +117,9 @@ impl ValidatedChart {
     /// The watermark text drawn on the image: the custom one where the plan honours it, else `CHART-IMG` on plans
     /// that stamp it, else none.
     pub fn drawn_watermark(&self) -> Option<&str> {
-        self.watermark.as_deref().or(self.chart_img_watermark.then_some(CHART_IMG_WATERMARK))
+        self.watermark
+            .as_deref()
+            .or(self.chart_img_watermark.then_some(CHART_IMG_WATERMARK))
     }
 
     /// `image/png` or `image/jpeg`.
@@ -189,7 +191,11 @@ pub fn validate_advanced_chart(body: &Value, plan: &PlanLimits) -> Result<Valida
 }
 
 /// [`validate_advanced_chart`] with explicit [`Options`].
-pub fn validate_advanced_chart_with(body: &Value, plan: &PlanLimits, options: &Options) -> Result<ValidatedChart, Rejection> {
+pub fn validate_advanced_chart_with(
+    body: &Value,
+    plan: &PlanLimits,
+    options: &Options,
+) -> Result<ValidatedChart, Rejection> {
     let obj = body.as_object().ok_or_else(Rejection::bad_request)?;
     let mut chart = fields(obj).map_err(Rejection::fields)?;
     if chart.width > plan.max_width || chart.height > plan.max_height {
@@ -222,7 +228,16 @@ pub fn validate_advanced_chart_with(body: &Value, plan: &PlanLimits, options: &O
 }
 
 /// The body keys a layout chart shares with an advanced chart; the layout itself supplies the rest.
-const LAYOUT_SHARED: &[&str] = &["symbol", "interval", "width", "height", "format", "watermark", "watermarkSize", "watermarkOpacity"];
+const LAYOUT_SHARED: &[&str] = &[
+    "symbol",
+    "interval",
+    "width",
+    "height",
+    "format",
+    "watermark",
+    "watermarkSize",
+    "watermarkOpacity",
+];
 
 /// Validates the body of `POST /v2/tradingview/layout-chart/{id}`: `resetZoom` (boolean), `zoomIn`/`zoomOut`
 /// (1-25), `moveLeft`/`moveRight` (1-50), and the fields it shares with an advanced chart, checked as
@@ -241,9 +256,15 @@ pub fn validate_layout_chart(body: &Value, plan: &PlanLimits, options: &Options)
     e.int("zoomOut", obj.get("zoomOut"), 1, Some(25));
     e.int("moveLeft", obj.get("moveLeft"), 1, Some(50));
     e.int("moveRight", obj.get("moveRight"), 1, Some(50));
-    let shared: Map<String, Value> =
-        obj.iter().filter(|(k, _)| LAYOUT_SHARED.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-    match (validate_advanced_chart_with(&Value::Object(shared), plan, options), e.0.is_empty()) {
+    let shared: Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| LAYOUT_SHARED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    match (
+        validate_advanced_chart_with(&Value::Object(shared), plan, options),
+        e.0.is_empty(),
+    ) {
         (Ok(chart), true) => Ok(chart),
         (Ok(_), false) => Err(Rejection::fields(e.0)),
         (Err(r), true) => Err(r),
@@ -252,7 +273,11 @@ pub fn validate_layout_chart(body: &Value, plan: &PlanLimits, options: &Options)
             let mut all = e.0;
             if let (422, Value::Array(more)) = (r.status, &r.body) {
                 all.extend(more.iter().filter_map(|m| {
-                    Some(FieldError::new(m.get("param")?.as_str()?, m.get("value")?.clone(), m.get("msg")?.as_str()?))
+                    Some(FieldError::new(
+                        m.get("param")?.as_str()?,
+                        m.get("value")?.clone(),
+                        m.get("msg")?.as_str()?,
+                    ))
                 }));
             }
             Err(Rejection::fields(all))
@@ -308,10 +333,17 @@ pub fn symbol_is_well_formed(s: &str) -> bool {
         if p.parse::<f64>().is_ok() {
             return true;
         }
-        let Some((ex, sym)) = p.split_once(':') else { return false };
-        let ex_ok = !ex.is_empty() && ex.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-        let sym_ok =
-            !sym.is_empty() && sym.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || "._!-".contains(c));
+        let Some((ex, sym)) = p.split_once(':') else {
+            return false;
+        };
+        let ex_ok = !ex.is_empty()
+            && ex
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        let sym_ok = !sym.is_empty()
+            && sym
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || "._!-".contains(c));
         ex_ok && sym_ok
     }
     let cleaned: String = s.chars().map(|c| if "()".contains(c) { ' ' } else { c }).collect();
@@ -323,10 +355,16 @@ pub fn symbol_is_well_formed(s: &str) -> bool {
 /// express-validator's `isInt` on `String(v)`.
 pub(crate) fn read_int(v: &Value) -> Option<i64> {
     match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)),
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        }),
         Value::String(s) => {
             let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
-            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
         }
         _ => None,
     }
@@ -366,7 +404,11 @@ fn parse_instant(s: &str) -> Option<chrono::NaiveDateTime> {
         .ok()
         .or_else(|| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok())
         .or_else(|| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M").ok())
-        .or_else(|| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)))
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })
 }
 
 fn range_text(min: Option<f64>, max: Option<f64>) -> String {
@@ -401,7 +443,11 @@ impl Errors {
             None => default.to_string(),
             Some(s) if allowed.contains(&s) => s.to_string(),
             Some(s) => {
-                self.push(field, &Value::String(s.into()), format!("must be one of: {}", allowed.join(", ")));
+                self.push(
+                    field,
+                    &Value::String(s.into()),
+                    format!("must be one of: {}", allowed.join(", ")),
+                );
                 default.to_string()
             }
         }
@@ -441,10 +487,19 @@ impl Errors {
     }
 
     /// An input value of a study or drawing, checked against its documented type.
-    fn input(&mut self, param: &str, v: &Value, kind: InputType, min: Option<f64>, max: Option<f64>, one_of: &[String]) {
+    fn input(
+        &mut self,
+        param: &str,
+        v: &Value,
+        kind: InputType,
+        min: Option<f64>,
+        max: Option<f64>,
+        one_of: &[String],
+    ) {
         match kind {
             InputType::Integer => {
-                let ok = read_int(v).is_some_and(|n| min.is_none_or(|m| n as f64 >= m) && max.is_none_or(|m| n as f64 <= m));
+                let ok =
+                    read_int(v).is_some_and(|n| min.is_none_or(|m| n as f64 >= m) && max.is_none_or(|m| n as f64 <= m));
                 if !ok {
                     self.push(param, v, format!("must be an integer{}", range_text(min, max)));
                 }
@@ -487,7 +542,11 @@ fn fields(body: &Map<String, Value>) -> Result<ValidatedChart, Vec<FieldError>> 
         None => defaults::SYMBOL.to_string(),
         Some(s) if symbol_is_well_formed(s) => s.to_string(),
         Some(s) => {
-            e.push("symbol", &Value::String(s.into()), "must be a valid tradingview EXCHANGE:SYMBOL");
+            e.push(
+                "symbol",
+                &Value::String(s.into()),
+                "must be a valid tradingview EXCHANGE:SYMBOL",
+            );
             String::new()
         }
     };
@@ -499,8 +558,12 @@ fn fields(body: &Map<String, Value>) -> Result<ValidatedChart, Vec<FieldError>> 
             String::new()
         }
     };
-    let width = e.int("width", body.get("width"), defaults::MIN_WIDTH.into(), None).map_or(defaults::WIDTH, clamp_u32);
-    let height = e.int("height", body.get("height"), defaults::MIN_HEIGHT.into(), None).map_or(defaults::HEIGHT, clamp_u32);
+    let width = e
+        .int("width", body.get("width"), defaults::MIN_WIDTH.into(), None)
+        .map_or(defaults::WIDTH, clamp_u32);
+    let height = e
+        .int("height", body.get("height"), defaults::MIN_HEIGHT.into(), None)
+        .map_or(defaults::HEIGHT, clamp_u32);
     let style = e.one_of(body, "style", catalog::STYLES, defaults::STYLE);
     let theme = e.one_of(body, "theme", catalog::THEMES, defaults::THEME);
     let scale = e.one_of(body, "scale", catalog::SCALES, defaults::SCALE);
@@ -533,7 +596,11 @@ fn fields(body: &Map<String, Value>) -> Result<ValidatedChart, Vec<FieldError>> 
             }
         }
         Some(v) => {
-            e.push("range", v, format!("must be one of: {} or {{from, to}}", catalog::RANGES.join(", ")));
+            e.push(
+                "range",
+                v,
+                format!("must be one of: {} or {{from, to}}", catalog::RANGES.join(", ")),
+            );
             Value::Null
         }
     };
@@ -557,11 +624,16 @@ fn fields(body: &Map<String, Value>) -> Result<ValidatedChart, Vec<FieldError>> 
         }
     }
     let shift_left = e.int("shiftLeft", body.get("shiftLeft"), 1, Some(1000)).map(clamp_u32);
-    let shift_right = e.int("shiftRight", body.get("shiftRight"), 1, Some(1000)).map(clamp_u32);
+    let shift_right = e
+        .int("shiftRight", body.get("shiftRight"), 1, Some(1000))
+        .map(clamp_u32);
     let watermark = e.string(body, "watermark").map(str::to_string);
     let watermark_size = match body.get("watermarkSize") {
         None | Some(Value::Null) => defaults::WATERMARK_SIZE,
-        Some(v) => match read_int(v).and_then(|n| u32::try_from(n).ok()).filter(|n| catalog::WATERMARK_SIZES.contains(n)) {
+        Some(v) => match read_int(v)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| catalog::WATERMARK_SIZES.contains(n))
+        {
             Some(n) => n,
             None => {
                 e.push("watermarkSize", v, "must be one of: 16, 32, 64, 128");
@@ -569,8 +641,9 @@ fn fields(body: &Map<String, Value>) -> Result<ValidatedChart, Vec<FieldError>> 
             }
         },
     };
-    let watermark_opacity =
-        e.float("watermarkOpacity", body.get("watermarkOpacity"), Some(0.1), Some(1.0)).unwrap_or(defaults::WATERMARK_OPACITY);
+    let watermark_opacity = e
+        .float("watermarkOpacity", body.get("watermarkOpacity"), Some(0.1), Some(1.0))
+        .unwrap_or(defaults::WATERMARK_OPACITY);
     if !e.0.is_empty() {
         return Err(e.0);
     }
@@ -620,7 +693,11 @@ fn studies(e: &mut Errors, v: Option<&Value>) -> Vec<ChartStudy> {
         };
         let spec = m.get("name").and_then(Value::as_str).and_then(catalog::study);
         if spec.is_none() {
-            e.push(p("name"), m.get("name").unwrap_or(&Value::Null), "must be a supported name");
+            e.push(
+                p("name"),
+                m.get("name").unwrap_or(&Value::Null),
+                "must be a supported name",
+            );
         }
         let force_overlay = e.bool(&p("forceOverlay"), m.get("forceOverlay")).unwrap_or(false);
         let input = e.object(&p("input"), m.get("input"));
@@ -628,13 +705,26 @@ fn studies(e: &mut Errors, v: Option<&Value>) -> Vec<ChartStudy> {
             // Unknown input keys are ignored, as the API does.
             for def in &spec.inputs {
                 if let Some(v) = given.get(&def.key).filter(|v| !v.is_null()) {
-                    e.input(&format!("studies[{i}].input.{}", def.key), v, def.kind, def.min, def.max, &def.one_of);
+                    e.input(
+                        &format!("studies[{i}].input.{}", def.key),
+                        v,
+                        def.kind,
+                        def.min,
+                        def.max,
+                        &def.one_of,
+                    );
                 }
             }
         }
         let override_ = e.object(&p("override"), m.get("override"));
         if let Some(spec) = spec {
-            out.push(ChartStudy { name: spec.name.clone(), placement: spec.placement, force_overlay, input, override_ });
+            out.push(ChartStudy {
+                name: spec.name.clone(),
+                placement: spec.placement,
+                force_overlay,
+                input,
+                override_,
+            });
         }
     }
     out
@@ -658,7 +748,11 @@ fn drawings(e: &mut Errors, v: Option<&Value>) -> Vec<ChartDrawing> {
         };
         let spec = m.get("name").and_then(Value::as_str).and_then(catalog::drawing);
         if spec.is_none() {
-            e.push(p("name"), m.get("name").unwrap_or(&Value::Null), "must be a supported name");
+            e.push(
+                p("name"),
+                m.get("name").unwrap_or(&Value::Null),
+                "must be a supported name",
+            );
         }
         let input = match m.get("input") {
             Some(v @ Value::Object(_)) => v.clone(),
@@ -691,7 +785,12 @@ fn drawings(e: &mut Errors, v: Option<&Value>) -> Vec<ChartDrawing> {
             }
         };
         if let Some(spec) = spec {
-            out.push(ChartDrawing { name: spec.name.clone(), input, override_, z_order });
+            out.push(ChartDrawing {
+                name: spec.name.clone(),
+                input,
+                override_,
+                z_order,
+            });
         }
     }
     out
@@ -708,7 +807,10 @@ mod tests {
     }
 
     fn field(param: &str, value: Value, msg: &str) -> (u16, Value) {
-        (422, json!([{ "value": value, "msg": msg, "param": param, "location": "body" }]))
+        (
+            422,
+            json!([{ "value": value, "msg": msg, "param": param, "location": "body" }]),
+        )
     }
 
     #[test]
@@ -716,15 +818,32 @@ mod tests {
         for ok in [json!(800), json!(800.0), json!("800"), json!("+800")] {
             assert_eq!(check(json!({ "width": ok }), Plan::Basic).unwrap().width, 800, "{ok}");
         }
-        for bad in [json!(800.5), json!("800.0"), json!("8e2"), json!(""), json!(true), json!(399)] {
+        for bad in [
+            json!(800.5),
+            json!("800.0"),
+            json!("8e2"),
+            json!(""),
+            json!(true),
+            json!(399),
+        ] {
             assert_eq!(
                 check(json!({ "width": bad }), Plan::Basic).unwrap_err(),
                 field("width", bad.clone(), "must be an integer greater than or equal to 400"),
                 "{bad}"
             );
         }
-        assert_eq!(check(json!({ "watermarkOpacity": "0.5" }), Plan::Basic).unwrap().watermark_opacity, 0.5);
-        assert_eq!(check(json!({ "watermarkSize": "64" }), Plan::Basic).unwrap().watermark_size, 64);
+        assert_eq!(
+            check(json!({ "watermarkOpacity": "0.5" }), Plan::Basic)
+                .unwrap()
+                .watermark_opacity,
+            0.5
+        );
+        assert_eq!(
+            check(json!({ "watermarkSize": "64" }), Plan::Basic)
+                .unwrap()
+                .watermark_size,
+            64
+        );
     }
 
     #[test]
@@ -732,14 +851,28 @@ mod tests {
         let ok = json!({ "studies": [{ "name": "Bollinger Bands", "input": { "in_0": "20", "in_1": 2.5, "nonsense": [1] } }] });
         assert_eq!(check(ok, Plan::Basic).unwrap().studies[0].placement, Placement::Overlay);
         let bad = json!({ "studies": [{ "name": "Bollinger Bands", "input": { "in_1": 51 } }] });
-        assert_eq!(check(bad, Plan::Basic).unwrap_err(), field("studies[0].input.in_1", json!(51), "must be a number between 0.001 and 50"));
+        assert_eq!(
+            check(bad, Plan::Basic).unwrap_err(),
+            field(
+                "studies[0].input.in_1",
+                json!(51),
+                "must be a number between 0.001 and 50"
+            )
+        );
         let bad = json!({ "studies": [{ "name": "MACD", "input": { "in_3": "median" } }] });
         assert_eq!(
             check(bad, Plan::Basic).unwrap_err(),
-            field("studies[0].input.in_3", json!("median"), "must be one of: open, high, low, close, hl2, hlc3, ohlc4")
+            field(
+                "studies[0].input.in_3",
+                json!("median"),
+                "must be one of: open, high, low, close, hl2, hlc3, ohlc4"
+            )
         );
         let bad = json!({ "studies": [{ "name": "Keltner Channels", "input": { "in_0": "yes" } }] });
-        assert_eq!(check(bad, Plan::Basic).unwrap_err(), field("studies[0].input.in_0", json!("yes"), "must be a boolean"));
+        assert_eq!(
+            check(bad, Plan::Basic).unwrap_err(),
+            field("studies[0].input.in_0", json!("yes"), "must be a boolean")
+        );
     }
 
     #[test]
@@ -753,9 +886,15 @@ mod tests {
             ])
         );
         let bad = json!({ "drawings": [{ "name": "Circle", "input": {} }] });
-        assert_eq!(check(bad, Plan::Basic).unwrap_err(), field("drawings[0].name", json!("Circle"), "must be a supported name"));
+        assert_eq!(
+            check(bad, Plan::Basic).unwrap_err(),
+            field("drawings[0].name", json!("Circle"), "must be a supported name")
+        );
         let bad = json!({ "drawings": [{ "name": "Horizontal Line", "input": { "price": 1 }, "zOrder": "middle" }] });
-        assert_eq!(check(bad, Plan::Basic).unwrap_err(), field("drawings[0].zOrder", json!("middle"), "must be one of: top, bottom"));
+        assert_eq!(
+            check(bad, Plan::Basic).unwrap_err(),
+            field("drawings[0].zOrder", json!("middle"), "must be one of: top, bottom")
+        );
     }
 
     #[test]
@@ -764,12 +903,24 @@ mod tests {
         let body = json!({ "symbol": "NOPE:X", "width": 4000, "height": 3000, "theme": "pink" });
         assert_eq!(check(body, Plan::Basic).unwrap_err().0, 422);
         let body = json!({ "symbol": "NOPE:X", "width": 4000, "height": 3000 });
-        assert_eq!(check(body.clone(), Plan::Basic).unwrap_err(), (403, json!({ "message": "Exceed Max Usage Resolution Limit (800x600)" })));
-        assert_eq!(check(json!({ "symbol": "NOPE:X" }), Plan::Basic).unwrap_err(), (422, json!({ "message": "Invalid Symbol" })));
-        assert_eq!(check(json!({ "symbol": "BAHRAIN:BATELCO" }), Plan::Basic).unwrap_err(), (422, json!({ "message": "Invalid Symbol" })));
+        assert_eq!(
+            check(body.clone(), Plan::Basic).unwrap_err(),
+            (403, json!({ "message": "Exceed Max Usage Resolution Limit (800x600)" }))
+        );
+        assert_eq!(
+            check(json!({ "symbol": "NOPE:X" }), Plan::Basic).unwrap_err(),
+            (422, json!({ "message": "Invalid Symbol" }))
+        );
+        assert_eq!(
+            check(json!({ "symbol": "BAHRAIN:BATELCO" }), Plan::Basic).unwrap_err(),
+            (422, json!({ "message": "Invalid Symbol" }))
+        );
         assert!(check(json!({ "symbol": "BIST:THYAO" }), Plan::Basic).is_ok());
         let four = json!({ "studies": [{ "name": "Volume" }, { "name": "MACD" }, { "name": "Relative Strength Index" }, { "name": "Aroon" }] });
-        assert_eq!(check(four, Plan::Basic).unwrap_err(), (403, json!({ "message": "Exceed Max Usage Parameter Limit (3)" })));
+        assert_eq!(
+            check(four, Plan::Basic).unwrap_err(),
+            (403, json!({ "message": "Exceed Max Usage Parameter Limit (3)" }))
+        );
     }
 
     #[test]
@@ -777,8 +928,14 @@ mod tests {
         let body = json!({ "watermark": "mine" });
         let basic = check(body.clone(), Plan::Basic).unwrap();
         assert_eq!((basic.watermark, basic.chart_img_watermark), (None, true));
-        assert_eq!(check(body.clone(), Plan::Ultra).unwrap().watermark.as_deref(), Some("mine"));
-        let refuse = Options { watermark: WatermarkRule::Refuse, ..Options::default() };
+        assert_eq!(
+            check(body.clone(), Plan::Ultra).unwrap().watermark.as_deref(),
+            Some("mine")
+        );
+        let refuse = Options {
+            watermark: WatermarkRule::Refuse,
+            ..Options::default()
+        };
         let r = validate_advanced_chart_with(&body, &Plan::Pro.limits(), &refuse).unwrap_err();
         assert_eq!(r.status, 422);
         assert_eq!(r.field.as_deref(), Some("watermark"));

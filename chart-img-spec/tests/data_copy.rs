@@ -7,7 +7,10 @@ use std::path::PathBuf;
 fn embedded_data_matches_the_shared_reference_copy() {
     let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/docs/chart-img-data");
     if !shared.is_dir() {
-        println!("note: {} does not exist; the comparison with the shared copy is skipped", shared.display());
+        println!(
+            "note: {} does not exist; the comparison with the shared copy is skipped",
+            shared.display()
+        );
         return;
     }
     let files = [
@@ -18,6 +21,10 @@ fn embedded_data_matches_the_shared_reference_copy() {
     ];
     for (name, embedded) in files {
         let reference = std::fs::read_to_string(shared.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
-        assert!(reference == embedded, "chart-img-spec/data/{name} differs from {}; copy it again", shared.join(name).display());
+        assert!(
+            reference == embedded,
+            "chart-img-spec/data/{name} differs from {}; copy it again",
+            shared.join(name).display()
+        );
     }
 }

@@ -24,7 +24,9 @@ pub struct Page {
 
 impl std::fmt::Debug for Page {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Page").field("pid", &self.child.id()).finish_non_exhaustive()
+        f.debug_struct("Page")
+            .field("pid", &self.child.id())
+            .finish_non_exhaustive()
     }
 }
 
@@ -49,12 +51,17 @@ impl Chromium {
                 }
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("chromium exited with {status} before opening its DevTools endpoint"));
+                return Err(format!(
+                    "chromium exited with {status} before opening its DevTools endpoint"
+                ));
             }
             if started.elapsed() > TIME_LIMIT {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("chromium opened no DevTools endpoint within {} s", TIME_LIMIT.as_secs()));
+                return Err(format!(
+                    "chromium opened no DevTools endpoint within {} s",
+                    TIME_LIMIT.as_secs()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -67,7 +74,10 @@ impl Chromium {
             .ok_or("chromium has no page target")?
             .to_owned();
         let attached = page.call_browser("Target.attachToTarget", json!({"targetId": target, "flatten": true}))?;
-        page.session = attached["sessionId"].as_str().ok_or("no DevTools session for the page")?.to_owned();
+        page.session = attached["sessionId"]
+            .as_str()
+            .ok_or("no DevTools session for the page")?
+            .to_owned();
         // The viewport is exactly `width`×`height` (the window's size counts its frame too).
         page.call(
             "Emulation.setDeviceMetricsOverride",
@@ -87,7 +97,9 @@ impl Page {
                 return Err(format!("cannot connect to chromium's DevTools port {port}: {e}"));
             }
         };
-        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
         let url = format!("ws://127.0.0.1:{port}{path}");
         let ws = match tungstenite::client(url.as_str(), stream) {
             Ok((ws, _)) => ws,
@@ -97,7 +109,13 @@ impl Page {
                 return Err(format!("DevTools handshake with {url} failed: {e}"));
             }
         };
-        Ok(Self { child, ws, session: String::new(), next_id: 0, _profile: profile })
+        Ok(Self {
+            child,
+            ws,
+            session: String::new(),
+            next_id: 0,
+            _profile: profile,
+        })
     }
 
     fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value, String> {
@@ -107,9 +125,15 @@ impl Page {
         if let Some(s) = session {
             msg["sessionId"] = json!(s);
         }
-        self.ws.send(Message::text(msg.to_string())).map_err(|e| format!("DevTools {method}: {e}"))?;
+        self.ws
+            .send(Message::text(msg.to_string()))
+            .map_err(|e| format!("DevTools {method}: {e}"))?;
         loop {
-            let text = match self.ws.read().map_err(|e| format!("DevTools {method}: no answer: {e}"))? {
+            let text = match self
+                .ws
+                .read()
+                .map_err(|e| format!("DevTools {method}: no answer: {e}"))?
+            {
                 Message::Text(t) => t,
                 Message::Close(_) => return Err(format!("DevTools {method}: the browser closed the connection")),
                 _ => continue,
@@ -141,8 +165,11 @@ impl Page {
         if let Some(e) = nav.get("errorText").and_then(Value::as_str) {
             return Err(format!("cannot open {url}: {e}"));
         }
-        self.wait_for("document.readyState === 'complete' && location.href !== 'about:blank'", Duration::from_secs(30))
-            .map(drop)
+        self.wait_for(
+            "document.readyState === 'complete' && location.href !== 'about:blank'",
+            Duration::from_secs(30),
+        )
+        .map(drop)
     }
 
     /// The value of a JavaScript expression (promises awaited), or the exception it threw.
@@ -152,7 +179,10 @@ impl Page {
             json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
         )?;
         if let Some(ex) = r.get("exceptionDetails") {
-            let text = ex["exception"]["description"].as_str().or(ex["text"].as_str()).unwrap_or("exception");
+            let text = ex["exception"]["description"]
+                .as_str()
+                .or(ex["text"].as_str())
+                .unwrap_or("exception");
             return Err(format!("{expression}: {text}"));
         }
         Ok(r["result"]["value"].clone())
@@ -175,7 +205,10 @@ impl Page {
                 return Ok(v);
             }
             if started.elapsed() > timeout {
-                return Err(format!("still falsy after {} s: {expression} (last value {v})", timeout.as_secs()));
+                return Err(format!(
+                    "still falsy after {} s: {expression} (last value {v})",
+                    timeout.as_secs()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -185,7 +218,9 @@ impl Page {
     pub fn screenshot(&mut self, out: &Path) -> Result<(), String> {
         let r = self.call("Page.captureScreenshot", json!({"format": "png"}))?;
         let data = r["data"].as_str().ok_or("Page.captureScreenshot answered no data")?;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| e.to_string())?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| e.to_string())?;
         std::fs::write(out, bytes).map_err(|e| format!("cannot write {}: {e}", out.display()))
     }
 }

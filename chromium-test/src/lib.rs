@@ -128,15 +128,24 @@ impl Chromium {
                 None if started.elapsed() > TIME_LIMIT => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("chromium did not finish within {} s ({args:?})", TIME_LIMIT.as_secs()));
+                    return Err(format!(
+                        "chromium did not finish within {} s ({args:?})",
+                        TIME_LIMIT.as_secs()
+                    ));
                 }
                 None => std::thread::sleep(Duration::from_millis(20)),
             }
         };
-        let run = Run { stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() };
+        let run = Run {
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        };
         if !status.success() {
             let tail: Vec<&str> = run.stderr.lines().rev().take(8).collect();
-            return Err(format!("chromium exited with {status} ({args:?}); stderr ends: {:?}", tail));
+            return Err(format!(
+                "chromium exited with {status} ({args:?}); stderr ends: {:?}",
+                tail
+            ));
         }
         Ok(run)
     }
@@ -152,7 +161,11 @@ impl Chromium {
 
     /// A `width`×`height` screenshot of `url` as PNG at `out`.
     pub fn screenshot(&self, url: &str, out: &Path, width: u32, height: u32) -> Result<(), String> {
-        self.run(&[format!("--screenshot={}", out.display()), format!("--window-size={width},{height}"), url.to_owned()])?;
+        self.run(&[
+            format!("--screenshot={}", out.display()),
+            format!("--window-size={width},{height}"),
+            url.to_owned(),
+        ])?;
         match std::fs::read(out) {
             Ok(b) if b.starts_with(b"\x89PNG\r\n\x1a\n") => Ok(()),
             Ok(_) => Err(format!("{} is not a PNG", out.display())),
@@ -202,7 +215,10 @@ pub fn with_probe(html: &str, script: &str) -> String {
 /// The value the probe script reported in `dom` (see [`with_probe`]).
 pub fn probe_result(dom: &str) -> Result<serde_json::Value, String> {
     let open = format!("<pre id=\"{PROBE_ID}\">");
-    let start = dom.find(&open).ok_or("the probe reported nothing (no probe element in the DOM)")? + open.len();
+    let start = dom
+        .find(&open)
+        .ok_or("the probe reported nothing (no probe element in the DOM)")?
+        + open.len();
     let len = dom[start..].find("</pre>").ok_or("the probe element is not closed")?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(dom[start..start + len].trim())
@@ -229,7 +245,9 @@ mod tests {
 
     #[test]
     fn a_page_is_driven_over_devtools_and_dumped_as_a_process() {
-        let Some(chromium) = Chromium::for_test("a_page_is_driven_over_devtools_and_dumped_as_a_process") else { return };
+        let Some(chromium) = Chromium::for_test("a_page_is_driven_over_devtools_and_dumped_as_a_process") else {
+            return;
+        };
         let dir = tempfile::tempdir().unwrap();
         let page = dir.path().join("p.html");
         std::fs::write(
@@ -239,9 +257,15 @@ mod tests {
         .unwrap();
         let mut tab = chromium.launch(400, 300).unwrap();
         tab.goto(&file_url(&page)).unwrap();
-        assert_eq!(tab.eval("document.querySelector('button').textContent").unwrap(), "click me");
+        assert_eq!(
+            tab.eval("document.querySelector('button').textContent").unwrap(),
+            "click me"
+        );
         tab.eval("document.querySelector('button').click()").unwrap();
-        let v = tab.wait_for("document.querySelector('button').textContent === 'clicked' && 'yes'", Duration::from_secs(5));
+        let v = tab.wait_for(
+            "document.querySelector('button').textContent === 'clicked' && 'yes'",
+            Duration::from_secs(5),
+        );
         assert_eq!(v.unwrap(), "yes");
         assert!(tab.eval("nope.nope").unwrap_err().contains("ReferenceError"));
         let err = tab.wait_for("false", Duration::from_millis(200)).unwrap_err();
@@ -251,11 +275,25 @@ mod tests {
         let png = std::fs::read(&shot).unwrap();
         assert!(png.starts_with(b"\x89PNG"));
         let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
-        assert_eq!((size(16), size(20)), (400, 300), "the IHDR's width and height are the viewport's");
+        assert_eq!(
+            (size(16), size(20)),
+            (400, 300),
+            "the IHDR's width and height are the viewport's"
+        );
         drop(tab);
 
         let probed = dir.path().join("probed.html");
-        std::fs::write(&probed, with_probe(&std::fs::read_to_string(&page).unwrap(), "addEventListener('load', () => __probe(document.querySelector('button').textContent))")).unwrap();
-        assert_eq!(probe_result(&chromium.dump_dom(&file_url(&probed)).unwrap()).unwrap(), "click me");
+        std::fs::write(
+            &probed,
+            with_probe(
+                &std::fs::read_to_string(&page).unwrap(),
+                "addEventListener('load', () => __probe(document.querySelector('button').textContent))",
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            probe_result(&chromium.dump_dom(&file_url(&probed)).unwrap()).unwrap(),
+            "click me"
+        );
     }
 }

@@ -21,7 +21,8 @@ struct JsonVisitor<'a>(&'a mut Map<String, Value>);
 
 impl Visit for JsonVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+        self.0
+            .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.0.insert(field.name().to_owned(), Value::String(value.to_owned()));
@@ -91,7 +92,12 @@ where
         let meta = event.metadata();
         let mut line = Map::new();
         line.insert("severity".into(), severity(meta.level()).into());
-        line.insert("time".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into());
+        line.insert(
+            "time".into(),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                .into(),
+        );
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
                 if let Some(f) = span.extensions().get::<SpanFields>() {
@@ -178,7 +184,14 @@ mod tests {
             let span = tracing::info_span!("step", runId = "run-1", stepId = "");
             let _g = span.enter();
             span.record("stepId", "charts_4h");
-            tracing::warn!(event = "claim_attempt", n = 3, ok = true, ratio = 0.5, "hello {}", "world");
+            tracing::warn!(
+                event = "claim_attempt",
+                n = 3,
+                ok = true,
+                ratio = 0.5,
+                "hello {}",
+                "world"
+            );
         });
         let text = buf.contents();
         let line: Value = serde_json::from_str(text.trim()).unwrap();

@@ -56,7 +56,9 @@ impl std::str::FromStr for EventKind {
             "created" => Ok(Self::Created),
             "updated" => Ok(Self::Updated),
             "deleted" => Ok(Self::Deleted),
-            other => Err(format!("unknown event type {other:?}; expected created, updated or deleted")),
+            other => Err(format!(
+                "unknown event type {other:?}; expected created, updated or deleted"
+            )),
         }
     }
 }
@@ -118,7 +120,9 @@ impl Config {
 
     /// The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed, unscaled.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let doubled = self.min_backoff.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(30)));
+        let doubled = self
+            .min_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(30)));
         doubled.min(self.max_backoff)
     }
 }
@@ -140,7 +144,12 @@ pub enum Outcome {
 impl Outcome {
     /// Pub/Sub push success codes.
     pub fn acked(&self) -> bool {
-        matches!(self, Outcome::Status { code: 200 | 201 | 202 | 204 | 102 })
+        matches!(
+            self,
+            Outcome::Status {
+                code: 200 | 201 | 202 | 204 | 102
+            }
+        )
     }
 }
 
@@ -224,7 +233,9 @@ pub struct LocalEventarc {
 
 impl std::fmt::Debug for LocalEventarc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalEventarc").field("project", &self.inner.config.project).finish_non_exhaustive()
+        f.debug_struct("LocalEventarc")
+            .field("project", &self.inner.config.project)
+            .finish_non_exhaustive()
     }
 }
 
@@ -234,7 +245,11 @@ impl LocalEventarc {
     /// Connects to the Firestore emulator (`FIRESTORE_EMULATOR_HOST`), starts listening on the collection and
     /// returns once the listener holds the collection's current state: every later write is an event.
     pub async fn start(config: Config, targets: Vec<String>) -> anyhow::Result<LocalEventarc> {
-        anyhow::ensure!(config.time_scale > 0.0, "time_scale must be above 0, got {}", config.time_scale);
+        anyhow::ensure!(
+            config.time_scale > 0.0,
+            "time_scale must be above 0, got {}",
+            config.time_scale
+        );
         anyhow::ensure!(
             (0.0..=1.0).contains(&config.duplicate_probability),
             "duplicate_probability must be within 0..=1, got {}",
@@ -242,7 +257,9 @@ impl LocalEventarc {
         );
         let mut options = FirestoreDbOptions::new(config.project.clone());
         options.database_id = config.database.clone();
-        let db = FirestoreDb::with_options(options).await.context("local eventarc: cannot connect to Firestore")?;
+        let db = FirestoreDb::with_options(options)
+            .await
+            .context("local eventarc: cannot connect to Firestore")?;
         let http = reqwest::Client::builder()
             // One connection per attempt, as independent push requests: a killed target's pooled connection
             // must not turn the next attempt into a spurious error.
@@ -286,10 +303,16 @@ impl LocalEventarc {
             .context("local eventarc: cannot start listening")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !inner.lock().ready {
-            anyhow::ensure!(Instant::now() < deadline, "local eventarc: Firestore's Listen stream did not become current within 30 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "local eventarc: Firestore's Listen stream did not become current within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(LocalEventarc { inner, listener: tokio::sync::Mutex::new(Some(listener)) })
+        Ok(LocalEventarc {
+            inner,
+            listener: tokio::sync::Mutex::new(Some(listener)),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -334,7 +357,10 @@ impl LocalEventarc {
         loop {
             let (pending, n) = {
                 let s = self.inner.lock();
-                (s.events.iter().filter(|e| e.pending_chains > 0).count(), s.events.len() + s.deliveries.len())
+                (
+                    s.events.iter().filter(|e| e.pending_chains > 0).count(),
+                    s.events.len() + s.deliveries.len(),
+                )
             };
             if pending == 0 {
                 match since {
@@ -407,7 +433,11 @@ fn on_listen_event(inner: &Arc<Inner>, event: ResponseType) {
                 if previous.as_ref().is_some_and(|p| p.update_time == doc.update_time) {
                     return;
                 }
-                let kind = if previous.is_some() { EventKind::Updated } else { EventKind::Created };
+                let kind = if previous.is_some() {
+                    EventKind::Updated
+                } else {
+                    EventKind::Created
+                };
                 publish(inner, kind, Some(doc), previous);
             }
         }
@@ -433,7 +463,12 @@ fn deleted(inner: &Arc<Inner>, name: &str) {
 
 /// The field paths that differ between two versions, down to the leaves of maps (`steps.charts_4h.status`).
 pub fn changed_paths(old: &HashMap<String, fs::Value>, new: &HashMap<String, fs::Value>) -> Vec<String> {
-    fn walk(prefix: &mut Vec<String>, old: &HashMap<String, fs::Value>, new: &HashMap<String, fs::Value>, out: &mut Vec<String>) {
+    fn walk(
+        prefix: &mut Vec<String>,
+        old: &HashMap<String, fs::Value>,
+        new: &HashMap<String, fs::Value>,
+        out: &mut Vec<String>,
+    ) {
         let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
         keys.sort();
         keys.dedup();
@@ -464,7 +499,8 @@ pub fn changed_paths(old: &HashMap<String, fs::Value>, new: &HashMap<String, fs:
 
 /// Firestore's `Document` and the event's share their field numbers: re-read one as the other.
 fn to_event_document(d: &fs::Document) -> proto::Document {
-    proto::Document::decode(d.encode_to_vec().as_slice()).expect("google.firestore.v1.Document and the event's Document are wire-compatible")
+    proto::Document::decode(d.encode_to_vec().as_slice())
+        .expect("google.firestore.v1.Document and the event's Document are wire-compatible")
 }
 
 fn publish(inner: &Arc<Inner>, kind: EventKind, value: Option<fs::Document>, old: Option<fs::Document>) {
@@ -472,8 +508,13 @@ fn publish(inner: &Arc<Inner>, kind: EventKind, value: Option<fs::Document>, old
     if !cfg.kinds.contains(&kind) {
         return;
     }
-    let Some(name) = value.as_ref().or(old.as_ref()).map(|d| d.name.clone()) else { return };
-    let document = name.split_once("/documents/").map(|(_, p)| p.to_owned()).unwrap_or_else(|| name.clone());
+    let Some(name) = value.as_ref().or(old.as_ref()).map(|d| d.name.clone()) else {
+        return;
+    };
+    let document = name
+        .split_once("/documents/")
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_else(|| name.clone());
     let update_mask = match (&value, &old, kind) {
         (Some(v), Some(o), EventKind::Updated) => changed_paths(&o.fields, &v.fields),
         _ => Vec::new(),
@@ -487,7 +528,9 @@ fn publish(inner: &Arc<Inner>, kind: EventKind, value: Option<fs::Document>, old
     let body = proto::DocumentEventData {
         value: value.as_ref().map(to_event_document),
         old_value: old.as_ref().map(to_event_document),
-        update_mask: (kind == EventKind::Updated).then(|| proto::DocumentMask { field_paths: update_mask.clone() }),
+        update_mask: (kind == EventKind::Updated).then(|| proto::DocumentMask {
+            field_paths: update_mask.clone(),
+        }),
     }
     .encode_to_vec();
     let id = uuid::Uuid::new_v4().to_string();
@@ -518,7 +561,14 @@ fn publish(inner: &Arc<Inner>, kind: EventKind, value: Option<fs::Document>, old
         (s.events.len() - 1, waits)
     };
     tracing::debug!(event = "local_eventarc_published", ceId = %id, document = %document, kind = ?kind);
-    let event = Arc::new(Event { record_index, id, document, kind, time, body });
+    let event = Arc::new(Event {
+        record_index,
+        id,
+        document,
+        kind,
+        time,
+        body,
+    });
     let mut tasks = inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
     for (chain, wait) in chains.into_iter().enumerate() {
         let (inner, event) = (inner.clone(), event.clone());
@@ -549,7 +599,12 @@ async fn deliver(inner: Arc<Inner>, ev: Arc<Event>, chain: u32, wait: Duration) 
             None => (Outcome::NoTarget, String::new()),
             Some(url) => match tokio::time::timeout(cfg.scaled(cfg.ack_deadline), send(&inner, &ev, url)).await {
                 Err(_) => (Outcome::AckDeadline, String::new()),
-                Ok(Err(e)) => (Outcome::Error { message: error_chain(&e) }, String::new()),
+                Ok(Err(e)) => (
+                    Outcome::Error {
+                        message: error_chain(&e),
+                    },
+                    String::new(),
+                ),
                 Ok(Ok((code, body))) => (Outcome::Status { code }, body),
             },
         };
@@ -654,10 +709,19 @@ mod tests {
     fn changed_paths_reach_the_leaves_of_maps() {
         use worker_chart_export::adapters::firestore::json_to_value;
         let fields = |v: serde_json::Value| -> HashMap<String, fs::Value> {
-            v.as_object().unwrap().iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect()
+            v.as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect()
         };
         let old = fields(serde_json::json!({"a": 1, "steps": {"s-1": {"status": "READY", "x": 1}}, "gone": true}));
-        let new = fields(serde_json::json!({"a": 1, "steps": {"s-1": {"status": "RUNNING", "x": 1, "lease": "t"}}, "new": 2}));
-        assert_eq!(changed_paths(&old, &new), ["gone", "new", "steps.`s-1`.lease", "steps.`s-1`.status"]);
+        let new = fields(
+            serde_json::json!({"a": 1, "steps": {"s-1": {"status": "RUNNING", "x": 1, "lease": "t"}}, "new": 2}),
+        );
+        assert_eq!(
+            changed_paths(&old, &new),
+            ["gone", "new", "steps.`s-1`.lease", "steps.`s-1`.status"]
+        );
     }
 }

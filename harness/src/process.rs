@@ -65,7 +65,10 @@ pub fn locate(name: &str) -> anyhow::Result<PathBuf> {
         }
         dir = d.parent().map(Path::to_path_buf);
     }
-    anyhow::bail!("no {name} binary next to {}; build it with `cargo build -p harness --bin {name}`", exe.display())
+    anyhow::bail!(
+        "no {name} binary next to {}; build it with `cargo build -p harness --bin {name}`",
+        exe.display()
+    )
 }
 
 /// A free port of 127.0.0.1 (bound by the kernel, then released for the child to take).
@@ -87,7 +90,11 @@ pub struct ServeProcess {
 
 impl std::fmt::Debug for ServeProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServeProcess").field("name", &self.name).field("pid", &self.pid).field("port", &self.port).finish()
+        f.debug_struct("ServeProcess")
+            .field("name", &self.name)
+            .field("pid", &self.pid)
+            .field("port", &self.port)
+            .finish()
     }
 }
 
@@ -107,11 +114,21 @@ impl ServeProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("{}: cannot start {}", spec.name, spec.program.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("{}: cannot start {}", spec.name, spec.program.display()))?;
         let pid = child.id().context("the child has no pid")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
-        for out in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)]
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
         .into_iter()
         .flatten()
         {
@@ -123,14 +140,26 @@ impl ServeProcess {
                 }
             });
         }
-        let mut p = ServeProcess { name: spec.name, port, pid, child, lines, started: Instant::now(), exit: None };
+        let mut p = ServeProcess {
+            name: spec.name,
+            port,
+            pid,
+            child,
+            lines,
+            started: Instant::now(),
+            exit: None,
+        };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         let deadline = Instant::now() + spec.ready_timeout;
         loop {
             if let Some(status) = p.child.try_wait()? {
                 p.exit = Some(status);
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                anyhow::bail!("{} exited ({status}) before it was ready:\n{}", p.name, p.logs().join("\n"));
+                anyhow::bail!(
+                    "{} exited ({status}) before it was ready:\n{}",
+                    p.name,
+                    p.logs().join("\n")
+                );
             }
             if let Ok(r) = http.get(format!("{}/health", p.url())).send().await {
                 if r.status().is_success() {
@@ -139,7 +168,12 @@ impl ServeProcess {
             }
             if Instant::now() >= deadline {
                 p.kill().await;
-                anyhow::bail!("{} did not answer /health within {:?}:\n{}", p.name, spec.ready_timeout, p.logs().join("\n"));
+                anyhow::bail!(
+                    "{} did not answer /health within {:?}:\n{}",
+                    p.name,
+                    spec.ready_timeout,
+                    p.logs().join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -166,7 +200,11 @@ impl ServeProcess {
 
     /// The lines that are JSON objects (the worker's Cloud Logging lines).
     pub fn json_logs(&self) -> Vec<Value> {
-        self.logs().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(Value::is_object).collect()
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(Value::is_object)
+            .collect()
     }
 
     /// Whether it still runs.
@@ -204,16 +242,25 @@ impl ServeProcess {
         anyhow::ensure!(self.running(), "{} is not running", self.name);
         let pid = rustix::process::Pid::from_raw(self.pid as i32).context("pid 0")?;
         let t0 = Instant::now();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).with_context(|| format!("cannot signal {}", self.name))?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .with_context(|| format!("cannot signal {}", self.name))?;
         match tokio::time::timeout(budget, self.child.wait()).await {
             Ok(status) => {
                 let status = status?;
                 self.exit = Some(status);
-                Ok(Terminated { after: t0.elapsed(), by_itself: true, status: Some(status) })
+                Ok(Terminated {
+                    after: t0.elapsed(),
+                    by_itself: true,
+                    status: Some(status),
+                })
             }
             Err(_) => {
                 self.kill().await;
-                Ok(Terminated { after: t0.elapsed(), by_itself: false, status: self.exit })
+                Ok(Terminated {
+                    after: t0.elapsed(),
+                    by_itself: false,
+                    status: self.exit,
+                })
             }
         }
     }

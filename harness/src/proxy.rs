@@ -49,7 +49,10 @@ pub struct Matcher {
 
 impl Matcher {
     pub fn path(prefix: &str) -> Self {
-        Matcher { method: None, path_prefix: Some(prefix.into()) }
+        Matcher {
+            method: None,
+            path_prefix: Some(prefix.into()),
+        }
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
@@ -92,7 +95,14 @@ pub struct Rule {
 
 impl Rule {
     pub fn new(matcher: Matcher, action: Action) -> Self {
-        Rule { matcher, action, skip: 0, times: None, after_ms: None, for_ms: None }
+        Rule {
+            matcher,
+            action,
+            skip: 0,
+            times: None,
+            after_ms: None,
+            for_ms: None,
+        }
     }
     /// Only the `n`th matching call (1-based).
     pub fn nth(mut self, n: u32) -> Self {
@@ -188,7 +198,10 @@ pub struct FaultProxy {
 
 impl std::fmt::Debug for FaultProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FaultProxy").field("addr", &self.addr).field("upstream", &self.shared.upstream).finish()
+        f.debug_struct("FaultProxy")
+            .field("addr", &self.addr)
+            .field("upstream", &self.shared.upstream)
+            .finish()
     }
 }
 
@@ -214,9 +227,20 @@ impl FaultProxy {
         Self::with_listener(listener, upstream, protocol)
     }
 
-    pub fn with_listener(listener: tokio::net::TcpListener, upstream: &str, protocol: Upstream) -> anyhow::Result<FaultProxy> {
-        let upstream = upstream.trim().trim_start_matches("http://").trim_end_matches('/').to_owned();
-        anyhow::ensure!(!upstream.is_empty() && !upstream.contains('/'), "fault proxy: upstream must be host:port, got {upstream:?}");
+    pub fn with_listener(
+        listener: tokio::net::TcpListener,
+        upstream: &str,
+        protocol: Upstream,
+    ) -> anyhow::Result<FaultProxy> {
+        let upstream = upstream
+            .trim()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        anyhow::ensure!(
+            !upstream.is_empty() && !upstream.contains('/'),
+            "fault proxy: upstream must be host:port, got {upstream:?}"
+        );
         let addr = listener.local_addr()?;
         let mut builder = Client::builder(TokioExecutor::new());
         builder.http2_only(protocol == Upstream::Http2);
@@ -230,7 +254,9 @@ impl FaultProxy {
         let accept_shared = shared.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let shared = accept_shared.clone();
                 tokio::spawn(async move {
@@ -266,7 +292,14 @@ impl FaultProxy {
         let mut g = self.shared.rules.lock().unwrap_or_else(|p| p.into_inner());
         let id = g.0;
         g.0 += 1;
-        g.1.push(RuleState { id, rule, added: Instant::now(), first_match: None, matched: 0, applied: 0 });
+        g.1.push(RuleState {
+            id,
+            rule,
+            added: Instant::now(),
+            first_match: None,
+            matched: 0,
+            applied: 0,
+        });
         id
     }
 
@@ -284,7 +317,14 @@ impl FaultProxy {
 
     pub fn rules(&self) -> Vec<RuleStatus> {
         let g = self.shared.rules.lock().unwrap_or_else(|p| p.into_inner());
-        g.1.iter().map(|r| RuleStatus { id: r.id, rule: r.rule.clone(), matched: r.matched, applied: r.applied }).collect()
+        g.1.iter()
+            .map(|r| RuleStatus {
+                id: r.id,
+                rule: r.rule.clone(),
+                matched: r.matched,
+                applied: r.applied,
+            })
+            .collect()
     }
 
     /// Every call so far.
@@ -325,9 +365,14 @@ impl FaultProxy {
 }
 
 fn full(status: StatusCode, text: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(text.to_owned())).map_err(|e: Infallible| match e {}).boxed());
+    let mut r = Response::new(
+        Full::new(Bytes::from(text.to_owned()))
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    );
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
 }
 
@@ -344,7 +389,14 @@ fn grpc_status(code: u16, message: &str) -> Response<Body> {
 }
 
 /// Not forwarded; the client sets `host` from the upstream URI.
-const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host"];
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
 
 /// Returned to hyper to close the connection (HTTP/1) or reset the stream (HTTP/2) without an answer.
 #[derive(Debug, thiserror::Error)]
@@ -365,7 +417,12 @@ impl PendingCall<'_> {
         if self.recorded.swap(true, std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let call = Call { action: action.to_owned(), status, duration_ms: self.t0.elapsed().as_millis() as u64, ..self.call.clone() };
+        let call = Call {
+            action: action.to_owned(),
+            status,
+            duration_ms: self.t0.elapsed().as_millis() as u64,
+            ..self.call.clone()
+        };
         self.shared.calls.lock().unwrap_or_else(|p| p.into_inner()).push(call);
     }
 }
@@ -381,7 +438,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let at_ms = shared.started.elapsed().as_millis() as u64;
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    let grpc = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"));
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
     let applied: Option<(u64, Action)> = {
         let mut g = shared.rules.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -403,7 +464,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         status: None,
         duration_ms: 0,
     };
-    let pending = PendingCall { shared: &shared, call, t0, recorded: Default::default() };
+    let pending = PendingCall {
+        shared: &shared,
+        call,
+        t0,
+        recorded: Default::default(),
+    };
     let record = |action: &str, status: Option<u16>| pending.record(action, status);
     let mut drop_reply = false;
     let mut label = "forwarded";
@@ -430,7 +496,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             return Ok(if grpc {
                 grpc_status(*code, "fault proxy: status")
             } else {
-                full(StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "fault proxy: status")
+                full(
+                    StatusCode::from_u16(*code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                    "fault proxy: status",
+                )
             });
         }
         Some(Action::DropReply) => {
@@ -441,7 +510,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 
     let (mut parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
-    parts.uri = format!("http://{}{pq}", shared.upstream).parse().map_err(|e| Cut(format!("bad upstream URI: {e}")))?;
+    parts.uri = format!("http://{}{pq}", shared.upstream)
+        .parse()
+        .map_err(|e| Cut(format!("bad upstream URI: {e}")))?;
     for h in HOP_BY_HOP {
         parts.headers.remove(h);
     }
@@ -466,7 +537,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     for h in HOP_BY_HOP {
         parts.headers.remove(h);
     }
-    Ok(Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed()))
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(|e| Box::new(e) as BoxError).boxed(),
+    ))
 }
 
 #[cfg(test)]
@@ -474,7 +548,14 @@ mod tests {
     use super::*;
 
     fn state(rule: Rule) -> RuleState {
-        RuleState { id: 1, rule, added: Instant::now(), first_match: None, matched: 0, applied: 0 }
+        RuleState {
+            id: 1,
+            rule,
+            added: Instant::now(),
+            first_match: None,
+            matched: 0,
+            applied: 0,
+        }
     }
 
     #[test]
@@ -508,7 +589,10 @@ mod tests {
 
     #[test]
     fn matchers_compare_method_and_path_prefix() {
-        let m = Matcher { method: Some("post".into()), path_prefix: Some("/google.firestore.v1.Firestore/Commit".into()) };
+        let m = Matcher {
+            method: Some("post".into()),
+            path_prefix: Some("/google.firestore.v1.Firestore/Commit".into()),
+        };
         assert!(m.matches("POST", "/google.firestore.v1.Firestore/Commit"));
         assert!(!m.matches("POST", "/google.firestore.v1.Firestore/BeginTransaction"));
         assert!(!m.matches("GET", "/google.firestore.v1.Firestore/Commit"));
@@ -517,9 +601,13 @@ mod tests {
 
     #[test]
     fn rules_parse_from_json_strictly() {
-        let r: Rule = serde_json::from_str(r#"{"match": {"pathPrefix": "/upload/"}, "action": {"kind": "refuse"}, "times": 3}"#).unwrap();
+        let r: Rule =
+            serde_json::from_str(r#"{"match": {"pathPrefix": "/upload/"}, "action": {"kind": "refuse"}, "times": 3}"#)
+                .unwrap();
         assert_eq!(r, Rule::new(Matcher::path("/upload/"), Action::Refuse).times(3));
-        let e = serde_json::from_str::<Rule>(r#"{"action": {"kind": "explode"}}"#).unwrap_err().to_string();
+        let e = serde_json::from_str::<Rule>(r#"{"action": {"kind": "explode"}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("explode"), "{e}");
         assert!(serde_json::from_str::<Rule>(r#"{"action": {"kind": "reset"}, "tmes": 1}"#).is_err());
     }

@@ -18,7 +18,8 @@ use http_body_util::{BodyExt, Full};
 use mock_chart_img::{spawn, Config, Plan, PlanLimits};
 
 const PATH: &str = "/v2/tradingview/advanced-chart";
-const BODY: &str = r#"{"symbol":"BINANCE:BTCUSDT","interval":"4h","theme":"dark","studies":[{"name":"Volume","forceOverlay":true}]}"#;
+const BODY: &str =
+    r#"{"symbol":"BINANCE:BTCUSDT","interval":"4h","theme":"dark","studies":[{"name":"Volume","forceOverlay":true}]}"#;
 
 struct Result {
     requests: usize,
@@ -44,8 +45,9 @@ async fn drive(addr: std::net::SocketAddr, conns: usize, secs: u64) -> Result {
             tokio::spawn(async move {
                 let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
                 stream.set_nodelay(true).unwrap();
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
                 tokio::spawn(conn);
                 let mut done = 0usize;
                 let mut errors = 0;
@@ -101,13 +103,23 @@ async fn drive(addr: std::net::SocketAddr, conns: usize, secs: u64) -> Result {
         }
         Duration::from_secs(1)
     };
-    Result { requests, errors, rps: requests as f64 / elapsed, p50: pct(0.5), p99: pct(0.99) }
+    Result {
+        requests,
+        errors,
+        rps: requests as f64 / elapsed,
+        p50: pct(0.5),
+        p99: pct(0.99),
+    }
 }
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0))
+        })
         .unwrap_or(0)
 }
 
@@ -124,11 +136,22 @@ fn show(name: &str, r: &Result) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let secs: u64 = std::env::var("LOAD_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let conns: usize = std::env::var("LOAD_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let secs: u64 = std::env::var("LOAD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let conns: usize = std::env::var("LOAD_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
 
     // The mock: rate limiting on (huge custom rate so it never says no), journal on (default capacity 1000).
-    let limits = PlanLimits { rate_per_sec: 1e9, burst: 1_000_000_000, daily_limit: u32::MAX, ..PlanLimits::unlimited() };
+    let limits = PlanLimits {
+        rate_per_sec: 1e9,
+        burst: 1_000_000_000,
+        daily_limit: u32::MAX,
+        ..PlanLimits::unlimited()
+    };
     let mock = spawn(Config::default().with_key("load-key", "acc-load", Plan::custom(limits))).await?;
     let png = reqwest::Client::new()
         .post(format!("{}{PATH}", mock.base_url()))
@@ -145,22 +168,37 @@ async fn main() -> anyhow::Result<()> {
     let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let bare_addr = bare_listener.local_addr()?;
     let bytes = png.clone();
-    let bare = Router::new().route(PATH, post(move || { let b = bytes.clone(); async move { ([(header::CONTENT_TYPE, "image/png")], b) } }));
+    let bare = Router::new().route(
+        PATH,
+        post(move || {
+            let b = bytes.clone();
+            async move { ([(header::CONTENT_TYPE, "image/png")], b) }
+        }),
+    );
     tokio::spawn(async move { axum::serve(bare_listener, bare).await });
 
-    println!("{conns} keep-alive connections, {secs} s per run, PNG of {} bytes", png.len());
+    println!(
+        "{conns} keep-alive connections, {secs} s per run, PNG of {} bytes",
+        png.len()
+    );
     // Warm-up of both, so neither pays for first-touch allocations inside its measured run.
     drive(bare_addr, conns, 1).await;
     drive(mock.addr(), conns, 1).await;
 
     if std::env::var("LOAD_ONLY").as_deref() == Ok("mock") {
         // For profiling the mock alone.
-        show("mock-chart-img (limits + journal)", &drive(mock.addr(), conns, secs).await);
+        show(
+            "mock-chart-img (limits + journal)",
+            &drive(mock.addr(), conns, secs).await,
+        );
         return Ok(());
     }
     // Interleaved rounds, because the machine is shared: whatever else runs slows both sides of a round alike, and
     // the best round of each side is the figure least disturbed by it.
-    let rounds: usize = std::env::var("LOAD_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("LOAD_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let rss_before = rss_kib();
     let (mut best_bare, mut best_mock, mut ratios) = (0f64, 0f64, Vec::new());
     let mut rss_after = Vec::new();

@@ -11,7 +11,9 @@ use bytes::Bytes;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let path = std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: bare_axum <file.png>"))?;
+    let path = std::env::args()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("usage: bare_axum <file.png>"))?;
     let png = Bytes::from(std::fs::read(&path)?);
     let app = if std::env::var_os("BARE_BODY").is_some() {
         // Reads the request body as the mock must (to compare, not as the ceiling: the ceiling reads nothing).

@@ -57,12 +57,27 @@ impl Account {
         // make the bucket refill slower than the test runs, which makes the counts exact.
         let period = Duration::from_secs_f64(1.0 / limits.rate_per_sec).max(Duration::from_nanos(1));
         let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(period).expect("period is positive").allow_burst(burst);
+        let quota = Quota::with_period(period)
+            .expect("period is positive")
+            .allow_burst(burst);
         let plan_key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (limits.rate_per_sec.to_bits(), limits.burst, limits.daily_limit, limits.max_width, limits.max_height).hash(&mut h);
-            (limits.max_params, limits.storage_days, limits.chart_img_watermark, limits.custom_watermark).hash(&mut h);
+            (
+                limits.rate_per_sec.to_bits(),
+                limits.burst,
+                limits.daily_limit,
+                limits.max_width,
+                limits.max_height,
+            )
+                .hash(&mut h);
+            (
+                limits.max_params,
+                limits.storage_days,
+                limits.chart_img_watermark,
+                limits.custom_watermark,
+            )
+                .hash(&mut h);
             h.finish()
         };
         Account {
@@ -166,9 +181,9 @@ impl Accounts {
         let mut map = self.by_key.write().unwrap();
         let mut next = HashMap::with_capacity(keys.len());
         for k in keys {
-            let keep = map.get(&k.key).filter(|a| {
-                a.config.account == k.account && a.limits == k.limits() && a.config.active == k.active
-            });
+            let keep = map
+                .get(&k.key)
+                .filter(|a| a.config.account == k.account && a.limits == k.limits() && a.config.active == k.active);
             let acc = match keep {
                 Some(a) => a.clone(),
                 None => Arc::new(Account::new(k.clone())),
@@ -181,7 +196,10 @@ impl Accounts {
     /// Adds or replaces one key. Refuses an account id already used by another key.
     pub fn upsert(&self, key: KeyConfig) -> Result<(), String> {
         let mut map = self.by_key.write().unwrap();
-        if map.iter().any(|(k, a)| a.config.account == key.account && *k != key.key) {
+        if map
+            .iter()
+            .any(|(k, a)| a.config.account == key.account && *k != key.key)
+        {
             return Err(format!("account `{}` already has another key", key.account));
         }
         map.insert(key.key.clone(), Arc::new(Account::new(key)));

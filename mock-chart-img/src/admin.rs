@@ -29,12 +29,49 @@ use crate::{
 /// The OpenAPI document of the admin API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "mock-chart-img admin API", description = "Control and inspect a running mock Chart-IMG server."),
-    paths(health, requests, clear_requests, usage, usage_of, reset, list_keys, add_key, remove_key, list_faults, add_fault,
-          remove_fault, clear_faults, loaded_config, openapi_json),
-    components(schemas(Health, JournalEntry, Usage, KeySummary, KeyConfig, LimitOverrides, Plan, PlanLimits, PlanName,
-                       FaultSpec, FaultKind, Route, InstalledFault, Created, AdminError, ConfigView, ReplayConfig,
-                       SymbolMode, WatermarkMode, LatencyProfile))
+    info(
+        title = "mock-chart-img admin API",
+        description = "Control and inspect a running mock Chart-IMG server."
+    ),
+    paths(
+        health,
+        requests,
+        clear_requests,
+        usage,
+        usage_of,
+        reset,
+        list_keys,
+        add_key,
+        remove_key,
+        list_faults,
+        add_fault,
+        remove_fault,
+        clear_faults,
+        loaded_config,
+        openapi_json
+    ),
+    components(schemas(
+        Health,
+        JournalEntry,
+        Usage,
+        KeySummary,
+        KeyConfig,
+        LimitOverrides,
+        Plan,
+        PlanLimits,
+        PlanName,
+        FaultSpec,
+        FaultKind,
+        Route,
+        InstalledFault,
+        Created,
+        AdminError,
+        ConfigView,
+        ReplayConfig,
+        SymbolMode,
+        WatermarkMode,
+        LatencyProfile
+    ))
 )]
 pub struct AdminApi;
 
@@ -177,7 +214,13 @@ pub struct AdminError {
 }
 
 fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(AdminError { message: message.into() })).into_response()
+    (
+        status,
+        Json(AdminError {
+            message: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 pub(crate) fn router() -> Router<AppState> {
@@ -343,5 +386,6 @@ async fn loaded_config(State(st): State<AppState>) -> Json<ConfigView> {
 /// This document.
 #[utoipa::path(get, path = "/__admin/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document")))]
 async fn openapi_json() -> Response {
-    Json(serde_json::to_value(AdminApi::openapi()).unwrap_or_else(|e| json!({ "error": e.to_string() }))).into_response()
+    Json(serde_json::to_value(AdminApi::openapi()).unwrap_or_else(|e| json!({ "error": e.to_string() })))
+        .into_response()
 }

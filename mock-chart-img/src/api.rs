@@ -122,11 +122,17 @@ async fn read_body(mut body: Body) -> Result<Bytes, ApiError> {
     let mut joined: Option<BytesMut> = None;
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ApiError::Status { status: 400, message: None })?;
+        let frame = frame.map_err(|_| ApiError::Status {
+            status: 400,
+            message: None,
+        })?;
         let Ok(data) = frame.into_data() else { continue };
         len += data.len();
         if len > BODY_LIMIT {
-            return Err(ApiError::Status { status: 413, message: None });
+            return Err(ApiError::Status {
+                status: 413,
+                message: None,
+            });
         }
         match &mut joined {
             Some(j) => j.extend_from_slice(&data),
@@ -147,7 +153,11 @@ const X_AMZN_REQUESTID: HeaderName = HeaderName::from_static("x-amzn-requestid")
 
 /// The key of a request: the `x-api-key` header (borrowed), or `?key=` where the route accepts it.
 fn api_key<'h>(headers: &'h HeaderMap, uri: &Uri, query_allowed: bool) -> Option<Cow<'h, str>> {
-    if let Some(k) = headers.get(X_API_KEY).and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty()) {
+    if let Some(k) = headers
+        .get(X_API_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+    {
         return Some(Cow::Borrowed(k));
     }
     if !query_allowed || uri.query().is_none() {
@@ -190,7 +200,11 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
     let mut truncate = false;
     let response = match decision.action {
         Some(Action::Reset) | Some(Action::Empty) => {
-            let abort = if matches!(decision.action, Some(Action::Reset)) { Abort::Reset } else { Abort::Close };
+            let abort = if matches!(decision.action, Some(Action::Reset)) {
+                Abort::Reset
+            } else {
+                Abort::Close
+            };
             let mut r = StatusCode::BAD_GATEWAY.into_response();
             r.extensions_mut().insert(abort);
             r
@@ -202,13 +216,27 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
         }
         Some(Action::NonImage { content_type, body }) => {
             let mut r = (StatusCode::OK, body).into_response();
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("image/png")));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("image/png")),
+            );
             r
         }
         other => {
             truncate = matches!(other, Some(Action::Truncate));
-            match answer(&st, &knobs, route, &target, uri, headers, &body, account.as_deref(), &mut trace).await {
+            match answer(
+                &st,
+                &knobs,
+                route,
+                &target,
+                uri,
+                headers,
+                &body,
+                account.as_deref(),
+                &mut trace,
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     trace.error = Some(e.summary());
@@ -227,9 +255,21 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
     response
 }
 
-fn journal(st: &AppState, method: &Method, uri: &Uri, mut trace: Trace, started: Instant, fired: Vec<&'static str>, response: &Response) {
+fn journal(
+    st: &AppState,
+    method: &Method,
+    uri: &Uri,
+    mut trace: Trace,
+    started: Instant,
+    fired: Vec<&'static str>,
+    response: &Response,
+) {
     let s = &st.inner;
-    let status = if response.extensions().get::<Abort>().is_some() { None } else { Some(response.status().as_u16()) };
+    let status = if response.extensions().get::<Abort>().is_some() {
+        None
+    } else {
+        Some(response.status().as_u16())
+    };
     let duration_ms = started.elapsed().as_millis() as u64;
     // A debug line: at the default level only the periodic summary (`telemetry`) is written, so logging costs the
     // request path nothing.
@@ -359,12 +399,18 @@ async fn answer(
             // settings, so a memoized request has passed them (the memo is emptied when the settings change).
             catalogue_checks(st, &request)?;
             let key = request.cache_key();
-            let label = Arc::new(ChartLabel { symbol: request.symbol.clone(), interval: request.interval.clone() });
+            let label = Arc::new(ChartLabel {
+                symbol: request.symbol.clone(),
+                interval: request.interval.clone(),
+            });
             let p = Arc::new(Prepared { request, key, label });
             if layout.is_none() {
                 // A copy of the body: the one read shares the connection's read buffer, which the memo must not pin.
                 let (body, plan) = memo_key;
-                s.prepared.lock().unwrap().put((Bytes::copy_from_slice(&body), plan), p.clone());
+                s.prepared
+                    .lock()
+                    .unwrap()
+                    .put((Bytes::copy_from_slice(&body), plan), p.clone());
             }
             p
         }
@@ -375,12 +421,20 @@ async fn answer(
     if let Some(l) = &layout {
         let sent = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
         if let (Some(id), Some(sign)) = (&l.session_id, &l.session_sign) {
-            if sent("tradingview-session-id") != Some(id.as_str()) || sent("tradingview-session-id-sign") != Some(sign.as_str()) {
-                return Err(ApiError::Rejected(Rejection::message(403, chart_img_spec::messages::LAYOUT_FORBIDDEN)));
+            if sent("tradingview-session-id") != Some(id.as_str())
+                || sent("tradingview-session-id-sign") != Some(sign.as_str())
+            {
+                return Err(ApiError::Rejected(Rejection::message(
+                    403,
+                    chart_img_spec::messages::LAYOUT_FORBIDDEN,
+                )));
             }
         }
         if l.disconnected {
-            return Err(ApiError::Rejected(Rejection::message(409, chart_img_spec::messages::SESSION_DISCONNECTED)));
+            return Err(ApiError::Rejected(Rejection::message(
+                409,
+                chart_img_spec::messages::SESSION_DISCONNECTED,
+            )));
         }
     }
     realistic_wait(st, knobs, req).await?;
@@ -391,7 +445,8 @@ async fn answer(
         Route::AdvancedChart => {
             // Built directly: `Bytes::into_response` would insert a content type only to have it replaced.
             let mut r = Response::new(Body::from(bytes));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(req.content_type()));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(req.content_type()));
             Ok(r)
         }
         Route::Storage => store(st, req, layout.is_some(), headers, bytes, account),
@@ -409,7 +464,11 @@ fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<(), ApiError> {
         {
             return Err(Rejection::invalid_symbol().into());
         }
-        if settings.unsupported_intervals.get(&exchange).is_some_and(|l| l.contains(&req.interval)) {
+        if settings
+            .unsupported_intervals
+            .get(&exchange)
+            .is_some_and(|l| l.contains(&req.interval))
+        {
             return Err(Rejection::invalid_interval().into());
         }
     }
@@ -449,10 +508,16 @@ async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &
     let owned = crate::render::RenderRequest::new(req.clone());
     let rendered = tokio::task::spawn_blocking(move || crate::render::render(&owned, seed))
         .await
-        .map_err(|_| ApiError::Status { status: 500, message: None })?
+        .map_err(|_| ApiError::Status {
+            status: 500,
+            message: None,
+        })?
         .map_err(|e| {
             tracing::error!(error = %e, "render failed");
-            ApiError::Status { status: 500, message: None }
+            ApiError::Status {
+                status: 500,
+                message: None,
+            }
         })?;
     s.renders.fetch_add(1, Ordering::Relaxed);
     let bytes = Bytes::from(rendered);
@@ -462,7 +527,14 @@ async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &
 
 /// Keeps the image as a new object and answers `{url, etag, expire}` (`size` too for layouts) with a URL this
 /// server serves until `expire` = now + the plan's storage period.
-fn store(st: &AppState, req: &ChartRequest, layout: bool, headers: &HeaderMap, bytes: Bytes, account: &Account) -> Result<Response, ApiError> {
+fn store(
+    st: &AppState,
+    req: &ChartRequest,
+    layout: bool,
+    headers: &HeaderMap,
+    bytes: Bytes,
+    account: &Account,
+) -> Result<Response, ApiError> {
     use sha2::Digest;
     let s = &st.inner;
     let etag = hex::encode(&sha2::Sha256::digest(&bytes)[..16]);
@@ -470,15 +542,27 @@ fn store(st: &AppState, req: &ChartRequest, layout: bool, headers: &HeaderMap, b
     let now = s.clock.now();
     let expire = now + chrono::Duration::days(i64::from(account.limits.storage_days));
     let kind = if layout { "layout-chart" } else { "advanced-chart" };
-    let rel = format!("{}/tradingview/{kind}/{}.{ext}", expire.format("%Y%m%d"), uuid::Uuid::new_v4());
+    let rel = format!(
+        "{}/tradingview/{kind}/{}.{ext}",
+        expire.format("%Y%m%d"),
+        uuid::Uuid::new_v4()
+    );
     let base = s.settings.read().unwrap().public_url.clone().unwrap_or_else(|| {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
         format!("http://{host}")
     });
-    s.storage.put(&rel, &bytes, req.content_type(), expire, now).map_err(|e| {
-        tracing::error!(error = %e, "cannot store the image");
-        ApiError::Status { status: 500, message: None }
-    })?;
+    s.storage
+        .put(&rel, &bytes, req.content_type(), expire, now)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot store the image");
+            ApiError::Status {
+                status: 500,
+                message: None,
+            }
+        })?;
     let url = format!("{}/storage/{rel}", base.trim_end_matches('/'));
     let expire = expire.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
     let body = if layout {
@@ -487,13 +571,17 @@ fn store(st: &AppState, req: &ChartRequest, layout: bool, headers: &HeaderMap, b
         json!({ "url": url, "etag": etag, "expire": expire })
     };
     let mut r = (StatusCode::OK, body.to_string()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
 }
 
 /// `GET /storage/{yyyymmdd}/tradingview/{kind}/{file}`: the images handed out by the `/storage` routes, until
 /// they expire.
-pub(crate) async fn stored_image(State(st): State<AppState>, Path((date, kind, file)): Path<(String, String, String)>) -> Response {
+pub(crate) async fn stored_image(
+    State(st): State<AppState>,
+    Path((date, kind, file)): Path<(String, String, String)>,
+) -> Response {
     let rel = format!("{date}/tradingview/{kind}/{file}");
     match st.inner.storage.get(&rel, st.inner.clock.now()) {
         Some((content_type, bytes)) => {
@@ -508,7 +596,12 @@ pub(crate) async fn stored_image(State(st): State<AppState>, Path((date, kind, f
 }
 
 /// `GET /v3/tradingview/exchange/list`.
-pub(crate) async fn exchange_list(State(st): State<AppState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub(crate) async fn exchange_list(
+    State(st): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     v3(st, method, uri, headers, None).await
 }
 
@@ -561,7 +654,8 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
     let response = match result {
         Ok(body) => {
             let mut r = (StatusCode::OK, body.to_string()).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
         }
         Err(e) => {
@@ -589,7 +683,11 @@ pub(crate) fn gateway_headers(mut response: Response) -> Response {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         if !json && response.extensions().get::<Abort>().is_none() {
-            response = ApiError::Status { status: status.as_u16(), message: None }.into_response();
+            response = ApiError::Status {
+                status: status.as_u16(),
+                message: None,
+            }
+            .into_response();
         }
     }
     let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -605,10 +703,15 @@ async fn truncated(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let full = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let half = full.slice(..full.len() / 2);
-    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(full.len()));
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(full.len()));
     let stream = futures::stream::iter([
         Ok::<Bytes, std::io::Error>(half),
-        Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "truncated by fault")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "truncated by fault",
+        )),
     ]);
     // A short pause between the halves so the client has surely started reading before the break.
     let stream = futures::StreamExt::then(stream, |item| async move {

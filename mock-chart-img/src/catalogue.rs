@@ -48,16 +48,23 @@ impl Catalogue {
 
     /// Reads a catalogue file (YAML or JSON); the error names the file and line.
     pub fn from_file(path: &Path) -> anyhow::Result<Catalogue> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
         serde_yaml::from_str(&text).map_err(|e| {
             let line = e.location().map(|l| format!(":{}", l.line())).unwrap_or_default();
-            anyhow::anyhow!("{}{line}: {}", path.display(), e.to_string().split(" at line ").next().unwrap_or_default())
+            anyhow::anyhow!(
+                "{}{line}: {}",
+                path.display(),
+                e.to_string().split(" at line ").next().unwrap_or_default()
+            )
         })
     }
 
     /// `Some(listed)` when the catalogue has entries for `exchange`, `None` when it knows nothing about it.
     pub fn lists(&self, exchange: &str, ticker: &str) -> Option<bool> {
-        self.exchanges.get(exchange).map(|list| list.iter().any(|s| s.symbol == ticker))
+        self.exchanges
+            .get(exchange)
+            .map(|list| list.iter().any(|s| s.symbol == ticker))
     }
 
     /// Every exchange the v3 list answers: the documented ones, then any extra the catalogue has.
@@ -83,7 +90,10 @@ mod tests {
         assert_eq!(c.lists("BINANCE", "NOTACOIN"), Some(false));
         assert_eq!(c.lists("BVB", "TLV"), None);
         for id in c.exchanges.keys() {
-            assert!(chart_img_spec::exchange(id).is_some_and(|e| e.v2), "{id} is not a documented v2 exchange");
+            assert!(
+                chart_img_spec::exchange(id).is_some_and(|e| e.v2),
+                "{id} is not a documented v2 exchange"
+            );
         }
     }
 }

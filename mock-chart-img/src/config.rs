@@ -269,7 +269,13 @@ impl fmt::Debug for KeyConfig {
 impl KeyConfig {
     /// An active key on `plan`.
     pub fn new(key: impl Into<String>, account: impl Into<String>, plan: Plan) -> Self {
-        KeyConfig { key: key.into(), account: account.into(), plan, active: true, overrides: LimitOverrides::default() }
+        KeyConfig {
+            key: key.into(),
+            account: account.into(),
+            plan,
+            active: true,
+            overrides: LimitOverrides::default(),
+        }
     }
 
     /// The plan's limits with the overrides applied.
@@ -295,7 +301,10 @@ impl KeyConfig {
         }
         let l = self.limits();
         if !(l.rate_per_sec.is_finite() && l.rate_per_sec > 0.0) {
-            return Err(format!("account `{}`: `rate_per_sec` must be a positive number", self.account));
+            return Err(format!(
+                "account `{}`: `rate_per_sec` must be a positive number",
+                self.account
+            ));
         }
         if l.burst == 0 {
             return Err(format!("account `{}`: `burst` must be at least 1", self.account));
@@ -367,7 +376,10 @@ impl Config {
 
     /// Answers from cassettes (see [`ReplayConfig`]).
     pub fn with_replay(mut self, dir: impl Into<std::path::PathBuf>, strict: bool) -> Self {
-        self.replay = Some(ReplayConfig { dir: dir.into(), strict });
+        self.replay = Some(ReplayConfig {
+            dir: dir.into(),
+            strict,
+        });
         self
     }
 
@@ -375,8 +387,11 @@ impl Config {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { path: name.clone(), line: None, message: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: name.clone(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => ConfigFormat::Toml,
             _ => ConfigFormat::Yaml,
@@ -386,7 +401,11 @@ impl Config {
 
     /// Parses config text; `origin` names it in errors.
     pub fn parse(text: &str, format: ConfigFormat, origin: &str) -> Result<Config, ConfigError> {
-        let err = |line: Option<usize>, message: String| ConfigError { path: origin.to_string(), line, message };
+        let err = |line: Option<usize>, message: String| ConfigError {
+            path: origin.to_string(),
+            line,
+            message,
+        };
         let config: Config = match format {
             ConfigFormat::Yaml => {
                 // An empty file is an empty mapping, not an error: it is how one starts a config.
@@ -407,7 +426,9 @@ impl Config {
                 err(line, e.message().to_string())
             })?,
         };
-        config.validate().map_err(|(needle, message)| err(needle.and_then(|(n, nth)| line_of_text(text, &n, nth)), message))?;
+        config
+            .validate()
+            .map_err(|(needle, message)| err(needle.and_then(|(n, nth)| line_of_text(text, &n, nth)), message))?;
         Ok(config)
     }
 
@@ -431,19 +452,29 @@ impl Config {
         }
         for (i, f) in self.faults.iter().enumerate() {
             let nth = self.faults[..i].iter().filter(|g| g.kind == f.kind).count();
-            f.validate().map_err(|m| (Some((f.kind.as_str().to_string(), nth)), m))?;
+            f.validate()
+                .map_err(|m| (Some((f.kind.as_str().to_string(), nth)), m))?;
         }
         if self.journal_capacity == 0 || self.render_cache_capacity == 0 || self.storage_capacity == 0 {
             return Err((Some(("capacity".into(), 0)), "capacities must be at least 1".into()));
         }
         if !(self.time_scale.is_finite() && self.time_scale >= 0.0) {
-            return Err((Some(("time_scale".into(), 0)), "`time_scale` must be a number >= 0".into()));
+            return Err((
+                Some(("time_scale".into(), 0)),
+                "`time_scale` must be a number >= 0".into(),
+            ));
         }
         if self.gateway_timeout_ms == 0 {
-            return Err((Some(("gateway_timeout_ms".into(), 0)), "`gateway_timeout_ms` must be at least 1".into()));
+            return Err((
+                Some(("gateway_timeout_ms".into(), 0)),
+                "`gateway_timeout_ms` must be at least 1".into(),
+            ));
         }
         for (exchange, intervals) in &self.unsupported_intervals {
-            if let Some(bad) = intervals.iter().find(|i| !chart_img_spec::INTERVALS.contains(&i.as_str())) {
+            if let Some(bad) = intervals
+                .iter()
+                .find(|i| !chart_img_spec::INTERVALS.contains(&i.as_str()))
+            {
                 return Err((
                     Some((exchange.clone(), 0)),
                     format!("unsupported_intervals.{exchange}: `{bad}` is not a Chart-IMG interval"),
@@ -453,12 +484,18 @@ impl Config {
         let mut layouts = std::collections::HashSet::new();
         for l in &self.layouts {
             if l.id.is_empty() || !layouts.insert(l.id.as_str()) {
-                return Err((Some((format!("id: {}", l.id), 0)), format!("layout `{}` is empty or listed twice", l.id)));
+                return Err((
+                    Some((format!("id: {}", l.id), 0)),
+                    format!("layout `{}` is empty or listed twice", l.id),
+                ));
             }
             if l.session_id.is_some() != l.session_sign.is_some() {
                 return Err((
                     Some((format!("id: {}", l.id), 0)),
-                    format!("layout `{}`: give both `session_id` and `session_sign`, or neither", l.id),
+                    format!(
+                        "layout `{}`: give both `session_id` and `session_sign`, or neither",
+                        l.id
+                    ),
                 ));
             }
         }

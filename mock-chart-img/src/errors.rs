@@ -43,7 +43,10 @@ pub fn documented_message(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => messages::ENDPOINT_TIMED_OUT,
-        _ => StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error"),
+        _ => StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error"),
     }
 }
 
@@ -57,9 +60,10 @@ impl ApiError {
             ApiError::LimitExceeded => (429, message_body(messages::LIMIT_EXCEEDED)),
             ApiError::GatewayTimeout => (504, message_body(messages::ENDPOINT_TIMED_OUT)),
             ApiError::RouteNotFound => (404, message_body(messages::ROUTE_NOT_FOUND)),
-            ApiError::Status { status, message } => {
-                (*status, message_body(message.as_deref().unwrap_or_else(|| documented_message(*status))))
-            }
+            ApiError::Status { status, message } => (
+                *status,
+                message_body(message.as_deref().unwrap_or_else(|| documented_message(*status))),
+            ),
         }
     }
 
@@ -77,7 +81,13 @@ impl ApiError {
     pub fn summary(&self) -> String {
         match self {
             ApiError::Rejected(r) => r.summary(),
-            other => other.parts().1.get("message").and_then(Value::as_str).unwrap_or_default().to_string(),
+            other => other
+                .parts()
+                .1
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
         }
     }
 }
@@ -93,9 +103,11 @@ impl IntoResponse for ApiError {
         let (status, body) = self.parts();
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, body.to_string()).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(t) = self.gateway_error_type() {
-            resp.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static(t));
+            resp.headers_mut()
+                .insert("x-amzn-errortype", HeaderValue::from_static(t));
         }
         resp
     }

@@ -137,19 +137,33 @@ impl FaultSpec {
     }
     /// A fixed delay before the answer.
     pub fn latency_ms(ms: u64) -> Self {
-        FaultSpec { ms: Some(ms), ..Self::of(FaultKind::Latency) }
+        FaultSpec {
+            ms: Some(ms),
+            ..Self::of(FaultKind::Latency)
+        }
     }
     /// A random delay in `min_ms..=max_ms` before the answer.
     pub fn random_latency_ms(min_ms: u64, max_ms: u64) -> Self {
-        FaultSpec { min_ms: Some(min_ms), max_ms: Some(max_ms), ..Self::of(FaultKind::Latency) }
+        FaultSpec {
+            min_ms: Some(min_ms),
+            max_ms: Some(max_ms),
+            ..Self::of(FaultKind::Latency)
+        }
     }
     /// Answers these statuses in order (`200` = answer normally), then retires.
     pub fn status_sequence(statuses: impl IntoIterator<Item = u16>) -> Self {
-        FaultSpec { statuses: Some(statuses.into_iter().collect()), ..Self::of(FaultKind::StatusSequence) }
+        FaultSpec {
+            statuses: Some(statuses.into_iter().collect()),
+            ..Self::of(FaultKind::StatusSequence)
+        }
     }
     /// Answers `status` with probability `rate`.
     pub fn error_rate(rate: f64, status: u16) -> Self {
-        FaultSpec { rate: Some(rate), status: Some(status), ..Self::of(FaultKind::ErrorRate) }
+        FaultSpec {
+            rate: Some(rate),
+            status: Some(status),
+            ..Self::of(FaultKind::ErrorRate)
+        }
     }
     /// Resets the connection.
     pub fn connection_reset() -> Self {
@@ -201,11 +215,15 @@ impl FaultSpec {
             },
             FaultKind::StatusSequence => match &self.statuses {
                 Some(s) if !s.is_empty() && s.iter().all(|s| status_ok(*s)) => Ok(()),
-                _ => Err(format!("fault `{k}`: `statuses` must be a non-empty list of HTTP statuses")),
+                _ => Err(format!(
+                    "fault `{k}`: `statuses` must be a non-empty list of HTTP statuses"
+                )),
             },
             FaultKind::ErrorRate => match self.rate {
                 Some(r) if (0.0..=1.0).contains(&r) && self.status.is_none_or(status_ok) => Ok(()),
-                _ => Err(format!("fault `{k}`: `rate` must be within 0..=1 and `status` an HTTP status")),
+                _ => Err(format!(
+                    "fault `{k}`: `rate` must be within 0..=1 and `status` an HTTP status"
+                )),
             },
             _ => Ok(()),
         }
@@ -263,7 +281,11 @@ struct FaultsInner {
 impl Faults {
     pub fn new(seed: u64, specs: &[FaultSpec]) -> Self {
         let f = Faults {
-            inner: Mutex::new(FaultsInner { next_id: 1, list: Vec::new(), rng: StdRng::seed_from_u64(seed) }),
+            inner: Mutex::new(FaultsInner {
+                next_id: 1,
+                list: Vec::new(),
+                rng: StdRng::seed_from_u64(seed),
+            }),
             count: Default::default(),
         };
         f.replace_config(specs);
@@ -274,7 +296,13 @@ impl Faults {
         let mut g = self.inner.lock().unwrap();
         let id = g.next_id;
         g.next_id += 1;
-        g.list.push(InstalledFault { id, origin: origin.to_string(), fired: 0, spec, seq_pos: 0 });
+        g.list.push(InstalledFault {
+            id,
+            origin: origin.to_string(),
+            fired: 0,
+            spec,
+            seq_pos: 0,
+        });
         self.count.store(g.list.len(), std::sync::atomic::Ordering::SeqCst);
         id
     }
@@ -341,14 +369,22 @@ impl Faults {
                     f.seq_pos += 1;
                     match status {
                         Some(200) | None => {}
-                        Some(status) => d.action = Some(Action::Status { status, message: s.message.clone() }),
+                        Some(status) => {
+                            d.action = Some(Action::Status {
+                                status,
+                                message: s.message.clone(),
+                            })
+                        }
                     }
                     status.is_some()
                 }
                 FaultKind::ErrorRate => {
                     let hit = rng.random::<f64>() < s.rate.unwrap_or(0.0);
                     if hit {
-                        d.action = Some(Action::Status { status: s.status.unwrap_or(500), message: s.message.clone() });
+                        d.action = Some(Action::Status {
+                            status: s.status.unwrap_or(500),
+                            message: s.message.clone(),
+                        });
                     }
                     hit
                 }
@@ -385,8 +421,8 @@ impl Faults {
         }
         // Retire what is used up: sequences past their end, faults whose `times` ran out.
         list.retain(|f| {
-            let seq_done =
-                f.spec.kind == FaultKind::StatusSequence && f.seq_pos >= f.spec.statuses.as_ref().map_or(0, |s| s.len());
+            let seq_done = f.spec.kind == FaultKind::StatusSequence
+                && f.seq_pos >= f.spec.statuses.as_ref().map_or(0, |s| s.len());
             !seq_done && f.spec.times != Some(0)
         });
         self.count.store(list.len(), std::sync::atomic::Ordering::SeqCst);

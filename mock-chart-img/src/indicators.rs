@@ -159,7 +159,11 @@ pub(crate) fn macd(v: &[f64], fast: usize, slow: usize, signal: usize) -> (Serie
 pub(crate) fn bollinger(v: &[f64], n: usize, mult: f64) -> (Series, Series, Series) {
     let basis = sma(v, n);
     let dev = stdev(v, n);
-    (basis.clone(), zip(&basis, &dev, |b, d| b + mult * d), zip(&basis, &dev, |b, d| b - mult * d))
+    (
+        basis.clone(),
+        zip(&basis, &dev, |b, d| b + mult * d),
+        zip(&basis, &dev, |b, d| b - mult * d),
+    )
 }
 
 /// True range: high − low on the first candle, then the widest of that and the gaps to the previous close.
@@ -176,14 +180,24 @@ pub(crate) fn true_range(bars: &[Candle]) -> Vec<f64> {
 /// Keltner Channels: EMA(close) ± `mult` × EMA(true range, or high − low).
 pub(crate) fn keltner(bars: &[Candle], n: usize, mult: f64, use_true_range: bool) -> (Series, Series, Series) {
     let closes: Vec<f64> = bars.iter().map(|b| b.c).collect();
-    let range: Vec<f64> = if use_true_range { true_range(bars) } else { bars.iter().map(|b| b.h - b.l).collect() };
+    let range: Vec<f64> = if use_true_range {
+        true_range(bars)
+    } else {
+        bars.iter().map(|b| b.h - b.l).collect()
+    };
     let basis = ema(&closes, n);
     let r = ema(&range, n);
-    (basis.clone(), zip(&basis, &r, |b, r| b + mult * r), zip(&basis, &r, |b, r| b - mult * r))
+    (
+        basis.clone(),
+        zip(&basis, &r, |b, r| b + mult * r),
+        zip(&basis, &r, |b, r| b - mult * r),
+    )
 }
 
 fn rolling(v: &[f64], n: usize, f: fn(f64, f64) -> f64) -> Series {
-    (0..v.len()).map(|i| (n > 0 && i + 1 >= n).then(|| v[i + 1 - n..=i].iter().copied().reduce(f).unwrap_or(0.0))).collect()
+    (0..v.len())
+        .map(|i| (n > 0 && i + 1 >= n).then(|| v[i + 1 - n..=i].iter().copied().reduce(f).unwrap_or(0.0)))
+        .collect()
 }
 
 /// Highest value over `n`.
@@ -255,13 +269,21 @@ fn vwma(bars: &[Candle], n: usize) -> Series {
 fn alma(v: &[f64], n: usize, offset: f64, sigma: f64) -> Series {
     let m = offset * (n as f64 - 1.0);
     let s = n as f64 / sigma.max(1e-9);
-    let w: Vec<f64> = (0..n).map(|k| (-((k as f64 - m).powi(2)) / (2.0 * s * s)).exp()).collect();
+    let w: Vec<f64> = (0..n)
+        .map(|k| (-((k as f64 - m).powi(2)) / (2.0 * s * s)).exp())
+        .collect();
     weighted(v, &w)
 }
 
 fn hamming(v: &[f64], n: usize) -> Series {
     let w: Vec<f64> = (0..n)
-        .map(|k| if n == 1 { 1.0 } else { 0.54 - 0.46 * (2.0 * std::f64::consts::PI * k as f64 / (n as f64 - 1.0)).cos() })
+        .map(|k| {
+            if n == 1 {
+                1.0
+            } else {
+                0.54 - 0.46 * (2.0 * std::f64::consts::PI * k as f64 / (n as f64 - 1.0)).cos()
+            }
+        })
         .collect();
     weighted(v, &w)
 }
@@ -321,13 +343,19 @@ pub(crate) fn psar(bars: &[Candle], start: f64, step: f64, max: f64) -> Series {
     }
     let mut long = bars[1].c >= bars[0].c;
     let mut sar = if long { bars[0].l } else { bars[0].h };
-    let mut ep = if long { bars[1].h.max(bars[0].h) } else { bars[1].l.min(bars[0].l) };
+    let mut ep = if long {
+        bars[1].h.max(bars[0].h)
+    } else {
+        bars[1].l.min(bars[0].l)
+    };
     let mut af = start;
     for i in 1..bars.len() {
         let b = bars[i];
         sar += af * (ep - sar);
         if long {
-            sar = sar.min(bars[i - 1].l).min(if i >= 2 { bars[i - 2].l } else { bars[i - 1].l });
+            sar = sar
+                .min(bars[i - 1].l)
+                .min(if i >= 2 { bars[i - 2].l } else { bars[i - 1].l });
             if b.l < sar {
                 long = false;
                 sar = ep;
@@ -338,7 +366,9 @@ pub(crate) fn psar(bars: &[Candle], start: f64, step: f64, max: f64) -> Series {
                 af = (af + step).min(max);
             }
         } else {
-            sar = sar.max(bars[i - 1].h).max(if i >= 2 { bars[i - 2].h } else { bars[i - 1].h });
+            sar = sar
+                .max(bars[i - 1].h)
+                .max(if i >= 2 { bars[i - 2].h } else { bars[i - 1].h });
             if b.h > sar {
                 long = true;
                 sar = ep;
@@ -386,7 +416,11 @@ fn stochastic(bars: &[Candle], n: usize, smooth_k: usize, smooth_d: usize) -> (S
     let raw: Series = (0..bars.len())
         .map(|i| {
             let (h, l) = (hi[i]?, lo[i]?);
-            Some(if h == l { 50.0 } else { 100.0 * (bars[i].c - l) / (h - l) })
+            Some(if h == l {
+                50.0
+            } else {
+                100.0 * (bars[i].c - l) / (h - l)
+            })
         })
         .collect();
     // Rolling sums can land a rounding error outside 0..=100.
@@ -423,7 +457,11 @@ fn mfi(bars: &[Candle], n: usize) -> Series {
                     neg += flow;
                 }
             }
-            Some(if neg == 0.0 { 100.0 } else { 100.0 - 100.0 / (1.0 + pos / neg) })
+            Some(if neg == 0.0 {
+                100.0
+            } else {
+                100.0 - 100.0 / (1.0 + pos / neg)
+            })
         })
         .collect()
 }
@@ -435,7 +473,13 @@ fn obv(bars: &[Candle]) -> Series {
         .map(|(i, b)| {
             if i > 0 {
                 let pc = bars[i - 1].c;
-                acc += if b.c > pc { b.v } else if b.c < pc { -b.v } else { 0.0 };
+                acc += if b.c > pc {
+                    b.v
+                } else if b.c < pc {
+                    -b.v
+                } else {
+                    0.0
+                };
             }
             Some(acc)
         })
@@ -483,12 +527,23 @@ pub(crate) struct Plot {
 impl Plot {
     fn lines(series: Vec<Series>) -> Plot {
         Plot {
-            lines: series.into_iter().enumerate().map(|(k, values)| Line { values, colour: k, mark: Mark::Line }).collect(),
+            lines: series
+                .into_iter()
+                .enumerate()
+                .map(|(k, values)| Line {
+                    values,
+                    colour: k,
+                    mark: Mark::Line,
+                })
+                .collect(),
             ..Plot::default()
         }
     }
     fn band(basis: Series, upper: Series, lower: Series) -> Plot {
-        Plot { band: Some((1, 2)), ..Plot::lines(vec![basis, upper, lower]) }
+        Plot {
+            band: Some((1, 2)),
+            ..Plot::lines(vec![basis, upper, lower])
+        }
     }
     fn levels(mut self, levels: &[f64]) -> Plot {
         self.levels = levels.to_vec();
@@ -512,7 +567,9 @@ impl Plot {
             .chain(self.histogram.as_ref().map(|_| 0.0))
             .chain(self.volume.as_ref().map(|_| 0.0))
             .filter(|v| v.is_finite());
-        vals.fold(None, |acc, v| Some(acc.map_or((v, v), |(lo, hi): (f64, f64)| (lo.min(v), hi.max(v)))))
+        vals.fold(None, |acc, v| {
+            Some(acc.map_or((v, v), |(lo, hi): (f64, f64)| (lo.min(v), hi.max(v))))
+        })
     }
 }
 
@@ -572,9 +629,11 @@ pub(crate) fn compute(name: &str, inputs: &Map<String, Value>, bars: &[Candle], 
         "Triple EMA" => Plot::lines(vec![tema(&c, l(&["in_0", "length"], 9))]),
         "Hull Moving Average" => Plot::lines(vec![hma(&c, l(&["in_0", "length"], 9))]),
         "VWMA" => Plot::lines(vec![vwma(bars, l(&["in_0", "length"], 20))]),
-        "Least Squares Moving Average" => {
-            Plot::lines(vec![linreg(&c, l(&["in_0", "length"], 25), num(inputs, &["in_1"], 0.0))])
-        }
+        "Least Squares Moving Average" => Plot::lines(vec![linreg(
+            &c,
+            l(&["in_0", "length"], 25),
+            num(inputs, &["in_1"], 0.0),
+        )]),
         "Linear Regression Curve" => Plot::lines(vec![linreg(&c, l(&["in_0", "length"], 9), 0.0)]),
         "Arnaud Legoux Moving Average" => Plot::lines(vec![alma(
             &c,
@@ -601,7 +660,12 @@ pub(crate) fn compute(name: &str, inputs: &Map<String, Value>, bars: &[Candle], 
                 "Moving Average Triple" => 3,
                 _ => 6,
             };
-            Plot::lines(keys[..count].iter().map(|(k, d)| method_ma(inputs, "method", &c, l(&[k], *d))).collect())
+            Plot::lines(
+                keys[..count]
+                    .iter()
+                    .map(|(k, d)| method_ma(inputs, "method", &c, l(&[k], *d)))
+                    .collect(),
+            )
         }
         "Williams Alligator" => {
             let jaw = shifted(rma(&hl2, l(&["in_0"], 21)), l(&["in_3"], 8));
@@ -618,7 +682,10 @@ pub(crate) fn compute(name: &str, inputs: &Map<String, Value>, bars: &[Candle], 
             let shift = l(&["in_3"], 26).saturating_sub(1);
             let span_a = shifted(zip(&conv, &base, |a, b| (a + b) / 2.0), shift);
             let span_b = shifted(mid(l(&["in_2"], 52)), shift);
-            Plot { band: Some((2, 3)), ..Plot::lines(vec![conv, base, span_a, span_b]) }
+            Plot {
+                band: Some((2, 3)),
+                ..Plot::lines(vec![conv, base, span_a, span_b])
+            }
         }
         // Bands and channels.
         "Bollinger Bands" => {
@@ -626,8 +693,12 @@ pub(crate) fn compute(name: &str, inputs: &Map<String, Value>, bars: &[Candle], 
             Plot::band(b, u, lo)
         }
         "Keltner Channels" => {
-            let (b, u, lo) =
-                keltner(bars, l(&["in_1", "length"], 20), num(inputs, &["in_2", "mult"], 1.0), flag(inputs, "in_0", true));
+            let (b, u, lo) = keltner(
+                bars,
+                l(&["in_1", "length"], 20),
+                num(inputs, &["in_2", "mult"], 1.0),
+                flag(inputs, "in_0", true),
+            );
             Plot::band(b, u, lo)
         }
         "Donchian Channels" => {
@@ -636,7 +707,10 @@ pub(crate) fn compute(name: &str, inputs: &Map<String, Value>, bars: &[Candle], 
         }
         "Price Channel" => {
             let (_, u, lo) = donchian(bars, l(&["in_0", "length"], 20));
-            Plot { band: Some((0, 1)), ..Plot::lines(vec![u, lo]) }
+            Plot {
+                band: Some((0, 1)),
+                ..Plot::lines(vec![u, lo])
+            }
         }
         "Envelopes" => {
             let basis = method_ma(inputs, "in_3", &c, l(&["in_0", "length"], 20));
@@ -648,7 +722,10 @@ pub(crate) fn compute(name: &str, inputs: &Map<String, Value>, bars: &[Candle], 
         "Moving Average Channel" => {
             let h: Vec<f64> = bars.iter().map(|b| b.h).collect();
             let lw: Vec<f64> = bars.iter().map(|b| b.l).collect();
-            Plot { band: Some((0, 1)), ..Plot::lines(vec![sma(&h, l(&["in_0"], 20)), sma(&lw, l(&["in_1"], 20))]) }
+            Plot {
+                band: Some((0, 1)),
+                ..Plot::lines(vec![sma(&h, l(&["in_0"], 20)), sma(&lw, l(&["in_1"], 20))])
+            }
         }
         "Standard Error Bands" => {
             let n = l(&["periods"], 21);
@@ -660,8 +737,20 @@ pub(crate) fn compute(name: &str, inputs: &Map<String, Value>, bars: &[Candle], 
         }
         "VWAP" => Plot::lines(vec![vwap(bars)]),
         "Parabolic SAR" => {
-            let s = psar(bars, num(inputs, &["in_0"], 0.02), num(inputs, &["in_1"], 0.02), num(inputs, &["in_2"], 0.2));
-            Plot { lines: vec![Line { values: s, colour: 0, mark: Mark::Dots }], ..Plot::default() }
+            let s = psar(
+                bars,
+                num(inputs, &["in_0"], 0.02),
+                num(inputs, &["in_1"], 0.02),
+                num(inputs, &["in_2"], 0.2),
+            );
+            Plot {
+                lines: vec![Line {
+                    values: s,
+                    colour: 0,
+                    mark: Mark::Dots,
+                }],
+                ..Plot::default()
+            }
         }
         "Super Trend" => {
             let (up, down) = supertrend(bars, l(&["in_0"], 10), num(inputs, &["in_1"], 3.0));
@@ -675,9 +764,15 @@ pub(crate) fn compute(name: &str, inputs: &Map<String, Value>, bars: &[Candle], 
         }
         "MACD" => {
             let (line, sig, hist) = macd(&c, l(&["in_0"], 12), l(&["in_1"], 26), l(&["in_2"], 9));
-            Plot { histogram: Some(hist), ..Plot::lines(vec![line, sig]).levels(&[0.0]) }
+            Plot {
+                histogram: Some(hist),
+                ..Plot::lines(vec![line, sig]).levels(&[0.0])
+            }
         }
-        "Volume" => Plot { volume: Some(bars.iter().map(|b| b.v).collect()), ..Plot::default() },
+        "Volume" => Plot {
+            volume: Some(bars.iter().map(|b| b.v).collect()),
+            ..Plot::default()
+        },
         "Stochastic" => {
             let (k, d) = stochastic(bars, l(&["in_0"], 14), l(&["in_1"], 1), l(&["in_2"], 3));
             Plot::lines(vec![k, d]).levels(&[20.0, 80.0]).range(0.0, 100.0)
@@ -685,18 +780,33 @@ pub(crate) fn compute(name: &str, inputs: &Map<String, Value>, bars: &[Candle], 
         "Stochastic RSI" => {
             let r = rsi(&c, l(&["in_1"], 14));
             let start = r.iter().position(Option::is_some).unwrap_or(r.len());
-            let as_bars: Vec<Candle> =
-                r[start..].iter().flatten().map(|&x| Candle { o: x, h: x, l: x, c: x, v: 0.0 }).collect();
+            let as_bars: Vec<Candle> = r[start..]
+                .iter()
+                .flatten()
+                .map(|&x| Candle {
+                    o: x,
+                    h: x,
+                    l: x,
+                    c: x,
+                    v: 0.0,
+                })
+                .collect();
             let (k, d) = stochastic(&as_bars, l(&["in_0"], 14), l(&["in_2"], 3), l(&["in_3"], 3));
             let pad = |s: Series| none(start).into_iter().chain(s).collect::<Series>();
-            Plot::lines(vec![pad(k), pad(d)]).levels(&[20.0, 80.0]).range(0.0, 100.0)
+            Plot::lines(vec![pad(k), pad(d)])
+                .levels(&[20.0, 80.0])
+                .range(0.0, 100.0)
         }
         "Williams %R" => {
             let n = l(&["in_0"], 14);
             let (k, _) = stochastic(bars, n, 1, 1);
-            Plot::lines(vec![map(&k, |x| x - 100.0)]).levels(&[-80.0, -20.0]).range(-100.0, 0.0)
+            Plot::lines(vec![map(&k, |x| x - 100.0)])
+                .levels(&[-80.0, -20.0])
+                .range(-100.0, 0.0)
         }
-        "Money Flow Index" => Plot::lines(vec![mfi(bars, l(&["in_0"], 14))]).levels(&[20.0, 80.0]).range(0.0, 100.0),
+        "Money Flow Index" => Plot::lines(vec![mfi(bars, l(&["in_0"], 14))])
+            .levels(&[20.0, 80.0])
+            .range(0.0, 100.0),
         "Commodity Channel Index" => Plot::lines(vec![cci(bars, l(&["in_0"], 20))]).levels(&[-100.0, 100.0]),
         "Momentum" => {
             let n = l(&["in_0"], 10);
@@ -704,8 +814,10 @@ pub(crate) fn compute(name: &str, inputs: &Map<String, Value>, bars: &[Candle], 
         }
         "Rate Of Change" => {
             let n = l(&["in_0"], 9);
-            Plot::lines(vec![(0..c.len()).map(|i| (i >= n).then(|| 100.0 * (c[i] - c[i - n]) / c[i - n])).collect()])
-                .levels(&[0.0])
+            Plot::lines(vec![(0..c.len())
+                .map(|i| (i >= n).then(|| 100.0 * (c[i] - c[i - n]) / c[i - n]))
+                .collect()])
+            .levels(&[0.0])
         }
         "Average True Range" => Plot::lines(vec![rma(&true_range(bars), l(&["in_0"], 14))]),
         "Standard Deviation" => Plot::lines(vec![stdev(&c, l(&["periods", "in_0"], 5))]),
@@ -755,19 +867,42 @@ mod tests {
 
     fn bars() -> Vec<Candle> {
         // (o, h, l, c): highs and lows around the closes above, by hand.
-        [(1.0, 3.0, 1.0, 2.0), (2.0, 5.0, 2.0, 4.0), (4.0, 7.0, 3.0, 6.0), (6.0, 9.0, 6.0, 8.0), (8.0, 8.0, 6.0, 7.0), (7.0, 7.5, 4.0, 5.0)]
-            .iter()
-            .map(|&(o, h, l, c)| Candle { o, h, l, c, v: 1.0 })
-            .collect()
+        [
+            (1.0, 3.0, 1.0, 2.0),
+            (2.0, 5.0, 2.0, 4.0),
+            (4.0, 7.0, 3.0, 6.0),
+            (6.0, 9.0, 6.0, 8.0),
+            (8.0, 8.0, 6.0, 7.0),
+            (7.0, 7.5, 4.0, 5.0),
+        ]
+        .iter()
+        .map(|&(o, h, l, c)| Candle { o, h, l, c, v: 1.0 })
+        .collect()
     }
 
     #[test]
     fn moving_averages_by_hand() {
-        assert_series(&sma(&CLOSES, 3), &[None, None, Some(4.0), Some(6.0), Some(7.0), Some(20.0 / 3.0)]);
+        assert_series(
+            &sma(&CLOSES, 3),
+            &[None, None, Some(4.0), Some(6.0), Some(7.0), Some(20.0 / 3.0)],
+        );
         // alpha = 0.5, seeded with SMA(2,4,6) = 4.
-        assert_series(&ema(&CLOSES, 3), &[None, None, Some(4.0), Some(6.0), Some(6.5), Some(5.75)]);
+        assert_series(
+            &ema(&CLOSES, 3),
+            &[None, None, Some(4.0), Some(6.0), Some(6.5), Some(5.75)],
+        );
         // weights 1,2,3 over 6.
-        assert_series(&wma(&CLOSES, 3), &[None, None, Some(28.0 / 6.0), Some(40.0 / 6.0), Some(43.0 / 6.0), Some(37.0 / 6.0)]);
+        assert_series(
+            &wma(&CLOSES, 3),
+            &[
+                None,
+                None,
+                Some(28.0 / 6.0),
+                Some(40.0 / 6.0),
+                Some(43.0 / 6.0),
+                Some(37.0 / 6.0),
+            ],
+        );
         // alpha = 1/3, seeded with 4: 4 + (8-4)/3, then ...
         let r1 = 4.0 + (8.0 - 4.0) / 3.0;
         let r2 = r1 + (7.0 - r1) / 3.0;
@@ -779,7 +914,14 @@ mod tests {
     #[test]
     fn rsi_by_hand() {
         // Changes +2 +2 +2 -1 -2; Wilder averages over 2: gains 2, 2, 1, 0.5; losses 0, 0, 0.5, 1.25.
-        let want = [None, None, Some(100.0), Some(100.0), Some(100.0 - 100.0 / 3.0), Some(100.0 - 100.0 / 1.4)];
+        let want = [
+            None,
+            None,
+            Some(100.0),
+            Some(100.0),
+            Some(100.0 - 100.0 / 3.0),
+            Some(100.0 - 100.0 / 1.4),
+        ];
         assert_series(&rsi(&CLOSES, 2), &want);
     }
 
@@ -793,7 +935,11 @@ mod tests {
             rng ^= rng << 17;
             (rng >> 11) as f64 / (1u64 << 53) as f64
         };
-        let mut cases: Vec<Vec<f64>> = vec![vec![5.0; 50], (0..50).map(f64::from).collect(), (0..50).map(|i| -f64::from(i)).collect()];
+        let mut cases: Vec<Vec<f64>> = vec![
+            vec![5.0; 50],
+            (0..50).map(f64::from).collect(),
+            (0..50).map(|i| -f64::from(i)).collect(),
+        ];
         cases.push((0..50).map(|i| if i % 2 == 0 { 1.0 } else { 1e9 }).collect());
         for _ in 0..50 {
             cases.push((0..200).map(|_| next() * 1e6 - 5e5).collect());
@@ -805,7 +951,10 @@ mod tests {
                 }
             }
         }
-        assert!(rsi(&[5.0; 20], 14).into_iter().flatten().all(|x| x == 50.0), "flat: no gain, no loss");
+        assert!(
+            rsi(&[5.0; 20], 14).into_iter().flatten().all(|x| x == 50.0),
+            "flat: no gain, no loss"
+        );
     }
 
     #[test]
@@ -842,8 +991,28 @@ mod tests {
         let (kb, ku, kl) = keltner(&bars(), 3, 1.5, true);
         // EMA3 of the ranges: seed 3, then 3, 2.5, 3.
         assert_series(&kb, &ema(&CLOSES, 3));
-        assert_series(&ku, &[None, None, Some(4.0 + 4.5), Some(6.0 + 4.5), Some(6.5 + 3.75), Some(5.75 + 4.5)]);
-        assert_series(&kl, &[None, None, Some(4.0 - 4.5), Some(6.0 - 4.5), Some(6.5 - 3.75), Some(5.75 - 4.5)]);
+        assert_series(
+            &ku,
+            &[
+                None,
+                None,
+                Some(4.0 + 4.5),
+                Some(6.0 + 4.5),
+                Some(6.5 + 3.75),
+                Some(5.75 + 4.5),
+            ],
+        );
+        assert_series(
+            &kl,
+            &[
+                None,
+                None,
+                Some(4.0 - 4.5),
+                Some(6.0 - 4.5),
+                Some(6.5 - 3.75),
+                Some(5.75 - 4.5),
+            ],
+        );
     }
 
     #[test]
@@ -853,11 +1022,25 @@ mod tests {
         assert_series(&p.lines[0].values, &sma(&CLOSES, 3));
         // A string holding a number counts; without the key, the default length 9 leaves 6 candles empty.
         let inputs: Map<String, Value> = serde_json::from_str(r#"{"length": "2"}"#).unwrap();
-        assert_series(&compute("Moving Average", &inputs, &bars(), true).lines[0].values, &sma(&CLOSES, 2));
-        assert!(compute("Moving Average", &Map::new(), &bars(), true).lines[0].values.iter().all(Option::is_none));
-        let rsi_plot = compute("Relative Strength Index", &serde_json::from_str(r#"{"length": 2}"#).unwrap(), &bars(), false);
+        assert_series(
+            &compute("Moving Average", &inputs, &bars(), true).lines[0].values,
+            &sma(&CLOSES, 2),
+        );
+        assert!(compute("Moving Average", &Map::new(), &bars(), true).lines[0]
+            .values
+            .iter()
+            .all(Option::is_none));
+        let rsi_plot = compute(
+            "Relative Strength Index",
+            &serde_json::from_str(r#"{"length": 2}"#).unwrap(),
+            &bars(),
+            false,
+        );
         assert_series(&rsi_plot.lines[0].values, &rsi(&CLOSES, 2));
-        assert_eq!((rsi_plot.levels.clone(), rsi_plot.range), (vec![30.0, 70.0], Some((0.0, 100.0))));
+        assert_eq!(
+            (rsi_plot.levels.clone(), rsi_plot.range),
+            (vec![30.0, 70.0], Some((0.0, 100.0)))
+        );
     }
 
     #[test]
@@ -866,19 +1049,63 @@ mod tests {
             .map(|i| {
                 let x = f64::from(i);
                 let c = 100.0 + 10.0 * (x / 7.0).sin() + x * 0.1;
-                Candle { o: c - 1.0, h: c + 2.0, l: c - 2.5, c, v: 1.0 + (x / 3.0).cos().abs() }
+                Candle {
+                    o: c - 1.0,
+                    h: c + 2.0,
+                    l: c - 2.5,
+                    c,
+                    v: 1.0 + (x / 3.0).cos().abs(),
+                }
             })
             .collect();
         let names = [
-            "Moving Average", "Moving Average Exponential", "Moving Average Weighted", "Smoothed Moving Average", "Double EMA",
-            "Triple EMA", "Hull Moving Average", "VWMA", "Least Squares Moving Average", "Linear Regression Curve",
-            "Arnaud Legoux Moving Average", "McGinley Dynamic", "Moving Average Hamming", "Moving Average Adaptive", "MA Cross",
-            "MA with EMA Cross", "Moving Average Double", "Moving Average Triple", "Moving Average Multiple", "Williams Alligator",
-            "Ichimoku Cloud", "Bollinger Bands", "Keltner Channels", "Donchian Channels", "Price Channel", "Envelopes",
-            "Moving Average Channel", "Standard Error Bands", "VWAP", "Parabolic SAR", "Super Trend", "Relative Strength Index",
-            "MACD", "Volume", "Stochastic", "Stochastic RSI", "Williams %R", "Money Flow Index", "Commodity Channel Index",
-            "Momentum", "Rate Of Change", "Average True Range", "Standard Deviation", "Bollinger Bands %B",
-            "Bollinger Bands Width", "On Balance Volume", "Aroon",
+            "Moving Average",
+            "Moving Average Exponential",
+            "Moving Average Weighted",
+            "Smoothed Moving Average",
+            "Double EMA",
+            "Triple EMA",
+            "Hull Moving Average",
+            "VWMA",
+            "Least Squares Moving Average",
+            "Linear Regression Curve",
+            "Arnaud Legoux Moving Average",
+            "McGinley Dynamic",
+            "Moving Average Hamming",
+            "Moving Average Adaptive",
+            "MA Cross",
+            "MA with EMA Cross",
+            "Moving Average Double",
+            "Moving Average Triple",
+            "Moving Average Multiple",
+            "Williams Alligator",
+            "Ichimoku Cloud",
+            "Bollinger Bands",
+            "Keltner Channels",
+            "Donchian Channels",
+            "Price Channel",
+            "Envelopes",
+            "Moving Average Channel",
+            "Standard Error Bands",
+            "VWAP",
+            "Parabolic SAR",
+            "Super Trend",
+            "Relative Strength Index",
+            "MACD",
+            "Volume",
+            "Stochastic",
+            "Stochastic RSI",
+            "Williams %R",
+            "Money Flow Index",
+            "Commodity Channel Index",
+            "Momentum",
+            "Rate Of Change",
+            "Average True Range",
+            "Standard Deviation",
+            "Bollinger Bands %B",
+            "Bollinger Bands Width",
+            "On Balance Volume",
+            "Aroon",
         ];
         for name in names {
             let p = compute(name, &Map::new(), &bars, false);
@@ -893,7 +1120,10 @@ mod tests {
         // Super Trend: the stop sits below the lows in an up trend and above the highs in a down trend.
         let (up, down) = supertrend(&bars, 10, 3.0);
         for (i, b) in bars.iter().enumerate() {
-            assert!(up[i].is_none_or(|s| s <= b.h) && down[i].is_none_or(|s| s >= b.l), "{i}");
+            assert!(
+                up[i].is_none_or(|s| s <= b.h) && down[i].is_none_or(|s| s >= b.l),
+                "{i}"
+            );
         }
     }
 }

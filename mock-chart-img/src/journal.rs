@@ -171,7 +171,15 @@ pub(crate) struct Journal {
 impl Journal {
     pub fn new(capacity: usize) -> Self {
         let entries = VecDeque::with_capacity(capacity.min(4096));
-        Journal { capacity, inner: Mutex::new(Ring { seq: 0, entries, traffic: Traffic::default(), cache_hits: 0 }) }
+        Journal {
+            capacity,
+            inner: Mutex::new(Ring {
+                seq: 0,
+                entries,
+                traffic: Traffic::default(),
+                cache_hits: 0,
+            }),
+        }
     }
 
     /// Appends `record` and answers the sequence number it got.
@@ -182,7 +190,11 @@ impl Journal {
         g.traffic.count(&record);
         g.cache_hits += u64::from(record.cache_hit == Some(true));
         // The record dropped here (the oldest) holds nothing costly to free: `Arc`s and, rarely, a string.
-        let oldest = if g.entries.len() >= self.capacity { g.entries.pop_front() } else { None };
+        let oldest = if g.entries.len() >= self.capacity {
+            g.entries.pop_front()
+        } else {
+            None
+        };
         if self.capacity > 0 {
             g.entries.push_back((seq, record));
         }

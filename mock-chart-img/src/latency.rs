@@ -22,7 +22,9 @@ const OUTLIER_S: (f64, f64) = (20.0, 30.0);
 
 /// The median time of a chart of that size and parameter count.
 pub fn median(width: u32, height: u32, params: usize) -> Duration {
-    let doublings = ((f64::from(width) * f64::from(height)) / (800.0 * 600.0)).max(0.25).log2();
+    let doublings = ((f64::from(width) * f64::from(height)) / (800.0 * 600.0))
+        .max(0.25)
+        .log2();
     Duration::from_secs_f64(BASE_S * (1.0 + PER_DOUBLING * doublings) + PER_PARAM_S * params as f64)
 }
 
@@ -43,8 +45,9 @@ mod tests {
 
     fn draws(w: u32, h: u32, params: usize, n: usize) -> Vec<f64> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut v: Vec<f64> =
-            (0..n).map(|_| sample(w, h, params, [rng.random(), rng.random(), rng.random()]).as_secs_f64()).collect();
+        let mut v: Vec<f64> = (0..n)
+            .map(|_| sample(w, h, params, [rng.random(), rng.random(), rng.random()]).as_secs_f64())
+            .collect();
         v.sort_by(f64::total_cmp);
         v
     }
@@ -56,10 +59,16 @@ mod tests {
         assert!((3.6..4.4).contains(&median_small), "800x600 median {median_small}");
         let large = draws(1920, 1600, 8, 20_000);
         let (p10, p50, p90) = (large[2_000], large[10_000], large[17_000]);
-        assert!(p10 > 4.5 && p50 > 5.5 && p50 < 7.0 && p90 < 10.0, "1920x1600+8: p10 {p10} p50 {p50} p85 {p90}");
+        assert!(
+            p10 > 4.5 && p50 > 5.5 && p50 < 7.0 && p90 < 10.0,
+            "1920x1600+8: p10 {p10} p50 {p50} p85 {p90}"
+        );
         let outliers = large.iter().filter(|s| **s >= 20.0).count() as f64 / large.len() as f64;
         assert!((0.03..0.05).contains(&outliers), "outlier share {outliers}");
         let timeouts = large.iter().filter(|s| **s > 29.0).count();
-        assert!(timeouts > 0 && (timeouts as f64 / large.len() as f64) < 0.01, "{timeouts} past 29 s");
+        assert!(
+            timeouts > 0 && (timeouts as f64 / large.len() as f64) < 0.01,
+            "{timeouts} past 29 s"
+        );
     }
 }

@@ -74,11 +74,11 @@ use tokio::net::TcpListener;
 
 pub use accounts::Usage;
 pub use admin::AdminApi;
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use catalogue::{Catalogue, SymbolEntry};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    Config, ConfigError, ConfigFormat, KeyConfig, LatencyProfile, LayoutConfig, LimitOverrides, ReplayConfig, SymbolMode,
-    WatermarkMode,
+    Config, ConfigError, ConfigFormat, KeyConfig, LatencyProfile, LayoutConfig, LimitOverrides, ReplayConfig,
+    SymbolMode, WatermarkMode,
 };
 pub use errors::{documented_message, ApiError};
 pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
@@ -95,9 +95,15 @@ pub use telemetry::{init_logs, log_summaries, log_summary, CloudLoggingLayer, Lo
 fn chart_routes() -> Router<AppState> {
     Router::new()
         .route("/v2/tradingview/advanced-chart", post(api::advanced_chart))
-        .route("/v2/tradingview/advanced-chart/storage", post(api::advanced_chart_storage))
+        .route(
+            "/v2/tradingview/advanced-chart/storage",
+            post(api::advanced_chart_storage),
+        )
         .route("/v2/tradingview/layout-chart/{id}", post(api::layout_chart))
-        .route("/v2/tradingview/layout-chart/storage/{id}", post(api::layout_chart_storage))
+        .route(
+            "/v2/tradingview/layout-chart/storage/{id}",
+            post(api::layout_chart_storage),
+        )
         .route("/v3/tradingview/exchange/list", get(api::exchange_list))
         .route("/v3/tradingview/exchange/{id}", get(api::exchange_symbols))
         .route("/storage/{date}/tradingview/{kind}/{file}", get(api::stored_image))
@@ -137,7 +143,11 @@ pub fn router(state: AppState) -> Router {
 
 /// Serves the API and `/__admin` on `listener` until `shutdown` completes. Bind the listener to loopback unless you
 /// mean to expose the admin API; the binary puts admin on its own loopback listener when `--listen` is not loopback.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let state = AppState::new(&config)?;
     serve(listener, router(state), shutdown).await
 }
@@ -163,7 +173,9 @@ pub struct MockServer {
 
 impl std::fmt::Debug for MockServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockServer").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("MockServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -182,7 +194,12 @@ pub async fn spawn_with_state(state: AppState) -> anyhow::Result<MockServer> {
     let task = tokio::spawn(serve(listener, app, async move {
         let _ = stopped.await;
     }));
-    Ok(MockServer { addr, state, stop: Some(stop), task: Some(task) })
+    Ok(MockServer {
+        addr,
+        state,
+        stop: Some(stop),
+        task: Some(task),
+    })
 }
 
 impl MockServer {
@@ -246,7 +263,12 @@ impl AppState {
     /// Usage of `account` for the clock's current UTC day.
     pub fn usage(&self, account: &str) -> Option<Usage> {
         let today = self.inner.clock.now().date_naive();
-        self.inner.accounts.all().iter().find(|a| a.id() == account).map(|a| a.usage(today))
+        self.inner
+            .accounts
+            .all()
+            .iter()
+            .find(|a| a.id() == account)
+            .map(|a| a.usage(today))
     }
 
     /// The journal, newest first.

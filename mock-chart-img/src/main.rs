@@ -5,7 +5,9 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use mock_chart_img::{admin_router, api_router, init_logs, log_summaries, router, serve, watch_config, AppState, Config};
+use mock_chart_img::{
+    admin_router, api_router, init_logs, log_summaries, router, serve, watch_config, AppState, Config,
+};
 use tokio::net::TcpListener;
 
 // See Cargo.toml: the allocator is a measurable share of the per-request cost.
@@ -87,24 +89,44 @@ async fn run_main() -> anyhow::Result<()> {
         None if args.listen.ip().is_loopback() => None,
         None => Some(SocketAddr::from(([127, 0, 0, 1], args.listen.port().wrapping_add(1)))),
     };
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = Vec::new();
-    let summaries = (args.log_summary_secs > 0)
-        .then(|| tokio::spawn(log_summaries(state.clone(), std::time::Duration::from_secs(args.log_summary_secs))));
+    let summaries = (args.log_summary_secs > 0).then(|| {
+        tokio::spawn(log_summaries(
+            state.clone(),
+            std::time::Duration::from_secs(args.log_summary_secs),
+        ))
+    });
     match admin_addr {
         None => {
             tracing::info!(listen = %listener.local_addr()?, keys = config.keys.len(), "serving Chart-IMG API and /__admin");
-            tasks.push(tokio::spawn(serve(listener, router(state.clone()), stopped(stop_rx.clone()))));
+            tasks.push(tokio::spawn(serve(
+                listener,
+                router(state.clone()),
+                stopped(stop_rx.clone()),
+            )));
         }
         Some(addr) => {
-            let admin = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (admin)"))?;
+            let admin = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
             tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, keys = config.keys.len(), "serving");
-            tasks.push(tokio::spawn(serve(listener, api_router(state.clone()), stopped(stop_rx.clone()))));
-            tasks.push(tokio::spawn(serve(admin, admin_router(state.clone()), stopped(stop_rx.clone()))));
+            tasks.push(tokio::spawn(serve(
+                listener,
+                api_router(state.clone()),
+                stopped(stop_rx.clone()),
+            )));
+            tasks.push(tokio::spawn(serve(
+                admin,
+                admin_router(state.clone()),
+                stopped(stop_rx.clone()),
+            )));
         }
     }
     cloud_run_kit::shutdown_signal().await;
@@ -120,4 +142,3 @@ async fn run_main() -> anyhow::Result<()> {
     mock_chart_img::log_summary(&state);
     Ok(())
 }
-

@@ -26,7 +26,9 @@ pub struct ConfigWatcher {
 
 impl std::fmt::Debug for ConfigWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConfigWatcher").field("reloads", &self.reloads()).finish_non_exhaustive()
+        f.debug_struct("ConfigWatcher")
+            .field("reloads", &self.reloads())
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,7 +68,10 @@ impl Drop for ConfigWatcher {
 /// ```
 pub fn watch_config(path: impl AsRef<Path>, state: AppState) -> anyhow::Result<ConfigWatcher> {
     let path: PathBuf = std::path::absolute(path.as_ref())?;
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let name = path.file_name().map(|n| n.to_os_string());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -103,5 +108,9 @@ pub fn watch_config(path: impl AsRef<Path>, state: AppState) -> anyhow::Result<C
             }
         }
     });
-    Ok(ConfigWatcher { _watcher: watcher, task, status })
+    Ok(ConfigWatcher {
+        _watcher: watcher,
+        task,
+        status,
+    })
 }

@@ -105,7 +105,9 @@ pub fn render(req: &RenderRequest, seed: u64) -> Result<Vec<u8>, RenderError> {
         // fdeflate's fast mode: charts are large flat areas, which it compresses well at a fraction of zlib's time.
         enc.set_compression(png::Compression::Fast);
         let mut writer = enc.write_header().map_err(|e| RenderError::Encode(e.to_string()))?;
-        writer.write_image_data(&rgb).map_err(|e| RenderError::Encode(e.to_string()))?;
+        writer
+            .write_image_data(&rgb)
+            .map_err(|e| RenderError::Encode(e.to_string()))?;
         writer.finish().map_err(|e| RenderError::Encode(e.to_string()))?;
     }
     Ok(out)
@@ -194,7 +196,9 @@ impl SplitMix {
 }
 
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The series for a symbol and interval: the same pair always gives the same bars.
@@ -218,7 +222,13 @@ fn series(symbol: &str, interval: &str, seed: u64, n: usize) -> Vec<Candle> {
             let h = o.max(c) * (1.0 + vol * 0.6 * rng.unit());
             let l = o.min(c) * (1.0 - vol * 0.6 * rng.unit());
             price = c;
-            Candle { o, h, l, c, v: 0.2 + rng.unit() * (1.0 + ((c - o).abs() / o) / vol) }
+            Candle {
+                o,
+                h,
+                l,
+                c,
+                v: 0.2 + rng.unit() * (1.0 + ((c - o).abs() / o) / vol),
+            }
         })
         .collect()
 }
@@ -228,7 +238,13 @@ fn heikin_ashi(bars: &[Candle]) -> Vec<Candle> {
     for b in bars {
         let c = (b.o + b.h + b.l + b.c) / 4.0;
         let o = out.last().map_or((b.o + b.c) / 2.0, |p| (p.o + p.c) / 2.0);
-        out.push(Candle { o, h: b.h.max(o).max(c), l: b.l.min(o).min(c), c, v: b.v });
+        out.push(Candle {
+            o,
+            h: b.h.max(o).max(c),
+            l: b.l.min(o).min(c),
+            c,
+            v: b.v,
+        });
     }
     out
 }
@@ -256,7 +272,10 @@ fn polyline(pm: &mut Pixmap, pts: &[(f32, f32)], c: Color, width: f32) {
         }
     }
     if let Some(path) = pb.finish() {
-        let stroke = Stroke { width, ..Stroke::default() };
+        let stroke = Stroke {
+            width,
+            ..Stroke::default()
+        };
         pm.stroke_path(&path, &paint(c, true), &stroke, Transform::identity(), None);
     }
 }
@@ -267,7 +286,10 @@ fn text(pm: &mut Pixmap, x: i32, y: i32, s: &str, scale: i32, color: [u8; 3]) {
     let px = PremultipliedColorU8::from_rgba(color[0], color[1], color[2], 255).expect("opaque colour");
     let pixels = pm.pixels_mut();
     for (i, ch) in s.chars().enumerate() {
-        let glyph = font8x8::BASIC_FONTS.get(ch).or_else(|| font8x8::BASIC_FONTS.get('?')).unwrap_or([0; 8]);
+        let glyph = font8x8::BASIC_FONTS
+            .get(ch)
+            .or_else(|| font8x8::BASIC_FONTS.get('?'))
+            .unwrap_or([0; 8]);
         let gx = x + i as i32 * 8 * scale;
         for (row, bits) in glyph.iter().enumerate() {
             for col in 0..8 {
@@ -330,7 +352,9 @@ fn overrides(v: &Value) -> Overrides {
             (Some(f), Some(t)) if f < t => Some((f, t)),
             _ => None,
         },
-        margin: number(range.and_then(|r| r.get("margin"))).unwrap_or(0.0).clamp(0.0, 0.5),
+        margin: number(range.and_then(|r| r.get("margin")))
+            .unwrap_or(0.0)
+            .clamp(0.0, 0.5),
         main_pane_height: number(v.get("mainPaneHeight")).map(|h| h as f32),
     }
 }
@@ -349,7 +373,15 @@ const MIN_PANE: f32 = 24.0;
 fn layout(plot: Area, o: &Overrides, panes: usize) -> (Option<Area>, Vec<Area>) {
     if !o.show_main_pane {
         let h = plot.h / panes.max(1) as f32;
-        return (None, (0..panes).map(|k| Area { y0: plot.y0 + h * k as f32, h }).collect());
+        return (
+            None,
+            (0..panes)
+                .map(|k| Area {
+                    y0: plot.y0 + h * k as f32,
+                    h,
+                })
+                .collect(),
+        );
     }
     if panes == 0 {
         // One pane is the whole chart: `mainPaneHeight` only shares the height between the price and study panes.
@@ -361,8 +393,19 @@ fn layout(plot: Area, o: &Overrides, panes: usize) -> (Option<Area>, Vec<Area>) 
         None => plot.h - (plot.h * 0.45 / n).min(plot.h * 0.22) * n,
     };
     let pane_h = (plot.h - price_h) / n;
-    let panes = (0..panes).map(|k| Area { y0: plot.y0 + price_h + pane_h * k as f32, h: pane_h }).collect();
-    (Some(Area { y0: plot.y0, h: price_h }), panes)
+    let panes = (0..panes)
+        .map(|k| Area {
+            y0: plot.y0 + price_h + pane_h * k as f32,
+            h: pane_h,
+        })
+        .collect();
+    (
+        Some(Area {
+            y0: plot.y0,
+            h: price_h,
+        }),
+        panes,
+    )
 }
 
 /// Values to pixels within an area, clamped to it (what is out of range sits on the edge, as if clipped).
@@ -377,7 +420,12 @@ struct Scale {
 impl Scale {
     fn new(area: Area, inset: f32, lo: f64, hi: f64) -> Scale {
         let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 1.0, lo + 1.0) };
-        Scale { top: area.y0 + inset, bottom: area.y0 + area.h - inset, lo, hi }
+        Scale {
+            top: area.y0 + inset,
+            bottom: area.y0 + area.h - inset,
+            lo,
+            hi,
+        }
     }
     fn y(&self, v: f64) -> f32 {
         let f = ((self.hi - v) / (self.hi - self.lo)) as f32;
@@ -472,7 +520,11 @@ fn draw(req: &RenderRequest, seed: u64) -> Result<Pixmap, RenderError> {
     let plot_h = h as f32 - top - bottom;
     let n = candle_count(w);
     let raw = series(&chart.symbol, &chart.interval, seed, n);
-    let bars = if chart.style == "heikinAshi" { heikin_ashi(&raw) } else { raw };
+    let bars = if chart.style == "heikinAshi" {
+        heikin_ashi(&raw)
+    } else {
+        raw
+    };
     let step = plot_w / n as f32;
     let x_of = |i: usize| left + step * (i as f32 + 0.5);
     let body_w = (step * 0.7).max(1.0);
@@ -543,7 +595,14 @@ fn draw(req: &RenderRequest, seed: u64) -> Result<Pixmap, RenderError> {
                 continue;
             }
             if let (Some((a, b)), true) = (p.band, on_price_scale(s, p)) {
-                plot_band(&mut pm, &p.lines[a].values, &p.lines[b].values, &x_of, &sc, colour(first_colour[*k]));
+                plot_band(
+                    &mut pm,
+                    &p.lines[a].values,
+                    &p.lines[b].values,
+                    &x_of,
+                    &sc,
+                    colour(first_colour[*k]),
+                );
             }
             if let Some(vol) = &p.volume {
                 let vmax = vol.iter().copied().fold(0.0, f64::max).max(f64::MIN_POSITIVE);
@@ -552,7 +611,9 @@ fn draw(req: &RenderRequest, seed: u64) -> Result<Pixmap, RenderError> {
                     let c = if bars[i].c >= bars[i].o { t.up } else { t.down };
                     let mut pt = paint(translucent(c, 0.35), false);
                     pt.blend_mode = tiny_skia::BlendMode::SourceOver;
-                    if let Some(r) = Rect::from_xywh(x_of(i) - step * 0.35, area.y0 + area.h - vh, step * 0.7, vh.max(1.0)) {
+                    if let Some(r) =
+                        Rect::from_xywh(x_of(i) - step * 0.35, area.y0 + area.h - vh, step * 0.7, vh.max(1.0))
+                    {
                         pm.fill_rect(r, &pt, Transform::identity(), None);
                     }
                 }
@@ -575,9 +636,23 @@ fn draw(req: &RenderRequest, seed: u64) -> Result<Pixmap, RenderError> {
                 Scale::new(area, 4.0, a, b)
             };
             for line in &p.lines {
-                plot_line(&mut pm, &line.values, &x_of, &own, colour(first_colour[*k] + line.colour), line.mark);
+                plot_line(
+                    &mut pm,
+                    &line.values,
+                    &x_of,
+                    &own,
+                    colour(first_colour[*k] + line.colour),
+                    line.mark,
+                );
             }
-            text(&mut pm, left as i32 + 4, legend_y, &s.name, 1, color_bytes(colour(first_colour[*k])));
+            text(
+                &mut pm,
+                left as i32 + 4,
+                legend_y,
+                &s.name,
+                1,
+                color_bytes(colour(first_colour[*k])),
+            );
             legend_y += 11;
         }
 
@@ -590,7 +665,12 @@ fn draw(req: &RenderRequest, seed: u64) -> Result<Pixmap, RenderError> {
                     fill(&mut pm, left, sc.y(price), plot_w, 1.0, c);
                 }
             } else {
-                polyline(&mut pm, &[(x_of(n / 4), sc.y(bars[n / 4].l)), (x_of(n - 1), sc.y(bars[n - 1].h))], c, 1.5);
+                polyline(
+                    &mut pm,
+                    &[(x_of(n / 4), sc.y(bars[n / 4].l)), (x_of(n - 1), sc.y(bars[n - 1].h))],
+                    c,
+                    1.5,
+                );
             }
         }
     }
@@ -613,11 +693,25 @@ fn draw(req: &RenderRequest, seed: u64) -> Result<Pixmap, RenderError> {
         for level in &p.levels {
             let y = sc.y(*level);
             fill(&mut pm, left, y, plot_w, 1.0, level_colour());
-            text(&mut pm, (left + plot_w + 6.0) as i32, y as i32 - 4, &fmt_value(*level), 1, t.text);
+            text(
+                &mut pm,
+                (left + plot_w + 6.0) as i32,
+                y as i32 - 4,
+                &fmt_value(*level),
+                1,
+                t.text,
+            );
         }
         if p.levels.is_empty() {
             for v in [hi, lo] {
-                text(&mut pm, (left + plot_w + 6.0) as i32, sc.y(v) as i32 - 4, &fmt_value(v), 1, t.text);
+                text(
+                    &mut pm,
+                    (left + plot_w + 6.0) as i32,
+                    sc.y(v) as i32 - 4,
+                    &fmt_value(v),
+                    1,
+                    t.text,
+                );
             }
         }
         if let Some(vol) = &p.volume {
@@ -635,24 +729,47 @@ fn draw(req: &RenderRequest, seed: u64) -> Result<Pixmap, RenderError> {
                     let c = translucent(if *v >= 0.0 { t.up } else { t.down }, 0.6);
                     let mut pt = paint(c, false);
                     pt.blend_mode = tiny_skia::BlendMode::SourceOver;
-                    if let Some(r) = Rect::from_xywh(x_of(i) - body_w / 2.0, y.min(zero), body_w, (zero - y).abs().max(1.0)) {
+                    if let Some(r) =
+                        Rect::from_xywh(x_of(i) - body_w / 2.0, y.min(zero), body_w, (zero - y).abs().max(1.0))
+                    {
                         pm.fill_rect(r, &pt, Transform::identity(), None);
                     }
                 }
             }
         }
         if let Some((a, b)) = p.band {
-            plot_band(&mut pm, &p.lines[a].values, &p.lines[b].values, &x_of, &sc, colour(first_colour[k]));
+            plot_band(
+                &mut pm,
+                &p.lines[a].values,
+                &p.lines[b].values,
+                &x_of,
+                &sc,
+                colour(first_colour[k]),
+            );
         }
         for line in &p.lines {
-            plot_line(&mut pm, &line.values, &x_of, &sc, colour(first_colour[k] + line.colour), line.mark);
+            plot_line(
+                &mut pm,
+                &line.values,
+                &x_of,
+                &sc,
+                colour(first_colour[k] + line.colour),
+                line.mark,
+            );
         }
         text(&mut pm, left as i32 + 4, area.y0 as i32 + 4, &s.name, 1, t.text);
     }
 
     // Time axis line, title, watermark.
     fill(&mut pm, left, top + plot_h, plot_w, 1.0, t.grid);
-    text(&mut pm, left as i32, 7, &format!("{}, {}", chart.symbol, chart.interval), 2, t.text);
+    text(
+        &mut pm,
+        left as i32,
+        7,
+        &format!("{}, {}", chart.symbol, chart.interval),
+        2,
+        t.text,
+    );
     if let Some(wm) = chart.drawn_watermark() {
         let scale = 3;
         let tw = wm.chars().count() as i32 * 8 * scale;
@@ -664,7 +781,16 @@ fn draw(req: &RenderRequest, seed: u64) -> Result<Pixmap, RenderError> {
 
 /// The candles (or line, area, …) of the requested style on the price scale.
 #[allow(clippy::too_many_arguments)]
-fn draw_price(pm: &mut Pixmap, style: &str, bars: &[Candle], sc: &Scale, x_of: &dyn Fn(usize) -> f32, body_w: f32, area: Area, t: &Theme) {
+fn draw_price(
+    pm: &mut Pixmap,
+    style: &str,
+    bars: &[Candle],
+    sc: &Scale,
+    x_of: &dyn Fn(usize) -> f32,
+    body_w: f32,
+    area: Area,
+    t: &Theme,
+) {
     let (left, bottom) = (LEFT, area.y0 + area.h);
     let plot_w = pm.width() as f32 - LEFT - RIGHT;
     match style {
@@ -681,7 +807,13 @@ fn draw_price(pm: &mut Pixmap, style: &str, bars: &[Candle], sc: &Scale, x_of: &
                 if let Some(path) = pb.finish() {
                     // No anti-aliasing on the fill: it is the slowest part of the area style, and the
                     // anti-aliased line drawn over it hides the edge anyway.
-                    pm.fill_path(&path, &paint(translucent(t.line, 0.25), false), FillRule::Winding, Transform::identity(), None);
+                    pm.fill_path(
+                        &path,
+                        &paint(translucent(t.line, 0.25), false),
+                        FillRule::Winding,
+                        Transform::identity(),
+                        None,
+                    );
                 }
             }
             if style == "baseline" {
@@ -785,11 +917,15 @@ mod tests {
 
     /// Pixels of exactly `colour` in rows `rows` (the plot columns only, not the scale on the right).
     fn count(pm: &Pixmap, rows: std::ops::Range<u32>, colour: [u8; 3]) -> usize {
-        rows.flat_map(|y| (LEFT as u32..W - RIGHT as u32).map(move |x| (x, y))).filter(|&(x, y)| rgb_at(pm, x, y) == colour).count()
+        rows.flat_map(|y| (LEFT as u32..W - RIGHT as u32).map(move |x| (x, y)))
+            .filter(|&(x, y)| rgb_at(pm, x, y) == colour)
+            .count()
     }
 
     fn candle_rows(pm: &Pixmap) -> Vec<u32> {
-        (0..H).filter(|&y| count(pm, y..y + 1, UP) + count(pm, y..y + 1, DOWN) > 0).collect()
+        (0..H)
+            .filter(|&y| count(pm, y..y + 1, UP) + count(pm, y..y + 1, DOWN) > 0)
+            .collect()
     }
 
     #[test]
@@ -804,8 +940,16 @@ mod tests {
         ];
         let a = render(&request(body.clone(), &studies), 1).unwrap();
         assert_eq!(a, render(&request(body.clone(), &studies), 1).unwrap());
-        assert_ne!(a, render(&request(body.clone(), &studies), 2).unwrap(), "another seed, another chart");
-        assert_ne!(a, render(&request(body, &studies[..4]), 1).unwrap(), "one study less, another chart");
+        assert_ne!(
+            a,
+            render(&request(body.clone(), &studies), 2).unwrap(),
+            "another seed, another chart"
+        );
+        assert_ne!(
+            a,
+            render(&request(body, &studies[..4]), 1).unwrap(),
+            "one study less, another chart"
+        );
     }
 
     #[test]
@@ -817,15 +961,30 @@ mod tests {
         let pane = PLOT_TOP + 302..PLOT_BOTTOM;
         for name in ["Super Trend", "Bollinger Bands %B", "Moving Average"] {
             let over = pixels(&request(body.clone(), &[(name, Placement::Overlay)]));
-            assert!(count(&over, PLOT_TOP..PLOT_BOTTOM, BLUE) > 50, "{name} as overlay: line on the price pane");
+            assert!(
+                count(&over, PLOT_TOP..PLOT_BOTTOM, BLUE) > 50,
+                "{name} as overlay: line on the price pane"
+            );
             // No pane: no pane border running into the scale column.
-            let border = (W - 70..W - 8).filter(|&x| rgb_at(&over, x, PLOT_TOP + 300) == GRID_LIGHT).count();
+            let border = (W - 70..W - 8)
+                .filter(|&x| rgb_at(&over, x, PLOT_TOP + 300) == GRID_LIGHT)
+                .count();
             assert!(border < 30, "{name} as overlay: no pane");
 
             let in_pane = pixels(&request(body.clone(), &[(name, Placement::Pane)]));
-            assert!(count(&in_pane, pane.clone(), BLUE) > 50, "{name} in a pane: line in the pane");
-            assert_eq!(count(&in_pane, price.clone(), BLUE), 0, "{name} in a pane: nothing of it on the price pane");
-            assert!(candle_rows(&in_pane).iter().all(|&y| y < PLOT_TOP + 300), "{name}: candles stay above the pane");
+            assert!(
+                count(&in_pane, pane.clone(), BLUE) > 50,
+                "{name} in a pane: line in the pane"
+            );
+            assert_eq!(
+                count(&in_pane, price.clone(), BLUE),
+                0,
+                "{name} in a pane: nothing of it on the price pane"
+            );
+            assert!(
+                candle_rows(&in_pane).iter().all(|&y| y < PLOT_TOP + 300),
+                "{name}: candles stay above the pane"
+            );
         }
         // forceOverlay moves a pane study onto the price pane.
         let mut forced = request(body, &[("Relative Strength Index", Placement::Pane)]);
@@ -836,7 +995,10 @@ mod tests {
 
     #[test]
     fn rsi_pane_has_its_30_70_levels_and_stays_inside() {
-        let pm = pixels(&request(json!({ "override": { "mainPaneHeight": 300 } }), &[("Relative Strength Index", Placement::Pane)]));
+        let pm = pixels(&request(
+            json!({ "override": { "mainPaneHeight": 300 } }),
+            &[("Relative Strength Index", Placement::Pane)],
+        ));
         // Pane rows 330..580, scale inset 4 px: 100 at row 334, 0 at row 576.
         let level_row = |v: f32| (334.0 + (100.0 - v) / 100.0 * 242.0) as u32;
         for level in [30.0, 70.0] {
@@ -851,7 +1013,10 @@ mod tests {
 
     #[test]
     fn macd_draws_line_signal_and_histogram() {
-        let pm = pixels(&request(json!({ "override": { "mainPaneHeight": 300 } }), &[("MACD", Placement::Pane)]));
+        let pm = pixels(&request(
+            json!({ "override": { "mainPaneHeight": 300 } }),
+            &[("MACD", Placement::Pane)],
+        ));
         let pane = 331..PLOT_BOTTOM;
         assert!(count(&pm, pane.clone(), BLUE) > 50, "MACD line");
         assert!(count(&pm, pane.clone(), ORANGE) > 50, "signal line");
@@ -869,21 +1034,33 @@ mod tests {
     fn volume_in_its_pane_or_along_the_price_pane() {
         let body = json!({ "override": { "mainPaneHeight": 300 } });
         let pm = pixels(&request(body.clone(), &[("Volume", Placement::Pane)]));
-        assert!(count(&pm, 331..PLOT_BOTTOM, UP) + count(&pm, 331..PLOT_BOTTOM, DOWN) > 1000, "volume columns in the pane");
+        assert!(
+            count(&pm, 331..PLOT_BOTTOM, UP) + count(&pm, 331..PLOT_BOTTOM, DOWN) > 1000,
+            "volume columns in the pane"
+        );
         let mut forced = request(body, &[("Volume", Placement::Pane)]);
         forced.studies[0].force_overlay = true;
-        assert!(candle_rows(&pixels(&forced)).iter().any(|&y| y > PLOT_TOP + 320), "no pane when forced onto the price");
+        assert!(
+            candle_rows(&pixels(&forced)).iter().any(|&y| y > PLOT_TOP + 320),
+            "no pane when forced onto the price"
+        );
     }
 
     #[test]
     fn main_pane_height_sets_the_pane_split() {
         for main in [150u32, 300, 420] {
-            let pm = pixels(&request(json!({ "override": { "mainPaneHeight": main } }), &[("Relative Strength Index", Placement::Pane)]));
+            let pm = pixels(&request(
+                json!({ "override": { "mainPaneHeight": main } }),
+                &[("Relative Strength Index", Placement::Pane)],
+            ));
             let y = PLOT_TOP + main;
             // The pane's top border runs into the scale column; the price grid lines stop at the plot's edge.
             assert_eq!(rgb_at(&pm, W - 20, y), GRID_LIGHT, "border at row {y}");
             let rows = candle_rows(&pm);
-            assert!(rows.iter().all(|&r| r < y) && rows.iter().any(|&r| r + 40 > y), "candles fill the {main} px pane");
+            assert!(
+                rows.iter().all(|&r| r < y) && rows.iter().any(|&r| r + 40 > y),
+                "candles fill the {main} px pane"
+            );
         }
         // Without a study pane, the price pane is the whole chart whatever mainPaneHeight says.
         let pm = pixels(&request(json!({ "override": { "mainPaneHeight": 150 } }), &[]));
@@ -894,7 +1071,10 @@ mod tests {
     fn show_main_pane_false_leaves_only_the_study_panes() {
         let pm = pixels(&request(
             json!({ "override": { "showMainPane": false } }),
-            &[("Relative Strength Index", Placement::Pane), ("Moving Average", Placement::Overlay)],
+            &[
+                ("Relative Strength Index", Placement::Pane),
+                ("Moving Average", Placement::Overlay),
+            ],
         ));
         assert!(candle_rows(&pm).is_empty(), "no candles");
         // The RSI pane fills the plot: rows 30..580, inset 4 → the 70 line at 34 + 0.3 × 542.
@@ -915,7 +1095,10 @@ mod tests {
         exact["override"] = json!({ "priceRange": { "from": lo, "to": hi } });
         let rows = candle_rows(&pixels(&request(exact, &[])));
         // The lowest low and the highest high touch the edges of the plot.
-        assert!(rows.first().unwrap().abs_diff(PLOT_TOP) <= 1 && rows.last().unwrap().abs_diff(PLOT_BOTTOM) <= 1, "{rows:?}");
+        assert!(
+            rows.first().unwrap().abs_diff(PLOT_TOP) <= 1 && rows.last().unwrap().abs_diff(PLOT_BOTTOM) <= 1,
+            "{rows:?}"
+        );
         // Autoscale leaves a margin.
         let auto = candle_rows(&pixels(&request(body.clone(), &[])));
         assert!(*auto.first().unwrap() > PLOT_TOP + 20 && *auto.last().unwrap() < PLOT_BOTTOM - 20);

@@ -46,7 +46,10 @@ impl Replay {
         let vcr = recorder::Vcr::open(&config.dir, recorder::VcrConfig::default(), recorder::Secrets::new())
             .map_err(|e| anyhow::anyhow!("replay: cannot load cassettes from {}: {e}", config.dir.display()))?;
         tracing::info!(dir = %config.dir.display(), interactions = vcr.len(), strict = config.strict, "cassettes loaded");
-        Ok(Replay { vcr, strict: config.strict })
+        Ok(Replay {
+            vcr,
+            strict: config.strict,
+        })
     }
 
     pub fn lookup(&self, path: &str, body: &Bytes) -> Lookup {
@@ -55,7 +58,11 @@ impl Replay {
             .with_body(body.clone());
         match self.vcr.replay(&req) {
             Ok(recorded) => {
-                let mut r = (StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK), recorded.body).into_response();
+                let mut r = (
+                    StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::OK),
+                    recorded.body,
+                )
+                    .into_response();
                 for (name, value) in &recorded.headers {
                     if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
                         r.headers_mut().insert(n, v);
@@ -64,7 +71,10 @@ impl Replay {
                 Lookup::Hit(r)
             }
             Err(miss) if self.strict => {
-                let closest = miss.closest.as_ref().map(|c| serde_json::to_value(&c.request).unwrap_or_default());
+                let closest = miss
+                    .closest
+                    .as_ref()
+                    .map(|c| serde_json::to_value(&c.request).unwrap_or_default());
                 let body = json!({
                     "message": MISS_MESSAGE,
                     "cassette": miss.cassette,
@@ -72,8 +82,13 @@ impl Replay {
                     "closest": closest,
                     "diffs": miss.diffs,
                 });
-                let mut r = (StatusCode::from_u16(MISS_STATUS).unwrap_or(StatusCode::NOT_FOUND), body.to_string()).into_response();
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                let mut r = (
+                    StatusCode::from_u16(MISS_STATUS).unwrap_or(StatusCode::NOT_FOUND),
+                    body.to_string(),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Lookup::StrictMiss(r)
             }
             Err(_) => Lookup::Miss,

@@ -31,7 +31,8 @@ mod tests {
     #[test]
     fn key_order_does_not_change_the_cache_key() {
         let a: Value = serde_json::from_str(r#"{"studies":[{"name":"MACD","input":{"in_0":1,"in_1":2}}]}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"studies":[{"input":{"in_1":2,"in_0":1},"name":"MACD"}],"x":1}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"studies":[{"input":{"in_1":2,"in_0":1},"name":"MACD"}],"x":1}"#).unwrap();
         let ka = validate(a.as_object().unwrap()).unwrap().cache_key();
         let kb = validate(b.as_object().unwrap()).unwrap().cache_key();
         assert_eq!(ka, kb);

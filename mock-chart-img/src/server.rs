@@ -109,7 +109,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let reset = Arc::new(AtomicBool::new(false));
-        let io = TokioIo::new(Conn { inner: stream, reset: reset.clone() });
+        let io = TokioIo::new(Conn {
+            inner: stream,
+            reset: reset.clone(),
+        });
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let app = app.clone();

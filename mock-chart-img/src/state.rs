@@ -134,7 +134,9 @@ impl AppState {
     /// Builds the state for `config` (which should already be valid: files are checked by
     /// [`Config::from_file`]; configs built in code are checked here).
     pub fn new(config: &Config) -> anyhow::Result<AppState> {
-        config.validate().map_err(|(_, m)| anyhow::anyhow!("invalid config: {m}"))?;
+        config
+            .validate()
+            .map_err(|(_, m)| anyhow::anyhow!("invalid config: {m}"))?;
         Ok(AppState {
             inner: Arc::new(Shared {
                 accounts: Accounts::new(&config.keys),
@@ -144,7 +146,11 @@ impl AppState {
                 loaded: RwLock::new(crate::admin::ConfigView::of(config)),
                 cache: Mutex::new(LruCache::new(cap(config.render_cache_capacity))),
                 prepared: Mutex::new(LruCache::new(cap(1024))),
-                storage: Storage::open(config.storage_dir.as_deref(), config.storage_max_bytes, config.storage_capacity)?,
+                storage: Storage::open(
+                    config.storage_dir.as_deref(),
+                    config.storage_max_bytes,
+                    config.storage_capacity,
+                )?,
                 latency_dice: Mutex::new(StdRng::seed_from_u64(config.seed ^ 0x006c_6174_656e_6379)),
                 settings: RwLock::new(Settings::from_config(config)?),
                 clock: config.clock.clone(),
@@ -158,7 +164,9 @@ impl AppState {
     /// that came from the file (those added through the admin API stay), seed, symbols, replay. Capacities are
     /// fixed at start.
     pub fn apply_config(&self, config: &Config) -> anyhow::Result<()> {
-        config.validate().map_err(|(_, m)| anyhow::anyhow!("invalid config: {m}"))?;
+        config
+            .validate()
+            .map_err(|(_, m)| anyhow::anyhow!("invalid config: {m}"))?;
         let next = Settings::from_config(config)?;
         let s = &self.inner;
         s.accounts.replace_all(&config.keys);

@@ -58,7 +58,13 @@ impl Storage {
             }
         };
         std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("storage_dir {}: {e}", dir.display()))?;
-        let s = Storage { dir, _temp: temp, max_bytes, max_objects, index: Mutex::new(Index::default()) };
+        let s = Storage {
+            dir,
+            _temp: temp,
+            max_bytes,
+            max_objects,
+            index: Mutex::new(Index::default()),
+        };
         s.rescan()?;
         Ok(s)
     }
@@ -73,11 +79,15 @@ impl Storage {
                     stack.push(path);
                 } else if let Some(image) = path.to_str().and_then(|p| p.strip_suffix(".meta.json")) {
                     let image = PathBuf::from(image);
-                    let (Ok(text), Ok(size)) = (std::fs::read_to_string(&path), std::fs::metadata(&image).map(|m| m.len()))
-                    else {
+                    let (Ok(text), Ok(size)) = (
+                        std::fs::read_to_string(&path),
+                        std::fs::metadata(&image).map(|m| m.len()),
+                    ) else {
                         continue;
                     };
-                    if let (Ok(mut meta), Ok(rel)) = (serde_json::from_str::<Meta>(&text), image.strip_prefix(&self.dir)) {
+                    if let (Ok(mut meta), Ok(rel)) =
+                        (serde_json::from_str::<Meta>(&text), image.strip_prefix(&self.dir))
+                    {
                         meta.size = size;
                         metas.push((rel.to_string_lossy().replace('\\', "/"), meta));
                     }
@@ -99,15 +109,31 @@ impl Storage {
     }
 
     /// Stores a new object; evicts the oldest past the budget.
-    pub fn put(&self, rel: &str, bytes: &Bytes, content_type: &str, expire: DateTime<Utc>, now: DateTime<Utc>) -> io::Result<()> {
+    pub fn put(
+        &self,
+        rel: &str,
+        bytes: &Bytes,
+        content_type: &str,
+        expire: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> io::Result<()> {
         let path = self.dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let meta = Meta { expire, created: now, content_type: content_type.to_owned(), size: bytes.len() as u64, seq: 0 };
+        let meta = Meta {
+            expire,
+            created: now,
+            content_type: content_type.to_owned(),
+            size: bytes.len() as u64,
+            seq: 0,
+        };
         // Image first, metadata last: a crash in between leaves an image without metadata, which is never indexed.
         write_atomic(&path, bytes)?;
-        write_atomic(&meta_path(&path), serde_json::to_string(&meta).unwrap_or_default().as_bytes())?;
+        write_atomic(
+            &meta_path(&path),
+            serde_json::to_string(&meta).unwrap_or_default().as_bytes(),
+        )?;
         let mut ix = self.index.lock().unwrap();
         ix.seq += 1;
         let mut meta = meta;
@@ -192,16 +218,36 @@ mod tests {
         let now = at("2026-11-30T10:00:00Z");
         let exp = at("2026-12-14T10:00:00Z");
         let s = Storage::open(Some(dir.path()), 25, 100).unwrap();
-        for (i, rel) in ["20261214/tradingview/advanced-chart/a.png", "20261214/tradingview/advanced-chart/b.png", "20261214/tradingview/advanced-chart/c.png"].iter().enumerate() {
-            s.put(rel, &Bytes::from(vec![i as u8; 10]), "image/png", exp, now + chrono::Duration::seconds(i as i64)).unwrap();
+        for (i, rel) in [
+            "20261214/tradingview/advanced-chart/a.png",
+            "20261214/tradingview/advanced-chart/b.png",
+            "20261214/tradingview/advanced-chart/c.png",
+        ]
+        .iter()
+        .enumerate()
+        {
+            s.put(
+                rel,
+                &Bytes::from(vec![i as u8; 10]),
+                "image/png",
+                exp,
+                now + chrono::Duration::seconds(i as i64),
+            )
+            .unwrap();
         }
-        assert!(s.get("20261214/tradingview/advanced-chart/a.png", now).is_none(), "evicted: 30 bytes > 25");
+        assert!(
+            s.get("20261214/tradingview/advanced-chart/a.png", now).is_none(),
+            "evicted: 30 bytes > 25"
+        );
         assert_eq!(s.usage(), (2, 20));
         drop(s);
         let again = Storage::open(Some(dir.path()), 25, 100).unwrap();
         let (ct, b) = again.get("20261214/tradingview/advanced-chart/c.png", now).unwrap();
         assert_eq!((ct.as_str(), b.len()), ("image/png", 10));
-        assert!(again.get("20261214/tradingview/advanced-chart/b.png", exp).is_none(), "expired");
+        assert!(
+            again.get("20261214/tradingview/advanced-chart/b.png", exp).is_none(),
+            "expired"
+        );
         assert_eq!(again.usage(), (1, 10));
     }
 }

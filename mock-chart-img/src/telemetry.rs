@@ -27,7 +27,9 @@ pub fn init_logs(pretty: bool) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if pretty {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(writer)).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .try_init()
     } else {
         registry.with(CloudLoggingLayer::new(writer)).try_init()
     };

@@ -42,7 +42,10 @@ pub(crate) struct Thumbnails {
 
 impl Thumbnails {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, images: Mutex::new(VecDeque::with_capacity(capacity)) }
+        Self {
+            capacity,
+            images: Mutex::new(VecDeque::with_capacity(capacity)),
+        }
     }
 
     /// Keeps the image answered to request `seq`, dropping the oldest past the capacity.
@@ -58,7 +61,12 @@ impl Thumbnails {
     }
 
     fn get(&self, seq: u64) -> Option<(&'static str, Bytes)> {
-        self.images.lock().unwrap().iter().find(|(s, _, _)| *s == seq).map(|(_, t, b)| (*t, b.clone()))
+        self.images
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(s, _, _)| *s == seq)
+            .map(|(_, t, b)| (*t, b.clone()))
     }
 
     fn seqs(&self) -> Vec<u64> {
@@ -74,7 +82,10 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/__admin/ui", get(index))
         .route("/__admin/ui/", get(index))
-        .route("/__admin/ui/app.js", get(|| asset("text/javascript; charset=utf-8", APP_JS)))
+        .route(
+            "/__admin/ui/app.js",
+            get(|| asset("text/javascript; charset=utf-8", APP_JS)),
+        )
         .route("/__admin/ui/style.css", get(|| asset("text/css; charset=utf-8", STYLE)))
         .route("/__admin/ui/thumbs", get(thumbs))
         .route("/__admin/ui/thumbs/{seq}", get(thumb))
@@ -106,7 +117,10 @@ async fn thumbs(State(st): State<AppState>) -> Json<Vec<u64>> {
 async fn thumb(State(st): State<AppState>, Path(seq): Path<u64>) -> Response {
     match st.inner.thumbnails.get(seq) {
         Some((content_type, bytes)) => with_headers(bytes.into_response(), content_type),
-        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({"message": format!("no image kept for request {seq}")})))
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"message": format!("no image kept for request {seq}")})),
+        )
             .into_response(),
     }
 }

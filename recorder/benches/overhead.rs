@@ -58,11 +58,7 @@ async fn spawn_proxy(upstream: &str, vcr: Vcr) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = ProxyConfig::new(upstream, vcr);
-    tokio::spawn(recorder::run_proxy(
-        listener,
-        config,
-        std::future::pending(),
-    ));
+    tokio::spawn(recorder::run_proxy(listener, config, std::future::pending()));
     format!("http://{addr}")
 }
 
@@ -88,12 +84,7 @@ async fn proxy_scenario(name: &str, upstream: &str, vcr: Vcr, n: usize, distinct
     // Warm up connections (client → proxy, proxy → upstream, client → upstream).
     for i in 0..20 {
         timed_post(&client, upstream, i).await;
-        timed_post(
-            &client,
-            &proxy,
-            if distinct { 1_000_000 + i } else { i % 50 },
-        )
-        .await;
+        timed_post(&client, &proxy, if distinct { 1_000_000 + i } else { i % 50 }).await;
     }
     let (mut direct, mut proxied) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
@@ -115,15 +106,9 @@ async fn proxy_scenario(name: &str, upstream: &str, vcr: Vcr, n: usize, distinct
 
 async fn proxy_overhead(n: usize) {
     // A 48 KiB body, the size of a typical 800×600 chart PNG.
-    let png = Bytes::from(
-        (0..48 * 1024)
-            .map(|i| (i * 31 % 251) as u8)
-            .collect::<Vec<u8>>(),
-    );
+    let png = Bytes::from((0..48 * 1024).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>());
     let upstream = spawn_upstream(png).await;
-    println!(
-        "\n## Proxy overhead (µs, p50 / p99; {n} interleaved requests each, 48 KiB PNG answers)\n"
-    );
+    println!("\n## Proxy overhead (µs, p50 / p99; {n} interleaved requests each, 48 KiB PNG answers)\n");
     println!("| scenario | requests | direct | through proxy | added |");
     println!("|---|---|---|---|---|");
 
@@ -176,14 +161,7 @@ async fn proxy_overhead(n: usize) {
         secrets(),
     )
     .unwrap();
-    proxy_scenario(
-        "record, write each interaction",
-        &upstream,
-        vcr,
-        small,
-        true,
-    )
-    .await;
+    proxy_scenario("record, write each interaction", &upstream, vcr, small, true).await;
 }
 
 async fn big_cassette() {

@@ -44,8 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let (upstream_url, key, mock) = match upstream {
         Some(url) => (
             url,
-            std::env::var("CHART_IMG_API_KEY")
-                .map_err(|_| anyhow::anyhow!("set CHART_IMG_API_KEY"))?,
+            std::env::var("CHART_IMG_API_KEY").map_err(|_| anyhow::anyhow!("set CHART_IMG_API_KEY"))?,
             None,
         ),
         None => {

@@ -8,8 +8,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::error::Error;
-use chart_img_spec::Plan;
 use crate::secrets::{Secrets, ACCOUNTS_ENV};
+use chart_img_spec::Plan;
 
 /// The environment variable holding one bare key (the account id comes from the cassette or `--account`).
 pub const API_KEY_ENV: &str = "CHART_IMG_API_KEY";
@@ -76,9 +76,7 @@ impl Accounts {
             } else if text.is_empty() || text.lines().count() != 1 {
                 Err(Error::KeyFile {
                     path: path.clone(),
-                    message:
-                        "expected one key on one line, or the accounts JSON [{\"id\",\"apiKey\",…}]"
-                            .into(),
+                    message: "expected one key on one line, or the accounts JSON [{\"id\",\"apiKey\",…}]".into(),
                 })
             } else {
                 Ok(Self::single(text, source, described))
@@ -91,9 +89,7 @@ impl Accounts {
             }
         }
         match std::env::var(API_KEY_ENV) {
-            Ok(key) if !key.trim().is_empty() => {
-                Ok(Self::single(key.trim(), source, API_KEY_ENV.into()))
-            }
+            Ok(key) if !key.trim().is_empty() => Ok(Self::single(key.trim(), source, API_KEY_ENV.into())),
             _ => Err(Error::NoKey),
         }
     }
@@ -112,14 +108,8 @@ impl Accounts {
 
     /// The error never quotes the input (it holds the keys).
     fn parse_json(json: &str, source: String) -> Result<Accounts, String> {
-        let entries: Vec<Entry> = serde_json::from_str(json).map_err(|e| {
-            format!(
-                "{:?} error at line {} column {}",
-                e.classify(),
-                e.line(),
-                e.column()
-            )
-        })?;
+        let entries: Vec<Entry> = serde_json::from_str(json)
+            .map_err(|e| format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()))?;
         if entries.is_empty() {
             return Err("the accounts JSON lists no account".into());
         }
@@ -158,9 +148,9 @@ impl Accounts {
 
     /// The redaction rules of every recording, with these accounts' keys.
     pub fn secrets(&self) -> Secrets {
-        self.accounts.iter().fold(Secrets::new(), |s, a| {
-            s.with_account(a.id.clone(), a.key.clone())
-        })
+        self.accounts
+            .iter()
+            .fold(Secrets::new(), |s, a| s.with_account(a.id.clone(), a.key.clone()))
     }
 }
 
@@ -169,11 +159,7 @@ impl fmt::Debug for Accounts {
         f.debug_struct("Accounts")
             .field(
                 "accounts",
-                &self
-                    .accounts
-                    .iter()
-                    .map(|a| (&a.id, a.plan))
-                    .collect::<Vec<_>>(),
+                &self.accounts.iter().map(|a| (&a.id, a.plan)).collect::<Vec<_>>(),
             )
             .field("source", &self.source)
             .finish()

@@ -32,9 +32,7 @@ pub(crate) fn canonicalize(value: Value) -> Value {
 /// crate are canonical already, and loading 10 000 of them should not rebuild every map).
 pub(crate) fn is_canonical(value: &Value) -> bool {
     match value {
-        Value::Object(map) => {
-            map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b) && map.values().all(is_canonical)
-        }
+        Value::Object(map) => map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b) && map.values().all(is_canonical),
         Value::Array(items) => items.iter().all(is_canonical),
         Value::Number(n) => canonical_number(n.clone()) == *n,
         _ => true,
@@ -43,13 +41,7 @@ pub(crate) fn is_canonical(value: &Value) -> bool {
 
 fn canonical_number(n: Number) -> Number {
     match n.as_f64() {
-        Some(f)
-            if !n.is_i64()
-                && !n.is_u64()
-                && f.is_finite()
-                && f.fract() == 0.0
-                && f.abs() <= MAX_EXACT_F64_INT =>
-        {
+        Some(f) if !n.is_i64() && !n.is_u64() && f.is_finite() && f.fract() == 0.0 && f.abs() <= MAX_EXACT_F64_INT => {
             // The cast is exact: f is integral and within ±2^53.
             Number::from(f as i64)
         }
@@ -62,8 +54,7 @@ pub(crate) fn strip_ignored(value: &mut Value, ignored: &[String]) {
     if ignored.is_empty() {
         return;
     }
-    let (pointers, names): (Vec<&String>, Vec<&String>) =
-        ignored.iter().partition(|f| f.starts_with('/'));
+    let (pointers, names): (Vec<&String>, Vec<&String>) = ignored.iter().partition(|f| f.starts_with('/'));
     for p in pointers {
         remove_pointer(value, p);
     }
@@ -127,8 +118,7 @@ mod tests {
 
     #[test]
     fn sorts_keys_and_normalizes_numbers() {
-        let v: Value =
-            serde_json::from_str(r#"{"b":800.0,"a":{"z":1,"y":[{"d":-0.0,"c":1.5}]}}"#).unwrap();
+        let v: Value = serde_json::from_str(r#"{"b":800.0,"a":{"z":1,"y":[{"d":-0.0,"c":1.5}]}}"#).unwrap();
         assert_eq!(
             canonicalize(v).to_string(),
             r#"{"a":{"y":[{"c":1.5,"d":0}],"z":1},"b":800}"#

@@ -103,11 +103,7 @@ impl StoredRequest {
 
 /// Redacts and canonicalizes a live request into its stored form. Also used for matching, so that a live
 /// request and a recorded one go through the very same transformation.
-pub(crate) fn store_request(
-    req: &Request,
-    secrets: &Secrets,
-    config: &VcrConfig,
-) -> (StoredRequest, Option<Sidecar>) {
+pub(crate) fn store_request(req: &Request, secrets: &Secrets, config: &VcrConfig) -> (StoredRequest, Option<Sidecar>) {
     let (path, inline_query) = match req.path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (req.path.as_str(), None),
@@ -137,10 +133,7 @@ pub(crate) fn store_request(
         let name = name.to_ascii_lowercase();
         let keep = name == "content-type"
             || secrets.is_secret_header(&name)
-            || config
-                .match_headers
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(&name));
+            || config.match_headers.iter().any(|h| h.eq_ignore_ascii_case(&name));
         if keep {
             store_header(&mut headers, name, value, secrets);
         }
@@ -183,11 +176,7 @@ pub(crate) fn store_response(
     let mut headers = BTreeMap::new();
     for (name, value) in &resp.headers {
         let name = name.to_ascii_lowercase();
-        if !config
-            .response_headers
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(&name))
-        {
+        if !config.response_headers.iter().any(|h| h.eq_ignore_ascii_case(&name)) {
             continue;
         }
         store_header(&mut headers, name, value, secrets);
@@ -219,13 +208,9 @@ fn store_body(
     if bytes.is_empty() {
         return (None, None);
     }
-    let is_image = content_type
-        .trim_start()
-        .to_ascii_lowercase()
-        .starts_with("image/");
+    let is_image = content_type.trim_start().to_ascii_lowercase().starts_with("image/");
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    let looks_json =
-        content_type.to_ascii_lowercase().contains("json") || matches!(first, Some(b'{' | b'['));
+    let looks_json = content_type.to_ascii_lowercase().contains("json") || matches!(first, Some(b'{' | b'['));
     if !is_image && looks_json {
         if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
             if canonical {
@@ -285,12 +270,7 @@ fn store_body(
 }
 
 fn extension_for(content_type: &str) -> &'static str {
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         "image/png" => "png",
         "image/jpeg" | "image/jpg" => "jpg",
@@ -315,9 +295,7 @@ pub(crate) fn body_bytes(
     };
     let file_path = dir.join(CASSETTE_FILE);
     match (&body.json, &body.text, &body.file) {
-        (Some(v), None, None) => Ok(Bytes::from(
-            serde_json::to_vec(v).expect("JSON values serialize"),
-        )),
+        (Some(v), None, None) => Ok(Bytes::from(serde_json::to_vec(v).expect("JSON values serialize"))),
         (None, Some(t), None) => Ok(Bytes::from(t.clone())),
         (None, None, Some(rel)) => {
             if let Some(b) = cache.get(rel) {
@@ -326,11 +304,7 @@ pub(crate) fn body_bytes(
             let expected = Path::new(rel)
                 .file_stem()
                 .and_then(|s| s.to_str())
-                .filter(|s| {
-                    s.len() == 64
-                        && rel.starts_with(&format!("{BODIES_DIR}/"))
-                        && !rel.contains("..")
-                })
+                .filter(|s| s.len() == 64 && rel.starts_with(&format!("{BODIES_DIR}/")) && !rel.contains(".."))
                 .ok_or_else(|| Error::Format {
                     path: file_path.clone(),
                     message: format!("bad body file name {rel:?}"),
@@ -359,11 +333,7 @@ pub(crate) fn load_response(
 ) -> Result<Response, Error> {
     Ok(Response {
         status: stored.status,
-        headers: stored
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        headers: stored.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         body: body_bytes(stored.body.as_ref(), dir, cache)?,
     })
 }
@@ -399,9 +369,7 @@ pub(crate) fn read_cassette(dir: &Path) -> Result<Option<CassetteFile>, Error> {
 }
 
 /// Serializes a cassette: pretty JSON, two-space indent, trailing newline.
-pub(crate) fn render_cassette<'a>(
-    interactions: impl Iterator<Item = &'a StoredInteraction>,
-) -> Vec<u8> {
+pub(crate) fn render_cassette<'a>(interactions: impl Iterator<Item = &'a StoredInteraction>) -> Vec<u8> {
     // Same shape as `CassetteFile`, borrowed, so a rewrite does not clone every interaction.
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]

@@ -10,20 +10,11 @@ use crate::miss::Miss;
 #[non_exhaustive]
 pub enum Error {
     #[error("cassette I/O failed on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("cassette file {path} is malformed: {message}")]
     Format { path: PathBuf, message: String },
-    #[error(
-        "cassette file {path} has formatVersion {found}; this recorder reads version {supported}"
-    )]
-    Version {
-        path: PathBuf,
-        found: u64,
-        supported: u32,
-    },
+    #[error("cassette file {path} has formatVersion {found}; this recorder reads version {supported}")]
+    Version { path: PathBuf, found: u64, supported: u32 },
     #[error("body file {path} does not match the SHA-256 in its name (edited or truncated?)")]
     CorruptBody { path: PathBuf },
     #[error("the accounts JSON is malformed: {0}")]

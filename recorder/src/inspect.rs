@@ -72,11 +72,7 @@ pub fn show(path: &Path, now: DateTime<Utc>) -> Result<(PathBuf, Vec<ShownIntera
 }
 
 /// Prints `show`'s table.
-pub fn print_table(
-    dir: &Path,
-    rows: &[ShownInteraction],
-    out: &mut dyn Write,
-) -> std::io::Result<()> {
+pub fn print_table(dir: &Path, rows: &[ShownInteraction], out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "{}: {} interaction(s)", dir.display(), rows.len())?;
     let table: Vec<[String; 8]> = rows
         .iter()
@@ -94,10 +90,7 @@ pub fn print_table(
             ]
         })
         .collect();
-    let header = [
-        "#", "method", "path", "body", "status", "type", "size", "age",
-    ]
-    .map(str::to_owned);
+    let header = ["#", "method", "path", "body", "status", "type", "size", "age"].map(str::to_owned);
     print_columns(&header, &table, out)
 }
 
@@ -150,9 +143,7 @@ pub(crate) fn body_summary(req: &StoredRequest) -> String {
                     .and_then(|v| v.as_array())
                     .map(|a| {
                         a.iter()
-                            .filter_map(|i| {
-                                i.get("name").and_then(|n| n.as_str()).map(str::to_owned)
-                            })
+                            .filter_map(|i| i.get("name").and_then(|n| n.as_str()).map(str::to_owned))
                             .collect()
                     })
                     .unwrap_or_default()
@@ -166,10 +157,7 @@ pub(crate) fn body_summary(req: &StoredRequest) -> String {
                 if let (Some(w), Some(h)) = (json.get("width"), json.get("height")) {
                     parts.push(format!("{w}x{h}"));
                 }
-                let params: Vec<String> = names("studies")
-                    .into_iter()
-                    .chain(names("drawings"))
-                    .collect();
+                let params: Vec<String> = names("studies").into_iter().chain(names("drawings")).collect();
                 if !params.is_empty() {
                     parts.push(params.join("+"));
                 }
@@ -250,11 +238,7 @@ impl CassetteAge {
 }
 
 /// The age of every cassette under `paths` (see [`live::find_cassettes`] for what a path may be).
-pub fn cassette_ages(
-    paths: &[PathBuf],
-    max_age: Duration,
-    now: DateTime<Utc>,
-) -> Result<Vec<CassetteAge>, Error> {
+pub fn cassette_ages(paths: &[PathBuf], max_age: Duration, now: DateTime<Utc>) -> Result<Vec<CassetteAge>, Error> {
     let max = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
     let mut out = Vec::new();
     for dir in live::find_cassettes(paths)? {

@@ -74,18 +74,12 @@ pub fn lint(paths: &[impl AsRef<Path>], secrets: &Secrets) -> Result<Vec<Finding
         if !root.exists() {
             return Err(Error::Io {
                 path: root.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no such file or directory",
-                ),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
             });
         }
         for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
             let entry = entry.map_err(|e| Error::Io {
-                path: e
-                    .path()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| root.to_path_buf()),
+                path: e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf()),
                 source: e
                     .into_io_error()
                     .unwrap_or_else(|| std::io::Error::other("directory walk failed")),
@@ -171,9 +165,7 @@ fn unredacted_headers(line: &str, secrets: &Secrets) -> Vec<(usize, String)> {
             continue;
         }
         let value_start = colon + 4;
-        let value_end = line[value_start..]
-            .find('"')
-            .map_or(line.len(), |e| value_start + e);
+        let value_end = line[value_start..].find('"').map_or(line.len(), |e| value_start + e);
         let value = &line[value_start..value_end];
         if !value.is_empty() && !is_placeholder(value) {
             out.push((value_start, name.to_owned()));
@@ -188,10 +180,7 @@ fn key_shaped_tokens(line: &str) -> Vec<(usize, &str)> {
     let is_token = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     let mut out = Vec::new();
     let mut start = None;
-    for (i, c) in line
-        .char_indices()
-        .chain(std::iter::once((line.len(), ' ')))
-    {
+    for (i, c) in line.char_indices().chain(std::iter::once((line.len(), ' '))) {
         match (is_token(c), start) {
             (true, None) => start = Some(i),
             (false, Some(s)) => {
@@ -225,13 +214,8 @@ mod tests {
     #[test]
     fn unredacted_header_found_placeholder_not() {
         let s = Secrets::new();
-        assert_eq!(
-            unredacted_headers(r#"      "x-api-key": "abc""#, &s).len(),
-            1
-        );
-        assert!(
-            unredacted_headers(r#"      "x-api-key": "<CHART_IMG_API_KEY:acc-1>""#, &s).is_empty()
-        );
+        assert_eq!(unredacted_headers(r#"      "x-api-key": "abc""#, &s).len(), 1);
+        assert!(unredacted_headers(r#"      "x-api-key": "<CHART_IMG_API_KEY:acc-1>""#, &s).is_empty());
         assert!(unredacted_headers(r#"      "content-type": "abc""#, &s).is_empty());
     }
 }

@@ -12,13 +12,11 @@ use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::accounts::Accounts;
-use crate::cassette::{
-    body_bytes, read_cassette, StoredInteraction, StoredRequest, BODIES_DIR, CASSETTE_FILE,
-};
+use crate::cassette::{body_bytes, read_cassette, StoredInteraction, StoredRequest, BODIES_DIR, CASSETTE_FILE};
 use crate::error::Error;
 use crate::model::{Request, Response};
-use chart_img_spec::messages::LIMIT_EXCEEDED as LIMIT_EXCEEDED_MESSAGE;
 use crate::secrets::{fill_placeholders, placeholder_ids};
+use chart_img_spec::messages::LIMIT_EXCEEDED as LIMIT_EXCEEDED_MESSAGE;
 
 /// A cassette as it is on disk now.
 pub(crate) struct Loaded {
@@ -61,9 +59,7 @@ pub(crate) fn find_cassettes(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
             .sort_by_file_name()
             .into_iter()
             .filter_entry(|e| {
-                e.depth() == 0
-                    || !(e.file_name().to_string_lossy().starts_with('.')
-                        || e.file_name() == BODIES_DIR)
+                e.depth() == 0 || !(e.file_name().to_string_lossy().starts_with('.') || e.file_name() == BODIES_DIR)
             });
         for entry in walk {
             let entry = entry.map_err(|e| Error::Io {
@@ -118,9 +114,7 @@ pub(crate) fn account_of(req: &StoredRequest) -> Option<String> {
 }
 
 /// Every account id the requests name, with how many requests name it.
-pub(crate) fn accounts_named<'a>(
-    requests: impl Iterator<Item = &'a StoredRequest>,
-) -> Vec<(String, usize)> {
+pub(crate) fn accounts_named<'a>(requests: impl Iterator<Item = &'a StoredRequest>) -> Vec<(String, usize)> {
     let mut counts: Vec<(String, usize)> = Vec::new();
     for req in requests {
         let text = serde_json::to_string(req).expect("stored requests serialize");
@@ -161,12 +155,7 @@ pub(crate) fn live_request(
     cache: &mut HashMap<String, Bytes>,
 ) -> Result<Request, Error> {
     let key_for = |id: &str| accounts.resolve(id).map(|a| a.key());
-    let fill = |t: &str| {
-        fill_placeholders(t, &key_for).map_err(|account| Error::MissingKey {
-            account,
-            requests: 1,
-        })
-    };
+    let fill = |t: &str| fill_placeholders(t, &key_for).map_err(|account| Error::MissingKey { account, requests: 1 });
     let mut headers = Vec::new();
     for (k, v) in &stored.headers {
         headers.push((k.clone(), fill(v)?));
@@ -193,10 +182,7 @@ pub(crate) fn live_request(
     })
 }
 
-fn fill_json(
-    value: &mut serde_json::Value,
-    fill: &dyn Fn(&str) -> Result<String, Error>,
-) -> Result<(), Error> {
+fn fill_json(value: &mut serde_json::Value, fill: &dyn Fn(&str) -> Result<String, Error>) -> Result<(), Error> {
     match value {
         serde_json::Value::String(s) => *s = fill(s)?,
         serde_json::Value::Array(items) => {
@@ -333,22 +319,14 @@ impl Runner {
         for job in jobs {
             let semaphore = Arc::clone(&semaphore);
             let exhausted = Arc::clone(&exhausted);
-            let limiter = job
-                .account
-                .as_ref()
-                .and_then(|a| self.limiters.get(a))
-                .cloned();
+            let limiter = job.account.as_ref().and_then(|a| self.limiters.get(a)).cloned();
             let client = self.client.clone();
             let redact = Arc::clone(&self.redact);
             set.spawn(async move {
                 let _permit = semaphore.acquire_owned().await.expect("never closed");
                 let is_exhausted = |a: &Option<String>| {
-                    a.as_ref().is_some_and(|a| {
-                        exhausted
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .contains(a)
-                    })
+                    a.as_ref()
+                        .is_some_and(|a| exhausted.lock().unwrap_or_else(PoisonError::into_inner).contains(a))
                 };
                 let skipped = || {
                     Sent::Skipped(format!(
@@ -406,9 +384,9 @@ pub(crate) fn progress_bar(len: u64) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} calls  eta {eta}",
-    ) {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} calls  eta {eta}")
+    {
         bar.set_style(style);
     }
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -431,18 +409,13 @@ mod tests {
         let throttle = json(429, r#"{"message":"Too Many Requests"}"#);
         assert!(is_limit_exceeded(&quota) && !is_throttled(&quota));
         assert!(is_throttled(&throttle) && !is_limit_exceeded(&throttle));
-        assert!(!is_throttled(&json(
-            500,
-            r#"{"message":"Something Went Wrong"}"#
-        )));
+        assert!(!is_throttled(&json(500, r#"{"message":"Something Went Wrong"}"#)));
     }
 
     #[test]
     fn throttle_waits_follow_retry_after_or_double() {
         let plain = json(429, r#"{"message":"Too Many Requests"}"#);
-        let waits: Vec<u64> = (1..=3)
-            .map(|a| throttle_wait(&plain, a).as_secs())
-            .collect();
+        let waits: Vec<u64> = (1..=3).map(|a| throttle_wait(&plain, a).as_secs()).collect();
         assert_eq!(waits, vec![1, 2, 4]);
         let told = plain.clone().with_header("retry-after", "3");
         assert_eq!(throttle_wait(&told, 1), Duration::from_secs(3));
@@ -456,13 +429,12 @@ mod tests {
             error_message(br#"{"message":"Forbidden"}"#).as_deref(),
             Some("Forbidden")
         );
+        assert_eq!(error_message(br#"{"error":"old v1"}"#).as_deref(), Some("old v1"));
         assert_eq!(
-            error_message(br#"{"error":"old v1"}"#).as_deref(),
-            Some("old v1")
-        );
-        assert_eq!(
-            error_message(br#"[{"value":"4H","msg":"must be a supported interval","param":"interval","location":"body"}]"#)
-                .as_deref(),
+            error_message(
+                br#"[{"value":"4H","msg":"must be a supported interval","param":"interval","location":"body"}]"#
+            )
+            .as_deref(),
             Some("interval: must be a supported interval")
         );
         assert_eq!(error_message(b"\x89PNG"), None);

@@ -209,8 +209,7 @@ impl SecretArgs {
             _ => Secrets::new(),
         };
         for var in &self.key_envs {
-            let value = std::env::var(var)
-                .with_context(|| format!("environment variable {var} is not set"))?;
+            let value = std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
             secrets = secrets.with_account(var.clone(), value.into());
         }
         Ok(secrets)
@@ -220,9 +219,7 @@ impl SecretArgs {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -273,8 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout: std::time::Duration::from_secs(args.live.timeout_secs),
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            let outcome =
-                runtime.block_on(recorder::record::record(&opts, &mut std::io::stdout()))?;
+            let outcome = runtime.block_on(recorder::record::record(&opts, &mut std::io::stdout()))?;
             Ok(match outcome {
                 recorder::record::RecordOutcome::Failed => ExitCode::from(1),
                 _ => ExitCode::SUCCESS,
@@ -304,9 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (dir, rows) = recorder::inspect::show(&args.cassette, chrono::Utc::now())?;
             match args.format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                Format::Text => {
-                    recorder::inspect::print_table(&dir, &rows, &mut std::io::stdout())?
-                }
+                Format::Text => recorder::inspect::print_table(&dir, &rows, &mut std::io::stdout())?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -361,8 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let _ = tokio::signal::ctrl_c().await;
                 };
                 // run_proxy flushes once more after the last request, so batched writes lose nothing on Ctrl-C.
-                recorder::run_proxy(listener, ProxyConfig::new(args.upstream, vcr), shutdown)
-                    .await?;
+                recorder::run_proxy(listener, ProxyConfig::new(args.upstream, vcr), shutdown).await?;
                 if let Some(f) = flushing {
                     f.abort();
                 }

@@ -80,17 +80,12 @@ pub struct Miss {
 
 impl RequestSummary {
     pub(crate) fn from_stored(req: &StoredRequest) -> Self {
-        let body = req
-            .body
-            .as_ref()
-            .map(|b| match (&b.json, &b.text, &b.file) {
-                (Some(v), _, _) => v.clone(),
-                (_, Some(t), _) => serde_json::Value::String(t.clone()),
-                (_, _, Some(f)) => {
-                    serde_json::Value::String(format!("<file {f}, {} bytes>", b.size.unwrap_or(0)))
-                }
-                _ => serde_json::Value::Null,
-            });
+        let body = req.body.as_ref().map(|b| match (&b.json, &b.text, &b.file) {
+            (Some(v), _, _) => v.clone(),
+            (_, Some(t), _) => serde_json::Value::String(t.clone()),
+            (_, _, Some(f)) => serde_json::Value::String(format!("<file {f}, {} bytes>", b.size.unwrap_or(0))),
+            _ => serde_json::Value::Null,
+        });
         RequestSummary {
             method: req.method.clone(),
             path: req.path.clone(),
@@ -104,10 +99,7 @@ impl RequestSummary {
 /// The fields that take part in matching, flattened, in report order (method, path, query, headers, body).
 pub(crate) fn match_fields(req: &StoredRequest, config: &VcrConfig) -> Vec<(String, String)> {
     let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
-    let mut out = vec![
-        ("method".to_owned(), q(&req.method)),
-        ("path".to_owned(), q(&req.path)),
-    ];
+    let mut out = vec![("method".to_owned(), q(&req.method)), ("path".to_owned(), q(&req.path))];
     let mut query: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (k, v) in &req.query {
         if !config.ignore_query_params.iter().any(|i| i == k) {
@@ -120,11 +112,7 @@ pub(crate) fn match_fields(req: &StoredRequest, config: &VcrConfig) -> Vec<(Stri
             .map(|(k, vs)| (format!("query.{k}"), q(&vs.join("&")))),
     );
     for (name, value) in &req.headers {
-        if config
-            .match_headers
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(name))
-        {
+        if config.match_headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
             out.push((format!("header.{name}"), q(value)));
         }
     }
@@ -144,14 +132,8 @@ pub(crate) fn match_fields(req: &StoredRequest, config: &VcrConfig) -> Vec<(Stri
 }
 
 pub(crate) fn diff(expected: &[(String, String)], actual: &[(String, String)]) -> Vec<FieldDiff> {
-    let actual_map: BTreeMap<&str, &str> = actual
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let expected_map: BTreeMap<&str, &str> = expected
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let actual_map: BTreeMap<&str, &str> = actual.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let expected_map: BTreeMap<&str, &str> = expected.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut out = Vec::new();
     for (k, v) in expected {
         match actual_map.get(k.as_str()) {
@@ -222,10 +204,7 @@ impl fmt::Display for Miss {
         writeln!(f, "  request:")?;
         write_request(f, &self.request)?;
         match &self.closest {
-            None => writeln!(
-                f,
-                "  closest recorded interaction: none (the cassette is empty)"
-            )?,
+            None => writeln!(f, "  closest recorded interaction: none (the cassette is empty)")?,
             Some(c) => {
                 writeln!(f, "  closest recorded interaction: #{}", c.index)?;
                 write_request(f, &c.request)?;
@@ -234,16 +213,8 @@ impl fmt::Display for Miss {
         if !self.diffs.is_empty() {
             writeln!(f, "  differences (recorded -> requested):")?;
             for d in &self.diffs {
-                let show = |v: &Option<String>| {
-                    v.as_deref().map(clip).unwrap_or_else(|| "<absent>".into())
-                };
-                writeln!(
-                    f,
-                    "    {}: {} -> {}",
-                    d.field,
-                    show(&d.expected),
-                    show(&d.actual)
-                )?;
+                let show = |v: &Option<String>| v.as_deref().map(clip).unwrap_or_else(|| "<absent>".into());
+                writeln!(f, "    {}: {} -> {}", d.field, show(&d.expected), show(&d.actual))?;
             }
         }
         Ok(())

@@ -7,8 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Header names whose values are secret however they are configured; `Debug` never prints them.
-pub(crate) const ALWAYS_SECRET_HEADERS: &[&str] =
-    &["x-api-key", "authorization", "proxy-authorization"];
+pub(crate) const ALWAYS_SECRET_HEADERS: &[&str] = &["x-api-key", "authorization", "proxy-authorization"];
 
 /// One HTTP request as the client sent it (secrets included: redaction happens inside the recorder).
 ///
@@ -122,17 +121,8 @@ fn debug_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(n, v)| {
-            let secret = ALWAYS_SECRET_HEADERS
-                .iter()
-                .any(|s| n.eq_ignore_ascii_case(s));
-            (
-                n.clone(),
-                if secret {
-                    "<redacted>".to_owned()
-                } else {
-                    v.clone()
-                },
-            )
+            let secret = ALWAYS_SECRET_HEADERS.iter().any(|s| n.eq_ignore_ascii_case(s));
+            (n.clone(), if secret { "<redacted>".to_owned() } else { v.clone() })
         })
         .collect()
 }
@@ -188,13 +178,7 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in documentation order.
-    pub const ALL: [Mode; 5] = [
-        Mode::None,
-        Mode::Once,
-        Mode::NewEpisodes,
-        Mode::All,
-        Mode::Spy,
-    ];
+    pub const ALL: [Mode; 5] = [Mode::None, Mode::Once, Mode::NewEpisodes, Mode::All, Mode::Spy];
 
     /// The VCR name (`"none"`, `"once"`, `"new_episodes"`, `"all"`, `"spy"`).
     pub fn as_str(self) -> &'static str {

@@ -110,10 +110,7 @@ pub async fn run_proxy(
 #[derive(Debug)]
 struct UpstreamFailure(String);
 
-async fn forward(
-    State(config): State<Arc<ProxyConfig>>,
-    req: axum::extract::Request,
-) -> axum::response::Response {
+async fn forward(State(config): State<Arc<ProxyConfig>>, req: axum::extract::Request) -> axum::response::Response {
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
         Ok(b) => b,
@@ -126,11 +123,7 @@ async fn forward(
             )
         }
     };
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
     let query: Vec<(String, String)> = parts
         .uri
         .query()
@@ -139,11 +132,7 @@ async fn forward(
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .filter_map(|(n, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (n.as_str().to_owned(), v.to_owned()))
-        })
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
         .collect();
     let request = Request {
         method: parts.method.as_str().to_owned(),
@@ -154,10 +143,7 @@ async fn forward(
     };
 
     let url = format!("{}{}", config.upstream, path_and_query);
-    let result = config
-        .vcr
-        .handle(request, |r| send_upstream(&config, url, r))
-        .await;
+    let result = config.vcr.handle(request, |r| send_upstream(&config, url, r)).await;
     match result {
         Ok(resp) => into_axum(resp),
         Err(VcrError::Miss(miss)) => error_response(
@@ -166,12 +152,9 @@ async fn forward(
             &miss.to_string(),
             serde_json::to_value(&miss).ok(),
         ),
-        Err(VcrError::Upstream(UpstreamFailure(message))) => error_response(
-            StatusCode::BAD_GATEWAY,
-            "UPSTREAM_UNAVAILABLE",
-            &message,
-            None,
-        ),
+        Err(VcrError::Upstream(UpstreamFailure(message))) => {
+            error_response(StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE", &message, None)
+        }
         Err(VcrError::Store(e)) => {
             tracing::error!(error = %e, "could not record the interaction");
             error_response(
@@ -184,11 +167,7 @@ async fn forward(
     }
 }
 
-async fn send_upstream(
-    config: &ProxyConfig,
-    url: String,
-    req: Request,
-) -> Result<Response, UpstreamFailure> {
+async fn send_upstream(config: &ProxyConfig, url: String, req: Request) -> Result<Response, UpstreamFailure> {
     send(&config.client, url, req, &|t| config.vcr.redact(t))
         .await
         .map_err(UpstreamFailure)
@@ -210,44 +189,32 @@ pub(crate) async fn send(
             builder = builder.header(name.as_str(), value.as_str());
         }
     }
-    let resp = builder
-        .body(req.body)
-        .send()
-        .await
-        .map_err(|e| redacted(&e))?;
+    let resp = builder.body(req.body).send().await.map_err(|e| redacted(&e))?;
     let status = resp.status().as_u16();
     let headers: Vec<(String, String)> = resp
         .headers()
         .iter()
-        .filter(|(n, _)| {
-            !NOT_FORWARDED
-                .iter()
-                .any(|h| n.as_str().eq_ignore_ascii_case(h))
-        })
-        .filter_map(|(n, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (n.as_str().to_owned(), v.to_owned()))
-        })
+        .filter(|(n, _)| !NOT_FORWARDED.iter().any(|h| n.as_str().eq_ignore_ascii_case(h)))
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
         .collect();
     if resp.content_length().is_some_and(|n| n > MAX_UPSTREAM_BODY as u64) {
-        return Err(format!("upstream answered a body larger than {MAX_UPSTREAM_BODY} bytes"));
+        return Err(format!(
+            "upstream answered a body larger than {MAX_UPSTREAM_BODY} bytes"
+        ));
     }
     // Read in chunks so a body without (or with a lying) Content-Length is cut at the cap, never buffered whole.
     let mut resp = resp;
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| redacted(&e))? {
         if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
-            return Err(format!("upstream answered a body larger than {MAX_UPSTREAM_BODY} bytes"));
+            return Err(format!(
+                "upstream answered a body larger than {MAX_UPSTREAM_BODY} bytes"
+            ));
         }
         body.extend_from_slice(&chunk);
     }
     let body = body.freeze();
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    Ok(Response { status, headers, body })
 }
 
 fn into_axum(resp: Response) -> axum::response::Response {
@@ -257,10 +224,7 @@ fn into_axum(resp: Response) -> axum::response::Response {
         if NOT_FORWARDED.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
         }
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
             out.headers_mut().append(n, v);
         }
     }

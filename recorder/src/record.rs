@@ -26,8 +26,8 @@ use sha2::{Digest, Sha256};
 
 use crate::accounts::{Accounts, KeySource};
 use crate::cassette::{
-    render_cassette, store_request, store_response, write_atomic, write_sidecar, Sidecar,
-    StoredBody, StoredInteraction, BODIES_DIR, CASSETTE_FILE, LOCK_FILE,
+    render_cassette, store_request, store_response, write_atomic, write_sidecar, Sidecar, StoredBody,
+    StoredInteraction, BODIES_DIR, CASSETTE_FILE, LOCK_FILE,
 };
 use crate::error::Error;
 use crate::inspect::request_summary;
@@ -103,11 +103,7 @@ fn partial_dir_for(dir: &Path) -> Result<PathBuf, Error> {
 
 /// The account id a bare key stands for when the user named none: the one account the cassettes name, else `acc-1`.
 pub(crate) fn default_account(named: &[(String, usize)]) -> String {
-    let real: Vec<&String> = named
-        .iter()
-        .map(|(id, _)| id)
-        .filter(|id| *id != "unknown")
-        .collect();
+    let real: Vec<&String> = named.iter().map(|(id, _)| id).filter(|id| *id != "unknown").collect();
     match real.as_slice() {
         [one] => (*one).clone(),
         _ => "acc-1".into(),
@@ -118,18 +114,12 @@ pub(crate) fn default_account(named: &[(String, usize)]) -> String {
 pub(crate) fn load_accounts(keys: &KeySource, loaded: &[Loaded]) -> Result<Accounts, Error> {
     let mut keys = keys.clone();
     if keys.account.is_empty() {
-        let named = live::accounts_named(
-            loaded
-                .iter()
-                .flat_map(|l| l.interactions.iter().map(|i| &i.request)),
-        );
+        let named = live::accounts_named(loaded.iter().flat_map(|l| l.interactions.iter().map(|i| &i.request)));
         keys.account = default_account(&named);
     }
     let accounts = Accounts::load(&keys)?;
     live::check_keys(
-        loaded
-            .iter()
-            .flat_map(|l| l.interactions.iter().map(|i| &i.request)),
+        loaded.iter().flat_map(|l| l.interactions.iter().map(|i| &i.request)),
         &accounts,
     )?;
     Ok(accounts)
@@ -138,10 +128,7 @@ pub(crate) fn load_accounts(keys: &KeySource, loaded: &[Loaded]) -> Result<Accou
 /// Runs `recorder record`; the report goes to `out`, progress to stderr.
 pub async fn record(opts: &RecordOptions, out: &mut dyn Write) -> Result<RecordOutcome, Error> {
     let dirs = live::find_cassettes(&opts.paths)?;
-    let loaded: Vec<Loaded> = dirs
-        .iter()
-        .map(|d| live::load(d))
-        .collect::<Result<_, _>>()?;
+    let loaded: Vec<Loaded> = dirs.iter().map(|d| live::load(d)).collect::<Result<_, _>>()?;
     let accounts = load_accounts(&opts.keys, &loaded)?;
     let secrets = accounts.secrets();
     let upstream = secrets.redact(&opts.upstream).into_owned();
@@ -167,8 +154,8 @@ pub async fn record(opts: &RecordOptions, out: &mut dyn Write) -> Result<RecordO
                 continue;
             }
             let req = live::live_request(&interaction.request, &l.dir, &accounts, &mut cache)?;
-            let account = live::account_of(&interaction.request)
-                .and_then(|id| accounts.resolve(&id).map(|a| a.id.clone()));
+            let account =
+                live::account_of(&interaction.request).and_then(|id| accounts.resolve(&id).map(|a| a.id.clone()));
             pending.push((i, account, req));
         }
         works.push(Work {
@@ -183,11 +170,7 @@ pub async fn record(opts: &RecordOptions, out: &mut dyn Write) -> Result<RecordO
 
     print_plan(opts, &accounts, &works, &upstream, out).map_err(stdout_error)?;
     if !opts.yes {
-        writeln!(
-            out,
-            "dry run: nothing was sent; add --yes to spend these calls"
-        )
-        .map_err(stdout_error)?;
+        writeln!(out, "dry run: nothing was sent; add --yes to spend these calls").map_err(stdout_error)?;
         return Ok(RecordOutcome::DryRun);
     }
     check_quota(opts, &accounts, &works)?;
@@ -286,13 +269,11 @@ pub async fn record(opts: &RecordOptions, out: &mut dyn Write) -> Result<RecordO
                 } else {
                     String::new()
                 };
-                writeln!(out, "{dir}: recorded {total} interactions{resumed}; {what}")
-                    .map_err(stdout_error)?;
+                writeln!(out, "{dir}: recorded {total} interactions{resumed}; {what}").map_err(stdout_error)?;
             }
             Err(e) => {
                 outcome = RecordOutcome::Failed;
-                writeln!(out, "{dir}: not swapped in: {e}; the cassette is untouched")
-                    .map_err(stdout_error)?;
+                writeln!(out, "{dir}: not swapped in: {e}; the cassette is untouched").map_err(stdout_error)?;
             }
         }
     }
@@ -330,10 +311,7 @@ fn keep(
     let (stored_request, req_sidecar) = store_request(request, secrets, config);
     let (stored_response, resp_sidecar) = store_response(resp, secrets, config);
     for (what, sidecar) in [("request", &req_sidecar), ("response", &resp_sidecar)] {
-        if let Some(account) = sidecar
-            .as_ref()
-            .and_then(|s| secrets.find_in_bytes(&s.bytes))
-        {
+        if let Some(account) = sidecar.as_ref().and_then(|s| secrets.find_in_bytes(&s.bytes)) {
             return Err(Error::SecretInBinaryBody {
                 what,
                 account: account.to_owned(),
@@ -385,11 +363,11 @@ fn swap_in(work: &Work) -> Result<(usize, usize), Error> {
     let mut changed = 0;
     let mut interactions: Vec<(String, StoredInteraction)> = Vec::new();
     for (i, old) in work.loaded.interactions.iter().enumerate() {
-        let new = work.partial.done.get(&i).ok_or_else(|| {
-            Error::Usage(format!(
-                "interaction #{i} is missing from the partial state"
-            ))
-        })?;
+        let new = work
+            .partial
+            .done
+            .get(&i)
+            .ok_or_else(|| Error::Usage(format!("interaction #{i} is missing from the partial state")))?;
         let same = old.request == new.request && old.response == new.response;
         let kept = if same && old.recorded_at.is_some() {
             old.clone()
@@ -475,11 +453,7 @@ fn print_plan(
     upstream: &str,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "recorder record from {upstream} (keys from {})",
-        accounts.source
-    )?;
+    writeln!(out, "recorder record from {upstream} (keys from {})", accounts.source)?;
     for work in works {
         let total = work.loaded.interactions.len();
         let resumed = if work.resumed > 0 {
@@ -541,10 +515,7 @@ fn print_plan(
     Ok(())
 }
 
-fn calls_per_account<'a>(
-    accounts: &'a Accounts,
-    works: &[Work],
-) -> Vec<(&'a crate::accounts::Account, u32)> {
+fn calls_per_account<'a>(accounts: &'a Accounts, works: &[Work]) -> Vec<(&'a crate::accounts::Account, u32)> {
     accounts
         .accounts
         .iter()

@@ -164,9 +164,7 @@ impl Secrets {
     pub fn find_in_bytes(&self, haystack: &[u8]) -> Option<&str> {
         self.accounts
             .iter()
-            .find(|(_, key)| {
-                memchr::memmem::find(haystack, key.expose_secret().as_bytes()).is_some()
-            })
+            .find(|(_, key)| memchr::memmem::find(haystack, key.expose_secret().as_bytes()).is_some())
             .map(|(id, _)| id.as_str())
     }
 
@@ -182,9 +180,7 @@ impl Secrets {
     }
 
     pub(crate) fn is_secret_query_param(&self, name: &str) -> bool {
-        self.query_params
-            .iter()
-            .any(|q| q.eq_ignore_ascii_case(name))
+        self.query_params.iter().any(|q| q.eq_ignore_ascii_case(name))
     }
 
     pub(crate) fn is_secret_json_field(&self, name: &str) -> bool {
@@ -192,9 +188,7 @@ impl Secrets {
     }
 
     pub(crate) fn keys(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.accounts
-            .iter()
-            .map(|(id, k)| (id.as_str(), k.expose_secret()))
+        self.accounts.iter().map(|(id, k)| (id.as_str(), k.expose_secret()))
     }
 
     /// Redacts a JSON value in place: configured fields become placeholders, known keys inside strings too.
@@ -235,10 +229,7 @@ impl Secrets {
 
 /// Replaces every placeholder `<CHART_IMG_API_KEY:id>` in `text` by `key_for(id)` (the reverse of redaction, for
 /// sending recorded requests again). `Err(id)` names the first account `key_for` has no key for.
-pub(crate) fn fill_placeholders<'k>(
-    text: &str,
-    key_for: &dyn Fn(&str) -> Option<&'k str>,
-) -> Result<String, String> {
+pub(crate) fn fill_placeholders<'k>(text: &str, key_for: &dyn Fn(&str) -> Option<&'k str>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find(PLACEHOLDER_PREFIX) {
@@ -300,9 +291,6 @@ mod tests {
             fill_placeholders("<CHART_IMG_API_KEY:acc-3>", &keys).unwrap_err(),
             "acc-3"
         );
-        assert_eq!(
-            fill_placeholders("no placeholder", &keys).unwrap(),
-            "no placeholder"
-        );
+        assert_eq!(fill_placeholders("no placeholder", &keys).unwrap(), "no placeholder");
     }
 }

@@ -12,9 +12,8 @@ use fs4::FileExt;
 
 use crate::canon::{canonicalize, is_canonical, strip_ignored};
 use crate::cassette::{
-    body_bytes, load_response, read_cassette, render_cassette, store_request, store_response,
-    write_atomic, write_sidecar, Sidecar, StoredInteraction, StoredRequest, CASSETTE_FILE,
-    LOCK_FILE,
+    body_bytes, load_response, read_cassette, render_cassette, store_request, store_response, write_atomic,
+    write_sidecar, Sidecar, StoredInteraction, StoredRequest, CASSETTE_FILE, LOCK_FILE,
 };
 use crate::error::{Error, VcrError};
 use crate::miss::{diff, match_fields, Closest, Miss, MissReason, RequestSummary};
@@ -161,11 +160,7 @@ impl Vcr {
     /// the request (secrets intact) and records the redacted interaction. The live response is returned as is.
     ///
     /// Needs a Tokio runtime when it records: the file write runs on the blocking pool.
-    pub async fn handle<F, Fut, E>(
-        &self,
-        req: Request,
-        upstream: F,
-    ) -> Result<Response, VcrError<E>>
+    pub async fn handle<F, Fut, E>(&self, req: Request, upstream: F) -> Result<Response, VcrError<E>>
     where
         F: FnOnce(Request) -> Fut,
         Fut: Future<Output = Result<Response, E>>,
@@ -198,9 +193,7 @@ impl Vcr {
                 Err(e) => {
                     return Err(VcrError::Store(Error::Io {
                         path: inner.dir.clone(),
-                        source: std::io::Error::other(format!(
-                            "recording task did not finish: {e}"
-                        )),
+                        source: std::io::Error::other(format!("recording task did not finish: {e}")),
                     }))
                 }
             },
@@ -232,25 +225,14 @@ impl Vcr {
 
     /// Writes recordings not yet on disk (only [`WritePolicy::OnFlush`] leaves any).
     pub fn flush(&self) -> Result<(), Error> {
-        let mut writer = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut writer = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
         self.inner.flush_locked(&mut writer)
     }
 
     /// Starts every replay position over, as if the cassette had just been opened.
     pub fn rewind(&self) {
-        let table = self
-            .inner
-            .table
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        table
-            .index
-            .values()
-            .for_each(|s| s.next.store(0, Ordering::SeqCst));
+        let table = self.inner.table.read().unwrap_or_else(PoisonError::into_inner);
+        table.index.values().for_each(|s| s.next.store(0, Ordering::SeqCst));
     }
 
     /// The cassette directory.
@@ -305,12 +287,7 @@ fn match_key(req: &StoredRequest, config: &VcrConfig) -> String {
     let headers: Vec<(&String, &String)> = req
         .headers
         .iter()
-        .filter(|(k, _)| {
-            config
-                .match_headers
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(k))
-        })
+        .filter(|(k, _)| config.match_headers.iter().any(|h| h.eq_ignore_ascii_case(k)))
         .collect();
     let body = match &req.body {
         None => String::new(),
@@ -378,18 +355,10 @@ impl Inner {
                 }
             }
             None => match mode {
-                Mode::None => Decision::Miss(Box::new(self.miss(
-                    &table,
-                    stored,
-                    MissReason::NoMatch,
-                    None,
-                ))),
-                Mode::Once if self.existed => Decision::Miss(Box::new(self.miss(
-                    &table,
-                    stored,
-                    MissReason::NoMatch,
-                    None,
-                ))),
+                Mode::None => Decision::Miss(Box::new(self.miss(&table, stored, MissReason::NoMatch, None))),
+                Mode::Once if self.existed => {
+                    Decision::Miss(Box::new(self.miss(&table, stored, MissReason::NoMatch, None)))
+                }
                 _ => Decision::Record,
             },
         }
@@ -397,21 +366,10 @@ impl Inner {
 
     /// Builds the report. The closest interaction is the one with the fewest differing fields, looked for among
     /// the same method and path first (a miss is rare, so a linear scan is fine).
-    fn miss(
-        &self,
-        table: &Table,
-        stored: &StoredRequest,
-        reason: MissReason,
-        closest: Option<usize>,
-    ) -> Miss {
+    fn miss(&self, table: &Table, stored: &StoredRequest, reason: MissReason, closest: Option<usize>) -> Miss {
         let actual = match_fields(stored, &self.config);
         let best = closest
-            .map(|pos| {
-                (
-                    pos,
-                    match_fields(&table.entries[pos].stored.request, &self.config),
-                )
-            })
+            .map(|pos| (pos, match_fields(&table.entries[pos].stored.request, &self.config)))
             .or_else(|| {
                 let same_route: Vec<usize> = (0..table.entries.len())
                     .filter(|&i| {
@@ -426,12 +384,7 @@ impl Inner {
                 };
                 candidates
                     .into_iter()
-                    .map(|i| {
-                        (
-                            i,
-                            match_fields(&table.entries[i].stored.request, &self.config),
-                        )
-                    })
+                    .map(|i| (i, match_fields(&table.entries[i].stored.request, &self.config)))
                     .min_by_key(|(i, fields)| (diff(fields, &actual).len(), *i))
             });
         let (closest, diffs) = match best {
@@ -483,10 +436,7 @@ impl Inner {
         let stored = StoredInteraction {
             request,
             // Latency is whole milliseconds; a sub-millisecond call is stored as 0 rather than dropped.
-            latency_ms: self
-                .config
-                .record_latency
-                .then_some(latency.as_millis() as u64),
+            latency_ms: self.config.record_latency.then_some(latency.as_millis() as u64),
             recorded_at: self
                 .config
                 .record_timestamps
@@ -583,12 +533,7 @@ impl Inner {
                     }
                     None => true,
                 })
-                .chain(
-                    writer
-                        .pending
-                        .iter()
-                        .map(|i| (i.request.sort_key(), i.clone())),
-                )
+                .chain(writer.pending.iter().map(|i| (i.request.sort_key(), i.clone())))
                 .collect();
             // Stable: identical requests keep their recorded order, which replay depends on.
             merged.sort_by(|a, b| a.0.cmp(&b.0));
@@ -608,10 +553,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let writer = self
-            .writer
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
+        let writer = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner);
         if writer.pending.is_empty() && writer.replaced.is_empty() {
             return;
         }

@@ -65,22 +65,13 @@ pub struct VerifyReport {
 
 /// The properties compared, in report order.
 fn features(resp: &Response) -> Vec<(&'static str, Option<String>)> {
-    let content_type = resp.header("content-type").map(|ct| {
-        ct.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-    });
-    let is_image = content_type
-        .as_deref()
-        .is_some_and(|c| c.starts_with("image/"))
-        || imagesize::image_type(&resp.body).is_ok();
+    let content_type = resp
+        .header("content-type")
+        .map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let is_image =
+        content_type.as_deref().is_some_and(|c| c.starts_with("image/")) || imagesize::image_type(&resp.body).is_ok();
     let (format, size) = if is_image {
-        match (
-            imagesize::image_type(&resp.body),
-            imagesize::blob_size(&resp.body),
-        ) {
+        match (imagesize::image_type(&resp.body), imagesize::blob_size(&resp.body)) {
             (Ok(t), Ok(s)) => (
                 Some(format!("{t:?}").to_ascii_lowercase()),
                 Some(format!("{}x{}", s.width, s.height)),
@@ -157,12 +148,7 @@ fn recorded_response(
 ) -> Result<Response, Error> {
     Ok(Response {
         status: i.response.status,
-        headers: i
-            .response
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        headers: i.response.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         body: body_bytes(i.response.body.as_ref(), dir, cache)?,
     })
 }
@@ -170,10 +156,7 @@ fn recorded_response(
 /// Runs `recorder verify` and returns the report (print it with [`print_report`] or as JSON).
 pub async fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
     let dirs = live::find_cassettes(&opts.paths)?;
-    let loaded: Vec<live::Loaded> = dirs
-        .iter()
-        .map(|d| live::load(d))
-        .collect::<Result<_, _>>()?;
+    let loaded: Vec<live::Loaded> = dirs.iter().map(|d| live::load(d)).collect::<Result<_, _>>()?;
     let accounts = load_accounts(&opts.keys, &loaded)?;
     let secrets = accounts.secrets();
 
@@ -186,8 +169,8 @@ pub async fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
         let mut interactions = Vec::new();
         for (i, interaction) in l.interactions.iter().enumerate() {
             let req = live::live_request(&interaction.request, &l.dir, &accounts, &mut cache)?;
-            let account = live::account_of(&interaction.request)
-                .and_then(|id| accounts.resolve(&id).map(|a| a.id.clone()));
+            let account =
+                live::account_of(&interaction.request).and_then(|id| accounts.resolve(&id).map(|a| a.id.clone()));
             recorded.push(recorded_response(interaction, &l.dir, &mut cache)?);
             jobs.push(Job {
                 id: ids.len(),
@@ -234,11 +217,7 @@ pub async fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
         .await;
     progress.finish_and_clear();
     for r in &mut reports {
-        r.drifted = r
-            .interactions
-            .iter()
-            .filter(|i| !i.drift.is_empty())
-            .count();
+        r.drifted = r.interactions.iter().filter(|i| !i.drift.is_empty()).count();
     }
     Ok(VerifyReport {
         upstream: secrets.redact(&opts.upstream).into_owned(),
@@ -265,16 +244,8 @@ pub fn print_report(report: &VerifyReport, out: &mut dyn Write) -> std::io::Resu
                 i.drift.iter().enumerate().map(move |(n, d)| {
                     let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
                     [
-                        if n == 0 {
-                            format!("#{}", i.index)
-                        } else {
-                            String::new()
-                        },
-                        if n == 0 {
-                            i.request.clone()
-                        } else {
-                            String::new()
-                        },
+                        if n == 0 { format!("#{}", i.index) } else { String::new() },
+                        if n == 0 { i.request.clone() } else { String::new() },
                         d.field.clone(),
                         show(&d.recorded),
                         show(&d.live),
@@ -299,9 +270,7 @@ mod tests {
         let mut enc = png::Encoder::new(&mut out, w, h);
         enc.set_color(png::ColorType::Grayscale);
         let mut writer = enc.write_header().unwrap();
-        writer
-            .write_image_data(&vec![0u8; (w * h) as usize])
-            .unwrap();
+        writer.write_image_data(&vec![0u8; (w * h) as usize]).unwrap();
         drop(writer);
         out
     }
@@ -338,15 +307,10 @@ mod tests {
                 .with_header("content-type", "application/json")
                 .with_body(body.to_owned())
         };
-        let a = err(
-            r#"[{"value":"4H","msg":"must be a supported interval","param":"interval","location":"body"}]"#,
-        );
+        let a = err(r#"[{"value":"4H","msg":"must be a supported interval","param":"interval","location":"body"}]"#);
         let b = err(r#"{"message":"Invalid Interval"}"#);
         let fields: Vec<String> = compare(&a, &b).into_iter().map(|d| d.field).collect();
         assert_eq!(fields, vec!["body shape", "error message"]);
-        assert_eq!(
-            compare(&b, &err(r#"{"message": "Invalid Interval"}"#)),
-            vec![]
-        );
+        assert_eq!(compare(&b, &err(r#"{"message": "Invalid Interval"}"#)), vec![]);
     }
 }

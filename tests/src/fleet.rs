@@ -43,7 +43,9 @@ pub const STEP_ID: &str = "charts";
 /// uses the `j % 6`-th.
 const TEMPLATES: [&str; 6] = ["price_volume", "rsi_14", "macd", "line_dark", "area_light", "ema_cross"];
 
-const SYMBOLS: [&str; 8] = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "LTCUSDT"];
+const SYMBOLS: [&str; 8] = [
+    "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "LTCUSDT",
+];
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -74,7 +76,8 @@ impl Default for Options {
             seed: 1,
             // Debug for the Firestore adapter: its `transaction_retry` lines are info lines now, and the rollback
             // lines stay debug; the filter keeps both.
-            rust_log: "info,worker_chart_export::adapters::firestore=debug,h2=warn,hyper=warn,tonic=warn,tower=warn".into(),
+            rust_log: "info,worker_chart_export::adapters::firestore=debug,h2=warn,hyper=warn,tonic=warn,tower=warn"
+                .into(),
             logs: None,
         }
     }
@@ -84,7 +87,10 @@ impl Options {
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.instances >= 1, "--instances must be at least 1");
         anyhow::ensure!(self.runs >= 1, "--runs must be at least 1");
-        anyhow::ensure!((1..=50).contains(&self.charts), "--charts must be within 1..=50 (a step's requests)");
+        anyhow::ensure!(
+            (1..=50).contains(&self.charts),
+            "--charts must be within 1..=50 (a step's requests)"
+        );
         anyhow::ensure!(
             self.time_scale.is_finite() && self.time_scale > 0.0 && self.time_scale <= 10.0,
             "--time-scale must be above 0 and at most 10, got {}",
@@ -99,7 +105,13 @@ impl Options {
 pub fn accounts() -> Vec<Account> {
     [("acc-basic", "BASIC"), ("acc-pro-1", "PRO"), ("acc-pro-2", "PRO")]
         .into_iter()
-        .map(|(id, plan)| Account { id: id.into(), plan: Some(plan.into()), daily_limit: None, mock_plan: None, mock_overrides: None })
+        .map(|(id, plan)| Account {
+            id: id.into(),
+            plan: Some(plan.into()),
+            daily_limit: None,
+            mock_plan: None,
+            mock_overrides: None,
+        })
         .collect()
 }
 
@@ -188,14 +200,20 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     let project = format!("fleet-sim-{suffix}");
     let bucket = format!("fleet-sim-{suffix}");
     let accounts = accounts();
-    let Keys { keys: _, accounts_json, mock: mut mock_config } = keys(&accounts)?;
+    let Keys {
+        keys: _,
+        accounts_json,
+        mock: mut mock_config,
+    } = keys(&accounts)?;
     let configs = parse_accounts("fleet accounts", &accounts_json)?;
 
     let charts = opts.runs * opts.charts;
     let templates: Vec<(String, Value)> = {
         let ids: Vec<String> = TEMPLATES.iter().map(|t| (*t).to_owned()).collect();
         let lib = library_templates(&ids)?;
-        (0..opts.charts).map(|j| (format!("sim_{j:02}"), lib[TEMPLATES[j % TEMPLATES.len()]].clone())).collect()
+        (0..opts.charts)
+            .map(|j| (format!("sim_{j:02}"), lib[TEMPLATES[j % TEMPLATES.len()]].clone()))
+            .collect()
     };
     // The bound's latency: the profile's median for the templates' size and fewest parameters (a lower bound).
     let model_latency = templates
@@ -219,10 +237,14 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     mock_config.time_scale = opts.time_scale;
     mock_config.seed = opts.seed;
     mock_config.journal_capacity = charts * 4 + 1000;
-    let mock = mock_chart_img::spawn(mock_config).await.context("cannot start mock-chart-img")?;
+    let mock = mock_chart_img::spawn(mock_config)
+        .await
+        .context("cannot start mock-chart-img")?;
 
     let storage = create_bucket(&emu.storage, &project, &bucket).await?;
-    let fs = FirestoreStore::new(&project).await.context("cannot reach the Firestore emulator")?;
+    let fs = FirestoreStore::new(&project)
+        .await
+        .context("cannot reach the Firestore emulator")?;
     for (id, t) in &templates {
         fs.put_doc(CHART_TEMPLATES, id, t.clone()).await?;
     }
@@ -291,7 +313,9 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
         pending.retain(|id| !is_final(&steps[id]));
     }
     // The deliveries the last writes caused (no-ops) run out before the processes stop.
-    eventarc.wait_settled(Duration::from_millis(400), Duration::from_secs(15)).await;
+    eventarc
+        .wait_settled(Duration::from_millis(400), Duration::from_secs(15))
+        .await;
     eventarc.set_targets(Vec::new());
     for p in procs.iter_mut() {
         if p.running() {
@@ -318,7 +342,9 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
             match l["event"].as_str() {
                 Some("transaction_retry") if l["contention"] == true => {
                     contention += 1;
-                    *contention_by_op.entry(l["op"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+                    *contention_by_op
+                        .entry(l["op"].as_str().unwrap_or("?").to_owned())
+                        .or_default() += 1;
                 }
                 Some("transaction_retry") => other_retries += 1,
                 Some("transaction_gave_up") => gave_up += 1,
@@ -332,7 +358,10 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     // The mock's side, per key, and the worker's counters.
     let mut figures = Vec::new();
     for (a, c) in accounts.iter().zip(&configs) {
-        let u = mock.state().usage(&a.id).with_context(|| format!("the mock has no account {}", a.id))?;
+        let u = mock
+            .state()
+            .usage(&a.id)
+            .with_context(|| format!("the mock has no account {}", a.id))?;
         let doc = fs.get_doc(ACCOUNTS_USAGE, &a.id).await?;
         let usage_today = doc.as_ref().and_then(|d| d["usageToday"].as_u64()).unwrap_or(0);
         figures.push(AccountFigures {
@@ -348,26 +377,48 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
         });
     }
     let journal = mock.state().journal(&Default::default());
-    let mut took: Vec<u64> = journal.iter().filter(|e| e.status == Some(200)).map(|e| e.duration_ms).collect();
+    let mut took: Vec<u64> = journal
+        .iter()
+        .filter(|e| e.status == Some(200))
+        .map(|e| e.duration_ms)
+        .collect();
     took.sort_unstable();
-    let pct = |p: f64| took.get(((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1))).copied().unwrap_or(0);
-    let observed_latency = LatencyFigures { p50_ms: pct(0.5), p95_ms: pct(0.95), max_ms: took.last().copied().unwrap_or(0) };
+    let pct = |p: f64| {
+        took.get(((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let observed_latency = LatencyFigures {
+        p50_ms: pct(0.5),
+        p95_ms: pct(0.95),
+        max_ms: took.last().copied().unwrap_or(0),
+    };
     let gateway_timeouts = journal.iter().filter(|e| e.status == Some(504)).count() as u64;
     let _ = mock.shutdown().await;
 
     let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
     for id in &run_ids {
-        let s = steps.get(id).and_then(|s| s["status"].as_str()).unwrap_or("(unread)").to_owned();
+        let s = steps
+            .get(id)
+            .and_then(|s| s["status"].as_str())
+            .unwrap_or("(unread)")
+            .to_owned();
         *by_status.entry(s).or_default() += 1;
     }
     let mut failed_by: BTreeMap<String, usize> = BTreeMap::new();
     for s in steps.values().filter(|s| s["status"] == "FAILED") {
-        *failed_by.entry(s["error"]["code"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+        *failed_by
+            .entry(s["error"]["code"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
     }
     let all_final = run_ids.iter().all(|id| steps.get(id).is_some_and(is_final));
     let last_finished = run_ids
         .iter()
-        .filter_map(|id| steps.get(id)?["finishedAt"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()))
+        .filter_map(|id| {
+            steps.get(id)?["finishedAt"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        })
         .max();
     let wall_ms = match (all_final, last_finished) {
         (true, Some(t)) => Some((t.with_timezone(&Utc) - written_at).num_milliseconds().max(0) as u64),
@@ -377,7 +428,10 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
 
     let mut problems = Vec::new();
     if !all_final {
-        let open: Vec<&String> = run_ids.iter().filter(|id| !steps.get(*id).is_some_and(is_final)).collect();
+        let open: Vec<&String> = run_ids
+            .iter()
+            .filter(|id| !steps.get(*id).is_some_and(is_final))
+            .collect();
         problems.push(format!(
             "{} of {} steps not final within {:.0} s (first: {})",
             open.len(),
@@ -387,7 +441,10 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
         ));
     }
     for f in figures.iter().filter(|f| !f.usage_matches_calls) {
-        problems.push(format!("{}: usageToday {} but the mock received {} calls", f.id, f.usage_today, f.mock_calls));
+        problems.push(format!(
+            "{}: usageToday {} but the mock received {} calls",
+            f.id, f.usage_today, f.mock_calls
+        ));
     }
     Ok(Report {
         started_at,
@@ -456,7 +513,10 @@ impl Report {
         );
         row(
             "ideal bound",
-            format!("{} ms (summed rates and bursts of the keys, latency {} ms)", self.ideal_bound_ms, self.model_latency_ms),
+            format!(
+                "{} ms (summed rates and bursts of the keys, latency {} ms)",
+                self.ideal_bound_ms, self.model_latency_ms
+            ),
         );
         row(
             "mock latency of 200s",
@@ -473,22 +533,50 @@ impl Report {
             "Firestore contention retries",
             format!(
                 "{} {:?} (other transaction retries {}, gave up {})",
-                self.contention_retries, self.contention_by_op, self.other_transaction_retries, self.transactions_gave_up
+                self.contention_retries,
+                self.contention_by_op,
+                self.other_transaction_retries,
+                self.transactions_gave_up
             ),
         );
         let steps: Vec<String> = self.steps.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        row("steps", format!("{}{}", steps.join(", "), if self.all_final { " (all final)" } else { " (NOT all final)" }));
+        row(
+            "steps",
+            format!(
+                "{}{}",
+                steps.join(", "),
+                if self.all_final {
+                    " (all final)"
+                } else {
+                    " (NOT all final)"
+                }
+            ),
+        );
         if !self.failed_by.is_empty() {
             row("failed steps by error code", format!("{:?}", self.failed_by));
         }
-        row("quota give-backs failed", format!("{} (each leaves usageToday above the calls)", self.give_backs_failed));
+        row(
+            "quota give-backs failed",
+            format!("{} (each leaves usageToday above the calls)", self.give_backs_failed),
+        );
         row(
             "deliveries",
-            format!("{} attempts, {} not acknowledged, by answer {:?}", self.deliveries, self.deliveries_not_acked, self.deliveries_by_answer),
+            format!(
+                "{} attempts, {} not acknowledged, by answer {:?}",
+                self.deliveries, self.deliveries_not_acked, self.deliveries_by_answer
+            ),
         );
         out.push_str(&format!(
             "\n{:<10} {:<6} {:>6} {:>11} {:>10} {:>15} {:>8} {:>8} {}\n",
-            "account", "plan", "daily", "usageToday", "mock calls", "mock usedToday", "429 TMR", "429 LE", "usage = calls"
+            "account",
+            "plan",
+            "daily",
+            "usageToday",
+            "mock calls",
+            "mock usedToday",
+            "429 TMR",
+            "429 LE",
+            "usage = calls"
         ));
         for a in &self.accounts {
             out.push_str(&format!(

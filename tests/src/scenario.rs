@@ -420,7 +420,11 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
     let s: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "?" { "(syntax)".to_owned() } else { path };
-        format!("{}: {}", if path == "." { "(top level)".into() } else { path }, e.into_inner())
+        format!(
+            "{}: {}",
+            if path == "." { "(top level)".into() } else { path },
+            e.into_inner()
+        )
     })?;
     for (i, a) in s.given.accounts.iter().enumerate() {
         for (field, plan) in [("plan", &a.plan), ("mockPlan", &a.mock_plan)] {
@@ -437,8 +441,14 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
     if s.given.mode == "mock" && s.given.cassette.is_none() {
         return Err("given.cassette: mode mock needs a cassette".into());
     }
-    if !matches!(s.when.via.as_str(), "eventarc" | "run_local" | "direct" | "local_eventarc") {
-        return Err(format!("when.via: {:?} is not eventarc, local_eventarc, run_local or direct", s.when.via));
+    if !matches!(
+        s.when.via.as_str(),
+        "eventarc" | "run_local" | "direct" | "local_eventarc"
+    ) {
+        return Err(format!(
+            "when.via: {:?} is not eventarc, local_eventarc, run_local or direct",
+            s.when.via
+        ));
     }
     let live = s.when.via == "local_eventarc";
     if !live {
@@ -447,7 +457,12 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
         let t = &s.then;
         for (field, used) in [
             ("given.env", !g.env.is_empty()),
-            ("given.dependencyFaults", !(g.dependency_faults.firestore.is_empty() && g.dependency_faults.gcs.is_empty() && g.dependency_faults.chartimg.is_empty())),
+            (
+                "given.dependencyFaults",
+                !(g.dependency_faults.firestore.is_empty()
+                    && g.dependency_faults.gcs.is_empty()
+                    && g.dependency_faults.chartimg.is_empty()),
+            ),
             ("when.processes", w.processes.is_some()),
             ("when.actions", !w.actions.is_empty()),
             ("then.withinSeconds", t.within_seconds.is_some()),
@@ -480,31 +495,47 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             return Err("when.processes: 0 processes and no start action: nothing would ever handle a delivery".into());
         }
         if !(s.when.eventarc.time_scale > 0.0 && s.when.eventarc.time_scale <= 1.0) {
-            return Err(format!("when.eventarc.timeScale: must be in (0, 1], got {}", s.when.eventarc.time_scale));
+            return Err(format!(
+                "when.eventarc.timeScale: must be in (0, 1], got {}",
+                s.when.eventarc.time_scale
+            ));
         }
         if !(0.0..=1.0).contains(&s.when.eventarc.duplicate_probability) {
-            return Err(format!("when.eventarc.duplicateProbability: must be in 0..=1, got {}", s.when.eventarc.duplicate_probability));
+            return Err(format!(
+                "when.eventarc.duplicateProbability: must be in 0..=1, got {}",
+                s.when.eventarc.duplicate_probability
+            ));
         }
         for (i, a) in s.when.actions.iter().enumerate() {
             let at = |f: &str| format!("when.actions[{i}].{f}");
             match a.act {
-                Verb::Heal | Verb::Fault if a.dependency.is_none() => return Err(format!("{}: {:?} needs a dependency", at("dependency"), a.act)),
+                Verb::Heal | Verb::Fault if a.dependency.is_none() => {
+                    return Err(format!("{}: {:?} needs a dependency", at("dependency"), a.act))
+                }
                 Verb::Fault if a.rule.is_none() => return Err(format!("{}: fault needs a rule", at("rule"))),
-                Verb::Kill | Verb::Sigterm | Verb::Start | Verb::Heal if a.rule.is_some() => return Err(format!("{}: only fault takes a rule", at("rule"))),
+                Verb::Kill | Verb::Sigterm | Verb::Start | Verb::Heal if a.rule.is_some() => {
+                    return Err(format!("{}: only fault takes a rule", at("rule")))
+                }
                 _ => {}
             }
         }
         if let Some(d) = &s.then.deliveries {
             for (i, a) in d.answers.iter().enumerate() {
-                let ok = a.as_u64().is_some_and(|c| (100..600).contains(&c)) || matches!(a.as_str(), Some("error" | "ack_deadline"));
+                let ok = a.as_u64().is_some_and(|c| (100..600).contains(&c))
+                    || matches!(a.as_str(), Some("error" | "ack_deadline"));
                 if !ok {
-                    return Err(format!("then.deliveries.answers[{i}]: {a:?} is not an HTTP status, error or ack_deadline"));
+                    return Err(format!(
+                        "then.deliveries.answers[{i}]: {a:?} is not an HTTP status, error or ack_deadline"
+                    ));
                 }
             }
         }
     }
     if s.then.result.is_some() && !matches!(s.when.via.as_str(), "run_local" | "direct") {
-        return Err(format!("then.result: via {} gives no result to check (only run_local and direct do)", s.when.via));
+        return Err(format!(
+            "then.result: via {} gives no result to check (only run_local and direct do)",
+            s.when.via
+        ));
     }
     if s.when.kill_after_ms.is_some() && s.when.via != "direct" {
         return Err("when.killAfterMs: needs via: direct".into());
@@ -523,26 +554,46 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_line() {
-        let e = parse("description: x\ngiven:\n  flowRun: {}\n  accounts: [{id: a, plan: GOLD}]\nthen: {}\n").unwrap_err();
+        let e =
+            parse("description: x\ngiven:\n  flowRun: {}\n  accounts: [{id: a, plan: GOLD}]\nthen: {}\n").unwrap_err();
         assert_eq!(e, "given.accounts[0].plan: unknown plan \"GOLD\"");
         let e = parse("description: x\ngiven:\n  flowRun: {}\n  acounts: []\nthen: {}\n").unwrap_err();
         assert!(e.starts_with("given.acounts: given: unknown field `acounts`"), "{e}");
         assert!(e.contains("line 4"), "{e}");
-        let e = parse("description: x\ngiven:\n  flowRun: {}\n  accounts: []\nwhen: {via: carrier_pigeon}\nthen: {}\n").unwrap_err();
-        assert_eq!(e, "when.via: \"carrier_pigeon\" is not eventarc, local_eventarc, run_local or direct");
+        let e = parse("description: x\ngiven:\n  flowRun: {}\n  accounts: []\nwhen: {via: carrier_pigeon}\nthen: {}\n")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "when.via: \"carrier_pigeon\" is not eventarc, local_eventarc, run_local or direct"
+        );
     }
 
     const HEAD: &str = "description: x\ngiven:\n  flowRun: {}\n  accounts: []\n";
 
     #[test]
     fn live_fields_need_the_live_path_and_are_checked() {
-        let e = parse(&format!("{HEAD}when: {{via: eventarc, actions: [{{do: kill}}]}}\nthen: {{}}\n")).unwrap_err();
+        let e = parse(&format!(
+            "{HEAD}when: {{via: eventarc, actions: [{{do: kill}}]}}\nthen: {{}}\n"
+        ))
+        .unwrap_err();
         assert_eq!(e, "when.actions: needs via: local_eventarc");
-        let e = parse(&format!("{HEAD}when: {{via: local_eventarc, actions: [{{do: heal}}]}}\nthen: {{}}\n")).unwrap_err();
+        let e = parse(&format!(
+            "{HEAD}when: {{via: local_eventarc, actions: [{{do: heal}}]}}\nthen: {{}}\n"
+        ))
+        .unwrap_err();
         assert_eq!(e, "when.actions[0].dependency: Heal needs a dependency");
-        let e = parse(&format!("{HEAD}when: {{via: local_eventarc, actions: [{{do: explode}}]}}\nthen: {{}}\n")).unwrap_err();
-        assert!(e.starts_with("when.actions[0].do: ") && e.contains("unknown variant `explode`"), "{e}");
-        let e = parse(&format!("{HEAD}when: {{via: local_eventarc}}\nthen: {{deliveries: {{answers: [teapot]}}}}\n")).unwrap_err();
+        let e = parse(&format!(
+            "{HEAD}when: {{via: local_eventarc, actions: [{{do: explode}}]}}\nthen: {{}}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.starts_with("when.actions[0].do: ") && e.contains("unknown variant `explode`"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{HEAD}when: {{via: local_eventarc}}\nthen: {{deliveries: {{answers: [teapot]}}}}\n"
+        ))
+        .unwrap_err();
         assert!(e.starts_with("then.deliveries.answers[0]:"), "{e}");
         let e = parse(&format!("{HEAD}  dependencyFaults: {{gcs: [{{action: {{kind: refuse}}, tmes: 2}}]}}\nwhen: {{via: local_eventarc}}\nthen: {{}}\n")).unwrap_err();
         assert!(e.starts_with("given.dependencyFaults.gcs[0].tmes:"), "{e}");
@@ -556,13 +607,19 @@ mod tests {
     fn in_process_knobs_are_refused_on_the_live_path() {
         let e = parse(&format!("{HEAD}  retry: {{maxRetries: 1, minDelayMs: 1, maxDelayMs: 1, maxTotalDelayMs: 1}}\nwhen: {{via: local_eventarc}}\nthen: {{}}\n")).unwrap_err();
         assert!(e.starts_with("given.retry: not used by via: local_eventarc"), "{e}");
-        let e = parse(&format!("{HEAD}when: {{via: local_eventarc, deliveries: 3}}\nthen: {{}}\n")).unwrap_err();
+        let e = parse(&format!(
+            "{HEAD}when: {{via: local_eventarc, deliveries: 3}}\nthen: {{}}\n"
+        ))
+        .unwrap_err();
         assert!(e.starts_with("when.deliveries: not used"), "{e}");
     }
 
     #[test]
     fn a_result_expectation_needs_a_run_that_gives_one() {
         let e = parse(&format!("{HEAD}when: {{via: eventarc}}\nthen: {{result: succeeded}}\n")).unwrap_err();
-        assert_eq!(e, "then.result: via eventarc gives no result to check (only run_local and direct do)");
+        assert_eq!(
+            e,
+            "then.result: via eventarc gives no result to check (only run_local and direct do)"
+        );
     }
 }

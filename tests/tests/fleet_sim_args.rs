@@ -10,14 +10,20 @@ fn fleet_sim(args: &[&str]) -> (i32, String) {
         .env("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
         .output()
         .expect("fleet-sim runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn a_timeout_that_is_not_a_positive_number_is_refused_by_name() {
     let (code, err) = fleet_sim(&["--timeout-secs=-1"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--timeout-secs must be a positive number of seconds, got -1"), "{err}");
+    assert!(
+        err.contains("--timeout-secs must be a positive number of seconds, got -1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -29,5 +35,8 @@ fn no_emulators_is_refused_with_what_to_start() {
         .expect("fleet-sim runs");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST must be set"), "{err}");
+    assert!(
+        err.contains("FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST must be set"),
+        "{err}"
+    );
 }

@@ -30,17 +30,27 @@ fn play(path: &Path, emu: &tests::runner::Emulators) -> Option<serde_json::Value
     let scenario = tests::scenario::load(path).unwrap_or_else(|e| panic!("{e}"));
     let logs = CaptureWriter::default();
     let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tonic=warn,tower=warn"))
+        .with(tracing_subscriber::EnvFilter::new(
+            "info,h2=warn,hyper=warn,tonic=warn,tower=warn",
+        ))
         .with(CloudLoggingLayer::new(logs.clone()));
     // One thread for the whole run, so every task logs into this scenario's capture.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let started = std::time::Instant::now();
     let outcome = tracing::subscriber::with_default(subscriber, || {
         let l = logs.clone();
         rt.block_on(tests::runner::run(path, scenario, emu, move || l.contents()))
     });
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
-    let outcome = outcome.unwrap_or_else(|e| panic!("scenario {name} could not run: {e:#}\n--- worker log ---\n{}", logs.contents()));
+    let outcome = outcome.unwrap_or_else(|e| {
+        panic!(
+            "scenario {name} could not run: {e:#}\n--- worker log ---\n{}",
+            logs.contents()
+        )
+    });
     if !outcome.differences.is_empty() {
         panic!(
             "scenario {name} failed:\n  {}\n--- mock-chart-img journal ---\n{}\n--- worker log ---\n{}{}",
@@ -50,7 +60,10 @@ fn play(path: &Path, emu: &tests::runner::Emulators) -> Option<serde_json::Value
             if outcome.deliveries.is_empty() {
                 String::new()
             } else {
-                format!("\n--- local eventarc: timeline and deliveries ---\n{}\n--- serve processes ---\n{}", outcome.deliveries, outcome.process_logs)
+                format!(
+                    "\n--- local eventarc: timeline and deliveries ---\n{}\n--- serve processes ---\n{}",
+                    outcome.deliveries, outcome.process_logs
+                )
             }
         );
     }
@@ -64,7 +77,11 @@ fn utc_seconds(v: &str) -> bool {
 
 /// Plays `paths` on `jobs` threads at once (each scenario has its own project, bucket, mock and processes, and its
 /// own thread, runtime and log capture); answers each one's manifest or its failure report.
-fn play_all(paths: Vec<PathBuf>, emu: &tests::runner::Emulators, jobs: usize) -> BTreeMap<PathBuf, Result<Option<serde_json::Value>, String>> {
+fn play_all(
+    paths: Vec<PathBuf>,
+    emu: &tests::runner::Emulators,
+    jobs: usize,
+) -> BTreeMap<PathBuf, Result<Option<serde_json::Value>, String>> {
     let queue = Mutex::new(paths);
     let results = Mutex::new(BTreeMap::new());
     // A failing scenario's report is printed once, by the glob below, not also by the panic hook of its thread.
@@ -81,7 +98,10 @@ fn play_all(paths: Vec<PathBuf>, emu: &tests::runner::Emulators, jobs: usize) ->
             job.spawn_scoped(s, || loop {
                 let Some(path) = queue.lock().unwrap().pop() else { break };
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| play(&path, emu))).map_err(|p| {
-                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
                 });
                 results.lock().unwrap().insert(path, r);
             })
@@ -101,15 +121,25 @@ fn scenarios() {
     // First the files insta's glob (and INSTA_GLOB_FILTER) selects, then all of them at once, then the snapshots.
     let mut paths = Vec::new();
     insta::glob!("../../scenarios", "*.yaml", |path| paths.push(path.to_path_buf()));
-    let jobs = std::env::var("SCENARIO_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let jobs = std::env::var("SCENARIO_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let started = std::time::Instant::now();
     let mut results = play_all(paths, &emu, jobs);
-    eprintln!("scenarios: played in {:.1} s ({jobs} at a time)", started.elapsed().as_secs_f64());
+    eprintln!(
+        "scenarios: played in {:.1} s ({jobs} at a time)",
+        started.elapsed().as_secs_f64()
+    );
     let played = Arc::new(Mutex::new(0usize));
     insta::glob!("../../scenarios", "*.yaml", |path| {
         *played.lock().unwrap() += 1;
-        let result = results.remove(path).unwrap_or_else(|| panic!("{} was not played", path.display()));
-        let Some(manifest) = result.unwrap_or_else(|report| panic!("{report}")) else { return };
+        let result = results
+            .remove(path)
+            .unwrap_or_else(|| panic!("{} was not played", path.display()));
+        let Some(manifest) = result.unwrap_or_else(|report| panic!("{report}")) else {
+            return;
+        };
         insta::assert_json_snapshot!(manifest, {
             ".createdAt" => insta::dynamic_redaction(|v, _| {
                 assert!(v.as_str().is_some_and(utc_seconds), "createdAt {v:?} is not UTC seconds");
@@ -149,13 +179,24 @@ fn snapshots_are_referenced_and_none_pending() {
     let dir = root.join("tests/snapshots");
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        assert!(!name.ends_with(".snap.new") && !name.ends_with(".pending-snap"), "pending snapshot {name}: review it");
-        let Some(file) = name.strip_prefix("scenarios__scenarios@").and_then(|n| n.strip_suffix(".snap")) else {
+        assert!(
+            !name.ends_with(".snap.new") && !name.ends_with(".pending-snap"),
+            "pending snapshot {name}: review it"
+        );
+        let Some(file) = name
+            .strip_prefix("scenarios__scenarios@")
+            .and_then(|n| n.strip_suffix(".snap"))
+        else {
             panic!("unexpected file {name} in {}", dir.display());
         };
-        let text = std::fs::read_to_string(scenarios.join(file)).unwrap_or_else(|_| panic!("snapshot {name} has no scenario {file}"));
+        let text = std::fs::read_to_string(scenarios.join(file))
+            .unwrap_or_else(|_| panic!("snapshot {name} has no scenario {file}"));
         let s = tests::scenario::parse(&text).unwrap();
-        assert_eq!(s.then.manifest.as_deref(), Some("snapshot"), "snapshot {name}: its scenario does not snapshot a manifest");
+        assert_eq!(
+            s.then.manifest.as_deref(),
+            Some("snapshot"),
+            "snapshot {name}: its scenario does not snapshot a manifest"
+        );
     }
 }
 

@@ -39,7 +39,9 @@ const CHART_PATH: &str = "/v2/tradingview/advanced-chart";
 
 fn arg_str(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).map(|i| args.get(i + 1).cloned().unwrap_or_default())
+    args.iter()
+        .position(|a| a == name)
+        .map(|i| args.get(i + 1).cloned().unwrap_or_default())
 }
 
 /// The value of `--name`, or `default` when it is not given; a value that does not parse stops the bench with a
@@ -62,11 +64,21 @@ fn ms(d: Duration) -> f64 {
 async fn main() {
     let charts: u64 = arg("--charts", 20);
     let plan: Plan = arg("--plan", Plan::Pro);
-    let max_in_flight: u64 = arg("--max-in-flight", worker_chart_export::config::DEFAULT_CONCURRENCY as u64);
+    let max_in_flight: u64 = arg(
+        "--max-in-flight",
+        worker_chart_export::config::DEFAULT_CONCURRENCY as u64,
+    );
     let rounds: u64 = arg("--rounds", 3);
-    let accounts_json = format!(r#"[{{"id":"{ACCOUNT}","apiKey":"{KEY}","dailyLimit":100000,"plan":"{}"}}]"#, plan.name());
+    let accounts_json = format!(
+        r#"[{{"id":"{ACCOUNT}","apiKey":"{KEY}","dailyLimit":100000,"plan":"{}"}}]"#,
+        plan.name()
+    );
     let accounts = parse_accounts("bench", &accounts_json).unwrap();
-    let bench = Bench { charts, max_in_flight: max_in_flight as usize, accounts_json };
+    let bench = Bench {
+        charts,
+        max_in_flight: max_in_flight as usize,
+        accounts_json,
+    };
     println!(
         "step of {charts} charts, plan {} ({}/s, burst {}), in-flight maximum {max_in_flight}",
         plan.name(),
@@ -108,7 +120,9 @@ async fn fixed_latency(bench: &Bench, accounts: &[AccountConfig], rounds: u64) {
     println!("ideal bound {:>7.0} ms", ms(ideal));
     for round in 0..rounds {
         let templates = (0..bench.charts).map(|_| json!({})).collect();
-        let (wall, in_flight) = bench.run(&format!("http://{addr}"), Duration::from_secs(10), templates).await;
+        let (wall, in_flight) = bench
+            .run(&format!("http://{addr}"), Duration::from_secs(10), templates)
+            .await;
         println!(
             "round {round}: {in_flight} in flight, wall {:>7.0} ms = {:.2}x ideal, {:.2}x faster than sequential",
             ms(wall),
@@ -132,8 +146,10 @@ async fn realistic(bench: &Bench, accounts: &[AccountConfig], plan: Plan, rounds
     );
     // Charts of several sizes and study counts, within the plan: the realistic median grows with both.
     let l = plan.limits();
-    let sizes: Vec<(u32, u32)> =
-        [(800, 600), (1280, 720), (1920, 1080)].into_iter().filter(|(w, h)| *w <= l.max_width && *h <= l.max_height).collect();
+    let sizes: Vec<(u32, u32)> = [(800, 600), (1280, 720), (1920, 1080)]
+        .into_iter()
+        .filter(|(w, h)| *w <= l.max_width && *h <= l.max_height)
+        .collect();
     let studies = ["Volume", "Relative Strength Index", "MACD"];
     let templates = |n: u64| -> Vec<Value> {
         (0..n as usize)
@@ -146,13 +162,20 @@ async fn realistic(bench: &Bench, accounts: &[AccountConfig], plan: Plan, rounds
     };
     println!("mock-chart-img, latency realistic, time_scale {time_scale}, seed {seed} + round");
     for round in 0..rounds {
-        let mut config = mock_chart_img::Config::default().with_seed(seed + round).with_key(KEY, ACCOUNT, mock_plan);
+        let mut config = mock_chart_img::Config::default()
+            .with_seed(seed + round)
+            .with_key(KEY, ACCOUNT, mock_plan);
         config.latency = LatencyProfile::Realistic;
         config.time_scale = time_scale;
         let server = mock_chart_img::spawn(config).await.expect("the mock starts");
         // The worker's default CHART_IMG_TIMEOUT_SECONDS: longer than the gateway's 29 s, so a slow chart is waited for.
-        let (wall, in_flight) = bench.run(&server.base_url(), Duration::from_secs(35), templates(bench.charts)).await;
-        let journal = server.state().journal(&JournalQuery { account: Some(ACCOUNT.into()), ..Default::default() });
+        let (wall, in_flight) = bench
+            .run(&server.base_url(), Duration::from_secs(35), templates(bench.charts))
+            .await;
+        let journal = server.state().journal(&JournalQuery {
+            account: Some(ACCOUNT.into()),
+            ..Default::default()
+        });
         server.shutdown().await.expect("the mock stops");
 
         let calls: Vec<_> = journal.iter().filter(|e| e.path == CHART_PATH).collect();
@@ -166,7 +189,11 @@ async fn realistic(bench: &Bench, accounts: &[AccountConfig], plan: Plan, rounds
             .map(|e| {
                 let before = calls.iter().filter(|c| start(c) < start(e)).count();
                 let at = first.map_or(0, |f| (start(e) - f).num_milliseconds());
-                format!("{} {} at +{at} ms after {before} calls", e.status.map_or("dropped".into(), |s| s.to_string()), e.error.as_deref().unwrap_or(""))
+                format!(
+                    "{} {} at +{at} ms after {before} calls",
+                    e.status.map_or("dropped".into(), |s| s.to_string()),
+                    e.error.as_deref().unwrap_or("")
+                )
             })
             .collect();
         assert_eq!(answered.len() as u64, bench.charts, "one answered call per chart");
@@ -178,7 +205,10 @@ async fn realistic(bench: &Bench, accounts: &[AccountConfig], plan: Plan, rounds
         answered.sort_by_key(|e| start(e));
         // (The k-th earliest start is the bound of k calls that take no time.)
         let in_order = (0..answered.len() as u64)
-            .map(|k| ideal_bound(k + 1, Duration::ZERO, accounts).expect("allowed") + Duration::from_millis(answered[k as usize].duration_ms))
+            .map(|k| {
+                ideal_bound(k + 1, Duration::ZERO, accounts).expect("allowed")
+                    + Duration::from_millis(answered[k as usize].duration_ms)
+            })
             .max()
             .unwrap_or_default();
         let mut sorted = drawn.clone();
@@ -212,14 +242,20 @@ impl Bench {
     /// kept in flight.
     async fn run(&self, base_url: &str, timeout: Duration, templates: Vec<Value>) -> (Duration, usize) {
         let docs = JsonDocs::in_memory();
-        let requests: Vec<_> = (0..templates.len()).map(|i| json!({"chartTemplateId": format!("t{i:02}")})).collect();
+        let requests: Vec<_> = (0..templates.len())
+            .map(|i| json!({"chartTemplateId": format!("t{i:02}")}))
+            .collect();
         let run = json!({"scope": {"symbol": "BTCUSDT"}, "steps": {"s": {"stepType": "CHART_EXPORT", "status": "READY",
             "inputs": {"timeframe": "4h", "minImages": templates.len(), "requests": requests}}}});
         docs.put_doc(FLOW_RUNS, "bench", run).await.unwrap();
         for (i, request) in templates.iter().enumerate() {
-            docs.put_doc(CHART_TEMPLATES, &format!("t{i:02}"), json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": request}))
-                .await
-                .unwrap();
+            docs.put_doc(
+                CHART_TEMPLATES,
+                &format!("t{i:02}"),
+                json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": request}),
+            )
+            .await
+            .unwrap();
         }
         let worker = Worker {
             flow_runs: Arc::new(docs.clone()),
@@ -242,9 +278,14 @@ impl Bench {
         };
         let in_flight = worker.accounts.in_flight(self.max_in_flight);
         let started = Instant::now();
-        let report = run_chart_export_step(&worker, &RunId::parse("bench").unwrap(), &StepSelector::First, None).await.unwrap();
+        let report = run_chart_export_step(&worker, &RunId::parse("bench").unwrap(), &StepSelector::First, None)
+            .await
+            .unwrap();
         let wall = started.elapsed();
-        assert!(matches!(report, StepReport::Succeeded { ref items, .. } if items.len() == templates.len()), "{report:?}");
+        assert!(
+            matches!(report, StepReport::Succeeded { ref items, .. } if items.len() == templates.len()),
+            "{report:?}"
+        );
         (wall, in_flight)
     }
 }

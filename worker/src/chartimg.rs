@@ -61,7 +61,10 @@ fn excerpt(body: &[u8]) -> String {
 pub fn classify(status: u16, body: Bytes, format: ImageFormat) -> Result<RenderedChart, ChartApiError> {
     match status {
         200 if format.matches(&body) => Ok(RenderedChart { bytes: body, format }),
-        200 => Err(ChartApiError::NotAnImage { expected: format.content_type(), detail: excerpt(&body) }),
+        200 => Err(ChartApiError::NotAnImage {
+            expected: format.content_type(),
+            detail: excerpt(&body),
+        }),
         429 => {
             // Only the message tells the daily quota from the per-second throttle.
             let message = error_message(&body);
@@ -73,8 +76,14 @@ pub fn classify(status: u16, body: Bytes, format: ImageFormat) -> Result<Rendere
         }
         // 409 Session Disconnected is an upstream session gone stale: transient by the API's own description.
         // 408 Request Timeout: the gateway gave up waiting; retried like a timeout.
-        408 | 409 | 500..=599 => Err(ChartApiError::Transient { status: Some(status), message: error_message(&body) }),
-        _ => Err(ChartApiError::Rejected { status, message: error_message(&body) }),
+        408 | 409 | 500..=599 => Err(ChartApiError::Transient {
+            status: Some(status),
+            message: error_message(&body),
+        }),
+        _ => Err(ChartApiError::Rejected {
+            status,
+            message: error_message(&body),
+        }),
     }
 }
 
@@ -112,7 +121,11 @@ impl HttpChartImg {
             .connect_timeout(Duration::from_secs(5).min(timeout))
             .user_agent(concat!("worker-chart-export/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client, base_url: base_url.trim_end_matches('/').to_owned(), timeout })
+        Ok(Self {
+            client,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            timeout,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -121,8 +134,12 @@ impl HttpChartImg {
 
     /// Sends one request and returns the raw answer (status and body), for the recorder to wrap.
     pub async fn send_raw(&self, call: &ChartCall<'_>) -> Result<(u16, Vec<(String, String)>, Bytes), ChartApiError> {
-        let mut key = reqwest::header::HeaderValue::from_str(call.api_key.expose_secret())
-            .map_err(|_| ChartApiError::Rejected { status: 0, message: format!("API key of {} is not a valid header value", call.account) })?;
+        let mut key = reqwest::header::HeaderValue::from_str(call.api_key.expose_secret()).map_err(|_| {
+            ChartApiError::Rejected {
+                status: 0,
+                message: format!("API key of {} is not a valid header value", call.account),
+            }
+        })?;
         key.set_sensitive(true);
         let resp = self
             .client
@@ -139,14 +156,20 @@ impl HttpChartImg {
             .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
             .collect();
         if resp.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(ChartApiError::TooLarge { status, limit: MAX_BODY_BYTES });
+            return Err(ChartApiError::TooLarge {
+                status,
+                limit: MAX_BODY_BYTES,
+            });
         }
         // Read in chunks so a body without (or with a lying) Content-Length is cut at the cap, never buffered whole.
         let mut body = bytes::BytesMut::new();
         let mut resp = resp;
         while let Some(chunk) = resp.chunk().await.map_err(|e| classify_transport(&e, self.timeout))? {
             if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(ChartApiError::TooLarge { status, limit: MAX_BODY_BYTES });
+                return Err(ChartApiError::TooLarge {
+                    status,
+                    limit: MAX_BODY_BYTES,
+                });
             }
             body.extend_from_slice(&chunk);
         }
@@ -177,15 +200,35 @@ mod tests {
         let b = |s: &'static str| Bytes::from_static(s.as_bytes());
         assert!(classify(200, png(), f).is_ok());
         assert!(matches!(classify(200, b("{\"ok\":1}"), f), Err(NotAnImage { .. })));
-        assert!(matches!(classify(200, png(), ImageFormat::Jpeg), Err(NotAnImage { expected: "image/jpeg", .. })));
+        assert!(matches!(
+            classify(200, png(), ImageFormat::Jpeg),
+            Err(NotAnImage {
+                expected: "image/jpeg",
+                ..
+            })
+        ));
         let rejected = |status, body: &'static str, msg: &str| {
-            assert_eq!(classify(status, b(body), f), Err(Rejected { status, message: msg.to_owned() }));
+            assert_eq!(
+                classify(status, b(body), f),
+                Err(Rejected {
+                    status,
+                    message: msg.to_owned()
+                })
+            );
         };
         rejected(400, "", "empty body");
         rejected(401, r#"{"message":"Invalid Request"}"#, "Invalid Request");
         rejected(403, r#"{"message":"Forbidden"}"#, "Forbidden");
-        rejected(403, r#"{"message":"Exceed Max Usage Resolution Limit (800x600)"}"#, "Exceed Max Usage Resolution Limit (800x600)");
-        rejected(403, r#"{"message":"Exceed Max Usage Parameter Limit (3)"}"#, "Exceed Max Usage Parameter Limit (3)");
+        rejected(
+            403,
+            r#"{"message":"Exceed Max Usage Resolution Limit (800x600)"}"#,
+            "Exceed Max Usage Resolution Limit (800x600)",
+        );
+        rejected(
+            403,
+            r#"{"message":"Exceed Max Usage Parameter Limit (3)"}"#,
+            "Exceed Max Usage Parameter Limit (3)",
+        );
         rejected(
             422,
             r#"[{"value":"X","msg":"must be a valid tradingview EXCHANGE:SYMBOL","param":"symbol","location":"body"}]"#,
@@ -193,16 +236,32 @@ mod tests {
         );
         rejected(422, r#"{"message":"Invalid Interval"}"#, "Invalid Interval");
         rejected(422, r#"{"error":"Invalid Symbol"}"#, "Invalid Symbol");
-        assert_eq!(classify(429, b(r#"{"message":"Limit Exceeded"}"#), f), Err(LimitExceeded));
-        assert_eq!(classify(429, b(r#"{"message":"Too Many Requests"}"#), f), Err(Throttled));
+        assert_eq!(
+            classify(429, b(r#"{"message":"Limit Exceeded"}"#), f),
+            Err(LimitExceeded)
+        );
+        assert_eq!(
+            classify(429, b(r#"{"message":"Too Many Requests"}"#), f),
+            Err(Throttled)
+        );
         for (status, body, msg) in [
             (409, r#"{"message":"Session Disconnected"}"#, "Session Disconnected"),
             (500, r#"{"message":"Something Went Wrong"}"#, "Something Went Wrong"),
             (503, "<html>busy</html>", "body \"<html>busy</html>\""),
-            (504, r#"{"message":"Endpoint request timed out"}"#, "Endpoint request timed out"),
+            (
+                504,
+                r#"{"message":"Endpoint request timed out"}"#,
+                "Endpoint request timed out",
+            ),
         ] {
             let e = classify(status, b(body), f).unwrap_err();
-            assert_eq!(e, Transient { status: Some(status), message: msg.to_owned() });
+            assert_eq!(
+                e,
+                Transient {
+                    status: Some(status),
+                    message: msg.to_owned()
+                }
+            );
             assert!(e.is_retryable());
         }
     }
@@ -211,8 +270,16 @@ mod tests {
     fn only_throttles_and_transients_are_retried() {
         assert!(ChartApiError::Throttled.is_retryable());
         assert!(!ChartApiError::LimitExceeded.is_retryable());
-        assert!(!ChartApiError::Rejected { status: 403, message: String::new() }.is_retryable());
-        assert!(!ChartApiError::NotAnImage { expected: "image/png", detail: String::new() }.is_retryable());
+        assert!(!ChartApiError::Rejected {
+            status: 403,
+            message: String::new()
+        }
+        .is_retryable());
+        assert!(!ChartApiError::NotAnImage {
+            expected: "image/png",
+            detail: String::new()
+        }
+        .is_retryable());
     }
 }
 
@@ -241,7 +308,10 @@ impl CassetteChartImg {
     fn miss(m: recorder::Miss) -> ChartApiError {
         // The report is built by the recorder from redacted, stored forms only: it holds no key.
         let details = serde_json::to_value(&m).unwrap_or(Value::Null);
-        ChartApiError::MockMissing { message: m.to_string(), details }
+        ChartApiError::MockMissing {
+            message: m.to_string(),
+            details,
+        }
     }
 }
 
@@ -266,7 +336,9 @@ impl ChartRenderer for CassetteChartImg {
                     Err(recorder::VcrError::Store(e)) => {
                         // The call was sent, answered and paid for; the recording is what failed. Retrying would pay
                         // again for the same answer, so this chart's recording fails, clearly and for good.
-                        return Err(ChartApiError::NotRecorded { message: format!("the call was answered but could not be recorded: {e}") });
+                        return Err(ChartApiError::NotRecorded {
+                            message: format!("the call was answered but could not be recorded: {e}"),
+                        });
                     }
                 }
             }

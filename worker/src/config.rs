@@ -29,7 +29,10 @@ pub struct AccountConfig {
 
 impl AccountConfig {
     pub fn quota(&self) -> AccountQuota {
-        AccountQuota { id: self.id.clone(), daily_limit: self.daily_limit }
+        AccountQuota {
+            id: self.id.clone(),
+            daily_limit: self.daily_limit,
+        }
     }
 }
 
@@ -42,16 +45,24 @@ pub struct ConfigError {
 }
 
 fn cfg_err(setting: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError { setting: setting.into(), problem: problem.into() }
+    ConfigError {
+        setting: setting.into(),
+        problem: problem.into(),
+    }
 }
 
 /// Parses the accounts JSON field by field, so that no error message (serde's included) can quote a key.
 pub fn parse_accounts(source: &str, raw: &str) -> Result<Vec<AccountConfig>, ConfigError> {
     let value: Value = serde_json::from_str(raw).map_err(|e| {
         // serde_json's syntax errors give a position, never a value; keep only that.
-        cfg_err(source, format!("is not valid JSON (line {}, column {})", e.line(), e.column()))
+        cfg_err(
+            source,
+            format!("is not valid JSON (line {}, column {})", e.line(), e.column()),
+        )
     })?;
-    let Value::Array(items) = value else { return Err(cfg_err(source, "must be a JSON array of accounts")) };
+    let Value::Array(items) = value else {
+        return Err(cfg_err(source, "must be a JSON array of accounts"));
+    };
     if items.is_empty() {
         return Err(cfg_err(source, "lists no account"));
     }
@@ -59,7 +70,9 @@ pub fn parse_accounts(source: &str, raw: &str) -> Result<Vec<AccountConfig>, Con
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let at = |f: &str| format!("{source}[{i}].{f}");
-        let Value::Object(mut o) = item else { return Err(cfg_err(format!("{source}[{i}]"), "must be an object")) };
+        let Value::Object(mut o) = item else {
+            return Err(cfg_err(format!("{source}[{i}]"), "must be an object"));
+        };
         let id = match o.remove("id") {
             Some(Value::String(s)) => AccountId::parse(s).map_err(|e| cfg_err(at("id"), e.to_string()))?,
             Some(_) => return Err(cfg_err(at("id"), "must be a string")),
@@ -76,7 +89,9 @@ pub fn parse_accounts(source: &str, raw: &str) -> Result<Vec<AccountConfig>, Con
         };
         let plan = match o.remove("plan") {
             None | Some(Value::Null) => Plan::default(),
-            Some(Value::String(s)) => s.parse().map_err(|e: chart_img_spec::UnknownPlan| cfg_err(at("plan"), e.to_string()))?,
+            Some(Value::String(s)) => s
+                .parse()
+                .map_err(|e: chart_img_spec::UnknownPlan| cfg_err(at("plan"), e.to_string()))?,
             Some(_) => return Err(cfg_err(at("plan"), "must be a string")),
         };
         let daily_limit = match o.remove("dailyLimit") {
@@ -86,7 +101,12 @@ pub fn parse_accounts(source: &str, raw: &str) -> Result<Vec<AccountConfig>, Con
                 _ => return Err(cfg_err(at("dailyLimit"), "must be a positive integer")),
             },
         };
-        out.push(AccountConfig { id, api_key, daily_limit, plan });
+        out.push(AccountConfig {
+            id,
+            api_key,
+            daily_limit,
+            plan,
+        });
     }
     Ok(out)
 }
@@ -106,7 +126,10 @@ impl FromStr for ChartImgMode {
             "real" => Ok(Self::Real),
             "mock" => Ok(Self::Mock),
             "record" => Ok(Self::Record),
-            _ => Err(cfg_err("CHART_IMG_MODE", format!("unknown mode {s:?}; expected real, mock or record"))),
+            _ => Err(cfg_err(
+                "CHART_IMG_MODE",
+                format!("unknown mode {s:?}; expected real, mock or record"),
+            )),
         }
     }
 }
@@ -132,7 +155,9 @@ pub fn check_database_id(id: &str) -> Result<(), String> {
     if id == DEFAULT_FIRESTORE_DATABASE {
         return Ok(());
     }
-    let ok_chars = id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_chars = id
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     let starts = id.chars().next().is_some_and(|c| c.is_ascii_lowercase());
     if !(4..=63).contains(&id.len()) || !ok_chars || !starts || id.ends_with('-') {
         return Err(format!(
@@ -237,7 +262,10 @@ impl Settings {
                 None => Ok(default),
                 Some(v) => match v.trim().parse::<u64>() {
                     Ok(n) if (min..=max).contains(&n) => Ok(n),
-                    _ => Err(cfg_err(k, format!("must be a whole number from {min} to {max}, got {v:?}"))),
+                    _ => Err(cfg_err(
+                        k,
+                        format!("must be a whole number from {min} to {max}, got {v:?}"),
+                    )),
                 },
             }
         };
@@ -247,7 +275,10 @@ impl Settings {
                 None => Ok(default),
                 Some(v) => match v.trim().parse::<f64>() {
                     Ok(n) if n.is_finite() && (min..=max).contains(&n) => Ok(Duration::from_secs_f64(n)),
-                    _ => Err(cfg_err(k, format!("must be a number of seconds from {min} to {max}, got {v:?}"))),
+                    _ => Err(cfg_err(
+                        k,
+                        format!("must be a number of seconds from {min} to {max}, got {v:?}"),
+                    )),
                 },
             }
         };
@@ -255,9 +286,19 @@ impl Settings {
         let defaults = Lifecycle::for_lease(lease);
         let lifecycle = Lifecycle {
             heartbeat: seconds("CHART_EXPORT_HEARTBEAT_SECONDS", defaults.heartbeat, 0.1, 86_400.0)?,
-            step_deadline: seconds("CHART_EXPORT_STEP_DEADLINE_SECONDS", defaults.step_deadline, 0.5, 3_600.0)?,
+            step_deadline: seconds(
+                "CHART_EXPORT_STEP_DEADLINE_SECONDS",
+                defaults.step_deadline,
+                0.5,
+                3_600.0,
+            )?,
             max_attempts: number("CHART_EXPORT_MAX_ATTEMPTS", defaults.max_attempts as u64, 1, 100)? as u32,
-            release_backoff: seconds("CHART_EXPORT_RELEASE_BACKOFF_SECONDS", defaults.release_backoff, 0.0, 3_600.0)?,
+            release_backoff: seconds(
+                "CHART_EXPORT_RELEASE_BACKOFF_SECONDS",
+                defaults.release_backoff,
+                0.0,
+                3_600.0,
+            )?,
             shutdown_grace: seconds("CHART_EXPORT_SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace, 0.0, 9.5)?,
         };
         if lifecycle.heartbeat >= lease {
@@ -270,14 +311,21 @@ impl Settings {
             Some(raw) => parse_accounts("CHART_IMG_ACCOUNTS_JSON", &raw)?,
             None => Vec::new(),
         };
-        let mode = non_empty("CHART_IMG_MODE").map(|m| m.parse()).transpose()?.unwrap_or(ChartImgMode::Real);
+        let mode = non_empty("CHART_IMG_MODE")
+            .map(|m| m.parse())
+            .transpose()?
+            .unwrap_or(ChartImgMode::Real);
         let base_url = non_empty("CHART_IMG_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
         check_base_url(&base_url)?;
         let timezone = non_empty("CHARTS_DEFAULT_TIMEZONE").unwrap_or_else(|| "Etc/UTC".to_owned());
         if timezone.contains(char::is_whitespace) {
-            return Err(cfg_err("CHARTS_DEFAULT_TIMEZONE", format!("is not an IANA zone name: {timezone:?}")));
+            return Err(cfg_err(
+                "CHARTS_DEFAULT_TIMEZONE",
+                format!("is not an IANA zone name: {timezone:?}"),
+            ));
         }
-        let firestore_database = non_empty("FIRESTORE_DATABASE").unwrap_or_else(|| DEFAULT_FIRESTORE_DATABASE.to_owned());
+        let firestore_database =
+            non_empty("FIRESTORE_DATABASE").unwrap_or_else(|| DEFAULT_FIRESTORE_DATABASE.to_owned());
         check_database_id(&firestore_database).map_err(|why| cfg_err("FIRESTORE_DATABASE", why))?;
         Ok(Self {
             project: non_empty("GOOGLE_CLOUD_PROJECT"),
@@ -293,14 +341,22 @@ impl Settings {
             port: number("PORT", 8080, 1, 65535)? as u16,
             host: match non_empty("HOST") {
                 None => std::net::IpAddr::from([0, 0, 0, 0]),
-                Some(h) => h.trim().parse().map_err(|_| cfg_err("HOST", format!("is not an IP address: {h:?}")))?,
+                Some(h) => h
+                    .trim()
+                    .parse()
+                    .map_err(|_| cfg_err("HOST", format!("is not an IP address: {h:?}")))?,
             },
             concurrency: number("CHART_EXPORT_CONCURRENCY", DEFAULT_CONCURRENCY as u64, 1, 1024)? as usize,
             lease,
             lifecycle,
             request_timeout: Duration::from_secs(number("CHART_IMG_TIMEOUT_SECONDS", 35, 1, 600)?),
             retry: RetryPolicy::default(),
-            store_retry_total: seconds("CHART_EXPORT_STORE_RETRY_SECONDS", RetryPolicy::FIRESTORE.max_total_delay, 0.0, 300.0)?,
+            store_retry_total: seconds(
+                "CHART_EXPORT_STORE_RETRY_SECONDS",
+                RetryPolicy::FIRESTORE.max_total_delay,
+                0.0,
+                300.0,
+            )?,
         })
     }
 }
@@ -310,7 +366,10 @@ pub fn check_base_url(url: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(cfg_err("CHART_IMG_BASE_URL", format!("must be an http(s) URL, got {url:?}")))
+        Err(cfg_err(
+            "CHART_IMG_BASE_URL",
+            format!("must be an http(s) URL, got {url:?}"),
+        ))
     }
 }
 
@@ -326,7 +385,16 @@ mod tests {
         for ok in ["(default)", "charts", "charts-db-2", "abcd"] {
             assert_eq!(check_database_id(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "abc", "Charts", "1charts", "charts-", "charts_db", "(other)", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "abc",
+            "Charts",
+            "1charts",
+            "charts-",
+            "charts_db",
+            "(other)",
+            &"a".repeat(64),
+        ] {
             let e = check_database_id(bad).unwrap_err();
             assert!(e.contains("is not a Firestore database id"), "{bad}: {e}");
         }
@@ -334,7 +402,9 @@ mod tests {
 
     #[test]
     fn accounts_parse_with_plan_and_limit_defaults() {
-        let raw = format!(r#"[{{"id":"acc-1","apiKey":"{KEY}","dailyLimit":5,"plan":"PRO"}},{{"id":"acc-2","apiKey":"k2"}}]"#);
+        let raw = format!(
+            r#"[{{"id":"acc-1","apiKey":"{KEY}","dailyLimit":5,"plan":"PRO"}},{{"id":"acc-2","apiKey":"k2"}}]"#
+        );
         let a = parse_accounts("CHART_IMG_ACCOUNTS_JSON", &raw).unwrap();
         assert_eq!((a[0].id.as_str(), a[0].daily_limit, a[0].plan), ("acc-1", 5, Plan::Pro));
         assert_eq!((a[1].daily_limit, a[1].plan), (50, Plan::Basic));
@@ -345,13 +415,25 @@ mod tests {
     #[test]
     fn bad_accounts_are_refused_naming_the_field_and_never_the_key() {
         let cases = [
-            (r#"{"id":1}"#.to_owned(), "CHART_IMG_ACCOUNTS_JSON: must be a JSON array"),
+            (
+                r#"{"id":1}"#.to_owned(),
+                "CHART_IMG_ACCOUNTS_JSON: must be a JSON array",
+            ),
             ("[]".to_owned(), "lists no account"),
-            (format!(r#"[{{"id":"a","apiKey":"{KEY}","plan":"GOLD"}}]"#), "CHART_IMG_ACCOUNTS_JSON[0].plan: unknown plan"),
-            (format!(r#"[{{"id":"a","apiKey":"{KEY}","dailyLimit":-3}}]"#), "[0].dailyLimit: must be a positive integer"),
+            (
+                format!(r#"[{{"id":"a","apiKey":"{KEY}","plan":"GOLD"}}]"#),
+                "CHART_IMG_ACCOUNTS_JSON[0].plan: unknown plan",
+            ),
+            (
+                format!(r#"[{{"id":"a","apiKey":"{KEY}","dailyLimit":-3}}]"#),
+                "[0].dailyLimit: must be a positive integer",
+            ),
             (format!(r#"[{{"apiKey":"{KEY}"}}]"#), "[0].id: is missing"),
             (r#"[{"id":"a","apiKey":42}]"#.to_owned(), "[0].apiKey: must be a string"),
-            (format!(r#"[{{"id":"a","apiKey":"{KEY}"}},{{"id":"a","apiKey":"{KEY}"}}]"#), "[1].id: a is listed twice"),
+            (
+                format!(r#"[{{"id":"a","apiKey":"{KEY}"}},{{"id":"a","apiKey":"{KEY}"}}]"#),
+                "[1].id: a is listed twice",
+            ),
             (format!(r#"[{{"id":"a","apiKey":"{KEY}""#), "is not valid JSON (line 1"),
         ];
         for (raw, want) in cases {
@@ -364,14 +446,23 @@ mod tests {
     #[test]
     fn settings_defaults_and_errors() {
         let s = Settings::from_lookup(|_| None).unwrap();
-        assert_eq!((s.mode, s.base_url.as_str(), s.timezone.as_str(), s.port), (ChartImgMode::Real, DEFAULT_BASE_URL, "Etc/UTC", 8080));
+        assert_eq!(
+            (s.mode, s.base_url.as_str(), s.timezone.as_str(), s.port),
+            (ChartImgMode::Real, DEFAULT_BASE_URL, "Etc/UTC", 8080)
+        );
         let bad = |k: &'static str, v: &'static str| {
-            Settings::from_lookup(move |q| (q == k).then(|| v.to_owned())).unwrap_err().to_string()
+            Settings::from_lookup(move |q| (q == k).then(|| v.to_owned()))
+                .unwrap_err()
+                .to_string()
         };
-        assert_eq!(bad("CHART_IMG_MODE", "fake"), "CHART_IMG_MODE: unknown mode \"fake\"; expected real, mock or record");
+        assert_eq!(
+            bad("CHART_IMG_MODE", "fake"),
+            "CHART_IMG_MODE: unknown mode \"fake\"; expected real, mock or record"
+        );
         assert!(bad("PORT", "http").starts_with("PORT: must be a whole number"));
         assert!(bad("CHART_IMG_BASE_URL", "ftp://x").starts_with("CHART_IMG_BASE_URL: must be an http(s) URL"));
-        assert!(bad("CHART_EXPORT_LEASE_SECONDS", "soon").starts_with("CHART_EXPORT_LEASE_SECONDS: must be a number of seconds"));
+        assert!(bad("CHART_EXPORT_LEASE_SECONDS", "soon")
+            .starts_with("CHART_EXPORT_LEASE_SECONDS: must be a number of seconds"));
         assert!(bad("CHART_EXPORT_SHUTDOWN_GRACE_SECONDS", "12").contains("from 0 to 9.5"));
         assert!(bad("CHART_EXPORT_HEARTBEAT_SECONDS", "90").contains("shorter than the lease"));
     }
@@ -381,13 +472,22 @@ mod tests {
         let s = Settings::from_lookup(|_| None).unwrap();
         assert_eq!(s.lease, Duration::from_secs(60));
         assert_eq!(s.lifecycle.heartbeat, Duration::from_secs(20));
-        assert!(s.lifecycle.step_deadline < Duration::from_secs(600), "below the maximum ack deadline");
-        assert!(s.lifecycle.shutdown_grace < Duration::from_secs(10), "below Cloud Run's SIGKILL");
+        assert!(
+            s.lifecycle.step_deadline < Duration::from_secs(600),
+            "below the maximum ack deadline"
+        );
+        assert!(
+            s.lifecycle.shutdown_grace < Duration::from_secs(10),
+            "below Cloud Run's SIGKILL"
+        );
         assert_eq!(s.lifecycle.max_attempts, 5);
         let l = s.lifecycle;
         let delays: Vec<u64> = (1..=6).map(|a| l.release_delay(a).as_secs()).collect();
         assert_eq!(delays, vec![10, 20, 40, 80, 100, 100]);
         let fast = Settings::from_lookup(|k| (k == "CHART_EXPORT_LEASE_SECONDS").then(|| "1.5".to_owned())).unwrap();
-        assert_eq!((fast.lease, fast.lifecycle.heartbeat), (Duration::from_millis(1500), Duration::from_millis(500)));
+        assert_eq!(
+            (fast.lease, fast.lifecycle.heartbeat),
+            (Duration::from_millis(1500), Duration::from_millis(500))
+        );
     }
 }

@@ -136,7 +136,12 @@ pub struct ChartFailure {
 
 impl ChartFailure {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), http_status: None, details: None }
+        Self {
+            code,
+            message: message.into(),
+            http_status: None,
+            details: None,
+        }
     }
 
     fn from_api(e: ChartApiError) -> Self {
@@ -144,7 +149,12 @@ impl ChartFailure {
             ChartApiError::MockMissing { details, .. } => Some(details.clone()),
             _ => None,
         };
-        Self { code: e.code(), http_status: e.http_status(), message: e.to_string(), details }
+        Self {
+            code: e.code(),
+            http_status: e.http_status(),
+            message: e.to_string(),
+            details,
+        }
     }
 
     fn store(e: &StoreError) -> Self {
@@ -173,24 +183,56 @@ pub enum StepReport {
     },
     /// Handed back after a transient failure (RUNNING → READY): claimable again from `not_before`. The release
     /// write is itself a flow-run update, whose delivery carries the retry.
-    Released { run_id: String, step_id: String, attempt: u32, not_before: String, code: ErrorCode, message: String },
+    Released {
+        run_id: String,
+        step_id: String,
+        attempt: u32,
+        not_before: String,
+        code: ErrorCode,
+        message: String,
+    },
     /// Another claim holds the step under a live lease: worth a redelivery, which re-checks once it may have ended.
-    Busy { run_id: String, step_id: String, claimed_by: Option<String>, lease_expires_at: Option<String> },
+    Busy {
+        run_id: String,
+        step_id: String,
+        claimed_by: Option<String>,
+        lease_expires_at: Option<String>,
+    },
     /// The step was released and may not be claimed before `not_before`.
-    NotYet { run_id: String, step_id: String, not_before: String },
+    NotYet {
+        run_id: String,
+        step_id: String,
+        not_before: String,
+    },
     /// Nothing to do (no claimable step, already finished, run gone); nothing was written.
-    NoOp { run_id: String, step_id: Option<String>, reason: String },
+    NoOp {
+        run_id: String,
+        step_id: Option<String>,
+        reason: String,
+    },
     /// The delivery asked for something invalid (explicit step missing or not CHART_EXPORT); nothing was written.
-    Rejected { run_id: String, step_id: Option<String>, code: ErrorCode, message: String },
+    Rejected {
+        run_id: String,
+        step_id: Option<String>,
+        code: ErrorCode,
+        message: String,
+    },
     /// Our claim was taken over (our lease expired) before we could finalize; nothing more was written.
-    LostClaim { run_id: String, step_id: String, reason: String },
+    LostClaim {
+        run_id: String,
+        step_id: String,
+        reason: String,
+    },
 }
 
 impl StepReport {
     /// Exit status meaning: SUCCEEDED or nothing to do here (a no-op, a step someone else holds or that waits for
     /// its not-before time) is fine; everything else is not.
     pub fn is_ok(&self) -> bool {
-        matches!(self, Self::Succeeded { .. } | Self::NoOp { .. } | Self::Busy { .. } | Self::NotYet { .. })
+        matches!(
+            self,
+            Self::Succeeded { .. } | Self::NoOp { .. } | Self::Busy { .. } | Self::NotYet { .. }
+        )
     }
 
     /// Whether a redelivery of the same event could do more: the step is held elsewhere, not due yet, or its claim
@@ -228,7 +270,11 @@ pub enum CoreError {
     ReleaseFailed { cause: String, release: StoreError },
     /// Even the final write was refused for good (permission, corrupt document): nothing a redelivery can fix.
     #[error("cannot finalize the step {status} ({code}): {error}")]
-    FinalizeRefused { status: &'static str, code: ErrorCode, error: StoreError },
+    FinalizeRefused {
+        status: &'static str,
+        code: ErrorCode,
+        error: StoreError,
+    },
 }
 
 impl CoreError {
@@ -338,7 +384,10 @@ enum Halt {
 impl From<StoreError> for Halt {
     fn from(e: StoreError) -> Self {
         if e.is_transient() {
-            Halt::Transient { code: ErrorCode::StoreFailed, message: e.to_string() }
+            Halt::Transient {
+                code: ErrorCode::StoreFailed,
+                message: e.to_string(),
+            }
         } else {
             Halt::Permanent(ChartFailure::store(&e))
         }
@@ -346,7 +395,11 @@ impl From<StoreError> for Halt {
 }
 
 fn noop(run: &RunId, step: Option<&StepId>, reason: impl Into<String>) -> StepReport {
-    StepReport::NoOp { run_id: run.to_string(), step_id: step.map(|s| s.to_string()), reason: reason.into() }
+    StepReport::NoOp {
+        run_id: run.to_string(),
+        step_id: step.map(|s| s.to_string()),
+        reason: reason.into(),
+    }
 }
 
 fn chrono_of(d: Duration) -> chrono::Duration {
@@ -397,20 +450,40 @@ impl StepRun<'_> {
             message,
         };
         Ok(Err(match outcome {
-            ClaimOutcome::Claimed { step_id, run: doc, attempt, .. } => {
-                return Ok(Ok((Claim { step_id, token: params.token, attempt, started, writes: tokio::sync::Mutex::new(()) }, doc)));
+            ClaimOutcome::Claimed {
+                step_id,
+                run: doc,
+                attempt,
+                ..
+            } => {
+                return Ok(Ok((
+                    Claim {
+                        step_id,
+                        token: params.token,
+                        attempt,
+                        started,
+                        writes: tokio::sync::Mutex::new(()),
+                    },
+                    doc,
+                )));
             }
             ClaimOutcome::RunNotFound => noop(run, None, format!("flow_runs/{run} does not exist")),
             ClaimOutcome::NoClaimableStep => noop(run, None, "no READY CHART_EXPORT step"),
-            ClaimOutcome::AlreadyRunning { step_id, claimed_by, lease_expires_at } => StepReport::Busy {
+            ClaimOutcome::AlreadyRunning {
+                step_id,
+                claimed_by,
+                lease_expires_at,
+            } => StepReport::Busy {
                 run_id: run.to_string(),
                 step_id: step_id.to_string(),
                 claimed_by,
                 lease_expires_at,
             },
-            ClaimOutcome::NotYet { step_id, not_before } => {
-                StepReport::NotYet { run_id: run.to_string(), step_id: step_id.to_string(), not_before }
-            }
+            ClaimOutcome::NotYet { step_id, not_before } => StepReport::NotYet {
+                run_id: run.to_string(),
+                step_id: step_id.to_string(),
+                not_before,
+            },
             ClaimOutcome::AlreadyFinished { step_id, status } => {
                 noop(run, Some(&step_id), format!("step {step_id} is already {status}"))
             }
@@ -461,7 +534,9 @@ impl StepRun<'_> {
                 Err(Halt::Lost(reason)) => Ok(self.lost(claim, reason)),
                 Err(Halt::Transient { code, message }) => self.release(claim, code, message, false).await,
                 Err(Halt::Refused(e)) => Err(e),
-                Err(Halt::Permanent(_) | Halt::Shutdown) => unreachable!("finalize ends in a report, a loss, a release or a refusal"),
+                Err(Halt::Permanent(_) | Halt::Shutdown) => {
+                    unreachable!("finalize ends in a report, a loss, a release or a refusal")
+                }
             },
             Err(Halt::Refused(e)) => {
                 error!(event = "finalize_failed", error = %e, "the step's final write was refused");
@@ -472,13 +547,22 @@ impl StepRun<'_> {
 
     fn lost(&self, claim: &Claim, reason: String) -> StepReport {
         warn!(event = "finalize_failed", reason = %reason, "the claim was lost; nothing more is written");
-        StepReport::LostClaim { run_id: self.run.to_string(), step_id: claim.step_id.to_string(), reason }
+        StepReport::LostClaim {
+            run_id: self.run.to_string(),
+            step_id: claim.step_id.to_string(),
+            reason,
+        }
     }
 
     /// Renews the lease every heartbeat and raises [`Stop`]s: `Lost` when a renewal finds another claim (or the lease
     /// ran out before a renewal got through), `Deadline` at the step deadline, `Shutdown` on SIGTERM. Never returns;
     /// it is dropped with the stages.
-    async fn keep_alive(&self, claim: &Claim, tx: &watch::Sender<Option<Stop>>, deadline: Instant) -> std::convert::Infallible {
+    async fn keep_alive(
+        &self,
+        claim: &Claim,
+        tx: &watch::Sender<Option<Stop>>,
+        deadline: Instant,
+    ) -> std::convert::Infallible {
         let w = self.w;
         let lease = w.settings.lease;
         let heartbeat = w.settings.lifecycle.heartbeat.max(Duration::from_millis(50));
@@ -571,7 +655,10 @@ impl StepRun<'_> {
     }
 
     fn manifest_ref(&self, step_id: &StepId) -> ObjectRef {
-        ObjectRef { bucket: self.w.settings.bucket.clone(), path: manifest_path(self.run, step_id) }
+        ObjectRef {
+            bucket: self.w.settings.bucket.clone(),
+            path: manifest_path(self.run, step_id),
+        }
     }
 
     /// Stage 3: a manifest already written for this step (an earlier holder succeeded but never finalized) finalizes
@@ -581,15 +668,25 @@ impl StepRun<'_> {
         let existing = match self.w.artifacts.get(&obj).await {
             Ok(o) => o,
             Err(e @ ArtifactError::Unavailable(_)) => {
-                return Err(Halt::Transient { code: ErrorCode::GcsWriteFailed, message: format!("cannot check for {obj}: {e}") });
+                return Err(Halt::Transient {
+                    code: ErrorCode::GcsWriteFailed,
+                    message: format!("cannot check for {obj}: {e}"),
+                });
             }
-            Err(e) => return Err(Halt::Permanent(ChartFailure::new(ErrorCode::GcsWriteFailed, format!("cannot check for {obj}: {e}")))),
+            Err(e) => {
+                return Err(Halt::Permanent(ChartFailure::new(
+                    ErrorCode::GcsWriteFailed,
+                    format!("cannot check for {obj}: {e}"),
+                )))
+            }
         };
         let Some(existing) = existing else { return Ok(None) };
         let manifest: Option<Manifest> = serde_json::from_slice(&existing.bytes).ok();
         info!(event = "manifest_written", uri = %obj, existing = true, "a manifest already exists; finalizing from it");
         let (items, failures) = manifest.map(|m| (m.items, m.failures)).unwrap_or_default();
-        self.finalize_succeeded(claim, valid, &obj, items, failures).await.map(Some)
+        self.finalize_succeeded(claim, valid, &obj, items, failures)
+            .await
+            .map(Some)
     }
 
     /// Stage 4: one Chart-IMG request per template; a missing or malformed template fails that request only.
@@ -600,7 +697,10 @@ impl StepRun<'_> {
             .requests
             .iter()
             .map(|id| match templates.get(id) {
-                None => Err(ChartFailure::new(ErrorCode::ValidationFailed, format!("chart_templates/{id} does not exist"))),
+                None => Err(ChartFailure::new(
+                    ErrorCode::ValidationFailed,
+                    format!("chart_templates/{id} does not exist"),
+                )),
                 // Checked as Chart-IMG would before any quota is reserved for it (chart-img-spec).
                 Some(t) => build_request(id, t, &valid.symbol, valid.timeframe, &w.settings.timezone)
                     .and_then(|r| w.accounts.check(r))
@@ -620,7 +720,10 @@ impl StepRun<'_> {
             Some(Stop::Lost) => return Err(Halt::Lost("the lease renewal found the step no longer ours".into())),
             Some(Stop::Shutdown | Stop::Draining) => return Err(Halt::Shutdown),
             Some(Stop::Deadline) => {
-                return Err(Halt::Transient { code: ErrorCode::ChartApiFailed, message: "the step deadline passed before any chart was rendered".into() })
+                return Err(Halt::Transient {
+                    code: ErrorCode::ChartApiFailed,
+                    message: "the step deadline passed before any chart was rendered".into(),
+                })
             }
             None => {}
         }
@@ -630,7 +733,10 @@ impl StepRun<'_> {
         }
         if self.w.accounts.is_empty() {
             for s in slots.iter_mut().filter(|s| s.is_ok()) {
-                *s = Err(ChartFailure::new(ErrorCode::ChartApiFailed, "no Chart-IMG account is configured (CHART_IMG_ACCOUNTS_JSON)"));
+                *s = Err(ChartFailure::new(
+                    ErrorCode::ChartApiFailed,
+                    "no Chart-IMG account is configured (CHART_IMG_ACCOUNTS_JSON)",
+                ));
             }
             return Ok(slots);
         }
@@ -714,17 +820,26 @@ impl StepRun<'_> {
             )
         };
         if !enough {
-            let first = first_failure.unwrap_or_else(|| ChartFailure::new(ErrorCode::ChartApiFailed, "no chart was rendered"));
+            let first =
+                first_failure.unwrap_or_else(|| ChartFailure::new(ErrorCode::ChartApiFailed, "no chart was rendered"));
             match stop {
                 Some(Stop::Shutdown | Stop::Draining) => return Err(Halt::Shutdown),
                 Some(Stop::Deadline) => {
                     let message = format!("the step deadline passed: {}", summary(&first));
-                    return Err(Halt::Transient { code: first.code, message });
+                    return Err(Halt::Transient {
+                        code: first.code,
+                        message,
+                    });
                 }
                 _ => {}
             }
             let details = json!({ "failures": failures, "firstFailure": first.details });
-            let f = ChartFailure { code: first.code, message: summary(&first), http_status: first.http_status, details: Some(details) };
+            let f = ChartFailure {
+                code: first.code,
+                message: summary(&first),
+                http_status: first.http_status,
+                details: Some(details),
+            };
             return self.finalize_failed(claim, f, failures).await;
         }
         self.write_manifest(claim, valid, items, failures).await
@@ -754,13 +869,22 @@ impl StepRun<'_> {
         let bytes = match manifest.to_validated_json() {
             Ok(b) => b,
             Err(e) => {
-                let f = ChartFailure::new(ErrorCode::ValidationFailed, format!("manifest does not match its schema: {e}"));
+                let f = ChartFailure::new(
+                    ErrorCode::ValidationFailed,
+                    format!("manifest does not match its schema: {e}"),
+                );
                 return self.finalize_failed(claim, f, failures).await;
             }
         };
         let obj = self.manifest_ref(&claim.step_id);
-        match w.artifacts.put(&obj, Bytes::from(bytes), "application/json", WriteMode::CreateOnly).await {
-            Ok(()) => info!(event = "manifest_written", uri = %obj, items = items.len(), failures = failures.len(), "manifest written"),
+        match w
+            .artifacts
+            .put(&obj, Bytes::from(bytes), "application/json", WriteMode::CreateOnly)
+            .await
+        {
+            Ok(()) => {
+                info!(event = "manifest_written", uri = %obj, items = items.len(), failures = failures.len(), "manifest written")
+            }
             Err(ArtifactError::AlreadyExists(_)) => {
                 // A manifest is only ever written for a successful step, create-only. Finding one means an earlier
                 // holder of this step already succeeded (or our own retried upload landed): point at it.
@@ -769,7 +893,10 @@ impl StepRun<'_> {
             Err(e @ ArtifactError::Unavailable(_)) => {
                 // Every chart is stored: another attempt finds them paid for only if the manifest lands, so retry the
                 // step rather than failing it.
-                return Err(Halt::Transient { code: ErrorCode::ManifestWriteFailed, message: format!("cannot write {obj}: {e}") });
+                return Err(Halt::Transient {
+                    code: ErrorCode::ManifestWriteFailed,
+                    message: format!("cannot write {obj}: {e}"),
+                });
             }
             Err(e) => {
                 let f = ChartFailure::new(ErrorCode::ManifestWriteFailed, format!("cannot write {obj}: {e}"));
@@ -787,10 +914,17 @@ impl StepRun<'_> {
         items: Vec<ManifestItem>,
         failures: Vec<ManifestFailure>,
     ) -> Result<StepReport, Halt> {
-        let mut patch = StepPatch { step_id: claim.step_id.clone(), fields: Default::default() };
+        let mut patch = StepPatch {
+            step_id: claim.step_id.clone(),
+            fields: Default::default(),
+        };
         patch.fields.insert("status".to_owned(), Some(json!("SUCCEEDED")));
-        patch.fields.insert("finishedAt".to_owned(), Some(json!(rfc3339(self.w.clock.now()))));
-        patch.fields.insert("outputsManifestGcsUri".to_owned(), Some(json!(obj.uri())));
+        patch
+            .fields
+            .insert("finishedAt".to_owned(), Some(json!(rfc3339(self.w.clock.now()))));
+        patch
+            .fields
+            .insert("outputsManifestGcsUri".to_owned(), Some(json!(obj.uri())));
         patch.fields.insert("leaseExpiresAt".to_owned(), None);
         let report = StepReport::Succeeded {
             run_id: self.run.to_string(),
@@ -800,18 +934,29 @@ impl StepRun<'_> {
             items,
             failures,
         };
-        self.finalize(claim, patch, report, ErrorCode::ManifestWriteFailed).await
+        self.finalize(claim, patch, report, ErrorCode::ManifestWriteFailed)
+            .await
     }
 
-    async fn finalize_failed(&self, claim: &Claim, f: ChartFailure, failures: Vec<ManifestFailure>) -> Result<StepReport, Halt> {
+    async fn finalize_failed(
+        &self,
+        claim: &Claim,
+        f: ChartFailure,
+        failures: Vec<ManifestFailure>,
+    ) -> Result<StepReport, Halt> {
         let message = clip_error(&f.message);
         let mut error = json!({ "code": f.code, "message": message });
         if let Some(d) = f.details {
             error["details"] = clip_details(d);
         }
-        let mut patch = StepPatch { step_id: claim.step_id.clone(), fields: Default::default() };
+        let mut patch = StepPatch {
+            step_id: claim.step_id.clone(),
+            fields: Default::default(),
+        };
         patch.fields.insert("status".to_owned(), Some(json!("FAILED")));
-        patch.fields.insert("finishedAt".to_owned(), Some(json!(rfc3339(self.w.clock.now()))));
+        patch
+            .fields
+            .insert("finishedAt".to_owned(), Some(json!(rfc3339(self.w.clock.now()))));
         patch.fields.insert("error".to_owned(), Some(error));
         patch.fields.insert("leaseExpiresAt".to_owned(), None);
         let report = StepReport::Failed {
@@ -825,7 +970,13 @@ impl StepRun<'_> {
     }
 
     /// The guarded final write. A retried commit whose first try landed answers `AlreadyApplied`, which is success.
-    async fn finalize(&self, claim: &Claim, patch: StepPatch, report: StepReport, code: ErrorCode) -> Result<StepReport, Halt> {
+    async fn finalize(
+        &self,
+        claim: &Claim,
+        patch: StepPatch,
+        report: StepReport,
+        code: ErrorCode,
+    ) -> Result<StepReport, Halt> {
         let status = match &report {
             StepReport::Succeeded { .. } => "SUCCEEDED",
             _ => "FAILED",
@@ -836,13 +987,23 @@ impl StepRun<'_> {
         };
         match outcome {
             Ok(o) if o.landed() => {
-                info!(event = "step_completed", status, repeated = (o == PatchOutcome::AlreadyApplied), "step {status}");
+                info!(
+                    event = "step_completed",
+                    status,
+                    repeated = (o == PatchOutcome::AlreadyApplied),
+                    "step {status}"
+                );
                 Ok(report)
             }
-            Ok(other) => Err(Halt::Lost(format!("finalize skipped, the step is no longer ours: {other:?}"))),
+            Ok(other) => Err(Halt::Lost(format!(
+                "finalize skipped, the step is no longer ours: {other:?}"
+            ))),
             Err(e) if e.is_transient() => {
                 error!(event = "finalize_failed", status, error = %e, "finalize failed; releasing the step");
-                Err(Halt::Transient { code, message: format!("cannot finalize the step {status}: {e}") })
+                Err(Halt::Transient {
+                    code,
+                    message: format!("cannot finalize the step {status}: {e}"),
+                })
             }
             Err(e) => Err(Halt::Refused(CoreError::FinalizeRefused { status, code, error: e })),
         }
@@ -851,12 +1012,21 @@ impl StepRun<'_> {
     /// Hands the step back (RUNNING → READY) with its attempt count, a not-before time and the error; past the last
     /// attempt the step is FAILED with that error instead. A shutdown release does not count the attempt and may be
     /// claimed at once.
-    async fn release(&self, claim: &Claim, code: ErrorCode, message: String, shutdown: bool) -> Result<StepReport, CoreError> {
+    async fn release(
+        &self,
+        claim: &Claim,
+        code: ErrorCode,
+        message: String,
+        shutdown: bool,
+    ) -> Result<StepReport, CoreError> {
         let w = self.w;
         let lifecycle = &w.settings.lifecycle;
         let message = clip_error(&message);
         if !shutdown && claim.attempt >= lifecycle.max_attempts {
-            let f = ChartFailure::new(code, format!("gave up after {} attempts; last error: {message}", claim.attempt));
+            let f = ChartFailure::new(
+                code,
+                format!("gave up after {} attempts; last error: {message}", claim.attempt),
+            );
             return match self.finalize_failed(claim, f, Vec::new()).await {
                 Ok(r) => Ok(r),
                 Err(Halt::Lost(reason)) => Ok(self.lost(claim, reason)),
@@ -868,7 +1038,11 @@ impl StepRun<'_> {
             };
         }
         let now = w.clock.now();
-        let delay = if shutdown { Duration::ZERO } else { lifecycle.release_delay(claim.attempt) };
+        let delay = if shutdown {
+            Duration::ZERO
+        } else {
+            lifecycle.release_delay(claim.attempt)
+        };
         let params = ReleaseParams {
             now,
             not_before: now + chrono_of(delay),
@@ -892,7 +1066,10 @@ impl StepRun<'_> {
             Ok(other) => Ok(self.lost(claim, format!("release skipped, the step is no longer ours: {other:?}"))),
             Err(e) => {
                 error!(event = "finalize_failed", error = %e, "could not release the step; it is reclaimable after its lease");
-                Err(CoreError::ReleaseFailed { cause: message, release: e })
+                Err(CoreError::ReleaseFailed {
+                    cause: message,
+                    release: e,
+                })
             }
         }
     }
@@ -909,14 +1086,29 @@ impl StepRun<'_> {
         let work = async {
             let image = self.render_with_retry(req, ledger, remaining, guard).await?;
             let generated_at: DateTime<Utc> = w.clock.now();
-            let path = chart_path(self.run, valid.timeframe, &req.template_id, &valid.symbol, generated_at, image.format);
-            let obj = ObjectRef { bucket: w.settings.bucket.clone(), path };
+            let path = chart_path(
+                self.run,
+                valid.timeframe,
+                &req.template_id,
+                &valid.symbol,
+                generated_at,
+                image.format,
+            );
+            let obj = ObjectRef {
+                bucket: w.settings.bucket.clone(),
+                path,
+            };
             let sha256 = hex::encode(Sha256::digest(&image.bytes));
             let size = image.bytes.len() as u64;
             w.artifacts
                 .put(&obj, image.bytes, image.format.content_type(), WriteMode::Overwrite)
                 .await
-                .map_err(|e| ChartFailure::new(ErrorCode::GcsWriteFailed, clip_error(&format!("cannot write {obj}: {e}"))))?;
+                .map_err(|e| {
+                    ChartFailure::new(
+                        ErrorCode::GcsWriteFailed,
+                        clip_error(&format!("cannot write {obj}: {e}")),
+                    )
+                })?;
             Ok(ManifestItem {
                 chart_template_id: req.template_id.to_string(),
                 gcs_uri: obj.uri(),
@@ -957,7 +1149,10 @@ impl StepRun<'_> {
                         Stop::Draining | Stop::Shutdown => "the worker is shutting down",
                         Stop::Lost => "the step's claim was lost",
                     };
-                    return Err(AttemptError::Fatal(ChartFailure::new(ErrorCode::ChartApiFailed, format!("not rendered: {why} before this chart's call"))));
+                    return Err(AttemptError::Fatal(ChartFailure::new(
+                        ErrorCode::ChartApiFailed,
+                        format!("not rendered: {why} before this chart's call"),
+                    )));
                 }
                 let top_up = remaining.load(Ordering::SeqCst);
                 let account = match ledger.acquire_for(top_up, req.needs).await {
@@ -970,7 +1165,12 @@ impl StepRun<'_> {
                         f.http_status = Some(429);
                         return Err(AttemptError::Fatal(f));
                     }
-                    Err(e @ AcquireError::Store(_)) => return Err(AttemptError::Fatal(ChartFailure::new(ErrorCode::ChartApiFailed, e.to_string()))),
+                    Err(e @ AcquireError::Store(_)) => {
+                        return Err(AttemptError::Fatal(ChartFailure::new(
+                            ErrorCode::ChartApiFailed,
+                            e.to_string(),
+                        )))
+                    }
                 };
                 if let Err(e) = account.until_ready().await {
                     // No call was sent: the unit goes back to the step, and the attempt is retried like a 5xx.
@@ -981,7 +1181,12 @@ impl StepRun<'_> {
                 let id = &account.config.id;
                 info!(event = "chart_api_call_start", chartTemplateId = template, account = %id, "calling Chart-IMG");
                 let started = tokio::time::Instant::now();
-                let call = ChartCall { body: &req.body, format: req.format, account: id, api_key: &account.config.api_key };
+                let call = ChartCall {
+                    body: &req.body,
+                    format: req.format,
+                    account: id,
+                    api_key: &account.config.api_key,
+                };
                 let result = w.renderer.render(&call).await;
                 let took = started.elapsed();
                 let ms = took.as_millis() as u64;
@@ -990,7 +1195,9 @@ impl StepRun<'_> {
                     w.accounts.latency().observe(took);
                 }
                 match &result {
-                    Ok(img) => info!(event = "chart_api_call_finished", chartTemplateId = template, account = %id, ok = true, bytes = img.bytes.len(), ms, "Chart-IMG answered an image"),
+                    Ok(img) => {
+                        info!(event = "chart_api_call_finished", chartTemplateId = template, account = %id, ok = true, bytes = img.bytes.len(), ms, "Chart-IMG answered an image")
+                    }
                     Err(e) => {
                         let error = clip_error(&w.accounts.redact(&e.to_string()));
                         warn!(event = "chart_api_call_finished", chartTemplateId = template, account = %id, ok = false, error = %error, httpStatus = e.http_status(), ms, "Chart-IMG call failed")

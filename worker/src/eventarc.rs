@@ -23,8 +23,8 @@ use http::HeaderMap;
 use prost::Message as _;
 use serde_json::Value as Json;
 
-use crate::firestore_codec::document_to_json;
 use crate::domain::RunId;
+use crate::firestore_codec::document_to_json;
 
 /// Types generated from `proto/google/events/cloud/firestore/v1/data.proto` and `proto/google/type/latlng.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -108,7 +108,8 @@ pub fn parse(headers: &HeaderMap, body: &Bytes) -> Result<FirestoreEvent, Malfor
         };
     }
     if content_type.starts_with("application/cloudevents+json") {
-        let event = cloudevents::binding::http::to_event(headers, body.to_vec()).map_err(|e| malformed(e.to_string()))?;
+        let event =
+            cloudevents::binding::http::to_event(headers, body.to_vec()).map_err(|e| malformed(e.to_string()))?;
         return from_cloudevent(&event);
     }
     let json: Json = serde_json::from_slice(body)
@@ -116,11 +117,16 @@ pub fn parse(headers: &HeaderMap, body: &Bytes) -> Result<FirestoreEvent, Malfor
     if json.get("message").is_some_and(Json::is_object) {
         return from_pubsub(&json);
     }
-    Err(malformed("no ce-specversion header, and the body is not a Pub/Sub push envelope (no message)"))
+    Err(malformed(
+        "no ce-specversion header, and the body is not a Pub/Sub push envelope (no message)",
+    ))
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_owned())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_owned())
 }
 
 fn from_cloudevent(event: &cloudevents::Event) -> Result<FirestoreEvent, Malformed> {
@@ -161,7 +167,11 @@ fn from_pubsub(envelope: &Json) -> Result<FirestoreEvent, Malformed> {
     let attrs: HashMap<String, String> = message
         .get("attributes")
         .and_then(Json::as_object)
-        .map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.to_ascii_lowercase(), v.to_owned()))).collect())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.to_ascii_lowercase(), v.to_owned())))
+                .collect()
+        })
         .unwrap_or_default();
     // Attribute names are the CloudEvents ones, with or without the `ce-` prefix of the HTTP binding.
     let attr = |name: &str| attrs.get(&format!("ce-{name}")).or_else(|| attrs.get(name)).cloned();
@@ -173,9 +183,13 @@ fn from_pubsub(envelope: &Json) -> Result<FirestoreEvent, Malformed> {
                 .map_err(|e| malformed(format!("message.data is not base64: {e}")))?,
         )),
     };
-    let content_type = attr("datacontenttype").or_else(|| attr("content-type")).unwrap_or_default();
+    let content_type = attr("datacontenttype")
+        .or_else(|| attr("content-type"))
+        .unwrap_or_default();
     build(
-        attr("id").or_else(|| message.get("messageId").and_then(Json::as_str).map(str::to_owned)).unwrap_or_default(),
+        attr("id")
+            .or_else(|| message.get("messageId").and_then(Json::as_str).map(str::to_owned))
+            .unwrap_or_default(),
         attr("type").unwrap_or_default(),
         attr("document"),
         attr("subject"),
@@ -196,7 +210,9 @@ fn build(
 ) -> Result<FirestoreEvent, Malformed> {
     if !event_type.starts_with(FIRESTORE_DOCUMENT_EVENT) {
         // Another event type routed here by a misconfigured trigger: no redelivery will change it.
-        return Err(malformed(format!("event type {event_type:?} is not a Firestore document event ({FIRESTORE_DOCUMENT_EVENT}*)")));
+        return Err(malformed(format!(
+            "event type {event_type:?} is not a Firestore document event ({FIRESTORE_DOCUMENT_EVENT}*)"
+        )));
     }
     let decoded = match data {
         None => None,
@@ -220,8 +236,17 @@ fn build(
         .filter(|d| !d.is_empty())
         .or_else(|| subject.and_then(|s| s.strip_prefix("documents/").map(str::to_owned)))
         .or_else(|| name.and_then(|n| n.split_once("/documents/").map(|(_, p)| p.to_owned())))
-        .ok_or_else(|| malformed("no document path: neither ce-document, ce-subject nor a document name in the data"))?;
-    Ok(FirestoreEvent { id, event_type, document, value, data_omitted, database })
+        .ok_or_else(|| {
+            malformed("no document path: neither ce-document, ce-subject nor a document name in the data")
+        })?;
+    Ok(FirestoreEvent {
+        id,
+        event_type,
+        document,
+        value,
+        data_omitted,
+        database,
+    })
 }
 
 struct Decoded {
@@ -243,16 +268,29 @@ fn decode_data(content_type: &str, data: &Bytes) -> Result<Decoded, Malformed> {
 fn decode_protobuf(data: &Bytes) -> Result<Decoded, Malformed> {
     let event = proto::DocumentEventData::decode(data.clone())
         .map_err(|e| malformed(format!("data is not a protobuf DocumentEventData: {e}")))?;
-    let Some(doc) = event.value else { return Ok(Decoded { value: None, name: None }) };
+    let Some(doc) = event.value else {
+        return Ok(Decoded {
+            value: None,
+            name: None,
+        });
+    };
     // Same field numbers as google.firestore.v1.Document: one conversion for events and reads.
     let fs_doc = fs::Document::decode(doc.encode_to_vec().as_slice())
         .map_err(|e| malformed(format!("document in the event cannot be read: {e}")))?;
-    Ok(Decoded { value: Some(document_to_json(&fs_doc.fields)), name: Some(doc.name) })
+    Ok(Decoded {
+        value: Some(document_to_json(&fs_doc.fields)),
+        name: Some(doc.name),
+    })
 }
 
 fn decode_json(data: &Bytes) -> Result<Decoded, Malformed> {
     let v: Json = serde_json::from_slice(data).map_err(|e| malformed(format!("data is not JSON: {e}")))?;
-    let Some(doc) = v.get("value").filter(|d| !d.is_null()) else { return Ok(Decoded { value: None, name: None }) };
+    let Some(doc) = v.get("value").filter(|d| !d.is_null()) else {
+        return Ok(Decoded {
+            value: None,
+            name: None,
+        });
+    };
     let name = doc.get("name").and_then(Json::as_str).map(str::to_owned);
     let fields = match doc.get("fields") {
         None | Some(Json::Null) => HashMap::new(),
@@ -262,7 +300,10 @@ fn decode_json(data: &Bytes) -> Result<Decoded, Malformed> {
             .collect::<Result<HashMap<_, _>, Malformed>>()?,
         Some(_) => return Err(malformed("value.fields must be an object")),
     };
-    Ok(Decoded { value: Some(document_to_json(&fields)), name })
+    Ok(Decoded {
+        value: Some(document_to_json(&fields)),
+        name,
+    })
 }
 
 /// One Firestore `Value` in proto3 JSON (`{"stringValue": "x"}`, `{"integerValue": "42"}`, ...); both the JSON
@@ -270,8 +311,12 @@ fn decode_json(data: &Bytes) -> Result<Decoded, Malformed> {
 fn proto3_json_value(v: &Json, at: &str) -> Result<fs::Value, Malformed> {
     use fs::value::ValueType as T;
     let bad = |what: &str| malformed(format!("{at}: {what}"));
-    let Json::Object(o) = v else { return Err(bad("a Firestore value must be an object")) };
-    let Some((key, inner)) = o.iter().next() else { return Err(bad("empty Firestore value")) };
+    let Json::Object(o) = v else {
+        return Err(bad("a Firestore value must be an object"));
+    };
+    let Some((key, inner)) = o.iter().next() else {
+        return Err(bad("empty Firestore value"));
+    };
     let t = match key.as_str() {
         "nullValue" | "null_value" => T::NullValue(0),
         "booleanValue" | "boolean_value" => T::BooleanValue(inner.as_bool().ok_or_else(|| bad("booleanValue"))?),
@@ -288,7 +333,10 @@ fn proto3_json_value(v: &Json, at: &str) -> Result<fs::Value, Malformed> {
         "timestampValue" | "timestamp_value" => {
             let s = inner.as_str().ok_or_else(|| bad("timestampValue"))?;
             let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|_| bad("timestampValue"))?;
-            T::TimestampValue(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+            T::TimestampValue(prost_types::Timestamp {
+                seconds: t.timestamp(),
+                nanos: t.timestamp_subsec_nanos() as i32,
+            })
         }
         "stringValue" | "string_value" => T::StringValue(inner.as_str().ok_or_else(|| bad("stringValue"))?.to_owned()),
         "bytesValue" | "bytes_value" => T::BytesValue(
@@ -307,7 +355,11 @@ fn proto3_json_value(v: &Json, at: &str) -> Result<fs::Value, Malformed> {
             values: inner
                 .get("values")
                 .and_then(Json::as_array)
-                .map(|a| a.iter().map(|v| proto3_json_value(v, at)).collect::<Result<Vec<_>, _>>())
+                .map(|a| {
+                    a.iter()
+                        .map(|v| proto3_json_value(v, at))
+                        .collect::<Result<Vec<_>, _>>()
+                })
                 .transpose()?
                 .unwrap_or_default(),
         }),
@@ -336,7 +388,9 @@ pub fn encode_document_event(name: &str, doc: &Json, changed: &[&str]) -> Vec<u8
     proto::DocumentEventData {
         value: Some(value),
         old_value: None,
-        update_mask: Some(proto::DocumentMask { field_paths: changed.iter().map(|s| s.to_string()).collect() }),
+        update_mask: Some(proto::DocumentMask {
+            field_paths: changed.iter().map(|s| s.to_string()).collect(),
+        }),
     }
     .encode_to_vec()
 }
@@ -375,7 +429,11 @@ mod tests {
 
     #[test]
     fn a_binary_protobuf_event_parses() {
-        let body = Bytes::from(encode_document_event("projects/p/databases/(default)/documents/flow_runs/run-1", &doc(), &["steps"]));
+        let body = Bytes::from(encode_document_event(
+            "projects/p/databases/(default)/documents/flow_runs/run-1",
+            &doc(),
+            &["steps"],
+        ));
         let e = parse(&binary_headers("application/protobuf"), &body).unwrap();
         assert_eq!(e.flow_run().unwrap().as_str(), "run-1");
         assert_eq!(e.value.unwrap(), doc());
@@ -384,13 +442,21 @@ mod tests {
 
     #[test]
     fn the_database_comes_from_ce_database_else_from_the_document_name() {
-        let body = Bytes::from(encode_document_event("projects/p/databases/charts-db/documents/flow_runs/run-1", &doc(), &[]));
+        let body = Bytes::from(encode_document_event(
+            "projects/p/databases/charts-db/documents/flow_runs/run-1",
+            &doc(),
+            &[],
+        ));
         let e = parse(&binary_headers("application/protobuf"), &body).unwrap();
         assert_eq!(e.database.as_deref(), Some("(default)"), "ce-database wins");
         let mut h = binary_headers("application/protobuf");
         h.remove("ce-database");
         assert_eq!(parse(&h, &body).unwrap().database.as_deref(), Some("charts-db"));
-        assert_eq!(parse(&h, &Bytes::new()).unwrap().database, None, "neither header nor data: unknown");
+        assert_eq!(
+            parse(&h, &Bytes::new()).unwrap().database,
+            None,
+            "neither header nor data: unknown"
+        );
     }
 
     #[test]
@@ -431,7 +497,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("content-type", "text/plain".parse().unwrap());
         assert!(parse(&h, &Bytes::from_static(b"hello")).is_err());
-        assert!(parse(&binary_headers("application/protobuf"), &Bytes::from_static(b"\xff\xff\xff")).is_err());
+        assert!(parse(
+            &binary_headers("application/protobuf"),
+            &Bytes::from_static(b"\xff\xff\xff")
+        )
+        .is_err());
         let mut e = parse(&binary_headers("application/protobuf"), &Bytes::new()).unwrap();
         e.document = "chart_templates/x".into();
         assert!(e.flow_run().is_none());

@@ -75,7 +75,9 @@ pub fn json_to_value(v: &Json) -> fs::Value {
             None => T::DoubleValue(n.as_f64().unwrap_or(f64::NAN)),
         },
         Json::String(s) => T::StringValue(s.clone()),
-        Json::Array(a) => T::ArrayValue(fs::ArrayValue { values: a.iter().map(json_to_value).collect() }),
+        Json::Array(a) => T::ArrayValue(fs::ArrayValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
         Json::Object(o) => T::MapValue(fs::MapValue {
             fields: o.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
         }),
@@ -119,8 +121,14 @@ pub fn value_to_json(v: &fs::Value) -> Json {
         Some(T::ReferenceValue(r)) => Json::String(r.clone()),
         Some(T::GeoPointValue(LatLng { latitude, longitude })) => {
             let mut m = Map::new();
-            m.insert("latitude".into(), Number::from_f64(*latitude).map(Json::Number).unwrap_or(Json::Null));
-            m.insert("longitude".into(), Number::from_f64(*longitude).map(Json::Number).unwrap_or(Json::Null));
+            m.insert(
+                "latitude".into(),
+                Number::from_f64(*latitude).map(Json::Number).unwrap_or(Json::Null),
+            );
+            m.insert(
+                "longitude".into(),
+                Number::from_f64(*longitude).map(Json::Number).unwrap_or(Json::Null),
+            );
             Json::Object(m)
         }
         Some(T::ArrayValue(a)) => Json::Array(a.values.iter().map(value_to_json).collect()),
@@ -136,7 +144,11 @@ pub fn value_to_json(v: &fs::Value) -> Json {
 pub fn document_to_json(fields: &HashMap<String, fs::Value>) -> Json {
     let mut keys: Vec<&String> = fields.keys().collect();
     keys.sort();
-    Json::Object(keys.into_iter().map(|k| (k.clone(), value_to_json(&fields[k]))).collect())
+    Json::Object(
+        keys.into_iter()
+            .map(|k| (k.clone(), value_to_json(&fields[k])))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -170,11 +182,19 @@ mod tests {
     fn time_fields_are_timestamps_that_read_back_verbatim() {
         for f in TIME_FIELDS {
             let v = field_value(f, &json!("2026-11-28T10:15:00Z"));
-            assert!(matches!(v.value_type, Some(fs::value::ValueType::TimestampValue(_))), "{f}");
+            assert!(
+                matches!(v.value_type, Some(fs::value::ValueType::TimestampValue(_))),
+                "{f}"
+            );
             assert_eq!(value_to_json(&v), json!("2026-11-28T10:15:00Z"));
         }
-        assert!(matches!(field_value("note", &json!("2026-11-28T10:15:00Z")).value_type, Some(fs::value::ValueType::StringValue(_))));
-        let bytes = fs::Value { value_type: Some(fs::value::ValueType::BytesValue(vec![0, 255])) };
+        assert!(matches!(
+            field_value("note", &json!("2026-11-28T10:15:00Z")).value_type,
+            Some(fs::value::ValueType::StringValue(_))
+        ));
+        let bytes = fs::Value {
+            value_type: Some(fs::value::ValueType::BytesValue(vec![0, 255])),
+        };
         assert_eq!(value_to_json(&bytes), json!("AP8="));
     }
 }

@@ -35,8 +35,8 @@ pub mod retry;
 pub mod telemetry;
 
 // The entrypoints' usual paths.
-pub use crate::entry::{cli, serve};
 #[cfg(feature = "demo")]
 pub use crate::entry::demo;
+pub use crate::entry::{cli, serve};
 
 pub use crate::core::{run_chart_export_step, CoreSettings, StepReport, Worker};

@@ -40,7 +40,11 @@ pub struct WindowSettings {
 
 impl Default for WindowSettings {
     fn default() -> Self {
-        Self { min: Duration::from_secs(1), max: Duration::from_secs(2), gap: Duration::from_millis(50) }
+        Self {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(2),
+            gap: Duration::from_millis(50),
+        }
     }
 }
 
@@ -56,7 +60,10 @@ pub struct SharedRate {
 
 impl std::fmt::Debug for SharedRate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedRate").field("holder", &self.holder).field("windows", &self.windows).finish()
+        f.debug_struct("SharedRate")
+            .field("holder", &self.holder)
+            .field("windows", &self.windows)
+            .finish()
     }
 }
 
@@ -176,7 +183,11 @@ impl Drop for Waiting<'_> {
 impl WindowPacer {
     /// Paces `account`'s calls at `rate_per_sec` through `shared`'s windows.
     pub fn new(account: AccountId, rate_per_sec: f64, shared: SharedRate) -> Self {
-        let rate = if rate_per_sec.is_finite() && rate_per_sec > 0.0 { rate_per_sec } else { 1.0 };
+        let rate = if rate_per_sec.is_finite() && rate_per_sec > 0.0 {
+            rate_per_sec
+        } else {
+            1.0
+        };
         let period = Duration::from_secs_f64(1.0 / rate);
         let slots_in = |d: Duration| (d.as_secs_f64() * rate).floor().clamp(1.0, 10_000.0) as u32;
         let min_slots = (shared.windows.min.as_secs_f64() * rate).ceil().clamp(1.0, 10_000.0) as u32;
@@ -270,7 +281,11 @@ impl WindowPacer {
             );
             {
                 let mut st = self.lock();
-                st.windows.push_back(Slots { start: base + ahead, count, next: 0 });
+                st.windows.push_back(Slots {
+                    start: base + ahead,
+                    count,
+                    next: 0,
+                });
                 st.generation += 1;
             }
             drop(reserving);
@@ -298,8 +313,14 @@ mod tests {
 
     impl TokioClock {
         fn new(skew_ms: i64) -> Arc<Self> {
-            let base = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap().with_timezone(&Utc);
-            Arc::new(Self { base, at: Instant::now(), skew: chrono::Duration::milliseconds(skew_ms) })
+            let base = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc);
+            Arc::new(Self {
+                base,
+                at: Instant::now(),
+                skew: chrono::Duration::milliseconds(skew_ms),
+            })
         }
     }
 
@@ -318,7 +339,12 @@ mod tests {
 
     #[async_trait]
     impl RateWindowStore for Counting {
-        async fn reserve_window(&self, account: &AccountId, ask: &WindowAsk, now: DateTime<Utc>) -> Result<Window, StoreError> {
+        async fn reserve_window(
+            &self,
+            account: &AccountId,
+            ask: &WindowAsk,
+            now: DateTime<Utc>,
+        ) -> Result<Window, StoreError> {
             *self.calls.lock().unwrap() += 1;
             if *self.fail.lock().unwrap() {
                 return Err(StoreError::Unavailable("injected".into()));
@@ -328,11 +354,20 @@ mod tests {
     }
 
     fn store() -> Arc<Counting> {
-        Arc::new(Counting { inner: JsonDocs::in_memory(), calls: Mutex::new(0), fail: Mutex::new(false) })
+        Arc::new(Counting {
+            inner: JsonDocs::in_memory(),
+            calls: Mutex::new(0),
+            fail: Mutex::new(false),
+        })
     }
 
     fn pacer(store: Arc<Counting>, holder: &str, rate: f64, skew_ms: i64) -> Arc<WindowPacer> {
-        let shared = SharedRate { store, clock: TokioClock::new(skew_ms), holder: holder.into(), windows: WindowSettings::default() };
+        let shared = SharedRate {
+            store,
+            clock: TokioClock::new(skew_ms),
+            holder: holder.into(),
+            windows: WindowSettings::default(),
+        };
         Arc::new(WindowPacer::new(AccountId::parse("acc-1").unwrap(), rate, shared))
     }
 
@@ -403,7 +438,10 @@ mod tests {
         gcra_allows(&all, 1.0, 3).unwrap();
         // Paced, not merely throttled: the 12 calls take about 12 s, and both instances called early on.
         assert!(*all.last().unwrap() <= 12_000, "{all:?}");
-        assert!(ta[0] < 3000 && tb[0] < 3000, "both instances got the key early: {ta:?} {tb:?}");
+        assert!(
+            ta[0] < 3000 && tb[0] < 3000,
+            "both instances got the key early: {ta:?} {tb:?}"
+        );
         // Without the shared windows each process would send its burst of 3 at once: the key's GCRA refuses that.
         assert!(gcra_allows(&[0, 0, 0, 0, 0, 0], 1.0, 3).is_err());
     }
@@ -431,7 +469,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_pro_key_shared_by_three_instances_keeps_its_rate() {
         let s = store();
-        let ps: Vec<_> = (0..3).map(|i| pacer(s.clone(), &format!("p{i}"), 10.0, i * 20)).collect();
+        let ps: Vec<_> = (0..3)
+            .map(|i| pacer(s.clone(), &format!("p{i}"), 10.0, i * 20))
+            .collect();
         let t0 = Instant::now();
         let hs: Vec<_> = ps.iter().map(|p| callers(p, 40, t0)).collect();
         let mut all = Vec::new();
@@ -444,7 +484,11 @@ mod tests {
         // 120 calls at 10/s: 11.9 s on the grid, plus the gaps (50 ms per window of 2 s) and waits for half-used windows.
         assert!((11.9..13.5).contains(&took), "{took} s");
         for p in &ps {
-            assert!(p.reservations() <= 8, "{} reservations: about one per 2 s window per instance", p.reservations());
+            assert!(
+                p.reservations() <= 8,
+                "{} reservations: about one per 2 s window per instance",
+                p.reservations()
+            );
         }
     }
 

@@ -44,12 +44,22 @@ pub trait FlowRunStore: Send + Sync {
     async fn get_run(&self, run: &RunId) -> Result<Option<Value>, StoreError>;
 
     /// One read-write transaction: read the run, decide with [`crate::domain::step::decide_claim`], write the patch.
-    async fn claim_step(&self, run: &RunId, selector: &StepSelector, params: &ClaimParams) -> Result<ClaimOutcome, StoreError>;
+    async fn claim_step(
+        &self,
+        run: &RunId,
+        selector: &StepSelector,
+        params: &ClaimParams,
+    ) -> Result<ClaimOutcome, StoreError>;
 
     /// Writes `patch` only while the step is RUNNING under the claim `token` ([`crate::domain::step::check_owner`]),
     /// as a field-masked update of `steps.<stepId>.*`. A step already showing the patch's status under `token` (the
     /// first try of a retried commit landed) answers `AlreadyApplied`.
-    async fn patch_owned_step(&self, run: &RunId, token: &ClaimToken, patch: &StepPatch) -> Result<PatchOutcome, StoreError>;
+    async fn patch_owned_step(
+        &self,
+        run: &RunId,
+        token: &ClaimToken,
+        patch: &StepPatch,
+    ) -> Result<PatchOutcome, StoreError>;
 }
 
 /// `chart_templates/{chartTemplateId}`.
@@ -65,13 +75,31 @@ pub trait AccountUsageStore: Send + Sync {
     /// Reserves up to `units` over `accounts` (in order) with [`crate::domain::usage::plan_reservation`].
     /// An empty answer means every account is exhausted or used up today. `op` identifies this reservation across
     /// the retries of its transaction, so it is applied once.
-    async fn reserve(&self, op: &OpId, accounts: &[AccountQuota], units: u32, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError>;
+    async fn reserve(
+        &self,
+        op: &OpId,
+        accounts: &[AccountQuota],
+        units: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Grant>, StoreError>;
 
     /// Returns units of a grant that were never sent, once per `op`.
-    async fn give_back(&self, op: &OpId, account: &AccountId, day: NaiveDate, units: u32, now: DateTime<Utc>) -> Result<(), StoreError>;
+    async fn give_back(
+        &self,
+        op: &OpId,
+        account: &AccountId,
+        day: NaiveDate,
+        units: u32,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// Marks the account exhausted for `day` after a `429 Limit Exceeded`.
-    async fn mark_exhausted(&self, account: &AccountQuota, day: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError>;
+    async fn mark_exhausted(
+        &self,
+        account: &AccountQuota,
+        day: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// The counter as stored (for reports and tests).
     async fn get_usage(&self, account: &AccountId) -> Result<Option<UsageDoc>, StoreError>;
@@ -84,7 +112,12 @@ pub trait RateWindowStore: Send + Sync {
     /// Reserves the account's next window with [`crate::domain::rate::plan_window`]: it starts when the last
     /// reserved window and its gap end, or at `now`. `ask.op` identifies the reservation across the retries of its
     /// transaction, so a retried commit gets the same window.
-    async fn reserve_window(&self, account: &AccountId, ask: &WindowAsk, now: DateTime<Utc>) -> Result<Window, StoreError>;
+    async fn reserve_window(
+        &self,
+        account: &AccountId,
+        ask: &WindowAsk,
+        now: DateTime<Utc>,
+    ) -> Result<Window, StoreError>;
 }
 
 /// Whether an artifact write may replace an existing object.
@@ -114,7 +147,13 @@ pub struct StoredObject {
 /// Cloud Storage, or a directory standing in for it.
 #[async_trait]
 pub trait ArtifactStore: Send + Sync {
-    async fn put(&self, obj: &ObjectRef, bytes: Bytes, content_type: &str, mode: WriteMode) -> Result<(), ArtifactError>;
+    async fn put(
+        &self,
+        obj: &ObjectRef,
+        bytes: Bytes,
+        content_type: &str,
+        mode: WriteMode,
+    ) -> Result<(), ArtifactError>;
     async fn get(&self, obj: &ObjectRef) -> Result<Option<StoredObject>, ArtifactError>;
 }
 

@@ -11,16 +11,16 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
 use governor::{Quota, RateLimiter};
+use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::config::{AccountConfig, Plan};
-use crate::pacing::{Pace, SharedRate, WindowPacer};
 use crate::domain::request::{check_request, TemplateInvalid};
 use crate::domain::usage::{preference_order, MAX_RESERVATION};
 use crate::domain::{AccountId, AccountQuota, ChartRequest, Grant, OpId, PlanNeeds};
+use crate::pacing::{Pace, SharedRate, WindowPacer};
 use crate::ports::{AccountUsageStore, Clock, StoreError};
 
 /// One configured account with the pacing that keeps its key within its plan's rate and burst.
@@ -62,7 +62,11 @@ pub fn in_flight_for(plans: &[Plan], latency: Duration, max: usize) -> usize {
             l.burst as f64 + l.rate_per_sec * latency.as_secs_f64()
         })
         .sum();
-    let want = if want.is_finite() { want.ceil().min(usize::MAX as f64) as usize } else { usize::MAX };
+    let want = if want.is_finite() {
+        want.ceil().min(usize::MAX as f64) as usize
+    } else {
+        usize::MAX
+    };
     want.clamp(1, max.max(1))
 }
 
@@ -73,7 +77,11 @@ pub fn in_flight_for(plans: &[Plan], latency: Duration, max: usize) -> usize {
 /// in-flight cap, no overhead), only the plans and the latency.
 pub fn ideal_bound(n: u64, latency: Duration, accounts: &[AccountConfig]) -> Option<Duration> {
     let starts = earliest_starts(n, accounts)?;
-    Some(starts.last().map_or(Duration::ZERO, |s| Duration::from_secs_f64(*s) + latency))
+    Some(
+        starts
+            .last()
+            .map_or(Duration::ZERO, |s| Duration::from_secs_f64(*s) + latency),
+    )
 }
 
 /// [`ideal_bound`] for calls whose durations differ (e.g. those a realistic server drew for a run): the earliest time
@@ -86,7 +94,14 @@ pub fn ideal_bound_for(latencies: &[Duration], accounts: &[AccountConfig]) -> Op
     let starts = earliest_starts(latencies.len() as u64, accounts)?;
     let mut longest_first = latencies.to_vec();
     longest_first.sort_unstable_by(|a, b| b.cmp(a));
-    Some(starts.iter().zip(longest_first).map(|(s, d)| Duration::from_secs_f64(*s) + d).max().unwrap_or(Duration::ZERO))
+    Some(
+        starts
+            .iter()
+            .zip(longest_first)
+            .map(|(s, d)| Duration::from_secs_f64(*s) + d)
+            .max()
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// The `n` earliest start times (seconds, ascending) that `accounts` allow together: key `i`'s `k`-th call (0-based)
@@ -97,7 +112,8 @@ fn earliest_starts(n: u64, accounts: &[AccountConfig]) -> Option<Vec<f64>> {
     for a in accounts {
         let l = a.plan.limits();
         let calls = u64::from(a.daily_limit).min(n);
-        starts.extend((0..calls).map(|k| k.saturating_sub(u64::from(l.burst).saturating_sub(1)) as f64 / l.rate_per_sec));
+        starts
+            .extend((0..calls).map(|k| k.saturating_sub(u64::from(l.burst).saturating_sub(1)) as f64 / l.rate_per_sec));
     }
     if (starts.len() as u64) < n {
         return None;
@@ -116,7 +132,9 @@ pub struct LatencyEstimate {
 
 impl LatencyEstimate {
     pub fn new(initial: Duration) -> Self {
-        Self { secs: std::sync::Mutex::new(initial.as_secs_f64()) }
+        Self {
+            secs: std::sync::Mutex::new(initial.as_secs_f64()),
+        }
     }
 
     /// Takes one call's duration into the estimate.
@@ -158,13 +176,26 @@ impl AccountPool {
     /// reserved in `shared.store` ([`WindowPacer`]), so all instances together keep to the plan.
     pub fn shared(configs: Vec<AccountConfig>, shared: SharedRate) -> Self {
         Self::build(configs, |config| {
-            Pace::Shared(WindowPacer::new(config.id.clone(), config.plan.limits().rate_per_sec, shared.clone()))
+            Pace::Shared(WindowPacer::new(
+                config.id.clone(),
+                config.plan.limits().rate_per_sec,
+                shared.clone(),
+            ))
         })
     }
 
     fn build(configs: Vec<AccountConfig>, pace: impl Fn(&AccountConfig) -> Pace) -> Self {
-        let accounts = configs.into_iter().map(|config| Account { pace: pace(&config), config }).collect();
-        Self { accounts: Arc::new(accounts), latency: Arc::new(LatencyEstimate::new(DEFAULT_CALL_LATENCY)) }
+        let accounts = configs
+            .into_iter()
+            .map(|config| Account {
+                pace: pace(&config),
+                config,
+            })
+            .collect();
+        Self {
+            accounts: Arc::new(accounts),
+            latency: Arc::new(LatencyEstimate::new(DEFAULT_CALL_LATENCY)),
+        }
     }
 
     /// The process's estimate of one Chart-IMG call's latency.
@@ -254,16 +285,31 @@ impl<'a> QuotaLedger<'a> {
     /// The ledger of the step `key` (`<runId>/<stepId>`: it picks the step's account order).
     pub fn new(pool: &'a AccountPool, store: &'a dyn AccountUsageStore, clock: &'a dyn Clock, key: &str) -> Self {
         let all: Vec<AccountQuota> = pool.accounts.iter().map(|a| a.config.quota()).collect();
-        Self { pool, store, clock, order: preference_order(key, &all), state: Mutex::new(LedgerState::default()) }
+        Self {
+            pool,
+            store,
+            clock,
+            order: preference_order(key, &all),
+            state: Mutex::new(LedgerState::default()),
+        }
     }
 
     fn usable(&self, st: &LedgerState) -> Vec<AccountQuota> {
-        self.order.iter().filter(|q| !st.exhausted.contains(&q.id)).cloned().collect()
+        self.order
+            .iter()
+            .filter(|q| !st.exhausted.contains(&q.id))
+            .cloned()
+            .collect()
     }
 
     /// Reserves up to `units` (at most [`MAX_RESERVATION`]) on `candidates` in order, one transaction per account,
     /// until covered; what each grants is held at once (a later failure keeps it). Answers the units granted.
-    async fn reserve_on(&self, st: &mut LedgerState, candidates: &[AccountQuota], units: u32) -> Result<u32, StoreError> {
+    async fn reserve_on(
+        &self,
+        st: &mut LedgerState,
+        candidates: &[AccountQuota],
+        units: u32,
+    ) -> Result<u32, StoreError> {
         let mut left = units.min(MAX_RESERVATION);
         let mut granted = 0;
         let now = self.clock.now();
@@ -271,7 +317,11 @@ impl<'a> QuotaLedger<'a> {
             if left == 0 {
                 break;
             }
-            for g in self.store.reserve(&OpId::random(), std::slice::from_ref(account), left, now).await? {
+            for g in self
+                .store
+                .reserve(&OpId::random(), std::slice::from_ref(account), left, now)
+                .await?
+            {
                 left = left.saturating_sub(g.units);
                 granted += g.units;
                 st.held.push(g);
@@ -304,21 +354,33 @@ impl<'a> QuotaLedger<'a> {
         let mut st = self.state.lock().await;
         loop {
             let exhausted = st.exhausted.clone();
-            if let Some(g) = st.held.iter_mut().find(|g| g.units > 0 && !exhausted.contains(&g.account) && fits(&g.account)) {
+            if let Some(g) = st
+                .held
+                .iter_mut()
+                .find(|g| g.units > 0 && !exhausted.contains(&g.account) && fits(&g.account))
+            {
                 g.units -= 1;
                 let id = g.account.clone();
                 match st.spent.iter_mut().find(|(a, _)| *a == id) {
                     Some((_, n)) => *n += 1,
                     None => st.spent.push((id.clone(), 1)),
                 }
-                return self.pool.get(&id).ok_or_else(|| AcquireError::AllExhausted(id.to_string()));
+                return self
+                    .pool
+                    .get(&id)
+                    .ok_or_else(|| AcquireError::AllExhausted(id.to_string()));
             }
             let all = self.usable(&st);
             let usable: Vec<AccountQuota> = all.iter().filter(|q| fits(&q.id)).cloned().collect();
             let every = usable.len() == all.len();
             if usable.is_empty() || (st.depleted && every) {
-                let names: Vec<&str> =
-                    self.pool.accounts.iter().filter(|a| fits(&a.config.id)).map(|a| a.config.id.as_str()).collect();
+                let names: Vec<&str> = self
+                    .pool
+                    .accounts
+                    .iter()
+                    .filter(|a| fits(&a.config.id))
+                    .map(|a| a.config.id.as_str())
+                    .collect();
                 return Err(AcquireError::AllExhausted(names.join(", ")));
             }
             if self.reserve_on(&mut st, &usable, top_up.max(1)).await? == 0 {
@@ -335,13 +397,19 @@ impl<'a> QuotaLedger<'a> {
     pub async fn refund(&self, account: &Account) {
         let mut st = self.state.lock().await;
         let id = &account.config.id;
-        let Some((_, n)) = st.spent.iter_mut().find(|(a, n)| a == id && *n > 0) else { return };
+        let Some((_, n)) = st.spent.iter_mut().find(|(a, n)| a == id && *n > 0) else {
+            return;
+        };
         *n -= 1;
         match st.held.iter_mut().find(|g| g.account == *id) {
             Some(g) => g.units += 1,
             None => {
                 let day = self.clock.now().date_naive();
-                st.held.push(Grant { account: id.clone(), day, units: 1 });
+                st.held.push(Grant {
+                    account: id.clone(),
+                    day,
+                    units: 1,
+                });
             }
         }
     }
@@ -354,15 +422,28 @@ impl<'a> QuotaLedger<'a> {
             return;
         }
         let now = self.clock.now();
-        let held: Vec<Grant> = st.held.iter().filter(|g| g.account == id && g.units > 0).cloned().collect();
+        let held: Vec<Grant> = st
+            .held
+            .iter()
+            .filter(|g| g.account == id && g.units > 0)
+            .cloned()
+            .collect();
         st.held.retain(|g| g.account != id);
         drop(st);
         for g in held {
-            if let Err(e) = self.store.give_back(&OpId::random(), &g.account, g.day, g.units, now).await {
+            if let Err(e) = self
+                .store
+                .give_back(&OpId::random(), &g.account, g.day, g.units, now)
+                .await
+            {
                 warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
             }
         }
-        if let Err(e) = self.store.mark_exhausted(&account.config.quota(), now.date_naive(), now).await {
+        if let Err(e) = self
+            .store
+            .mark_exhausted(&account.config.quota(), now.date_naive(), now)
+            .await
+        {
             warn!(event = "quota_mark_exhausted_failed", account = %id, error = %e, "could not mark the account exhausted");
         }
     }
@@ -375,7 +456,11 @@ impl<'a> QuotaLedger<'a> {
         drop(st);
         let now = self.clock.now();
         for g in held.into_iter().filter(|g| g.units > 0) {
-            if let Err(e) = self.store.give_back(&OpId::random(), &g.account, g.day, g.units, now).await {
+            if let Err(e) = self
+                .store
+                .give_back(&OpId::random(), &g.account, g.day, g.units, now)
+                .await
+            {
                 warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
             }
         }
@@ -401,9 +486,20 @@ mod tests {
     fn in_flight_is_burst_plus_rate_times_latency_summed_over_accounts() {
         // PRO: 10/s, burst 15; BASIC: 1/s, burst 3 (from chart_img_spec).
         assert_eq!(in_flight_for(&[Plan::Pro], Duration::from_secs(6), 1000), 15 + 60);
-        assert_eq!(in_flight_for(&[Plan::Pro, Plan::Basic], Duration::from_secs(6), 1000), 15 + 60 + 3 + 6);
-        assert_eq!(in_flight_for(&[Plan::Basic], Duration::from_millis(300), 1000), 3 + 1, "0.3 rounds up");
-        assert_eq!(in_flight_for(&[Plan::Pro], Duration::from_secs(6), 32), 32, "the memory-safe maximum holds");
+        assert_eq!(
+            in_flight_for(&[Plan::Pro, Plan::Basic], Duration::from_secs(6), 1000),
+            15 + 60 + 3 + 6
+        );
+        assert_eq!(
+            in_flight_for(&[Plan::Basic], Duration::from_millis(300), 1000),
+            3 + 1,
+            "0.3 rounds up"
+        );
+        assert_eq!(
+            in_flight_for(&[Plan::Pro], Duration::from_secs(6), 32),
+            32,
+            "the memory-safe maximum holds"
+        );
         assert_eq!(in_flight_for(&[], Duration::from_secs(6), 32), 1, "never zero");
         assert_eq!(in_flight_for(&[Plan::Pro], Duration::from_secs(6), 0), 1, "never zero");
     }
@@ -416,14 +512,35 @@ mod tests {
 
     #[async_trait::async_trait]
     impl AccountUsageStore for Recording {
-        async fn reserve(&self, op: &OpId, accounts: &[AccountQuota], units: u32, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Grant>, StoreError> {
-            self.calls.lock().unwrap().push((accounts.iter().map(|a| a.id.to_string()).collect(), units));
+        async fn reserve(
+            &self,
+            op: &OpId,
+            accounts: &[AccountQuota],
+            units: u32,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<Vec<Grant>, StoreError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((accounts.iter().map(|a| a.id.to_string()).collect(), units));
             self.inner.reserve(op, accounts, units, now).await
         }
-        async fn give_back(&self, op: &OpId, a: &AccountId, day: chrono::NaiveDate, units: u32, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        async fn give_back(
+            &self,
+            op: &OpId,
+            a: &AccountId,
+            day: chrono::NaiveDate,
+            units: u32,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), StoreError> {
             self.inner.give_back(op, a, day, units, now).await
         }
-        async fn mark_exhausted(&self, a: &AccountQuota, day: chrono::NaiveDate, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        async fn mark_exhausted(
+            &self,
+            a: &AccountQuota,
+            day: chrono::NaiveDate,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), StoreError> {
             self.inner.mark_exhausted(a, day, now).await
         }
         async fn get_usage(&self, a: &AccountId) -> Result<Option<crate::domain::UsageDoc>, StoreError> {
@@ -451,13 +568,20 @@ mod tests {
             account.until_ready().await.unwrap();
         }
         account.until_ready().await.unwrap();
-        assert!(t0.elapsed() >= std::time::Duration::from_millis(90), "the 15th call of the burst went at once: {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= std::time::Duration::from_millis(90),
+            "the 15th call of the burst went at once: {:?}",
+            t0.elapsed()
+        );
     }
 
     #[tokio::test]
     async fn steps_start_on_different_accounts_and_a_reservation_touches_only_the_accounts_it_takes_from() {
         let pool = pool_with_limits(&[500, 500, 500]);
-        let store = Recording { inner: crate::adapters::JsonDocs::in_memory(), calls: Default::default() };
+        let store = Recording {
+            inner: crate::adapters::JsonDocs::in_memory(),
+            calls: Default::default(),
+        };
         let clock = crate::ports::SystemClock;
         let mut firsts = HashSet::new();
         for i in 0..12 {
@@ -468,22 +592,36 @@ mod tests {
             firsts.insert(accounts[0].clone());
             ledger.finish().await;
         }
-        assert_eq!(firsts.len(), 3, "12 steps started on every one of 3 accounts, not all on the first: {firsts:?}");
+        assert_eq!(
+            firsts.len(),
+            3,
+            "12 steps started on every one of 3 accounts, not all on the first: {firsts:?}"
+        );
     }
 
     #[tokio::test]
     async fn a_reservation_is_bounded_and_moves_on_only_when_an_account_is_short() {
         let pool = pool_with_limits(&[30, 30, 30]);
-        let store = Recording { inner: crate::adapters::JsonDocs::in_memory(), calls: Default::default() };
+        let store = Recording {
+            inner: crate::adapters::JsonDocs::in_memory(),
+            calls: Default::default(),
+        };
         let clock = crate::ports::SystemClock;
         let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/charts_4h");
         ledger.reserve(200).await.unwrap();
         let calls = store.calls.lock().unwrap().clone();
         // At most 50 units: 30 from the step's first account, the 20 left from its second; the third is not read.
-        assert_eq!(calls.iter().map(|(_, u)| *u).collect::<Vec<_>>(), vec![50, 20], "{calls:?}");
+        assert_eq!(
+            calls.iter().map(|(_, u)| *u).collect::<Vec<_>>(),
+            vec![50, 20],
+            "{calls:?}"
+        );
         assert!(calls.iter().all(|(a, _)| a.len() == 1));
         let order: Vec<String> = ledger.order.iter().map(|q| q.id.to_string()).collect();
-        assert_eq!(calls.iter().map(|(a, _)| a[0].clone()).collect::<Vec<_>>(), order[..2].to_vec());
+        assert_eq!(
+            calls.iter().map(|(a, _)| a[0].clone()).collect::<Vec<_>>(),
+            order[..2].to_vec()
+        );
     }
 
     fn configs(accounts: &[(&str, u32)]) -> Vec<AccountConfig> {
@@ -502,15 +640,27 @@ mod tests {
         // One PRO key (10/s, burst 15): 20 calls, the last starts (20 − 15) / 10 s = 0.5 s in.
         assert_eq!(ideal_bound(20, l, &configs(&[("PRO", 500)])), ms(6500));
         assert_eq!(ideal_bound(40, l, &configs(&[("PRO", 500)])), ms(8500));
-        assert_eq!(ideal_bound(15, l, &configs(&[("PRO", 500)])), ms(6000), "the burst starts at once");
+        assert_eq!(
+            ideal_bound(15, l, &configs(&[("PRO", 500)])),
+            ms(6000),
+            "the burst starts at once"
+        );
         assert_eq!(ideal_bound(0, l, &configs(&[("PRO", 500)])), ms(0));
         // BASIC (1/s, burst 3) + two PRO: 33 at once, then 21 a second (BASIC's start on whole seconds).
         let three = configs(&[("BASIC", 50), ("PRO", 500), ("PRO", 500)]);
         assert_eq!(ideal_bound(33, l, &three), ms(6000));
-        assert_eq!(ideal_bound(54, l, &three), ms(7000), "20 PRO starts up to 1.0 s and BASIC's 4th at 1.0 s");
+        assert_eq!(
+            ideal_bound(54, l, &three),
+            ms(7000),
+            "20 PRO starts up to 1.0 s and BASIC's 4th at 1.0 s"
+        );
         // A daily limit caps a key: two BASIC keys of 5 calls a day cannot take an 11th.
         let small = configs(&[("BASIC", 5), ("BASIC", 5)]);
-        assert_eq!(ideal_bound(10, l, &small), ms(8000), "each key's 5th call starts at (5 − 3) / 1 s");
+        assert_eq!(
+            ideal_bound(10, l, &small),
+            ms(8000),
+            "each key's 5th call starts at (5 − 3) / 1 s"
+        );
         assert_eq!(ideal_bound(11, l, &small), None);
         assert_eq!(ideal_bound(1, l, &[]), None);
     }
@@ -520,7 +670,10 @@ mod tests {
         let ms = Duration::from_millis;
         let pro = configs(&[("PRO", 500)]);
         // Equal durations: the same as `ideal_bound`.
-        assert_eq!(ideal_bound_for(&vec![ms(6000); 20], &pro), ideal_bound(20, ms(6000), &pro));
+        assert_eq!(
+            ideal_bound_for(&vec![ms(6000); 20], &pro),
+            ideal_bound(20, ms(6000), &pro)
+        );
         assert_eq!(ideal_bound_for(&vec![ms(6000); 40], &pro), Some(ms(8500)));
         assert_eq!(ideal_bound_for(&[], &pro), Some(ms(0)));
         // 16 calls on PRO: 15 start at 0, the 16th at 0.1 s. The 25 s call takes a burst start; the 16th start gets
@@ -537,13 +690,19 @@ mod tests {
         assert_eq!(ideal_bound_for(&drawn, &pro), Some(ms(7500)));
         // (In the given order the 7 s call would take the last start: 9.5 s; the bound does not depend on order.)
         // Daily limits still cap the calls.
-        assert_eq!(ideal_bound_for(&vec![ms(1); 11], &configs(&[("BASIC", 5), ("BASIC", 5)])), None);
+        assert_eq!(
+            ideal_bound_for(&vec![ms(1); 11], &configs(&[("BASIC", 5), ("BASIC", 5)])),
+            None
+        );
     }
 
     #[test]
     fn a_new_pool_assumes_the_default_latency() {
         assert_eq!(pool(&["PRO"]).latency().current(), DEFAULT_CALL_LATENCY);
-        assert_eq!(pool(&["PRO"]).in_flight(1000), in_flight_for(&[Plan::Pro], DEFAULT_CALL_LATENCY, 1000));
+        assert_eq!(
+            pool(&["PRO"]).in_flight(1000),
+            in_flight_for(&[Plan::Pro], DEFAULT_CALL_LATENCY, 1000)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,27 +11,41 @@ use crate::config::{ChartImgMode, Settings};
 use crate::ports::ChartRenderer;
 
 pub fn build(settings: &Settings) -> anyhow::Result<Arc<dyn ChartRenderer>> {
-    let http = || HttpChartImg::new(&settings.base_url, settings.request_timeout).context("cannot build the HTTP client");
+    let http =
+        || HttpChartImg::new(&settings.base_url, settings.request_timeout).context("cannot build the HTTP client");
     if settings.mode == ChartImgMode::Real {
         return Ok(Arc::new(http()?));
     }
     let Some(dir) = &settings.cassette_dir else {
-        bail!("CHART_IMG_MODE={} needs CHART_IMG_CASSETTE_DIR (or --cassette-dir)", settings.mode);
+        bail!(
+            "CHART_IMG_MODE={} needs CHART_IMG_CASSETTE_DIR (or --cassette-dir)",
+            settings.mode
+        );
     };
     let mode = match std::env::var("CHART_IMG_VCR_MODE").ok().filter(|v| !v.is_empty()) {
-        Some(v) => v.parse::<recorder::Mode>().map_err(|e| anyhow::anyhow!("CHART_IMG_VCR_MODE: {e}"))?,
+        Some(v) => v
+            .parse::<recorder::Mode>()
+            .map_err(|e| anyhow::anyhow!("CHART_IMG_VCR_MODE: {e}"))?,
         None if settings.mode == ChartImgMode::Mock => recorder::Mode::None,
         None => recorder::Mode::NewEpisodes,
     };
     if settings.mode == ChartImgMode::Mock && !dir.join(recorder::CASSETTE_FILE).exists() {
-        bail!("CHART_IMG_CASSETTE_DIR: {} holds no cassette ({} is missing)", dir.display(), recorder::CASSETTE_FILE);
+        bail!(
+            "CHART_IMG_CASSETTE_DIR: {} holds no cassette ({} is missing)",
+            dir.display(),
+            recorder::CASSETTE_FILE
+        );
     }
     let mut secrets = recorder::Secrets::new();
     for a in &settings.accounts {
         secrets = secrets.with_account(a.id.as_str(), a.api_key.clone());
     }
-    let config = recorder::VcrConfig { mode, ..recorder::VcrConfig::default() };
-    let vcr = recorder::Vcr::open(dir, config, secrets).with_context(|| format!("cannot open cassette {}", dir.display()))?;
+    let config = recorder::VcrConfig {
+        mode,
+        ..recorder::VcrConfig::default()
+    };
+    let vcr =
+        recorder::Vcr::open(dir, config, secrets).with_context(|| format!("cannot open cassette {}", dir.display()))?;
     let upstream = match mode {
         recorder::Mode::None => None,
         _ => Some(http()?),

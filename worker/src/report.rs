@@ -46,12 +46,22 @@ pub struct ReportError {
 }
 
 fn bad(message: impl Into<String>) -> ReportError {
-    ReportError { message: message.into(), exit_code: 2 }
+    ReportError {
+        message: message.into(),
+        exit_code: 2,
+    }
 }
 
 fn store_error(what: &str, e: ArtifactError) -> ReportError {
-    let exit_code = if matches!(e, ArtifactError::Unavailable(_)) { 3 } else { 2 };
-    ReportError { message: format!("cannot read {what}: {e}"), exit_code }
+    let exit_code = if matches!(e, ArtifactError::Unavailable(_)) {
+        3
+    } else {
+        2
+    };
+    ReportError {
+        message: format!("cannot read {what}: {e}"),
+        exit_code,
+    }
 }
 
 /// One stored chart, read back and checked.
@@ -75,9 +85,16 @@ impl Chart {
             Ok(imagesize::ImageType::Jpeg) => Some("image/jpeg"),
             _ => None,
         };
-        let dimensions =
-            detected_type.and_then(|_| imagesize::blob_size(&bytes).ok()).map(|s| (s.width, s.height));
-        Self { item, bytes, actual_sha256, dimensions, detected_type }
+        let dimensions = detected_type
+            .and_then(|_| imagesize::blob_size(&bytes).ok())
+            .map(|s| (s.width, s.height));
+        Self {
+            item,
+            bytes,
+            actual_sha256,
+            dimensions,
+            detected_type,
+        }
     }
 
     /// The bytes are the ones the manifest describes: same sha256 and same length.
@@ -100,15 +117,23 @@ impl RunReport {
     pub async fn collect(manifest: Manifest, source: String, store: &dyn ArtifactStore) -> Result<Self, ReportError> {
         let mut charts = Vec::with_capacity(manifest.items.len());
         for (i, item) in manifest.items.iter().enumerate() {
-            let obj = ObjectRef::parse_uri(&item.gcs_uri)
-                .ok_or_else(|| bad(format!("{source}: items[{i}].gcsUri {:?} is not a gs://bucket/path URI", item.gcs_uri)))?;
+            let obj = ObjectRef::parse_uri(&item.gcs_uri).ok_or_else(|| {
+                bad(format!(
+                    "{source}: items[{i}].gcsUri {:?} is not a gs://bucket/path URI",
+                    item.gcs_uri
+                ))
+            })?;
             let what = format!("image {obj} (items[{i}], {})", item.chart_template_id);
             match store.get(&obj).await.map_err(|e| store_error(&what, e))? {
                 Some(o) => charts.push(Chart::new(item.clone(), o.bytes)),
                 None => return Err(bad(format!("missing {what} listed in {source}"))),
             }
         }
-        Ok(Self { manifest, source, charts })
+        Ok(Self {
+            manifest,
+            source,
+            charts,
+        })
     }
 
     /// `report-<runId>-<stepId>.html`.
@@ -123,15 +148,24 @@ pub async fn load(source: &str, artifacts_dir: Option<&Path>) -> Result<RunRepor
         let obj = ObjectRef::parse_uri(source)
             .filter(|o| !o.bucket.contains(['?', '#']))
             .ok_or_else(|| bad(format!("{source:?} is not a gs://bucket/path URI")))?;
-        let host = std::env::var("STORAGE_EMULATOR_HOST").ok().filter(|h| !h.trim().is_empty());
-        let gcs = GcsArtifacts::new(host.as_deref()).await.map_err(|e| store_error(source, e))?;
-        let stored = gcs.get(&obj).await.map_err(|e| store_error(&format!("manifest {source}"), e))?;
+        let host = std::env::var("STORAGE_EMULATOR_HOST")
+            .ok()
+            .filter(|h| !h.trim().is_empty());
+        let gcs = GcsArtifacts::new(host.as_deref())
+            .await
+            .map_err(|e| store_error(source, e))?;
+        let stored = gcs
+            .get(&obj)
+            .await
+            .map_err(|e| store_error(&format!("manifest {source}"), e))?;
         let stored = stored.ok_or_else(|| bad(format!("manifest {source} does not exist")))?;
         let manifest = parse(&stored.bytes, source)?;
         return RunReport::collect(manifest, source.to_owned(), &gcs).await;
     }
     if source.contains("://") {
-        return Err(bad(format!("{source:?}: a manifest is a local path or a gs://bucket/path URI")));
+        return Err(bad(format!(
+            "{source:?}: a manifest is a local path or a gs://bucket/path URI"
+        )));
     }
     let path = Path::new(source);
     let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read manifest {}: {e}", path.display())))?;
@@ -170,7 +204,11 @@ fn layout_root(path: &Path, m: &Manifest) -> Result<PathBuf, ReportError> {
     }
     // `dir` is now `<dir>/<bucket>`.
     match (dir.file_name(), dir.parent()) {
-        (Some(_), Some(root)) => Ok(if root.as_os_str().is_empty() { PathBuf::from(".") } else { root.to_path_buf() }),
+        (Some(_), Some(root)) => Ok(if root.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            root.to_path_buf()
+        }),
         _ => Err(not_in_layout()),
     }
 }
@@ -179,7 +217,9 @@ fn layout_root(path: &Path, m: &Manifest) -> Result<PathBuf, ReportError> {
 /// answers the path written.
 pub async fn write(source: &str, artifacts_dir: Option<&Path>, out: Option<&Path>) -> Result<PathBuf, ReportError> {
     let report = load(source, artifacts_dir).await?;
-    let out = out.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(report.default_file_name()));
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(report.default_file_name()));
     let html = render_html(&report, &crate::domain::step::rfc3339(chrono::Utc::now()));
     std::fs::write(&out, html).map_err(|e| bad(format!("cannot write {}: {e}", out.display())))?;
     Ok(out)
@@ -300,7 +340,11 @@ pub fn render_html(r: &RunReport, generated_at: &str) -> String {
 fn chart_html(h: &mut String, c: &Chart) {
     let e = escape;
     let i = &c.item;
-    let _ = write!(h, "<figure class=\"chart\" data-template=\"{}\">", e(&i.chart_template_id));
+    let _ = write!(
+        h,
+        "<figure class=\"chart\" data-template=\"{}\">",
+        e(&i.chart_template_id)
+    );
     match c.detected_type {
         Some(t) => {
             let _ = write!(
@@ -312,14 +356,24 @@ fn chart_html(h: &mut String, c: &Chart) {
         }
         None => h.push_str("<div class=\"noimage\">the stored bytes are not a PNG or JPEG image</div>"),
     }
-    let dims = c.dimensions.map(|(w, hgt)| format!("{w} × {hgt} px")).unwrap_or_else(|| "unknown".into());
+    let dims = c
+        .dimensions
+        .map(|(w, hgt)| format!("{w} × {hgt} px"))
+        .unwrap_or_else(|| "unknown".into());
     let size = if c.bytes.len() as u64 == i.bytes {
         format!("{} bytes", i.bytes)
     } else {
-        format!("{} bytes in the manifest, <span class=\"mismatch\">{} stored</span>", i.bytes, c.bytes.len())
+        format!(
+            "{} bytes in the manifest, <span class=\"mismatch\">{} stored</span>",
+            i.bytes,
+            c.bytes.len()
+        )
     };
     let sha = if c.actual_sha256.eq_ignore_ascii_case(&i.sha256) {
-        format!("<code>{}</code> <span class=\"ok sha\">✓ matches the bytes</span>", e(&i.sha256))
+        format!(
+            "<code>{}</code> <span class=\"ok sha\">✓ matches the bytes</span>",
+            e(&i.sha256)
+        )
     } else {
         format!(
             "<code>{}</code> <span class=\"mismatch sha\">✗ the bytes hash to <code>{}</code></span>",
@@ -400,14 +454,25 @@ mod tests {
     async fn report_of(m: Manifest, stored: &[(&ManifestItem, Bytes)]) -> Result<RunReport, ReportError> {
         let store = MemoryArtifacts::default();
         for (i, b) in stored {
-            store.put(&ObjectRef::parse_uri(&i.gcs_uri).unwrap(), b.clone(), "image/png", WriteMode::Overwrite).await.unwrap();
+            store
+                .put(
+                    &ObjectRef::parse_uri(&i.gcs_uri).unwrap(),
+                    b.clone(),
+                    "image/png",
+                    WriteMode::Overwrite,
+                )
+                .await
+                .unwrap();
         }
         RunReport::collect(m, "test-manifest.json".into(), &store).await
     }
 
     #[test]
     fn escape_covers_text_and_attributes() {
-        assert_eq!(escape(r#"<b a="1" c='2'>&amp;</b>"#), "&lt;b a=&quot;1&quot; c=&#39;2&#39;&gt;&amp;amp;&lt;/b&gt;");
+        assert_eq!(
+            escape(r#"<b a="1" c='2'>&amp;</b>"#),
+            "&lt;b a=&quot;1&quot; c=&#39;2&#39;&gt;&amp;amp;&lt;/b&gt;"
+        );
         assert_eq!(escape("plain ✓"), "plain ✓");
     }
 
@@ -435,7 +500,10 @@ mod tests {
         assert!(r.charts[0].matches());
         let html = render_html(&r, "2026-11-28T14:00:00Z");
 
-        assert!(html.contains("<span class=\"outcome SUCCEEDED\" id=\"outcome\">SUCCEEDED</span>"), "{html}");
+        assert!(
+            html.contains("<span class=\"outcome SUCCEEDED\" id=\"outcome\">SUCCEEDED</span>"),
+            "{html}"
+        );
         assert!(!html.contains("<script"), "manifest text reached the page unescaped");
         assert!(html.contains("rsi&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("422 &lt;Invalid&gt; study &amp; co"));
@@ -443,7 +511,9 @@ mod tests {
         assert!(html.contains("<td class=\"code\">CHART_API_FAILED</td><td class=\"status\">422</td>"));
         assert!(html.contains("<td class=\"code\">VALIDATION_FAILED</td><td class=\"status\">—</td>"));
         let data = base64::engine::general_purpose::STANDARD.encode(&a);
-        assert!(html.contains(&format!("<img alt=\"price_volume\" src=\"data:image/png;base64,{data}\">")));
+        assert!(html.contains(&format!(
+            "<img alt=\"price_volume\" src=\"data:image/png;base64,{data}\">"
+        )));
         assert!(html.contains("800 × 600 px") && html.contains("✓ matches the bytes"));
         assert!(html.contains(&format!("{} bytes", a.len())));
         // Self-contained: nothing on the page names a network location but the manifest's own gs:// URIs.
@@ -463,7 +533,11 @@ mod tests {
         assert!(html.contains("id=\"outcome\">FAILED</span>"), "2 items < minImages 3");
         assert!(html.contains("✗ the bytes hash to"));
         assert!(html.contains("the stored bytes are not a PNG or JPEG image"));
-        assert_eq!(html.matches("<img ").count(), 1, "no <img> for bytes that are not an image");
+        assert_eq!(
+            html.matches("<img ").count(),
+            1,
+            "no <img> for bytes that are not an image"
+        );
         assert!(html.contains("id=\"no-failures\""));
     }
 
@@ -473,7 +547,13 @@ mod tests {
         let pv = item("price_volume", &a);
         let err = report_of(manifest(vec![pv.clone()], vec![], 1), &[]).await.unwrap_err();
         assert_eq!(err.exit_code, 2);
-        assert_eq!(err.message, format!("missing image {} (items[0], price_volume) listed in test-manifest.json", pv.gcs_uri));
+        assert_eq!(
+            err.message,
+            format!(
+                "missing image {} (items[0], price_volume) listed in test-manifest.json",
+                pv.gcs_uri
+            )
+        );
     }
 
     #[test]

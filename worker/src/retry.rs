@@ -56,8 +56,12 @@ impl RetryPolicy {
     };
 
     /// A policy that never retries.
-    pub const NONE: Self =
-        Self { max_retries: 0, min_delay: Duration::ZERO, max_delay: Duration::ZERO, max_total_delay: Duration::ZERO };
+    pub const NONE: Self = Self {
+        max_retries: 0,
+        min_delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+        max_total_delay: Duration::ZERO,
+    };
 
     /// The backoff delays (backon's exponential builder with jitter).
     pub fn backoff(&self) -> ExponentialBuilder {
@@ -72,7 +76,12 @@ impl RetryPolicy {
     /// The retry state of one operation, for loops that cannot be a closure (a transaction keeps state across its
     /// attempts).
     pub fn start(&self) -> Attempts {
-        Attempts { started: Instant::now(), delays: self.backoff().build(), max_total: self.max_total_delay, retries: 0 }
+        Attempts {
+            started: Instant::now(),
+            delays: self.backoff().build(),
+            max_total: self.max_total_delay,
+            retries: 0,
+        }
     }
 
     /// Runs `attempt` until it succeeds, fails with an error `retryable` refuses, or the budget is spent (then the
@@ -161,7 +170,11 @@ mod tests {
             .run(
                 || async {
                     let n = calls.fetch_add(1, Ordering::SeqCst);
-                    if n < 3 { Err("503") } else { Ok(n) }
+                    if n < 3 {
+                        Err("503")
+                    } else {
+                        Ok(n)
+                    }
                 },
                 |_| true,
                 |_, _| {},
@@ -175,7 +188,14 @@ mod tests {
     async fn a_non_retryable_error_returns_at_once() {
         let calls = AtomicU32::new(0);
         let out: Result<(), &str> = RetryPolicy::FIRESTORE
-            .run(|| async { calls.fetch_add(1, Ordering::SeqCst); Err("403") }, |e| *e != "403", |_, _| {})
+            .run(
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err("403")
+                },
+                |e| *e != "403",
+                |_, _| {},
+            )
             .await;
         assert_eq!(out, Err("403"));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -185,8 +205,20 @@ mod tests {
     async fn attempts_and_total_time_are_both_bounded() {
         // Attempts bound: instant failures stop after max_retries + 1 calls.
         let calls = AtomicU32::new(0);
-        let p = RetryPolicy { max_retries: 3, ..RetryPolicy::FIRESTORE };
-        let _: Result<(), ()> = p.run(|| async { calls.fetch_add(1, Ordering::SeqCst); Err(()) }, |_| true, |_, _| {}).await;
+        let p = RetryPolicy {
+            max_retries: 3,
+            ..RetryPolicy::FIRESTORE
+        };
+        let _: Result<(), ()> = p
+            .run(
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(())
+                },
+                |_| true,
+                |_, _| {},
+            )
+            .await;
         assert_eq!(calls.load(Ordering::SeqCst), 4);
         // Time bound: attempts that each take 4 s stop once the next one would start past 30 s.
         let calls = AtomicU32::new(0);
@@ -204,7 +236,11 @@ mod tests {
             .await;
         let n = calls.load(Ordering::SeqCst);
         assert!((5..=8).contains(&n), "{n} attempts");
-        assert!(started.elapsed() <= RetryPolicy::GCS.max_total_delay + Duration::from_secs(4), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() <= RetryPolicy::GCS.max_total_delay + Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -213,7 +249,13 @@ mod tests {
             let started = Instant::now();
             let out: Result<(), ()> = p
                 .run(
-                    || async { if started.elapsed() < Duration::from_secs(2) { Err(()) } else { Ok(()) } },
+                    || async {
+                        if started.elapsed() < Duration::from_secs(2) {
+                            Err(())
+                        } else {
+                            Ok(())
+                        }
+                    },
                     |_| true,
                     |_, _| {},
                 )

@@ -30,7 +30,12 @@ pub fn init_with_default(format: LogFormat, to_stderr: bool, default_level: &str
         (LogFormat::Json, true) => registry.with(CloudLoggingLayer::new(std::io::stderr)).try_init(),
         (LogFormat::Json, false) => registry.with(CloudLoggingLayer::new(std::io::stdout)).try_init(),
         (LogFormat::Text, _) => registry
-            .with(tracing_subscriber::fmt::layer().compact().with_target(false).with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_target(false)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
 }

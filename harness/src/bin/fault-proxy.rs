@@ -54,7 +54,10 @@ async fn main() {
         Ok(a) => a,
         Err(e) => fail(format!("admin endpoint: {e:#}")),
     };
-    println!("{}", serde_json::json!({"event": "fault_proxy_ready", "proxy": proxy.url(), "admin": format!("http://{admin}")}));
+    println!(
+        "{}",
+        serde_json::json!({"event": "fault_proxy_ready", "proxy": proxy.url(), "admin": format!("http://{admin}")})
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},

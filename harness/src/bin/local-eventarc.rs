@@ -64,7 +64,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    println!("{}", serde_json::json!({"event": "local_eventarc_ready", "admin": format!("http://{admin}")}));
+    println!(
+        "{}",
+        serde_json::json!({"event": "local_eventarc_ready", "admin": format!("http://{admin}")})
+    );
     wait_for_stop().await;
     eventarc.shutdown().await;
 }

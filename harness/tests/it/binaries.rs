@@ -17,23 +17,46 @@ async fn start(bin: &str, args: &[&str]) -> (tokio::process::Child, Value) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("a ready line").unwrap().expect("a line");
-    (child, serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}")))
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("a ready line")
+        .unwrap()
+        .expect("a line");
+    (
+        child,
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}")),
+    )
 }
 
 #[tokio::test]
 async fn fault_proxy_applies_rules_from_flags_and_the_admin_api() {
-    let Some((_, storage)) = crate::emulators("fault_proxy_applies_rules") else { return };
+    let Some((_, storage)) = crate::emulators("fault_proxy_applies_rules") else {
+        return;
+    };
     let rule = r#"{"match": {"pathPrefix": "/_internal/"}, "action": {"kind": "refuse"}, "times": 1}"#;
-    let (mut child, ready) = start(env!("CARGO_BIN_EXE_fault-proxy"), &["--upstream", &storage, "--rule", rule]).await;
+    let (mut child, ready) = start(
+        env!("CARGO_BIN_EXE_fault-proxy"),
+        &["--upstream", &storage, "--rule", rule],
+    )
+    .await;
     assert_eq!(ready["event"], "fault_proxy_ready");
     let (proxy, admin) = (ready["proxy"].as_str().unwrap(), ready["admin"].as_str().unwrap());
     assert!(proxy.starts_with("http://127.0.0.1:") && admin.starts_with("http://127.0.0.1:"));
     let health = format!("{proxy}/_internal/healthcheck");
     assert_eq!(reqwest::get(&health).await.unwrap().status(), 503);
     assert_eq!(reqwest::get(&health).await.unwrap().status(), 200);
-    let calls: Value = reqwest::get(format!("{admin}/calls")).await.unwrap().json().await.unwrap();
-    let actions: Vec<&str> = calls.as_array().unwrap().iter().map(|c| c["action"].as_str().unwrap()).collect();
+    let calls: Value = reqwest::get(format!("{admin}/calls"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
     assert_eq!(actions, ["refused", "forwarded"]);
     child.kill().await.unwrap();
 }
@@ -41,7 +64,12 @@ async fn fault_proxy_applies_rules_from_flags_and_the_admin_api() {
 #[tokio::test]
 async fn fault_proxy_names_a_bad_rule_and_exits_2() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fault-proxy"))
-        .args(["--upstream", "127.0.0.1:1", "--rule", r#"{"action": {"kind": "explode"}}"#])
+        .args([
+            "--upstream",
+            "127.0.0.1:1",
+            "--rule",
+            r#"{"action": {"kind": "explode"}}"#,
+        ])
         .output()
         .await
         .unwrap();
@@ -52,20 +80,35 @@ async fn fault_proxy_names_a_bad_rule_and_exits_2() {
 
 #[tokio::test]
 async fn local_eventarc_delivers_and_lists_deliveries_over_its_admin_endpoint() {
-    let Some(_) = crate::emulators("local_eventarc_delivers") else { return };
+    let Some(_) = crate::emulators("local_eventarc_delivers") else {
+        return;
+    };
     let project = crate::project("bin-ea");
     let app = axum::Router::new().route("/", axum::routing::post(|| async { "ok" }));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = format!("http://{}/", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
-    let (mut child, ready) =
-        start(env!("CARGO_BIN_EXE_local-eventarc"), &["--project", &project, "--target", &target, "--time-scale", "0.01"]).await;
+    let (mut child, ready) = start(
+        env!("CARGO_BIN_EXE_local-eventarc"),
+        &["--project", &project, "--target", &target, "--time-scale", "0.01"],
+    )
+    .await;
     assert_eq!(ready["event"], "local_eventarc_ready");
     let admin = ready["admin"].as_str().unwrap().to_owned();
-    FirestoreStore::new(&project).await.unwrap().put_doc("flow_runs", "run-1", json!({"n": 1})).await.unwrap();
+    FirestoreStore::new(&project)
+        .await
+        .unwrap()
+        .put_doc("flow_runs", "run-1", json!({"n": 1}))
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let listed = loop {
-        let d: Value = reqwest::get(format!("{admin}/deliveries")).await.unwrap().json().await.unwrap();
+        let d: Value = reqwest::get(format!("{admin}/deliveries"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if !d.as_array().unwrap().is_empty() {
             break d;
         }

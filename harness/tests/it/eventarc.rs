@@ -35,8 +35,13 @@ async fn answer(State(t): State<Target>, headers: HeaderMap, body: Bytes) -> Sta
 }
 
 async fn target(script: Vec<u16>) -> (String, Target) {
-    let t = Target { seen: Arc::default(), script: Arc::new(script) };
-    let app = axum::Router::new().route("/", axum::routing::post(answer)).with_state(t.clone());
+    let t = Target {
+        seen: Arc::default(),
+        script: Arc::new(script),
+    };
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(answer))
+        .with_state(t.clone());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
@@ -52,22 +57,48 @@ async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 fn header<'a>(h: &'a HeaderMap, k: &str) -> &'a str {
-    h.get(k).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("header {k} missing"))
+    h.get(k)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("header {k} missing"))
 }
 
 #[tokio::test]
 async fn delivers_creates_and_updates_with_old_value_mask_and_every_header() {
-    let Some(_) = crate::emulators("delivers_creates_and_updates") else { return };
+    let Some(_) = crate::emulators("delivers_creates_and_updates") else {
+        return;
+    };
     let project = crate::project("ea-basic");
     let store = FirestoreStore::new(&project).await.unwrap();
     // Present before the start: initial state, not an event.
     store.put_doc("flow_runs", "before", json!({"x": 1})).await.unwrap();
     let (url, t) = target(vec![]).await;
-    let ea = LocalEventarc::start(Config::new(&project).with_time_scale(0.02), vec![url]).await.unwrap();
-    store.put_doc("flow_runs", "run-1", json!({"n": 1, "steps": {"charts_4h": {"status": "READY"}}})).await.unwrap();
-    wait_for("the created event", Duration::from_secs(10), || t.seen.lock().unwrap().len() == 1).await;
-    store.put_doc("flow_runs", "run-1", json!({"n": 1, "steps": {"charts_4h": {"status": "RUNNING"}}})).await.unwrap();
-    wait_for("the updated event", Duration::from_secs(10), || t.seen.lock().unwrap().len() == 2).await;
+    let ea = LocalEventarc::start(Config::new(&project).with_time_scale(0.02), vec![url])
+        .await
+        .unwrap();
+    store
+        .put_doc(
+            "flow_runs",
+            "run-1",
+            json!({"n": 1, "steps": {"charts_4h": {"status": "READY"}}}),
+        )
+        .await
+        .unwrap();
+    wait_for("the created event", Duration::from_secs(10), || {
+        t.seen.lock().unwrap().len() == 1
+    })
+    .await;
+    store
+        .put_doc(
+            "flow_runs",
+            "run-1",
+            json!({"n": 1, "steps": {"charts_4h": {"status": "RUNNING"}}}),
+        )
+        .await
+        .unwrap();
+    wait_for("the updated event", Duration::from_secs(10), || {
+        t.seen.lock().unwrap().len() == 2
+    })
+    .await;
     store.put_doc("other", "run-1", json!({"n": 1})).await.unwrap();
 
     let seen = t.seen.lock().unwrap().clone();
@@ -75,8 +106,18 @@ async fn delivers_creates_and_updates_with_old_value_mask_and_every_header() {
     for (i, (h, body)) in seen.iter().enumerate() {
         assert_eq!(header(h, "content-type"), "application/protobuf");
         assert_eq!(header(h, "ce-specversion"), "1.0");
-        assert_eq!(header(h, "ce-type"), if i == 0 { "google.cloud.firestore.document.v1.created" } else { "google.cloud.firestore.document.v1.updated" });
-        assert_eq!(header(h, "ce-source"), format!("//firestore.googleapis.com/projects/{project}/databases/(default)"));
+        assert_eq!(
+            header(h, "ce-type"),
+            if i == 0 {
+                "google.cloud.firestore.document.v1.created"
+            } else {
+                "google.cloud.firestore.document.v1.updated"
+            }
+        );
+        assert_eq!(
+            header(h, "ce-source"),
+            format!("//firestore.googleapis.com/projects/{project}/databases/(default)")
+        );
         assert_eq!(header(h, "ce-subject"), "documents/flow_runs/run-1");
         assert_eq!(header(h, "ce-document"), "flow_runs/run-1");
         assert_eq!(header(h, "ce-database"), "(default)");
@@ -96,35 +137,61 @@ async fn delivers_creates_and_updates_with_old_value_mask_and_every_header() {
             assert_eq!(data.old_value.as_ref().unwrap().name, name);
             assert_eq!(data.update_mask.unwrap().field_paths, ["steps.charts_4h.status"]);
             assert_eq!(ev.value.unwrap()["steps"]["charts_4h"]["status"], "RUNNING");
-            let old = worker_chart_export::eventarc::parse(h, &Bytes::from({
-                // The old value re-encoded as the value: the previous version is the one the first event carried.
-                DocumentEventData { value: data.old_value.clone(), old_value: None, update_mask: None }.encode_to_vec()
-            }))
+            let old = worker_chart_export::eventarc::parse(
+                h,
+                &Bytes::from({
+                    // The old value re-encoded as the value: the previous version is the one the first event carried.
+                    DocumentEventData {
+                        value: data.old_value.clone(),
+                        old_value: None,
+                        update_mask: None,
+                    }
+                    .encode_to_vec()
+                }),
+            )
             .unwrap();
             assert_eq!(old.value.unwrap()["steps"]["charts_4h"]["status"], "READY");
         }
     }
     assert_ne!(header(&seen[0].0, "ce-id"), header(&seen[1].0, "ce-id"));
     let events = ea.events();
-    assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::Created, EventKind::Updated]);
+    assert_eq!(
+        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::Created, EventKind::Updated]
+    );
     let d = ea.deliveries();
     assert_eq!(d.len(), 2);
-    assert!(d.iter().all(|d| d.attempt == 1 && d.outcome == Outcome::Status { code: 200 }));
-    assert!(ea.wait_settled(Duration::from_millis(200), Duration::from_secs(5)).await);
+    assert!(d
+        .iter()
+        .all(|d| d.attempt == 1 && d.outcome == Outcome::Status { code: 200 }));
+    assert!(
+        ea.wait_settled(Duration::from_millis(200), Duration::from_secs(5))
+            .await
+    );
     ea.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_503_is_redelivered_with_doubling_gaps_until_acknowledged() {
-    let Some(_) = crate::emulators("a_503_is_redelivered") else { return };
+    let Some(_) = crate::emulators("a_503_is_redelivered") else {
+        return;
+    };
     let project = crate::project("ea-503");
     let store = FirestoreStore::new(&project).await.unwrap();
     let (url, t) = target(vec![503, 503, 500]).await;
     // 10 s → 200 ms, 20 s → 400 ms, 40 s → 800 ms.
-    let ea = LocalEventarc::start(Config::new(&project).with_time_scale(0.02), vec![url]).await.unwrap();
+    let ea = LocalEventarc::start(Config::new(&project).with_time_scale(0.02), vec![url])
+        .await
+        .unwrap();
     store.put_doc("flow_runs", "run-1", json!({"n": 1})).await.unwrap();
-    wait_for("four attempts", Duration::from_secs(15), || t.seen.lock().unwrap().len() == 4).await;
-    assert!(ea.wait_settled(Duration::from_millis(100), Duration::from_secs(5)).await);
+    wait_for("four attempts", Duration::from_secs(15), || {
+        t.seen.lock().unwrap().len() == 4
+    })
+    .await;
+    assert!(
+        ea.wait_settled(Duration::from_millis(100), Duration::from_secs(5))
+            .await
+    );
     let d = ea.deliveries();
     let outcomes: Vec<_> = d.iter().map(|d| (d.attempt, d.outcome.clone())).collect();
     assert_eq!(
@@ -136,10 +203,17 @@ async fn a_503_is_redelivered_with_doubling_gaps_until_acknowledged() {
             (4, Outcome::Status { code: 200 })
         ]
     );
-    assert!(d.windows(2).all(|w| w[0].event_id == w[1].event_id), "one event, redelivered with its id");
+    assert!(
+        d.windows(2).all(|w| w[0].event_id == w[1].event_id),
+        "one event, redelivered with its id"
+    );
     for (i, want) in [200u64, 400, 800].into_iter().enumerate() {
         let gap = d[i + 1].at_ms - d[i].at_ms;
-        assert!(gap >= want && gap < want * 2 + 300, "gap {} = {gap} ms, expected about {want} ms", i + 1);
+        assert!(
+            gap >= want && gap < want * 2 + 300,
+            "gap {} = {gap} ms, expected about {want} ms",
+            i + 1
+        );
     }
     assert!(ea.events()[0].acked);
     ea.shutdown().await;
@@ -147,7 +221,9 @@ async fn a_503_is_redelivered_with_doubling_gaps_until_acknowledged() {
 
 #[tokio::test]
 async fn a_hanging_target_is_abandoned_at_the_ack_deadline_and_redelivered() {
-    let Some(_) = crate::emulators("a_hanging_target_is_abandoned") else { return };
+    let Some(_) = crate::emulators("a_hanging_target_is_abandoned") else {
+        return;
+    };
     let project = crate::project("ea-hang");
     let store = FirestoreStore::new(&project).await.unwrap();
     let (url, t) = target(vec![0]).await;
@@ -155,29 +231,52 @@ async fn a_hanging_target_is_abandoned_at_the_ack_deadline_and_redelivered() {
     cfg.kinds = vec![EventKind::Created];
     let ea = LocalEventarc::start(cfg, vec![url]).await.unwrap();
     store.put_doc("flow_runs", "run-1", json!({"n": 1})).await.unwrap();
-    wait_for("the redelivery", Duration::from_secs(10), || t.seen.lock().unwrap().len() == 2).await;
-    assert!(ea.wait_settled(Duration::from_millis(100), Duration::from_secs(5)).await);
+    wait_for("the redelivery", Duration::from_secs(10), || {
+        t.seen.lock().unwrap().len() == 2
+    })
+    .await;
+    assert!(
+        ea.wait_settled(Duration::from_millis(100), Duration::from_secs(5))
+            .await
+    );
     let d = ea.deliveries();
     assert_eq!(d.len(), 2);
     assert_eq!(d[0].outcome, Outcome::AckDeadline);
-    assert!((1150..2500).contains(&d[0].duration_ms), "abandoned after {} ms", d[0].duration_ms);
+    assert!(
+        (1150..2500).contains(&d[0].duration_ms),
+        "abandoned after {} ms",
+        d[0].duration_ms
+    );
     assert_eq!((d[1].attempt, &d[1].outcome), (2, &Outcome::Status { code: 200 }));
     ea.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_refused_connection_is_retried_and_reaches_a_new_target() {
-    let Some(_) = crate::emulators("a_refused_connection_is_retried") else { return };
+    let Some(_) = crate::emulators("a_refused_connection_is_retried") else {
+        return;
+    };
     let project = crate::project("ea-refused");
     let store = FirestoreStore::new(&project).await.unwrap();
     let dead = format!("http://127.0.0.1:{}/", harness::process::free_port().unwrap());
-    let ea = LocalEventarc::start(Config::new(&project).with_time_scale(0.01), vec![dead]).await.unwrap();
+    let ea = LocalEventarc::start(Config::new(&project).with_time_scale(0.01), vec![dead])
+        .await
+        .unwrap();
     store.put_doc("flow_runs", "run-1", json!({"n": 1})).await.unwrap();
-    wait_for("two refused attempts", Duration::from_secs(10), || ea.deliveries().len() >= 2).await;
+    wait_for("two refused attempts", Duration::from_secs(10), || {
+        ea.deliveries().len() >= 2
+    })
+    .await;
     let (url, t) = target(vec![]).await;
     ea.set_targets(vec![url]);
-    wait_for("the delivery to the new target", Duration::from_secs(10), || t.seen.lock().unwrap().len() == 1).await;
-    assert!(ea.wait_settled(Duration::from_millis(100), Duration::from_secs(5)).await);
+    wait_for("the delivery to the new target", Duration::from_secs(10), || {
+        t.seen.lock().unwrap().len() == 1
+    })
+    .await;
+    assert!(
+        ea.wait_settled(Duration::from_millis(100), Duration::from_secs(5))
+            .await
+    );
     let d = ea.deliveries();
     let last = d.last().unwrap();
     assert_eq!(last.outcome, Outcome::Status { code: 200 });
@@ -193,7 +292,9 @@ async fn a_refused_connection_is_retried_and_reaches_a_new_target() {
 
 #[tokio::test]
 async fn duplicates_carry_the_same_id_and_the_admin_endpoint_lists_every_attempt() {
-    let Some(_) = crate::emulators("duplicates_carry_the_same_id") else { return };
+    let Some(_) = crate::emulators("duplicates_carry_the_same_id") else {
+        return;
+    };
     let project = crate::project("ea-dup");
     let store = FirestoreStore::new(&project).await.unwrap();
     let (url, t) = target(vec![]).await;
@@ -202,13 +303,34 @@ async fn duplicates_carry_the_same_id_and_the_admin_endpoint_lists_every_attempt
     cfg.reorder_window = Duration::from_secs(10); // up to 100 ms before each chain's first attempt
     let ea = Arc::new(LocalEventarc::start(cfg, vec![url]).await.unwrap());
     store.put_doc("flow_runs", "run-1", json!({"n": 1})).await.unwrap();
-    wait_for("both chains", Duration::from_secs(10), || t.seen.lock().unwrap().len() == 2).await;
+    wait_for("both chains", Duration::from_secs(10), || {
+        t.seen.lock().unwrap().len() == 2
+    })
+    .await;
     let seen = t.seen.lock().unwrap().clone();
     assert_eq!(header(&seen[0].0, "ce-id"), header(&seen[1].0, "ce-id"));
     let admin = harness::serve_admin(0, ea.admin_router()).await.unwrap();
-    let listed: serde_json::Value = reqwest::get(format!("http://{admin}/deliveries")).await.unwrap().json().await.unwrap();
-    let chains: Vec<u64> = listed.as_array().unwrap().iter().map(|d| d["chain"].as_u64().unwrap()).collect();
-    assert_eq!({ let mut c = chains.clone(); c.sort(); c }, [0, 1], "{listed}");
+    let listed: serde_json::Value = reqwest::get(format!("http://{admin}/deliveries"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chains: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["chain"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        {
+            let mut c = chains.clone();
+            c.sort();
+            c
+        },
+        [0, 1],
+        "{listed}"
+    );
     assert_eq!(listed[0]["outcome"], json!({"kind": "status", "code": 200}));
     ea.shutdown().await;
 }

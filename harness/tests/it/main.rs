@@ -14,10 +14,16 @@ pub fn emulators(test: &str) -> Option<(String, String)> {
         (Some(f), Some(s)) => Some((f, s.trim_start_matches("http://").trim_end_matches('/').to_owned())),
         _ => {
             let required = std::env::var("CI").is_ok() || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1");
-            assert!(!required, "{test}: FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST are not set (REQUIRE_EMULATORS=1)");
+            assert!(
+                !required,
+                "{test}: FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST are not set (REQUIRE_EMULATORS=1)"
+            );
             // Past the test harness's output capture, so a skip shows in every run's output.
             use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: the emulators are not running (FIRESTORE_EMULATOR_HOST / STORAGE_EMULATOR_HOST unset)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: the emulators are not running (FIRESTORE_EMULATOR_HOST / STORAGE_EMULATOR_HOST unset)"
+            );
             None
         }
     }

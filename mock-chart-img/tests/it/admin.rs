@@ -47,7 +47,15 @@ async fn journal_newest_first_with_filters_and_no_keys() {
 
     // No admin answer shows a key.
     for path in ["/requests", "/usage", "/keys", "/health"] {
-        let text = ctx.http.get(format!("{}{path}", ctx.server.admin_url())).send().await.unwrap().text().await.unwrap();
+        let text = ctx
+            .http
+            .get(format!("{}{path}", ctx.server.admin_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(!text.contains("secret-key"), "{path} leaks a key: {text}");
     }
 }
@@ -59,7 +67,12 @@ async fn journal_is_bounded() {
         ctx.chart("secret-key-one", small()).await;
     }
     let j = ctx.admin_get("/requests").await;
-    let seqs: Vec<u64> = j.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, [12, 11, 10, 9, 8]);
 }
 
@@ -70,13 +83,30 @@ async fn usage_and_reset() {
         ctx.chart("secret-key-one", small()).await;
     }
     let u = ctx.admin_get("/usage/acc-1").await;
-    assert_eq!((u["used_today"].as_u64(), u["remaining_today"].as_u64(), u["plan"].as_str()), (Some(3), Some(497), Some("PRO")));
+    assert_eq!(
+        (
+            u["used_today"].as_u64(),
+            u["remaining_today"].as_u64(),
+            u["plan"].as_str()
+        ),
+        (Some(3), Some(497), Some("PRO"))
+    );
     let all = ctx.admin_get("/usage").await;
     assert_eq!(all.as_array().unwrap().len(), 2);
-    let r = ctx.http.get(format!("{}/usage/nobody", ctx.server.admin_url())).send().await.unwrap();
+    let r = ctx
+        .http
+        .get(format!("{}/usage/nobody", ctx.server.admin_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
-    let r = ctx.http.post(format!("{}/reset", ctx.server.admin_url())).send().await.unwrap();
+    let r = ctx
+        .http
+        .post(format!("{}/reset", ctx.server.admin_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(ctx.admin_get("/usage/acc-1").await["used_today"], 0);
     assert!(ctx.admin_get("/requests").await.as_array().unwrap().is_empty());
@@ -97,7 +127,11 @@ async fn keys_at_run_time() {
     assert_eq!(r.status(), 201);
     assert_eq!(ctx.chart("new-key", small()).await.status(), 200);
     let keys = ctx.admin_get("/keys").await;
-    assert!(keys.as_array().unwrap().iter().any(|k| k["account"] == "acc-new" && k["plan"] == "BASIC"));
+    assert!(keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["account"] == "acc-new" && k["plan"] == "BASIC"));
 
     // Custom limits, and a clash of account ids.
     let r = ctx
@@ -110,9 +144,21 @@ async fn keys_at_run_time() {
         .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(ctx.admin_get("/usage/acc-custom").await["limits"]["daily_limit"], 9);
-    let r = ctx.http.post(format!("{admin}/keys")).json(&json!({ "key": "other", "account": "acc-new" })).send().await.unwrap();
+    let r = ctx
+        .http
+        .post(format!("{admin}/keys"))
+        .json(&json!({ "key": "other", "account": "acc-new" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
-    let r = ctx.http.post(format!("{admin}/keys")).json(&json!({ "key": "x", "account": "y", "plan": "GOLD" })).send().await.unwrap();
+    let r = ctx
+        .http
+        .post(format!("{admin}/keys"))
+        .json(&json!({ "key": "x", "account": "y", "plan": "GOLD" }))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_client_error());
 
     let r = ctx.http.delete(format!("{admin}/keys/acc-new")).send().await.unwrap();
@@ -149,14 +195,33 @@ async fn faults_at_run_time() {
     assert_eq!(ctx.chart("secret-key-one", small()).await.status(), 200);
 
     // A malformed fault is refused with a reason.
-    let r = ctx.http.post(format!("{admin}/faults")).json(&json!({ "kind": "latency" })).send().await.unwrap();
+    let r = ctx
+        .http
+        .post(format!("{admin}/faults"))
+        .json(&json!({ "kind": "latency" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let e: Value = r.json().await.unwrap();
     assert!(e["message"].as_str().unwrap().contains("ms"), "{e}");
 
     // Clear all.
-    ctx.http.post(format!("{admin}/faults")).json(&json!({ "kind": "connection_reset" })).send().await.unwrap();
-    assert_eq!(ctx.http.delete(format!("{admin}/faults")).send().await.unwrap().status(), 204);
+    ctx.http
+        .post(format!("{admin}/faults"))
+        .json(&json!({ "kind": "connection_reset" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ctx.http
+            .delete(format!("{admin}/faults"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
     assert_eq!(ctx.chart("secret-key-one", small()).await.status(), 200);
 }
 
@@ -166,8 +231,18 @@ async fn openapi_document_lists_every_admin_route() {
     let doc = ctx.admin_get("/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
-    for p in ["/__admin/health", "/__admin/requests", "/__admin/usage", "/__admin/usage/{account}", "/__admin/reset",
-              "/__admin/keys", "/__admin/keys/{account}", "/__admin/faults", "/__admin/faults/{id}", "/__admin/openapi.json"] {
+    for p in [
+        "/__admin/health",
+        "/__admin/requests",
+        "/__admin/usage",
+        "/__admin/usage/{account}",
+        "/__admin/reset",
+        "/__admin/keys",
+        "/__admin/keys/{account}",
+        "/__admin/faults",
+        "/__admin/faults/{id}",
+        "/__admin/openapi.json",
+    ] {
         assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
     }
     assert!(doc["components"]["schemas"]["FaultSpec"].is_object());

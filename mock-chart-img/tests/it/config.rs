@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use mock_chart_img::{spawn_with_state, watch_config, AppState, Config, ConfigFormat, FaultKind, LatencyProfile, SymbolMode, WatermarkMode};
+use mock_chart_img::{
+    spawn_with_state, watch_config, AppState, Config, ConfigFormat, FaultKind, LatencyProfile, SymbolMode,
+    WatermarkMode,
+};
 
 use crate::small;
 
@@ -40,17 +43,37 @@ ms = 10
 #[test]
 fn errors_name_the_line() {
     let cases: &[(&str, ConfigFormat, usize, &str)] = &[
-        ("seed: 1\nkeys:\n  - key: a\n    account: b\n    plann: PRO\n", ConfigFormat::Yaml, 5, "plann"),
-        ("seed: 1\nkeys:\n  - key: a\n    account: b\n    plan: GOLD\n", ConfigFormat::Yaml, 5, "unknown plan `GOLD`"),
+        (
+            "seed: 1\nkeys:\n  - key: a\n    account: b\n    plann: PRO\n",
+            ConfigFormat::Yaml,
+            5,
+            "plann",
+        ),
+        (
+            "seed: 1\nkeys:\n  - key: a\n    account: b\n    plan: GOLD\n",
+            ConfigFormat::Yaml,
+            5,
+            "unknown plan `GOLD`",
+        ),
         ("seed: one\n", ConfigFormat::Yaml, 1, "invalid type"),
-        ("keys:\n  - key: a\n    account: x\n  - key: b\n    account: x\n", ConfigFormat::Yaml, 5, "listed twice"),
+        (
+            "keys:\n  - key: a\n    account: x\n  - key: b\n    account: x\n",
+            ConfigFormat::Yaml,
+            5,
+            "listed twice",
+        ),
         (
             "faults:\n  - kind: status_sequence\n    statuses: [503]\n  - kind: status_sequence\n    statuses: []\n",
             ConfigFormat::Yaml,
             4,
             "statuses",
         ),
-        ("seed = 1\n\n[[keys]]\nkey = \"a\"\nacount = \"b\"\n", ConfigFormat::Toml, 5, "acount"),
+        (
+            "seed = 1\n\n[[keys]]\nkey = \"a\"\nacount = \"b\"\n",
+            ConfigFormat::Toml,
+            5,
+            "acount",
+        ),
     ];
     for (text, format, line, needle) in cases {
         let e = Config::parse(text, *format, "mock.cfg").unwrap_err();
@@ -63,8 +86,12 @@ fn errors_name_the_line() {
 
 #[test]
 fn a_config_error_never_shows_a_key() {
-    let e = Config::parse("keys:\n  - key: s3cr3t\n    account: a\n  - key: s3cr3t\n    account: b\n", ConfigFormat::Yaml, "c")
-        .unwrap_err();
+    let e = Config::parse(
+        "keys:\n  - key: s3cr3t\n    account: a\n  - key: s3cr3t\n    account: b\n",
+        ConfigFormat::Yaml,
+        "c",
+    )
+    .unwrap_err();
     assert!(!e.to_string().contains("s3cr3t"), "{e}");
     assert_eq!(e.line, Some(5));
 }
@@ -95,8 +122,16 @@ async fn reloads_when_the_file_changes() {
     .unwrap();
     wait_for(|| watch.reloads() >= 1).await;
     assert_eq!(chart("k2").await.unwrap().status(), 200);
-    assert_eq!(chart("k1").await.unwrap().status(), 503, "faults come from the new file");
-    assert_eq!(server.state().usage("acc-1").unwrap().used_today, 1, "an unchanged account keeps its counters");
+    assert_eq!(
+        chart("k1").await.unwrap().status(),
+        503,
+        "faults come from the new file"
+    );
+    assert_eq!(
+        server.state().usage("acc-1").unwrap().used_today,
+        1,
+        "an unchanged account keeps its counters"
+    );
 
     // A bad edit is refused with its line; the last good config stays.
     std::fs::write(&path, "keys:\n  - key: k3\n    acount: acc-3\n").unwrap();
@@ -143,13 +178,17 @@ fn the_binary_serves_and_stops_on_sigterm() {
     let first = lines.next().unwrap().unwrap();
     let log: serde_json::Value = serde_json::from_str(&first).expect("JSON log lines");
     let addr = log["listen"].as_str().unwrap().to_string();
-    let health = std::process::Command::new("curl").args(["-s", &format!("http://{addr}/__admin/health")]).output();
+    let health = std::process::Command::new("curl")
+        .args(["-s", &format!("http://{addr}/__admin/health")])
+        .output();
     if let Ok(h) = health {
         if h.status.success() {
             assert!(String::from_utf8_lossy(&h.stdout).contains("\"ok\""));
         }
     }
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
 }
@@ -170,22 +209,48 @@ fn the_binary_reports_a_bad_config_in_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("bad.yaml:3:") && err.contains("unknown plan `GOLD`"), "{err}");
+    assert!(
+        err.contains("bad.yaml:3:") && err.contains("unknown plan `GOLD`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn the_issue_9_keys_parse_and_bad_values_name_their_line() {
-    let text = "symbols: strict\nunsupported_intervals: {BIST: [\"1m\"]}\ncustom_watermark: refuse\nquery_key_on_v2: false\n\
+    let text =
+        "symbols: strict\nunsupported_intervals: {BIST: [\"1m\"]}\ncustom_watermark: refuse\nquery_key_on_v2: false\n\
                 latency: realistic\ntime_scale: 0.01\ngateway_timeout_ms: 5000\nstorage_max_bytes: 1000\n\
                 layouts:\n  - {id: L1, symbol: \"NASDAQ:AAPL\", session_id: s, session_sign: t}\n";
     let c = Config::parse(text, ConfigFormat::Yaml, "m.yaml").unwrap();
-    assert_eq!((c.symbols, c.custom_watermark, c.latency), (SymbolMode::Strict, WatermarkMode::Refuse, LatencyProfile::Realistic));
-    assert_eq!((c.query_key_on_v2, c.time_scale, c.gateway_timeout_ms, c.storage_max_bytes), (false, 0.01, 5000, 1000));
+    assert_eq!(
+        (c.symbols, c.custom_watermark, c.latency),
+        (SymbolMode::Strict, WatermarkMode::Refuse, LatencyProfile::Realistic)
+    );
+    assert_eq!(
+        (
+            c.query_key_on_v2,
+            c.time_scale,
+            c.gateway_timeout_ms,
+            c.storage_max_bytes
+        ),
+        (false, 0.01, 5000, 1000)
+    );
     assert_eq!(c.layouts[0].session_id.as_deref(), Some("s"));
 
-    let bad = |text: &str| Config::parse(text, ConfigFormat::Yaml, "m.yaml").unwrap_err().to_string();
-    assert_eq!(bad("seed: 1\nunsupported_intervals:\n  BIST: [\"4H\"]\n"), "m.yaml:3: unsupported_intervals.BIST: `4H` is not a Chart-IMG interval");
-    assert!(bad("symbols: loose\n").starts_with("m.yaml:1: symbols: unknown variant `loose`"), "{}", bad("symbols: loose\n"));
+    let bad = |text: &str| {
+        Config::parse(text, ConfigFormat::Yaml, "m.yaml")
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        bad("seed: 1\nunsupported_intervals:\n  BIST: [\"4H\"]\n"),
+        "m.yaml:3: unsupported_intervals.BIST: `4H` is not a Chart-IMG interval"
+    );
+    assert!(
+        bad("symbols: loose\n").starts_with("m.yaml:1: symbols: unknown variant `loose`"),
+        "{}",
+        bad("symbols: loose\n")
+    );
     assert_eq!(
         bad("layouts:\n  - {id: L1, session_id: s}\n"),
         "m.yaml:2: layout `L1`: give both `session_id` and `session_sign`, or neither"

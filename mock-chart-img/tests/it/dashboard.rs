@@ -38,9 +38,15 @@ async fn dashboard_assets_are_embedded_and_served_with_a_strict_policy() {
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(csp.starts_with("default-src 'none'; script-src 'self'"), "{csp}");
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let html = page.text().await.unwrap();
-    assert!(html.contains("/__admin/ui/app.js") && !html.contains("http"), "nothing from elsewhere: {html}");
+    assert!(
+        html.contains("/__admin/ui/app.js") && !html.contains("http"),
+        "nothing from elsewhere: {html}"
+    );
     for (path, ct) in [("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css")] {
         let r = ctx.http.get(format!("{admin}{path}")).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
@@ -55,7 +61,15 @@ async fn dashboard_assets_are_embedded_and_served_with_a_strict_policy() {
     let thumb = ctx.http.get(format!("{admin}/ui/thumbs/1")).send().await.unwrap();
     assert_eq!(thumb.headers()["content-type"], "image/png");
     assert_eq!(thumb.bytes().await.unwrap(), png);
-    assert_eq!(ctx.http.get(format!("{admin}/ui/thumbs/2")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        ctx.http
+            .get(format!("{admin}/ui/thumbs/2"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
     // The loaded config, without keys.
     let cfg = ctx.admin_get("/config").await;
@@ -63,7 +77,10 @@ async fn dashboard_assets_are_embedded_and_served_with_a_strict_policy() {
     assert_eq!(cfg["faults"][0]["kind"], "latency", "{cfg}");
     assert_eq!(cfg["layouts"], json!(["lay-1"]), "{cfg}");
     let text = cfg.to_string();
-    assert!(!text.contains("dash-secret"), "the config view leaks a key or a session: {text}");
+    assert!(
+        !text.contains("dash-secret"),
+        "the config view leaks a key or a session: {text}"
+    );
 }
 
 #[tokio::test]
@@ -76,7 +93,12 @@ async fn dashboard_is_not_on_the_public_listener() {
     let server = tokio::spawn(serve(listener, mock_chart_img::api_router(state.clone()), async {
         rx.await.ok();
     }));
-    for path in ["/__admin/ui", "/__admin/ui/app.js", "/__admin/ui/thumbs", "/__admin/config"] {
+    for path in [
+        "/__admin/ui",
+        "/__admin/ui/app.js",
+        "/__admin/ui/thumbs",
+        "/__admin/config",
+    ] {
         let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
         assert_eq!(r.status(), 404, "{path} is on the public listener");
     }
@@ -101,13 +123,22 @@ const READ_PAGE: &str = r#"(() => {
 
 #[tokio::test]
 async fn dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect() {
-    let Some(chromium) = Chromium::for_test("dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect") else {
+    let Some(chromium) = Chromium::for_test("dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect")
+    else {
         return;
     };
     let ctx = start(config()).await;
     // Requests just sent: two images for acc-dash, one refused (unknown key), one image for acc-other.
     assert_eq!(ctx.chart(KEY, small()).await.status(), 200);
-    assert_eq!(ctx.chart(KEY, json!({"symbol": "BINANCE:ETHUSDT", "interval": "1h", "width": 500, "height": 300})).await.status(), 200);
+    assert_eq!(
+        ctx.chart(
+            KEY,
+            json!({"symbol": "BINANCE:ETHUSDT", "interval": "1h", "width": 500, "height": 300})
+        )
+        .await
+        .status(),
+        200
+    );
     assert_eq!(ctx.chart("dash-wrong-key", small()).await.status(), 403);
     assert_eq!(ctx.chart(OTHER_KEY, small()).await.status(), 200);
     let url = format!("{}/ui", ctx.server.admin_url());
@@ -128,7 +159,8 @@ async fn dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect
         .unwrap();
         let seen = tab.eval(READ_PAGE).unwrap();
         // Toggle "500 on every request" on: the page installs the fault through the admin API.
-        tab.eval("document.querySelector('[data-preset=error-500] input').click()").unwrap();
+        tab.eval("document.querySelector('[data-preset=error-500] input').click()")
+            .unwrap();
         tab.wait_for(
             "document.querySelector('[data-preset=error-500]').classList.contains('on') && \
              document.querySelectorAll('#faults tbody tr').length === 2",
@@ -140,17 +172,29 @@ async fn dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect
     .await
     .unwrap();
     let installed = ctx.admin_get("/faults").await;
-    assert!(installed.as_array().unwrap().iter().any(|f| f["kind"] == "error_rate" && f["status"] == 500), "{installed}");
+    assert!(
+        installed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "error_rate" && f["status"] == 500),
+        "{installed}"
+    );
     // A request now meets it, and the dashboard shows that request with the fault.
     let status = ctx.chart(KEY, small()).await.status().as_u16();
     let (tab, on, shot) = tokio::task::spawn_blocking(move || {
         let mut tab = tab;
-        tab.wait_for("document.querySelector('#journal tbody tr td.status').textContent === '500'", wait).unwrap();
+        tab.wait_for(
+            "document.querySelector('#journal tbody tr td.status').textContent === '500'",
+            wait,
+        )
+        .unwrap();
         let on = tab.eval(READ_PAGE).unwrap();
         let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
         tab.screenshot(&shot).unwrap();
         // And off again.
-        tab.eval("document.querySelector('[data-preset=error-500] input').click()").unwrap();
+        tab.eval("document.querySelector('[data-preset=error-500] input').click()")
+            .unwrap();
         tab.wait_for(
             "!document.querySelector('[data-preset=error-500]').classList.contains('on') && \
              document.querySelectorAll('#faults tbody tr').length === 1",
@@ -163,11 +207,19 @@ async fn dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect
     .unwrap();
     let after_on = (status, on);
     let installed = ctx.admin_get("/faults").await;
-    assert_eq!(installed.as_array().unwrap().len(), 1, "toggled off again: only the config's fault is left: {installed}");
+    assert_eq!(
+        installed.as_array().unwrap().len(),
+        1,
+        "toggled off again: only the config's fault is left: {installed}"
+    );
     assert_eq!(ctx.chart(KEY, small()).await.status(), 200);
     let after_off = tokio::task::spawn_blocking(move || {
         let mut tab = tab;
-        tab.wait_for("document.querySelector('#journal tbody tr td.status').textContent === '200'", wait).unwrap();
+        tab.wait_for(
+            "document.querySelector('#journal tbody tr td.status').textContent === '200'",
+            wait,
+        )
+        .unwrap();
         tab.eval(READ_PAGE).unwrap()
     })
     .await
@@ -183,23 +235,44 @@ async fn dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect
     for r in [&rows[0], &rows[2], &rows[3]] {
         assert!(r["img"]["w"].as_u64().unwrap() > 0, "{r}");
     }
-    let dash = seen["cards"].as_array().unwrap().iter().find(|c| c["account"] == "acc-dash").unwrap();
+    let dash = seen["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["account"] == "acc-dash")
+        .unwrap();
     let daily = mock_chart_img::Plan::PRO.limits().daily_limit;
-    assert!(dash["text"].as_str().unwrap().contains(&format!("2 / {daily}")), "{dash}");
-    assert!(seen["config"].as_str().unwrap().contains("\"account\": \"acc-other\""), "{seen}");
+    assert!(
+        dash["text"].as_str().unwrap().contains(&format!("2 / {daily}")),
+        "{dash}"
+    );
+    assert!(
+        seen["config"].as_str().unwrap().contains("\"account\": \"acc-other\""),
+        "{seen}"
+    );
 
     let (status, on) = after_on;
     assert_eq!(status, 500, "the toggled fault answered the next request");
     let newest = &on["rows"][0];
-    assert_eq!((newest["status"].as_str(), newest["faults"].as_str()), (Some("500"), Some("error_rate")), "{newest}");
+    assert_eq!(
+        (newest["status"].as_str(), newest["faults"].as_str()),
+        (Some("500"), Some("error_rate")),
+        "{newest}"
+    );
     assert!(after_off["refreshed"].as_u64().unwrap() > 1);
 
     // No key on the page, in any state.
     for page in [&seen, &on, &after_off] {
         let all = format!("{}{}", page["html"], page["text"]);
-        assert!(!all.contains("dash-secret") && !all.contains("dash-wrong-key"), "a key or session reached the page");
+        assert!(
+            !all.contains("dash-secret") && !all.contains("dash-wrong-key"),
+            "a key or session reached the page"
+        );
     }
     let size = imagesize::size(&shot).unwrap();
     assert_eq!((size.width, size.height), (1280, 1100));
-    eprintln!("dashboard screenshot: {} (browser part took {browser_s:.1} s)", shot.display());
+    eprintln!(
+        "dashboard screenshot: {} (browser part took {browser_s:.1} s)",
+        shot.display()
+    );
 }

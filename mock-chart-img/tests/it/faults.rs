@@ -9,7 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::{json_of, msg, small, start, CHART, STORAGE};
 
 fn config() -> Config {
-    Config::default().with_seed(9).with_key("k1", "acc-1", Plan::ENTERPRISE).with_key("k2", "acc-2", Plan::ENTERPRISE)
+    Config::default()
+        .with_seed(9)
+        .with_key("k1", "acc-1", Plan::ENTERPRISE)
+        .with_key("k2", "acc-2", Plan::ENTERPRISE)
 }
 
 /// Sends one raw HTTP/1.1 request and reads until the server closes: (bytes received, how reading ended).
@@ -22,7 +25,9 @@ async fn raw(ctx: &crate::Ctx, key: &str) -> (Vec<u8>, std::io::Result<()>) {
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("server ends the connection");
+    let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("server ends the connection");
     (out, end.map(|_| ()))
 }
 
@@ -41,7 +46,10 @@ async fn random_latency_stays_in_range() {
         let t = Instant::now();
         assert_eq!(ctx.chart("k1", small()).await.status(), 200);
         let e = t.elapsed();
-        assert!(e >= Duration::from_millis(40) && e < Duration::from_millis(1000), "{e:?}");
+        assert!(
+            e >= Duration::from_millis(40) && e < Duration::from_millis(1000),
+            "{e:?}"
+        );
     }
     let journal = ctx.server.state().journal(&Default::default());
     let durations: std::collections::HashSet<_> = journal.iter().map(|e| e.duration_ms / 5).collect();
@@ -55,7 +63,10 @@ async fn status_sequence_then_normal() {
     assert_eq!(ctx.chart_json("k1", small()).await, (503, msg("Service Unavailable")));
     assert_eq!(ctx.chart("k1", small()).await.status(), 200);
     assert_eq!(ctx.chart("k1", small()).await.status(), 200);
-    assert!(ctx.admin_get("/faults").await.as_array().unwrap().is_empty(), "a finished sequence retires");
+    assert!(
+        ctx.admin_get("/faults").await.as_array().unwrap().is_empty(),
+        "a finished sequence retires"
+    );
 }
 
 #[tokio::test]
@@ -81,7 +92,14 @@ async fn error_rate_extremes_and_middle() {
 #[tokio::test]
 async fn connection_reset() {
     let ctx = start(config().with_fault(FaultSpec::connection_reset().times(2))).await;
-    let err = ctx.http.post(ctx.url(CHART)).header("x-api-key", "k1").json(&small()).send().await.unwrap_err();
+    let err = ctx
+        .http
+        .post(ctx.url(CHART))
+        .header("x-api-key", "k1")
+        .json(&small())
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.is_request() || err.is_connect(), "{err:?}");
     let (bytes, end) = raw(&ctx, "k1").await;
     assert!(bytes.is_empty(), "nothing was sent before the reset");
@@ -89,7 +107,12 @@ async fn connection_reset() {
     // `times: 2` is used up.
     assert_eq!(ctx.chart("k1", small()).await.status(), 200);
     let j = ctx.server.state().journal(&Default::default());
-    assert_eq!(j.iter().filter(|e| e.status.is_none() && e.faults == ["connection_reset"]).count(), 2);
+    assert_eq!(
+        j.iter()
+            .filter(|e| e.status.is_none() && e.faults == ["connection_reset"])
+            .count(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -145,7 +168,11 @@ async fn faults_are_scoped_by_account_and_route() {
     assert_eq!(ctx.chart("k1", small()).await.status(), 500);
     let r = ctx.post(STORAGE, Some("k2"), &small()).await;
     assert_eq!(json_of(r).await, (409, msg("Session Disconnected")));
-    assert_eq!(ctx.chart("k2", small()).await.status(), 200, "storage-only fault does not touch the direct route");
+    assert_eq!(
+        ctx.chart("k2", small()).await.status(),
+        200,
+        "storage-only fault does not touch the direct route"
+    );
 }
 
 #[tokio::test]
@@ -158,7 +185,9 @@ async fn global_faults_hit_requests_without_a_key_too() {
 #[tokio::test]
 async fn latency_adds_to_a_status_fault() {
     let ctx = start(
-        config().with_fault(FaultSpec::latency_ms(150).times(1)).with_fault(FaultSpec::status_sequence([503])),
+        config()
+            .with_fault(FaultSpec::latency_ms(150).times(1))
+            .with_fault(FaultSpec::status_sequence([503])),
     )
     .await;
     let t = Instant::now();

@@ -65,10 +65,21 @@ async fn same_request_same_bytes_across_servers() {
 async fn repeated_requests_are_answered_from_the_cache() {
     let ctx = start(config()).await;
     // Same meaning, different key order and an ignored field: one rendering.
-    png_of(&ctx, json!({ "symbol": "BINANCE:ETHUSDT", "studies": [{ "name": "Volume", "input": { "a": 1, "b": 2 } }] })).await;
-    png_of(&ctx, json!({ "studies": [{ "input": { "b": 2, "a": 1 }, "name": "Volume" }], "symbol": "BINANCE:ETHUSDT", "x": 1 })).await;
+    png_of(
+        &ctx,
+        json!({ "symbol": "BINANCE:ETHUSDT", "studies": [{ "name": "Volume", "input": { "a": 1, "b": 2 } }] }),
+    )
+    .await;
+    png_of(
+        &ctx,
+        json!({ "studies": [{ "input": { "b": 2, "a": 1 }, "name": "Volume" }], "symbol": "BINANCE:ETHUSDT", "x": 1 }),
+    )
+    .await;
     let health = ctx.admin_get("/health").await;
-    assert_eq!((health["renders"].as_u64(), health["cache_hits"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (health["renders"].as_u64(), health["cache_hits"].as_u64()),
+        (Some(1), Some(1))
+    );
     let journal = ctx.admin_get("/requests").await;
     assert_eq!(journal[0]["cache_hit"], true);
     assert_eq!(journal[1]["cache_hit"], false);
@@ -91,13 +102,25 @@ async fn symbol_and_interval_are_written_and_studies_get_panes() {
     let plain = decode(&png_of(&ctx, json!({ "theme": "dark" })).await);
     // Text colour of the dark theme appears in the title band (top 30 px).
     let title_band = &plain.2[..(plain.0 * 30) as usize * plain.3];
-    let text_px = title_band.chunks(plain.3).filter(|p| p[..3] == [0xD1, 0xD4, 0xDC]).count();
+    let text_px = title_band
+        .chunks(plain.3)
+        .filter(|p| p[..3] == [0xD1, 0xD4, 0xDC])
+        .count();
     assert!(text_px > 200, "title text drawn ({text_px} px)");
     // A study pane: the bottom third changes and carries the study name in the text colour.
-    let with_rsi = decode(&png_of(&ctx, json!({ "theme": "dark", "studies": [{ "name": "Relative Strength Index" }] })).await);
+    let with_rsi = decode(
+        &png_of(
+            &ctx,
+            json!({ "theme": "dark", "studies": [{ "name": "Relative Strength Index" }] }),
+        )
+        .await,
+    );
     let bottom = |img: &(u32, u32, Vec<u8>, usize)| {
         let from = (img.0 * img.1 * 2 / 3) as usize * img.3;
-        img.2[from..].chunks(img.3).filter(|p| p[..3] == [0xD1, 0xD4, 0xDC]).count()
+        img.2[from..]
+            .chunks(img.3)
+            .filter(|p| p[..3] == [0xD1, 0xD4, 0xDC])
+            .count()
     };
     assert!(bottom(&with_rsi) > bottom(&plain) + 50, "study pane label drawn");
 }
@@ -106,7 +129,17 @@ async fn symbol_and_interval_are_written_and_studies_get_panes() {
 async fn every_style_renders() {
     let ctx = start(config()).await;
     let mut seen = std::collections::HashSet::new();
-    for style in ["bar", "candle", "line", "area", "heikinAshi", "hollowCandle", "baseline", "hiLo", "column"] {
+    for style in [
+        "bar",
+        "candle",
+        "line",
+        "area",
+        "heikinAshi",
+        "hollowCandle",
+        "baseline",
+        "hiLo",
+        "column",
+    ] {
         let bytes = png_of(&ctx, json!({ "style": style, "width": 400, "height": 300 })).await;
         decode(&bytes);
         assert!(seen.insert(bytes), "{style} looks like another style");
@@ -116,7 +149,9 @@ async fn every_style_renders() {
 #[tokio::test]
 async fn jpeg_when_asked() {
     let ctx = start(config()).await;
-    let r = ctx.chart("k", json!({ "format": "jpeg", "width": 640, "height": 480 })).await;
+    let r = ctx
+        .chart("k", json!({ "format": "jpeg", "width": 640, "height": 480 }))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/jpeg");
     let b = r.bytes().await.unwrap();
@@ -142,17 +177,28 @@ async fn studies_are_placed_by_the_spec() {
     let ctx = start(config()).await;
     let blue = |p: &[u8]| p[..3] == [0x29, 0x62, 0xFF];
     // 800x600 with mainPaneHeight 300: the price pane is rows 30..330, a study pane rows 330..580.
-    for (name, in_pane) in [("Super Trend", false), ("Bollinger Bands %B", true), ("Relative Strength Index", true)] {
+    for (name, in_pane) in [
+        ("Super Trend", false),
+        ("Bollinger Bands %B", true),
+        ("Relative Strength Index", true),
+    ] {
         let body = json!({ "override": { "mainPaneHeight": 300 }, "studies": [{ "name": name }] });
         let (w, _, px, spp) = decode(&png_of(&ctx, body).await);
-        let rows = |r: std::ops::Range<u32>| px[(r.start * w) as usize * spp..(r.end * w) as usize * spp].chunks(spp).filter(|p| blue(p)).count();
+        let rows = |r: std::ops::Range<u32>| {
+            px[(r.start * w) as usize * spp..(r.end * w) as usize * spp]
+                .chunks(spp)
+                .filter(|p| blue(p))
+                .count()
+        };
         let (price, pane) = (rows(30..330), rows(332..580));
         if in_pane {
             assert!(pane > 50 && price == 0, "{name}: price {price}, pane {pane}");
         } else {
             assert!(price > 50, "{name}: price {price}");
             // No pane border at row 330 in the scale column.
-            let border = (w - 70..w - 8).filter(|x| px[((330 * w + x) as usize) * spp..][..3] == [0xF0, 0xF3, 0xFA]).count();
+            let border = (w - 70..w - 8)
+                .filter(|x| px[((330 * w + x) as usize) * spp..][..3] == [0xF0, 0xF3, 0xFA])
+                .count();
             assert!(border < 30, "{name}: no pane");
         }
     }

@@ -1,6 +1,5 @@
 //! Rate limiting and daily quotas under concurrent load: exact counts, and roll-over at UTC midnight.
 
-
 use chrono::{Duration, TimeZone, Utc};
 use futures::future::join_all;
 use mock_chart_img::{Config, KeyConfig, ManualClock, Plan, PlanLimits};
@@ -8,15 +7,26 @@ use mock_chart_img::{Config, KeyConfig, ManualClock, Plan, PlanLimits};
 use crate::{json_of, msg, small, start};
 
 fn custom(rate: f64, burst: u32, daily: u32) -> Plan {
-    Plan::custom(PlanLimits { rate_per_sec: rate, burst, daily_limit: daily, ..PlanLimits::unlimited() })
+    Plan::custom(PlanLimits {
+        rate_per_sec: rate,
+        burst,
+        daily_limit: daily,
+        ..PlanLimits::unlimited()
+    })
 }
 
 /// Fires `n` requests at once and counts the answers by (status, message).
 async fn burst_of(ctx: &crate::Ctx, key: &str, n: usize) -> (usize, usize, usize) {
     let answers = join_all((0..n).map(|_| async { json_or_image(ctx.chart(key, small()).await).await })).await;
     let ok = answers.iter().filter(|a| a.0 == 200).count();
-    let throttled = answers.iter().filter(|a| a.0 == 429 && a.1 == msg("Too Many Requests")).count();
-    let exhausted = answers.iter().filter(|a| a.0 == 429 && a.1 == msg("Limit Exceeded")).count();
+    let throttled = answers
+        .iter()
+        .filter(|a| a.0 == 429 && a.1 == msg("Too Many Requests"))
+        .count();
+    let exhausted = answers
+        .iter()
+        .filter(|a| a.0 == 429 && a.1 == msg("Limit Exceeded"))
+        .count();
     assert_eq!(ok + throttled + exhausted, n, "unexpected answers: {answers:?}");
     (ok, throttled, exhausted)
 }
@@ -79,7 +89,9 @@ async fn concurrent_requests_use_exactly_the_daily_quota() {
 #[tokio::test]
 async fn keys_are_limited_independently() {
     let ctx = start(
-        Config::default().with_key("k1", "acc-1", custom(0.01, 2, 100)).with_key("k2", "acc-2", custom(0.01, 2, 100)),
+        Config::default()
+            .with_key("k1", "acc-1", custom(0.01, 2, 100))
+            .with_key("k2", "acc-2", custom(0.01, 2, 100)),
     )
     .await;
     assert_eq!(burst_of(&ctx, "k1", 4).await.0, 2);
@@ -96,7 +108,9 @@ async fn throttled_requests_do_not_use_quota() {
 #[tokio::test]
 async fn the_daily_quota_rolls_over_at_utc_midnight() {
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 28, 23, 59, 0).unwrap());
-    let config = Config::default().with_key("k", "acc", custom(1e6, 1_000_000, 2)).with_clock(clock.clone());
+    let config = Config::default()
+        .with_key("k", "acc", custom(1e6, 1_000_000, 2))
+        .with_clock(clock.clone());
     let ctx = start(config).await;
     assert_eq!(burst_of(&ctx, "k", 3).await, (2, 0, 1));
 
@@ -123,6 +137,9 @@ async fn enterprise_overrides_raise_single_limits() {
     key.overrides.rate_per_sec = Some(0.01);
     let ctx = start(Config::default().with_key_config(key)).await;
     let u = ctx.server.state().usage("acc").unwrap();
-    assert_eq!((u.limits.daily_limit, u.limits.burst, u.plan.as_str()), (7000, 2, "ENTERPRISE"));
+    assert_eq!(
+        (u.limits.daily_limit, u.limits.burst, u.plan.as_str()),
+        (7000, 2, "ENTERPRISE")
+    );
     assert_eq!(burst_of(&ctx, "k", 4).await.0, 2);
 }

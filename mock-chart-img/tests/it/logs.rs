@@ -18,7 +18,9 @@ struct Capture(Arc<Mutex<Vec<u8>>>);
 impl Capture {
     fn lines(&self) -> Vec<Value> {
         let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
     }
 }
 
@@ -47,28 +49,48 @@ fn with_message<'a>(lines: &'a [Value], m: &str) -> Vec<&'a Value> {
 #[tokio::test(start_paused = true)]
 async fn a_traffic_summary_every_period_and_no_per_request_line_at_info() {
     let capture = Capture::default();
-    let sub = tracing_subscriber::registry().with(LevelFilter::INFO).with(CloudLoggingLayer::new(capture.clone()));
+    let sub = tracing_subscriber::registry()
+        .with(LevelFilter::INFO)
+        .with(CloudLoggingLayer::new(capture.clone()));
     let _guard = tracing::subscriber::set_default(sub);
 
-    let server = spawn(Config::default().with_key("k", "acc", Plan::ENTERPRISE)).await.unwrap();
+    let server = spawn(Config::default().with_key("k", "acc", Plan::ENTERPRISE))
+        .await
+        .unwrap();
     let http = reqwest::Client::new();
     let url = format!("{}{CHART}", server.base_url());
     for key in ["k", "k", "wrong"] {
-        let r = http.post(&url).header("x-api-key", key).header("content-type", "application/json").body(small().to_string());
+        let r = http
+            .post(&url)
+            .header("x-api-key", key)
+            .header("content-type", "application/json")
+            .body(small().to_string());
         r.send().await.unwrap().bytes().await.unwrap();
     }
-    assert!(with_message(&capture.lines(), "chart request").is_empty(), "per-request lines are debug");
+    assert!(
+        with_message(&capture.lines(), "chart request").is_empty(),
+        "per-request lines are debug"
+    );
 
     tokio::spawn(log_summaries(server.state().clone(), Duration::from_secs(10)));
     tokio::time::sleep(Duration::from_secs(9)).await;
-    assert!(with_message(&capture.lines(), "traffic summary").is_empty(), "nothing before the period");
+    assert!(
+        with_message(&capture.lines(), "traffic summary").is_empty(),
+        "nothing before the period"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let lines = capture.lines();
     let summaries = with_message(&lines, "traffic summary");
     assert_eq!(summaries.len(), 1, "{lines:?}");
     let s = summaries[0];
-    assert_eq!((s["severity"].as_str(), s["requests"].as_u64(), s["ok"].as_u64()), (Some("INFO"), Some(3), Some(2)));
-    assert_eq!((s["client_errors"].as_u64(), s["cache_hits"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (s["severity"].as_str(), s["requests"].as_u64(), s["ok"].as_u64()),
+        (Some("INFO"), Some(3), Some(2))
+    );
+    assert_eq!(
+        (s["client_errors"].as_u64(), s["cache_hits"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert!(s["time"].as_str().unwrap().ends_with('Z') && s["target"].is_string());
     // An idle period writes nothing.
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -81,7 +103,8 @@ async fn binary_logs(rust_log: Option<&str>) -> Vec<Value> {
     let config = dir.path().join("mock.yaml");
     std::fs::write(&config, "keys:\n  - {key: secret-key-1, account: acc-1, plan: PRO}\n").unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mock-chart-img"));
-    cmd.args(["--listen", "127.0.0.1:0", "--log-summary-secs", "0", "--config"]).arg(&config);
+    cmd.args(["--listen", "127.0.0.1:0", "--log-summary-secs", "0", "--config"])
+        .arg(&config);
     cmd.env_remove("RUST_LOG");
     if let Some(l) = rust_log {
         cmd.env("RUST_LOG", l);
@@ -98,26 +121,46 @@ async fn binary_logs(rust_log: Option<&str>) -> Vec<Value> {
     let url = format!("http://{}{CHART}", first["listen"].as_str().unwrap());
     let http = reqwest::Client::new();
     for key in ["secret-key-1", "nope"] {
-        let r = http.post(&url).header("x-api-key", key).header("content-type", "application/json").body(small().to_string());
+        let r = http
+            .post(&url)
+            .header("x-api-key", key)
+            .header("content-type", "application/json")
+            .body(small().to_string());
         r.send().await.unwrap().bytes().await.unwrap();
     }
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     assert!(child.wait().unwrap().success());
     reader.join().unwrap();
-    std::iter::once(first).chain(rx.try_iter().map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")))).collect()
+    std::iter::once(first)
+        .chain(
+            rx.try_iter()
+                .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"))),
+        )
+        .collect()
 }
 
 #[tokio::test]
 async fn the_binary_writes_cloud_logging_lines_and_a_summary_on_exit() {
     let lines = binary_logs(None).await;
     for l in &lines {
-        assert!(l["severity"].is_string() && l["message"].is_string() && l["time"].is_string(), "{l}");
+        assert!(
+            l["severity"].is_string() && l["message"].is_string() && l["time"].is_string(),
+            "{l}"
+        );
         assert!(!l.to_string().contains("secret-key-1"), "a key in the logs: {l}");
     }
-    assert!(with_message(&lines, "chart request").is_empty(), "no per-request line by default: {lines:?}");
+    assert!(
+        with_message(&lines, "chart request").is_empty(),
+        "no per-request line by default: {lines:?}"
+    );
     let summary = with_message(&lines, "traffic summary");
     assert_eq!(summary.len(), 1, "{lines:?}");
-    assert_eq!((summary[0]["requests"].as_u64(), summary[0]["ok"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (summary[0]["requests"].as_u64(), summary[0]["ok"].as_u64()),
+        (Some(2), Some(1))
+    );
 
     let debug = binary_logs(Some("info,mock_chart_img=debug")).await;
     let per_request = with_message(&debug, "chart request");

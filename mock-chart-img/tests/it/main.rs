@@ -26,7 +26,10 @@ pub struct Ctx {
 
 pub async fn start(config: Config) -> Ctx {
     let server = spawn(config).await.expect("server starts");
-    Ctx { server, http: reqwest::Client::new() }
+    Ctx {
+        server,
+        http: reqwest::Client::new(),
+    }
 }
 
 impl Ctx {
@@ -36,7 +39,11 @@ impl Ctx {
 
     /// POSTs a JSON body to `path` with `key`.
     pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
-        let mut rb = self.http.post(self.url(path)).header("content-type", "application/json").body(body.to_string());
+        let mut rb = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
         if let Some(k) = key {
             rb = rb.header("x-api-key", k);
         }
@@ -53,7 +60,12 @@ impl Ctx {
     }
 
     pub async fn admin_get(&self, path: &str) -> Value {
-        let r = self.http.get(format!("{}{}", self.server.admin_url(), path)).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{}", self.server.admin_url(), path))
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
         r.json().await.unwrap()
     }
@@ -62,10 +74,20 @@ impl Ctx {
 /// Status and JSON body; also checks the content type every error of the API carries.
 pub async fn json_of(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
-    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     let text = r.text().await.unwrap();
-    assert!(ct.starts_with("application/json"), "status {status}: content-type {ct:?}, body {text}");
-    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+    assert!(
+        ct.starts_with("application/json"),
+        "status {status}: content-type {ct:?}, body {text}"
+    );
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")),
+    )
 }
 
 pub fn msg(m: &str) -> Value {

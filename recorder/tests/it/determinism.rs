@@ -22,10 +22,7 @@ async fn record(vcr: &Vcr, requests: &[Request]) {
 }
 
 fn traffic() -> Vec<Request> {
-    let mut reqs: Vec<Request> = demo_bodies()
-        .iter()
-        .map(|b| chart_request(KEY1, b))
-        .collect();
+    let mut reqs: Vec<Request> = demo_bodies().iter().map(|b| chart_request(KEY1, b)).collect();
     reqs.push(
         Request::new("GET", "/v2/health")
             .with_query("b", "2")
@@ -71,8 +68,7 @@ async fn re_recording_over_an_existing_cassette_in_all_mode_changes_nothing() {
 async fn json_responses_replay_byte_exact_and_read_well() {
     let dir = tempfile::tempdir().unwrap();
     let vcr = open(dir.path(), Mode::NewEpisodes);
-    let exact =
-        r#"{"url":"https://r2.example/x.png","etag":"9f8e","expire":"2023-03-28T02:37:01.412Z"}"#;
+    let exact = r#"{"url":"https://r2.example/x.png","etag":"9f8e","expire":"2023-03-28T02:37:01.412Z"}"#;
     let spaced = "{ \"message\" : \"Too Many Requests\" }";
     let float = r#"{"v":1.50}"#;
     for (path, body) in [("/a", exact), ("/b", spaced), ("/c", float)] {
@@ -97,9 +93,6 @@ async fn json_responses_replay_byte_exact_and_read_well() {
     assert!(text.contains(r#""text": "{\"v\":1.50}""#), "{text}");
     let vcr = open(dir.path(), Mode::None);
     for (path, body) in [("/a", exact), ("/b", spaced), ("/c", float)] {
-        assert_eq!(
-            vcr.replay(&Request::new("GET", path)).unwrap().body,
-            body.as_bytes()
-        );
+        assert_eq!(vcr.replay(&Request::new("GET", path)).unwrap().body, body.as_bytes());
     }
 }

@@ -70,16 +70,11 @@ async fn planted_configured_key_is_found_with_file_and_line() {
 async fn key_shaped_and_unredacted_header_are_found_without_configuration() {
     let dir = recorded_cassette().await;
     let text = cassette_text(dir.path());
-    let header_line = text
-        .lines()
-        .position(|l| l.contains("\"x-api-key\""))
-        .unwrap()
-        + 1;
+    let header_line = text.lines().position(|l| l.contains("\"x-api-key\"")).unwrap() + 1;
     plant(dir.path(), header_line, "        \"x-api-key\": \"short\"");
     plant(dir.path(), 3, "  \"x\": \"Ab12Cd34Ef56Gh78Ij90Kl12Mn\",");
     let findings = recorder::lint(&[dir.path()], &Secrets::new()).unwrap();
-    let kinds: Vec<(Option<usize>, &FindingKind)> =
-        findings.iter().map(|f| (f.line, &f.kind)).collect();
+    let kinds: Vec<(Option<usize>, &FindingKind)> = findings.iter().map(|f| (f.line, &f.kind)).collect();
     assert_eq!(
         kinds,
         vec![
@@ -114,10 +109,7 @@ async fn key_inside_a_binary_body_file_is_found_by_offset() {
     std::fs::write(&png, &bytes).unwrap();
     let findings = recorder::lint(&[dir.path()], &secrets()).unwrap();
     assert_eq!(findings.len(), 1, "{findings:?}");
-    assert_eq!(
-        (findings[0].path.clone(), findings[0].byte_offset),
-        (png, Some(100))
-    );
+    assert_eq!((findings[0].path.clone(), findings[0].byte_offset), (png, Some(100)));
 }
 
 #[tokio::test]
@@ -130,17 +122,9 @@ async fn the_binary_fails_with_file_and_line_and_does_not_print_the_key() {
         .env(recorder::ACCOUNTS_ENV, accounts_json())
         .output()
         .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 
-    plant(
-        dir.path(),
-        7,
-        &format!("      \"planted\": \"x {KEY1} y\","),
-    );
+    plant(dir.path(), 7, &format!("      \"planted\": \"x {KEY1} y\","));
     let out = Command::new(bin)
         .arg("lint")
         .arg(dir.path())

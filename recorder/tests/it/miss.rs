@@ -13,12 +13,9 @@ async fn demo_cassette() -> tempfile::TempDir {
     let vcr = open(dir.path(), Mode::NewEpisodes);
     let calls = Arc::new(AtomicUsize::new(0));
     for (i, body) in demo_bodies().iter().enumerate() {
-        vcr.handle(
-            chart_request(KEY1, body),
-            text_upstream(&calls, &format!("png-{i}")),
-        )
-        .await
-        .unwrap();
+        vcr.handle(chart_request(KEY1, body), text_upstream(&calls, &format!("png-{i}")))
+            .await
+            .unwrap();
     }
     dir
 }
@@ -33,10 +30,7 @@ async fn miss_names_the_closest_interaction_and_each_difference() {
     let miss = vcr.replay(&chart_request(KEY1, &wanted)).unwrap_err();
 
     assert_eq!(miss.reason, MissReason::NoMatch);
-    assert_eq!(
-        miss.request.headers["x-api-key"],
-        "<CHART_IMG_API_KEY:acc-1>"
-    );
+    assert_eq!(miss.request.headers["x-api-key"], "<CHART_IMG_API_KEY:acc-1>");
     let closest = miss.closest.as_ref().expect("a closest interaction");
     assert_eq!(
         closest.request.body.as_ref().unwrap()["studies"][0]["name"],
@@ -64,10 +58,7 @@ async fn miss_names_the_closest_interaction_and_each_difference() {
         report.contains(&format!("closest recorded interaction: #{}", closest.index)),
         "{report}"
     );
-    assert!(
-        report.contains("body.interval: \"4h\" -> \"1h\""),
-        "{report}"
-    );
+    assert!(report.contains("body.interval: \"4h\" -> \"1h\""), "{report}");
     assert!(
         report.contains("body.studies[0].input.length: <absent> -> 21"),
         "{report}"
@@ -96,11 +87,7 @@ async fn miss_on_an_empty_cassette_and_through_handle() {
         panic!("expected a miss, got {err}")
     };
     assert!(miss.closest.is_none());
-    assert!(
-        err.to_string()
-            .contains("closest recorded interaction: none"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("closest recorded interaction: none"), "{err}");
     assert!(!err.to_string().contains(KEY2));
 }
 
@@ -118,10 +105,7 @@ async fn secrets_in_query_path_and_json_fields_are_redacted_in_reports() {
     .with_header("x-api-key", KEY1)
     .with_header("authorization", format!("Bearer {KEY2}"));
     let miss = vcr.replay(&req).unwrap_err();
-    let all = format!(
-        "{miss}\n{}\n{miss:?}",
-        serde_json::to_string(&miss).unwrap()
-    );
+    let all = format!("{miss}\n{}\n{miss:?}", serde_json::to_string(&miss).unwrap());
     assert!(
         !all.contains(KEY1) && !all.contains(KEY2) && !all.contains("not-a-known-key"),
         "{all}"
@@ -136,9 +120,7 @@ async fn upstream_errors_are_not_displayed() {
     let vcr = open(dir.path(), Mode::NewEpisodes);
     let err = vcr
         .handle(chart_request(KEY1, &demo_bodies()[0]), |_| async {
-            Err::<recorder::Response, _>(std::io::Error::other(format!(
-                "GET https://x/?key={KEY1} failed"
-            )))
+            Err::<recorder::Response, _>(std::io::Error::other(format!("GET https://x/?key={KEY1} failed")))
         })
         .await
         .unwrap_err();
@@ -149,11 +131,9 @@ async fn upstream_errors_are_not_displayed() {
 
 #[test]
 fn accounts_json_errors_do_not_quote_keys() {
-    let err =
-        Secrets::from_accounts_json(&format!(r#"[{{"id": 7, "apiKey": "{KEY1}"}}]"#)).unwrap_err();
+    let err = Secrets::from_accounts_json(&format!(r#"[{{"id": 7, "apiKey": "{KEY1}"}}]"#)).unwrap_err();
     assert!(!err.to_string().contains(KEY1), "{err}");
-    let err = Secrets::from_accounts_json(&format!(r#"[{{"id": "a", "apiKey": ["{KEY1}"]}}]"#))
-        .unwrap_err();
+    let err = Secrets::from_accounts_json(&format!(r#"[{{"id": "a", "apiKey": ["{KEY1}"]}}]"#)).unwrap_err();
     assert!(!err.to_string().contains(KEY1), "{err}");
     let ok = Secrets::from_accounts_json(&accounts_json()).unwrap();
     assert_eq!(ok.account_ids().collect::<Vec<_>>().len(), 2);

@@ -9,10 +9,7 @@ use serde_json::json;
 use crate::support::*;
 
 fn req(interval: &str) -> Request {
-    chart_request(
-        KEY1,
-        &json!({"symbol": "BINANCE:BTCUSDT", "interval": interval}),
-    )
+    chart_request(KEY1, &json!({"symbol": "BINANCE:BTCUSDT", "interval": interval}))
 }
 
 async fn call(
@@ -126,10 +123,7 @@ async fn all_always_calls_upstream_and_replaces_old_interactions() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 4);
     let text = cassette_text(dir.path());
-    assert!(
-        text.contains("\"new\"") && text.contains("\"kept\""),
-        "{text}"
-    );
+    assert!(text.contains("\"new\"") && text.contains("\"kept\""), "{text}");
     assert!(
         !text.contains("old-a") && !text.contains("old-b"),
         "all replaces what it re-recorded: {text}"
@@ -193,18 +187,14 @@ async fn repeated_requests_replay_in_order_then_repeat_or_error() {
     }
     let miss = strict.replay(&req("4h")).unwrap_err();
     assert_eq!(miss.reason, recorder::MissReason::Exhausted { recorded: 3 });
-    assert!(
-        miss.to_string().contains("all 3 recorded answers"),
-        "{miss}"
-    );
+    assert!(miss.to_string().contains("all 3 recorded answers"), "{miss}");
 }
 
 #[tokio::test]
 async fn matching_ignores_key_order_number_format_and_ignored_fields() {
     let dir = tempfile::tempdir().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
-    let recorded =
-        json!({"symbol": "BINANCE:BTCUSDT", "interval": "4h", "width": 800, "timezone": "Etc/UTC"});
+    let recorded = json!({"symbol": "BINANCE:BTCUSDT", "interval": "4h", "width": 800, "timezone": "Etc/UTC"});
     call(
         &open(dir.path(), Mode::NewEpisodes),
         chart_request(KEY1, &recorded),
@@ -216,9 +206,7 @@ async fn matching_ignores_key_order_number_format_and_ignored_fields() {
 
     // Same JSON, other key order and `800.0`, another account's key: matches by default.
     let reordered = Request::post_json(CHART_PATH, &json!(null))
-        .with_body(
-            r#"{"timezone":"Etc/UTC","width":800.0,"interval":"4h","symbol":"BINANCE:BTCUSDT"}"#,
-        )
+        .with_body(r#"{"timezone":"Etc/UTC","width":800.0,"interval":"4h","symbol":"BINANCE:BTCUSDT"}"#)
         .with_header("x-api-key", KEY2);
     let vcr = open(dir.path(), Mode::None);
     assert_eq!(vcr.replay(&reordered).unwrap().body, "png");
@@ -235,10 +223,7 @@ async fn matching_ignores_key_order_number_format_and_ignored_fields() {
         secrets(),
     )
     .unwrap();
-    assert_eq!(
-        lenient.replay(&chart_request(KEY1, &berlin)).unwrap().body,
-        "png"
-    );
+    assert_eq!(lenient.replay(&chart_request(KEY1, &berlin)).unwrap().body, "png");
 
     // Matching on the account: the key placeholder must then be the same.
     let per_account = Vcr::open(
@@ -251,15 +236,10 @@ async fn matching_ignores_key_order_number_format_and_ignored_fields() {
     )
     .unwrap();
     assert!(per_account.replay(&chart_request(KEY1, &recorded)).is_ok());
-    let miss = per_account
-        .replay(&chart_request(KEY2, &recorded))
-        .unwrap_err();
+    let miss = per_account.replay(&chart_request(KEY2, &recorded)).unwrap_err();
     assert_eq!(miss.diffs.len(), 1);
     assert_eq!(miss.diffs[0].field, "header.x-api-key");
-    assert_eq!(
-        miss.diffs[0].actual.as_deref(),
-        Some("\"<CHART_IMG_API_KEY:acc-2>\"")
-    );
+    assert_eq!(miss.diffs[0].actual.as_deref(), Some("\"<CHART_IMG_API_KEY:acc-2>\""));
 }
 
 #[tokio::test]
@@ -283,9 +263,7 @@ async fn latency_is_recorded_only_when_asked() {
     .unwrap();
     drop(vcr);
     assert!(cassette_text(dir.path()).contains("\"latencyMs\""));
-    let (_, latency) = open(dir.path(), Mode::None)
-        .replay_with_latency(&req("4h"))
-        .unwrap();
+    let (_, latency) = open(dir.path(), Mode::None).replay_with_latency(&req("4h")).unwrap();
     assert!(latency.unwrap() >= std::time::Duration::from_millis(30));
 
     let plain = cassette_with(&["x"]).await;

@@ -67,14 +67,7 @@ async fn many_tasks_replay_one_cassette_at_once() {
                 let resp = repeating.replay(&numbered(i)).unwrap();
                 assert_eq!(resp.body, fake_png(&i.to_be_bytes()));
             }
-            String::from_utf8(
-                strict
-                    .replay(&Request::new("GET", "/poll"))
-                    .unwrap()
-                    .body
-                    .to_vec(),
-            )
-            .unwrap()
+            String::from_utf8(strict.replay(&Request::new("GET", "/poll")).unwrap().body.to_vec()).unwrap()
         }));
     }
     let mut episodes = BTreeSet::new();
@@ -83,9 +76,7 @@ async fn many_tasks_replay_one_cassette_at_once() {
     }
     assert_eq!(
         episodes,
-        (0..8)
-            .map(|n| format!("episode-{n}"))
-            .collect::<BTreeSet<_>>()
+        (0..8).map(|n| format!("episode-{n}")).collect::<BTreeSet<_>>()
     );
     assert!(
         strict.replay(&Request::new("GET", "/poll")).is_err(),
@@ -120,10 +111,7 @@ async fn two_recorders_writing_one_cassette_lose_nothing() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.starts_with(".tmp"))
         .collect();
-    assert!(
-        leftovers.is_empty(),
-        "temporary files left behind: {leftovers:?}"
-    );
+    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -168,9 +156,7 @@ fn recorders_on_separate_threads_each_with_its_own_runtime() {
         .map(|t| {
             let path = dir.path().to_path_buf();
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
                 let vcr = open(&path, Mode::NewEpisodes);
                 rt.block_on(record_numbered(&vcr, t * 10..t * 10 + 10));
             })

@@ -39,10 +39,7 @@ async fn record_through_proxy_then_replay_offline_byte_identical() {
     }
     assert_no_keys(&cassette);
     let text = cassette_text(&cassette);
-    assert!(
-        text.contains("\"x-api-key\": \"<CHART_IMG_API_KEY:acc-1>\""),
-        "{text}"
-    );
+    assert!(text.contains("\"x-api-key\": \"<CHART_IMG_API_KEY:acc-1>\""), "{text}");
     assert!(text.contains("\"formatVersion\": 1"));
     assert!(
         !text.contains("x-request-id"),
@@ -172,29 +169,17 @@ async fn binary_body_holding_a_key_is_refused() {
         .await
         .unwrap_err();
     let message = err.to_string();
-    assert!(
-        message.contains("acc-1") && !message.contains(KEY1),
-        "{message}"
-    );
-    assert!(
-        !dir.path().join("bodies").exists()
-            || std::fs::read_dir(dir.path().join("bodies"))
-                .unwrap()
-                .count()
-                == 0
-    );
+    assert!(message.contains("acc-1") && !message.contains(KEY1), "{message}");
+    assert!(!dir.path().join("bodies").exists() || std::fs::read_dir(dir.path().join("bodies")).unwrap().count() == 0);
 }
 
 #[tokio::test]
 async fn record_against_mock_chart_img_then_replay_with_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(
-        KEY1,
-        "acc-1",
-        mock_chart_img::Plan::PRO,
-    ))
-    .await
-    .unwrap();
+    let mock =
+        mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY1, "acc-1", mock_chart_img::Plan::PRO))
+            .await
+            .unwrap();
     let upstream_url = mock.base_url();
     let proxy = Proxy::start(upstream_url.clone(), open(dir.path(), Mode::NewEpisodes)).await;
     let client = reqwest::Client::new();
@@ -252,7 +237,15 @@ async fn the_proxy_binary_writes_batched_interactions_while_running() {
         l.local_addr().unwrap().port()
     };
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_recorder"))
-        .args(["proxy", "--upstream", &upstream.url(), "--listen", &format!("127.0.0.1:{port}"), "--flush-ms", "100"])
+        .args([
+            "proxy",
+            "--upstream",
+            &upstream.url(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--flush-ms",
+            "100",
+        ])
         .arg("--cassette")
         .arg(&cassette)
         .env(recorder::ACCOUNTS_ENV, accounts_json())
@@ -307,7 +300,13 @@ async fn an_oversized_upstream_answer_is_refused_and_not_recorded() {
     let cassette = dir.path().join("big");
     let proxy = Proxy::start(upstream, open(&cassette, Mode::NewEpisodes)).await;
     let client = reqwest::Client::new();
-    let (status, _, body) = post_chart(&client, &proxy.url(), KEY1, &serde_json::json!({"symbol": "BINANCE:BTCUSDT"})).await;
+    let (status, _, body) = post_chart(
+        &client,
+        &proxy.url(),
+        KEY1,
+        &serde_json::json!({"symbol": "BINANCE:BTCUSDT"}),
+    )
+    .await;
     assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("larger than"));
     proxy.stop().await;

@@ -100,10 +100,7 @@ async fn chart(
     body: Bytes,
 ) -> axum::response::Response {
     let n = hits.fetch_add(1, Ordering::SeqCst);
-    let key = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
     if key != KEY1 && key != KEY2 {
         return (
             StatusCode::FORBIDDEN,
@@ -197,13 +194,9 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(recorder::run_proxy(
-            listener,
-            ProxyConfig::new(upstream, vcr),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(recorder::run_proxy(listener, ProxyConfig::new(upstream, vcr), async {
+            let _ = rx.await;
+        }));
         Proxy {
             addr,
             stop: Some(tx),
@@ -255,10 +248,7 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             if p.is_dir() {
                 stack.push(p);
             } else if p.file_name().unwrap() != ".lock" {
-                out.push((
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                ));
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
             }
         }
     }
@@ -318,9 +308,7 @@ pub fn real_png(w: u32, h: u32, shade: u8) -> Vec<u8> {
     let mut enc = png::Encoder::new(&mut out, w, h);
     enc.set_color(png::ColorType::Grayscale);
     let mut writer = enc.write_header().unwrap();
-    writer
-        .write_image_data(&vec![shade; (w * h) as usize])
-        .unwrap();
+    writer.write_image_data(&vec![shade; (w * h) as usize]).unwrap();
     drop(writer);
     out
 }
@@ -331,11 +319,7 @@ async fn scripted_chart(
     body: Bytes,
 ) -> axum::response::Response {
     let n = state.hits.fetch_add(1, Ordering::SeqCst);
-    state
-        .arrivals
-        .lock()
-        .unwrap()
-        .push(std::time::Instant::now());
+    state.arrivals.lock().unwrap().push(std::time::Instant::now());
     let key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())

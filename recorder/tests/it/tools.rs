@@ -76,13 +76,10 @@ fn partial_dir(root: &Path, name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn record_against_mock_chart_img_and_again_gives_identical_bytes() {
-    let mock = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(
-        KEY1,
-        "acc-1",
-        mock_chart_img::Plan::PRO,
-    ))
-    .await
-    .unwrap();
+    let mock =
+        mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY1, "acc-1", mock_chart_img::Plan::PRO))
+            .await
+            .unwrap();
     let url = mock.base_url();
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("demo");
@@ -92,48 +89,23 @@ async fn record_against_mock_chart_img_and_again_gives_identical_bytes() {
 
     let dry = recorder(&["record", s(&dir), "--upstream", &url], &env).await;
     assert_eq!(dry.code, Some(0), "{}", dry.stderr);
-    assert!(
-        dry.stdout.contains("3 interactions, 3 to record"),
-        "{}",
-        dry.stdout
-    );
+    assert!(dry.stdout.contains("3 interactions, 3 to record"), "{}", dry.stdout);
     assert!(
         dry.stdout.contains("BINANCE:BTCUSDT 4h 800x600 Volume"),
         "{}",
         dry.stdout
     );
     assert!(
-        dry.stdout.contains(
-            "acc-1    3 call(s); plan BASIC (1/s, burst 3); daily limit 50; used today unknown"
-        ),
+        dry.stdout
+            .contains("acc-1    3 call(s); plan BASIC (1/s, burst 3); daily limit 50; used today unknown"),
         "{}",
         dry.stdout
     );
-    assert!(
-        dry.stdout.contains("(keys from CHART_IMG_API_KEY)"),
-        "{}",
-        dry.stdout
-    );
-    assert!(
-        dry.stdout.contains("dry run: nothing was sent"),
-        "{}",
-        dry.stdout
-    );
+    assert!(dry.stdout.contains("(keys from CHART_IMG_API_KEY)"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("dry run: nothing was sent"), "{}", dry.stdout);
     assert_eq!(snapshot(&dir), before, "a dry run changes nothing");
 
-    let rec = recorder(
-        &[
-            "record",
-            s(&dir),
-            "--upstream",
-            &url,
-            "--plan",
-            "PRO",
-            "--yes",
-        ],
-        &env,
-    )
-    .await;
+    let rec = recorder(&["record", s(&dir), "--upstream", &url, "--plan", "PRO", "--yes"], &env).await;
     assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
     assert!(
         rec.stdout
@@ -151,35 +123,16 @@ async fn record_against_mock_chart_img_and_again_gives_identical_bytes() {
     for body in demo_bodies() {
         let replayed = vcr.replay(&chart_request(KEY1, &body)).unwrap();
         let (status, ct, live) = post_chart(&client, &url, KEY1, &body).await;
-        assert_eq!(
-            (replayed.status, status, ct.as_str()),
-            (200, 200, "image/png")
-        );
+        assert_eq!((replayed.status, status, ct.as_str()), (200, 200, "image/png"));
         assert_eq!(replayed.body, live);
     }
     assert_eq!(std::fs::read_dir(dir.join("bodies")).unwrap().count(), 3);
-    let lint = recorder(
-        &["lint", s(root.path())],
-        &[(ACCOUNTS_ENV, &accounts_json())],
-    )
-    .await;
+    let lint = recorder(&["lint", s(root.path())], &[(ACCOUNTS_ENV, &accounts_json())]).await;
     assert_eq!(lint.code, Some(0), "{}", lint.stdout);
 
     // Identical traffic: nothing changes, the recording dates included.
     let first = snapshot(&dir);
-    let again = recorder(
-        &[
-            "record",
-            s(&dir),
-            "--upstream",
-            &url,
-            "--plan",
-            "PRO",
-            "--yes",
-        ],
-        &env,
-    )
-    .await;
+    let again = recorder(&["record", s(&dir), "--upstream", &url, "--plan", "PRO", "--yes"], &env).await;
     assert_eq!(again.code, Some(0), "{}", again.stderr);
     assert!(
         again
@@ -234,19 +187,14 @@ async fn dry_run_shows_calls_and_quota_per_account_and_each_call_uses_its_accoun
         dry.stdout
     );
     assert!(
-        dry.stdout.contains(
-            "acc-2    1 call(s); plan BASIC (1/s, burst 3); daily limit 50; used today unknown"
-        ),
+        dry.stdout
+            .contains("acc-2    1 call(s); plan BASIC (1/s, burst 3); daily limit 50; used today unknown"),
         "{}",
         dry.stdout
     );
     assert_eq!(upstream.hits(), 0);
 
-    let refused = recorder(
-        &[&base[..], &["--used-today", "acc-1=48", "--yes"]].concat(),
-        &[],
-    )
-    .await;
+    let refused = recorder(&[&base[..], &["--used-today", "acc-1=48", "--yes"]].concat(), &[]).await;
     assert_eq!(refused.code, Some(2));
     assert_eq!(
         refused.stderr.trim(),
@@ -254,11 +202,7 @@ async fn dry_run_shows_calls_and_quota_per_account_and_each_call_uses_its_accoun
     );
     assert_eq!(upstream.hits(), 0);
 
-    let rec = recorder(
-        &[&base[..], &["--used-today", "acc-1=10", "--yes"]].concat(),
-        &[],
-    )
-    .await;
+    let rec = recorder(&[&base[..], &["--used-today", "acc-1=10", "--yes"]].concat(), &[]).await;
     assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
     assert!(
         rec.stdout
@@ -304,9 +248,9 @@ async fn a_failed_re_record_leaves_the_old_cassette_byte_identical_and_a_rerun_r
         let failed = recorder(&args, &env).await;
         assert_eq!(failed.code, Some(1), "{}\n{}", failed.stdout, failed.stderr);
         assert!(
-            failed.stdout.contains(
-                "2 of 4 interactions were not recorded as intended; the cassette is untouched"
-            ),
+            failed
+                .stdout
+                .contains("2 of 4 interactions were not recorded as intended; the cassette is untouched"),
             "{}",
             failed.stdout
         );
@@ -328,24 +272,14 @@ async fn a_failed_re_record_leaves_the_old_cassette_byte_identical_and_a_rerun_r
         } else {
             assert_eq!(upstream.hits(), 4);
         }
-        assert_eq!(
-            snapshot(&dir),
-            before,
-            "the old cassette must be byte-identical"
-        );
+        assert_eq!(snapshot(&dir), before, "the old cassette must be byte-identical");
         assert!(partial_dir(root.path(), "c").join("state.json").is_file());
         assert_no_keys(root.path());
 
         upstream.heal();
         let hits = upstream.hits();
         let resumed = recorder(&args, &env).await;
-        assert_eq!(
-            resumed.code,
-            Some(0),
-            "{}\n{}",
-            resumed.stdout,
-            resumed.stderr
-        );
+        assert_eq!(resumed.code, Some(0), "{}\n{}", resumed.stdout, resumed.stderr);
         assert!(
             resumed
                 .stdout
@@ -360,11 +294,7 @@ async fn a_failed_re_record_leaves_the_old_cassette_byte_identical_and_a_rerun_r
             "{}",
             resumed.stdout
         );
-        assert_eq!(
-            upstream.hits() - hits,
-            2,
-            "only the unfinished requests are sent again"
-        );
+        assert_eq!(upstream.hits() - hits, 2, "only the unfinished requests are sent again");
         assert!(!partial_dir(root.path(), "c").exists());
         let vcr = open(&dir, Mode::None);
         assert_eq!(vcr.len(), 4);
@@ -396,51 +326,30 @@ async fn missing_keys_and_bad_key_files_are_one_clear_line() {
         );
     }
     let only_one = format!(r#"[{{"id":"acc-1","apiKey":"{KEY1}"}}]"#);
-    let missing = recorder(
-        &["record", s(&dir), "--upstream", up],
-        &[(ACCOUNTS_ENV, &only_one)],
-    )
-    .await;
+    let missing = recorder(&["record", s(&dir), "--upstream", up], &[(ACCOUNTS_ENV, &only_one)]).await;
     assert_eq!(missing.code, Some(2));
     assert_eq!(
         missing.stderr.trim(),
         "error: no API key for account acc-2 (named by 1 recorded request(s)); add it to CHART_IMG_ACCOUNTS_JSON or the key file"
     );
     let nofile = root.path().join("absent.json");
-    let absent = recorder(
-        &[
-            "record",
-            s(&dir),
-            "--upstream",
-            up,
-            "--key-file",
-            s(&nofile),
-        ],
-        &[],
-    )
-    .await;
+    let absent = recorder(&["record", s(&dir), "--upstream", up, "--key-file", s(&nofile)], &[]).await;
     assert_eq!(absent.code, Some(2));
     assert!(
-        absent.stderr.starts_with(&format!(
-            "error: key file {}: cannot read it",
-            nofile.display()
-        )),
+        absent
+            .stderr
+            .starts_with(&format!("error: key file {}: cannot read it", nofile.display())),
         "{}",
         absent.stderr
     );
     assert_eq!(absent.stderr.lines().count(), 1);
     // A malformed accounts JSON is named, its content (the keys) is not quoted.
     let broken = format!(r#"[{{"id":"acc-1","apiKey":"{KEY1}""#);
-    let bad = recorder(
-        &["record", s(&dir), "--upstream", up],
-        &[(ACCOUNTS_ENV, &broken)],
-    )
-    .await;
+    let bad = recorder(&["record", s(&dir), "--upstream", up], &[(ACCOUNTS_ENV, &broken)]).await;
     assert_eq!(bad.code, Some(2));
     assert!(
-        bad.stderr.starts_with(
-            "error: the accounts JSON is malformed: CHART_IMG_ACCOUNTS_JSON: Eof error at line 1"
-        ),
+        bad.stderr
+            .starts_with("error: the accounts JSON is malformed: CHART_IMG_ACCOUNTS_JSON: Eof error at line 1"),
         "{}",
         bad.stderr
     );
@@ -490,10 +399,7 @@ async fn an_unreadable_cassette_is_a_clear_error_for_every_command() {
         ),
         (
             &empty,
-            format!(
-                "error: {}: no cassette (cassette.json) in it or below",
-                empty.display()
-            ),
+            format!("error: {}: no cassette (cassette.json) in it or below", empty.display()),
         ),
     ];
     for (path, expected) in &cases {
@@ -502,21 +408,15 @@ async fn an_unreadable_cassette_is_a_clear_error_for_every_command() {
             let run = recorder(&args, &env).await;
             assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
             assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
-            assert!(
-                run.stderr.starts_with(expected.as_str()),
-                "{args:?}: {}",
-                run.stderr
-            );
+            assert!(run.stderr.starts_with(expected.as_str()), "{args:?}: {}", run.stderr);
         }
     }
     let nowhere = root.path().join("nowhere");
     let run = recorder(&["show", s(&nowhere)], &env).await;
     assert_eq!(run.code, Some(2));
     assert!(
-        run.stderr.starts_with(&format!(
-            "error: cassette I/O failed on {}: ",
-            nowhere.display()
-        )),
+        run.stderr
+            .starts_with(&format!("error: cassette I/O failed on {}: ", nowhere.display())),
         "{}",
         run.stderr
     );
@@ -525,9 +425,7 @@ async fn an_unreadable_cassette_is_a_clear_error_for_every_command() {
 #[tokio::test]
 async fn verify_catches_the_drift_when_the_mock_config_changes() {
     let config = |plan| mock_chart_img::Config::default().with_key(KEY1, "acc-1", plan);
-    let pro = mock_chart_img::spawn(config(mock_chart_img::Plan::PRO))
-        .await
-        .unwrap();
+    let pro = mock_chart_img::spawn(config(mock_chart_img::Plan::PRO)).await.unwrap();
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("sizes");
     seed(
@@ -557,11 +455,7 @@ async fn verify_catches_the_drift_when_the_mock_config_changes() {
 
     let same = recorder(&["verify", s(&dir), "--upstream", &pro.base_url()], &env).await;
     assert_eq!(same.code, Some(0), "{}\n{}", same.stdout, same.stderr);
-    assert!(
-        same.stdout.contains("0 of 2 interactions drifted"),
-        "{}",
-        same.stdout
-    );
+    assert!(same.stdout.contains("0 of 2 interactions drifted"), "{}", same.stdout);
     pro.shutdown().await.unwrap();
 
     // The account is BASIC now: the 1280x720 chart is refused, the 800x600 one still renders.
@@ -570,11 +464,7 @@ async fn verify_catches_the_drift_when_the_mock_config_changes() {
         .unwrap();
     let drift = recorder(&["verify", s(&dir), "--upstream", &basic.base_url()], &env).await;
     assert_eq!(drift.code, Some(1), "{}\n{}", drift.stdout, drift.stderr);
-    assert!(
-        drift.stdout.contains("1 of 2 interactions drifted"),
-        "{}",
-        drift.stdout
-    );
+    assert!(drift.stdout.contains("1 of 2 interactions drifted"), "{}", drift.stdout);
     let row = drift
         .stdout
         .lines()
@@ -585,9 +475,7 @@ async fn verify_catches_the_drift_when_the_mock_config_changes() {
         "{row}"
     );
     assert!(
-        drift
-            .stdout
-            .contains("Exceed Max Usage Resolution Limit (800x600)"),
+        drift.stdout.contains("Exceed Max Usage Resolution Limit (800x600)"),
         "{}",
         drift.stdout
     );
@@ -599,14 +487,7 @@ async fn verify_catches_the_drift_when_the_mock_config_changes() {
         .await
         .unwrap();
     let json = recorder(
-        &[
-            "verify",
-            s(&dir),
-            "--upstream",
-            &basic.base_url(),
-            "--format",
-            "json",
-        ],
+        &["verify", s(&dir), "--upstream", &basic.base_url(), "--format", "json"],
         &env,
     )
     .await;
@@ -656,11 +537,7 @@ async fn verify_compares_image_size_and_error_bodies_but_never_image_bytes() {
     bad["interval"] = "4H".into();
     seed(&dir, &[(KEY1, demo_bodies()[0].clone()), (KEY1, bad)]).await;
     let env = [(API_KEY_ENV, KEY1)];
-    let rec = recorder(
-        &["record", s(&dir), "--upstream", &upstream.url(), "--yes"],
-        &env,
-    )
-    .await;
+    let rec = recorder(&["record", s(&dir), "--upstream", &upstream.url(), "--yes"], &env).await;
     // A 422 is an answer like any other: it is recorded, not a failure.
     assert_eq!(rec.code, Some(0), "{}\n{}", rec.stdout, rec.stderr);
     assert!(cassette_text(&dir).contains("must be a supported interval"));
@@ -669,19 +546,9 @@ async fn verify_compares_image_size_and_error_bodies_but_never_image_bytes() {
     let same = recorder(&["verify", s(&dir), "--upstream", &upstream.url()], &env).await;
     assert_eq!(same.code, Some(0), "{}", same.stdout);
 
-    upstream
-        .state
-        .shrink
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    upstream.state.shrink.store(true, std::sync::atomic::Ordering::SeqCst);
     let drift = recorder(
-        &[
-            "verify",
-            s(&dir),
-            "--upstream",
-            &upstream.url(),
-            "--format",
-            "json",
-        ],
+        &["verify", s(&dir), "--upstream", &upstream.url(), "--format", "json"],
         &env,
     )
     .await;
@@ -703,8 +570,7 @@ async fn verify_compares_image_size_and_error_bodies_but_never_image_bytes() {
 /// Sets `recordedAt` of interaction `n` in a cassette file.
 fn set_recorded_at(dir: &Path, n: usize, at: Option<&str>) {
     let path = dir.join("cassette.json");
-    let mut file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let i = &mut file["interactions"][n];
     match at {
         Some(at) => i["recordedAt"] = at.into(),
@@ -722,11 +588,7 @@ async fn lint_max_age_flags_old_and_undated_cassettes_and_show_prints_ages() {
     let fresh = root.path().join("fresh");
     seed(&fresh, &demo(KEY1)).await;
     let env = [(API_KEY_ENV, KEY1)];
-    let rec = recorder(
-        &["record", s(&fresh), "--upstream", &upstream.url(), "--yes"],
-        &env,
-    )
-    .await;
+    let rec = recorder(&["record", s(&fresh), "--upstream", &upstream.url(), "--yes"], &env).await;
     assert_eq!(rec.code, Some(0), "{}", rec.stderr);
     let old = root.path().join("old");
     std::fs::create_dir_all(old.join("bodies")).unwrap();
@@ -742,12 +604,7 @@ async fn lint_max_age_flags_old_and_undated_cassettes_and_show_prints_ages() {
     assert_eq!(ok.stdout, "");
 
     let warn = recorder(&["lint", s(root.path()), "--max-age", "90d"], &[]).await;
-    assert_eq!(
-        warn.code,
-        Some(0),
-        "warnings only without --deny-old: {}",
-        warn.stdout
-    );
+    assert_eq!(warn.code, Some(0), "warnings only without --deny-old: {}", warn.stdout);
     let lines: Vec<&str> = warn.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", warn.stdout);
     assert!(
@@ -758,10 +615,14 @@ async fn lint_max_age_flags_old_and_undated_cassettes_and_show_prints_ages() {
         "{}",
         lines[0]
     );
-    assert!(lines[1].starts_with(&format!(
-        "warning: {}: 1 of 3 interactions recorded more than 90d ago (#1; oldest 2020-01-01T00:00:00Z, ",
-        old.display()
-    )), "{}", lines[1]);
+    assert!(
+        lines[1].starts_with(&format!(
+            "warning: {}: 1 of 3 interactions recorded more than 90d ago (#1; oldest 2020-01-01T00:00:00Z, ",
+            old.display()
+        )),
+        "{}",
+        lines[1]
+    );
 
     let deny = recorder(&["lint", s(&old), "--max-age", "90d", "--deny-old"], &[]).await;
     assert_eq!(deny.code, Some(1));
@@ -775,20 +636,9 @@ async fn lint_max_age_flags_old_and_undated_cassettes_and_show_prints_ages() {
     let rows: Vec<&str> = show.stdout.lines().collect();
     assert_eq!(rows[0], format!("{}: 3 interaction(s)", old.display()));
     let header: Vec<&str> = rows[1].split_whitespace().collect();
-    assert_eq!(
-        header,
-        ["#", "method", "path", "body", "status", "type", "size", "age"]
-    );
-    assert!(
-        rows[3].contains(&format!("POST    {CHART_PATH}")),
-        "{}",
-        rows[3]
-    );
-    assert!(
-        rows[3].contains("BINANCE:BTCUSDT 4h 800x600"),
-        "{}",
-        rows[3]
-    );
+    assert_eq!(header, ["#", "method", "path", "body", "status", "type", "size", "age"]);
+    assert!(rows[3].contains(&format!("POST    {CHART_PATH}")), "{}", rows[3]);
+    assert!(rows[3].contains("BINANCE:BTCUSDT 4h 800x600"), "{}", rows[3]);
     assert!(rows[3].contains("200     image/png"), "{}", rows[3]);
     let age_of = |row: &str| row.split_whitespace().last().unwrap().to_owned();
     assert!(
@@ -813,13 +663,10 @@ async fn lint_max_age_flags_old_and_undated_cassettes_and_show_prints_ages() {
 /// recorded (BASIC plan, default seed). A change of the mock's answers (status, type, size, error body) fails here.
 #[tokio::test]
 async fn committed_cassettes_verify_against_mock_chart_img() {
-    let mock = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(
-        KEY1,
-        "acc-1",
-        mock_chart_img::Plan::BASIC,
-    ))
-    .await
-    .unwrap();
+    let mock =
+        mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY1, "acc-1", mock_chart_img::Plan::BASIC))
+            .await
+            .unwrap();
     let cassettes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cassettes");
     let run = recorder(
         &["verify", s(&cassettes), "--upstream", &mock.base_url()],
@@ -864,16 +711,8 @@ async fn record_keeps_to_the_plans_burst_and_rate() {
     at.sort();
     assert_eq!(at.len(), 5);
     let after = |i: usize| at[i].duration_since(at[0]).as_secs_f64();
-    assert!(
-        after(3) >= 0.9,
-        "4th call {:.3} s after the first",
-        after(3)
-    );
-    assert!(
-        after(4) >= 1.9,
-        "5th call {:.3} s after the first",
-        after(4)
-    );
+    assert!(after(3) >= 0.9, "4th call {:.3} s after the first", after(3));
+    assert!(after(4) >= 1.9, "5th call {:.3} s after the first", after(4));
     upstream.stop().await;
 }
 

@@ -17,7 +17,8 @@ struct Checks(Vec<String>);
 impl Checks {
     fn eq<T: PartialEq + std::fmt::Debug>(&mut self, field: &str, expected: T, actual: T) {
         if expected != actual {
-            self.0.push(format!("{field}: expected {expected:?}, actual {actual:?}"));
+            self.0
+                .push(format!("{field}: expected {expected:?}, actual {actual:?}"));
         }
     }
     fn that(&mut self, field: &str, ok: bool, what: impl FnOnce() -> String) {
@@ -32,13 +33,19 @@ fn check_step(c: &mut Checks, field: &str, exp: &StepExpect, actual: &Value, see
         c.eq(&format!("{field}.status"), Some(s.as_str()), actual["status"].as_str());
     }
     if let Some(code) = &exp.error_code {
-        c.eq(&format!("{field}.error.code"), Some(code.as_str()), actual["error"]["code"].as_str());
+        c.eq(
+            &format!("{field}.error.code"),
+            Some(code.as_str()),
+            actual["error"]["code"].as_str(),
+        );
     }
     let message = actual["error"]["message"].as_str().unwrap_or_default();
     for want in &exp.error_message {
-        c.that(&format!("{field}.error.message"), message.contains(want.as_str()), || {
-            format!("expected to contain {want:?}, actual {message:?}")
-        });
+        c.that(
+            &format!("{field}.error.message"),
+            message.contains(want.as_str()),
+            || format!("expected to contain {want:?}, actual {message:?}"),
+        );
     }
     if exp.unchanged {
         c.eq(&format!("{field} (unchanged)"), seeded, actual);
@@ -52,9 +59,21 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
     let mut c = Checks(Vec::new());
     let run_doc = backend.doc(FLOW_RUNS, &w.run_id).await?.unwrap_or(Value::Null);
     let step = &run_doc["steps"][t.step_id.as_str()];
-    check_step(&mut c, &format!("steps.{}", t.step_id), &t.step, step, &w.seeded["steps"][t.step_id.as_str()]);
+    check_step(
+        &mut c,
+        &format!("steps.{}", t.step_id),
+        &t.step,
+        step,
+        &w.seeded["steps"][t.step_id.as_str()],
+    );
     for (id, exp) in &t.steps {
-        check_step(&mut c, &format!("steps.{id}"), exp, &run_doc["steps"][id.as_str()], &w.seeded["steps"][id.as_str()]);
+        check_step(
+            &mut c,
+            &format!("steps.{id}"),
+            exp,
+            &run_doc["steps"][id.as_str()],
+            &w.seeded["steps"][id.as_str()],
+        );
     }
     if t.run_unchanged {
         c.eq("flow run (unchanged)", &w.seeded, &run_doc);
@@ -67,7 +86,9 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
     for (status, body, expected) in answers {
         match expected.or(t.http_status) {
             Some(e) => c.eq("http status", e, *status),
-            None => c.that("http status", (200..300).contains(status), || format!("expected 2xx, actual {status}: {body}")),
+            None => c.that("http status", (200..300).contains(status), || {
+                format!("expected 2xx, actual {status}: {body}")
+            }),
         }
     }
 
@@ -108,26 +129,48 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
         }
     }
     for p in &pngs {
-        c.eq(&format!("{} content type", p.name), "image/png", p.content_type.as_str());
-        c.that(&format!("{} decodes as PNG", p.name), decodes(&p.bytes), || "not a valid PNG".into());
+        c.eq(
+            &format!("{} content type", p.name),
+            "image/png",
+            p.content_type.as_str(),
+        );
+        c.that(&format!("{} decodes as PNG", p.name), decodes(&p.bytes), || {
+            "not a valid PNG".into()
+        });
     }
     let mut manifest = None;
     match t.manifest.as_deref() {
         Some("snapshot") => {
             let path = format!("runs/{}/steps/{}/charts/manifest.json", w.run_id, t.step_id);
             let uri = format!("gs://{}/{path}", w.bucket);
-            c.eq("outputsManifestGcsUri", Some(uri.as_str()), step["outputsManifestGcsUri"].as_str());
+            c.eq(
+                "outputsManifestGcsUri",
+                Some(uri.as_str()),
+                step["outputsManifestGcsUri"].as_str(),
+            );
             match manifests.iter().find(|m| m.name == path) {
                 Some(m) => {
                     c.eq("manifest content type", "application/json", m.content_type.as_str());
                     let v: Value = serde_json::from_slice(&m.bytes)?;
                     // Every item points at an object that exists, with the size and hash it claims.
                     for item in v["items"].as_array().cloned().unwrap_or_default() {
-                        let name = item["gcsUri"].as_str().unwrap_or_default().trim_start_matches(&format!("gs://{}/", w.bucket)).to_owned();
+                        let name = item["gcsUri"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .trim_start_matches(&format!("gs://{}/", w.bucket))
+                            .to_owned();
                         match objects.iter().find(|o| o.name == name) {
                             Some(o) => {
-                                c.eq(&format!("{name} bytes"), item["bytes"].as_u64(), Some(o.bytes.len() as u64));
-                                c.eq(&format!("{name} sha256"), item["sha256"].as_str().map(str::to_owned), Some(digest_hex(&o.bytes)));
+                                c.eq(
+                                    &format!("{name} bytes"),
+                                    item["bytes"].as_u64(),
+                                    Some(o.bytes.len() as u64),
+                                );
+                                c.eq(
+                                    &format!("{name} sha256"),
+                                    item["sha256"].as_str().map(str::to_owned),
+                                    Some(digest_hex(&o.bytes)),
+                                );
                             }
                             None => c.0.push(format!("manifest item {name}: no such object")),
                         }
@@ -149,11 +192,19 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
     let calls = |acc: &str| journal.iter().filter(|e| e.account.as_deref() == Some(acc)).count();
     for (acc, n) in &t.usage {
         let u = backend.doc(ACCOUNTS_USAGE, acc).await?;
-        c.eq(&format!("usage.{acc}.usageToday"), Some(*n as u64), u.as_ref().and_then(|u| u["usageToday"].as_u64()));
+        c.eq(
+            &format!("usage.{acc}.usageToday"),
+            Some(*n as u64),
+            u.as_ref().and_then(|u| u["usageToday"].as_u64()),
+        );
     }
     for acc in &t.exhausted {
         let u = backend.doc(ACCOUNTS_USAGE, acc).await?;
-        c.eq(&format!("usage.{acc}.exhausted"), Some(true), u.as_ref().and_then(|u| u["exhausted"].as_bool()));
+        c.eq(
+            &format!("usage.{acc}.exhausted"),
+            Some(true),
+            u.as_ref().and_then(|u| u["exhausted"].as_bool()),
+        );
     }
     for (acc, n) in &t.mock_calls {
         c.eq(&format!("mockCalls.{acc}"), *n, calls(acc));
@@ -161,15 +212,31 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
     for acc in &t.usage_covers_calls {
         let u = backend.doc(ACCOUNTS_USAGE, acc).await?;
         let used = u.as_ref().and_then(|u| u["usageToday"].as_u64()).unwrap_or(0) as usize;
-        c.that(&format!("usage.{acc}.usageToday >= calls received"), used >= calls(acc), || {
-            format!("usageToday {used} under-counts the {} calls mock-chart-img received", calls(acc))
-        });
+        c.that(
+            &format!("usage.{acc}.usageToday >= calls received"),
+            used >= calls(acc),
+            || {
+                format!(
+                    "usageToday {used} under-counts the {} calls mock-chart-img received",
+                    calls(acc)
+                )
+            },
+        );
     }
     for (status, n) in &t.mock_statuses {
-        let answered: Vec<&mock_chart_img::JournalEntry> = journal.iter().filter(|e| e.status == Some(*status)).collect();
+        let answered: Vec<&mock_chart_img::JournalEntry> =
+            journal.iter().filter(|e| e.status == Some(*status)).collect();
         c.that(&format!("mockStatuses.{status}"), answered.len() == *n, || {
-            let first: Vec<String> = answered.iter().take(5).map(|e| format!("#{} at {} {:?}", e.seq, e.at, e.error)).collect();
-            format!("expected {n} answers {status}, actual {} (first: {})", answered.len(), first.join("; "))
+            let first: Vec<String> = answered
+                .iter()
+                .take(5)
+                .map(|e| format!("#{} at {} {:?}", e.seq, e.at, e.error))
+                .collect();
+            format!(
+                "expected {n} answers {status}, actual {} (first: {})",
+                answered.len(),
+                first.join("; ")
+            )
         });
     }
     for acc in &t.usage_matches_calls {
@@ -181,7 +248,11 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
     // Log events.
     let lines: Vec<Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     for e in &t.log_events {
-        c.that(&format!("log event {e}"), lines.iter().any(|l| l["event"] == e.as_str()), || "missing".into());
+        c.that(
+            &format!("log event {e}"),
+            lines.iter().any(|l| l["event"] == e.as_str()),
+            || "missing".into(),
+        );
     }
     if let Some(n) = t.claims {
         let claims = lines
@@ -191,8 +262,14 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
         c.eq("claims", n, claims);
     }
     if let (Some(n), Some(dir)) = (t.cassette_interactions, &w.cassette_dir) {
-        let cassette: Value = serde_json::from_slice(&std::fs::read(dir.join(recorder::CASSETTE_FILE)).unwrap_or_default()).unwrap_or(Value::Null);
-        c.eq("cassette interactions", Some(n), cassette["interactions"].as_array().map(Vec::len));
+        let cassette: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(recorder::CASSETTE_FILE)).unwrap_or_default())
+                .unwrap_or(Value::Null);
+        c.eq(
+            "cassette interactions",
+            Some(n),
+            cassette["interactions"].as_array().map(Vec::len),
+        );
     }
 
     // No secret anywhere: logs, documents, objects, HTTP answers, cassettes, the mock's journal.
@@ -217,9 +294,16 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
     let journal_text = serde_json::to_string_pretty(&journal).unwrap_or_default();
     haystack.push_str(&journal_text);
     for (acc, key) in &w.keys {
-        c.that(&format!("secret of {acc}"), !haystack.contains(key.as_str()), || "the API key appears in an output".into());
+        c.that(&format!("secret of {acc}"), !haystack.contains(key.as_str()), || {
+            "the API key appears in an output".into()
+        });
     }
-    Ok(Outcome { manifest, differences: c.0, journal: journal_text, ..Default::default() })
+    Ok(Outcome {
+        manifest,
+        differences: c.0,
+        journal: journal_text,
+        ..Default::default()
+    })
 }
 
 /// Why a `result:` expectation fails, if it does: a run that produced no result is a failure, never a pass.
@@ -227,7 +311,9 @@ pub fn result_problem(expected: &str, results: &[String]) -> Option<String> {
     if results.is_empty() {
         return Some(format!("expected {expected}, but this run produced no result to check"));
     }
-    let ok = results.iter().all(|x| x == expected || (expected == "succeeded" && x == "exit 0"));
+    let ok = results
+        .iter()
+        .all(|x| x == expected || (expected == "succeeded" && x == "exit 0"));
     (!ok).then(|| format!("expected {expected}, actual {results:?}"))
 }
 
@@ -238,24 +324,43 @@ fn check_live(c: &mut Checks, t: &crate::scenario::Then, live: &super::live::Liv
         let want = t.step.status.as_deref().unwrap_or("?");
         match live.reached_ms {
             Some(ms) => c.that("withinSeconds", ms as f64 <= limit * 1000.0, || {
-                format!("expected {want} within {limit} s, reached after {:.1} s", ms as f64 / 1000.0)
+                format!(
+                    "expected {want} within {limit} s, reached after {:.1} s",
+                    ms as f64 / 1000.0
+                )
             }),
-            None => c.0.push(format!("withinSeconds: expected {want} within {limit} s, never reached (status {:?})", live.final_status)),
+            None => c.0.push(format!(
+                "withinSeconds: expected {want} within {limit} s, never reached (status {:?})",
+                live.final_status
+            )),
         }
     }
     if let Some(code) = t.http_status {
-        let statuses: Vec<u16> = live.deliveries.iter().filter_map(|d| match d.outcome { O::Status { code } => Some(code), _ => None }).collect();
-        c.that("httpStatus", !statuses.is_empty() && statuses.iter().all(|s| *s == code), || {
-            format!("expected every delivery answered {code}, actual {statuses:?}")
-        });
+        let statuses: Vec<u16> = live
+            .deliveries
+            .iter()
+            .filter_map(|d| match d.outcome {
+                O::Status { code } => Some(code),
+                _ => None,
+            })
+            .collect();
+        c.that(
+            "httpStatus",
+            !statuses.is_empty() && statuses.iter().all(|s| *s == code),
+            || format!("expected every delivery answered {code}, actual {statuses:?}"),
+        );
     }
     if let Some(e) = &t.deliveries {
         let n = live.deliveries.len();
         if let Some(min) = e.min {
-            c.that("deliveries.min", n >= min, || format!("expected at least {min} delivery attempts, actual {n}"));
+            c.that("deliveries.min", n >= min, || {
+                format!("expected at least {min} delivery attempts, actual {n}")
+            });
         }
         if let Some(max) = e.max {
-            c.that("deliveries.max", n <= max, || format!("expected at most {max} delivery attempts, actual {n}"));
+            c.that("deliveries.max", n <= max, || {
+                format!("expected at most {max} delivery attempts, actual {n}")
+            });
         }
         if !e.answers.is_empty() {
             for d in &live.deliveries {
@@ -265,28 +370,48 @@ fn check_live(c: &mut Checks, t: &crate::scenario::Then, live: &super::live::Liv
                     (O::AckDeadline, _, Some("ack_deadline")) => true,
                     _ => false,
                 });
-                c.that("deliveries.answers", ok, || format!("attempt {} of {}: {:?} is not among {:?}", d.attempt, d.event_id, d.outcome, e.answers));
+                c.that("deliveries.answers", ok, || {
+                    format!(
+                        "attempt {} of {}: {:?} is not among {:?}",
+                        d.attempt, d.event_id, d.outcome, e.answers
+                    )
+                });
             }
         }
         if e.all_acked {
             for ev in &live.events {
                 c.that("deliveries.allAcked", ev.acked, || {
-                    format!("event {} ({:?}) was never acknowledged (gave up: {}, chains pending: {})", ev.id, ev.kind, ev.gave_up, ev.pending_chains)
+                    format!(
+                        "event {} ({:?}) was never acknowledged (gave up: {}, chains pending: {})",
+                        ev.id, ev.kind, ev.gave_up, ev.pending_chains
+                    )
                 });
             }
         }
     }
     for (dep, n) in &t.faults_applied {
-        let applied = live.proxy_calls.get(dep).map_or(0, |calls| calls.iter().filter(|c| c.rule.is_some()).count());
+        let applied = live
+            .proxy_calls
+            .get(dep)
+            .map_or(0, |calls| calls.iter().filter(|c| c.rule.is_some()).count());
         // At least: a time-window fault applies to as many calls as the worker's retries make within the window.
-        c.that(&format!("faultsApplied.{dep:?}"), applied >= *n, || format!("expected at least {n}, actual {applied}"));
+        c.that(&format!("faultsApplied.{dep:?}"), applied >= *n, || {
+            format!("expected at least {n}, actual {applied}")
+        });
     }
     if let Some(n) = t.calling_processes {
         // RFC 3339 UTC times of one format sort as text.
         let spans: Vec<(&str, &str, &str, usize)> = live
             .call_times
             .iter()
-            .filter_map(|(name, times)| Some((name.as_str(), times.iter().min()?.as_str(), times.iter().max()?.as_str(), times.len())))
+            .filter_map(|(name, times)| {
+                Some((
+                    name.as_str(),
+                    times.iter().min()?.as_str(),
+                    times.iter().max()?.as_str(),
+                    times.len(),
+                ))
+            })
             .collect();
         let latest_first = spans.iter().map(|s| s.1).max();
         let earliest_last = spans.iter().map(|s| s.2).min();
@@ -296,11 +421,21 @@ fn check_live(c: &mut Checks, t: &crate::scenario::Then, live: &super::live::Liv
         });
     }
     if let Some(ms) = t.sigterm_exit_within_ms {
-        c.that("sigtermExitWithinMs", !live.sigterms.is_empty(), || "no sigterm action ran".into());
+        c.that("sigtermExitWithinMs", !live.sigterms.is_empty(), || {
+            "no sigterm action ran".into()
+        });
         for (name, s) in &live.sigterms {
-            c.that(&format!("sigtermExitWithinMs ({name})"), s.by_itself && s.after.as_millis() as u64 <= ms, || {
-                format!("expected an exit within {ms} ms of SIGTERM, exited by itself: {}, after {} ms", s.by_itself, s.after.as_millis())
-            });
+            c.that(
+                &format!("sigtermExitWithinMs ({name})"),
+                s.by_itself && s.after.as_millis() as u64 <= ms,
+                || {
+                    format!(
+                        "expected an exit within {ms} ms of SIGTERM, exited by itself: {}, after {} ms",
+                        s.by_itself,
+                        s.after.as_millis()
+                    )
+                },
+            );
         }
     }
 }
@@ -330,6 +465,9 @@ mod tests {
     fn a_result_expectation_without_a_result_fails() {
         assert!(result_problem("succeeded", &[]).unwrap().contains("no result"));
         assert!(result_problem("succeeded", &["noop".into()]).is_some());
-        assert_eq!(result_problem("succeeded", &["succeeded".into(), "exit 0".into()]), None);
+        assert_eq!(
+            result_problem("succeeded", &["succeeded".into(), "exit 0".into()]),
+            None
+        );
     }
 }

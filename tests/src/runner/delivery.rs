@@ -32,14 +32,28 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
         return super::live::deliver(w).await;
     }
     let (backend, answers, results) = deliver_in_process(w).await?;
-    Ok(Delivered { backend, answers, results, live: None })
+    Ok(Delivered {
+        backend,
+        answers,
+        results,
+        live: None,
+    })
 }
 
 async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswer>, Vec<String>)> {
     let when = &w.scenario.when;
     // Results are read from the real emulator even when the worker was pointed at a dead storage endpoint.
-    let storage = w.emulators.storage.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let emu_backend = || Backend::Emulators { fs: w.fs.clone(), storage: storage.clone(), bucket: w.bucket.clone() };
+    let storage = w
+        .emulators
+        .storage
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let emu_backend = || Backend::Emulators {
+        fs: w.fs.clone(),
+        storage: storage.clone(),
+        bucket: w.bucket.clone(),
+    };
     match when.via.as_str() {
         "eventarc" => {
             let mut urls = Vec::new();
@@ -53,7 +67,8 @@ async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswe
             let client = reqwest::Client::new();
             let mut answers = Vec::new();
             if when.events.is_empty() {
-                let posts = (0..when.deliveries.max(1)).map(|k| w.event(&client, &urls[k % urls.len()], "regular").send());
+                let posts =
+                    (0..when.deliveries.max(1)).map(|k| w.event(&client, &urls[k % urls.len()], "regular").send());
                 for r in futures::future::join_all(posts).await {
                     let r = r?;
                     answers.push((r.status().as_u16(), r.text().await?, None));
@@ -61,7 +76,11 @@ async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswe
             } else {
                 for e in &when.events {
                     let r = w.event(&client, &urls[0], &e.kind).send().await?;
-                    answers.push((r.status().as_u16(), format!("{}: {}", e.kind, r.text().await?), Some(e.expect_status)));
+                    answers.push((
+                        r.status().as_u16(),
+                        format!("{}: {}", e.kind, r.text().await?),
+                        Some(e.expect_status),
+                    ));
                 }
             }
             for s in servers {
@@ -85,10 +104,16 @@ async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswe
                 let deadline = std::time::Instant::now() + Duration::from_secs(20);
                 loop {
                     let doc = w.fs.get_doc(FLOW_RUNS, &w.run_id).await?.unwrap_or(Value::Null);
-                    if doc["steps"].as_object().is_some_and(|s| s.values().any(|st| st["status"] == "RUNNING")) {
+                    if doc["steps"]
+                        .as_object()
+                        .is_some_and(|s| s.values().any(|st| st["status"] == "RUNNING"))
+                    {
                         break;
                     }
-                    anyhow::ensure!(std::time::Instant::now() < deadline, "the first worker never claimed the step");
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "the first worker never claimed the step"
+                    );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -99,8 +124,11 @@ async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswe
                 let report = run_chart_export_step(&w.worker(1)?, &run, &selector, None).await?;
                 results.push(report_name(&report));
             } else {
-                let workers: Vec<Worker> = (0..when.workers.max(1)).map(|i| w.worker(i)).collect::<Result<_, _>>()?;
-                let runs = (0..when.deliveries.max(1)).map(|k| run_chart_export_step(&workers[k % workers.len()], &run, &selector, None));
+                let workers: Vec<Worker> = (0..when.workers.max(1))
+                    .map(|i| w.worker(i))
+                    .collect::<Result<_, _>>()?;
+                let runs = (0..when.deliveries.max(1))
+                    .map(|k| run_chart_export_step(&workers[k % workers.len()], &run, &selector, None));
                 for r in futures::future::join_all(runs).await {
                     results.push(report_name(&r?));
                 }
@@ -114,7 +142,10 @@ async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswe
             let file = dir.join(format!("{}.json", w.run_id));
             std::fs::write(&file, serde_json::to_vec(&w.seeded)?)?;
             for (id, t) in templates(&w.scenario)? {
-                std::fs::write(dir.join("templates").join(format!("{id}.json")), serde_json::to_vec(&t)?)?;
+                std::fs::write(
+                    dir.join("templates").join(format!("{id}.json")),
+                    serde_json::to_vec(&t)?,
+                )?;
             }
             let docs = JsonDocs::<LocalBackend>::local(&dir.join("state"))?;
             for (id, u) in &w.scenario.given.usage {
@@ -147,7 +178,11 @@ async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswe
                 let code = run_local_with(settings.clone(), args).await?;
                 results.push(format!("exit {code}"));
             }
-            let backend = Backend::Local { docs, artifacts: LocalArtifacts::new(dir.join("gcs")), bucket: w.bucket.clone() };
+            let backend = Backend::Local {
+                docs,
+                artifacts: LocalArtifacts::new(dir.join("gcs")),
+                bucket: w.bucket.clone(),
+            };
             Ok((backend, Vec::new(), results))
         }
     }

@@ -90,7 +90,10 @@ pub fn serve_env(w: &Wiring) -> BTreeMap<String, String> {
         ("ARTIFACTS_BUCKET".into(), w.bucket.clone()),
         ("CHART_IMG_ACCOUNTS_JSON".into(), w.accounts_json.clone()),
         ("CHART_IMG_MODE".into(), w.mode.clone()),
-        ("RUST_LOG".into(), "info,h2=warn,hyper=warn,tonic=warn,tower=warn".into()),
+        (
+            "RUST_LOG".into(),
+            "info,h2=warn,hyper=warn,tonic=warn,tower=warn".into(),
+        ),
     ])
 }
 
@@ -116,11 +119,16 @@ struct Live<'a> {
 
 impl Live<'_> {
     fn note(&mut self, what: String) {
-        self.timeline.push(format!("{:>6} ms: {what}", self.t0.elapsed().as_millis()));
+        self.timeline
+            .push(format!("{:>6} ms: {what}", self.t0.elapsed().as_millis()));
     }
 
     fn refresh_targets(&mut self) {
-        let urls = self.procs.iter_mut().filter_map(|p| p.running().then(|| format!("{}/", p.url()))).collect();
+        let urls = self
+            .procs
+            .iter_mut()
+            .filter_map(|p| p.running().then(|| format!("{}/", p.url())))
+            .collect();
         self.eventarc.set_targets(urls);
     }
 
@@ -135,29 +143,49 @@ impl Live<'_> {
     }
 
     async fn step(&self) -> anyhow::Result<Value> {
-        let doc = self.w.fs.get_doc(FLOW_RUNS, &self.w.run_id).await?.unwrap_or(Value::Null);
+        let doc = self
+            .w
+            .fs
+            .get_doc(FLOW_RUNS, &self.w.run_id)
+            .await?
+            .unwrap_or(Value::Null);
         Ok(doc["steps"][self.w.scenario.then.step_id.as_str()].clone())
     }
 
     /// The process whose worker id holds the step's claim, else the first one still running.
     async fn pick(&mut self, explicit: Option<usize>) -> anyhow::Result<usize> {
         if let Some(i) = explicit {
-            anyhow::ensure!(i < self.procs.len(), "process {i}: only {} were started", self.procs.len());
+            anyhow::ensure!(
+                i < self.procs.len(),
+                "process {i}: only {} were started",
+                self.procs.len()
+            );
             return Ok(i);
         }
         let holder = self.step().await?["claimedBy"].as_str().map(str::to_owned);
         if let Some(h) = holder {
             for (i, p) in self.procs.iter_mut().enumerate() {
-                let theirs = p.json_logs().iter().any(|l| l["event"] == "serve_started" && l["worker"] == h.as_str());
+                let theirs = p
+                    .json_logs()
+                    .iter()
+                    .any(|l| l["event"] == "serve_started" && l["worker"] == h.as_str());
                 if theirs && p.running() {
                     return Ok(i);
                 }
             }
         }
-        self.procs.iter_mut().position(|p| p.running()).context("no process is running")
+        self.procs
+            .iter_mut()
+            .position(|p| p.running())
+            .context("no process is running")
     }
 
-    async fn wait_for(&self, what: &str, limit: Duration, mut ok: impl AsyncFnMut(&Self) -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut ok: impl AsyncFnMut(&Self) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             if ok(self).await? {
@@ -186,7 +214,10 @@ impl Live<'_> {
         }
         if let Some(n) = a.after_mock_calls {
             let what = format!("when.actions[{i}].afterMockCalls {n}");
-            self.wait_for(&what, limit, async |l: &Self| Ok(l.w.mock.state().journal(&Default::default()).len() >= n)).await?;
+            self.wait_for(&what, limit, async |l: &Self| {
+                Ok(l.w.mock.state().journal(&Default::default()).len() >= n)
+            })
+            .await?;
         }
         match a.act {
             Verb::Kill => {
@@ -204,8 +235,14 @@ impl Live<'_> {
                 self.eventarc.set_targets(rest);
                 let name = self.procs[p].name.clone();
                 self.note(format!("action {i}: SIGTERM {name}"));
-                let t = self.procs[p].terminate(Duration::from_millis(a.budget_ms.unwrap_or(30_000))).await?;
-                self.note(format!("{name} exited {} ms after SIGTERM (by itself: {})", t.after.as_millis(), t.by_itself));
+                let t = self.procs[p]
+                    .terminate(Duration::from_millis(a.budget_ms.unwrap_or(30_000)))
+                    .await?;
+                self.note(format!(
+                    "{name} exited {} ms after SIGTERM (by itself: {})",
+                    t.after.as_millis(),
+                    t.by_itself
+                ));
                 self.sigterms.push((name, t));
                 self.refresh_targets();
             }
@@ -216,7 +253,10 @@ impl Live<'_> {
             }
             Verb::Heal | Verb::Fault => {
                 let dep = a.dependency.context("checked at parse")?;
-                let proxy = self.proxies.get(&dep).with_context(|| format!("when.actions[{i}]: no proxy for {dep:?} (gcs: unavailable?)"))?;
+                let proxy = self
+                    .proxies
+                    .get(&dep)
+                    .with_context(|| format!("when.actions[{i}]: no proxy for {dep:?} (gcs: unavailable?)"))?;
                 if a.act == Verb::Heal {
                     proxy.clear_rules();
                     self.note(format!("action {i}: healed {dep:?}"));
@@ -231,7 +271,10 @@ impl Live<'_> {
 }
 
 fn host_port(url: &str) -> String {
-    url.trim().trim_start_matches("http://").trim_end_matches('/').to_owned()
+    url.trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
@@ -241,11 +284,17 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
 
     // A proxy in front of every dependency, with the scenario's rules.
     let mut proxies = BTreeMap::new();
-    proxies.insert(Dependency::Firestore, FaultProxy::start(&w.emulators.firestore, Upstream::Http2).await?);
+    proxies.insert(
+        Dependency::Firestore,
+        FaultProxy::start(&w.emulators.firestore, Upstream::Http2).await?,
+    );
     if g.gcs.as_deref() != Some("unavailable") {
         proxies.insert(Dependency::Gcs, FaultProxy::start(&storage, Upstream::Http1).await?);
     }
-    proxies.insert(Dependency::Chartimg, FaultProxy::start(&host_port(&w.mock.base_url()), Upstream::Http1).await?);
+    proxies.insert(
+        Dependency::Chartimg,
+        FaultProxy::start(&host_port(&w.mock.base_url()), Upstream::Http1).await?,
+    );
     for (dep, rules) in [
         (Dependency::Firestore, &g.dependency_faults.firestore),
         (Dependency::Gcs, &g.dependency_faults.gcs),
@@ -254,7 +303,9 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
         if rules.is_empty() {
             continue;
         }
-        let proxy = proxies.get(&dep).with_context(|| format!("given.dependencyFaults: no {dep:?} proxy (gcs: unavailable)"))?;
+        let proxy = proxies
+            .get(&dep)
+            .with_context(|| format!("given.dependencyFaults: no {dep:?} proxy (gcs: unavailable)"))?;
         for r in rules {
             proxy.add_rule(r.clone());
         }
@@ -263,7 +314,10 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
     // The environment of every serve process: the harness's wiring, then the scenario's own variables.
     let mut env = serve_env(&Wiring {
         firestore: proxies[&Dependency::Firestore].host(),
-        storage: proxies.get(&Dependency::Gcs).map(FaultProxy::url).unwrap_or_else(|| w.storage_endpoint.clone()),
+        storage: proxies
+            .get(&Dependency::Gcs)
+            .map(FaultProxy::url)
+            .unwrap_or_else(|| w.storage_endpoint.clone()),
         chartimg: proxies[&Dependency::Chartimg].url(),
         project: w.project.clone(),
         bucket: w.bucket.clone(),
@@ -337,11 +391,18 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
     let (reached_ms, final_status) = match result {
         Ok(r) => r,
         Err(e) => {
-            anyhow::bail!("{e:#}\n--- timeline and deliveries ---\n{}\n--- serve processes ---\n{process_logs}", {
-                let mut r = LiveReport { deliveries: live.eventarc.deliveries(), timeline: live.timeline.clone(), ..Default::default() };
-                r.timeline.push("(run aborted)".into());
-                r.describe()
-            });
+            anyhow::bail!(
+                "{e:#}\n--- timeline and deliveries ---\n{}\n--- serve processes ---\n{process_logs}",
+                {
+                    let mut r = LiveReport {
+                        deliveries: live.eventarc.deliveries(),
+                        timeline: live.timeline.clone(),
+                        ..Default::default()
+                    };
+                    r.timeline.push("(run aborted)".into());
+                    r.describe()
+                }
+            );
         }
     };
     let report = LiveReport {
@@ -355,8 +416,17 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
         proxy_calls: live.proxies.iter().map(|(d, p)| (*d, p.calls())).collect(),
         call_times,
     };
-    let backend = Backend::Emulators { fs: w.fs.clone(), storage, bucket: w.bucket.clone() };
-    Ok(Delivered { backend, answers: Vec::new(), results: Vec::new(), live: Some(report) })
+    let backend = Backend::Emulators {
+        fs: w.fs.clone(),
+        storage,
+        bucket: w.bucket.clone(),
+    };
+    Ok(Delivered {
+        backend,
+        answers: Vec::new(),
+        results: Vec::new(),
+        live: Some(report),
+    })
 }
 
 /// Starts the processes, writes the flow run, runs the actions and waits for the end. Answers when the step reached
@@ -388,7 +458,10 @@ async fn drive(live: &mut Live<'_>) -> anyhow::Result<(Option<u64>, Option<Strin
         }
     }
     // Let the deliveries the last writes caused run out (each of them quick: a no-op or a retry answer).
-    let settled = live.eventarc.wait_settled(Duration::from_millis(400), Duration::from_secs(30)).await;
+    let settled = live
+        .eventarc
+        .wait_settled(Duration::from_millis(400), Duration::from_secs(30))
+        .await;
     if !settled {
         live.note("deliveries still pending after 30 s".into());
     }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use crate::scenario::Scenario;
 
 pub mod checks;
-pub mod live;
 pub mod delivery;
+pub mod live;
 pub mod readback;
 pub mod setup;
 
@@ -28,12 +28,19 @@ pub struct Emulators {
 impl Emulators {
     pub fn from_env() -> Option<Emulators> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Some(Emulators { firestore: get("FIRESTORE_EMULATOR_HOST")?, storage: get("STORAGE_EMULATOR_HOST")?, serve_bin: None })
+        Some(Emulators {
+            firestore: get("FIRESTORE_EMULATOR_HOST")?,
+            storage: get("STORAGE_EMULATOR_HOST")?,
+            serve_bin: None,
+        })
     }
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf()
 }
 
 /// What a run leaves for the caller: the manifest to snapshot, and the report of every check that failed.
@@ -49,7 +56,12 @@ pub struct Outcome {
 
 /// Runs `scenario` (from `path`) against `emu`. In-process logs go wherever the caller's subscriber sends them; the
 /// caller passes their text back through `logs` once the run is over.
-pub async fn run(path: &Path, scenario: Scenario, emu: &Emulators, logs: impl Fn() -> String) -> anyhow::Result<Outcome> {
+pub async fn run(
+    path: &Path,
+    scenario: Scenario,
+    emu: &Emulators,
+    logs: impl Fn() -> String,
+) -> anyhow::Result<Outcome> {
     let world = setup::setup(path, scenario, emu).await?;
     let delivered = delivery::deliver(&world).await?;
     let mut all_logs = logs();

@@ -5,11 +5,18 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use worker_chart_export::adapters::{FirestoreStore, JsonDocs, LocalArtifacts, LocalBackend};
 
-
 /// Read access to wherever the run wrote: the emulators, or the local state directory of `run_local`.
 pub enum Backend {
-    Emulators { fs: FirestoreStore, storage: String, bucket: String },
-    Local { docs: JsonDocs<LocalBackend>, artifacts: LocalArtifacts, bucket: String },
+    Emulators {
+        fs: FirestoreStore,
+        storage: String,
+        bucket: String,
+    },
+    Local {
+        docs: JsonDocs<LocalBackend>,
+        artifacts: LocalArtifacts,
+        bucket: String,
+    },
 }
 
 pub struct Object {
@@ -40,11 +47,18 @@ impl Backend {
                 for item in list["items"].as_array().cloned().unwrap_or_default() {
                     let name = item["name"].as_str().unwrap_or_default().to_owned();
                     let url = reqwest::Url::parse_with_params(
-                        &format!("http://{storage}/storage/v1/b/{bucket}/o/{}", worker_chart_export::adapters::gcs::encode_component(&name)),
+                        &format!(
+                            "http://{storage}/storage/v1/b/{bucket}/o/{}",
+                            worker_chart_export::adapters::gcs::encode_component(&name)
+                        ),
                         &[("alt", "media")],
                     )?;
                     let bytes = http.get(url).send().await?.bytes().await?.to_vec();
-                    out.push(Object { name, content_type: item["contentType"].as_str().unwrap_or_default().to_owned(), bytes });
+                    out.push(Object {
+                        name,
+                        content_type: item["contentType"].as_str().unwrap_or_default().to_owned(),
+                        bytes,
+                    });
                 }
                 out.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(out)
@@ -55,7 +69,11 @@ impl Backend {
                 for f in walk(&root) {
                     let name = f.strip_prefix(&root)?.to_string_lossy().replace('\\', "/");
                     let content_type = worker_chart_export::adapters::artifacts::content_type_for(&name).to_owned();
-                    out.push(Object { name, content_type, bytes: std::fs::read(&f)? });
+                    out.push(Object {
+                        name,
+                        content_type,
+                        bytes: std::fs::read(&f)?,
+                    });
                 }
                 out.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(out)
@@ -63,7 +81,6 @@ impl Backend {
         }
     }
 }
-
 
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -27,7 +27,10 @@ pub fn substitute(v: &Value) -> Value {
     let today = Utc::now().date_naive();
     let yesterday = today.pred_opt().expect("a day before today");
     match v {
-        Value::String(s) => Value::String(s.replace("$TODAY", &today.to_string()).replace("$YESTERDAY", &yesterday.to_string())),
+        Value::String(s) => Value::String(
+            s.replace("$TODAY", &today.to_string())
+                .replace("$YESTERDAY", &yesterday.to_string()),
+        ),
         Value::Array(a) => Value::Array(a.iter().map(substitute).collect()),
         Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), substitute(v))).collect()),
         other => other.clone(),
@@ -47,8 +50,12 @@ pub fn library_templates(ids: &[String]) -> anyhow::Result<BTreeMap<String, Valu
     let mut m = BTreeMap::new();
     for id in ids {
         let p = repo_root().join("scenarios/templates").join(format!("{id}.json"));
-        let text = std::fs::read_to_string(&p).with_context(|| format!("given.templates: no template {}", p.display()))?;
-        m.insert(id.clone(), serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?);
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("given.templates: no template {}", p.display()))?;
+        m.insert(
+            id.clone(),
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?,
+        );
     }
     Ok(m)
 }
@@ -65,8 +72,10 @@ pub struct Keys {
 }
 
 pub fn keys(accounts: &[crate::scenario::Account]) -> anyhow::Result<Keys> {
-    let keys: Vec<(String, String)> =
-        accounts.iter().map(|a| (a.id.clone(), format!("sk_live_{}", uuid::Uuid::new_v4().simple()))).collect();
+    let keys: Vec<(String, String)> = accounts
+        .iter()
+        .map(|a| (a.id.clone(), format!("sk_live_{}", uuid::Uuid::new_v4().simple())))
+        .collect();
     let accounts_json = Value::Array(
         accounts
             .iter()
@@ -83,7 +92,12 @@ pub fn keys(accounts: &[crate::scenario::Account]) -> anyhow::Result<Keys> {
     .to_string();
     let mut mock = mock_chart_img::Config::default();
     for (a, (_, key)) in accounts.iter().zip(&keys) {
-        let plan = a.mock_plan.clone().or_else(|| a.plan.clone()).unwrap_or_else(|| "PRO".into()).to_uppercase();
+        let plan = a
+            .mock_plan
+            .clone()
+            .or_else(|| a.plan.clone())
+            .unwrap_or_else(|| "PRO".into())
+            .to_uppercase();
         let mut kc = json!({"key": key, "account": a.id, "plan": plan});
         if let Some(o) = &a.mock_overrides {
             kc["overrides"] = o.clone();
@@ -91,7 +105,11 @@ pub fn keys(accounts: &[crate::scenario::Account]) -> anyhow::Result<Keys> {
         let kc: mock_chart_img::KeyConfig = serde_json::from_value(kc).context("given.accounts: mock key config")?;
         mock = mock.with_key_config(kc);
     }
-    Ok(Keys { keys, accounts_json, mock })
+    Ok(Keys {
+        keys,
+        accounts_json,
+        mock,
+    })
 }
 
 /// Creates `bucket` on the GCS emulator at `storage` (`STORAGE_EMULATOR_HOST`) and answers the endpoint the worker's
@@ -104,7 +122,11 @@ pub async fn create_bucket(storage: &str, project: &str, bucket: &str) -> anyhow
         .send()
         .await
         .context("cannot reach the GCS emulator")?;
-    anyhow::ensure!(resp.status().is_success(), "cannot create bucket {bucket}: {}", resp.status());
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "cannot create bucket {bucket}: {}",
+        resp.status()
+    );
     Ok(endpoint)
 }
 
@@ -118,7 +140,11 @@ pub fn retry_policy(r: &crate::scenario::Retry) -> RetryPolicy {
 }
 
 fn slug(name: &str, max: usize) -> String {
-    let s: String = name.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let s: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
     s.chars().take(max).collect::<String>().trim_matches('-').to_owned()
 }
 
@@ -152,13 +178,22 @@ impl World {
         Ok(match self.scenario.given.mode.as_str() {
             "mock" => {
                 let dir = self.cassette_dir.clone().expect("checked at parse");
-                let cfg = recorder::VcrConfig { mode: recorder::Mode::None, ..Default::default() };
+                let cfg = recorder::VcrConfig {
+                    mode: recorder::Mode::None,
+                    ..Default::default()
+                };
                 Arc::new(CassetteChartImg::new(recorder::Vcr::open(dir, cfg, secrets)?, None))
             }
             "record" => {
                 let dir = self.cassette_dir.clone().expect("set for record");
-                let cfg = recorder::VcrConfig { mode: recorder::Mode::NewEpisodes, ..Default::default() };
-                Arc::new(CassetteChartImg::new(recorder::Vcr::open(dir, cfg, secrets)?, Some(http)))
+                let cfg = recorder::VcrConfig {
+                    mode: recorder::Mode::NewEpisodes,
+                    ..Default::default()
+                };
+                Arc::new(CassetteChartImg::new(
+                    recorder::Vcr::open(dir, cfg, secrets)?,
+                    Some(http),
+                ))
             }
             _ => Arc::new(http),
         })
@@ -167,11 +202,11 @@ impl World {
     pub fn settings(&self, i: usize) -> CoreSettings {
         let g = &self.scenario.given;
         let retry = g.retry.as_ref().map(retry_policy).unwrap_or(RetryPolicy {
-                max_retries: 3,
-                min_delay: Duration::from_millis(20),
-                max_delay: Duration::from_millis(100),
-                max_total_delay: Duration::from_secs(2),
-            });
+            max_retries: 3,
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(100),
+            max_total_delay: Duration::from_secs(2),
+        });
         CoreSettings {
             worker_id: WorkerId::parse(format!("worker-{i}")).expect("plain id"),
             bucket: self.bucket.clone(),
@@ -179,7 +214,9 @@ impl World {
             concurrency: 8,
             lease: Duration::from_secs(g.lease_seconds.unwrap_or(900)),
             retry,
-            lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(g.lease_seconds.unwrap_or(900))),
+            lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(
+                g.lease_seconds.unwrap_or(900),
+            )),
         }
     }
 
@@ -202,7 +239,10 @@ impl World {
     }
 
     pub fn doc_name(&self) -> String {
-        format!("projects/{}/databases/(default)/documents/flow_runs/{}", self.project, self.run_id)
+        format!(
+            "projects/{}/databases/(default)/documents/flow_runs/{}",
+            self.project, self.run_id
+        )
     }
 
     /// The HTTP request Eventarc sends for an update of the flow run: binary-mode CloudEvent headers and a
@@ -222,13 +262,19 @@ impl World {
             "wrong_type" => ce_type = "google.cloud.storage.object.v1.finalized".into(),
             "other_collection" => {
                 document = format!("other_runs/{run}");
-                body = encode_document_event(&format!("projects/{p}/databases/(default)/documents/other_runs/{run}"), &self.seeded, &["steps"]);
+                body = encode_document_event(
+                    &format!("projects/{p}/databases/(default)/documents/other_runs/{run}"),
+                    &self.seeded,
+                    &["steps"],
+                );
             }
             "no_data" => body = Vec::new(),
             "json_body" => {
                 content_type = "application/json";
-                body = serde_json::to_vec(&json!({"value": {"name": self.doc_name(), "fields": firestore_json_fields(&self.seeded)}}))
-                    .unwrap_or_default();
+                body = serde_json::to_vec(
+                    &json!({"value": {"name": self.doc_name(), "fields": firestore_json_fields(&self.seeded)}}),
+                )
+                .unwrap_or_default();
             }
             other => panic!("unknown event kind {other} (scenario validation should have caught it)"),
         }
@@ -262,7 +308,9 @@ fn firestore_json_fields(v: &Value) -> Value {
             Value::Number(n) => json!({"doubleValue": n}),
             Value::String(s) => json!({"stringValue": s}),
             Value::Array(a) => json!({"arrayValue": {"values": a.iter().map(val).collect::<Vec<_>>()}}),
-            Value::Object(o) => json!({"mapValue": {"fields": o.iter().map(|(k, v)| (k.clone(), val(v))).collect::<serde_json::Map<_, _>>()}}),
+            Value::Object(o) => {
+                json!({"mapValue": {"fields": o.iter().map(|(k, v)| (k.clone(), val(v))).collect::<serde_json::Map<_, _>>()}})
+            }
         }
     }
     match v {
@@ -274,7 +322,10 @@ fn firestore_json_fields(v: &Value) -> Value {
 /// Sets up everything `scenario` (from `path`) needs on `emu`. The flow run itself is written here, except for
 /// `via: local_eventarc`, where the delivery phase writes it once the local Eventarc listens (its write is the event).
 pub async fn setup(path: &Path, scenario: Scenario, emu: &Emulators) -> anyhow::Result<World> {
-    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     let project = format!("s-{}-{suffix}", slug(&name, 20));
     let bucket = format!("scn-{}-{suffix}", slug(&name, 40));
@@ -282,11 +333,17 @@ pub async fn setup(path: &Path, scenario: Scenario, emu: &Emulators) -> anyhow::
     let g = &scenario.given;
 
     // Accounts: a fresh random key each, known only to this run (and checked for leaks at the end).
-    let Keys { keys, accounts_json, mock: mut config } = self::keys(&g.accounts)?;
+    let Keys {
+        keys,
+        accounts_json,
+        mock: mut config,
+    } = self::keys(&g.accounts)?;
     for f in &g.faults {
         config = config.with_fault(f.clone());
     }
-    let mock = mock_chart_img::spawn(config).await.context("cannot start mock-chart-img")?;
+    let mock = mock_chart_img::spawn(config)
+        .await
+        .context("cannot start mock-chart-img")?;
 
     // Storage: a bucket of its own (or an endpoint nobody listens on).
     let storage_endpoint = if g.gcs.as_deref() == Some("unavailable") {
@@ -296,7 +353,9 @@ pub async fn setup(path: &Path, scenario: Scenario, emu: &Emulators) -> anyhow::
     };
 
     // Firestore: a project of its own, seeded.
-    let fs = FirestoreStore::new(&project).await.context("cannot reach the Firestore emulator")?;
+    let fs = FirestoreStore::new(&project)
+        .await
+        .context("cannot reach the Firestore emulator")?;
     let seeded = substitute(&g.flow_run);
     if scenario.when.via != "local_eventarc" {
         fs.put_doc(FLOW_RUNS, &run_id, seeded.clone()).await?;

@@ -27,7 +27,13 @@ impl MemoryArtifacts {
 
     /// Every object, sorted by URI.
     pub fn list(&self) -> Vec<(ObjectRef, StoredObject)> {
-        let mut all: Vec<_> = self.objects.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut all: Vec<_> = self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         all.sort_by_key(|(k, _)| k.uri());
         all
     }
@@ -35,15 +41,30 @@ impl MemoryArtifacts {
 
 #[async_trait]
 impl ArtifactStore for MemoryArtifacts {
-    async fn put(&self, obj: &ObjectRef, bytes: Bytes, content_type: &str, mode: WriteMode) -> Result<(), ArtifactError> {
+    async fn put(
+        &self,
+        obj: &ObjectRef,
+        bytes: Bytes,
+        content_type: &str,
+        mode: WriteMode,
+    ) -> Result<(), ArtifactError> {
         if self.unavailable.load(Ordering::SeqCst) {
-            return Err(ArtifactError::Unavailable(format!("bucket {} is unreachable", obj.bucket)));
+            return Err(ArtifactError::Unavailable(format!(
+                "bucket {} is unreachable",
+                obj.bucket
+            )));
         }
         let mut objects = self.objects.lock().unwrap();
         if mode == WriteMode::CreateOnly && objects.contains_key(obj) {
             return Err(ArtifactError::AlreadyExists(obj.uri()));
         }
-        objects.insert(obj.clone(), StoredObject { bytes, content_type: content_type.to_owned() });
+        objects.insert(
+            obj.clone(),
+            StoredObject {
+                bytes,
+                content_type: content_type.to_owned(),
+            },
+        );
         Ok(())
     }
 
@@ -90,7 +111,13 @@ pub fn content_type_for(path: &str) -> &'static str {
 
 #[async_trait]
 impl ArtifactStore for LocalArtifacts {
-    async fn put(&self, obj: &ObjectRef, bytes: Bytes, _content_type: &str, mode: WriteMode) -> Result<(), ArtifactError> {
+    async fn put(
+        &self,
+        obj: &ObjectRef,
+        bytes: Bytes,
+        _content_type: &str,
+        mode: WriteMode,
+    ) -> Result<(), ArtifactError> {
         let file = self.file_of(obj)?;
         let uri = obj.uri();
         tokio::task::spawn_blocking(move || {
@@ -104,7 +131,9 @@ impl ArtifactStore for LocalArtifacts {
                 WriteMode::Overwrite => tmp.persist(&file).map(drop).map_err(|e| io(e.error)),
                 WriteMode::CreateOnly => match tmp.persist_noclobber(&file) {
                     Ok(_) => Ok(()),
-                    Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Err(ArtifactError::AlreadyExists(uri)),
+                    Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Err(ArtifactError::AlreadyExists(uri))
+                    }
                     Err(e) => Err(io(e.error)),
                 },
             }
@@ -116,9 +145,15 @@ impl ArtifactStore for LocalArtifacts {
     async fn get(&self, obj: &ObjectRef) -> Result<Option<StoredObject>, ArtifactError> {
         let file = self.file_of(obj)?;
         match tokio::fs::read(&file).await {
-            Ok(b) => Ok(Some(StoredObject { bytes: b.into(), content_type: content_type_for(&obj.path).to_owned() })),
+            Ok(b) => Ok(Some(StoredObject {
+                bytes: b.into(),
+                content_type: content_type_for(&obj.path).to_owned(),
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ArtifactError::Unavailable(format!("cannot read {}: {e}", file.display()))),
+            Err(e) => Err(ArtifactError::Unavailable(format!(
+                "cannot read {}: {e}",
+                file.display()
+            ))),
         }
     }
 }

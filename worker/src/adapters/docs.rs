@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 
-use crate::domain::step::{check_owner, decide_claim};
 use crate::domain::rate::plan_window;
+use crate::domain::step::{check_owner, decide_claim};
 use crate::domain::usage::{plan_exhaust, plan_give_back, plan_reservation};
 use crate::domain::{
     AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, Grant, OpId, PatchOutcome, RateDoc, RunId,
@@ -33,11 +33,7 @@ pub type DocKey = (&'static str, String);
 
 /// Runs `f` on the named documents with nobody else reading or writing them, then stores what `f` changed.
 pub trait DocBackend: Send + Sync + 'static {
-    fn transact<R>(
-        &self,
-        keys: &[DocKey],
-        f: &mut dyn FnMut(&mut [Option<Value>]) -> R,
-    ) -> Result<R, StoreError>;
+    fn transact<R>(&self, keys: &[DocKey], f: &mut dyn FnMut(&mut [Option<Value>]) -> R) -> Result<R, StoreError>;
 }
 
 /// Documents in a map behind a mutex.
@@ -72,7 +68,8 @@ pub struct LocalBackend {
 impl LocalBackend {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        fs::create_dir_all(&root).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", root.display())))?;
+        fs::create_dir_all(&root)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", root.display())))?;
         Ok(Self { root })
     }
 
@@ -89,7 +86,10 @@ impl LocalBackend {
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| StoreError::Corrupt { path: path.display().to_string(), reason: e.to_string() }),
+                .map_err(|e| StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Unavailable(format!("cannot read {}: {e}", path.display()))),
         }
@@ -125,7 +125,8 @@ impl DocBackend for LocalBackend {
             .write(true)
             .open(&lock_path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display())))?;
-        lock.lock().map_err(|e| StoreError::Unavailable(format!("cannot lock {}: {e}", lock_path.display())))?;
+        lock.lock()
+            .map_err(|e| StoreError::Unavailable(format!("cannot lock {}: {e}", lock_path.display())))?;
         let before: Vec<Option<Value>> = keys.iter().map(|k| self.read(k)).collect::<Result<_, _>>()?;
         let mut slots = before.clone();
         let out = f(&mut slots);
@@ -148,20 +149,26 @@ pub struct JsonDocs<B> {
 
 impl<B> Clone for JsonDocs<B> {
     fn clone(&self) -> Self {
-        Self { backend: self.backend.clone() }
+        Self {
+            backend: self.backend.clone(),
+        }
     }
 }
 
 impl JsonDocs<MemoryBackend> {
     pub fn in_memory() -> Self {
-        Self { backend: Arc::new(MemoryBackend::default()) }
+        Self {
+            backend: Arc::new(MemoryBackend::default()),
+        }
     }
 }
 
 impl JsonDocs<LocalBackend> {
     /// Documents under `<state_dir>/firestore`.
     pub fn local(state_dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self { backend: Arc::new(LocalBackend::open(state_dir.join("firestore"))?) })
+        Ok(Self {
+            backend: Arc::new(LocalBackend::open(state_dir.join("firestore"))?),
+        })
     }
 }
 
@@ -184,7 +191,8 @@ impl<B: DocBackend> JsonDocs<B> {
 
     /// Writes a whole document (seeding from the CLI and tests; the worker itself only patches).
     pub async fn put_doc(&self, collection: &'static str, id: &str, value: Value) -> Result<(), StoreError> {
-        self.tx(vec![(collection, id.to_owned())], move |d| d[0] = Some(value.clone())).await
+        self.tx(vec![(collection, id.to_owned())], move |d| d[0] = Some(value.clone()))
+            .await
     }
 
     /// Creates a document unless it exists; answers whether it was created.
@@ -205,7 +213,10 @@ fn usage_of(v: &Option<Value>, id: &AccountId) -> Result<Option<UsageDoc>, Store
     v.as_ref()
         .map(|v| serde_json::from_value(v.clone()))
         .transpose()
-        .map_err(|e| StoreError::Corrupt { path: format!("{ACCOUNTS_USAGE}/{id}"), reason: e.to_string() })
+        .map_err(|e| StoreError::Corrupt {
+            path: format!("{ACCOUNTS_USAGE}/{id}"),
+            reason: e.to_string(),
+        })
 }
 
 fn to_value(d: &UsageDoc) -> Value {
@@ -218,7 +229,12 @@ impl<B: DocBackend> FlowRunStore for JsonDocs<B> {
         self.get_doc(FLOW_RUNS, run.as_str()).await
     }
 
-    async fn claim_step(&self, run: &RunId, selector: &StepSelector, params: &ClaimParams) -> Result<ClaimOutcome, StoreError> {
+    async fn claim_step(
+        &self,
+        run: &RunId,
+        selector: &StepSelector,
+        params: &ClaimParams,
+    ) -> Result<ClaimOutcome, StoreError> {
         let (selector, params) = (selector.clone(), params.clone());
         self.tx(vec![(FLOW_RUNS, run.to_string())], move |d| {
             let (outcome, patch) = decide_claim(d[0].as_ref(), &selector, &params);
@@ -230,7 +246,12 @@ impl<B: DocBackend> FlowRunStore for JsonDocs<B> {
         .await
     }
 
-    async fn patch_owned_step(&self, run: &RunId, token: &ClaimToken, patch: &StepPatch) -> Result<PatchOutcome, StoreError> {
+    async fn patch_owned_step(
+        &self,
+        run: &RunId,
+        token: &ClaimToken,
+        patch: &StepPatch,
+    ) -> Result<PatchOutcome, StoreError> {
         let (token, patch) = (token.clone(), patch.clone());
         self.tx(vec![(FLOW_RUNS, run.to_string())], move |d| {
             let outcome = check_owner(d[0].as_ref(), &patch, &token);
@@ -249,7 +270,10 @@ impl<B: DocBackend> TemplateStore for JsonDocs<B> {
         let keys = ids.iter().map(|id| (CHART_TEMPLATES, id.to_string())).collect();
         let ids = ids.to_vec();
         self.tx(keys, move |d| {
-            ids.iter().zip(d.iter()).filter_map(|(id, v)| v.clone().map(|v| (id.clone(), v))).collect()
+            ids.iter()
+                .zip(d.iter())
+                .filter_map(|(id, v)| v.clone().map(|v| (id.clone(), v)))
+                .collect()
         })
         .await
     }
@@ -257,16 +281,28 @@ impl<B: DocBackend> TemplateStore for JsonDocs<B> {
 
 #[async_trait]
 impl<B: DocBackend> AccountUsageStore for JsonDocs<B> {
-    async fn reserve(&self, op: &OpId, accounts: &[AccountQuota], units: u32, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError> {
+    async fn reserve(
+        &self,
+        op: &OpId,
+        accounts: &[AccountQuota],
+        units: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Grant>, StoreError> {
         let keys = accounts.iter().map(|a| (ACCOUNTS_USAGE, a.id.to_string())).collect();
         let accounts = accounts.to_vec();
         let op = op.clone();
         self.tx(keys, move |d| -> Result<Vec<Grant>, StoreError> {
-            let current: Vec<Option<UsageDoc>> =
-                d.iter().zip(&accounts).map(|(v, a)| usage_of(v, &a.id)).collect::<Result<_, _>>()?;
+            let current: Vec<Option<UsageDoc>> = d
+                .iter()
+                .zip(&accounts)
+                .map(|(v, a)| usage_of(v, &a.id))
+                .collect::<Result<_, _>>()?;
             let (grants, writes) = plan_reservation(&op, &accounts, &current, units, now);
             for (id, doc) in writes {
-                let i = accounts.iter().position(|a| a.id == id).expect("writes name configured accounts");
+                let i = accounts
+                    .iter()
+                    .position(|a| a.id == id)
+                    .expect("writes name configured accounts");
                 d[i] = Some(to_value(&doc));
             }
             Ok(grants)
@@ -274,26 +310,44 @@ impl<B: DocBackend> AccountUsageStore for JsonDocs<B> {
         .await?
     }
 
-    async fn give_back(&self, op: &OpId, account: &AccountId, day: NaiveDate, units: u32, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn give_back(
+        &self,
+        op: &OpId,
+        account: &AccountId,
+        day: NaiveDate,
+        units: u32,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let id = account.clone();
         let op = op.clone();
-        self.tx(vec![(ACCOUNTS_USAGE, account.to_string())], move |d| -> Result<(), StoreError> {
-            if let Some(doc) = plan_give_back(&op, usage_of(&d[0], &id)?.as_ref(), day, units, now) {
-                d[0] = Some(to_value(&doc));
-            }
-            Ok(())
-        })
+        self.tx(
+            vec![(ACCOUNTS_USAGE, account.to_string())],
+            move |d| -> Result<(), StoreError> {
+                if let Some(doc) = plan_give_back(&op, usage_of(&d[0], &id)?.as_ref(), day, units, now) {
+                    d[0] = Some(to_value(&doc));
+                }
+                Ok(())
+            },
+        )
         .await?
     }
 
-    async fn mark_exhausted(&self, account: &AccountQuota, day: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn mark_exhausted(
+        &self,
+        account: &AccountQuota,
+        day: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let acc = account.clone();
-        self.tx(vec![(ACCOUNTS_USAGE, account.id.to_string())], move |d| -> Result<(), StoreError> {
-            if let Some(doc) = plan_exhaust(usage_of(&d[0], &acc.id)?.as_ref(), day, acc.daily_limit, now) {
-                d[0] = Some(to_value(&doc));
-            }
-            Ok(())
-        })
+        self.tx(
+            vec![(ACCOUNTS_USAGE, account.id.to_string())],
+            move |d| -> Result<(), StoreError> {
+                if let Some(doc) = plan_exhaust(usage_of(&d[0], &acc.id)?.as_ref(), day, acc.daily_limit, now) {
+                    d[0] = Some(to_value(&doc));
+                }
+                Ok(())
+            },
+        )
         .await?
     }
 
@@ -305,20 +359,31 @@ impl<B: DocBackend> AccountUsageStore for JsonDocs<B> {
 
 #[async_trait]
 impl<B: DocBackend> RateWindowStore for JsonDocs<B> {
-    async fn reserve_window(&self, account: &AccountId, ask: &WindowAsk, now: DateTime<Utc>) -> Result<Window, StoreError> {
+    async fn reserve_window(
+        &self,
+        account: &AccountId,
+        ask: &WindowAsk,
+        now: DateTime<Utc>,
+    ) -> Result<Window, StoreError> {
         let (id, ask) = (account.clone(), ask.clone());
-        self.tx(vec![(RATE_WINDOWS, account.to_string())], move |d| -> Result<Window, StoreError> {
-            let current: Option<RateDoc> = d[0]
-                .as_ref()
-                .map(|v| serde_json::from_value(v.clone()))
-                .transpose()
-                .map_err(|e| StoreError::Corrupt { path: format!("{RATE_WINDOWS}/{id}"), reason: e.to_string() })?;
-            let (window, write) = plan_window(current.as_ref(), &ask, now);
-            if let Some(doc) = write {
-                d[0] = Some(serde_json::to_value(&doc).expect("rate documents serialize"));
-            }
-            Ok(window)
-        })
+        self.tx(
+            vec![(RATE_WINDOWS, account.to_string())],
+            move |d| -> Result<Window, StoreError> {
+                let current: Option<RateDoc> = d[0]
+                    .as_ref()
+                    .map(|v| serde_json::from_value(v.clone()))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt {
+                        path: format!("{RATE_WINDOWS}/{id}"),
+                        reason: e.to_string(),
+                    })?;
+                let (window, write) = plan_window(current.as_ref(), &ask, now);
+                if let Some(doc) = write {
+                    d[0] = Some(serde_json::to_value(&doc).expect("rate documents serialize"));
+                }
+                Ok(window)
+            },
+        )
         .await?
     }
 }

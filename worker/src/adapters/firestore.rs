@@ -39,10 +39,10 @@ use futures::StreamExt;
 use serde_json::Value as Json;
 use tracing::{debug, info, warn};
 
+use crate::firestore_codec::field_value;
 pub use crate::firestore_codec::{
     document_to_json, field_path, json_document, json_to_value, quote_segment, timestamp_to_rfc3339, value_to_json,
 };
-use crate::firestore_codec::field_value;
 use crate::retry::RetryPolicy;
 
 use crate::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS, RATE_WINDOWS};
@@ -70,7 +70,9 @@ pub struct FirestoreStore {
 
 impl std::fmt::Debug for FirestoreStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FirestoreStore").field("database", self.db.get_database_path()).finish()
+        f.debug_struct("FirestoreStore")
+            .field("database", self.db.get_database_path())
+            .finish()
     }
 }
 
@@ -102,7 +104,12 @@ struct OpenTransaction {
 
 impl OpenTransaction {
     fn new(client: FirestoreClient<GoogleAuthMiddleware>, database: &str, id: Vec<u8>) -> Self {
-        Self { client, database: database.to_owned(), id, done: false }
+        Self {
+            client,
+            database: database.to_owned(),
+            id,
+            done: false,
+        }
     }
 
     fn id(&self) -> &[u8] {
@@ -120,7 +127,9 @@ impl Drop for OpenTransaction {
         if self.done {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let mut client = self.client.clone();
         let request = fs::RollbackRequest {
             database: std::mem::take(&mut self.database),
@@ -154,7 +163,11 @@ impl FirestoreStore {
 
     /// Wraps a client built elsewhere (other database id, explicit credentials).
     pub fn from_db(db: FirestoreDb) -> Self {
-        Self { db, policy: RetryPolicy::FIRESTORE, call_timeout: DEFAULT_CALL_TIMEOUT }
+        Self {
+            db,
+            policy: RetryPolicy::FIRESTORE,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
     }
 
     pub fn with_policy(mut self, policy: RetryPolicy) -> Self {
@@ -181,14 +194,14 @@ impl FirestoreStore {
         self.db.client().get()
     }
 
-    async fn call<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, Status>>,
-    ) -> Result<T, AttemptError> {
+    async fn call<T>(&self, fut: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, AttemptError> {
         match tokio::time::timeout(self.call_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(status)) => Err(classify(&status)),
-            Err(_) => Err(AttemptError::Retry { contention: false, message: format!("no answer within {:?}", self.call_timeout) }),
+            Err(_) => Err(AttemptError::Retry {
+                contention: false,
+                message: format!("no answer within {:?}", self.call_timeout),
+            }),
         }
     }
 
@@ -219,8 +232,14 @@ impl FirestoreStore {
         names
             .iter()
             .map(|name| match found.remove(name) {
-                None => Ok(TxDoc { value: None, update_time: None }),
-                Some(doc) => Ok(TxDoc { update_time: doc.update_time, value: Some(document_to_json(&doc.fields)) }),
+                None => Ok(TxDoc {
+                    value: None,
+                    update_time: None,
+                }),
+                Some(doc) => Ok(TxDoc {
+                    update_time: doc.update_time,
+                    value: Some(document_to_json(&doc.fields)),
+                }),
             })
             .collect()
     }
@@ -239,7 +258,9 @@ impl FirestoreStore {
             match self.attempt(&names, &mut decide, &mut retry_transaction).await {
                 Ok(r) => return Ok(r),
                 Err(AttemptError::Fatal(e)) => return Err(e),
-                Err(AttemptError::Retry { contention, message }) => give_up_or_wait(&mut budget, op, contention, message).await?,
+                Err(AttemptError::Retry { contention, message }) => {
+                    give_up_or_wait(&mut budget, op, contention, message).await?
+                }
             }
         }
     }
@@ -253,16 +274,22 @@ impl FirestoreStore {
         let begin = fs::BeginTransactionRequest {
             database: self.database_path().to_owned(),
             options: Some(fs::TransactionOptions {
-                mode: Some(fs::transaction_options::Mode::ReadWrite(fs::transaction_options::ReadWrite {
-                    // Naming the aborted transaction keeps this one's place in the lock queue.
-                    retry_transaction: std::mem::take(retry_transaction),
-                    ..Default::default()
-                })),
+                mode: Some(fs::transaction_options::Mode::ReadWrite(
+                    fs::transaction_options::ReadWrite {
+                        // Naming the aborted transaction keeps this one's place in the lock queue.
+                        retry_transaction: std::mem::take(retry_transaction),
+                        ..Default::default()
+                    },
+                )),
             }),
             ..Default::default()
         };
         let mut client = self.client();
-        let tx = self.call(client.begin_transaction(begin)).await?.into_inner().transaction;
+        let tx = self
+            .call(client.begin_transaction(begin))
+            .await?
+            .into_inner()
+            .transaction;
         *retry_transaction = tx.clone();
         // From here on the transaction holds locks on the emulator (and on Firestore) until it commits, is rolled back
         // or times out on the server (about a minute). The guard rolls it back on every way out, including the caller
@@ -298,7 +325,9 @@ impl FirestoreStore {
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(AttemptError::Fatal(e)) => return Err(e),
-                Err(AttemptError::Retry { contention, message }) => give_up_or_wait(&mut budget, op, contention, message).await?,
+                Err(AttemptError::Retry { contention, message }) => {
+                    give_up_or_wait(&mut budget, op, contention, message).await?
+                }
             }
         }
     }
@@ -324,13 +353,19 @@ impl FirestoreStore {
             let (out, write) = decide(&docs[0]).map_err(AttemptError::Fatal)?;
             if let Some(mut w) = write {
                 w.current_document = Some(unchanged(&docs[0]));
-                let request =
-                    fs::CommitRequest { database: self.database_path().to_owned(), writes: vec![w], ..Default::default() };
+                let request = fs::CommitRequest {
+                    database: self.database_path().to_owned(),
+                    writes: vec![w],
+                    ..Default::default()
+                };
                 let mut client = self.client();
                 match self.call(client.commit(request)).await {
                     // "Does not exist" failed: another writer created the document first.
                     Err(AttemptError::Fatal(StoreError::Other(m))) if m.starts_with("ALREADY_EXISTS") => {
-                        return Err(AttemptError::Retry { contention: true, message: m });
+                        return Err(AttemptError::Retry {
+                            contention: true,
+                            message: m,
+                        });
                     }
                     r => r?,
                 };
@@ -350,7 +385,10 @@ impl FirestoreStore {
     /// Writes a whole document, replacing any (seeding from tools and tests; the worker itself only patches).
     pub async fn put_doc(&self, collection: &str, id: &str, value: Json) -> Result<(), StoreError> {
         let doc = json_document(self.doc_name(collection, id), &value)?;
-        let write = fs::Write { operation: Some(fs::write::Operation::Update(doc)), ..Default::default() };
+        let write = fs::Write {
+            operation: Some(fs::write::Operation::Update(doc)),
+            ..Default::default()
+        };
         self.commit_plain("put", write).await.map(drop)
     }
 
@@ -371,8 +409,10 @@ impl FirestoreStore {
 
     /// Deletes a document (tests and tools).
     pub async fn delete_doc(&self, collection: &str, id: &str) -> Result<(), StoreError> {
-        let write =
-            fs::Write { operation: Some(fs::write::Operation::Delete(self.doc_name(collection, id))), ..Default::default() };
+        let write = fs::Write {
+            operation: Some(fs::write::Operation::Delete(self.doc_name(collection, id))),
+            ..Default::default()
+        };
         self.commit_plain("delete", write).await
     }
 
@@ -416,7 +456,10 @@ impl RetryCounts {
     }
 }
 
-static RETRIES: RetryCounts = RetryCounts { contention: AtomicU64::new(0), other: AtomicU64::new(0) };
+static RETRIES: RetryCounts = RetryCounts {
+    contention: AtomicU64::new(0),
+    other: AtomicU64::new(0),
+};
 
 /// This process's retry counts (every `FirestoreStore` together).
 pub fn retry_counts() -> &'static RetryCounts {
@@ -425,26 +468,48 @@ pub fn retry_counts() -> &'static RetryCounts {
 
 /// After a retryable failure: sleeps before the next attempt, or gives up with `Contention` (the failure was an
 /// aborted transaction) or `Unavailable` once the budget is spent.
-async fn give_up_or_wait(budget: &mut crate::retry::Attempts, op: &'static str, contention: bool, message: String) -> Result<(), StoreError> {
+async fn give_up_or_wait(
+    budget: &mut crate::retry::Attempts,
+    op: &'static str,
+    contention: bool,
+    message: String,
+) -> Result<(), StoreError> {
     let attempts = budget.attempts();
     RETRIES.count(contention);
-    info!(event = "transaction_retry", op, attempt = attempts, contention, "{message}");
+    info!(
+        event = "transaction_retry",
+        op,
+        attempt = attempts,
+        contention,
+        "{message}"
+    );
     if budget.wait().await {
         return Ok(());
     }
-    let what = format!("{op}: gave up after {attempts} attempts in {:?}: {message}", budget.elapsed());
+    let what = format!(
+        "{op}: gave up after {attempts} attempts in {:?}: {message}",
+        budget.elapsed()
+    );
     warn!(event = "transaction_gave_up", op, attempts, contention, "{what}");
-    Err(if contention { StoreError::Contention(what) } else { StoreError::Unavailable(what) })
+    Err(if contention {
+        StoreError::Contention(what)
+    } else {
+        StoreError::Unavailable(what)
+    })
 }
 
 fn exists(yes: bool) -> fs::Precondition {
-    fs::Precondition { condition_type: Some(fs::precondition::ConditionType::Exists(yes)) }
+    fs::Precondition {
+        condition_type: Some(fs::precondition::ConditionType::Exists(yes)),
+    }
 }
 
 /// The precondition of a transactional write: the document is still the version the transaction read.
 fn unchanged(doc: &TxDoc) -> fs::Precondition {
     match &doc.update_time {
-        Some(t) => fs::Precondition { condition_type: Some(fs::precondition::ConditionType::UpdateTime(*t)) },
+        Some(t) => fs::Precondition {
+            condition_type: Some(fs::precondition::ConditionType::UpdateTime(*t)),
+        },
         None => exists(false),
     }
 }
@@ -453,11 +518,22 @@ fn classify(status: &Status) -> AttemptError {
     let message = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
         // ABORTED: lost a lock or a commit race. FAILED_PRECONDITION on a transactional write: the document moved.
-        Code::Aborted | Code::FailedPrecondition => AttemptError::Retry { contention: true, message },
+        Code::Aborted | Code::FailedPrecondition => AttemptError::Retry {
+            contention: true,
+            message,
+        },
         // Google's retry guidance for Firestore, plus UNAUTHENTICATED (an expired token is refreshed on the next
         // call) and CANCELLED/UNKNOWN (what a reset connection surfaces as).
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled | Code::Internal
-        | Code::Unknown | Code::Unauthenticated => AttemptError::Retry { contention: false, message },
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Cancelled
+        | Code::Internal
+        | Code::Unknown
+        | Code::Unauthenticated => AttemptError::Retry {
+            contention: false,
+            message,
+        },
         Code::AlreadyExists => AttemptError::Fatal(StoreError::Other(format!("ALREADY_EXISTS: {}", status.message()))),
         _ => AttemptError::Fatal(StoreError::Other(message)),
     }
@@ -489,7 +565,9 @@ pub fn step_patch_write(doc_name: String, patch: &StepPatch, precondition: Optio
 }
 
 pub fn map_value(fields: HashMap<String, fs::Value>) -> fs::Value {
-    fs::Value { value_type: Some(fs::value::ValueType::MapValue(fs::MapValue { fields })) }
+    fs::Value {
+        value_type: Some(fs::value::ValueType::MapValue(fs::MapValue { fields })),
+    }
 }
 
 fn usage_of(doc: &TxDoc, id: &AccountId) -> Result<Option<UsageDoc>, StoreError> {
@@ -497,7 +575,10 @@ fn usage_of(doc: &TxDoc, id: &AccountId) -> Result<Option<UsageDoc>, StoreError>
         .as_ref()
         .map(|v| serde_json::from_value(v.clone()))
         .transpose()
-        .map_err(|e| StoreError::Corrupt { path: format!("{ACCOUNTS_USAGE}/{id}"), reason: e.to_string() })
+        .map_err(|e| StoreError::Corrupt {
+            path: format!("{ACCOUNTS_USAGE}/{id}"),
+            reason: e.to_string(),
+        })
 }
 
 /// A usage counter write: its own five fields (other fields someone added survive), guarded by the version read.
@@ -524,7 +605,12 @@ impl FlowRunStore for FirestoreStore {
         self.get_doc(FLOW_RUNS, run.as_str()).await
     }
 
-    async fn claim_step(&self, run: &RunId, selector: &StepSelector, params: &ClaimParams) -> Result<ClaimOutcome, StoreError> {
+    async fn claim_step(
+        &self,
+        run: &RunId,
+        selector: &StepSelector,
+        params: &ClaimParams,
+    ) -> Result<ClaimOutcome, StoreError> {
         let name = self.doc_name(FLOW_RUNS, run.as_str());
         // A plain read first: most deliveries find the step held, finished or not yet due, and a decision that writes
         // nothing needs no transaction (whose read locks would stall the holder's own lease renewals). A stale read
@@ -536,13 +622,21 @@ impl FlowRunStore for FirestoreStore {
         }
         self.transact("claim_step", vec![name.clone()], |docs| {
             let (outcome, patch) = decide_claim(docs[0].value.as_ref(), selector, params);
-            let writes = patch.map(|p| step_patch_write(name.clone(), &p, Some(unchanged(&docs[0])))).into_iter().collect();
+            let writes = patch
+                .map(|p| step_patch_write(name.clone(), &p, Some(unchanged(&docs[0]))))
+                .into_iter()
+                .collect();
             Ok((outcome, writes))
         })
         .await
     }
 
-    async fn patch_owned_step(&self, run: &RunId, token: &ClaimToken, patch: &StepPatch) -> Result<PatchOutcome, StoreError> {
+    async fn patch_owned_step(
+        &self,
+        run: &RunId,
+        token: &ClaimToken,
+        patch: &StepPatch,
+    ) -> Result<PatchOutcome, StoreError> {
         let name = self.doc_name(FLOW_RUNS, run.as_str());
         self.transact("patch_owned_step", vec![name.clone()], |docs| {
             let outcome = check_owner(docs[0].value.as_ref(), patch, token);
@@ -559,34 +653,61 @@ impl FlowRunStore for FirestoreStore {
 #[async_trait]
 impl TemplateStore for FirestoreStore {
     async fn get_templates(&self, ids: &[TemplateId]) -> Result<HashMap<TemplateId, Json>, StoreError> {
-        let names: Vec<String> = ids.iter().map(|id| self.doc_name(CHART_TEMPLATES, id.as_str())).collect();
-        let docs = self.with_retry("get_templates", || self.batch_get(&names, None)).await?;
-        Ok(ids.iter().zip(docs).filter_map(|(id, d)| d.value.map(|v| (id.clone(), v))).collect())
+        let names: Vec<String> = ids
+            .iter()
+            .map(|id| self.doc_name(CHART_TEMPLATES, id.as_str()))
+            .collect();
+        let docs = self
+            .with_retry("get_templates", || self.batch_get(&names, None))
+            .await?;
+        Ok(ids
+            .iter()
+            .zip(docs)
+            .filter_map(|(id, d)| d.value.map(|v| (id.clone(), v)))
+            .collect())
     }
 }
 
 #[async_trait]
 impl AccountUsageStore for FirestoreStore {
-    async fn reserve(&self, op: &OpId, accounts: &[AccountQuota], units: u32, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError> {
-        let names: Vec<String> = accounts.iter().map(|a| self.doc_name(ACCOUNTS_USAGE, a.id.as_str())).collect();
+    async fn reserve(
+        &self,
+        op: &OpId,
+        accounts: &[AccountQuota],
+        units: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Grant>, StoreError> {
+        let names: Vec<String> = accounts
+            .iter()
+            .map(|a| self.doc_name(ACCOUNTS_USAGE, a.id.as_str()))
+            .collect();
         if let ([account], [name]) = (accounts, names.as_slice()) {
             // One counter (the ledger's case): compare-and-set, so steps reserving on one account at once never wait
             // on each other's transaction locks.
             return self
                 .compare_and_set("reserve", name.clone(), |doc| {
                     let (grants, plan) = plan_reservation(op, accounts, &[usage_of(doc, &account.id)?], units, now);
-                    let write = plan.first().map(|(_, d)| usage_write(name.clone(), d, doc)).transpose()?;
+                    let write = plan
+                        .first()
+                        .map(|(_, d)| usage_write(name.clone(), d, doc))
+                        .transpose()?;
                     Ok((grants, write))
                 })
                 .await;
         }
         self.transact("reserve", names.clone(), |docs| {
-            let current: Vec<Option<UsageDoc>> =
-                docs.iter().zip(accounts).map(|(d, a)| usage_of(d, &a.id)).collect::<Result<_, _>>()?;
+            let current: Vec<Option<UsageDoc>> = docs
+                .iter()
+                .zip(accounts)
+                .map(|(d, a)| usage_of(d, &a.id))
+                .collect::<Result<_, _>>()?;
             let (grants, plan) = plan_reservation(op, accounts, &current, units, now);
             let mut writes = Vec::with_capacity(plan.len());
             for (id, doc) in plan {
-                let i = accounts.iter().position(|a| a.id == id).expect("writes name configured accounts");
+                let i = accounts
+                    .iter()
+                    .position(|a| a.id == id)
+                    .expect("writes name configured accounts");
                 writes.push(usage_write(names[i].clone(), &doc, &docs[i])?);
             }
             Ok((grants, writes))
@@ -594,7 +715,14 @@ impl AccountUsageStore for FirestoreStore {
         .await
     }
 
-    async fn give_back(&self, op: &OpId, account: &AccountId, day: NaiveDate, units: u32, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn give_back(
+        &self,
+        op: &OpId,
+        account: &AccountId,
+        day: NaiveDate,
+        units: u32,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let name = self.doc_name(ACCOUNTS_USAGE, account.as_str());
         self.compare_and_set("give_back", name.clone(), |doc| {
             let write = plan_give_back(op, usage_of(doc, account)?.as_ref(), day, units, now)
@@ -605,7 +733,12 @@ impl AccountUsageStore for FirestoreStore {
         .await
     }
 
-    async fn mark_exhausted(&self, account: &AccountQuota, day: NaiveDate, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn mark_exhausted(
+        &self,
+        account: &AccountQuota,
+        day: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let name = self.doc_name(ACCOUNTS_USAGE, account.id.as_str());
         self.compare_and_set("mark_exhausted", name.clone(), |doc| {
             let write = plan_exhaust(usage_of(doc, &account.id)?.as_ref(), day, account.daily_limit, now)
@@ -618,13 +751,24 @@ impl AccountUsageStore for FirestoreStore {
 
     async fn get_usage(&self, account: &AccountId) -> Result<Option<UsageDoc>, StoreError> {
         let v = self.get_doc(ACCOUNTS_USAGE, account.as_str()).await?;
-        usage_of(&TxDoc { value: v, update_time: None }, account)
+        usage_of(
+            &TxDoc {
+                value: v,
+                update_time: None,
+            },
+            account,
+        )
     }
 }
 
 #[async_trait]
 impl RateWindowStore for FirestoreStore {
-    async fn reserve_window(&self, account: &AccountId, ask: &WindowAsk, now: DateTime<Utc>) -> Result<Window, StoreError> {
+    async fn reserve_window(
+        &self,
+        account: &AccountId,
+        ask: &WindowAsk,
+        now: DateTime<Utc>,
+    ) -> Result<Window, StoreError> {
         let name = self.doc_name(RATE_WINDOWS, account.as_str());
         // A hot document written about once a second per busy instance: compare-and-set, not a locking transaction.
         self.compare_and_set("reserve_window", name.clone(), |doc| {
@@ -633,13 +777,19 @@ impl RateWindowStore for FirestoreStore {
                 .as_ref()
                 .map(|v| serde_json::from_value(v.clone()))
                 .transpose()
-                .map_err(|e| StoreError::Corrupt { path: format!("{RATE_WINDOWS}/{account}"), reason: e.to_string() })?;
+                .map_err(|e| StoreError::Corrupt {
+                    path: format!("{RATE_WINDOWS}/{account}"),
+                    reason: e.to_string(),
+                })?;
             let (window, write) = plan_window(current.as_ref(), ask, now);
             let writes = match write {
                 Some(doc) => {
                     let value = serde_json::to_value(&doc).map_err(|e| StoreError::Other(e.to_string()))?;
                     let document = json_document(name.clone(), &value)?;
-                    Some(fs::Write { operation: Some(fs::write::Operation::Update(document)), ..Default::default() })
+                    Some(fs::Write {
+                        operation: Some(fs::write::Operation::Update(document)),
+                        ..Default::default()
+                    })
                 }
                 None => None,
             };
@@ -663,20 +813,44 @@ mod tests {
         let mut fields = BTreeMap::new();
         fields.insert("status".to_owned(), Some(json!("READY")));
         fields.insert("claimedBy".to_owned(), None);
-        let patch = StepPatch { step_id: StepId::parse("charts-4h").unwrap(), fields };
+        let patch = StepPatch {
+            step_id: StepId::parse("charts-4h").unwrap(),
+            fields,
+        };
         let w = step_patch_write("n".into(), &patch, None);
-        assert_eq!(w.update_mask.unwrap().field_paths, vec!["steps.`charts-4h`.claimedBy", "steps.`charts-4h`.status"]);
-        let Some(fs::write::Operation::Update(doc)) = w.operation else { panic!() };
-        assert_eq!(document_to_json(&doc.fields), json!({"steps": {"charts-4h": {"status": "READY"}}}));
+        assert_eq!(
+            w.update_mask.unwrap().field_paths,
+            vec!["steps.`charts-4h`.claimedBy", "steps.`charts-4h`.status"]
+        );
+        let Some(fs::write::Operation::Update(doc)) = w.operation else {
+            panic!()
+        };
+        assert_eq!(
+            document_to_json(&doc.fields),
+            json!({"steps": {"charts-4h": {"status": "READY"}}})
+        );
     }
 
     #[test]
     fn token_errors_and_googles_retryable_codes_are_retried() {
-        for code in [Code::Unavailable, Code::Aborted, Code::DeadlineExceeded, Code::ResourceExhausted, Code::Internal, Code::Unauthenticated] {
-            assert!(matches!(classify(&Status::new(code, "x")), AttemptError::Retry { .. }), "{code:?}");
+        for code in [
+            Code::Unavailable,
+            Code::Aborted,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Internal,
+            Code::Unauthenticated,
+        ] {
+            assert!(
+                matches!(classify(&Status::new(code, "x")), AttemptError::Retry { .. }),
+                "{code:?}"
+            );
         }
         for code in [Code::PermissionDenied, Code::InvalidArgument, Code::NotFound] {
-            assert!(matches!(classify(&Status::new(code, "x")), AttemptError::Fatal(_)), "{code:?}");
+            assert!(
+                matches!(classify(&Status::new(code, "x")), AttemptError::Fatal(_)),
+                "{code:?}"
+            );
         }
     }
 }

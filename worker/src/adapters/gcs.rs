@@ -26,8 +26,8 @@ use token_source::{TokenSource, TokenSourceProvider};
 use tracing::debug;
 
 use crate::domain::ObjectRef;
-use crate::retry::RetryPolicy;
 use crate::ports::{ArtifactError, ArtifactStore, StoredObject, WriteMode};
+use crate::retry::RetryPolicy;
 
 /// Everything but RFC 3986 unreserved characters is escaped in a path segment or a query value.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -65,7 +65,10 @@ struct Clients {
 
 impl fmt::Debug for GcsArtifacts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GcsArtifacts").field("endpoint", &self.endpoint).field("authenticated", &self.token.is_some()).finish()
+        f.debug_struct("GcsArtifacts")
+            .field("endpoint", &self.endpoint)
+            .field("authenticated", &self.token.is_some())
+            .finish()
     }
 }
 
@@ -91,7 +94,12 @@ impl GcsArtifacts {
     /// An emulator (or any endpoint) with anonymous credentials.
     pub fn emulator(endpoint: &str) -> Self {
         let endpoint = endpoint.trim_end_matches('/').to_owned();
-        Self { clients: Arc::default(), endpoint, token: None, retry: RetryPolicy::GCS }
+        Self {
+            clients: Arc::default(),
+            endpoint,
+            token: None,
+            retry: RetryPolicy::GCS,
+        }
     }
 
     /// `storage.googleapis.com` with Application Default Credentials (on Cloud Run: the service account).
@@ -101,7 +109,12 @@ impl GcsArtifacts {
             .await
             .map_err(|e| ArtifactError::Unavailable(format!("no Google credentials for Cloud Storage: {e}")))?;
         let token = config.token_source_provider.as_ref().map(|p| p.token_source());
-        Ok(Self { clients: Arc::default(), endpoint: PRODUCTION_ENDPOINT.to_owned(), token, retry: RetryPolicy::GCS })
+        Ok(Self {
+            clients: Arc::default(),
+            endpoint: PRODUCTION_ENDPOINT.to_owned(),
+            token,
+            retry: RetryPolicy::GCS,
+        })
     }
 
     /// The clients, built once. The crate's client gets the shared `reqwest` client and this adapter's token
@@ -117,7 +130,10 @@ impl GcsArtifacts {
                     token_source_provider: token.map(|t| Box::new(SharedToken(t)) as Box<dyn TokenSourceProvider>),
                     ..Default::default()
                 };
-                Clients { client: Client::new(config), http }
+                Clients {
+                    client: Client::new(config),
+                    http,
+                }
             })
             .await
     }
@@ -142,7 +158,13 @@ impl GcsArtifacts {
         }
     }
 
-    async fn upload_once(&self, obj: &ObjectRef, bytes: &Bytes, content_type: &str, mode: WriteMode) -> Result<(), Attempt> {
+    async fn upload_once(
+        &self,
+        obj: &ObjectRef,
+        bytes: &Bytes,
+        content_type: &str,
+        mode: WriteMode,
+    ) -> Result<(), Attempt> {
         let mut url = format!(
             "{}/upload/storage/v1/b/{}/o?uploadType=multipart",
             self.endpoint,
@@ -165,10 +187,17 @@ impl GcsArtifacts {
             .await
             .http
             .post(url)
-            .header(reqwest::header::CONTENT_TYPE, format!("multipart/related; boundary={boundary}"))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/related; boundary={boundary}"),
+            )
             .body(body);
         // A token that cannot be had right now (metadata server hiccup, refresh race) is a transient failure.
-        if let Some(auth) = self.authorization().await.map_err(|e| Attempt::Transient(e.to_string()))? {
+        if let Some(auth) = self
+            .authorization()
+            .await
+            .map_err(|e| Attempt::Transient(e.to_string()))?
+        {
             request = request.header(reqwest::header::AUTHORIZATION, auth);
         }
         let response = match request.send().await {
@@ -184,8 +213,12 @@ impl GcsArtifacts {
         match status.as_u16() {
             412 if mode == WriteMode::CreateOnly => Err(Attempt::Final(ArtifactError::AlreadyExists(obj.uri()))),
             408 | 429 | 500..=599 => Err(Attempt::Transient(format!("upload of {obj}: HTTP {status}: {detail}"))),
-            401 if self.token.is_some() => Err(Attempt::Transient(format!("upload of {obj}: HTTP {status} (token refresh)"))),
-            _ => Err(Attempt::Final(ArtifactError::Other(format!("upload of {obj}: HTTP {status}: {detail}")))),
+            401 if self.token.is_some() => Err(Attempt::Transient(format!(
+                "upload of {obj}: HTTP {status} (token refresh)"
+            ))),
+            _ => Err(Attempt::Final(ArtifactError::Other(format!(
+                "upload of {obj}: HTTP {status}: {detail}"
+            )))),
         }
     }
 }
@@ -215,7 +248,9 @@ fn http_client() -> reqwest::Client {
 
 fn read_error(obj: &ObjectRef, e: GcsError) -> ArtifactError {
     match &e {
-        GcsError::Response(r) if r.code == 408 || r.code == 429 || r.code >= 500 => ArtifactError::Unavailable(format!("read of {obj}: {e}")),
+        GcsError::Response(r) if r.code == 408 || r.code == 429 || r.code >= 500 => {
+            ArtifactError::Unavailable(format!("read of {obj}: {e}"))
+        }
         GcsError::HttpClient(_) | GcsError::TokenSource(_) => ArtifactError::Unavailable(format!("read of {obj}: {e}")),
         _ => ArtifactError::Other(format!("read of {obj}: {e}")),
     }
@@ -227,7 +262,13 @@ fn is_not_found(e: &GcsError) -> bool {
 
 #[async_trait]
 impl ArtifactStore for GcsArtifacts {
-    async fn put(&self, obj: &ObjectRef, bytes: Bytes, content_type: &str, mode: WriteMode) -> Result<(), ArtifactError> {
+    async fn put(
+        &self,
+        obj: &ObjectRef,
+        bytes: Bytes,
+        content_type: &str,
+        mode: WriteMode,
+    ) -> Result<(), ArtifactError> {
         // A create-only retry after a lost answer may meet its own object: that reads as AlreadyExists, which the
         // core treats as "the manifest is there", the right conclusion.
         self.retry
@@ -249,14 +290,22 @@ impl ArtifactStore for GcsArtifacts {
 
     async fn get(&self, obj: &ObjectRef) -> Result<Option<StoredObject>, ArtifactError> {
         self.retry
-            .run(|| self.get_once(obj), |e| matches!(e, ArtifactError::Unavailable(_)), |_, _| {})
+            .run(
+                || self.get_once(obj),
+                |e| matches!(e, ArtifactError::Unavailable(_)),
+                |_, _| {},
+            )
             .await
     }
 }
 
 impl GcsArtifacts {
     async fn get_once(&self, obj: &ObjectRef) -> Result<Option<StoredObject>, ArtifactError> {
-        let req = GetObjectRequest { bucket: obj.bucket.clone(), object: obj.path.clone(), ..Default::default() };
+        let req = GetObjectRequest {
+            bucket: obj.bucket.clone(),
+            object: obj.path.clone(),
+            ..Default::default()
+        };
         let client = &self.clients().await.client;
         let meta = match client.get_object(&req).await {
             Ok(m) => m,
@@ -268,7 +317,10 @@ impl GcsArtifacts {
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(read_error(obj, e)),
         };
-        Ok(Some(StoredObject { bytes: bytes.into(), content_type: meta.content_type.unwrap_or_default() }))
+        Ok(Some(StoredObject {
+            bytes: bytes.into(),
+            content_type: meta.content_type.unwrap_or_default(),
+        }))
     }
 }
 

@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn ids_refuse_slashes_and_empty_strings_with_the_kind_named() {
         assert_eq!(RunId::parse("run-1").unwrap().as_str(), "run-1");
-        assert_eq!(RunId::parse("a/b").unwrap_err().to_string(), "runId must not contain '/'");
+        assert_eq!(
+            RunId::parse("a/b").unwrap_err().to_string(),
+            "runId must not contain '/'"
+        );
         assert_eq!(StepId::parse("").unwrap_err().to_string(), "stepId must not be empty");
         assert!(TemplateId::parse("..").is_err());
     }

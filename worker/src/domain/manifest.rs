@@ -79,7 +79,10 @@ impl ObjectRef {
     pub fn parse_uri(uri: &str) -> Option<ObjectRef> {
         let rest = uri.strip_prefix("gs://")?;
         let (bucket, path) = rest.split_once('/')?;
-        (!bucket.is_empty() && !path.is_empty()).then(|| ObjectRef { bucket: bucket.into(), path: path.into() })
+        (!bucket.is_empty() && !path.is_empty()).then(|| ObjectRef {
+            bucket: bucket.into(),
+            path: path.into(),
+        })
     }
 }
 
@@ -95,7 +98,14 @@ pub fn compact_time(t: DateTime<Utc>) -> String {
 }
 
 /// `runs/<runId>/charts/<timeframe>/<chartTemplateId>/<generatedAt>_<symbolSlug>_<timeframe>_<chartTemplateId>.png`
-pub fn chart_path(run: &RunId, tf: Timeframe, template: &TemplateId, symbol: &str, at: DateTime<Utc>, f: ImageFormat) -> String {
+pub fn chart_path(
+    run: &RunId,
+    tf: Timeframe,
+    template: &TemplateId,
+    symbol: &str,
+    at: DateTime<Utc>,
+    f: ImageFormat,
+) -> String {
     format!(
         "runs/{run}/charts/{tf}/{template}/{}_{symbol}_{tf}_{template}.{}",
         compact_time(at),
@@ -149,7 +159,8 @@ pub const MANIFEST_SCHEMA: &str = include_str!("../../schemas/manifest.schema.js
 fn validator() -> &'static jsonschema::Validator {
     static V: OnceLock<jsonschema::Validator> = OnceLock::new();
     V.get_or_init(|| {
-        let schema: serde_json::Value = serde_json::from_str(MANIFEST_SCHEMA).expect("the bundled manifest schema is JSON");
+        let schema: serde_json::Value =
+            serde_json::from_str(MANIFEST_SCHEMA).expect("the bundled manifest schema is JSON");
         jsonschema::validator_for(&schema).expect("the bundled manifest schema compiles")
     })
 }
@@ -170,8 +181,11 @@ impl Manifest {
     pub fn from_validated_json(bytes: &[u8]) -> Result<Manifest, String> {
         let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
-        let errors: Vec<String> =
-            validator().iter_errors(&value).take(3).map(|e| format!("manifest{}: {}", e.instance_path(), e)).collect();
+        let errors: Vec<String> = validator()
+            .iter_errors(&value)
+            .take(3)
+            .map(|e| format!("manifest{}: {}", e.instance_path(), e))
+            .collect();
         if !errors.is_empty() {
             return Err(errors.join("; "));
         }
@@ -211,7 +225,8 @@ mod tests {
             requested: 2,
             items: vec![ManifestItem {
                 chart_template_id: "price_volume".into(),
-                gcs_uri: "gs://bucket-1/runs/run-1/charts/4h/price_volume/20261128T132511Z_BTCUSDT_4h_price_volume.png".into(),
+                gcs_uri: "gs://bucket-1/runs/run-1/charts/4h/price_volume/20261128T132511Z_BTCUSDT_4h_price_volume.png"
+                    .into(),
                 content_type: "image/png".into(),
                 bytes: 10,
                 sha256: "a".repeat(64),
@@ -261,13 +276,28 @@ mod tests {
     fn paths_follow_the_contract() {
         let run = RunId::parse("run-123").unwrap();
         let t = TemplateId::parse("rsi_14").unwrap();
-        let at = DateTime::parse_from_rfc3339("2026-11-28T13:25:11Z").unwrap().with_timezone(&Utc);
+        let at = DateTime::parse_from_rfc3339("2026-11-28T13:25:11Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(
-            chart_path(&run, Timeframe::parse("4h").unwrap(), &t, "BTCUSDT", at, ImageFormat::Png),
+            chart_path(
+                &run,
+                Timeframe::parse("4h").unwrap(),
+                &t,
+                "BTCUSDT",
+                at,
+                ImageFormat::Png
+            ),
             "runs/run-123/charts/4h/rsi_14/20261128T132511Z_BTCUSDT_4h_rsi_14.png"
         );
-        assert_eq!(manifest_path(&run, &StepId::parse("charts_4h").unwrap()), "runs/run-123/steps/charts_4h/charts/manifest.json");
+        assert_eq!(
+            manifest_path(&run, &StepId::parse("charts_4h").unwrap()),
+            "runs/run-123/steps/charts_4h/charts/manifest.json"
+        );
         let o = ObjectRef::parse_uri("gs://b/p/q.json").unwrap();
-        assert_eq!((o.bucket.as_str(), o.path.as_str(), o.uri()), ("b", "p/q.json", "gs://b/p/q.json".to_owned()));
+        assert_eq!(
+            (o.bucket.as_str(), o.path.as_str(), o.uri()),
+            ("b", "p/q.json", "gs://b/p/q.json".to_owned())
+        );
     }
 }

@@ -48,14 +48,22 @@ pub struct WindowAsk {
 }
 
 fn at_ms(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The next window for `ask` given the stored `doc`, and the document to write (`None`: nothing to write, the
 /// operation was applied before). The window starts when the last one (plus its gap) ends, or now if that is past.
 pub fn plan_window(doc: Option<&RateDoc>, ask: &WindowAsk, now: DateTime<Utc>) -> (Window, Option<RateDoc>) {
     if let Some(d) = doc.filter(|d| d.op == ask.op.as_str()) {
-        return (Window { start: at_ms(d.window_start_ms), end: at_ms(d.window_end_ms) }, None);
+        return (
+            Window {
+                start: at_ms(d.window_start_ms),
+                end: at_ms(d.window_end_ms),
+            },
+            None,
+        );
     }
     let now_ms = now.timestamp_millis();
     let start_ms = doc.map_or(now_ms, |d| d.next_free_ms.max(now_ms));
@@ -68,7 +76,13 @@ pub fn plan_window(doc: Option<&RateDoc>, ask: &WindowAsk, now: DateTime<Utc>) -
         window_end_ms: end_ms,
         updated_at: rfc3339(now),
     };
-    (Window { start: at_ms(start_ms), end: at_ms(end_ms) }, Some(next))
+    (
+        Window {
+            start: at_ms(start_ms),
+            end: at_ms(end_ms),
+        },
+        Some(next),
+    )
 }
 
 #[cfg(test)]
@@ -104,7 +118,11 @@ mod tests {
     fn a_window_that_passed_unused_frees_the_key_at_once() {
         let (_, d1) = plan_window(None, &ask("r1", 2000), t(0));
         let (w, _) = plan_window(d1.as_ref(), &ask("r2", 2000), t(10_000));
-        assert_eq!(w.start, t(10_000), "a holder that died only blocks the key until its window ends");
+        assert_eq!(
+            w.start,
+            t(10_000),
+            "a holder that died only blocks the key until its window ends"
+        );
     }
 
     #[test]

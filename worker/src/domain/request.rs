@@ -59,7 +59,11 @@ pub struct PlanNeeds {
 
 impl PlanNeeds {
     /// Needs every plan meets (the API's smallest chart, no studies).
-    pub const NONE: PlanNeeds = PlanNeeds { width: 0, height: 0, params: 0 };
+    pub const NONE: PlanNeeds = PlanNeeds {
+        width: 0,
+        height: 0,
+        params: 0,
+    };
 
     pub fn fits(&self, plan: Plan) -> bool {
         plan.limits().fits(self.width, self.height, self.params)
@@ -80,16 +84,34 @@ pub struct TemplateInvalid {
 /// [`ChartRequest::needs`] for the account choice. With no plan configured there is nothing to check against (the
 /// caller fails the request for want of an account).
 pub fn check_request(mut req: ChartRequest, plans: &[Plan]) -> Result<ChartRequest, TemplateInvalid> {
-    let Some(largest) = Plan::most_permissive(plans.iter().copied()) else { return Ok(req) };
-    let bad = |field: String, problem: String| TemplateInvalid { template_id: req.template_id.clone(), field, problem };
+    let Some(largest) = Plan::most_permissive(plans.iter().copied()) else {
+        return Ok(req);
+    };
+    let bad = |field: String, problem: String| TemplateInvalid {
+        template_id: req.template_id.clone(),
+        field,
+        problem,
+    };
     // Fields and semantics first, with the size and parameter limits out of the way: which plan fits is decided next,
     // with a message that says so.
-    let unbounded = PlanLimits { max_width: u32::MAX, max_height: u32::MAX, max_params: u32::MAX, ..largest.limits() };
+    let unbounded = PlanLimits {
+        max_width: u32::MAX,
+        max_height: u32::MAX,
+        max_params: u32::MAX,
+        ..largest.limits()
+    };
     let chart = chart_img_spec::validate_advanced_chart(&Value::Object(req.body.clone()), &unbounded).map_err(|r| {
         let field = format!("request.{}", r.field.as_deref().unwrap_or("body"));
-        bad(field, format!("Chart-IMG would refuse it with {} {}", r.status, r.summary()))
+        bad(
+            field,
+            format!("Chart-IMG would refuse it with {} {}", r.status, r.summary()),
+        )
     })?;
-    let needs = PlanNeeds { width: chart.width, height: chart.height, params: chart.params() };
+    let needs = PlanNeeds {
+        width: chart.width,
+        height: chart.height,
+        params: chart.params(),
+    };
     if !needs.fits(largest) {
         let l = largest.limits();
         let (field, what) = if chart.width > l.max_width || chart.height > l.max_height {
@@ -117,7 +139,11 @@ pub fn build_request(
     timeframe: Timeframe,
     timezone: &str,
 ) -> Result<ChartRequest, TemplateInvalid> {
-    let bad = |field: &'static str, problem: String| TemplateInvalid { template_id: template_id.clone(), field: field.to_owned(), problem };
+    let bad = |field: &'static str, problem: String| TemplateInvalid {
+        template_id: template_id.clone(),
+        field: field.to_owned(),
+        problem,
+    };
     let symbol_template = match template.get("chartImgSymbolTemplate") {
         Some(Value::String(s)) => s,
         Some(_) => return Err(bad("chartImgSymbolTemplate", "must be a string".into())),
@@ -131,11 +157,14 @@ pub fn build_request(
         ));
     }
     let full = symbol_template.replace("{symbol}", symbol);
-    let well_formed = full
-        .split_once(':')
-        .is_some_and(|(ex, sym)| !ex.is_empty() && !sym.is_empty() && !sym.contains(':') && !full.contains(char::is_whitespace));
+    let well_formed = full.split_once(':').is_some_and(|(ex, sym)| {
+        !ex.is_empty() && !sym.is_empty() && !sym.contains(':') && !full.contains(char::is_whitespace)
+    });
     if !well_formed {
-        return Err(bad("chartImgSymbolTemplate", format!("must yield EXCHANGE:SYMBOL, got {full:?}")));
+        return Err(bad(
+            "chartImgSymbolTemplate",
+            format!("must yield EXCHANGE:SYMBOL, got {full:?}"),
+        ));
     }
     let mut body = match template.get("request") {
         None | Some(Value::Null) => Map::new(),
@@ -146,12 +175,22 @@ pub fn build_request(
         None => ImageFormat::Png,
         Some(Value::String(f)) if f == "png" => ImageFormat::Png,
         Some(Value::String(f)) if f == "jpeg" => ImageFormat::Jpeg,
-        Some(other) => return Err(bad("request", format!("format must be \"png\" or \"jpeg\", got {other}"))),
+        Some(other) => {
+            return Err(bad(
+                "request",
+                format!("format must be \"png\" or \"jpeg\", got {other}"),
+            ))
+        }
     };
     body.insert("symbol".into(), Value::String(full));
     body.insert("interval".into(), Value::String(timeframe.as_str().into()));
     body.insert("timezone".into(), Value::String(timezone.into()));
-    Ok(ChartRequest { template_id: template_id.clone(), body, format, needs: PlanNeeds::NONE })
+    Ok(ChartRequest {
+        template_id: template_id.clone(),
+        body,
+        format,
+        needs: PlanNeeds::NONE,
+    })
 }
 
 #[cfg(test)]
@@ -185,10 +224,13 @@ mod tests {
             ("{symbol}", "EXCHANGE:SYMBOL"),
             (":{symbol}", "EXCHANGE:SYMBOL"),
         ] {
-            let err = build_request(&id(), &json!({"chartImgSymbolTemplate": tpl}), "BTCUSDT", tf, "Etc/UTC").unwrap_err();
+            let err =
+                build_request(&id(), &json!({"chartImgSymbolTemplate": tpl}), "BTCUSDT", tf, "Etc/UTC").unwrap_err();
             assert_eq!(err.field, "chartImgSymbolTemplate");
             assert!(err.to_string().contains(problem), "{err}");
-            assert!(err.to_string().starts_with("chart_templates/price_volume.chartImgSymbolTemplate"));
+            assert!(err
+                .to_string()
+                .starts_with("chart_templates/price_volume.chartImgSymbolTemplate"));
         }
         let err = build_request(&id(), &json!({}), "BTCUSDT", tf, "Etc/UTC").unwrap_err();
         assert!(err.to_string().contains("is missing"));
@@ -203,15 +245,36 @@ mod tests {
     fn requests_the_api_would_refuse_fail_naming_the_field() {
         let plans = [Plan::Basic, Plan::Pro];
         for (request, field, problem) in [
-            (json!({"studies": [{"name": "RSI"}]}), "request.studies[0].name", "422 studies[0].name: must be a supported name (\"RSI\")"),
-            (json!({"studies": [{"name": "MACD", "input": {"in_2": 51}}]}), "request.studies[0].input.in_2", "must be an integer between 1 and 50"),
-            (json!({"drawings": [{"name": "Horizontal Line", "input": {}}]}), "request.drawings[0].input.price", "is required"),
-            (json!({"drawings": [{"name": "Circle", "input": {}}]}), "request.drawings[0].name", "must be a supported name"),
+            (
+                json!({"studies": [{"name": "RSI"}]}),
+                "request.studies[0].name",
+                "422 studies[0].name: must be a supported name (\"RSI\")",
+            ),
+            (
+                json!({"studies": [{"name": "MACD", "input": {"in_2": 51}}]}),
+                "request.studies[0].input.in_2",
+                "must be an integer between 1 and 50",
+            ),
+            (
+                json!({"drawings": [{"name": "Horizontal Line", "input": {}}]}),
+                "request.drawings[0].input.price",
+                "is required",
+            ),
+            (
+                json!({"drawings": [{"name": "Circle", "input": {}}]}),
+                "request.drawings[0].name",
+                "must be a supported name",
+            ),
         ] {
             let err = check_request(built(request), &plans).unwrap_err();
             assert_eq!(err.field, field);
             assert!(err.problem.contains(problem), "{err}");
-            assert!(err.to_string().starts_with(&format!("chart_templates/price_volume.{field}: Chart-IMG would refuse it with 422")), "{err}");
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "chart_templates/price_volume.{field}: Chart-IMG would refuse it with 422"
+                )),
+                "{err}"
+            );
         }
         // The timezone comes from the worker's settings, so a bad one is named too.
         let t = json!({"chartImgSymbolTemplate": "BINANCE:{symbol}"});
@@ -220,23 +283,49 @@ mod tests {
         let t = json!({"chartImgSymbolTemplate": "BAHRAIN:{symbol}"});
         let req = build_request(&id(), &t, "BATELCO", Timeframe::parse("4h").unwrap(), "Etc/UTC").unwrap();
         let err = check_request(req, &plans).unwrap_err();
-        assert_eq!((err.field.as_str(), err.problem.as_str()), ("request.symbol", "Chart-IMG would refuse it with 422 Invalid Symbol"));
+        assert_eq!(
+            (err.field.as_str(), err.problem.as_str()),
+            ("request.symbol", "Chart-IMG would refuse it with 422 Invalid Symbol")
+        );
     }
 
     #[test]
     fn size_and_parameters_are_checked_against_the_most_permissive_plan_and_recorded_for_the_account_choice() {
         let big = json!({"width": 1920, "height": 1080});
         let ok = check_request(built(big.clone()), &[Plan::Basic, Plan::Pro]).unwrap();
-        assert_eq!(ok.needs, PlanNeeds { width: 1920, height: 1080, params: 0 });
+        assert_eq!(
+            ok.needs,
+            PlanNeeds {
+                width: 1920,
+                height: 1080,
+                params: 0
+            }
+        );
         assert!(!ok.needs.fits(Plan::Basic) && ok.needs.fits(Plan::Pro));
         let err = check_request(built(big), &[Plan::Basic]).unwrap_err();
         assert_eq!(err.field, "request.width");
         assert_eq!(err.problem, "1920x1080: no configured account's plan fits (the largest, BASIC, allows 800x600 and 3 studies and drawings)");
-        let four: Vec<Value> = ["Volume", "MACD", "Aroon", "Momentum"].iter().map(|n| json!({"name": n})).collect();
+        let four: Vec<Value> = ["Volume", "MACD", "Aroon", "Momentum"]
+            .iter()
+            .map(|n| json!({"name": n}))
+            .collect();
         let err = check_request(built(json!({"studies": four})), &[Plan::Basic]).unwrap_err();
-        assert_eq!((err.field.as_str(), err.problem.starts_with("4 studies and drawings: no configured account's plan fits")), ("request.studies", true));
+        assert_eq!(
+            (
+                err.field.as_str(),
+                err.problem
+                    .starts_with("4 studies and drawings: no configured account's plan fits")
+            ),
+            ("request.studies", true)
+        );
         // Numbers as the API reads them: "800" is 800.
-        assert_eq!(check_request(built(json!({"width": "800"})), &[Plan::Basic]).unwrap().needs.width, 800);
+        assert_eq!(
+            check_request(built(json!({"width": "800"})), &[Plan::Basic])
+                .unwrap()
+                .needs
+                .width,
+            800
+        );
         // No account configured: nothing to check against.
         assert!(check_request(built(json!({"studies": [{"name": "RSI"}]})), &[]).is_ok());
     }

@@ -78,22 +78,49 @@ pub enum ClaimOutcome {
     /// The step is ours: `READY -> RUNNING` (or a RUNNING step whose lease had expired) was written, or a retried
     /// commit found our own token already there. `run` is the whole document as the transaction left it, so the
     /// core needs no second read; `attempt` counts this claim (1 for the first).
-    Claimed { step_id: StepId, run: Value, reclaimed: bool, attempt: u32 },
+    Claimed {
+        step_id: StepId,
+        run: Value,
+        reclaimed: bool,
+        attempt: u32,
+    },
     RunNotFound,
     /// No CHART_EXPORT step is READY (or RUNNING with an expired lease), none waits for its not-before time and none
     /// is held by someone else.
     NoClaimableStep,
-    StepNotFound { step_id: StepId },
-    WrongStepType { step_id: StepId, step_type: String },
+    StepNotFound {
+        step_id: StepId,
+    },
+    WrongStepType {
+        step_id: StepId,
+        step_type: String,
+    },
     /// Another claim holds a live lease.
-    AlreadyRunning { step_id: StepId, claimed_by: Option<String>, lease_expires_at: Option<String> },
+    AlreadyRunning {
+        step_id: StepId,
+        claimed_by: Option<String>,
+        lease_expires_at: Option<String>,
+    },
     /// Released after a transient failure; not claimable before `not_before`.
-    NotYet { step_id: StepId, not_before: String },
-    AlreadyFinished { step_id: StepId, status: String },
+    NotYet {
+        step_id: StepId,
+        not_before: String,
+    },
+    AlreadyFinished {
+        step_id: StepId,
+        status: String,
+    },
     /// PENDING or an unknown status: not ours to touch.
-    NotClaimable { step_id: StepId, status: String },
+    NotClaimable {
+        step_id: StepId,
+        status: String,
+    },
     /// The step had used all its attempts: it was finalized FAILED with `code` instead of being claimed.
-    GaveUp { step_id: StepId, code: String, message: String },
+    GaveUp {
+        step_id: StepId,
+        code: String,
+        message: String,
+    },
 }
 
 /// A field-masked patch of `steps.<stepId>`: each key is a field of the step; `None` deletes the field.
@@ -107,7 +134,10 @@ pub struct StepPatch {
 impl StepPatch {
     /// Full field paths of the mask (`steps.<stepId>.<field>`), in a stable order.
     pub fn field_paths(&self) -> Vec<String> {
-        self.fields.keys().map(|f| format!("steps.{}.{}", self.step_id, f)).collect()
+        self.fields
+            .keys()
+            .map(|f| format!("steps.{}.{}", self.step_id, f))
+            .collect()
     }
 
     /// Applies the patch to a whole document (in-memory and local adapters, and tests of the Firestore mapping).
@@ -137,7 +167,9 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 fn parse_time(v: Option<&Value>) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v?.as_str()?).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(v?.as_str()?)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn step_type(step: &Value) -> &str {
@@ -159,14 +191,19 @@ fn str_field<'a>(step: &'a Value, field: &str) -> Option<&'a str> {
 
 /// Claims the step has had so far (`attempts`; absent = 0).
 pub fn attempts_of(step: &Value) -> u32 {
-    step.get("attempts").and_then(Value::as_u64).map(|n| n.min(u32::MAX as u64) as u32).unwrap_or(0)
+    step.get("attempts")
+        .and_then(Value::as_u64)
+        .map(|n| n.min(u32::MAX as u64) as u32)
+        .unwrap_or(0)
 }
 
 /// Where a step stands for a would-be claimer at `now`.
 #[derive(Debug, Clone, PartialEq)]
 enum Availability {
     /// READY (not-before passed or absent), or RUNNING with an expired lease (`reclaimed`).
-    Claimable { reclaimed: bool },
+    Claimable {
+        reclaimed: bool,
+    },
     /// RUNNING under this very claim token: a retried commit whose first try landed.
     Ours,
     /// RUNNING under another claim whose lease is live.
@@ -179,7 +216,9 @@ enum Availability {
 
 fn availability(step: &Value, now: DateTime<Utc>, token: Option<&ClaimToken>) -> Availability {
     match status_of(step) {
-        StepStatus::Running if token.is_some_and(|t| str_field(step, "claimToken") == Some(t.as_str())) => Availability::Ours,
+        StepStatus::Running if token.is_some_and(|t| str_field(step, "claimToken") == Some(t.as_str())) => {
+            Availability::Ours
+        }
         StepStatus::Running if lease_expired(step, now) => Availability::Claimable { reclaimed: true },
         StepStatus::Running => Availability::HeldElsewhere,
         StepStatus::Ready => match parse_time(step.get("notBefore")) {
@@ -193,8 +232,14 @@ fn availability(step: &Value, now: DateTime<Utc>, token: Option<&ClaimToken>) ->
 
 /// Decides a claim on the document as read inside a transaction. Returns the outcome and the patch the transaction
 /// must write (for a first-try `Claimed` and for `GaveUp`).
-pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParams) -> (ClaimOutcome, Option<StepPatch>) {
-    let Some(doc) = doc else { return (ClaimOutcome::RunNotFound, None) };
+pub fn decide_claim(
+    doc: Option<&Value>,
+    selector: &StepSelector,
+    p: &ClaimParams,
+) -> (ClaimOutcome, Option<StepPatch>) {
+    let Some(doc) = doc else {
+        return (ClaimOutcome::RunNotFound, None);
+    };
     let steps = doc.get("steps").and_then(Value::as_object);
     let pick: Option<(StepId, &Value)> = match selector {
         StepSelector::Explicit(id) => match steps.and_then(|s| s.get(id.as_str())) {
@@ -221,7 +266,9 @@ pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParam
                 .and_then(|(id, step, _)| StepId::parse(id.as_str()).ok().map(|id| (id, *step)))
         }
     };
-    let Some((step_id, step)) = pick else { return (ClaimOutcome::NoClaimableStep, None) };
+    let Some((step_id, step)) = pick else {
+        return (ClaimOutcome::NoClaimableStep, None);
+    };
     if step_type(step) != CHART_EXPORT {
         let step_type = step_type(step).to_owned();
         return (ClaimOutcome::WrongStepType { step_id, step_type }, None);
@@ -230,19 +277,46 @@ pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParam
         Availability::Claimable { reclaimed } => reclaimed,
         Availability::Ours => {
             let attempt = attempts_of(step);
-            return (ClaimOutcome::Claimed { step_id, run: doc.clone(), reclaimed: false, attempt }, None);
+            return (
+                ClaimOutcome::Claimed {
+                    step_id,
+                    run: doc.clone(),
+                    reclaimed: false,
+                    attempt,
+                },
+                None,
+            );
         }
         Availability::HeldElsewhere => {
             let claimed_by = str_field(step, "claimedBy").map(str::to_owned);
             let lease_expires_at = str_field(step, "leaseExpiresAt").map(str::to_owned);
-            return (ClaimOutcome::AlreadyRunning { step_id, claimed_by, lease_expires_at }, None);
+            return (
+                ClaimOutcome::AlreadyRunning {
+                    step_id,
+                    claimed_by,
+                    lease_expires_at,
+                },
+                None,
+            );
         }
         Availability::NotYet(not_before) => return (ClaimOutcome::NotYet { step_id, not_before }, None),
         Availability::Finished => {
-            return (ClaimOutcome::AlreadyFinished { step_id, status: status_of(step).as_str().to_owned() }, None);
+            return (
+                ClaimOutcome::AlreadyFinished {
+                    step_id,
+                    status: status_of(step).as_str().to_owned(),
+                },
+                None,
+            );
         }
         Availability::Other => {
-            return (ClaimOutcome::NotClaimable { step_id, status: status_of(step).as_str().to_owned() }, None);
+            return (
+                ClaimOutcome::NotClaimable {
+                    step_id,
+                    status: status_of(step).as_str().to_owned(),
+                },
+                None,
+            );
         }
     };
     let mut fields = BTreeMap::new();
@@ -257,8 +331,15 @@ pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParam
     }
     let done = attempts_of(step);
     if done >= p.max_attempts {
-        let code = last_error.as_ref().and_then(|e| str_field(e, "code")).unwrap_or("STEP_ABANDONED").to_owned();
-        let last = last_error.as_ref().and_then(|e| str_field(e, "message")).unwrap_or("no error was recorded");
+        let code = last_error
+            .as_ref()
+            .and_then(|e| str_field(e, "code"))
+            .unwrap_or("STEP_ABANDONED")
+            .to_owned();
+        let last = last_error
+            .as_ref()
+            .and_then(|e| str_field(e, "message"))
+            .unwrap_or("no error was recorded");
         let message = format!("gave up after {done} attempts; last error: {last}");
         fields.insert("status".to_owned(), Some(json!("FAILED")));
         fields.insert("finishedAt".to_owned(), Some(json!(rfc3339(p.now))));
@@ -266,7 +347,14 @@ pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParam
         fields.insert("claimToken".to_owned(), Some(json!(p.token.as_str())));
         fields.insert("leaseExpiresAt".to_owned(), None);
         fields.insert("notBefore".to_owned(), None);
-        return (ClaimOutcome::GaveUp { step_id: step_id.clone(), code, message }, Some(StepPatch { step_id, fields }));
+        return (
+            ClaimOutcome::GaveUp {
+                step_id: step_id.clone(),
+                code,
+                message,
+            },
+            Some(StepPatch { step_id, fields }),
+        );
     }
     let attempt = done + 1;
     fields.insert("status".to_owned(), Some(json!("RUNNING")));
@@ -276,10 +364,21 @@ pub fn decide_claim(doc: Option<&Value>, selector: &StepSelector, p: &ClaimParam
     fields.insert("startedAt".to_owned(), Some(json!(rfc3339(p.now))));
     fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(p.now + p.lease))));
     fields.insert("notBefore".to_owned(), None);
-    let patch = StepPatch { step_id: step_id.clone(), fields };
+    let patch = StepPatch {
+        step_id: step_id.clone(),
+        fields,
+    };
     let mut run = doc.clone();
     patch.apply_to(&mut run);
-    (ClaimOutcome::Claimed { step_id, run, reclaimed, attempt }, Some(patch))
+    (
+        ClaimOutcome::Claimed {
+            step_id,
+            run,
+            reclaimed,
+            attempt,
+        },
+        Some(patch),
+    )
 }
 
 /// The answer of a guarded patch (finalize, release, lease renewal).
@@ -290,7 +389,10 @@ pub enum PatchOutcome {
     /// The step already shows this patch's status under our token: a retried commit whose first try landed.
     AlreadyApplied,
     /// The step is no longer RUNNING under this claim: finished, released, or reclaimed by another after our lease.
-    NotOwner { status: String, claimed_by: Option<String> },
+    NotOwner {
+        status: String,
+        claimed_by: Option<String>,
+    },
     StepMissing,
 }
 
@@ -304,12 +406,20 @@ impl PatchOutcome {
 /// A finalize, release or renewal applies only while the step is RUNNING under `token`. A step that already shows
 /// the patch's target status under `token` answers `AlreadyApplied` (nothing to write).
 pub fn check_owner(doc: Option<&Value>, patch: &StepPatch, token: &ClaimToken) -> PatchOutcome {
-    let Some(step) = doc.and_then(|d| d.get("steps")).and_then(|s| s.get(patch.step_id.as_str())) else {
+    let Some(step) = doc
+        .and_then(|d| d.get("steps"))
+        .and_then(|s| s.get(patch.step_id.as_str()))
+    else {
         return PatchOutcome::StepMissing;
     };
     let ours = str_field(step, "claimToken") == Some(token.as_str());
     let status = status_of(step);
-    let target = patch.fields.get("status").and_then(|v| v.as_ref()).and_then(Value::as_str).unwrap_or("RUNNING");
+    let target = patch
+        .fields
+        .get("status")
+        .and_then(|v| v.as_ref())
+        .and_then(Value::as_str)
+        .unwrap_or("RUNNING");
     if ours && status == StepStatus::Running {
         PatchOutcome::Applied
     } else if ours && status.as_str() == target {
@@ -326,7 +436,10 @@ pub fn check_owner(doc: Option<&Value>, patch: &StepPatch, token: &ClaimToken) -
 pub fn renew_patch(step_id: &StepId, lease_expires_at: DateTime<Utc>) -> StepPatch {
     let mut fields = BTreeMap::new();
     fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(lease_expires_at))));
-    StepPatch { step_id: step_id.clone(), fields }
+    StepPatch {
+        step_id: step_id.clone(),
+        fields,
+    }
 }
 
 /// What a release (RUNNING → READY after a transient failure) records.
@@ -347,7 +460,10 @@ pub fn release_patch(step_id: &StepId, r: &ReleaseParams) -> StepPatch {
     let mut fields = BTreeMap::new();
     fields.insert("status".to_owned(), Some(json!("READY")));
     fields.insert("notBefore".to_owned(), Some(json!(rfc3339(r.not_before))));
-    fields.insert("lastError".to_owned(), Some(json!({ "code": r.code, "message": r.message })));
+    fields.insert(
+        "lastError".to_owned(),
+        Some(json!({ "code": r.code, "message": r.message })),
+    );
     fields.insert("updatedAt".to_owned(), Some(json!(rfc3339(r.now))));
     if let Some(n) = r.attempts {
         fields.insert("attempts".to_owned(), Some(json!(n)));
@@ -355,7 +471,10 @@ pub fn release_patch(step_id: &StepId, r: &ReleaseParams) -> StepPatch {
     for f in ["leaseExpiresAt", "startedAt", "claimedBy"] {
         fields.insert(f.to_owned(), None);
     }
-    StepPatch { step_id: step_id.clone(), fields }
+    StepPatch {
+        step_id: step_id.clone(),
+        fields,
+    }
 }
 
 /// How `serve` may answer an event from its own data, before any store call.
@@ -373,7 +492,9 @@ pub enum EventVerdict {
 
 /// The quick filter of the contract, run on event data before any store call.
 pub fn event_verdict(doc: &Value, selector: &StepSelector, now: DateTime<Utc>) -> EventVerdict {
-    let Some(steps) = doc.get("steps").and_then(Value::as_object) else { return EventVerdict::Nothing };
+    let Some(steps) = doc.get("steps").and_then(Value::as_object) else {
+        return EventVerdict::Nothing;
+    };
     let mut chart_steps: Vec<(&String, &Value)> = steps
         .iter()
         .filter(|(k, s)| {
@@ -422,7 +543,10 @@ pub struct StepInvalid {
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> StepInvalid {
-    StepInvalid { field: field.into(), problem: problem.into() }
+    StepInvalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
 }
 
 /// Validates `scope.symbol` and `steps.<id>.inputs` of a claimed step. Template contents are checked per request later.
@@ -430,10 +554,16 @@ pub fn validate_step(doc: &Value, step_id: &StepId, step: &Value) -> Result<Vali
     let symbol = match doc.get("scope").and_then(|s| s.get("symbol")) {
         Some(Value::String(s)) if s.trim().is_empty() => return Err(invalid("scope.symbol", "must not be empty")),
         Some(Value::String(s)) if s.contains('/') => {
-            return Err(invalid("scope.symbol", format!("must be a bare instrument without '/', got {s:?}")))
+            return Err(invalid(
+                "scope.symbol",
+                format!("must be a bare instrument without '/', got {s:?}"),
+            ))
         }
         Some(Value::String(s)) if s.contains(':') || s.chars().any(char::is_whitespace) => {
-            return Err(invalid("scope.symbol", format!("must be a bare instrument like BTCUSDT, got {s:?}")))
+            return Err(invalid(
+                "scope.symbol",
+                format!("must be a bare instrument like BTCUSDT, got {s:?}"),
+            ))
         }
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(invalid("scope.symbol", "must be a string")),
@@ -446,7 +576,9 @@ pub fn validate_step(doc: &Value, step_id: &StepId, step: &Value) -> Result<Vali
         None => return Err(invalid(base, "is missing")),
     };
     let timeframe = match inputs.get("timeframe") {
-        Some(Value::String(s)) => Timeframe::parse(s).map_err(|e| invalid(format!("{base}.timeframe"), e.to_string()))?,
+        Some(Value::String(s)) => {
+            Timeframe::parse(s).map_err(|e| invalid(format!("{base}.timeframe"), e.to_string()))?
+        }
         Some(_) => return Err(invalid(format!("{base}.timeframe"), "must be a string")),
         None => return Err(invalid(format!("{base}.timeframe"), "is missing")),
     };
@@ -459,7 +591,10 @@ pub fn validate_step(doc: &Value, step_id: &StepId, step: &Value) -> Result<Vali
     let mut ids: Vec<TemplateId> = Vec::with_capacity(requests.len());
     for (i, r) in requests.iter().enumerate() {
         let field = format!("{base}.requests[{i}].chartTemplateId");
-        let raw = r.get("chartTemplateId").and_then(Value::as_str).ok_or_else(|| invalid(&field, "is missing or not a string"))?;
+        let raw = r
+            .get("chartTemplateId")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(&field, "is missing or not a string"))?;
         let id = TemplateId::parse(raw).map_err(|e| invalid(&field, e.to_string()))?;
         if let Some(first) = ids.iter().position(|x| *x == id) {
             return Err(invalid(field, format!("duplicates requests[{first}] ({id})")));
@@ -479,7 +614,12 @@ pub fn validate_step(doc: &Value, step_id: &StepId, step: &Value) -> Result<Vali
             format!("is {min_images} but only {} requests are listed", ids.len()),
         ));
     }
-    Ok(ValidStep { symbol, timeframe, min_images, requests: ids })
+    Ok(ValidStep {
+        symbol,
+        timeframe,
+        min_images,
+        requests: ids,
+    })
 }
 
 #[cfg(test)]
@@ -507,7 +647,10 @@ mod tests {
     fn status_patch(status: &str) -> StepPatch {
         let mut fields = BTreeMap::new();
         fields.insert("status".to_owned(), Some(json!(status)));
-        StepPatch { step_id: StepId::parse("charts_4h").unwrap(), fields }
+        StepPatch {
+            step_id: StepId::parse("charts_4h").unwrap(),
+            fields,
+        }
     }
 
     fn doc() -> Value {
@@ -526,7 +669,15 @@ mod tests {
     #[test]
     fn first_picks_the_lowest_ready_chart_export_step_and_writes_the_claim_fields() {
         let (out, patch) = decide_claim(Some(&doc()), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
-        let ClaimOutcome::Claimed { step_id, run, reclaimed, attempt } = out else { panic!("{out:?}") };
+        let ClaimOutcome::Claimed {
+            step_id,
+            run,
+            reclaimed,
+            attempt,
+        } = out
+        else {
+            panic!("{out:?}")
+        };
         assert_eq!(step_id.as_str(), "charts_4h");
         let step = &run["steps"]["charts_4h"];
         assert_eq!(run["steps"]["z_other"], doc()["steps"]["z_other"]);
@@ -554,10 +705,22 @@ mod tests {
     fn explicit_selector_reports_each_non_claimable_case() {
         let p = params("2026-11-28T10:00:00Z");
         let sel = |s: &str| StepSelector::Explicit(StepId::parse(s).unwrap());
-        assert!(matches!(decide_claim(Some(&doc()), &sel("nope"), &p).0, ClaimOutcome::StepNotFound { .. }));
-        assert!(matches!(decide_claim(Some(&doc()), &sel("z_other"), &p).0, ClaimOutcome::WrongStepType { .. }));
-        assert!(matches!(decide_claim(Some(&doc()), &sel("a_done"), &p).0, ClaimOutcome::AlreadyFinished { .. }));
-        assert!(matches!(decide_claim(Some(&doc()), &sel("charts_1d"), &p).0, ClaimOutcome::NotClaimable { .. }));
+        assert!(matches!(
+            decide_claim(Some(&doc()), &sel("nope"), &p).0,
+            ClaimOutcome::StepNotFound { .. }
+        ));
+        assert!(matches!(
+            decide_claim(Some(&doc()), &sel("z_other"), &p).0,
+            ClaimOutcome::WrongStepType { .. }
+        ));
+        assert!(matches!(
+            decide_claim(Some(&doc()), &sel("a_done"), &p).0,
+            ClaimOutcome::AlreadyFinished { .. }
+        ));
+        assert!(matches!(
+            decide_claim(Some(&doc()), &sel("charts_1d"), &p).0,
+            ClaimOutcome::NotClaimable { .. }
+        ));
         assert_eq!(decide_claim(None, &sel("x"), &p).0, ClaimOutcome::RunNotFound);
     }
 
@@ -568,7 +731,10 @@ mod tests {
         d["steps"]["charts_4h"]["claimedBy"] = json!("w-0");
         d["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2026-11-28T10:05:00Z");
         let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:04:59Z"));
-        assert!(matches!(out, ClaimOutcome::AlreadyRunning { ref lease_expires_at, .. } if lease_expires_at.as_deref() == Some("2026-11-28T10:05:00Z")), "{out:?}");
+        assert!(
+            matches!(out, ClaimOutcome::AlreadyRunning { ref lease_expires_at, .. } if lease_expires_at.as_deref() == Some("2026-11-28T10:05:00Z")),
+            "{out:?}"
+        );
         let sel = StepSelector::Explicit(StepId::parse("charts_4h").unwrap());
         let (out, _) = decide_claim(Some(&d), &sel, &params("2026-11-28T10:04:59Z"));
         assert!(matches!(out, ClaimOutcome::AlreadyRunning { claimed_by: Some(ref w), .. } if w == "w-0"));
@@ -582,21 +748,33 @@ mod tests {
         let mine = ClaimToken::parse("t-1").unwrap();
         let other = ClaimToken::parse("t-2").unwrap();
         let done = status_patch("SUCCEEDED");
-        assert!(matches!(check_owner(Some(&d), &done, &mine), PatchOutcome::NotOwner { .. }));
+        assert!(matches!(
+            check_owner(Some(&d), &done, &mine),
+            PatchOutcome::NotOwner { .. }
+        ));
         d["steps"]["charts_4h"]["status"] = json!("RUNNING");
         d["steps"]["charts_4h"]["claimedBy"] = json!("w-1");
         d["steps"]["charts_4h"]["claimToken"] = json!("t-1");
         assert_eq!(check_owner(Some(&d), &done, &mine), PatchOutcome::Applied);
         // Same process, another claim: not ours.
-        assert!(matches!(check_owner(Some(&d), &done, &other), PatchOutcome::NotOwner { .. }));
+        assert!(matches!(
+            check_owner(Some(&d), &done, &other),
+            PatchOutcome::NotOwner { .. }
+        ));
         let mut missing = done.clone();
         missing.step_id = StepId::parse("x").unwrap();
         assert_eq!(check_owner(Some(&d), &missing, &mine), PatchOutcome::StepMissing);
         // A retried finalize whose first try landed.
         d["steps"]["charts_4h"]["status"] = json!("SUCCEEDED");
         assert_eq!(check_owner(Some(&d), &done, &mine), PatchOutcome::AlreadyApplied);
-        assert!(matches!(check_owner(Some(&d), &status_patch("FAILED"), &mine), PatchOutcome::NotOwner { .. }));
-        assert!(matches!(check_owner(Some(&d), &done, &other), PatchOutcome::NotOwner { .. }));
+        assert!(matches!(
+            check_owner(Some(&d), &status_patch("FAILED"), &mine),
+            PatchOutcome::NotOwner { .. }
+        ));
+        assert!(matches!(
+            check_owner(Some(&d), &done, &other),
+            PatchOutcome::NotOwner { .. }
+        ));
     }
 
     #[test]
@@ -606,10 +784,24 @@ mod tests {
         let mut d = doc();
         patch.unwrap().apply_to(&mut d);
         let (again, write) = decide_claim(Some(&d), &StepSelector::First, &p);
-        assert!(matches!(again, ClaimOutcome::Claimed { attempt: 1, reclaimed: false, .. }), "{again:?}");
+        assert!(
+            matches!(
+                again,
+                ClaimOutcome::Claimed {
+                    attempt: 1,
+                    reclaimed: false,
+                    ..
+                }
+            ),
+            "{again:?}"
+        );
         assert!(write.is_none());
         // Another claim attempt (new token) of the same process meets a live lease.
-        let (other, _) = decide_claim(Some(&d), &StepSelector::First, &params_with("t-9", "2026-11-28T10:00:01Z"));
+        let (other, _) = decide_claim(
+            Some(&d),
+            &StepSelector::First,
+            &params_with("t-9", "2026-11-28T10:00:01Z"),
+        );
         assert!(matches!(other, ClaimOutcome::AlreadyRunning { .. }), "{other:?}");
     }
 
@@ -627,13 +819,32 @@ mod tests {
             attempts: None,
         };
         let release = release_patch(&id, &r);
-        assert_eq!(check_owner(Some(&d), &release, &ClaimToken::parse("t-1").unwrap()), PatchOutcome::Applied);
+        assert_eq!(
+            check_owner(Some(&d), &release, &ClaimToken::parse("t-1").unwrap()),
+            PatchOutcome::Applied
+        );
         release.apply_to(&mut d);
-        assert_eq!(check_owner(Some(&d), &release, &ClaimToken::parse("t-1").unwrap()), PatchOutcome::AlreadyApplied);
-        assert_eq!(event_verdict(&d, &StepSelector::First, at("2026-11-28T10:00:10Z")), EventVerdict::NotYet { not_before: "2026-11-28T10:00:15Z".into() });
-        let (early, _) = decide_claim(Some(&d), &StepSelector::First, &params_with("t-2", "2026-11-28T10:00:14Z"));
+        assert_eq!(
+            check_owner(Some(&d), &release, &ClaimToken::parse("t-1").unwrap()),
+            PatchOutcome::AlreadyApplied
+        );
+        assert_eq!(
+            event_verdict(&d, &StepSelector::First, at("2026-11-28T10:00:10Z")),
+            EventVerdict::NotYet {
+                not_before: "2026-11-28T10:00:15Z".into()
+            }
+        );
+        let (early, _) = decide_claim(
+            Some(&d),
+            &StepSelector::First,
+            &params_with("t-2", "2026-11-28T10:00:14Z"),
+        );
         assert!(matches!(early, ClaimOutcome::NotYet { .. }), "{early:?}");
-        let (late, patch) = decide_claim(Some(&d), &StepSelector::First, &params_with("t-2", "2026-11-28T10:00:15Z"));
+        let (late, patch) = decide_claim(
+            Some(&d),
+            &StepSelector::First,
+            &params_with("t-2", "2026-11-28T10:00:15Z"),
+        );
         assert!(matches!(late, ClaimOutcome::Claimed { attempt: 2, .. }), "{late:?}");
         patch.unwrap().apply_to(&mut d);
         assert!(d["steps"]["charts_4h"].get("notBefore").is_none());
@@ -646,7 +857,10 @@ mod tests {
         d["steps"]["charts_4h"]["attempts"] = json!(3);
         d["steps"]["charts_4h"]["lastError"] = json!({"code": "GCS_WRITE_FAILED", "message": "503"});
         let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
-        assert!(matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "GCS_WRITE_FAILED"), "{out:?}");
+        assert!(
+            matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "GCS_WRITE_FAILED"),
+            "{out:?}"
+        );
         patch.unwrap().apply_to(&mut d);
         assert_eq!(d["steps"]["charts_4h"]["status"], "FAILED");
         assert_eq!(d["steps"]["charts_4h"]["error"]["code"], "GCS_WRITE_FAILED");
@@ -657,7 +871,10 @@ mod tests {
         d["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2026-11-28T09:00:00Z");
         d["steps"]["charts_4h"]["attempts"] = json!(3);
         let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
-        assert!(matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "STEP_ABANDONED"), "{out:?}");
+        assert!(
+            matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "STEP_ABANDONED"),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -666,8 +883,15 @@ mod tests {
         let mut fields = BTreeMap::new();
         fields.insert("status".to_owned(), Some(json!("FAILED")));
         fields.insert("inputs".to_owned(), None);
-        StepPatch { step_id: StepId::parse("charts_4h").unwrap(), fields }.apply_to(&mut d);
-        assert_eq!(d["steps"]["charts_4h"], json!({"stepType": "CHART_EXPORT", "status": "FAILED"}));
+        StepPatch {
+            step_id: StepId::parse("charts_4h").unwrap(),
+            fields,
+        }
+        .apply_to(&mut d);
+        assert_eq!(
+            d["steps"]["charts_4h"],
+            json!({"stepType": "CHART_EXPORT", "status": "FAILED"})
+        );
         assert_eq!(d["steps"]["z_other"], json!({"stepType": "OTHER", "status": "READY"}));
         assert_eq!(d["scope"], json!({"symbol": "BTCUSDT"}));
     }
@@ -684,7 +908,11 @@ mod tests {
 
     #[test]
     fn step_validation_names_the_field() {
-        check_invalid(|d| d["scope"]["symbol"] = json!("BTC/USDT"), "scope.symbol", "without '/'");
+        check_invalid(
+            |d| d["scope"]["symbol"] = json!("BTC/USDT"),
+            "scope.symbol",
+            "without '/'",
+        );
         check_invalid(|d| d["scope"] = json!({}), "scope.symbol", "missing");
         check_invalid(
             |d| d["steps"]["charts_4h"]["inputs"]["timeframe"] = json!("4H"),
@@ -697,7 +925,10 @@ mod tests {
             "is 2 but only 1 requests",
         );
         check_invalid(
-            |d| d["steps"]["charts_4h"]["inputs"]["requests"] = json!([{"chartTemplateId": "a"}, {"chartTemplateId": "a"}]),
+            |d| {
+                d["steps"]["charts_4h"]["inputs"]["requests"] =
+                    json!([{"chartTemplateId": "a"}, {"chartTemplateId": "a"}])
+            },
             "steps.charts_4h.inputs.requests[1].chartTemplateId",
             "duplicates requests[0]",
         );

@@ -14,7 +14,10 @@ pub struct UnknownTimeframe(pub String);
 
 impl Timeframe {
     pub fn parse(raw: &str) -> Result<Self, UnknownTimeframe> {
-        ALL.iter().find(|t| **t == raw).map(|t| Timeframe(t)).ok_or_else(|| UnknownTimeframe(raw.to_owned()))
+        ALL.iter()
+            .find(|t| **t == raw)
+            .map(|t| Timeframe(t))
+            .ok_or_else(|| UnknownTimeframe(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &'static str {

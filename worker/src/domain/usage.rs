@@ -40,7 +40,10 @@ impl UsageDoc {
     }
 
     fn remember(&mut self, op: &OpId, units: u32) {
-        self.recent_ops.push(OpRecord { op: op.to_string(), units });
+        self.recent_ops.push(OpRecord {
+            op: op.to_string(),
+            units,
+        });
         let excess = self.recent_ops.len().saturating_sub(MAX_RECENT_OPS);
         self.recent_ops.drain(..excess);
     }
@@ -51,7 +54,10 @@ impl UsageDoc {
     pub fn on_day(doc: Option<&UsageDoc>, day: NaiveDate, daily_limit: u32) -> UsageDoc {
         let day_s = day.to_string();
         match doc {
-            Some(d) if d.day == day_s => UsageDoc { daily_limit, ..d.clone() },
+            Some(d) if d.day == day_s => UsageDoc {
+                daily_limit,
+                ..d.clone()
+            },
             // A new day starts with no remembered operations: yesterday's ids can no longer be retried against it.
             Some(d) => UsageDoc {
                 day: day_s,
@@ -107,7 +113,11 @@ pub const MAX_RESERVATION: u32 = 50;
 pub fn preference_order(key: &str, accounts: &[AccountQuota]) -> Vec<AccountQuota> {
     use sha2::{Digest, Sha256};
     let score = |a: &AccountQuota| {
-        let h = Sha256::new().chain_update(key.as_bytes()).chain_update([0]).chain_update(a.id.as_str().as_bytes()).finalize();
+        let h = Sha256::new()
+            .chain_update(key.as_bytes())
+            .chain_update([0])
+            .chain_update(a.id.as_str().as_bytes())
+            .finalize();
         let x = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
         let u = (x as f64 + 0.5) / 18_446_744_073_709_551_616.0; // (0, 1)
         -u.ln() / f64::from(a.daily_limit.max(1))
@@ -135,7 +145,11 @@ pub fn plan_reservation(
         .zip(current)
         .filter_map(|(acc, doc)| {
             let d = doc.as_ref().filter(|d| d.day == day_s)?;
-            d.applied(op).map(|units| Grant { account: acc.id.clone(), day, units })
+            d.applied(op).map(|units| Grant {
+                account: acc.id.clone(),
+                day,
+                units,
+            })
         })
         .collect();
     if !earlier.is_empty() {
@@ -157,7 +171,11 @@ pub fn plan_reservation(
         d.updated_at = rfc3339(now);
         d.remember(op, take);
         left -= take;
-        grants.push(Grant { account: acc.id.clone(), day, units: take });
+        grants.push(Grant {
+            account: acc.id.clone(),
+            day,
+            units: take,
+        });
         writes.push((acc.id.clone(), d));
     }
     (grants, writes)
@@ -166,12 +184,22 @@ pub fn plan_reservation(
 /// Gives back units that were reserved but never sent. A counter of another day was reset meanwhile: nothing to undo.
 /// A give-back `op` already remembered (a retried commit whose first try landed) changes nothing: units are returned
 /// once, so `usageToday` never under-counts.
-pub fn plan_give_back(op: &OpId, doc: Option<&UsageDoc>, grant_day: NaiveDate, units: u32, now: DateTime<Utc>) -> Option<UsageDoc> {
+pub fn plan_give_back(
+    op: &OpId,
+    doc: Option<&UsageDoc>,
+    grant_day: NaiveDate,
+    units: u32,
+    now: DateTime<Utc>,
+) -> Option<UsageDoc> {
     let d = doc?;
     if d.day != grant_day.to_string() || units == 0 || d.applied(op).is_some() {
         return None;
     }
-    let mut next = UsageDoc { usage_today: d.usage_today.saturating_sub(units), updated_at: rfc3339(now), ..d.clone() };
+    let mut next = UsageDoc {
+        usage_today: d.usage_today.saturating_sub(units),
+        updated_at: rfc3339(now),
+        ..d.clone()
+    };
     next.remember(op, units);
     Some(next)
 }
@@ -195,7 +223,10 @@ mod tests {
     use super::*;
 
     fn acc(id: &str, limit: u32) -> AccountQuota {
-        AccountQuota { id: AccountId::parse(id).unwrap(), daily_limit: limit }
+        AccountQuota {
+            id: AccountId::parse(id).unwrap(),
+            daily_limit: limit,
+        }
     }
 
     fn at(s: &str) -> DateTime<Utc> {
@@ -203,7 +234,14 @@ mod tests {
     }
 
     fn doc(day: &str, used: u32, limit: u32, exhausted: bool) -> UsageDoc {
-        UsageDoc { day: day.into(), usage_today: used, daily_limit: limit, exhausted, updated_at: "x".into(), recent_ops: Vec::new() }
+        UsageDoc {
+            day: day.into(),
+            usage_today: used,
+            daily_limit: limit,
+            exhausted,
+            updated_at: "x".into(),
+            recent_ops: Vec::new(),
+        }
     }
 
     fn op(s: &str) -> OpId {
@@ -213,7 +251,11 @@ mod tests {
     #[test]
     fn reservation_fills_accounts_in_order_up_to_their_remaining_quota() {
         let accounts = [acc("a", 5), acc("b", 5), acc("c", 5)];
-        let current = [Some(doc("2026-11-28", 3, 5, false)), None, Some(doc("2026-11-28", 0, 5, false))];
+        let current = [
+            Some(doc("2026-11-28", 3, 5, false)),
+            None,
+            Some(doc("2026-11-28", 0, 5, false)),
+        ];
         let (grants, writes) = plan_reservation(&op("r1"), &accounts, &current, 4, at("2026-11-28T12:00:00Z"));
         let got: Vec<(&str, u32)> = grants.iter().map(|g| (g.account.as_str(), g.units)).collect();
         assert_eq!(got, vec![("a", 2), ("b", 2)]);
@@ -233,9 +275,15 @@ mod tests {
         }
         // Expected shares 50 : 500 : 500 of 3000 = 143, 1429, 1429.
         assert!((90..200).contains(&first["a"]), "{first:?}");
-        assert!((1300..1560).contains(&first["b"]) && (1300..1560).contains(&first["c"]), "{first:?}");
+        assert!(
+            (1300..1560).contains(&first["b"]) && (1300..1560).contains(&first["c"]),
+            "{first:?}"
+        );
         // Stable: the same step always gets the same order.
-        assert_eq!(preference_order("run-7/s", &accounts), preference_order("run-7/s", &accounts));
+        assert_eq!(
+            preference_order("run-7/s", &accounts),
+            preference_order("run-7/s", &accounts)
+        );
     }
 
     #[test]
@@ -248,20 +296,35 @@ mod tests {
             at("2026-11-28T00:00:01Z"),
         );
         assert_eq!(grants[0].units, 1);
-        assert_eq!(writes[0].1, UsageDoc {
-            day: "2026-11-28".into(),
-            usage_today: 1,
-            daily_limit: 5,
-            exhausted: false,
-            updated_at: "2026-11-28T00:00:01Z".into(),
-            recent_ops: vec![OpRecord { op: "r1".into(), units: 1 }],
-        });
+        assert_eq!(
+            writes[0].1,
+            UsageDoc {
+                day: "2026-11-28".into(),
+                usage_today: 1,
+                daily_limit: 5,
+                exhausted: false,
+                updated_at: "2026-11-28T00:00:01Z".into(),
+                recent_ops: vec![OpRecord {
+                    op: "r1".into(),
+                    units: 1
+                }],
+            }
+        );
     }
 
     #[test]
     fn exhausted_or_full_accounts_grant_nothing() {
-        let current = [Some(doc("2026-11-28", 1, 5, true)), Some(doc("2026-11-28", 5, 5, false))];
-        let (grants, writes) = plan_reservation(&op("r1"), &[acc("a", 5), acc("b", 5)], &current, 3, at("2026-11-28T08:00:00Z"));
+        let current = [
+            Some(doc("2026-11-28", 1, 5, true)),
+            Some(doc("2026-11-28", 5, 5, false)),
+        ];
+        let (grants, writes) = plan_reservation(
+            &op("r1"),
+            &[acc("a", 5), acc("b", 5)],
+            &current,
+            3,
+            at("2026-11-28T08:00:00Z"),
+        );
         assert!(grants.is_empty() && writes.is_empty());
     }
 
@@ -269,8 +332,20 @@ mod tests {
     fn give_back_only_undoes_units_of_the_same_day() {
         let d = doc("2026-11-28", 4, 5, false);
         let day = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
-        assert_eq!(plan_give_back(&op("g1"), Some(&d), day, 3, at("2026-11-28T09:00:00Z")).unwrap().usage_today, 1);
-        assert!(plan_give_back(&op("g1"), Some(&d), day.pred_opt().unwrap(), 3, at("2026-11-28T09:00:00Z")).is_none());
+        assert_eq!(
+            plan_give_back(&op("g1"), Some(&d), day, 3, at("2026-11-28T09:00:00Z"))
+                .unwrap()
+                .usage_today,
+            1
+        );
+        assert!(plan_give_back(
+            &op("g1"),
+            Some(&d),
+            day.pred_opt().unwrap(),
+            3,
+            at("2026-11-28T09:00:00Z")
+        )
+        .is_none());
         assert!(plan_give_back(&op("g1"), None, day, 3, at("2026-11-28T09:00:00Z")).is_none());
     }
 
@@ -287,7 +362,10 @@ mod tests {
         assert!(rewrites.is_empty());
         let back = plan_give_back(&op("g1"), after[1].as_ref(), day, 1, now).unwrap();
         assert_eq!(back.usage_today, 0);
-        assert!(plan_give_back(&op("g1"), Some(&back), day, 1, now).is_none(), "a second give-back must not subtract again");
+        assert!(
+            plan_give_back(&op("g1"), Some(&back), day, 1, now).is_none(),
+            "a second give-back must not subtract again"
+        );
     }
 
     #[test]
@@ -308,7 +386,14 @@ mod tests {
         let now = at("2026-11-28T09:00:00Z");
         assert!(plan_exhaust(None, day, 5, now).unwrap().exhausted);
         assert!(plan_exhaust(Some(&doc("2026-11-29", 0, 5, false)), day, 5, now).is_none());
-        assert!(plan_exhaust(Some(&doc("2026-11-28", 1, 5, true)), day, 5, now).is_none(), "marking twice writes nothing");
-        assert!(plan_exhaust(Some(&doc("2026-11-27", 1, 5, true)), day, 5, now).unwrap().exhausted);
+        assert!(
+            plan_exhaust(Some(&doc("2026-11-28", 1, 5, true)), day, 5, now).is_none(),
+            "marking twice writes nothing"
+        );
+        assert!(
+            plan_exhaust(Some(&doc("2026-11-27", 1, 5, true)), day, 5, now)
+                .unwrap()
+                .exhausted
+        );
     }
 }

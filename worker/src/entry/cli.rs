@@ -76,14 +76,21 @@ pub(crate) struct Exit(pub(crate) i32, pub(crate) String);
 fn read_json(path: &Path, what: &str) -> anyhow::Result<Value> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        anyhow::anyhow!("{what} {} is not valid JSON: {e} (line {}, column {})", path.display(), e.line(), e.column())
+        anyhow::anyhow!(
+            "{what} {} is not valid JSON: {e} (line {}, column {})",
+            path.display(),
+            e.line(),
+            e.column()
+        )
     })
 }
 
 /// Parses the flow-run file into its run id and document.
 pub fn load_flow_run(path: &Path, run_id: Option<&str>) -> anyhow::Result<(RunId, Value)> {
     let mut doc = read_json(path, "flow run")?;
-    let Some(obj) = doc.as_object_mut() else { bail!("flow run {}: must be a JSON object", path.display()) };
+    let Some(obj) = doc.as_object_mut() else {
+        bail!("flow run {}: must be a JSON object", path.display())
+    };
     let in_file = match obj.remove("runId") {
         None => None,
         Some(Value::String(s)) => Some(s),
@@ -109,7 +116,10 @@ pub fn load_templates(dir: &Path) -> anyhow::Result<Vec<(TemplateId, Value)>> {
     files
         .iter()
         .map(|p| {
-            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let id = TemplateId::parse(stem).map_err(|e| anyhow::anyhow!("template {}: {e}", p.display()))?;
             let v = read_json(p, "template")?;
             if !v.is_object() {
@@ -128,7 +138,9 @@ pub(crate) async fn run_local(args: RunLocalArgs) -> anyhow::Result<i32> {
 /// `run-local` on given settings (the flags override them).
 pub async fn run_local_with(mut settings: Settings, args: RunLocalArgs) -> anyhow::Result<i32> {
     if let Some(m) = &args.mode {
-        settings.mode = m.parse::<ChartImgMode>().map_err(|e| anyhow::anyhow!("--mode: {}", e.problem))?;
+        settings.mode = m
+            .parse::<ChartImgMode>()
+            .map_err(|e| anyhow::anyhow!("--mode: {}", e.problem))?;
     }
     if let Some(u) = &args.base_url {
         check_base_url(u).map_err(|e| anyhow::anyhow!("--base-url: {}", e.problem))?;
@@ -138,7 +150,8 @@ pub async fn run_local_with(mut settings: Settings, args: RunLocalArgs) -> anyho
         settings.cassette_dir = Some(d.clone());
     }
     if let Some(path) = &args.accounts {
-        let raw = std::fs::read_to_string(path).with_context(|| format!("cannot read accounts file {}", path.display()))?;
+        let raw =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read accounts file {}", path.display()))?;
         settings.accounts = parse_accounts(&format!("accounts file {}", path.display()), &raw)?;
     }
     if settings.accounts.is_empty() {
@@ -159,7 +172,11 @@ pub async fn run_local_with(mut settings: Settings, args: RunLocalArgs) -> anyho
     if args.replace_run {
         docs.put_doc(FLOW_RUNS, run_id.as_str(), doc).await?;
     } else if !docs.create_doc(FLOW_RUNS, run_id.as_str(), doc).await? {
-        tracing::info!(event = "state_reused", "flow_runs/{run_id} already in {}; using the stored document", args.state_dir.display());
+        tracing::info!(
+            event = "state_reused",
+            "flow_runs/{run_id} already in {}; using the stored document",
+            args.state_dir.display()
+        );
     }
     for (id, t) in templates.into_iter().flatten() {
         docs.put_doc(CHART_TEMPLATES, id.as_str(), t).await?;
@@ -187,9 +204,14 @@ pub async fn run_local_with(mut settings: Settings, args: RunLocalArgs) -> anyho
         shutdown: crate::core::Shutdown::never(),
     };
     let bar = ProgressObserver::new();
-    let report = run_chart_export_step(&worker, &run_id, &selector, bar.as_ref().map(|b| b as &dyn StepObserver))
-        .await
-        .map_err(|e| Exit(3, format!("infrastructure failure (the step was released): {e}")))?;
+    let report = run_chart_export_step(
+        &worker,
+        &run_id,
+        &selector,
+        bar.as_ref().map(|b| b as &dyn StepObserver),
+    )
+    .await
+    .map_err(|e| Exit(3, format!("infrastructure failure (the step was released): {e}")))?;
     if let Some(b) = &bar {
         b.0.finish_and_clear();
     }
@@ -209,31 +231,74 @@ fn print_report(report: &StepReport, format: OutputFormat, artifacts: &LocalArti
             .unwrap_or_default()
     };
     match report {
-        StepReport::Succeeded { run_id, step_id, manifest_uri, requested, items, failures } => {
-            println!("SUCCEEDED flow_runs/{run_id} step {step_id}: {} of {requested} charts", items.len());
+        StepReport::Succeeded {
+            run_id,
+            step_id,
+            manifest_uri,
+            requested,
+            items,
+            failures,
+        } => {
+            println!(
+                "SUCCEEDED flow_runs/{run_id} step {step_id}: {} of {requested} charts",
+                items.len()
+            );
             println!("manifest  {manifest_uri}\n          {}", file(manifest_uri));
             for i in items {
-                println!("chart     {} {} bytes\n          {}", i.chart_template_id, i.bytes, file(&i.gcs_uri));
+                println!(
+                    "chart     {} {} bytes\n          {}",
+                    i.chart_template_id,
+                    i.bytes,
+                    file(&i.gcs_uri)
+                );
             }
             for f in failures {
                 println!("failed    {} {} {}", f.chart_template_id, f.code, f.message);
             }
         }
-        StepReport::Failed { run_id, step_id, code, message, .. } => {
+        StepReport::Failed {
+            run_id,
+            step_id,
+            code,
+            message,
+            ..
+        } => {
             println!("FAILED flow_runs/{run_id} step {step_id}: {code}: {message}");
         }
         StepReport::NoOp { run_id, reason, .. } => println!("NO-OP flow_runs/{run_id}: {reason}"),
-        StepReport::Rejected { run_id, code, message, .. } => println!("REJECTED flow_runs/{run_id}: {code}: {message}"),
-        StepReport::LostClaim { run_id, step_id, reason } => println!("LOST flow_runs/{run_id} step {step_id}: {reason}"),
-        StepReport::Released { run_id, step_id, attempt, not_before, code, message } => {
+        StepReport::Rejected {
+            run_id, code, message, ..
+        } => println!("REJECTED flow_runs/{run_id}: {code}: {message}"),
+        StepReport::LostClaim {
+            run_id,
+            step_id,
+            reason,
+        } => println!("LOST flow_runs/{run_id} step {step_id}: {reason}"),
+        StepReport::Released {
+            run_id,
+            step_id,
+            attempt,
+            not_before,
+            code,
+            message,
+        } => {
             println!("RELEASED flow_runs/{run_id} step {step_id} after attempt {attempt} ({code}: {message}); claimable from {not_before}")
         }
-        StepReport::Busy { run_id, step_id, claimed_by, lease_expires_at } => println!(
+        StepReport::Busy {
+            run_id,
+            step_id,
+            claimed_by,
+            lease_expires_at,
+        } => println!(
             "BUSY flow_runs/{run_id} step {step_id}: RUNNING under {} until {}",
             claimed_by.as_deref().unwrap_or("another claim"),
             lease_expires_at.as_deref().unwrap_or("?")
         ),
-        StepReport::NotYet { run_id, step_id, not_before } => {
+        StepReport::NotYet {
+            run_id,
+            step_id,
+            not_before,
+        } => {
             println!("NOT YET flow_runs/{run_id} step {step_id}: released, claimable from {not_before}")
         }
     }
@@ -248,7 +313,8 @@ impl ProgressObserver {
             return None;
         }
         let bar = indicatif::ProgressBar::new(0);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} charts {pos}/{len} {wide_bar} {elapsed}") {
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} charts {pos}/{len} {wide_bar} {elapsed}")
+        {
             bar.set_style(style);
         }
         Some(Self(bar))

@@ -41,15 +41,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         std::fs::write(inputs.join("templates").join(format!("{id}.json")), body)?;
     }
 
-    let mock = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(DEMO_KEY, "acc-demo", mock_chart_img::Plan::PRO))
-        .await
-        .context("cannot start the mock Chart-IMG server")?;
+    let mock = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(
+        DEMO_KEY,
+        "acc-demo",
+        mock_chart_img::Plan::PRO,
+    ))
+    .await
+    .context("cannot start the mock Chart-IMG server")?;
     eprintln!("mock Chart-IMG server on {}", mock.base_url());
 
     let mut settings = Settings::from_lookup(|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
     settings.base_url = mock.base_url().trim_end_matches('/').to_owned();
-    settings.accounts =
-        parse_accounts("demo accounts", &format!(r#"[{{"id":"acc-demo","apiKey":"{DEMO_KEY}","plan":"PRO","dailyLimit":500}}]"#))?;
+    settings.accounts = parse_accounts(
+        "demo accounts",
+        &format!(r#"[{{"id":"acc-demo","apiKey":"{DEMO_KEY}","plan":"PRO","dailyLimit":500}}]"#),
+    )?;
     let bucket = "demo-artifacts".to_owned();
     let run_args = RunLocalArgs {
         flow_run,

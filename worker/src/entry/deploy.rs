@@ -83,7 +83,9 @@ pub fn trigger_location(firestore_location: &str) -> Result<String, String> {
 
 /// `<area>-<direction><n>`, e.g. `us-central1`, `europe-west4`, `northamerica-northeast1`.
 fn is_region(l: &str) -> bool {
-    let Some((area, rest)) = l.split_once('-') else { return false };
+    let Some((area, rest)) = l.split_once('-') else {
+        return false;
+    };
     let digits = rest.trim_start_matches(|c: char| c.is_ascii_lowercase());
     !area.is_empty()
         && area.chars().all(|c| c.is_ascii_lowercase())
@@ -93,8 +95,14 @@ fn is_region(l: &str) -> bool {
 }
 
 fn check_name(flag: &str, v: &str) -> Result<(), String> {
-    if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(format!("{flag} {v:?} must be non-empty letters, digits, `-`, `_` or `.`"));
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "{flag} {v:?} must be non-empty letters, digits, `-`, `_` or `.`"
+        ));
     }
     Ok(())
 }
@@ -106,7 +114,10 @@ pub fn plan(args: &DeployPlanArgs, accounts_json: &str) -> Result<String, String
     check_name("--repo", &args.repo)?;
     check_name("--tag", &args.tag)?;
     if !is_region(&args.region) {
-        return Err(format!("--region {:?} is not a region name such as `europe-west1`", args.region));
+        return Err(format!(
+            "--region {:?} is not a region name such as `europe-west1`",
+            args.region
+        ));
     }
     let location = trigger_location(&args.firestore_location)?;
     check_database_id(&args.database).map_err(|e| format!("--database {e}"))?;
@@ -122,9 +133,16 @@ pub fn plan(args: &DeployPlanArgs, accounts_json: &str) -> Result<String, String
     if step.is_zero() {
         return Err("--step-deadline must be at least 1 s".into());
     }
-    let ack = args.ack_deadline.map(Duration::from_secs).unwrap_or((step + ACK_MARGIN).min(MAX_ACK_DEADLINE));
+    let ack = args
+        .ack_deadline
+        .map(Duration::from_secs)
+        .unwrap_or((step + ACK_MARGIN).min(MAX_ACK_DEADLINE));
     if ack > MAX_ACK_DEADLINE {
-        return Err(format!("--ack-deadline {} s is above Pub/Sub's maximum of {} s", ack.as_secs(), MAX_ACK_DEADLINE.as_secs()));
+        return Err(format!(
+            "--ack-deadline {} s is above Pub/Sub's maximum of {} s",
+            ack.as_secs(),
+            MAX_ACK_DEADLINE.as_secs()
+        ));
     }
     if ack < step + ACK_MARGIN {
         return Err(format!(
@@ -146,24 +164,57 @@ pub fn plan(args: &DeployPlanArgs, accounts_json: &str) -> Result<String, String
     let tsa = format!("chart-export-trigger@{p}.iam.gserviceaccount.com");
     let summary: Vec<String> = accounts.iter().map(|a| format!("{} {:?}", a.id, a.plan)).collect();
     let mut o = String::new();
-    let _ = writeln!(o, "# worker-chart-export deployment: project {p}, region {r}, Firestore {db} in {} (trigger in {location})", args.firestore_location);
-    let _ = writeln!(o, "# accounts: {} — {saturate} charts in flight keep them at their rate at {} s per chart", summary.join(", "), DEFAULT_CALL_LATENCY.as_secs());
-    let _ = writeln!(o, "# step deadline {} s, ack deadline {} s, --max-instances {max_instances}, --concurrency {concurrency}", step.as_secs(), ack.as_secs());
+    let _ = writeln!(
+        o,
+        "# worker-chart-export deployment: project {p}, region {r}, Firestore {db} in {} (trigger in {location})",
+        args.firestore_location
+    );
+    let _ = writeln!(
+        o,
+        "# accounts: {} — {saturate} charts in flight keep them at their rate at {} s per chart",
+        summary.join(", "),
+        DEFAULT_CALL_LATENCY.as_secs()
+    );
+    let _ = writeln!(
+        o,
+        "# step deadline {} s, ack deadline {} s, --max-instances {max_instances}, --concurrency {concurrency}",
+        step.as_secs(),
+        ack.as_secs()
+    );
     let _ = writeln!(o);
     let _ = writeln!(o, "# 1. Image (Cloud Build, deploy/cloudbuild.yaml)");
-    let _ = writeln!(o, "gcloud artifacts repositories create {} --project={p} --repository-format=docker --location={r}", args.repo);
+    let _ = writeln!(
+        o,
+        "gcloud artifacts repositories create {} --project={p} --repository-format=docker --location={r}",
+        args.repo
+    );
     let _ = writeln!(o, "gcloud builds submit --project={p} --region={r} --config=deploy/cloudbuild.yaml --substitutions=_IMAGE={image} .");
     let _ = writeln!(o);
     let _ = writeln!(o, "# 2. Service accounts and roles");
-    let _ = writeln!(o, "gcloud iam service-accounts create chart-export-worker --project={p} --display-name=\"CHART_EXPORT worker\"");
-    let _ = writeln!(o, "gcloud projects add-iam-policy-binding {p} --member=serviceAccount:{sa} --role=roles/datastore.user");
+    let _ = writeln!(
+        o,
+        "gcloud iam service-accounts create chart-export-worker --project={p} --display-name=\"CHART_EXPORT worker\""
+    );
+    let _ = writeln!(
+        o,
+        "gcloud projects add-iam-policy-binding {p} --member=serviceAccount:{sa} --role=roles/datastore.user"
+    );
     let _ = writeln!(o, "gcloud storage buckets add-iam-policy-binding gs://{b} --member=serviceAccount:{sa} --role=roles/storage.objectUser");
     let _ = writeln!(o, "gcloud iam service-accounts create chart-export-trigger --project={p} --display-name=\"Eventarc to chart export\"");
-    let _ = writeln!(o, "gcloud projects add-iam-policy-binding {p} --member=serviceAccount:{tsa} --role=roles/eventarc.eventReceiver");
+    let _ = writeln!(
+        o,
+        "gcloud projects add-iam-policy-binding {p} --member=serviceAccount:{tsa} --role=roles/eventarc.eventReceiver"
+    );
     let _ = writeln!(o);
     let _ = writeln!(o, "# 3. The accounts secret (CHART_IMG_ACCOUNTS_JSON; the file's content, keys included, goes in from stdin, never on a command line)");
-    let _ = writeln!(o, "gcloud secrets create chart-img-accounts --project={p} --replication-policy=automatic");
-    let _ = writeln!(o, "gcloud secrets versions add chart-img-accounts --project={p} --data-file=- < ACCOUNTS_FILE");
+    let _ = writeln!(
+        o,
+        "gcloud secrets create chart-img-accounts --project={p} --replication-policy=automatic"
+    );
+    let _ = writeln!(
+        o,
+        "gcloud secrets versions add chart-img-accounts --project={p} --data-file=- < ACCOUNTS_FILE"
+    );
     let _ = writeln!(o, "gcloud secrets add-iam-policy-binding chart-img-accounts --project={p} --member=serviceAccount:{sa} --role=roles/secretmanager.secretAccessor");
     let _ = writeln!(o);
     let _ = writeln!(o, "# 4. Cloud Run service");
@@ -180,7 +231,10 @@ pub fn plan(args: &DeployPlanArgs, accounts_json: &str) -> Result<String, String
     );
     let _ = writeln!(o, "gcloud run services add-iam-policy-binding chart-export-worker --project={p} --region={r} --member=serviceAccount:{tsa} --role=roles/run.invoker");
     let _ = writeln!(o);
-    let _ = writeln!(o, "# 5. Eventarc trigger (location {location}) and its push subscription's ack deadline");
+    let _ = writeln!(
+        o,
+        "# 5. Eventarc trigger (location {location}) and its push subscription's ack deadline"
+    );
     let _ = writeln!(
         o,
         "gcloud eventarc triggers create chart-export-on-flow-run-update --project={p} --location={location} \
@@ -201,7 +255,10 @@ pub fn run(args: DeployPlanArgs) -> i32 {
     let json = match std::fs::read_to_string(&args.accounts_file) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot read --accounts-file {}: {e}", args.accounts_file.display());
+            eprintln!(
+                "error: cannot read --accounts-file {}: {e}",
+                args.accounts_file.display()
+            );
             return 2;
         }
     };

@@ -5,9 +5,9 @@
 //! `demo` → `cli`; no entrypoint imports this module's dispatcher back (only [`worker_id`]).
 
 pub mod cli;
-pub mod deploy;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod deploy;
 pub mod serve;
 
 use clap::{Args, Parser, Subcommand};
@@ -16,7 +16,11 @@ use crate::domain::WorkerId;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "worker-chart-export", version, about = "Renders CHART_EXPORT steps through Chart-IMG")]
+#[command(
+    name = "worker-chart-export",
+    version,
+    about = "Renders CHART_EXPORT steps through Chart-IMG"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -51,7 +55,14 @@ pub struct ServeArgs {
 pub async fn main_with(cli: Cli) -> i32 {
     match cli.command {
         Command::RunLocal(args) => {
-            telemetry::init(if args.json_logs { LogFormat::Json } else { LogFormat::Text }, true);
+            telemetry::init(
+                if args.json_logs {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Text
+                },
+                true,
+            );
             match cli::run_local(args).await {
                 Ok(code) => code,
                 Err(e) => {
@@ -74,7 +85,14 @@ pub async fn main_with(cli: Cli) -> i32 {
         Command::Report(args) => crate::report::main(args).await,
         Command::DeployPlan(args) => deploy::run(args),
         Command::Serve(args) => {
-            telemetry::init(if args.text_logs { LogFormat::Text } else { LogFormat::Json }, false);
+            telemetry::init(
+                if args.text_logs {
+                    LogFormat::Text
+                } else {
+                    LogFormat::Json
+                },
+                false,
+            );
             match serve::main_from_env().await {
                 Ok(()) => 0,
                 Err(e) => {
@@ -89,8 +107,13 @@ pub async fn main_with(cli: Cli) -> i32 {
 
 /// A worker id unique to this process.
 pub fn worker_id(prefix: &str) -> WorkerId {
-    let host = std::env::var("K_REVISION").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "local".into());
-    let raw = format!("{prefix}-{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let host = std::env::var("K_REVISION")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "local".into());
+    let raw = format!(
+        "{prefix}-{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     WorkerId::parse(raw.replace('/', "_")).expect("generated worker ids are plain")
 }
-

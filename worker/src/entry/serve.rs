@@ -45,8 +45,8 @@ use crate::core::{run_chart_export_step, CoreSettings, InFlight, Shutdown, Shutd
 use crate::domain::step::{event_verdict, EventVerdict};
 use crate::domain::{RunId, StepSelector};
 use crate::eventarc::{self, FirestoreEvent};
-use crate::ports::SystemClock;
 use crate::pacing::{SharedRate, WindowSettings};
+use crate::ports::SystemClock;
 use crate::quota::AccountPool;
 
 /// The largest event Eventarc delivers: its Pub/Sub transport carries messages of up to 10 MB (Firestore leaves the
@@ -77,7 +77,13 @@ impl AppState {
         worker.shutdown = shutdown;
         let grace = worker.settings.lifecycle.shutdown_grace;
         let database = crate::config::DEFAULT_FIRESTORE_DATABASE.to_owned();
-        Self { worker, grace, inflight: Arc::default(), trigger: Arc::new(trigger), database }
+        Self {
+            worker,
+            grace,
+            inflight: Arc::default(),
+            trigger: Arc::new(trigger),
+            database,
+        }
     }
 
     /// The Firestore database id events must come from (default `(default)`).
@@ -131,11 +137,17 @@ impl IntoResponse for Answer {
 }
 
 fn ok(outcome: &str, reason: impl Into<String>) -> Answer {
-    Answer { status: StatusCode::OK, body: json!({ "result": outcome, "reason": reason.into() }) }
+    Answer {
+        status: StatusCode::OK,
+        body: json!({ "result": outcome, "reason": reason.into() }),
+    }
 }
 
 fn retry(reason: impl Into<String>) -> Answer {
-    Answer { status: StatusCode::SERVICE_UNAVAILABLE, body: json!({ "result": "retry", "reason": reason.into() }) }
+    Answer {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: json!({ "result": "retry", "reason": reason.into() }),
+    }
 }
 
 async fn event(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Answer {
@@ -143,7 +155,10 @@ async fn event(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         Ok(b) => b,
         Err(e) => {
             error!(event = "cloud_event_received", accepted = false, limit = MAX_BODY, error = %e, "refusing an oversized or unreadable event body");
-            return ok("rejected", format!("the event body could not be read within {MAX_BODY} bytes: {e}"));
+            return ok(
+                "rejected",
+                format!("the event body could not be read within {MAX_BODY} bytes: {e}"),
+            );
         }
     };
     if state.worker.shutdown.is_set() {
@@ -171,9 +186,17 @@ async fn event(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
     if let Some(db) = ev.database.as_deref().filter(|db| *db != state.database) {
         // A trigger on another database routed here: no redelivery changes that, so 2xx, logged, never run.
         warn!(event = "cloud_event_other_database", ceId = %ev.id, database = db, expected = %state.database, "ignoring an event for another Firestore database");
-        return ok("ignored", format!("the event is for Firestore database {db:?}, this worker uses {:?} (FIRESTORE_DATABASE)", state.database));
+        return ok(
+            "ignored",
+            format!(
+                "the event is for Firestore database {db:?}, this worker uses {:?} (FIRESTORE_DATABASE)",
+                state.database
+            ),
+        );
     }
-    let Some(run) = run else { return ok("noop", format!("{} is not a flow run", ev.document)) };
+    let Some(run) = run else {
+        return ok("noop", format!("{} is not a flow run", ev.document));
+    };
     if ev.is_delete() {
         return ok("noop", "the flow run was deleted");
     }
@@ -199,8 +222,13 @@ async fn handle(state: &AppState, ev: &FirestoreEvent, run: RunId) -> Answer {
     };
     match event_verdict(&doc, &StepSelector::First, now) {
         EventVerdict::Claimable => run_step(state, run).await,
-        EventVerdict::NotYet { not_before } => retry(format!("the step was released and is not claimable before {not_before}")),
-        EventVerdict::HeldLive => ok("noop", "the step is RUNNING under a live lease (the holder's own write)"),
+        EventVerdict::NotYet { not_before } => retry(format!(
+            "the step was released and is not claimable before {not_before}"
+        )),
+        EventVerdict::HeldLive => ok(
+            "noop",
+            "the step is RUNNING under a live lease (the holder's own write)",
+        ),
         EventVerdict::Nothing => ok("noop", "no claimable CHART_EXPORT step"),
     }
 }
@@ -224,7 +252,11 @@ async fn run_step(state: &AppState, run: RunId) -> Answer {
 
 fn answer_for(report: StepReport) -> Answer {
     let outcome = report.outcome();
-    let status = if report.wants_redelivery() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if report.wants_redelivery() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     let mut body = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
     if let Some(o) = body.as_object_mut() {
         o.insert("outcome".into(), json!(outcome));
@@ -235,7 +267,11 @@ fn answer_for(report: StepReport) -> Answer {
 /// Serves until `shutdown` resolves, then drains: new connections are refused, running steps are told to stop
 /// starting calls, and they get [`AppState::grace`] to finish or release their steps. What is still running then is
 /// dropped with the process; its step is reclaimable once its lease expires.
-pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = router(state.clone());
     let mut server_rx = stop_rx.clone();
@@ -248,7 +284,12 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<O
         _ = shutdown => {}
     }
     let started = Instant::now();
-    info!(event = "shutdown_started", inFlight = state.in_flight(), graceMs = state.grace.as_millis() as u64, "no new requests; stopping in-flight steps");
+    info!(
+        event = "shutdown_started",
+        inFlight = state.in_flight(),
+        graceMs = state.grace.as_millis() as u64,
+        "no new requests; stopping in-flight steps"
+    );
     let _ = stop_tx.send(true);
     state.begin_shutdown();
     let retries = crate::adapters::firestore::retry_counts();
@@ -293,10 +334,16 @@ pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker>
     };
     let store = FirestoreStore::connect(&project, &settings.firestore_database)
         .await?
-        .with_policy(RetryPolicy { max_total_delay: settings.store_retry_total, ..RetryPolicy::FIRESTORE });
+        .with_policy(RetryPolicy {
+            max_total_delay: settings.store_retry_total,
+            ..RetryPolicy::FIRESTORE
+        });
     let artifacts = GcsArtifacts::new(settings.storage_emulator_host.as_deref())
         .await?
-        .with_retry(RetryPolicy { max_total_delay: settings.store_retry_total, ..RetryPolicy::GCS });
+        .with_retry(RetryPolicy {
+            max_total_delay: settings.store_retry_total,
+            ..RetryPolicy::GCS
+        });
     let renderer = crate::renderers::build(settings)?;
     let worker_id = super::worker_id("serve");
     // Every instance of the service shares the keys: each key's rate goes through windows in Firestore.

@@ -52,7 +52,9 @@ impl Fixture {
             .env_remove("WORKER_STATE_DIR")
             .env_remove("CHART_IMG_BASE_URL")
             .env("RUST_LOG", "info");
-        tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
     }
 }
 
@@ -77,8 +79,13 @@ async fn run_local_renders_a_step_then_a_second_run_is_a_no_op() {
     let out = f.run(&server, &["--bucket", "demo-bucket"]).await;
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.starts_with("SUCCEEDED flow_runs/run-7 step charts_4h: 2 of 2 charts"), "{stdout}");
-    let manifest = f.path().join("state/gcs/demo-bucket/runs/run-7/steps/charts_4h/charts/manifest.json");
+    assert!(
+        stdout.starts_with("SUCCEEDED flow_runs/run-7 step charts_4h: 2 of 2 charts"),
+        "{stdout}"
+    );
+    let manifest = f
+        .path()
+        .join("state/gcs/demo-bucket/runs/run-7/steps/charts_4h/charts/manifest.json");
     assert!(stdout.contains(&manifest.display().to_string()), "{stdout}");
     let m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     for item in m["items"].as_array().unwrap() {
@@ -97,8 +104,15 @@ async fn run_local_renders_a_step_then_a_second_run_is_a_no_op() {
 
     let again = f.run(&server, &["--bucket", "demo-bucket"]).await;
     assert_eq!(again.status.code(), Some(0));
-    assert_eq!(text(&again.stdout).trim(), "NO-OP flow_runs/run-7: no READY CHART_EXPORT step");
-    assert_eq!(server.received_requests().await.unwrap().len(), 2, "the second run sent nothing");
+    assert_eq!(
+        text(&again.stdout).trim(),
+        "NO-OP flow_runs/run-7: no READY CHART_EXPORT step"
+    );
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        2,
+        "the second run sent nothing"
+    );
 
     // Nothing the binary wrote or printed holds the key.
     let mut all = text(&out.stdout) + &text(&out.stderr) + &text(&again.stderr);
@@ -125,7 +139,9 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn json_summary_and_exit_code_of_a_failed_step() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(403).set_body_json(json!({"message": "Exceed Max Usage Resolution Limit (800x600)"})))
+        .respond_with(
+            ResponseTemplate::new(403).set_body_json(json!({"message": "Exceed Max Usage Resolution Limit (800x600)"})),
+        )
         .mount(&server)
         .await;
     let f = Fixture::new(&flow_run(&["price_volume"], 1));
@@ -134,7 +150,10 @@ async fn json_summary_and_exit_code_of_a_failed_step() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["result"], "failed");
     assert_eq!(report["code"], "CHART_API_FAILED");
-    assert!(report["message"].as_str().unwrap().contains("403 Exceed Max Usage Resolution Limit (800x600)"));
+    assert!(report["message"]
+        .as_str()
+        .unwrap()
+        .contains("403 Exceed Max Usage Resolution Limit (800x600)"));
 }
 
 #[tokio::test]
@@ -145,7 +164,11 @@ async fn bad_files_and_flags_get_one_clear_line_and_no_panic() {
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
         (vec!["--run-id".into(), "a/b".into()], 2, "runId must not contain '/'"),
         (vec!["--mode".into(), "fake".into()], 2, "--mode: unknown mode \"fake\""),
-        (vec!["--step-id".into(), "nope".into()], 1, "REJECTED flow_runs/run-7: VALIDATION_FAILED: stepId: flow_runs/run-7 has no step \"nope\""),
+        (
+            vec!["--step-id".into(), "nope".into()],
+            1,
+            "REJECTED flow_runs/run-7: VALIDATION_FAILED: stepId: flow_runs/run-7 has no step \"nope\"",
+        ),
     ];
     for (args, code, want) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -153,29 +176,50 @@ async fn bad_files_and_flags_get_one_clear_line_and_no_panic() {
         let all = text(&out.stdout) + &text(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{args:?}: {all}");
         assert!(all.contains(want), "{args:?}: {all}");
-        assert!(!all.contains("panicked") && !all.contains("backtrace") && !all.contains(KEY_1), "{all}");
+        assert!(
+            !all.contains("panicked") && !all.contains("backtrace") && !all.contains(KEY_1),
+            "{all}"
+        );
     }
     // A template file that is not JSON.
     std::fs::write(f.path().join("templates/zz_bad.json"), "nope").unwrap();
     let out = f.run(&server, &[]).await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("zz_bad.json is not valid JSON"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("zz_bad.json is not valid JSON"),
+        "{}",
+        text(&out.stderr)
+    );
     std::fs::remove_file(f.path().join("templates/zz_bad.json")).unwrap();
     // A bad accounts file: named, with the field, and the key not echoed.
-    std::fs::write(f.path().join("accounts.json"), format!(r#"[{{"id":"acc-1","apiKey":"{KEY_1}","plan":"GOLD"}}]"#)).unwrap();
+    std::fs::write(
+        f.path().join("accounts.json"),
+        format!(r#"[{{"id":"acc-1","apiKey":"{KEY_1}","plan":"GOLD"}}]"#),
+    )
+    .unwrap();
     let out = f.run(&server, &[]).await;
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(err.contains("accounts.json[0].plan: unknown plan \"GOLD\"") && !err.contains(KEY_1), "{err}");
+    assert!(
+        err.contains("accounts.json[0].plan: unknown plan \"GOLD\"") && !err.contains(KEY_1),
+        "{err}"
+    );
     // A flow-run file that is not JSON: the message names the file, line and column.
     let mut cmd = Command::new(BIN);
-    cmd.args(["run-local", &f.path().join("broken.json").display().to_string(), "--state-dir"])
-        .arg(f.path().join("state"))
-        .env("CHART_IMG_ACCOUNTS_JSON", accounts_json(&[("acc-1", KEY_1, 5)]));
+    cmd.args([
+        "run-local",
+        &f.path().join("broken.json").display().to_string(),
+        "--state-dir",
+    ])
+    .arg(f.path().join("state"))
+    .env("CHART_IMG_ACCOUNTS_JSON", accounts_json(&[("acc-1", KEY_1, 5)]));
     let out = cmd.output().unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(err.contains("broken.json is not valid JSON") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("broken.json is not valid JSON") && err.contains("line 2"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // No accounts at all.
     let out = Command::new(BIN)

@@ -21,7 +21,9 @@ use crate::support::*;
 const PATH: &str = "/v2/tradingview/advanced-chart";
 
 fn png_response() -> ResponseTemplate {
-    ResponseTemplate::new(200).insert_header("content-type", "image/png").set_body_bytes(png_bytes("wire").to_vec())
+    ResponseTemplate::new(200)
+        .insert_header("content-type", "image/png")
+        .set_body_bytes(png_bytes("wire").to_vec())
 }
 
 fn json_error(status: u16, message: &str) -> ResponseTemplate {
@@ -35,7 +37,12 @@ async fn call_once(server: &MockServer, timeout: Duration) -> Result<bytes::Byte
     body.insert("interval".into(), json!("4h"));
     let key = SecretString::from(KEY_1);
     let acc = AccountId::parse("acc-1").unwrap();
-    let call = ChartCall { body: &body, format: ImageFormat::Png, account: &acc, api_key: &key };
+    let call = ChartCall {
+        body: &body,
+        format: ImageFormat::Png,
+        account: &acc,
+        api_key: &key,
+    };
     client.render(&call).await.map(|r| r.bytes)
 }
 
@@ -51,7 +58,10 @@ async fn sends_the_key_header_and_the_json_body_and_returns_the_png_bytes() {
         .expect(1)
         .mount(&server)
         .await;
-    assert_eq!(call_once(&server, Duration::from_secs(5)).await.unwrap(), png_bytes("wire"));
+    assert_eq!(
+        call_once(&server, Duration::from_secs(5)).await.unwrap(),
+        png_bytes("wire")
+    );
 }
 
 #[tokio::test]
@@ -81,9 +91,18 @@ async fn answers_are_classified_over_real_http() {
 #[tokio::test]
 async fn a_slow_answer_times_out_and_a_closed_port_fails_to_connect_both_as_transient() {
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(png_response().set_delay(Duration::from_secs(3))).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(png_response().set_delay(Duration::from_secs(3)))
+        .mount(&server)
+        .await;
     let e = call_once(&server, Duration::from_millis(200)).await.unwrap_err();
-    assert_eq!(e, ChartApiError::Transient { status: None, message: "timed out after 0.2 s".into() });
+    assert_eq!(
+        e,
+        ChartApiError::Transient {
+            status: None,
+            message: "timed out after 0.2 s".into()
+        }
+    );
     assert!(e.is_retryable());
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -93,8 +112,22 @@ async fn a_slow_answer_times_out_and_a_closed_port_fails_to_connect_both_as_tran
     let body = Map::new();
     let key = SecretString::from(KEY_1);
     let acc = AccountId::parse("acc-1").unwrap();
-    let e = client.render(&ChartCall { body: &body, format: ImageFormat::Png, account: &acc, api_key: &key }).await.unwrap_err();
-    assert_eq!(e, ChartApiError::Transient { status: None, message: "connection failed".into() });
+    let e = client
+        .render(&ChartCall {
+            body: &body,
+            format: ImageFormat::Png,
+            account: &acc,
+            api_key: &key,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        ChartApiError::Transient {
+            status: None,
+            message: "connection failed".into()
+        }
+    );
 }
 
 fn http_worker(server: &MockServer, accounts: &str) -> TestWorker {
@@ -112,10 +145,17 @@ async fn the_core_retries_503s_over_http_then_succeeds() {
         .expect(2)
         .mount(&server)
         .await;
-    Mock::given(method("POST")).respond_with(png_response()).expect(1).with_priority(2).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(png_response())
+        .expect(1)
+        .with_priority(2)
+        .mount(&server)
+        .await;
     let t = http_worker(&server, &accounts_json(&[("acc-1", KEY_1, 50)]));
     t.seed(&flow_run(&["a"], 1), &["a"]).await;
-    let report = run_chart_export_step(&t.worker, &run_id(), &StepSelector::First, None).await.unwrap();
+    let report = run_chart_export_step(&t.worker, &run_id(), &StepSelector::First, None)
+        .await
+        .unwrap();
     assert!(matches!(report, StepReport::Succeeded { .. }), "{report:?}");
     assert_eq!(t.usage_today("acc-1").await, 3, "three calls sent, three units counted");
 }
@@ -125,13 +165,27 @@ async fn limit_exceeded_on_the_first_key_switches_to_the_second_over_http() {
     let server = MockServer::start().await;
     // The step's first account (its preference order) is used up at Chart-IMG; the other renders.
     let [(first, first_key), (second, second_key)] = two_accounts_in_step_order();
-    Mock::given(header("x-api-key", first_key)).respond_with(json_error(429, "Limit Exceeded")).mount(&server).await;
-    Mock::given(header("x-api-key", second_key)).respond_with(png_response()).mount(&server).await;
+    Mock::given(header("x-api-key", first_key))
+        .respond_with(json_error(429, "Limit Exceeded"))
+        .mount(&server)
+        .await;
+    Mock::given(header("x-api-key", second_key))
+        .respond_with(png_response())
+        .mount(&server)
+        .await;
     let t = http_worker(&server, &accounts_json(&[("acc-1", KEY_1, 50), ("acc-2", KEY_2, 50)]));
     t.seed(&flow_run(&["a", "b"], 2), &["a", "b"]).await;
-    let report = run_chart_export_step(&t.worker, &run_id(), &StepSelector::First, None).await.unwrap();
+    let report = run_chart_export_step(&t.worker, &run_id(), &StepSelector::First, None)
+        .await
+        .unwrap();
     assert!(matches!(report, StepReport::Succeeded { .. }), "{report:?}");
-    let sent_1 = server.received_requests().await.unwrap().iter().filter(|r| r.headers.get("x-api-key").unwrap() == first_key).count();
+    let sent_1 = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.headers.get("x-api-key").unwrap() == first_key)
+        .count();
     assert!(sent_1 >= 1);
     assert_eq!(t.usage_today(first).await as usize, sent_1);
     assert_eq!(t.usage(first).await.unwrap()["exhausted"], true);
@@ -158,7 +212,11 @@ async fn the_api_key_never_leaves_its_header() {
         .respond_with(json_error(403, &format!("Forbidden: key {KEY_1} is inactive")))
         .mount(&server)
         .await;
-    Mock::given(method("POST")).and(header("x-api-key", KEY_1)).respond_with(png_response()).mount(&server).await;
+    Mock::given(method("POST"))
+        .and(header("x-api-key", KEY_1))
+        .respond_with(png_response())
+        .mount(&server)
+        .await;
     let t = http_worker(&server, &accounts_json(&[("acc-1", KEY_1, 50)]));
     t.seed(&flow_run(&["a", "echo"], 1), &["a", "echo"]).await;
 
@@ -166,14 +224,30 @@ async fn the_api_key_never_leaves_its_header() {
     let logs = CaptureWriter::default();
     let subscriber = tracing_subscriber::registry().with(CloudLoggingLayer::new(logs.clone()));
     let _guard = tracing::subscriber::set_default(subscriber);
-    let report = run_chart_export_step(&t.worker, &run_id(), &StepSelector::First, None).await.unwrap();
+    let report = run_chart_export_step(&t.worker, &run_id(), &StepSelector::First, None)
+        .await
+        .unwrap();
     drop(_guard);
 
-    let StepReport::Succeeded { failures, .. } = &report else { panic!("{report:?}") };
-    assert_eq!(failures[0].message, "403 Forbidden: key <CHART_IMG_API_KEY:acc-1> is inactive");
+    let StepReport::Succeeded { failures, .. } = &report else {
+        panic!("{report:?}")
+    };
+    assert_eq!(
+        failures[0].message,
+        "403 Forbidden: key <CHART_IMG_API_KEY:acc-1> is inactive"
+    );
     let logs = logs.contents();
-    for event in ["claim_attempt", "chart_api_call_start", "chart_api_call_finished", "manifest_written", "step_completed"] {
-        assert!(logs.contains(&format!("\"event\":\"{event}\"")), "missing {event} in {logs}");
+    for event in [
+        "claim_attempt",
+        "chart_api_call_start",
+        "chart_api_call_finished",
+        "manifest_written",
+        "step_completed",
+    ] {
+        assert!(
+            logs.contains(&format!("\"event\":\"{event}\"")),
+            "missing {event} in {logs}"
+        );
     }
     for line in logs.lines() {
         let v: Value = serde_json::from_str(line).unwrap();
@@ -196,7 +270,12 @@ async fn the_api_key_never_leaves_its_header() {
 async fn an_oversized_body_is_refused() {
     let server = MockServer::start().await;
     let big = vec![0u8; worker_chart_export::chartimg::MAX_BODY_BYTES + 1];
-    Mock::given(method("POST")).and(path(PATH)).respond_with(ResponseTemplate::new(200).set_body_bytes(big)).expect(1).mount(&server).await;
+    Mock::given(method("POST"))
+        .and(path(PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(big))
+        .expect(1)
+        .mount(&server)
+        .await;
     let err = call_once(&server, Duration::from_secs(20)).await.unwrap_err();
     assert!(matches!(err, ChartApiError::TooLarge { status: 200, .. }), "{err:?}");
     assert!(!err.is_retryable());

@@ -14,13 +14,16 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::{json, Value};
 use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS, RATE_WINDOWS};
-use worker_chart_export::adapters::{FirestoreStore, JsonDocs, LocalArtifacts, LocalBackend, MemoryArtifacts, MemoryBackend};
+use worker_chart_export::adapters::{
+    FirestoreStore, JsonDocs, LocalArtifacts, LocalBackend, MemoryArtifacts, MemoryBackend,
+};
 use worker_chart_export::domain::{
-    AccountId, AccountQuota, WindowAsk, ClaimOutcome, ClaimParams, ClaimToken, ObjectRef, OpId, PatchOutcome, RunId, StepId, StepPatch,
-    StepSelector, TemplateId, WorkerId,
+    AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, ObjectRef, OpId, PatchOutcome, RunId, StepId,
+    StepPatch, StepSelector, TemplateId, WindowAsk, WorkerId,
 };
 use worker_chart_export::ports::{
-    AccountUsageStore, ArtifactError, ArtifactStore, FlowRunStore, RateWindowStore, StoreError, TemplateStore, WriteMode,
+    AccountUsageStore, ArtifactError, ArtifactStore, FlowRunStore, RateWindowStore, StoreError, TemplateStore,
+    WriteMode,
 };
 
 use crate::emulators;
@@ -111,7 +114,12 @@ pub struct Artifacts {
 }
 
 pub async fn memory_artifacts(_test: &str) -> Option<Artifacts> {
-    Some(Artifacts { store: Arc::new(MemoryArtifacts::default()), bucket: "b".into(), keeps_any_content_type: true, _keep: None })
+    Some(Artifacts {
+        store: Arc::new(MemoryArtifacts::default()),
+        bucket: "b".into(),
+        keeps_any_content_type: true,
+        _keep: None,
+    })
 }
 
 pub async fn local_artifacts(_test: &str) -> Option<Artifacts> {
@@ -126,7 +134,12 @@ pub async fn local_artifacts(_test: &str) -> Option<Artifacts> {
 
 pub async fn gcs_artifacts(test: &str) -> Option<Artifacts> {
     let (store, bucket) = emulators::gcs(test).await?;
-    Some(Artifacts { store: Arc::new(store), bucket, keeps_any_content_type: true, _keep: None })
+    Some(Artifacts {
+        store: Arc::new(store),
+        bucket,
+        keeps_any_content_type: true,
+        _keep: None,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -160,7 +173,13 @@ fn op(s: &str) -> OpId {
 }
 
 fn params(w: &str, now: &str, lease_secs: i64) -> ClaimParams {
-    ClaimParams { worker: worker(w), token: tok(w), now: at(now), lease: Duration::seconds(lease_secs), max_attempts: 5 }
+    ClaimParams {
+        worker: worker(w),
+        token: tok(w),
+        now: at(now),
+        lease: Duration::seconds(lease_secs),
+        max_attempts: 5,
+    }
 }
 
 fn flow_run() -> Value {
@@ -179,9 +198,15 @@ fn finalize_patch() -> StepPatch {
     let mut fields = BTreeMap::new();
     fields.insert("status".to_owned(), Some(json!("SUCCEEDED")));
     fields.insert("finishedAt".to_owned(), Some(json!("2026-11-28T10:01:00Z")));
-    fields.insert("outputsManifestGcsUri".to_owned(), Some(json!("gs://b/runs/run-1/steps/charts-4h/charts/manifest.json")));
+    fields.insert(
+        "outputsManifestGcsUri".to_owned(),
+        Some(json!("gs://b/runs/run-1/steps/charts-4h/charts/manifest.json")),
+    );
     fields.insert("leaseExpiresAt".to_owned(), None);
-    StepPatch { step_id: step(), fields }
+    StepPatch {
+        step_id: step(),
+        fields,
+    }
 }
 
 fn explicit() -> StepSelector {
@@ -189,7 +214,10 @@ fn explicit() -> StepSelector {
 }
 
 fn acc(id: &str, limit: u32) -> AccountQuota {
-    AccountQuota { id: AccountId::parse(id).unwrap(), daily_limit: limit }
+    AccountQuota {
+        id: AccountId::parse(id).unwrap(),
+        daily_limit: limit,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -197,8 +225,24 @@ fn acc(id: &str, limit: u32) -> AccountQuota {
 
 pub async fn claim_then_finalize_touches_only_the_step_fields(d: Docs) {
     d.seed.put(FLOW_RUNS, "run-1", flow_run()).await;
-    let out = d.runs.claim_step(&run(), &StepSelector::First, &params("w-1", "2026-11-28T10:00:00Z", 900)).await.unwrap();
-    let ClaimOutcome::Claimed { step_id, run: doc, reclaimed, attempt } = out else { panic!("{out:?}") };
+    let out = d
+        .runs
+        .claim_step(
+            &run(),
+            &StepSelector::First,
+            &params("w-1", "2026-11-28T10:00:00Z", 900),
+        )
+        .await
+        .unwrap();
+    let ClaimOutcome::Claimed {
+        step_id,
+        run: doc,
+        reclaimed,
+        attempt,
+    } = out
+    else {
+        panic!("{out:?}")
+    };
     assert_eq!((step_id.as_str(), reclaimed, attempt), (STEP, false, 1));
     assert_eq!(doc["steps"][STEP]["status"], "RUNNING");
 
@@ -212,7 +256,11 @@ pub async fn claim_then_finalize_touches_only_the_step_fields(d: Docs) {
     assert_eq!(s["leaseExpiresAt"], "2026-11-28T10:15:00Z");
     assert_eq!(stored, doc, "the claim answers the document as stored");
 
-    let out = d.runs.patch_owned_step(&run(), &tok("w-1"), &finalize_patch()).await.unwrap();
+    let out = d
+        .runs
+        .patch_owned_step(&run(), &tok("w-1"), &finalize_patch())
+        .await
+        .unwrap();
     assert_eq!(out, PatchOutcome::Applied);
     let after = d.runs.get_run(&run()).await.unwrap().unwrap();
     let mut want = flow_run();
@@ -229,26 +277,62 @@ pub async fn claim_then_finalize_touches_only_the_step_fields(d: Docs) {
 pub async fn repeats_are_no_ops(d: Docs) {
     d.seed.put(FLOW_RUNS, "run-1", flow_run()).await;
     let p = params("w-1", "2026-11-28T10:00:00Z", 900);
-    assert!(matches!(d.runs.claim_step(&run(), &explicit(), &p).await.unwrap(), ClaimOutcome::Claimed { .. }));
+    assert!(matches!(
+        d.runs.claim_step(&run(), &explicit(), &p).await.unwrap(),
+        ClaimOutcome::Claimed { .. }
+    ));
     let after_claim = d.seed.raw(FLOW_RUNS, "run-1").await;
     // The same claim again (a retried commit whose first try landed) is recognised by its token and writes nothing.
     let again = d.runs.claim_step(&run(), &explicit(), &p).await.unwrap();
-    assert!(matches!(again, ClaimOutcome::Claimed { attempt: 1, reclaimed: false, .. }), "{again:?}");
+    assert!(
+        matches!(
+            again,
+            ClaimOutcome::Claimed {
+                attempt: 1,
+                reclaimed: false,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
     assert_eq!(d.seed.raw(FLOW_RUNS, "run-1").await, after_claim);
     // Another claim of the same worker process (new token) meets a live lease.
     let mut other = p.clone();
     other.token = tok("w-1-second-claim");
     let busy = d.runs.claim_step(&run(), &StepSelector::First, &other).await.unwrap();
-    assert!(matches!(busy, ClaimOutcome::AlreadyRunning { claimed_by: Some(ref w), .. } if w == "w-1"), "{busy:?}");
-    assert_eq!(d.runs.patch_owned_step(&run(), &tok("w-1"), &finalize_patch()).await.unwrap(), PatchOutcome::Applied);
+    assert!(
+        matches!(busy, ClaimOutcome::AlreadyRunning { claimed_by: Some(ref w), .. } if w == "w-1"),
+        "{busy:?}"
+    );
+    assert_eq!(
+        d.runs
+            .patch_owned_step(&run(), &tok("w-1"), &finalize_patch())
+            .await
+            .unwrap(),
+        PatchOutcome::Applied
+    );
     let before = d.seed.raw(FLOW_RUNS, "run-1").await;
     // A retried finalize whose first try landed: applied, once.
-    let again = d.runs.patch_owned_step(&run(), &tok("w-1"), &finalize_patch()).await.unwrap();
+    let again = d
+        .runs
+        .patch_owned_step(&run(), &tok("w-1"), &finalize_patch())
+        .await
+        .unwrap();
     assert_eq!(again, PatchOutcome::AlreadyApplied);
-    let foreign = d.runs.patch_owned_step(&run(), &tok("w-2"), &finalize_patch()).await.unwrap();
-    assert!(matches!(foreign, PatchOutcome::NotOwner { ref status, .. } if status == "SUCCEEDED"), "{foreign:?}");
+    let foreign = d
+        .runs
+        .patch_owned_step(&run(), &tok("w-2"), &finalize_patch())
+        .await
+        .unwrap();
+    assert!(
+        matches!(foreign, PatchOutcome::NotOwner { ref status, .. } if status == "SUCCEEDED"),
+        "{foreign:?}"
+    );
     let claim = d.runs.claim_step(&run(), &explicit(), &other).await.unwrap();
-    assert!(matches!(claim, ClaimOutcome::AlreadyFinished { ref status, .. } if status == "SUCCEEDED"), "{claim:?}");
+    assert!(
+        matches!(claim, ClaimOutcome::AlreadyFinished { ref status, .. } if status == "SUCCEEDED"),
+        "{claim:?}"
+    );
     assert_eq!(d.seed.raw(FLOW_RUNS, "run-1").await, before, "repeats wrote nothing");
 }
 
@@ -256,17 +340,37 @@ pub async fn retried_quota_operations_apply_once(d: Docs) {
     let a = acc("acc-ops", 10);
     let now = at("2026-11-28T10:00:00Z");
     let day = now.date_naive();
-    let first = d.usage.reserve(&op("reserve-1"), std::slice::from_ref(&a), 4, now).await.unwrap();
-    let again = d.usage.reserve(&op("reserve-1"), std::slice::from_ref(&a), 4, now).await.unwrap();
+    let first = d
+        .usage
+        .reserve(&op("reserve-1"), std::slice::from_ref(&a), 4, now)
+        .await
+        .unwrap();
+    let again = d
+        .usage
+        .reserve(&op("reserve-1"), std::slice::from_ref(&a), 4, now)
+        .await
+        .unwrap();
     assert_eq!(first, again, "a retried reservation answers its first grants");
     assert_eq!(d.usage.get_usage(&a.id).await.unwrap().unwrap().usage_today, 4);
     d.usage.give_back(&op("give-1"), &a.id, day, 3, now).await.unwrap();
     d.usage.give_back(&op("give-1"), &a.id, day, 3, now).await.unwrap();
     let u = d.usage.get_usage(&a.id).await.unwrap().unwrap();
-    assert_eq!(u.usage_today, 1, "a retried give-back subtracts once: usageToday never under-counts");
+    assert_eq!(
+        u.usage_today, 1,
+        "a retried give-back subtracts once: usageToday never under-counts"
+    );
     assert_eq!(u.recent_ops.len(), 2);
     // Tomorrow the remembered operations are gone with the counter.
-    let g = d.usage.reserve(&op("reserve-2"), std::slice::from_ref(&a), 1, at("2026-11-29T00:00:01Z")).await.unwrap();
+    let g = d
+        .usage
+        .reserve(
+            &op("reserve-2"),
+            std::slice::from_ref(&a),
+            1,
+            at("2026-11-29T00:00:01Z"),
+        )
+        .await
+        .unwrap();
     assert_eq!(g[0].units, 1);
     let u = d.usage.get_usage(&a.id).await.unwrap().unwrap();
     assert_eq!((u.usage_today, u.recent_ops.len()), (1, 1));
@@ -274,46 +378,120 @@ pub async fn retried_quota_operations_apply_once(d: Docs) {
 
 pub async fn a_non_owner_cannot_finalize(d: Docs) {
     d.seed.put(FLOW_RUNS, "run-1", flow_run()).await;
-    let refused = d.runs.patch_owned_step(&run(), &tok("w-2"), &finalize_patch()).await.unwrap();
-    assert!(matches!(refused, PatchOutcome::NotOwner { ref status, .. } if status == "READY"), "{refused:?}");
-    d.runs.claim_step(&run(), &explicit(), &params("w-1", "2026-11-28T10:00:00Z", 900)).await.unwrap();
+    let refused = d
+        .runs
+        .patch_owned_step(&run(), &tok("w-2"), &finalize_patch())
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, PatchOutcome::NotOwner { ref status, .. } if status == "READY"),
+        "{refused:?}"
+    );
+    d.runs
+        .claim_step(&run(), &explicit(), &params("w-1", "2026-11-28T10:00:00Z", 900))
+        .await
+        .unwrap();
     let before = d.seed.raw(FLOW_RUNS, "run-1").await;
-    let refused = d.runs.patch_owned_step(&run(), &tok("w-2"), &finalize_patch()).await.unwrap();
+    let refused = d
+        .runs
+        .patch_owned_step(&run(), &tok("w-2"), &finalize_patch())
+        .await
+        .unwrap();
     assert!(
         matches!(refused, PatchOutcome::NotOwner { ref status, claimed_by: Some(ref w) } if status == "RUNNING" && w == "w-1"),
         "{refused:?}"
     );
     assert_eq!(d.seed.raw(FLOW_RUNS, "run-1").await, before);
-    let missing = StepPatch { step_id: StepId::parse("nope").unwrap(), fields: finalize_patch().fields };
-    assert_eq!(d.runs.patch_owned_step(&run(), &tok("w-1"), &missing).await.unwrap(), PatchOutcome::StepMissing);
+    let missing = StepPatch {
+        step_id: StepId::parse("nope").unwrap(),
+        fields: finalize_patch().fields,
+    };
+    assert_eq!(
+        d.runs.patch_owned_step(&run(), &tok("w-1"), &missing).await.unwrap(),
+        PatchOutcome::StepMissing
+    );
     let gone = RunId::parse("missing-run").unwrap();
-    assert_eq!(d.runs.patch_owned_step(&gone, &tok("w-1"), &finalize_patch()).await.unwrap(), PatchOutcome::StepMissing);
-    assert_eq!(d.runs.claim_step(&gone, &StepSelector::First, &params("w-1", "2026-11-28T10:00:00Z", 9)).await.unwrap(), ClaimOutcome::RunNotFound);
+    assert_eq!(
+        d.runs
+            .patch_owned_step(&gone, &tok("w-1"), &finalize_patch())
+            .await
+            .unwrap(),
+        PatchOutcome::StepMissing
+    );
+    assert_eq!(
+        d.runs
+            .claim_step(&gone, &StepSelector::First, &params("w-1", "2026-11-28T10:00:00Z", 9))
+            .await
+            .unwrap(),
+        ClaimOutcome::RunNotFound
+    );
     assert_eq!(d.runs.get_run(&gone).await.unwrap(), None);
 }
 
 pub async fn an_expired_lease_is_reclaimed_and_the_old_owner_refused(d: Docs) {
     d.seed.put(FLOW_RUNS, "run-1", flow_run()).await;
-    d.runs.claim_step(&run(), &explicit(), &params("w-1", "2026-11-28T10:00:00Z", 60)).await.unwrap();
-    let early = d.runs.claim_step(&run(), &explicit(), &params("w-2", "2026-11-28T10:00:59Z", 60)).await.unwrap();
+    d.runs
+        .claim_step(&run(), &explicit(), &params("w-1", "2026-11-28T10:00:00Z", 60))
+        .await
+        .unwrap();
+    let early = d
+        .runs
+        .claim_step(&run(), &explicit(), &params("w-2", "2026-11-28T10:00:59Z", 60))
+        .await
+        .unwrap();
     assert!(matches!(early, ClaimOutcome::AlreadyRunning { .. }), "{early:?}");
-    let late = d.runs.claim_step(&run(), &StepSelector::First, &params("w-2", "2026-11-28T10:01:00Z", 60)).await.unwrap();
-    assert!(matches!(late, ClaimOutcome::Claimed { reclaimed: true, .. }), "{late:?}");
-    let old = d.runs.patch_owned_step(&run(), &tok("w-1"), &finalize_patch()).await.unwrap();
-    assert!(matches!(old, PatchOutcome::NotOwner { claimed_by: Some(ref w), .. } if w == "w-2"), "{old:?}");
-    assert_eq!(d.runs.patch_owned_step(&run(), &tok("w-2"), &finalize_patch()).await.unwrap(), PatchOutcome::Applied);
+    let late = d
+        .runs
+        .claim_step(&run(), &StepSelector::First, &params("w-2", "2026-11-28T10:01:00Z", 60))
+        .await
+        .unwrap();
+    assert!(
+        matches!(late, ClaimOutcome::Claimed { reclaimed: true, .. }),
+        "{late:?}"
+    );
+    let old = d
+        .runs
+        .patch_owned_step(&run(), &tok("w-1"), &finalize_patch())
+        .await
+        .unwrap();
+    assert!(
+        matches!(old, PatchOutcome::NotOwner { claimed_by: Some(ref w), .. } if w == "w-2"),
+        "{old:?}"
+    );
+    assert_eq!(
+        d.runs
+            .patch_owned_step(&run(), &tok("w-2"), &finalize_patch())
+            .await
+            .unwrap(),
+        PatchOutcome::Applied
+    );
 }
 
 pub async fn two_claims_at_once_exactly_one_wins(d: Docs) {
     d.seed.put(FLOW_RUNS, "run-1", flow_run()).await;
-    let (p1, p2) = (params("w-1", "2026-11-28T10:00:00Z", 900), params("w-2", "2026-11-28T10:00:00Z", 900));
+    let (p1, p2) = (
+        params("w-1", "2026-11-28T10:00:00Z", 900),
+        params("w-2", "2026-11-28T10:00:00Z", 900),
+    );
     let (r, sel) = (run(), explicit());
     let (a, b) = tokio::join!(d.runs.claim_step(&r, &sel, &p1), d.runs.claim_step(&r, &sel, &p2));
     let outcomes = [a.unwrap(), b.unwrap()];
-    let won: Vec<&ClaimOutcome> = outcomes.iter().filter(|o| matches!(o, ClaimOutcome::Claimed { .. })).collect();
+    let won: Vec<&ClaimOutcome> = outcomes
+        .iter()
+        .filter(|o| matches!(o, ClaimOutcome::Claimed { .. }))
+        .collect();
     assert_eq!(won.len(), 1, "{outcomes:?}");
-    let lost = outcomes.iter().find(|o| !matches!(o, ClaimOutcome::Claimed { .. })).unwrap();
-    let ClaimOutcome::AlreadyRunning { claimed_by: Some(winner), .. } = lost else { panic!("{lost:?}") };
+    let lost = outcomes
+        .iter()
+        .find(|o| !matches!(o, ClaimOutcome::Claimed { .. }))
+        .unwrap();
+    let ClaimOutcome::AlreadyRunning {
+        claimed_by: Some(winner),
+        ..
+    } = lost
+    else {
+        panic!("{lost:?}")
+    };
     let stored = d.runs.get_run(&run()).await.unwrap().unwrap();
     assert_eq!(&stored["steps"][STEP]["claimedBy"], winner.as_str());
 }
@@ -334,8 +512,17 @@ pub async fn documents_round_trip_faithfully(d: Docs) {
 pub async fn templates_are_read_in_one_batch_missing_ones_absent(d: Docs) {
     let t = json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": {"style": "candle", "studies": [{"name": "Volume"}]}});
     d.seed.put(CHART_TEMPLATES, "price", t.clone()).await;
-    d.seed.put(CHART_TEMPLATES, "rsi-14", json!({"chartImgSymbolTemplate": "X:{symbol}"})).await;
-    let ids: Vec<TemplateId> = ["price", "missing", "rsi-14"].iter().map(|s| TemplateId::parse(*s).unwrap()).collect();
+    d.seed
+        .put(
+            CHART_TEMPLATES,
+            "rsi-14",
+            json!({"chartImgSymbolTemplate": "X:{symbol}"}),
+        )
+        .await;
+    let ids: Vec<TemplateId> = ["price", "missing", "rsi-14"]
+        .iter()
+        .map(|s| TemplateId::parse(*s).unwrap())
+        .collect();
     let got = d.templates.get_templates(&ids).await.unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(got[&ids[0]], t);
@@ -351,26 +538,58 @@ pub async fn usage_reserve_give_back_exhaust_and_day_reset(d: Docs) {
     assert_eq!((g.len(), g[0].units, g[0].day), (1, 3, day));
     let g = d.usage.reserve(&OpId::random(), &[a.clone()], 5, now).await.unwrap();
     assert_eq!(g[0].units, 2, "only the remaining 2 are granted");
-    assert!(d.usage.reserve(&OpId::random(), &[a.clone()], 1, now).await.unwrap().is_empty());
+    assert!(d
+        .usage
+        .reserve(&OpId::random(), &[a.clone()], 1, now)
+        .await
+        .unwrap()
+        .is_empty());
     d.usage.give_back(&OpId::random(), &a.id, day, 1, now).await.unwrap();
     let u = d.usage.get_usage(&a.id).await.unwrap().unwrap();
-    assert_eq!((u.usage_today, u.daily_limit, u.exhausted, u.day.as_str()), (4, 5, false, "2026-11-28"));
+    assert_eq!(
+        (u.usage_today, u.daily_limit, u.exhausted, u.day.as_str()),
+        (4, 5, false, "2026-11-28")
+    );
     assert_eq!(u.updated_at, "2026-11-28T10:00:00Z");
     // A give-back of yesterday's grant changes nothing.
-    d.usage.give_back(&OpId::random(), &a.id, NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), 4, now).await.unwrap();
+    d.usage
+        .give_back(
+            &OpId::random(),
+            &a.id,
+            NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
+            4,
+            now,
+        )
+        .await
+        .unwrap();
     assert_eq!(d.usage.get_usage(&a.id).await.unwrap().unwrap().usage_today, 4);
     d.usage.mark_exhausted(&a, day, now).await.unwrap();
     assert!(d.usage.get_usage(&a.id).await.unwrap().unwrap().exhausted);
-    assert!(d.usage.reserve(&OpId::random(), &[a.clone()], 1, now).await.unwrap().is_empty());
+    assert!(d
+        .usage
+        .reserve(&OpId::random(), &[a.clone()], 1, now)
+        .await
+        .unwrap()
+        .is_empty());
     // The next day resets the counter and clears exhaustion; a second account takes the overflow.
     let b = acc("acc-2", 2);
     let tomorrow = at("2026-11-29T00:00:01Z");
-    let g = d.usage.reserve(&OpId::random(), &[a.clone(), b.clone()], 6, tomorrow).await.unwrap();
+    let g = d
+        .usage
+        .reserve(&OpId::random(), &[a.clone(), b.clone()], 6, tomorrow)
+        .await
+        .unwrap();
     let got: Vec<(&str, u32)> = g.iter().map(|g| (g.account.as_str(), g.units)).collect();
     assert_eq!(got, vec![("acc-1", 5), ("acc-2", 1)]);
     let u = d.usage.get_usage(&a.id).await.unwrap().unwrap();
     assert_eq!((u.day.as_str(), u.usage_today, u.exhausted), ("2026-11-29", 5, false));
-    assert_eq!(d.usage.get_usage(&AccountId::parse("never-used").unwrap()).await.unwrap(), None);
+    assert_eq!(
+        d.usage
+            .get_usage(&AccountId::parse("never-used").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
     assert!(d.seed.raw(ACCOUNTS_USAGE, "acc-2").await.is_some());
 }
 
@@ -394,18 +613,33 @@ pub async fn ten_concurrent_reservations_on_a_limit_of_five(d: Docs) {
 }
 
 pub async fn a_corrupt_usage_document_is_reported_not_retried(d: Docs) {
-    d.seed.put(ACCOUNTS_USAGE, "acc-bad", json!({"day": 3, "usageToday": "many"})).await;
+    d.seed
+        .put(ACCOUNTS_USAGE, "acc-bad", json!({"day": 3, "usageToday": "many"}))
+        .await;
     let started = std::time::Instant::now();
-    let err = d.usage.reserve(&OpId::random(), &[acc("acc-bad", 5)], 1, at("2026-11-28T10:00:00Z")).await.unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { ref path, .. } if path == "chart_img_accounts_usage/acc-bad"), "{err:?}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "a decode error must not be retried");
+    let err = d
+        .usage
+        .reserve(&OpId::random(), &[acc("acc-bad", 5)], 1, at("2026-11-28T10:00:00Z"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { ref path, .. } if path == "chart_img_accounts_usage/acc-bad"),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "a decode error must not be retried"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Artifact suite
 
 fn obj(a: &Artifacts, path: &str) -> ObjectRef {
-    ObjectRef { bucket: a.bucket.clone(), path: path.to_owned() }
+    ObjectRef {
+        bucket: a.bucket.clone(),
+        path: path.to_owned(),
+    }
 }
 
 /// Every byte value, CRLFs and a line that looks like a multipart boundary: what a careless upload would mangle.
@@ -419,34 +653,85 @@ fn awkward_png() -> Bytes {
 
 pub async fn bytes_and_content_types_are_kept(a: Artifacts) {
     let png = obj(&a, "runs/run-1/charts/4h/price/20261128T100000Z_BTCUSDT_4h_price.png");
-    a.store.put(&png, awkward_png(), "image/png", WriteMode::Overwrite).await.unwrap();
+    a.store
+        .put(&png, awkward_png(), "image/png", WriteMode::Overwrite)
+        .await
+        .unwrap();
     let got = a.store.get(&png).await.unwrap().unwrap();
     assert_eq!(got.bytes, awkward_png());
     assert_eq!(got.content_type, "image/png");
     let manifest = obj(&a, "runs/run-1/steps/charts-4h/charts/manifest.json");
     let body = Bytes::from_static(br#"{"schemaVersion":1}"#);
-    a.store.put(&manifest, body.clone(), "application/json", WriteMode::CreateOnly).await.unwrap();
+    a.store
+        .put(&manifest, body.clone(), "application/json", WriteMode::CreateOnly)
+        .await
+        .unwrap();
     let got = a.store.get(&manifest).await.unwrap().unwrap();
     assert_eq!((got.bytes, got.content_type.as_str()), (body, "application/json"));
     if a.keeps_any_content_type {
         let jpg = obj(&a, "x/no-extension");
-        a.store.put(&jpg, Bytes::from_static(b"\xff\xd8\xff"), "image/jpeg", WriteMode::Overwrite).await.unwrap();
+        a.store
+            .put(
+                &jpg,
+                Bytes::from_static(b"\xff\xd8\xff"),
+                "image/jpeg",
+                WriteMode::Overwrite,
+            )
+            .await
+            .unwrap();
         assert_eq!(a.store.get(&jpg).await.unwrap().unwrap().content_type, "image/jpeg");
     }
     let empty = obj(&a, "empty.json");
-    a.store.put(&empty, Bytes::new(), "application/json", WriteMode::Overwrite).await.unwrap();
+    a.store
+        .put(&empty, Bytes::new(), "application/json", WriteMode::Overwrite)
+        .await
+        .unwrap();
     assert_eq!(a.store.get(&empty).await.unwrap().unwrap().bytes.len(), 0);
 }
 
 pub async fn create_only_is_refused_the_second_time(a: Artifacts) {
     let m = obj(&a, "runs/run-1/steps/charts-4h/charts/manifest.json");
-    a.store.put(&m, Bytes::from_static(b"{\"first\":true}"), "application/json", WriteMode::CreateOnly).await.unwrap();
-    let err = a.store.put(&m, Bytes::from_static(b"{\"second\":true}"), "application/json", WriteMode::CreateOnly).await.unwrap_err();
-    assert!(matches!(err, ArtifactError::AlreadyExists(ref uri) if *uri == m.uri()), "{err:?}");
-    assert_eq!(a.store.get(&m).await.unwrap().unwrap().bytes, Bytes::from_static(b"{\"first\":true}"));
+    a.store
+        .put(
+            &m,
+            Bytes::from_static(b"{\"first\":true}"),
+            "application/json",
+            WriteMode::CreateOnly,
+        )
+        .await
+        .unwrap();
+    let err = a
+        .store
+        .put(
+            &m,
+            Bytes::from_static(b"{\"second\":true}"),
+            "application/json",
+            WriteMode::CreateOnly,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ArtifactError::AlreadyExists(ref uri) if *uri == m.uri()),
+        "{err:?}"
+    );
+    assert_eq!(
+        a.store.get(&m).await.unwrap().unwrap().bytes,
+        Bytes::from_static(b"{\"first\":true}")
+    );
     // Overwrite replaces, as PNG uploads do on a retried step.
-    a.store.put(&m, Bytes::from_static(b"{\"third\":true}"), "application/json", WriteMode::Overwrite).await.unwrap();
-    assert_eq!(a.store.get(&m).await.unwrap().unwrap().bytes, Bytes::from_static(b"{\"third\":true}"));
+    a.store
+        .put(
+            &m,
+            Bytes::from_static(b"{\"third\":true}"),
+            "application/json",
+            WriteMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        a.store.get(&m).await.unwrap().unwrap().bytes,
+        Bytes::from_static(b"{\"third\":true}")
+    );
 }
 
 pub async fn concurrent_create_only_writes_have_one_winner(a: Artifacts) {
@@ -455,7 +740,14 @@ pub async fn concurrent_create_only_writes_have_one_winner(a: Artifacts) {
         .map(|i| {
             let (store, m) = (a.store.clone(), m.clone());
             tokio::spawn(async move {
-                store.put(&m, Bytes::from(format!("{{\"writer\":{i}}}")), "application/json", WriteMode::CreateOnly).await
+                store
+                    .put(
+                        &m,
+                        Bytes::from(format!("{{\"writer\":{i}}}")),
+                        "application/json",
+                        WriteMode::CreateOnly,
+                    )
+                    .await
             })
         })
         .collect();
@@ -475,29 +767,67 @@ pub async fn a_missing_object_reads_as_none(a: Artifacts) {
 }
 
 fn ask(op_id: &str, holder: &str, length_ms: i64) -> WindowAsk {
-    WindowAsk { op: op(op_id), holder: holder.into(), length: Duration::milliseconds(length_ms), gap: Duration::milliseconds(50) }
+    WindowAsk {
+        op: op(op_id),
+        holder: holder.into(),
+        length: Duration::milliseconds(length_ms),
+        gap: Duration::milliseconds(50),
+    }
 }
 
 pub async fn rate_windows_queue_and_a_retried_reservation_gets_its_window_back(d: Docs) {
     let a = AccountId::parse("acc-1").unwrap();
     let t0 = at("2026-12-01T10:00:00Z");
-    let w1 = d.rate.reserve_window(&a, &ask("w1", "serve-a", 2000), t0).await.unwrap();
+    let w1 = d
+        .rate
+        .reserve_window(&a, &ask("w1", "serve-a", 2000), t0)
+        .await
+        .unwrap();
     assert_eq!((w1.start, w1.end), (t0, t0 + Duration::milliseconds(2000)));
     // Another instance, 300 ms later: behind the first window and its gap.
-    let w2 = d.rate.reserve_window(&a, &ask("w2", "serve-b", 1000), t0 + Duration::milliseconds(300)).await.unwrap();
-    assert_eq!((w2.start, w2.end), (t0 + Duration::milliseconds(2050), t0 + Duration::milliseconds(3050)));
+    let w2 = d
+        .rate
+        .reserve_window(&a, &ask("w2", "serve-b", 1000), t0 + Duration::milliseconds(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        (w2.start, w2.end),
+        (t0 + Duration::milliseconds(2050), t0 + Duration::milliseconds(3050))
+    );
     // A retried commit whose first try landed: the same window, nothing moved.
-    let again = d.rate.reserve_window(&a, &ask("w2", "serve-b", 1000), t0 + Duration::milliseconds(400)).await.unwrap();
+    let again = d
+        .rate
+        .reserve_window(&a, &ask("w2", "serve-b", 1000), t0 + Duration::milliseconds(400))
+        .await
+        .unwrap();
     assert_eq!(again, w2);
     let stored = d.seed.raw(RATE_WINDOWS, "acc-1").await.unwrap();
-    assert_eq!(stored["nextFreeMs"], (t0 + Duration::milliseconds(3100)).timestamp_millis(), "{stored}");
+    assert_eq!(
+        stored["nextFreeMs"],
+        (t0 + Duration::milliseconds(3100)).timestamp_millis(),
+        "{stored}"
+    );
     assert_eq!(stored["holder"], "serve-b");
     // Long after: the key is free at once (a holder that died wasted only its window).
     let later = t0 + Duration::seconds(60);
-    assert_eq!(d.rate.reserve_window(&a, &ask("w3", "serve-a", 1000), later).await.unwrap().start, later);
+    assert_eq!(
+        d.rate
+            .reserve_window(&a, &ask("w3", "serve-a", 1000), later)
+            .await
+            .unwrap()
+            .start,
+        later
+    );
     // Other accounts are independent.
     let b = AccountId::parse("acc-2").unwrap();
-    assert_eq!(d.rate.reserve_window(&b, &ask("w4", "serve-a", 1000), t0).await.unwrap().start, t0);
+    assert_eq!(
+        d.rate
+            .reserve_window(&b, &ask("w4", "serve-a", 1000), t0)
+            .await
+            .unwrap()
+            .start,
+        t0
+    );
 }
 
 pub async fn concurrent_window_reservations_never_overlap(d: Docs) {
@@ -506,7 +836,10 @@ pub async fn concurrent_window_reservations_never_overlap(d: Docs) {
     let tasks: Vec<_> = (0..6)
         .map(|i| {
             let (rate, a) = (d.rate.clone(), a.clone());
-            tokio::spawn(async move { rate.reserve_window(&a, &ask(&format!("c{i}"), &format!("serve-{i}"), 1000), t0).await })
+            tokio::spawn(async move {
+                rate.reserve_window(&a, &ask(&format!("c{i}"), &format!("serve-{i}"), 1000), t0)
+                    .await
+            })
         })
         .collect();
     let mut windows = Vec::new();
@@ -515,7 +848,10 @@ pub async fn concurrent_window_reservations_never_overlap(d: Docs) {
     }
     windows.sort_by_key(|w| w.start);
     for pair in windows.windows(2) {
-        assert!(pair[1].start >= pair[0].end + Duration::milliseconds(50), "overlap or no gap: {pair:?}");
+        assert!(
+            pair[1].start >= pair[0].end + Duration::milliseconds(50),
+            "overlap or no gap: {pair:?}"
+        );
     }
     assert_eq!(windows[0].start, t0);
     assert_eq!(windows[5].end, t0 + Duration::milliseconds(5 * 1050 + 1000));
@@ -594,9 +930,9 @@ mod firestore_only {
 
     use firestore::{FirestoreDb, FirestoreDbOptions};
     use serde_json::Value;
-    use worker_chart_export::retry::RetryPolicy;
     use worker_chart_export::adapters::FirestoreStore;
     use worker_chart_export::ports::{AccountUsageStore, FlowRunStore, StoreError};
+    use worker_chart_export::retry::RetryPolicy;
 
     use super::*;
 
@@ -604,29 +940,56 @@ mod firestore_only {
     async fn rest_doc(store: &FirestoreStore, path: &str) -> Value {
         let host = std::env::var("FIRESTORE_EMULATOR_HOST").unwrap();
         let url = format!("http://{host}/v1/{}/documents/{path}", store.database_path());
-        reqwest::Client::new().get(url).bearer_auth("owner").send().await.unwrap().json().await.unwrap()
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth("owner")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
     async fn worker_times_are_stored_as_timestamps_and_hyphenated_step_ids_as_map_keys() {
-        let Some(store) = emulators::firestore("firestore_only::timestamps").await else { return };
+        let Some(store) = emulators::firestore("firestore_only::timestamps").await else {
+            return;
+        };
         store.put(FLOW_RUNS, "run-1", flow_run()).await;
-        store.claim_step(&run(), &explicit(), &params("w-1", "2026-11-28T10:00:00Z", 900)).await.unwrap();
+        store
+            .claim_step(&run(), &explicit(), &params("w-1", "2026-11-28T10:00:00Z", 900))
+            .await
+            .unwrap();
         let doc = rest_doc(&store, "flow_runs/run-1").await;
         let step = &doc["fields"]["steps"]["mapValue"]["fields"][STEP]["mapValue"]["fields"];
-        assert_eq!(step["leaseExpiresAt"]["timestampValue"], "2026-11-28T10:15:00Z", "{doc}");
+        assert_eq!(
+            step["leaseExpiresAt"]["timestampValue"], "2026-11-28T10:15:00Z",
+            "{doc}"
+        );
         assert_eq!(step["startedAt"]["timestampValue"], "2026-11-28T10:00:00Z");
         assert_eq!(step["status"]["stringValue"], "RUNNING");
-        assert_eq!(step["inputs"]["mapValue"]["fields"]["timeframe"]["stringValue"], "4h", "inputs kept");
-        store.reserve(&OpId::random(), &[acc("acc-1", 5)], 1, at("2026-11-28T10:00:00Z")).await.unwrap();
+        assert_eq!(
+            step["inputs"]["mapValue"]["fields"]["timeframe"]["stringValue"], "4h",
+            "inputs kept"
+        );
+        store
+            .reserve(&OpId::random(), &[acc("acc-1", 5)], 1, at("2026-11-28T10:00:00Z"))
+            .await
+            .unwrap();
         let usage = rest_doc(&store, "chart_img_accounts_usage/acc-1").await;
-        assert_eq!(usage["fields"]["updatedAt"]["timestampValue"], "2026-11-28T10:00:00Z", "{usage}");
+        assert_eq!(
+            usage["fields"]["updatedAt"]["timestampValue"], "2026-11-28T10:00:00Z",
+            "{usage}"
+        );
         assert_eq!(usage["fields"]["usageToday"]["integerValue"], "1");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_exhausted_retry_budget_is_contention_and_never_over_grants() {
-        let Some(store) = emulators::firestore("firestore_only::budget").await else { return };
+        let Some(store) = emulators::firestore("firestore_only::budget").await else {
+            return;
+        };
         let store = store.with_policy(RetryPolicy::NONE);
         let a = acc("acc-tight", 5);
         let tasks: Vec<_> = (0..8)
@@ -644,18 +1007,31 @@ mod firestore_only {
             }
         }
         assert!(granted <= 5);
-        let stored = store.get_usage(&a.id).await.unwrap().map(|u| u.usage_today).unwrap_or(0);
+        let stored = store
+            .get_usage(&a.id)
+            .await
+            .unwrap()
+            .map(|u| u.usage_today)
+            .unwrap_or(0);
         assert_eq!(stored, granted, "the counter is exactly what was granted");
     }
 
     #[tokio::test]
     async fn create_doc_creates_once_and_delete_removes() {
-        let Some(store) = emulators::firestore("firestore_only::create").await else { return };
+        let Some(store) = emulators::firestore("firestore_only::create").await else {
+            return;
+        };
         let started = std::time::Instant::now();
         assert!(store.create_doc(FLOW_RUNS, "run-1", flow_run()).await.unwrap());
-        assert!(!store.create_doc(FLOW_RUNS, "run-1", serde_json::json!({"other": 1})).await.unwrap());
+        assert!(!store
+            .create_doc(FLOW_RUNS, "run-1", serde_json::json!({"other": 1}))
+            .await
+            .unwrap());
         assert_eq!(store.get_doc(FLOW_RUNS, "run-1").await.unwrap(), Some(flow_run()));
-        assert!(started.elapsed() < Duration::from_secs(5), "an existing document is an answer, not a retry");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "an existing document is an answer, not a retry"
+        );
         store.delete_doc(FLOW_RUNS, "run-1").await.unwrap();
         assert_eq!(store.get_doc(FLOW_RUNS, "run-1").await.unwrap(), None);
     }
@@ -668,7 +1044,9 @@ mod firestore_only {
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 let target = target.clone();
                 conns.spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
@@ -682,7 +1060,9 @@ mod firestore_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreachable_firestore_is_unavailable_within_the_budget() {
-        let Some(host) = emulators::emulator_var("FIRESTORE_EMULATOR_HOST", "firestore_only::unreachable") else { return };
+        let Some(host) = emulators::emulator_var("FIRESTORE_EMULATOR_HOST", "firestore_only::unreachable") else {
+            return;
+        };
         let (addr, proxy) = proxy_to(host).await;
         let options = FirestoreDbOptions {
             firebase_api_url: Some(format!("http://{addr}")),
@@ -690,16 +1070,31 @@ mod firestore_only {
         };
         let db = FirestoreDb::with_options(options).await.unwrap();
         let store = FirestoreStore::from_db(db)
-            .with_policy(RetryPolicy { max_retries: 2, max_total_delay: Duration::from_secs(5), ..RetryPolicy::FIRESTORE })
+            .with_policy(RetryPolicy {
+                max_retries: 2,
+                max_total_delay: Duration::from_secs(5),
+                ..RetryPolicy::FIRESTORE
+            })
             .with_call_timeout(Duration::from_secs(1));
-        assert_eq!(store.get_run(&run()).await.unwrap(), None, "reachable through the proxy");
+        assert_eq!(
+            store.get_run(&run()).await.unwrap(),
+            None,
+            "reachable through the proxy"
+        );
         proxy.abort();
         let _ = proxy.await;
         let started = std::time::Instant::now();
         let err = store.get_run(&run()).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-        let err = store.claim_step(&run(), &explicit(), &params("w", "2026-11-28T10:00:00Z", 9)).await.unwrap_err();
+        let err = store
+            .claim_step(&run(), &explicit(), &params("w", "2026-11-28T10:00:00Z", 9))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(12), "bounded: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "bounded: {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -12,7 +12,9 @@ use worker_chart_export::{run_chart_export_step, StepReport};
 use crate::support::*;
 
 async fn run(t: &TestWorker) -> StepReport {
-    run_chart_export_step(&t.worker, &run_id(), &StepSelector::First, None).await.unwrap()
+    run_chart_export_step(&t.worker, &run_id(), &StepSelector::First, None)
+        .await
+        .unwrap()
 }
 
 async fn run_step(t: &TestWorker, step: &str) -> StepReport {
@@ -21,7 +23,10 @@ async fn run_step(t: &TestWorker, step: &str) -> StepReport {
 }
 
 fn transient(status: u16) -> ChartApiError {
-    ChartApiError::Transient { status: Some(status), message: "Something Went Wrong".into() }
+    ChartApiError::Transient {
+        status: Some(status),
+        message: "Something Went Wrong".into(),
+    }
 }
 
 #[tokio::test]
@@ -33,8 +38,19 @@ async fn happy_path_renders_uploads_writes_the_manifest_and_finalizes() {
     let before = t.run_doc().await;
 
     let report = run(&t).await;
-    let StepReport::Succeeded { manifest_uri, items, failures, .. } = &report else { panic!("{report:?}") };
-    assert_eq!(manifest_uri, "gs://bucket-1/runs/run-123/steps/charts_4h/charts/manifest.json");
+    let StepReport::Succeeded {
+        manifest_uri,
+        items,
+        failures,
+        ..
+    } = &report
+    else {
+        panic!("{report:?}")
+    };
+    assert_eq!(
+        manifest_uri,
+        "gs://bucket-1/runs/run-123/steps/charts_4h/charts/manifest.json"
+    );
     assert_eq!(items.len(), 3);
     assert!(failures.is_empty());
 
@@ -72,16 +88,30 @@ async fn happy_path_renders_uploads_writes_the_manifest_and_finalizes() {
     assert_eq!(stored.content_type, "application/json");
     let m: Value = serde_json::from_slice(&stored.bytes).unwrap();
     assert_eq!(m["schemaVersion"], 1);
-    assert_eq!((m["runId"].as_str(), m["stepId"].as_str()), (Some("run-123"), Some("charts_4h")));
-    assert_eq!((m["symbol"].as_str(), m["timeframe"].as_str()), (Some("BTCUSDT"), Some("4h")));
+    assert_eq!(
+        (m["runId"].as_str(), m["stepId"].as_str()),
+        (Some("run-123"), Some("charts_4h"))
+    );
+    assert_eq!(
+        (m["symbol"].as_str(), m["timeframe"].as_str()),
+        (Some("BTCUSDT"), Some("4h"))
+    );
     assert_eq!((m["minImages"].as_u64(), m["requested"].as_u64()), (Some(2), Some(3)));
-    let ids: Vec<&str> = m["items"].as_array().unwrap().iter().map(|i| i["chartTemplateId"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["chartTemplateId"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, tpl, "items keep the order of the requests");
     for item in m["items"].as_array().unwrap() {
         let obj = ObjectRef::parse_uri(item["gcsUri"].as_str().unwrap()).unwrap();
         let png = t.artifacts.get(&obj).await.unwrap().unwrap();
         let id = item["chartTemplateId"].as_str().unwrap();
-        assert_eq!(obj.path, format!("runs/run-123/charts/4h/{id}/20261128T132511Z_BTCUSDT_4h_{id}.png"));
+        assert_eq!(
+            obj.path,
+            format!("runs/run-123/charts/4h/{id}/20261128T132511Z_BTCUSDT_4h_{id}.png")
+        );
         assert_eq!(png.content_type, "image/png");
         assert_eq!(png.bytes, png_bytes(id));
         assert_eq!(item["bytes"].as_u64().unwrap() as usize, png.bytes.len());
@@ -91,7 +121,10 @@ async fn happy_path_renders_uploads_writes_the_manifest_and_finalizes() {
     }
     // Usage: one unit per call sent, reserved in one batch, nothing left over.
     let u = t.usage("acc-1").await.unwrap();
-    assert_eq!((u["usageToday"].as_u64(), u["day"].as_str(), u["dailyLimit"].as_u64()), (Some(3), Some("2026-11-28"), Some(50)));
+    assert_eq!(
+        (u["usageToday"].as_u64(), u["day"].as_str(), u["dailyLimit"].as_u64()),
+        (Some(3), Some("2026-11-28"), Some(50))
+    );
 }
 
 #[tokio::test]
@@ -99,7 +132,10 @@ async fn a_finished_or_running_step_is_a_no_op_that_writes_nothing() {
     for (status, extra) in [
         ("SUCCEEDED", json!({})),
         ("FAILED", json!({"error": {"code": "CHART_API_FAILED"}})),
-        ("RUNNING", json!({"claimedBy": "other", "leaseExpiresAt": "2026-11-28T14:00:00Z"})),
+        (
+            "RUNNING",
+            json!({"claimedBy": "other", "leaseExpiresAt": "2026-11-28T14:00:00Z"}),
+        ),
         ("PENDING", json!({})),
     ] {
         let r = ScriptedRenderer::ok();
@@ -113,7 +149,10 @@ async fn a_finished_or_running_step_is_a_no_op_that_writes_nothing() {
         let report = run_step(&t, "charts_4h").await;
         if status == "RUNNING" {
             // Held by another live claim: a redelivery should re-check later.
-            assert!(matches!(report, StepReport::Busy { ref claimed_by, .. } if claimed_by.as_deref() == Some("other")), "{report:?}");
+            assert!(
+                matches!(report, StepReport::Busy { ref claimed_by, .. } if claimed_by.as_deref() == Some("other")),
+                "{report:?}"
+            );
             assert!(report.wants_redelivery());
         } else {
             assert!(matches!(report, StepReport::NoOp { .. }), "{status}: {report:?}");
@@ -143,11 +182,16 @@ async fn an_explicit_step_must_exist_and_be_chart_export() {
     let doc = flow_run(&["a"], 1);
     t.seed(&doc, &["a"]).await;
     let report = run_step(&t, "nope").await;
-    let StepReport::Rejected { code, message, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Rejected { code, message, .. } = &report else {
+        panic!("{report:?}")
+    };
     assert_eq!(*code, ErrorCode::ValidationFailed);
     assert_eq!(message, "stepId: flow_runs/run-123 has no step \"nope\"");
     let report = run_step(&t, "summarize").await;
-    assert!(matches!(&report, StepReport::Rejected { message, .. } if message.contains("steps.summarize.stepType")), "{report:?}");
+    assert!(
+        matches!(&report, StepReport::Rejected { message, .. } if message.contains("steps.summarize.stepType")),
+        "{report:?}"
+    );
     assert!(!report.is_ok());
     assert_eq!(t.run_doc().await, doc);
 }
@@ -157,9 +201,14 @@ async fn expect_validation_failure(doc: Value, templates: &[&str], want_in_messa
     let t = one_account(r.clone());
     t.seed(&doc, templates).await;
     let report = run(&t).await;
-    let StepReport::Failed { code, message, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Failed { code, message, .. } = &report else {
+        panic!("{report:?}")
+    };
     assert_eq!(*code, ErrorCode::ValidationFailed);
-    assert!(message.contains(want_in_message), "{message} should contain {want_in_message}");
+    assert!(
+        message.contains(want_in_message),
+        "{message} should contain {want_in_message}"
+    );
     let step = t.step().await;
     assert_eq!(step["status"], "FAILED");
     assert_eq!(step["error"]["code"], "VALIDATION_FAILED");
@@ -173,8 +222,18 @@ async fn expect_validation_failure(doc: Value, templates: &[&str], want_in_messa
 async fn step_level_validation_fails_the_step_naming_the_field() {
     let mut dup = flow_run(&["a", "b"], 1);
     dup["steps"]["charts_4h"]["inputs"]["requests"] = json!([{"chartTemplateId": "a"}, {"chartTemplateId": "a"}]);
-    expect_validation_failure(dup, &["a"], "steps.charts_4h.inputs.requests[1].chartTemplateId: duplicates requests[0] (a)").await;
-    expect_validation_failure(flow_run(&["a"], 2), &["a"], "steps.charts_4h.inputs.minImages: is 2 but only 1 requests").await;
+    expect_validation_failure(
+        dup,
+        &["a"],
+        "steps.charts_4h.inputs.requests[1].chartTemplateId: duplicates requests[0] (a)",
+    )
+    .await;
+    expect_validation_failure(
+        flow_run(&["a"], 2),
+        &["a"],
+        "steps.charts_4h.inputs.minImages: is 2 but only 1 requests",
+    )
+    .await;
     let mut slash = flow_run(&["a"], 1);
     slash["scope"]["symbol"] = json!("BTC/USDT");
     expect_validation_failure(slash, &["a"], "scope.symbol: must be a bare instrument without '/'").await;
@@ -189,17 +248,25 @@ async fn template_problems_fail_their_request_only() {
     let t = one_account(r.clone());
     t.seed(&flow_run(&["a", "missing", "bad"], 1), &["a"]).await;
     t.docs
-        .put_doc("chart_templates", "bad", json!({"chartImgSymbolTemplate": "BINANCE:BTC", "request": {}}))
+        .put_doc(
+            "chart_templates",
+            "bad",
+            json!({"chartImgSymbolTemplate": "BINANCE:BTC", "request": {}}),
+        )
         .await
         .unwrap();
     let report = run(&t).await;
-    let StepReport::Succeeded { items, failures, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Succeeded { items, failures, .. } = &report else {
+        panic!("{report:?}")
+    };
     assert_eq!(items.len(), 1);
     assert_eq!(failures.len(), 2);
     assert_eq!(failures[0].chart_template_id, "missing");
     assert_eq!(failures[0].code, ErrorCode::ValidationFailed);
     assert_eq!(failures[0].message, "chart_templates/missing does not exist");
-    assert!(failures[1].message.starts_with("chart_templates/bad.chartImgSymbolTemplate: must contain {symbol} exactly once"));
+    assert!(failures[1]
+        .message
+        .starts_with("chart_templates/bad.chartImgSymbolTemplate: must contain {symbol} exactly once"));
     assert_eq!(r.calls().len(), 1);
     assert_eq!(t.usage_today("acc-1").await, 1, "only sendable requests reserve quota");
 }
@@ -207,25 +274,49 @@ async fn template_problems_fail_their_request_only() {
 #[tokio::test]
 async fn partial_failure_below_min_images_fails_with_the_first_failure_code() {
     let r = ScriptedRenderer::new(|c, _| match marker(c).as_str() {
-        "b" => Err(ChartApiError::Rejected { status: 422, message: "Invalid Symbol".into() }),
+        "b" => Err(ChartApiError::Rejected {
+            status: 422,
+            message: "Invalid Symbol".into(),
+        }),
         "c" => Err(transient(500)),
         _ => Ok(png(c)),
     });
     let t = one_account(r.clone());
     t.seed(&flow_run(&["a", "b", "c"], 2), &["a", "b", "c"]).await;
     let report = run(&t).await;
-    let StepReport::Failed { code, message, failures, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Failed {
+        code,
+        message,
+        failures,
+        ..
+    } = &report
+    else {
+        panic!("{report:?}")
+    };
     assert_eq!(*code, ErrorCode::ChartApiFailed);
-    assert!(message.starts_with("1 of 3 charts rendered, 2 required; first failure: b 422 Invalid Symbol"), "{message}");
+    assert!(
+        message.starts_with("1 of 3 charts rendered, 2 required; first failure: b 422 Invalid Symbol"),
+        "{message}"
+    );
     assert_eq!(failures[0].http_status, Some(422));
     assert_eq!(failures[1].http_status, Some(500));
     let step = t.step().await;
     assert_eq!(step["error"]["code"], "CHART_API_FAILED");
     assert_eq!(step["error"]["details"]["failures"][1]["chartTemplateId"], "c");
-    assert!(t.artifacts.list().iter().all(|(o, _)| !o.path.ends_with("manifest.json")), "no manifest for a failed step");
+    assert!(
+        t.artifacts
+            .list()
+            .iter()
+            .all(|(o, _)| !o.path.ends_with("manifest.json")),
+        "no manifest for a failed step"
+    );
     // 1 call for a, 1 for b (not retried), 1 + 3 retries for c.
     assert_eq!((r.calls_for("a"), r.calls_for("b"), r.calls_for("c")), (1, 1, 4));
-    assert_eq!(t.usage_today("acc-1").await, 6, "usage equals the calls sent, retries included");
+    assert_eq!(
+        t.usage_today("acc-1").await,
+        6,
+        "usage equals the calls sent, retries included"
+    );
 }
 
 #[tokio::test]
@@ -242,25 +333,39 @@ async fn transient_errors_are_retried_until_success() {
 async fn throttling_is_retried_and_a_200_without_an_image_is_a_failure() {
     let r = ScriptedRenderer::new(|c, n| match (marker(c).as_str(), n) {
         ("a", 0) => Err(ChartApiError::Throttled),
-        ("b", _) => Err(ChartApiError::NotAnImage { expected: "image/png", detail: "body \"<html>\"".into() }),
+        ("b", _) => Err(ChartApiError::NotAnImage {
+            expected: "image/png",
+            detail: "body \"<html>\"".into(),
+        }),
         _ => Ok(png(c)),
     });
     let t = one_account(r.clone());
     t.seed(&flow_run(&["a", "b"], 1), &["a", "b"]).await;
     let report = run(&t).await;
-    let StepReport::Succeeded { failures, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Succeeded { failures, .. } = &report else {
+        panic!("{report:?}")
+    };
     assert_eq!(failures[0].code, ErrorCode::ChartApiFailed);
     assert_eq!(failures[0].http_status, Some(200));
     assert!(failures[0].message.contains("not image/png"));
     assert_eq!((r.calls_for("a"), r.calls_for("b")), (2, 1));
-    assert!(t.artifacts.list().iter().all(|(o, _)| !o.path.contains("/b/")), "a non-image is never stored");
+    assert!(
+        t.artifacts.list().iter().all(|(o, _)| !o.path.contains("/b/")),
+        "a non-image is never stored"
+    );
 }
 
 #[tokio::test]
 async fn limit_exceeded_moves_to_the_next_account_and_marks_the_first_exhausted() {
     // The step's first account (its preference order) is used up at Chart-IMG; the other renders.
     let [(first, first_key), (second, _)] = two_accounts_in_step_order();
-    let r = ScriptedRenderer::new(move |c, _| if c.key == first_key { Err(ChartApiError::LimitExceeded) } else { Ok(png(c)) });
+    let r = ScriptedRenderer::new(move |c, _| {
+        if c.key == first_key {
+            Err(ChartApiError::LimitExceeded)
+        } else {
+            Ok(png(c))
+        }
+    });
     let t = worker_with(r.clone(), &accounts_json(&[("acc-1", KEY_1, 50), ("acc-2", KEY_2, 50)]));
     t.seed(&flow_run(&["a", "b", "c"], 3), &["a", "b", "c"]).await;
     let report = run(&t).await;
@@ -270,7 +375,11 @@ async fn limit_exceeded_moves_to_the_next_account_and_marks_the_first_exhausted(
     let sent_1 = r.calls().iter().filter(|c| c.account == first).count() as u64;
     let sent_2 = r.calls().iter().filter(|c| c.account == second).count() as u64;
     assert!(sent_1 >= 1 && sent_2 == 3, "{sent_1} {sent_2}");
-    assert_eq!(u1["usageToday"].as_u64().unwrap(), sent_1, "the first account counts exactly the calls it was sent");
+    assert_eq!(
+        u1["usageToday"].as_u64().unwrap(),
+        sent_1,
+        "the first account counts exactly the calls it was sent"
+    );
     assert_eq!(t.usage_today(second).await, sent_2);
 }
 
@@ -280,9 +389,14 @@ async fn all_accounts_exhausted_fails_with_limit_exceeded() {
     let t = worker_with(r.clone(), &accounts_json(&[("acc-1", KEY_1, 50), ("acc-2", KEY_2, 50)]));
     t.seed(&flow_run(&["a", "b"], 1), &["a", "b"]).await;
     let report = run(&t).await;
-    let StepReport::Failed { code, message, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Failed { code, message, .. } = &report else {
+        panic!("{report:?}")
+    };
     assert_eq!(*code, ErrorCode::ChartApiLimitExceeded);
-    assert!(message.contains("every Chart-IMG account is exhausted for today (acc-1, acc-2)"), "{message}");
+    assert!(
+        message.contains("every Chart-IMG account is exhausted for today (acc-1, acc-2)"),
+        "{message}"
+    );
     assert_eq!(t.step().await["error"]["code"], "CHART_API_LIMIT_EXCEEDED");
     for acc in ["acc-1", "acc-2"] {
         let u = t.usage(acc).await.unwrap();
@@ -297,12 +411,18 @@ async fn a_used_up_daily_limit_is_never_exceeded_and_yesterdays_counter_is_reset
     let r = ScriptedRenderer::ok();
     let t = worker_with(r.clone(), &accounts_json(&[("acc-1", KEY_1, 2)]));
     t.docs
-        .put_doc(ACCOUNTS_USAGE, "acc-1", json!({"day": "2026-11-28", "usageToday": 1, "dailyLimit": 2, "exhausted": false, "updatedAt": "x"}))
+        .put_doc(
+            ACCOUNTS_USAGE,
+            "acc-1",
+            json!({"day": "2026-11-28", "usageToday": 1, "dailyLimit": 2, "exhausted": false, "updatedAt": "x"}),
+        )
         .await
         .unwrap();
     t.seed(&flow_run(&["a", "b", "c"], 1), &["a", "b", "c"]).await;
     let report = run(&t).await;
-    let StepReport::Succeeded { items, failures, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Succeeded { items, failures, .. } = &report else {
+        panic!("{report:?}")
+    };
     assert_eq!((items.len(), failures.len()), (1, 2));
     assert_eq!(failures[0].code, ErrorCode::ChartApiLimitExceeded);
     assert_eq!(t.usage_today("acc-1").await, 2);
@@ -311,13 +431,20 @@ async fn a_used_up_daily_limit_is_never_exceeded_and_yesterdays_counter_is_reset
     // Next day: the counter reads as fresh.
     let t = worker_with(ScriptedRenderer::ok(), &accounts_json(&[("acc-1", KEY_1, 2)]));
     t.docs
-        .put_doc(ACCOUNTS_USAGE, "acc-1", json!({"day": "2026-11-27", "usageToday": 2, "dailyLimit": 2, "exhausted": true, "updatedAt": "x"}))
+        .put_doc(
+            ACCOUNTS_USAGE,
+            "acc-1",
+            json!({"day": "2026-11-27", "usageToday": 2, "dailyLimit": 2, "exhausted": true, "updatedAt": "x"}),
+        )
         .await
         .unwrap();
     t.seed(&flow_run(&["a"], 1), &["a"]).await;
     assert!(matches!(run(&t).await, StepReport::Succeeded { .. }));
     let u = t.usage("acc-1").await.unwrap();
-    assert_eq!((u["day"].as_str(), u["usageToday"].as_u64(), u["exhausted"].as_bool()), (Some("2026-11-28"), Some(1), Some(false)));
+    assert_eq!(
+        (u["day"].as_str(), u["usageToday"].as_u64(), u["exhausted"].as_bool()),
+        (Some("2026-11-28"), Some(1), Some(false))
+    );
 }
 
 #[tokio::test]
@@ -326,9 +453,14 @@ async fn storage_failures_fail_the_step_with_gcs_write_failed() {
     t.artifacts.set_unavailable(true);
     t.seed(&flow_run(&["a", "b"], 1), &["a", "b"]).await;
     let report = run(&t).await;
-    let StepReport::Failed { code, message, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Failed { code, message, .. } = &report else {
+        panic!("{report:?}")
+    };
     assert_eq!(*code, ErrorCode::GcsWriteFailed);
-    assert!(message.contains("cannot write gs://bucket-1/runs/run-123/charts/4h/a/"), "{message}");
+    assert!(
+        message.contains("cannot write gs://bucket-1/runs/run-123/charts/4h/a/"),
+        "{message}"
+    );
     assert_eq!(t.step().await["status"], "FAILED");
 }
 
@@ -336,10 +468,18 @@ async fn storage_failures_fail_the_step_with_gcs_write_failed() {
 async fn an_existing_manifest_is_never_replaced() {
     let t = one_account(ScriptedRenderer::ok());
     t.seed(&flow_run(&["a"], 1), &["a"]).await;
-    let obj = ObjectRef { bucket: "bucket-1".into(), path: "runs/run-123/steps/charts_4h/charts/manifest.json".into() };
+    let obj = ObjectRef {
+        bucket: "bucket-1".into(),
+        path: "runs/run-123/steps/charts_4h/charts/manifest.json".into(),
+    };
     let first = bytes::Bytes::from_static(b"{\"first\":true}");
     t.artifacts
-        .put(&obj, first.clone(), "application/json", worker_chart_export::ports::WriteMode::CreateOnly)
+        .put(
+            &obj,
+            first.clone(),
+            "application/json",
+            worker_chart_export::ports::WriteMode::CreateOnly,
+        )
         .await
         .unwrap();
     let report = run(&t).await;
@@ -370,8 +510,14 @@ async fn concurrent_deliveries_claim_once() {
     t.seed(&flow_run(&["a", "b"], 2), &["a", "b"]).await;
     let runs = (0..10).map(|_| run(&t));
     let reports = futures::future::join_all(runs).await;
-    let succeeded = reports.iter().filter(|r| matches!(r, StepReport::Succeeded { .. })).count();
-    let others = reports.iter().filter(|r| matches!(r, StepReport::NoOp { .. } | StepReport::Busy { .. })).count();
+    let succeeded = reports
+        .iter()
+        .filter(|r| matches!(r, StepReport::Succeeded { .. }))
+        .count();
+    let others = reports
+        .iter()
+        .filter(|r| matches!(r, StepReport::NoOp { .. } | StepReport::Busy { .. }))
+        .count();
     assert_eq!((succeeded, others), (1, 9), "{reports:?}");
     assert_eq!(r.calls().len(), 2);
     assert_eq!(t.usage_today("acc-1").await, 2);
@@ -380,8 +526,9 @@ async fn concurrent_deliveries_claim_once() {
 #[tokio::test]
 async fn a_step_reclaimed_after_its_lease_cannot_be_finalized_by_the_first_worker() {
     // The renderer plays the other worker: while our step renders, it takes the step over (as if our lease expired).
-    let t_holder: Arc<std::sync::Mutex<Option<worker_chart_export::adapters::JsonDocs<worker_chart_export::adapters::MemoryBackend>>>> =
-        Arc::default();
+    let t_holder: Arc<
+        std::sync::Mutex<Option<worker_chart_export::adapters::JsonDocs<worker_chart_export::adapters::MemoryBackend>>>,
+    > = Arc::default();
     let h = t_holder.clone();
     let r = ScriptedRenderer::new(move |c, _| {
         let docs = h.lock().unwrap().clone().unwrap();
@@ -404,7 +551,10 @@ async fn a_step_reclaimed_after_its_lease_cannot_be_finalized_by_the_first_worke
     let report = run(&t).await;
     assert!(matches!(report, StepReport::LostClaim { .. }), "{report:?}");
     let step = t.step().await;
-    assert_eq!((step["status"].as_str(), step["claimedBy"].as_str()), (Some("RUNNING"), Some("w-other")));
+    assert_eq!(
+        (step["status"].as_str(), step["claimedBy"].as_str()),
+        (Some("RUNNING"), Some("w-other"))
+    );
     assert!(step.get("finishedAt").is_none());
 }
 
@@ -416,7 +566,10 @@ async fn an_expired_lease_is_reclaimed() {
     doc["steps"]["charts_4h"]["claimedBy"] = json!("crashed-worker");
     doc["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2026-11-28T14:00:00Z");
     t.seed(&doc, &["a"]).await;
-    assert!(matches!(run(&t).await, StepReport::Busy { .. }), "the lease is still live at 13:25");
+    assert!(
+        matches!(run(&t).await, StepReport::Busy { .. }),
+        "the lease is still live at 13:25"
+    );
     assert!(matches!(run_step(&t, "charts_4h").await, StepReport::Busy { .. }));
     t.clock.set("2026-11-28T14:00:01Z");
     assert!(matches!(run(&t).await, StepReport::Succeeded { .. }));
@@ -425,14 +578,25 @@ async fn an_expired_lease_is_reclaimed() {
 
 #[tokio::test]
 async fn jpeg_templates_are_stored_as_jpeg() {
-    let r = ScriptedRenderer::new(|_, _| Ok(RenderedChart { bytes: bytes::Bytes::from_static(&[0xFF, 0xD8, 0xFF, 0xE0, 1]), format: ImageFormat::Jpeg }));
+    let r = ScriptedRenderer::new(|_, _| {
+        Ok(RenderedChart {
+            bytes: bytes::Bytes::from_static(&[0xFF, 0xD8, 0xFF, 0xE0, 1]),
+            format: ImageFormat::Jpeg,
+        })
+    });
     let t = one_account(r);
     t.seed(&flow_run(&["a"], 1), &[]).await;
     t.docs
-        .put_doc("chart_templates", "a", json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": {"format": "jpeg"}}))
+        .put_doc(
+            "chart_templates",
+            "a",
+            json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": {"format": "jpeg"}}),
+        )
         .await
         .unwrap();
-    let StepReport::Succeeded { items, .. } = run(&t).await else { panic!() };
+    let StepReport::Succeeded { items, .. } = run(&t).await else {
+        panic!()
+    };
     assert!(items[0].gcs_uri.ends_with("_BTCUSDT_4h_a.jpg"));
     assert_eq!(items[0].content_type, "image/jpeg");
 }
@@ -452,10 +616,22 @@ async fn retries_back_off_exponentially_within_their_bounds() {
     let started = tokio::time::Instant::now();
     let report = run(&t).await;
     let waited = started.elapsed();
-    assert!(matches!(report, StepReport::Failed { code: ErrorCode::ChartApiFailed, .. }), "{report:?}");
+    assert!(
+        matches!(
+            report,
+            StepReport::Failed {
+                code: ErrorCode::ChartApiFailed,
+                ..
+            }
+        ),
+        "{report:?}"
+    );
     assert_eq!(r.calls().len(), 5, "1 attempt + 4 retries");
     // Jittered delays: each is between d and 2d for d = 100, 200, 400, 800 ms.
-    assert!(waited >= Duration::from_millis(1500) && waited <= Duration::from_millis(3100), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1500) && waited <= Duration::from_millis(3100),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -481,11 +657,17 @@ async fn a_request_the_api_would_refuse_fails_before_any_quota_or_call() {
     let t = one_account(r.clone());
     t.seed(&flow_run(&["a", "rsi"], 1), &["a"]).await;
     t.docs
-        .put_doc("chart_templates", "rsi", json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": {"studies": [{"name": "RSI"}]}}))
+        .put_doc(
+            "chart_templates",
+            "rsi",
+            json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": {"studies": [{"name": "RSI"}]}}),
+        )
         .await
         .unwrap();
     let report = run(&t).await;
-    let StepReport::Succeeded { items, failures, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Succeeded { items, failures, .. } = &report else {
+        panic!("{report:?}")
+    };
     assert_eq!((items.len(), failures.len()), (1, 1));
     assert_eq!(failures[0].code, ErrorCode::ValidationFailed);
     assert_eq!(
@@ -497,8 +679,10 @@ async fn a_request_the_api_would_refuse_fails_before_any_quota_or_call() {
 }
 
 fn plans_json(accounts: &[(&str, &str, &str)]) -> String {
-    let items: Vec<Value> =
-        accounts.iter().map(|(id, key, plan)| json!({"id": id, "apiKey": key, "dailyLimit": 50, "plan": plan})).collect();
+    let items: Vec<Value> = accounts
+        .iter()
+        .map(|(id, key, plan)| json!({"id": id, "apiKey": key, "dailyLimit": 50, "plan": plan}))
+        .collect();
     Value::Array(items).to_string()
 }
 
@@ -506,15 +690,25 @@ fn plans_json(accounts: &[(&str, &str, &str)]) -> String {
 async fn a_large_chart_goes_to_an_account_whose_plan_fits_or_fails_saying_none_does() {
     let hd = json!({"chartImgSymbolTemplate": "BINANCE:{symbol}", "request": {"width": 1920, "height": 1080}});
     let r = ScriptedRenderer::ok();
-    let t = worker_with(r.clone(), &plans_json(&[("acc-basic", KEY_1, "BASIC"), ("acc-pro", KEY_2, "PRO")]));
+    let t = worker_with(
+        r.clone(),
+        &plans_json(&[("acc-basic", KEY_1, "BASIC"), ("acc-pro", KEY_2, "PRO")]),
+    );
     t.seed(&flow_run(&["a", "hd"], 2), &["a"]).await;
     t.docs.put_doc("chart_templates", "hd", hd.clone()).await.unwrap();
     let report = run(&t).await;
-    assert!(matches!(report, StepReport::Succeeded { ref failures, .. } if failures.is_empty()), "{report:?}");
+    assert!(
+        matches!(report, StepReport::Succeeded { ref failures, .. } if failures.is_empty()),
+        "{report:?}"
+    );
     let hd_call = r.calls().into_iter().find(|c| c.body["width"] == 1920).unwrap();
     assert_eq!(hd_call.account, "acc-pro");
     let sent = |acc: &str| r.calls().iter().filter(|c| c.account == acc).count() as u64;
-    assert_eq!(t.usage_today("acc-basic").await, sent("acc-basic"), "units reserved on BASIC for the big chart were given back");
+    assert_eq!(
+        t.usage_today("acc-basic").await,
+        sent("acc-basic"),
+        "units reserved on BASIC for the big chart were given back"
+    );
     assert_eq!(t.usage_today("acc-pro").await, sent("acc-pro"));
 
     let r = ScriptedRenderer::ok();
@@ -522,7 +716,9 @@ async fn a_large_chart_goes_to_an_account_whose_plan_fits_or_fails_saying_none_d
     t.seed(&flow_run(&["hd"], 1), &[]).await;
     t.docs.put_doc("chart_templates", "hd", hd).await.unwrap();
     let report = run(&t).await;
-    let StepReport::Failed { code, message, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Failed { code, message, .. } = &report else {
+        panic!("{report:?}")
+    };
     assert_eq!(*code, ErrorCode::ValidationFailed);
     assert!(
         message.contains("chart_templates/hd.request.width: 1920x1080: no configured account's plan fits (the largest, BASIC, allows 800x600"),

@@ -29,8 +29,16 @@ fn deploy_plan(extra: &[&str]) -> (i32, String, String) {
             args.extend_from_slice(pair);
         }
     }
-    let out = Command::new(BIN).args(&args).env_remove("CHART_IMG_ACCOUNTS_JSON").output().expect("run the binary");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(BIN)
+        .args(&args)
+        .env_remove("CHART_IMG_ACCOUNTS_JSON")
+        .output()
+        .expect("run the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -40,10 +48,19 @@ fn the_sample_configuration_prints_the_expected_commands_and_no_key() {
     assert!(!stdout.contains("sk_sample"), "a key was printed:\n{stdout}");
     // eur3 is a multi-region: Eventarc's location is europe-west4.
     assert!(stdout.contains("--location=europe-west4"), "{stdout}");
-    assert!(stdout.contains("--ack-deadline=600") && stdout.contains("--timeout=600"), "{stdout}");
-    assert!(stdout.contains("--event-filters=database='charts'") && stdout.contains("FIRESTORE_DATABASE=charts"), "{stdout}");
+    assert!(
+        stdout.contains("--ack-deadline=600") && stdout.contains("--timeout=600"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("--event-filters=database='charts'") && stdout.contains("FIRESTORE_DATABASE=charts"),
+        "{stdout}"
+    );
     // BASIC (1/s, burst 3) + 2 × PRO (10/s, burst 15) at 6 s: 3 + 6 + 2 × (15 + 60) = 159 charts; 128 per instance.
-    assert!(stdout.contains("--max-instances=2") && stdout.contains("--concurrency=80"), "{stdout}");
+    assert!(
+        stdout.contains("--max-instances=2") && stdout.contains("--concurrency=80"),
+        "{stdout}"
+    );
     insta::assert_snapshot!("deploy_plan_sample", stdout);
 }
 
@@ -53,7 +70,10 @@ fn the_defaults_are_the_workers_and_a_regional_database_keeps_its_region() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("--location=us-east1"), "{stdout}");
     // Default step deadline 540 s + 30 s margin.
-    assert!(stdout.contains("CHART_EXPORT_STEP_DEADLINE_SECONDS=540") && stdout.contains("--ack-deadline=570"), "{stdout}");
+    assert!(
+        stdout.contains("CHART_EXPORT_STEP_DEADLINE_SECONDS=540") && stdout.contains("--ack-deadline=570"),
+        "{stdout}"
+    );
     let (_, stdout, _) = deploy_plan(&["--firestore-location", "nam5"]);
     assert!(stdout.contains("--location=us-central1"), "{stdout}");
 }
@@ -62,16 +82,25 @@ fn the_defaults_are_the_workers_and_a_regional_database_keeps_its_region() {
 fn inconsistent_parameters_are_refused_naming_what_is_wrong() {
     let cases: &[(&[&str], &str)] = &[
         (&["--ack-deadline", "601"], "above Pub/Sub's maximum of 600 s"),
-        (&["--step-deadline", "540", "--ack-deadline", "560"], "below the step deadline (540 s) + 30 s"),
+        (
+            &["--step-deadline", "540", "--ack-deadline", "560"],
+            "below the step deadline (540 s) + 30 s",
+        ),
         (&["--step-deadline", "590"], "below the step deadline (590 s) + 30 s"),
         (&["--step-deadline", "0"], "--step-deadline must be at least 1 s"),
-        (&["--firestore-location", "nam7"], "--firestore-location \"nam7\" is not a known Firestore location"),
+        (
+            &["--firestore-location", "nam7"],
+            "--firestore-location \"nam7\" is not a known Firestore location",
+        ),
         (&["--firestore-location", "us"], "is not a known Firestore location"),
         (&["--region", "europe"], "--region \"europe\" is not a region name"),
         (&["--database", "Charts_DB"], "is not a Firestore database id"),
         (&["--project", "a b"], "--project \"a b\" must be"),
         (&["--max-in-flight", "0"], "--max-in-flight must be at least 1"),
-        (&["--accounts-file", "/nonexistent/accounts.json"], "cannot read --accounts-file"),
+        (
+            &["--accounts-file", "/nonexistent/accounts.json"],
+            "cannot read --accounts-file",
+        ),
     ];
     for (extra, want) in cases {
         let (code, stdout, stderr) = deploy_plan(extra);
@@ -94,6 +123,9 @@ fn bad_accounts_files_are_refused_without_printing_a_key() {
     std::fs::write(&bad, r#"[{"id":"a","apiKey":"sk_secret_zzz","plan":"GOLD"}]"#).unwrap();
     let (code, _, stderr) = deploy_plan(&["--accounts-file", bad.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("--accounts-file") && !stderr.contains("sk_secret_zzz"), "{stderr}");
+    assert!(
+        stderr.contains("--accounts-file") && !stderr.contains("sk_secret_zzz"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -9,13 +9,12 @@
 
 use std::time::Duration;
 
-use worker_chart_export::retry::RetryPolicy;
 use worker_chart_export::adapters::gcs::emulator_endpoint;
 use worker_chart_export::adapters::{FirestoreStore, GcsArtifacts};
+use worker_chart_export::retry::RetryPolicy;
 
 fn required() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-        || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1")
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty()) || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1")
 }
 
 /// The value of `var`, or `None` after printing why the test is skipped; panics instead when emulators are required.
@@ -37,8 +36,16 @@ pub fn emulator_var(var: &str, test: &str) -> Option<String> {
 
 /// A name unique to this test run: lowercase, digits and dashes, at most 30 characters.
 pub fn unique(prefix: &str, test: &str) -> String {
-    let mut slug: String =
-        test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let mut slug: String = test
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
     slug.truncate(16);
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}-{}", slug.trim_matches('-'), &id[..8])
@@ -48,9 +55,15 @@ pub fn unique(prefix: &str, test: &str) -> String {
 pub async fn firestore(test: &str) -> Option<FirestoreStore> {
     emulator_var("FIRESTORE_EMULATOR_HOST", test)?;
     let project = unique("it", test);
-    let store = FirestoreStore::new(&project).await.expect("connect to the Firestore emulator");
+    let store = FirestoreStore::new(&project)
+        .await
+        .expect("connect to the Firestore emulator");
     // The emulator's lock waits make a contended transaction slow; give tests a generous, still bounded, budget.
-    Some(store.with_policy(RetryPolicy { max_total_delay: Duration::from_secs(120), max_retries: 30, ..RetryPolicy::FIRESTORE }))
+    Some(store.with_policy(RetryPolicy {
+        max_total_delay: Duration::from_secs(120),
+        max_retries: 30,
+        ..RetryPolicy::FIRESTORE
+    }))
 }
 
 /// The emulator's base URL, or `None` (skipped).
@@ -81,12 +94,20 @@ pub async fn gcs(test: &str) -> Option<(GcsArtifacts, String)> {
 pub async fn raw_object(endpoint: &str, bucket: &str, path: &str) -> Option<(serde_json::Value, Vec<u8>)> {
     let enc = worker_chart_export::adapters::gcs::encode_component(path);
     let http = reqwest::Client::new();
-    let meta = http.get(format!("{endpoint}/storage/v1/b/{bucket}/o/{enc}")).send().await.unwrap();
+    let meta = http
+        .get(format!("{endpoint}/storage/v1/b/{bucket}/o/{enc}"))
+        .send()
+        .await
+        .unwrap();
     if meta.status() == 404 {
         return None;
     }
     let meta: serde_json::Value = meta.json().await.unwrap();
-    let bytes = http.get(format!("{endpoint}/storage/v1/b/{bucket}/o/{enc}?alt=media")).send().await.unwrap();
+    let bytes = http
+        .get(format!("{endpoint}/storage/v1/b/{bucket}/o/{enc}?alt=media"))
+        .send()
+        .await
+        .unwrap();
     Some((meta, bytes.bytes().await.unwrap().to_vec()))
 }
 
@@ -108,4 +129,3 @@ pub async fn list_objects(endpoint: &str, bucket: &str, prefix: &str) -> Vec<Str
     names.sort();
     names
 }
-

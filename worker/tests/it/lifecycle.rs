@@ -29,7 +29,9 @@ struct TokioClock {
 impl TokioClock {
     fn new() -> Arc<Self> {
         Arc::new(Self {
-            base: DateTime::parse_from_rfc3339("2026-11-28T13:25:11Z").unwrap().with_timezone(&Utc),
+            base: DateTime::parse_from_rfc3339("2026-11-28T13:25:11Z")
+                .unwrap()
+                .with_timezone(&Utc),
             start: tokio::time::Instant::now(),
         })
     }
@@ -53,7 +55,11 @@ impl Slow {
         Self::with_hook(delay, |_| {})
     }
     fn with_hook(delay: Duration, hook: impl Fn(usize) + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self { delay, calls: AtomicUsize::new(0), hook: Box::new(hook) })
+        Arc::new(Self {
+            delay,
+            calls: AtomicUsize::new(0),
+            hook: Box::new(hook),
+        })
     }
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
@@ -67,7 +73,10 @@ impl ChartRenderer for Slow {
         (self.hook)(n);
         tokio::time::sleep(self.delay).await;
         let tag = call.body.get("_t").and_then(Value::as_str).unwrap_or("");
-        Ok(RenderedChart { bytes: png_bytes(tag), format: worker_chart_export::domain::ImageFormat::Png })
+        Ok(RenderedChart {
+            bytes: png_bytes(tag),
+            format: worker_chart_export::domain::ImageFormat::Png,
+        })
     }
 }
 
@@ -76,13 +85,18 @@ fn short_lease(renderer: Arc<dyn ChartRenderer>) -> TestWorker {
     let mut t = one_account(renderer);
     t.worker.clock = TokioClock::new();
     t.worker.settings.lease = Duration::from_secs(30);
-    t.worker.settings.lifecycle = Lifecycle { step_deadline: Duration::from_secs(120), ..Lifecycle::for_lease(Duration::from_secs(30)) };
+    t.worker.settings.lifecycle = Lifecycle {
+        step_deadline: Duration::from_secs(120),
+        ..Lifecycle::for_lease(Duration::from_secs(30))
+    };
     t.worker.settings.concurrency = 1;
     t
 }
 
 async fn run(t: &TestWorker) -> StepReport {
-    run_chart_export_step(&t.worker, &run_id(), &StepSelector::First, None).await.unwrap()
+    run_chart_export_step(&t.worker, &run_id(), &StepSelector::First, None)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -101,17 +115,24 @@ async fn a_step_slower_than_its_lease_is_renewed_and_never_reclaimed() {
         assert!(lease.with_timezone(&Utc) > t.worker.clock.now(), "renewed: {step}");
         let mut other = t.worker.clone();
         other.settings.worker_id = worker_chart_export::domain::WorkerId::parse("w-other").unwrap();
-        run_chart_export_step(&other, &run_id(), &StepSelector::First, None).await.unwrap()
+        run_chart_export_step(&other, &run_id(), &StepSelector::First, None)
+            .await
+            .unwrap()
     };
     let (report, other) = tokio::join!(step_run, watch);
     assert!(matches!(other, StepReport::Busy { .. }), "{other:?}");
-    assert!(matches!(report, StepReport::Succeeded { ref items, .. } if items.len() == 3), "{report:?}");
+    assert!(
+        matches!(report, StepReport::Succeeded { ref items, .. } if items.len() == 3),
+        "{report:?}"
+    );
     assert_eq!(slow.calls(), 3, "no second holder rendered");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_lost_claim_stops_new_calls_and_writes_no_manifest_or_finalize() {
-    let docs: Arc<Mutex<Option<worker_chart_export::adapters::JsonDocs<worker_chart_export::adapters::MemoryBackend>>>> = Arc::default();
+    let docs: Arc<
+        Mutex<Option<worker_chart_export::adapters::JsonDocs<worker_chart_export::adapters::MemoryBackend>>>,
+    > = Arc::default();
     let d = docs.clone();
     // While the first chart renders, another claim takes the step over.
     let slow = Slow::with_hook(Duration::from_secs(15), move |n| {
@@ -133,8 +154,17 @@ async fn a_lost_claim_stops_new_calls_and_writes_no_manifest_or_finalize() {
     assert!(matches!(report, StepReport::LostClaim { .. }), "{report:?}");
     assert_eq!(slow.calls(), 1, "no call starts after the renewal found the claim lost");
     let step = t.step().await;
-    assert_eq!((step["status"].as_str(), step["claimedBy"].as_str()), (Some("RUNNING"), Some("w-other")));
-    assert!(t.artifacts.list().iter().all(|(o, _)| !o.path.ends_with("manifest.json")), "no manifest");
+    assert_eq!(
+        (step["status"].as_str(), step["claimedBy"].as_str()),
+        (Some("RUNNING"), Some("w-other"))
+    );
+    assert!(
+        t.artifacts
+            .list()
+            .iter()
+            .all(|(o, _)| !o.path.ends_with("manifest.json")),
+        "no manifest"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -147,7 +177,9 @@ async fn past_the_deadline_no_call_starts_and_what_rendered_is_kept() {
     let report = run(&t).await;
     // 120 s deadline, 50 s per chart, one at a time: a and b render, c is in flight at the deadline and finishes, d
     // never starts.
-    let StepReport::Succeeded { items, failures, .. } = &report else { panic!("{report:?}") };
+    let StepReport::Succeeded { items, failures, .. } = &report else {
+        panic!("{report:?}")
+    };
     assert_eq!(items.len(), 3, "{report:?}");
     assert_eq!(failures.len(), 1);
     assert!(failures[0].message.contains("deadline"), "{failures:?}");
@@ -162,14 +194,27 @@ async fn a_deadline_below_min_images_releases_the_step_with_its_attempt_and_not_
     let tpl = ["a", "b", "c", "d"];
     t.seed(&flow_run(&tpl, 4), &tpl).await;
     let report = run(&t).await;
-    let StepReport::Released { attempt, ref not_before, .. } = report else { panic!("{report:?}") };
+    let StepReport::Released {
+        attempt,
+        ref not_before,
+        ..
+    } = report
+    else {
+        panic!("{report:?}")
+    };
     assert_eq!(attempt, 1);
     let step = t.step().await;
     assert_eq!(step["status"], "READY");
     assert_eq!(step["attempts"], 1);
     assert_eq!(step["notBefore"].as_str(), Some(not_before.as_str()));
-    assert!(step["lastError"]["message"].as_str().unwrap().contains("deadline"), "{step}");
-    assert!(step.get("leaseExpiresAt").is_none() && step.get("claimedBy").is_none(), "{step}");
+    assert!(
+        step["lastError"]["message"].as_str().unwrap().contains("deadline"),
+        "{step}"
+    );
+    assert!(
+        step.get("leaseExpiresAt").is_none() && step.get("claimedBy").is_none(),
+        "{step}"
+    );
     // Nothing claims it before its not-before time; the usage counts the calls sent (2), never fewer.
     assert!(matches!(run(&t).await, StepReport::NotYet { .. }));
     assert!(t.usage_today("acc-1").await >= 2);
@@ -197,7 +242,15 @@ async fn transient_failures_release_with_growing_not_before_until_the_last_attem
     let mut not_befores = Vec::new();
     for attempt in 1..=4 {
         let report = run(&t).await;
-        let StepReport::Released { attempt: a, not_before, code, .. } = report else { panic!("{report:?}") };
+        let StepReport::Released {
+            attempt: a,
+            not_before,
+            code,
+            ..
+        } = report
+        else {
+            panic!("{report:?}")
+        };
         assert_eq!((a, code), (attempt, ErrorCode::StoreFailed));
         // Not claimable before its time: a delivery now is told to come back.
         assert!(matches!(run(&t).await, StepReport::NotYet { .. }));
@@ -207,9 +260,15 @@ async fn transient_failures_release_with_growing_not_before_until_the_last_attem
     }
     assert_eq!(not_befores, vec![10, 20, 40, 80]);
     let last = run(&t).await;
-    assert!(matches!(last, StepReport::Failed { code: ErrorCode::StoreFailed, ref message, .. } if message.contains("gave up after 5 attempts")), "{last:?}");
+    assert!(
+        matches!(last, StepReport::Failed { code: ErrorCode::StoreFailed, ref message, .. } if message.contains("gave up after 5 attempts")),
+        "{last:?}"
+    );
     let step = t.step().await;
-    assert_eq!((step["status"].as_str(), step["error"]["code"].as_str()), (Some("FAILED"), Some("STORE_FAILED")));
+    assert_eq!(
+        (step["status"].as_str(), step["error"]["code"].as_str()),
+        (Some("FAILED"), Some("STORE_FAILED"))
+    );
     assert!(r.calls().is_empty());
 }
 
@@ -219,7 +278,16 @@ async fn a_permanent_store_error_fails_the_step_at_once() {
     t.worker.templates = Arc::new(BrokenTemplates(StoreError::Other("PERMISSION_DENIED: injected".into())));
     t.seed(&flow_run(&["a"], 1), &["a"]).await;
     let report = run(&t).await;
-    assert!(matches!(report, StepReport::Failed { code: ErrorCode::StoreFailed, .. }), "{report:?}");
+    assert!(
+        matches!(
+            report,
+            StepReport::Failed {
+                code: ErrorCode::StoreFailed,
+                ..
+            }
+        ),
+        "{report:?}"
+    );
     assert_eq!(t.step().await["status"], "FAILED");
 }
 
@@ -232,10 +300,24 @@ async fn an_existing_manifest_finalizes_the_step_without_any_call() {
         "symbol": "BTCUSDT", "timeframe": "4h", "minImages": 1, "requested": 1,
         "items": [{"chartTemplateId": "a", "gcsUri": "gs://bucket-1/runs/run-123/charts/4h/a/x.png", "contentType": "image/png",
                    "bytes": 9, "sha256": "00", "generatedAt": "2026-11-28T13:00:00Z"}], "failures": []});
-    let obj = ObjectRef { bucket: "bucket-1".into(), path: "runs/run-123/steps/charts_4h/charts/manifest.json".into() };
-    t.artifacts.put(&obj, Bytes::from(manifest.to_string()), "application/json", WriteMode::CreateOnly).await.unwrap();
+    let obj = ObjectRef {
+        bucket: "bucket-1".into(),
+        path: "runs/run-123/steps/charts_4h/charts/manifest.json".into(),
+    };
+    t.artifacts
+        .put(
+            &obj,
+            Bytes::from(manifest.to_string()),
+            "application/json",
+            WriteMode::CreateOnly,
+        )
+        .await
+        .unwrap();
     let report = run(&t).await;
-    assert!(matches!(report, StepReport::Succeeded { ref items, .. } if items.len() == 1), "{report:?}");
+    assert!(
+        matches!(report, StepReport::Succeeded { ref items, .. } if items.len() == 1),
+        "{report:?}"
+    );
     assert!(r.calls().is_empty(), "nothing rendered twice");
     assert_eq!(t.artifacts.list().len(), 1, "no new PNG");
     assert!(t.usage("acc-1").await.is_none(), "no quota taken");
@@ -256,24 +338,43 @@ async fn shutdown_abandons_the_call_in_flight_and_releases_without_using_an_atte
     let (report, ()) = tokio::join!(run(&t), fire);
     assert!(matches!(report, StepReport::Released { .. }), "{report:?}");
     let step = t.step().await;
-    assert_eq!((step["status"].as_str(), step["attempts"].as_u64()), (Some("READY"), Some(0)));
-    assert_eq!(t.usage_today("acc-1").await, 1, "the abandoned call may have been sent: its unit stays spent");
+    assert_eq!(
+        (step["status"].as_str(), step["attempts"].as_u64()),
+        (Some("READY"), Some(0))
+    );
+    assert_eq!(
+        t.usage_today("acc-1").await,
+        1,
+        "the abandoned call may have been sent: its unit stays spent"
+    );
 }
 
 #[tokio::test]
 async fn a_failed_recording_is_not_retried() {
-    let r = ScriptedRenderer::new(|_, _| Err(ChartApiError::NotRecorded { message: "the call was answered but could not be recorded: disk full".into() }));
+    let r = ScriptedRenderer::new(|_, _| {
+        Err(ChartApiError::NotRecorded {
+            message: "the call was answered but could not be recorded: disk full".into(),
+        })
+    });
     let t = one_account(r.clone());
     t.seed(&flow_run(&["a"], 1), &["a"]).await;
     let report = run(&t).await;
-    assert!(matches!(report, StepReport::Failed { code: ErrorCode::ChartApiFailed, ref message, .. } if message.contains("could not be recorded")), "{report:?}");
+    assert!(
+        matches!(report, StepReport::Failed { code: ErrorCode::ChartApiFailed, ref message, .. } if message.contains("could not be recorded")),
+        "{report:?}"
+    );
     assert_eq!(r.calls().len(), 1, "the paid call is sent once");
 }
 
 #[tokio::test]
 async fn error_texts_are_clipped_before_they_reach_the_step() {
     let long = "x".repeat(100_000);
-    let r = ScriptedRenderer::new(move |_, _| Err(ChartApiError::Rejected { status: 400, message: long.clone() }));
+    let r = ScriptedRenderer::new(move |_, _| {
+        Err(ChartApiError::Rejected {
+            status: 400,
+            message: long.clone(),
+        })
+    });
     let t = one_account(r);
     t.seed(&flow_run(&["a"], 1), &["a"]).await;
     run(&t).await;
@@ -286,7 +387,9 @@ async fn error_texts_are_clipped_before_they_reach_the_step() {
 /// The lease renewal on the Firestore emulator: a step twice as long as its lease stays ours and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_firestore_a_step_longer_than_its_lease_is_renewed() {
-    let Some(store) = crate::emulators::firestore("lifecycle::renewal").await else { return };
+    let Some(store) = crate::emulators::firestore("lifecycle::renewal").await else {
+        return;
+    };
     let slow = Slow::new(Duration::from_millis(2500));
     let mut t = one_account(slow.clone());
     t.worker.flow_runs = Arc::new(store.clone());
@@ -295,10 +398,17 @@ async fn on_firestore_a_step_longer_than_its_lease_is_renewed() {
     t.worker.settings.lifecycle = Lifecycle::for_lease(Duration::from_millis(1500));
     t.worker.settings.concurrency = 1;
     t.seed(&flow_run(&["a", "b"], 2), &["a", "b"]).await;
-    store.put_doc("flow_runs", "run-123", flow_run(&["a", "b"], 2)).await.unwrap();
+    store
+        .put_doc("flow_runs", "run-123", flow_run(&["a", "b"], 2))
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let report = run(&t).await;
-    assert!(matches!(report, StepReport::Succeeded { .. }), "{report:?} after {:?}", started.elapsed());
+    assert!(
+        matches!(report, StepReport::Succeeded { .. }),
+        "{report:?} after {:?}",
+        started.elapsed()
+    );
     assert_eq!(slow.calls(), 2);
 }
 
@@ -345,11 +455,23 @@ impl worker_chart_export::ports::FlowRunStore for SlowWrites {
 async fn a_holder_never_runs_its_renewal_and_its_finalize_at_once() {
     // Heartbeat every 10 s (30 s lease); the one chart is done at 9.5 s, the finalize then takes 8 s.
     let mut t = short_lease(Slow::new(Duration::from_millis(9_500)));
-    let slow = Arc::new(SlowWrites { inner: t.worker.flow_runs.clone(), write_time: Duration::from_secs(8), now: AtomicUsize::new(0), most: AtomicUsize::new(0) });
+    let slow = Arc::new(SlowWrites {
+        inner: t.worker.flow_runs.clone(),
+        write_time: Duration::from_secs(8),
+        now: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+    });
     t.worker.flow_runs = slow.clone();
     t.seed(&flow_run(&["a"], 1), &["a"]).await;
     let report = run(&t).await;
-    assert!(matches!(report, StepReport::Succeeded { ref items, .. } if items.len() == 1), "{report:?}");
-    assert_eq!(slow.most.load(Ordering::SeqCst), 1, "the renewal ran beside the finalize");
+    assert!(
+        matches!(report, StepReport::Succeeded { ref items, .. } if items.len() == 1),
+        "{report:?}"
+    );
+    assert_eq!(
+        slow.most.load(Ordering::SeqCst),
+        1,
+        "the renewal ran beside the finalize"
+    );
     assert_eq!(t.step().await["status"], "SUCCEEDED");
 }

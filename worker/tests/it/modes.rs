@@ -39,7 +39,9 @@ async fn run_bin(dir: &Path, state: &str, extra: &[&str], accounts: &str) -> Out
         .env_remove("CHART_IMG_VCR_MODE")
         .env_remove("CHART_IMG_BASE_URL")
         .env_remove("CHART_IMG_CASSETTE_DIR");
-    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
 }
 
 fn images(dir: &Path, report: &Value) -> Vec<Vec<u8>> {
@@ -47,23 +49,47 @@ fn images(dir: &Path, report: &Value) -> Vec<Vec<u8>> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| std::fs::read(dir.join("gcs").join(i["gcsUri"].as_str().unwrap().strip_prefix("gs://").unwrap())).unwrap())
+        .map(|i| {
+            std::fs::read(
+                dir.join("gcs")
+                    .join(i["gcsUri"].as_str().unwrap().strip_prefix("gs://").unwrap()),
+            )
+            .unwrap()
+        })
         .collect()
 }
 
 #[tokio::test]
 async fn record_through_the_mock_server_then_replay_offline_byte_exact() {
-    let server = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
-        .await
-        .unwrap();
+    let server =
+        mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
+            .await
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    write_inputs(p, &flow_run(&["dark", "light"], 2), &[("dark", real_template("dark")), ("light", real_template("light"))]);
+    write_inputs(
+        p,
+        &flow_run(&["dark", "light"], 2),
+        &[("dark", real_template("dark")), ("light", real_template("light"))],
+    );
     let cassette = p.join("cassette");
     let accounts = accounts_json(&[("acc-1", KEY_1, 50)]);
     let cassette_arg = cassette.display().to_string();
 
-    let rec = run_bin(p, "state-rec", &["--mode", "record", "--base-url", &server.base_url(), "--cassette-dir", &cassette_arg], &accounts).await;
+    let rec = run_bin(
+        p,
+        "state-rec",
+        &[
+            "--mode",
+            "record",
+            "--base-url",
+            &server.base_url(),
+            "--cassette-dir",
+            &cassette_arg,
+        ],
+        &accounts,
+    )
+    .await;
     assert_eq!(rec.status.code(), Some(0), "{}", String::from_utf8_lossy(&rec.stderr));
     let rec_report: Value = serde_json::from_slice(&rec.stdout).unwrap();
     let recorded = images(&p.join("state-rec"), &rec_report);
@@ -74,24 +100,51 @@ async fn record_through_the_mock_server_then_replay_offline_byte_exact() {
 
     // Nothing secret reached the cassette.
     let cassette_text = std::fs::read_to_string(cassette.join(recorder::CASSETTE_FILE)).unwrap();
-    assert!(!cassette_text.contains(KEY_1) && cassette_text.contains("<CHART_IMG_API_KEY:acc-1>"), "{cassette_text}");
+    assert!(
+        !cassette_text.contains(KEY_1) && cassette_text.contains("<CHART_IMG_API_KEY:acc-1>"),
+        "{cassette_text}"
+    );
 
     // Replay with the server gone (and a base URL nobody listens on): same bytes.
-    let rep = run_bin(p, "state-rep", &["--mode", "mock", "--base-url", "http://127.0.0.1:9", "--cassette-dir", &cassette_arg], &accounts).await;
+    let rep = run_bin(
+        p,
+        "state-rep",
+        &[
+            "--mode",
+            "mock",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--cassette-dir",
+            &cassette_arg,
+        ],
+        &accounts,
+    )
+    .await;
     assert_eq!(rep.status.code(), Some(0), "{}", String::from_utf8_lossy(&rep.stderr));
     let rep_report: Value = serde_json::from_slice(&rep.stdout).unwrap();
     assert_eq!(images(&p.join("state-rep"), &rep_report), recorded);
 
     // A request the cassette does not hold: CHART_API_MOCK_MISSING, with the closest recorded request named.
-    write_inputs(p, &flow_run(&["dark", "light"], 2), &[("dark", real_template("dark")), ("light", real_template("light"))]);
+    write_inputs(
+        p,
+        &flow_run(&["dark", "light"], 2),
+        &[("dark", real_template("dark")), ("light", real_template("light"))],
+    );
     let mut changed = flow_run(&["dark"], 1);
     changed["steps"]["charts_4h"]["inputs"]["timeframe"] = serde_json::json!("1D");
     std::fs::write(p.join("run-9.json"), changed.to_string()).unwrap();
-    let miss = run_bin(p, "state-miss", &["--mode", "mock", "--cassette-dir", &cassette_arg], &accounts).await;
+    let miss = run_bin(
+        p,
+        "state-miss",
+        &["--mode", "mock", "--cassette-dir", &cassette_arg],
+        &accounts,
+    )
+    .await;
     assert_eq!(miss.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&miss.stdout).unwrap();
     assert_eq!(report["code"], "CHART_API_MOCK_MISSING", "{report}");
-    let state: Value = serde_json::from_slice(&std::fs::read(p.join("state-miss/firestore/flow_runs/run-9.json")).unwrap()).unwrap();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(p.join("state-miss/firestore/flow_runs/run-9.json")).unwrap()).unwrap();
     let error = &state["steps"]["charts_4h"]["error"];
     assert_eq!(error["code"], "CHART_API_MOCK_MISSING");
     let details = error["details"].to_string();
@@ -103,9 +156,10 @@ async fn record_through_the_mock_server_then_replay_offline_byte_exact() {
 /// sent once (never re-sent as if it were a transient failure).
 #[tokio::test]
 async fn a_failed_cassette_write_fails_the_chart_and_never_resends_the_paid_call() {
-    let server = mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
-        .await
-        .unwrap();
+    let server =
+        mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
+            .await
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     write_inputs(p, &flow_run(&["dark"], 1), &[("dark", real_template("dark"))]);
@@ -115,12 +169,37 @@ async fn a_failed_cassette_write_fails_the_chart_and_never_resends_the_paid_call
     std::fs::write(cassette.join("bodies"), b"not a folder").unwrap();
     let accounts = accounts_json(&[("acc-1", KEY_1, 50)]);
     let cassette_arg = cassette.display().to_string();
-    let out = run_bin(p, "state", &["--mode", "record", "--base-url", &server.base_url(), "--cassette-dir", &cassette_arg], &accounts).await;
+    let out = run_bin(
+        p,
+        "state",
+        &[
+            "--mode",
+            "record",
+            "--base-url",
+            &server.base_url(),
+            "--cassette-dir",
+            &cassette_arg,
+        ],
+        &accounts,
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["code"], "CHART_API_FAILED", "{report}");
-    assert!(report["message"].as_str().unwrap().contains("could not be recorded"), "{report}");
-    assert_eq!(server.state().usage("acc-1").unwrap().used_today, 1, "the paid call was sent exactly once");
+    assert!(
+        report["message"].as_str().unwrap().contains("could not be recorded"),
+        "{report}"
+    );
+    assert_eq!(
+        server.state().usage("acc-1").unwrap().used_today,
+        1,
+        "the paid call was sent exactly once"
+    );
     server.shutdown().await.unwrap();
 }

@@ -19,7 +19,9 @@ use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_
 use worker_chart_export::chartimg::HttpChartImg;
 use worker_chart_export::config::parse_accounts;
 use worker_chart_export::core::{CoreSettings, Worker};
-use worker_chart_export::domain::{ClaimOutcome, ClaimParams, ClaimToken, PatchOutcome, RunId, StepPatch, StepSelector};
+use worker_chart_export::domain::{
+    ClaimOutcome, ClaimParams, ClaimToken, PatchOutcome, RunId, StepPatch, StepSelector,
+};
 use worker_chart_export::eventarc::encode_document_event;
 use worker_chart_export::ports::{
     ChartApiError, ChartCall, ChartRenderer, FlowRunStore, RenderedChart, StoreError, SystemClock,
@@ -53,7 +55,9 @@ fn template() -> Value {
 /// headers and a protobuf `DocumentEventData` body.
 fn eventarc_request(project: &str, run: &str, doc: Option<&Value>, id: &str) -> Request<Body> {
     let name = format!("projects/{project}/databases/(default)/documents/flow_runs/{run}");
-    let body = doc.map(|d| encode_document_event(&name, d, &["steps"])).unwrap_or_default();
+    let body = doc
+        .map(|d| encode_document_event(&name, d, &["steps"]))
+        .unwrap_or_default();
     Request::post("/")
         .header("content-type", "application/protobuf")
         .header("ce-specversion", "1.0")
@@ -94,7 +98,11 @@ async fn png_server() -> MockServer {
     png.extend_from_slice(&[0, 1, 2, 255, 13, 10]);
     Mock::given(method("POST"))
         .and(path("/v2/tradingview/advanced-chart"))
-        .respond_with(ResponseTemplate::new(200).insert_header("content-type", "image/png").set_body_bytes(png))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "image/png")
+                .set_body_bytes(png),
+        )
         .mount(&server)
         .await;
     server
@@ -103,8 +111,12 @@ async fn png_server() -> MockServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_nothing() {
     let test = "serve::eventarc_end_to_end";
-    let Some(store) = emulators::firestore(test).await else { return };
-    let Some((artifacts, bucket)) = emulators::gcs(test).await else { return };
+    let Some(store) = emulators::firestore(test).await else {
+        return;
+    };
+    let Some((artifacts, bucket)) = emulators::gcs(test).await else {
+        return;
+    };
     let endpoint = emulators::gcs_endpoint(test).unwrap();
     let project = store.database_path().split('/').nth(1).unwrap().to_owned();
     let chart_img = png_server().await;
@@ -143,7 +155,12 @@ async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_not
 
     // The event as Eventarc sends it after someone set the step READY.
     let doc = flow_run();
-    let (status, body) = post(&client, &base, eventarc_request(&project, "run-e2e", Some(&doc), "evt-1")).await;
+    let (status, body) = post(
+        &client,
+        &base,
+        eventarc_request(&project, "run-e2e", Some(&doc), "evt-1"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["outcome"], "succeeded", "{body}");
 
@@ -151,7 +168,10 @@ async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_not
     let step = &stored["steps"][STEP];
     assert_eq!(step["status"], "SUCCEEDED", "{stored}");
     let manifest_uri = step["outputsManifestGcsUri"].as_str().unwrap().to_owned();
-    assert_eq!(manifest_uri, format!("gs://{bucket}/runs/run-e2e/steps/{STEP}/charts/manifest.json"));
+    assert_eq!(
+        manifest_uri,
+        format!("gs://{bucket}/runs/run-e2e/steps/{STEP}/charts/manifest.json")
+    );
     assert_eq!(stored["steps"]["summarize"], flow_run()["steps"]["summarize"]);
     assert_eq!(stored["owner"], json!({"team": "research"}));
 
@@ -164,14 +184,29 @@ async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_not
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         assert!(bytes.ends_with(&[0, 1, 2, 255, 13, 10]), "bytes exact");
     }
-    let (meta, bytes) =
-        emulators::raw_object(&endpoint, &bucket, &format!("runs/run-e2e/steps/{STEP}/charts/manifest.json")).await.unwrap();
+    let (meta, bytes) = emulators::raw_object(
+        &endpoint,
+        &bucket,
+        &format!("runs/run-e2e/steps/{STEP}/charts/manifest.json"),
+    )
+    .await
+    .unwrap();
     assert_eq!(meta["contentType"], "application/json");
     let manifest: Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!((manifest["items"].as_array().unwrap().len(), manifest["requested"].as_u64()), (2, Some(2)));
+    assert_eq!(
+        (
+            manifest["items"].as_array().unwrap().len(),
+            manifest["requested"].as_u64()
+        ),
+        (2, Some(2))
+    );
 
     let usage = store.get_doc(ACCOUNTS_USAGE, "acc-1").await.unwrap().unwrap();
-    assert_eq!((usage["usageToday"].as_u64(), usage["dailyLimit"].as_u64()), (Some(2), Some(10)), "{usage}");
+    assert_eq!(
+        (usage["usageToday"].as_u64(), usage["dailyLimit"].as_u64()),
+        (Some(2), Some(10)),
+        "{usage}"
+    );
     assert_eq!(chart_img.received_requests().await.unwrap().len(), 2);
 
     // Ten concurrent redeliveries of the same event: all acknowledged, nothing more happens.
@@ -179,7 +214,14 @@ async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_not
     let repeats: Vec<_> = (0..10)
         .map(|_| {
             let (client, base, project, doc) = (client.clone(), base.clone(), project.clone(), doc.clone());
-            tokio::spawn(async move { post(&client, &base, eventarc_request(&project, "run-e2e", Some(&doc), "evt-1")).await })
+            tokio::spawn(async move {
+                post(
+                    &client,
+                    &base,
+                    eventarc_request(&project, "run-e2e", Some(&doc), "evt-1"),
+                )
+                .await
+            })
         })
         .collect();
     for r in repeats {
@@ -188,13 +230,32 @@ async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_not
         assert_eq!(body["outcome"], "noop", "{body}");
     }
     assert_eq!(store.get_doc(FLOW_RUNS, "run-e2e").await.unwrap(), before);
-    assert_eq!(emulators::list_objects(&endpoint, &bucket, "runs/run-e2e/").await, names);
-    assert_eq!(store.get_doc(ACCOUNTS_USAGE, "acc-1").await.unwrap().unwrap()["usageToday"], 2);
-    assert_eq!(chart_img.received_requests().await.unwrap().len(), 2, "no Chart-IMG call on a repeat");
+    assert_eq!(
+        emulators::list_objects(&endpoint, &bucket, "runs/run-e2e/").await,
+        names
+    );
+    assert_eq!(
+        store.get_doc(ACCOUNTS_USAGE, "acc-1").await.unwrap().unwrap()["usageToday"],
+        2
+    );
+    assert_eq!(
+        chart_img.received_requests().await.unwrap().len(),
+        2,
+        "no Chart-IMG call on a repeat"
+    );
 
     // Our own finalize comes back as an event: a no-op without a claim.
-    let (status, body) = post(&client, &base, eventarc_request(&project, "run-e2e", before.as_ref(), "evt-2")).await;
-    assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("noop")), "{body}");
+    let (status, body) = post(
+        &client,
+        &base,
+        eventarc_request(&project, "run-e2e", before.as_ref(), "evt-2"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (StatusCode::OK, Some("noop")),
+        "{body}"
+    );
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
@@ -225,9 +286,15 @@ impl<S: FlowRunStore> FlowRunStore for Counting<S> {
     }
 }
 
-fn memory_worker() -> (support::TestWorker, Arc<Counting<worker_chart_export::adapters::JsonDocs<worker_chart_export::adapters::MemoryBackend>>>) {
+fn memory_worker() -> (
+    support::TestWorker,
+    Arc<Counting<worker_chart_export::adapters::JsonDocs<worker_chart_export::adapters::MemoryBackend>>>,
+) {
     let mut tw = support::one_account(support::ScriptedRenderer::ok());
-    let counting = Arc::new(Counting { inner: tw.docs.clone(), calls: AtomicUsize::new(0) });
+    let counting = Arc::new(Counting {
+        inner: tw.docs.clone(),
+        calls: AtomicUsize::new(0),
+    });
     tw.worker.flow_runs = counting.clone();
     tw.worker.clock = Arc::new(SystemClock);
     (tw, counting)
@@ -248,16 +315,30 @@ async fn our_own_writes_and_other_documents_are_no_ops_without_a_store_call() {
     running["steps"]["charts_4h"]["status"] = json!("RUNNING");
     running["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2999-01-01T00:00:00Z");
     let (status, body) = send(&state, eventarc_request("p", "run-123", Some(&running), "e1")).await;
-    assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("noop")), "{body}");
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (StatusCode::OK, Some("noop")),
+        "{body}"
+    );
     let mut done = support::flow_run(&["a"], 1);
     done["steps"]["charts_4h"]["status"] = json!("SUCCEEDED");
     let (status, _) = send(&state, eventarc_request("p", "run-123", Some(&done), "e2")).await;
     assert_eq!(status, StatusCode::OK);
     let mut other = eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "e3");
-    other.headers_mut().insert("ce-document", "chart_templates/a".parse().unwrap());
+    other
+        .headers_mut()
+        .insert("ce-document", "chart_templates/a".parse().unwrap());
     let (status, body) = send(&state, other).await;
-    assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("noop")), "{body}");
-    assert_eq!(counting.calls.load(Ordering::SeqCst), 0, "no store call before the quick filter says yes");
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (StatusCode::OK, Some("noop")),
+        "{body}"
+    );
+    assert_eq!(
+        counting.calls.load(Ordering::SeqCst),
+        0,
+        "no store call before the quick filter says yes"
+    );
 }
 
 #[tokio::test]
@@ -267,7 +348,11 @@ async fn an_event_for_another_database_is_acknowledged_and_never_run() {
     // A worker on database `charts` gets an event from `(default)`: 2xx, nothing read or claimed.
     let state = AppState::new(tw.worker.clone()).with_database("charts");
     let (status, body) = send(&state, eventarc_request("p", "run-123", Some(&ready), "e1")).await;
-    assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("ignored")), "{body}");
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (StatusCode::OK, Some("ignored")),
+        "{body}"
+    );
     assert!(body["reason"].as_str().unwrap().contains("\"(default)\""), "{body}");
     assert_eq!(counting.calls.load(Ordering::SeqCst), 0, "never run");
     // The same event for the worker's database is run (the claim reads the store).
@@ -285,11 +370,21 @@ async fn malformed_deliveries_are_acknowledged_so_they_are_not_retried_forever()
     let mut bad = eventarc_request("p", "run-123", None, "e1");
     *bad.body_mut() = Body::from(vec![0xff, 0xff, 0xff]);
     let (status, body) = send(&state, bad).await;
-    assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("rejected")), "{body}");
-    let junk = Request::post("/").header("content-type", "text/plain").body(Body::from("hello")).unwrap();
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (StatusCode::OK, Some("rejected")),
+        "{body}"
+    );
+    let junk = Request::post("/")
+        .header("content-type", "text/plain")
+        .body(Body::from("hello"))
+        .unwrap();
     assert_eq!(send(&state, junk).await.0, StatusCode::OK);
     assert_eq!(counting.calls.load(Ordering::SeqCst), 0);
-    let health = serve::router(state).oneshot(Request::get("/health").body(Body::empty()).unwrap()).await.unwrap();
+    let health = serve::router(state)
+        .oneshot(Request::get("/health").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
 
@@ -299,7 +394,11 @@ async fn an_event_without_data_rereads_the_document_and_runs_the_step() {
     tw.seed(&support::flow_run(&["a"], 1), &["a"]).await;
     let state = AppState::new(tw.worker.clone());
     let (status, body) = send(&state, eventarc_request("p", "run-123", None, "big")).await;
-    assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("succeeded")), "{body}");
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{body}"
+    );
     assert!(counting.calls.load(Ordering::SeqCst) >= 2, "re-read, then claim");
     assert_eq!(tw.step().await["status"], "SUCCEEDED");
 }
@@ -310,22 +409,38 @@ async fn a_pubsub_envelope_and_a_proto3_json_body_are_accepted() {
     let (tw, _) = memory_worker();
     tw.seed(&support::flow_run(&["a"], 1), &["a"]).await;
     let state = AppState::new(tw.worker.clone());
-    let data = encode_document_event("projects/p/databases/(default)/documents/flow_runs/run-123", &support::flow_run(&["a"], 1), &[]);
+    let data = encode_document_event(
+        "projects/p/databases/(default)/documents/flow_runs/run-123",
+        &support::flow_run(&["a"], 1),
+        &[],
+    );
     let envelope = json!({"message": {"attributes": {"ce-type": "google.cloud.firestore.document.v1.updated",
         "ce-document": "flow_runs/run-123", "datacontenttype": "application/protobuf"},
         "data": base64::engine::general_purpose::STANDARD.encode(data), "messageId": "1"}, "subscription": "s"});
-    let req = Request::post("/").header("content-type", "application/json").body(Body::from(envelope.to_string())).unwrap();
+    let req = Request::post("/")
+        .header("content-type", "application/json")
+        .body(Body::from(envelope.to_string()))
+        .unwrap();
     let (status, body) = send(&state, req).await;
-    assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("succeeded")), "{body}");
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{body}"
+    );
 
     let json_event = json!({"value": {"name": "projects/p/databases/(default)/documents/flow_runs/run-123",
         "fields": {"steps": {"mapValue": {"fields": {"charts_4h": {"mapValue": {"fields": {
             "stepType": {"stringValue": "CHART_EXPORT"}, "status": {"stringValue": "SUCCEEDED"}}}}}}}}}});
     let mut req = eventarc_request("p", "run-123", None, "j1");
-    req.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    req.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     *req.body_mut() = Body::from(json_event.to_string());
     let (status, body) = send(&state, req).await;
-    assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("noop")), "{body}");
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (StatusCode::OK, Some("noop")),
+        "{body}"
+    );
 }
 
 /// A renderer that never answers within the test.
@@ -355,7 +470,14 @@ async fn shutdown_releases_a_step_cut_short() {
     let client = reqwest::Client::new();
     let pending = tokio::spawn({
         let (client, base) = (client.clone(), base.clone());
-        async move { post(&client, &base, eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "s1")).await }
+        async move {
+            post(
+                &client,
+                &base,
+                eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "s1"),
+            )
+            .await
+        }
     });
     for _ in 0..200 {
         if tw.step().await["status"] == "RUNNING" && state.in_flight() == 1 {
@@ -365,7 +487,11 @@ async fn shutdown_releases_a_step_cut_short() {
     }
     assert_eq!(tw.step().await["status"], "RUNNING");
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server).await.expect("bounded shutdown").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("bounded shutdown")
+        .unwrap()
+        .unwrap();
     let step = tw.step().await;
     assert_eq!(step["status"], "READY", "{step}");
     assert!(step.get("claimedBy").is_none(), "{step}");
@@ -374,7 +500,11 @@ async fn shutdown_releases_a_step_cut_short() {
     // The cut-short request is answered 200 `released` (the release write's own event carries the retry), or its
     // connection is closed with the process.
     if let Ok(Ok((status, body))) = tokio::time::timeout(Duration::from_secs(2), pending).await {
-        assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("released")), "{body}");
+        assert_eq!(
+            (status, body["outcome"].as_str()),
+            (StatusCode::OK, Some("released")),
+            "{body}"
+        );
     }
 }
 
@@ -388,7 +518,11 @@ async fn answers_follow_the_lifecycle() {
     released["steps"]["charts_4h"]["notBefore"] = json!("2999-01-01T00:00:00Z");
     released["steps"]["charts_4h"]["attempts"] = json!(1);
     let (status, body) = send(&state, eventarc_request("p", "run-123", Some(&released), "n1")).await;
-    assert_eq!((status, body["result"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("retry")), "{body}");
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("retry")),
+        "{body}"
+    );
     assert_eq!(counting.calls.load(Ordering::SeqCst), 0);
 
     // The event shows READY but the store has it RUNNING under another live claim: 503 (re-check later).
@@ -398,8 +532,16 @@ async fn answers_follow_the_lifecycle() {
     held["steps"]["charts_4h"]["claimToken"] = json!("elsewhere");
     held["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2999-01-01T00:00:00Z");
     tw.seed(&held, &["a"]).await;
-    let (status, body) = send(&state, eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "b1")).await;
-    assert_eq!((status, body["outcome"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("busy")), "{body}");
+    let (status, body) = send(
+        &state,
+        eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "b1"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("busy")),
+        "{body}"
+    );
 
     // A transient failure after the claim: released and answered 200 (the release's own event carries the retry).
     let mut tw2 = support::one_account(support::ScriptedRenderer::ok());
@@ -407,12 +549,28 @@ async fn answers_follow_the_lifecycle() {
     tw2.worker.templates = Arc::new(FailingTemplates);
     tw2.seed(&support::flow_run(&["a"], 1), &["a"]).await;
     let state2 = AppState::new(tw2.worker.clone());
-    let (status, body) = send(&state2, eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "r1")).await;
-    assert_eq!((status, body["outcome"].as_str()), (StatusCode::OK, Some("released")), "{body}");
+    let (status, body) = send(
+        &state2,
+        eventarc_request("p", "run-123", Some(&support::flow_run(&["a"], 1)), "r1"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::OK, Some("released")),
+        "{body}"
+    );
     let step = tw2.step().await;
-    assert_eq!((step["status"].as_str(), step["attempts"].as_u64()), (Some("READY"), Some(1)), "{step}");
+    assert_eq!(
+        (step["status"].as_str(), step["attempts"].as_u64()),
+        (Some("READY"), Some(1)),
+        "{step}"
+    );
     // Its release event comes straight back: 503 until its not-before time.
-    let (status, _) = send(&state2, eventarc_request("p", "run-123", Some(&tw2.run_doc().await), "r2")).await;
+    let (status, _) = send(
+        &state2,
+        eventarc_request("p", "run-123", Some(&tw2.run_doc().await), "r2"),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -435,8 +593,18 @@ async fn an_oversized_event_is_refused_as_malformed_not_redelivered() {
     let mut big = eventarc_request("p", "run-123", None, "huge");
     *big.body_mut() = Body::from(vec![0u8; serve::MAX_BODY + 1]);
     let (status, body) = send(&state, big).await;
-    assert_eq!((status, body["result"].as_str()), (StatusCode::OK, Some("rejected")), "{body}");
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (StatusCode::OK, Some("rejected")),
+        "{body}"
+    );
     // Refused for its size, before parsing: not read whole and then found malformed.
-    assert!(body["reason"].as_str().unwrap().contains(&format!("within {} bytes", serve::MAX_BODY)), "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("within {} bytes", serve::MAX_BODY)),
+        "{body}"
+    );
     assert_eq!(counting.calls.load(Ordering::SeqCst), 0);
 }

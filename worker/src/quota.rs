@@ -691,7 +691,7 @@ mod tests {
         // (In the given order the 7 s call would take the last start: 9.5 s; the bound does not depend on order.)
         // Daily limits still cap the calls.
         assert_eq!(
-            ideal_bound_for(&vec![ms(1); 11], &configs(&[("BASIC", 5), ("BASIC", 5)])),
+            ideal_bound_for(&[ms(1); 11], &configs(&[("BASIC", 5), ("BASIC", 5)])),
             None
         );
     }

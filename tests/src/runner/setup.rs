@@ -224,7 +224,7 @@ impl World {
         let settings = self.settings(i);
         // In-process, Cloud Storage retries on the scenario's short policy too: `gcs: unavailable` then takes as
         // long as the other refusals instead of the production budget of 30 s (the live path keeps the real one).
-        let artifacts = GcsArtifacts::emulator(&self.storage_endpoint).with_retry(settings.retry.clone());
+        let artifacts = GcsArtifacts::emulator(&self.storage_endpoint).with_retry(settings.retry);
         Ok(Worker {
             flow_runs: Arc::new(self.fs.clone()),
             templates: Arc::new(self.fs.clone()),

@@ -534,13 +534,21 @@ pub async fn usage_reserve_give_back_exhaust_and_day_reset(d: Docs) {
     let a = acc("acc-1", 5);
     let now = at("2026-11-28T10:00:00Z");
     let day = now.date_naive();
-    let g = d.usage.reserve(&OpId::random(), &[a.clone()], 3, now).await.unwrap();
+    let g = d
+        .usage
+        .reserve(&OpId::random(), std::slice::from_ref(&a), 3, now)
+        .await
+        .unwrap();
     assert_eq!((g.len(), g[0].units, g[0].day), (1, 3, day));
-    let g = d.usage.reserve(&OpId::random(), &[a.clone()], 5, now).await.unwrap();
+    let g = d
+        .usage
+        .reserve(&OpId::random(), std::slice::from_ref(&a), 5, now)
+        .await
+        .unwrap();
     assert_eq!(g[0].units, 2, "only the remaining 2 are granted");
     assert!(d
         .usage
-        .reserve(&OpId::random(), &[a.clone()], 1, now)
+        .reserve(&OpId::random(), std::slice::from_ref(&a), 1, now)
         .await
         .unwrap()
         .is_empty());
@@ -567,7 +575,7 @@ pub async fn usage_reserve_give_back_exhaust_and_day_reset(d: Docs) {
     assert!(d.usage.get_usage(&a.id).await.unwrap().unwrap().exhausted);
     assert!(d
         .usage
-        .reserve(&OpId::random(), &[a.clone()], 1, now)
+        .reserve(&OpId::random(), std::slice::from_ref(&a), 1, now)
         .await
         .unwrap()
         .is_empty());

@@ -26,10 +26,10 @@ use worker_chart_export::adapters::docs::{CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::adapters::{JsonDocs, MemoryArtifacts};
 use worker_chart_export::chartimg::HttpChartImg;
 use worker_chart_export::config::{parse_accounts, AccountConfig, Plan, RetryPolicy};
-use worker_chart_export::core::{CoreSettings, Worker};
 use worker_chart_export::domain::{RunId, StepSelector, WorkerId};
 use worker_chart_export::ports::SystemClock;
 use worker_chart_export::quota::{ideal_bound, ideal_bound_for, AccountPool};
+use worker_chart_export::wiring::{CoreSettings, Worker};
 use worker_chart_export::{run_chart_export_step, StepReport};
 
 const ACCOUNT: &str = "acc-1";

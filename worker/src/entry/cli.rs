@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use crate::adapters::docs::{CHART_TEMPLATES, FLOW_RUNS};
 use crate::adapters::{JsonDocs, LocalArtifacts, LocalBackend};
 use crate::config::{check_base_url, parse_accounts, ChartImgMode, Settings};
+use crate::domain::collections::{CHART_TEMPLATES, FLOW_RUNS};
 use crate::domain::{ObjectRef, RunId, StepId, StepSelector, TemplateId};
 use crate::ports::{StepObserver, SystemClock};
 use crate::quota::AccountPool;

@@ -429,7 +429,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
     for (i, a) in s.given.accounts.iter().enumerate() {
         for (field, plan) in [("plan", &a.plan), ("mockPlan", &a.mock_plan)] {
             if let Some(p) = plan {
-                if p.parse::<worker_chart_export::config::Plan>().is_err() {
+                if p.parse::<chart_img_spec::Plan>().is_err() {
                     return Err(format!("given.accounts[{i}].{field}: unknown plan {p:?}"));
                 }
             }

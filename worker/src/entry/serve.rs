@@ -40,13 +40,14 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::adapters::{FirestoreStore, GcsArtifacts};
-use crate::config::{RetryPolicy, Settings};
+use crate::config::Settings;
 use crate::domain::step::{event_verdict, EventVerdict};
 use crate::domain::{RunId, StepSelector};
 use crate::eventarc::{self, FirestoreEvent};
 use crate::pacing::{SharedRate, WindowSettings};
 use crate::ports::SystemClock;
 use crate::quota::AccountPool;
+use crate::retry::RetryPolicy;
 use crate::shutdown::{InFlight, Shutdown, ShutdownTrigger};
 use crate::step_run::{run_chart_export_step, StepReport};
 use crate::wiring::{CoreSettings, Worker};
@@ -320,7 +321,7 @@ pub async fn run(
     }
 }
 
-pub use cloud_run_kit::shutdown_signal;
+use cloud_run_kit::shutdown_signal;
 
 /// The production worker: Firestore + Cloud Storage (or their emulators) + the renderer of `CHART_IMG_MODE`.
 pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker> {

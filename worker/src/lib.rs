@@ -8,9 +8,14 @@
 //! - [`step_run`]: [`step_run::run_chart_export_step`], the whole flow over the ports, one file per stage;
 //!   [`wiring`]: [`Worker`], what a step runs with; [`shutdown`]: the process's stop signal; [`quota`]: accounts and the per-step
 //!   quota ledger; [`pacing`]: each key's rate, in this process or shared by every instance through time windows.
-//! - [`adapters`]: in-memory and local-file stores (the embedded default), and the Google Cloud adapters.
-//! - [`chartimg`]: the Chart-IMG HTTP client and the one function that classifies its answers.
-//! - [`config`], [`telemetry`], [`cli`]: the edges of the process; [`report`]: the HTML page of a finished step.
+//! - [`retry`]: the one retry policy of every adapter.
+//! - [`adapters`]: in-memory and local-file stores (the embedded default), and the Google Cloud adapters;
+//!   [`firestore_codec`]: JSON ↔ Firestore values, for the Firestore adapter and [`eventarc`].
+//! - [`chartimg`]: the Chart-IMG HTTP client and the one function that classifies its answers; [`renderers`]: which
+//!   renderer `CHART_IMG_MODE` asks for.
+//! - [`eventarc`]: a delivery parsed into a Firestore event before any I/O.
+//! - [`entry`]: the binary's commands (`run-local`, `serve`, `deploy-plan`, `demo`); [`config`], [`telemetry`]: the
+//!   edges of the process; [`report`]: the HTML page of a finished step.
 //!
 //! Invariants:
 //! - Only [`chartimg`] knows Chart-IMG's wire format; the domain does no I/O.

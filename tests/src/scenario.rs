@@ -48,7 +48,7 @@ pub struct Given {
     /// Retry policy of the worker, for scenarios that exercise backoff.
     #[serde(default)]
     pub retry: Option<Retry>,
-    /// Lease of a claim in seconds (default 900; `CHART_EXPORT_LEASE_SECONDS` of `serve` processes).
+    /// Lease of a claim in seconds (default: the worker's; `CHART_EXPORT_LEASE_SECONDS` of `serve` processes).
     #[serde(default)]
     pub lease_seconds: Option<u64>,
     /// Environment of every `serve` process (`via: local_eventarc`), passed through as is: worker settings such as

@@ -120,8 +120,7 @@ async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswe
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 task.abort();
                 let _ = task.await;
-                let lease = w.scenario.given.lease_seconds.unwrap_or(900);
-                tokio::time::sleep(Duration::from_secs(lease) + Duration::from_millis(200)).await;
+                tokio::time::sleep(w.lease() + Duration::from_millis(200)).await;
                 let report = run_chart_export_step(&w.worker(1)?, &run, &selector, None).await?;
                 results.push(report_name(&report));
             } else {

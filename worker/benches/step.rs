@@ -27,7 +27,6 @@ use worker_chart_export::adapters::{JsonDocs, MemoryArtifacts};
 use worker_chart_export::config::{parse_accounts, AccountConfig};
 use worker_chart_export::domain::collections::{CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::domain::{RunId, StepSelector, WorkerId};
-use worker_chart_export::ports::SystemClock;
 use worker_chart_export::HttpChartImg;
 use worker_chart_export::RetryPolicy;
 use worker_chart_export::{ideal_bound, ideal_bound_for, AccountPool};
@@ -257,15 +256,12 @@ impl Bench {
             .await
             .unwrap();
         }
-        let worker = Worker {
-            flow_runs: Arc::new(docs.clone()),
-            templates: Arc::new(docs.clone()),
-            usage: Arc::new(docs.clone()),
-            renderer: Arc::new(HttpChartImg::new(base_url, timeout).unwrap()),
-            artifacts: Arc::new(MemoryArtifacts::default()),
-            clock: Arc::new(SystemClock),
-            accounts: AccountPool::new(parse_accounts("bench", &self.accounts_json).unwrap()),
-            settings: CoreSettings {
+        let worker = Worker::with_documents(
+            docs.clone(),
+            Arc::new(HttpChartImg::new(base_url, timeout).unwrap()),
+            Arc::new(MemoryArtifacts::default()),
+            AccountPool::new(parse_accounts("bench", &self.accounts_json).unwrap()),
+            CoreSettings {
                 worker_id: WorkerId::parse("bench").unwrap(),
                 bucket: "bench-bucket".into(),
                 timezone: "Etc/UTC".into(),
@@ -274,8 +270,7 @@ impl Bench {
                 retry: RetryPolicy::default(),
                 lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(900)),
             },
-            shutdown: Default::default(),
-        };
+        );
         let in_flight = worker.accounts.in_flight(self.max_in_flight);
         let started = Instant::now();
         let report = run_chart_export_step(&worker, &RunId::parse("bench").unwrap(), &StepSelector::First, None)

@@ -5,7 +5,7 @@
 //! What other crates (the scenario runner, the harness, fleet-sim, the benches, the integration tests) may use;
 //! every other module is private, so a path not listed here does not compile outside the crate.
 //! - The step: [`run_chart_export_step`] → [`StepReport`] or [`CoreError`], run with a [`Worker`] (the ports and
-//!   [`CoreSettings`]; built with [`Worker::builder`], or [`Worker::on_google_cloud`] from [`config::Settings`]),
+//!   [`CoreSettings`]; built with [`Worker::with_documents`], or [`Worker::on_google_cloud`] from [`config::Settings`]),
 //!   stopped early by a [`Shutdown`].
 //! - [`domain`]: ids, the step document and its pure decisions, requests, the manifest. No I/O.
 //! - [`ports`]: the traits a step talks through; [`adapters`]: their embedded (memory, local files) and Google Cloud

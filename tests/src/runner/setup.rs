@@ -15,7 +15,7 @@ use worker_chart_export::config::{parse_accounts, Lifecycle, Settings};
 use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::domain::WorkerId;
 use worker_chart_export::eventarc::encode_document_event;
-use worker_chart_export::ports::{ChartRenderer, SystemClock};
+use worker_chart_export::ports::ChartRenderer;
 use worker_chart_export::AccountPool;
 use worker_chart_export::RetryPolicy;
 use worker_chart_export::{CassetteChartImg, HttpChartImg};
@@ -237,17 +237,13 @@ impl World {
         // In-process, Cloud Storage retries on the scenario's short policy too: `gcs: unavailable` then takes as
         // long as the other refusals instead of the production budget of 30 s (the live path keeps the real one).
         let artifacts = GcsArtifacts::emulator(&self.storage_endpoint).with_retry(settings.retry);
-        Ok(Worker {
-            flow_runs: Arc::new(self.fs.clone()),
-            templates: Arc::new(self.fs.clone()),
-            usage: Arc::new(self.fs.clone()),
-            renderer: self.renderer()?,
-            artifacts: Arc::new(artifacts),
-            clock: Arc::new(SystemClock),
-            accounts: AccountPool::new(parse_accounts("scenario accounts", &self.accounts_json)?),
+        Ok(Worker::with_documents(
+            self.fs.clone(),
+            self.renderer()?,
+            Arc::new(artifacts),
+            AccountPool::new(parse_accounts("scenario accounts", &self.accounts_json)?),
             settings,
-            shutdown: Default::default(),
-        })
+        ))
     }
 
     pub fn doc_name(&self) -> String {

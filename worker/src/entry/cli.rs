@@ -13,7 +13,7 @@ use crate::adapters::{JsonDocs, LocalArtifacts, LocalBackend};
 use crate::config::{check_base_url, parse_accounts, ChartImgMode, Settings};
 use crate::domain::collections::{CHART_TEMPLATES, FLOW_RUNS};
 use crate::domain::{ObjectRef, RunId, StepId, StepSelector, TemplateId};
-use crate::ports::{StepObserver, SystemClock};
+use crate::ports::StepObserver;
 use crate::quota::AccountPool;
 use crate::step_run::{run_chart_export_step, StepReport};
 use crate::wiring::{CoreSettings, Worker};
@@ -185,25 +185,9 @@ pub async fn run_local_with(mut settings: Settings, args: RunLocalArgs) -> anyho
     let artifacts_dir = args.artifacts_dir.clone().unwrap_or_else(|| args.state_dir.join("gcs"));
     let artifacts = LocalArtifacts::new(&artifacts_dir);
     let renderer = crate::renderers::build(&settings)?;
-    let worker = Worker {
-        flow_runs: Arc::new(docs.clone()),
-        templates: Arc::new(docs.clone()),
-        usage: Arc::new(docs.clone()),
-        renderer,
-        artifacts: Arc::new(artifacts.clone()),
-        clock: Arc::new(SystemClock),
-        accounts: AccountPool::new(settings.accounts.clone()),
-        settings: CoreSettings {
-            worker_id: super::worker_id("run-local"),
-            bucket,
-            timezone: settings.timezone.clone(),
-            concurrency: settings.concurrency,
-            lease: settings.lease,
-            retry: settings.retry,
-            lifecycle: settings.lifecycle,
-        },
-        shutdown: crate::shutdown::Shutdown::never(),
-    };
+    let core = CoreSettings::from_settings(&settings, super::worker_id("run-local"), bucket);
+    let accounts = AccountPool::new(settings.accounts.clone());
+    let worker = Worker::with_documents(docs.clone(), renderer, Arc::new(artifacts.clone()), accounts, core);
     let bar = ProgressObserver::new();
     let report = run_chart_export_step(
         &worker,

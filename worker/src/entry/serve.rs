@@ -25,22 +25,18 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use cloud_run_kit::shutdown_signal;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use crate::adapters::{FirestoreStore, GcsArtifacts};
 use crate::config::Settings;
 use crate::domain::step::{event_verdict, EventVerdict};
 use crate::domain::{RunId, StepSelector};
 use crate::eventarc::{self, FirestoreEvent};
-use crate::pacing::{SharedRate, WindowSettings};
-use crate::ports::SystemClock;
-use crate::quota::AccountPool;
-use crate::retry::RetryPolicy;
 use crate::shutdown::{InFlight, Shutdown, ShutdownTrigger};
 use crate::step_run::{run_chart_export_step, StepReport};
-use crate::wiring::{CoreSettings, Worker};
+use crate::wiring::Worker;
 
 /// The largest event Eventarc delivers: its Pub/Sub transport carries messages of up to 10 MB (Firestore leaves the
 /// data out of bigger events), base64-encoded inside a push envelope when Eventarc falls back to one. Anything larger
@@ -311,66 +307,10 @@ pub async fn run(
     }
 }
 
-use cloud_run_kit::shutdown_signal;
-
-/// The production worker: Firestore + Cloud Storage (or their emulators) + the renderer of `CHART_IMG_MODE`.
-pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker> {
-    if settings.accounts.is_empty() {
-        anyhow::bail!("CHART_IMG_ACCOUNTS_JSON: no Chart-IMG account configured");
-    }
-    let bucket = settings.bucket.clone().context("ARTIFACTS_BUCKET: is not set")?;
-    let project = match &settings.project {
-        Some(p) => p.clone(),
-        None => firestore::gcloud_sdk::GoogleEnvironment::detect_google_project_id()
-            .await
-            .context("GOOGLE_CLOUD_PROJECT: is not set and no project could be detected from the environment")?,
-    };
-    let store = FirestoreStore::connect(&project, &settings.firestore_database)
-        .await?
-        .with_policy(RetryPolicy {
-            max_total_delay: settings.store_retry_total,
-            ..RetryPolicy::FIRESTORE
-        });
-    let artifacts = GcsArtifacts::new(settings.storage_emulator_host.as_deref())
-        .await?
-        .with_retry(RetryPolicy {
-            max_total_delay: settings.store_retry_total,
-            ..RetryPolicy::GCS
-        });
-    let renderer = crate::renderers::build(settings)?;
-    let worker_id = super::worker_id("serve");
-    // Every instance of the service shares the keys: each key's rate goes through windows in Firestore.
-    let rate = SharedRate {
-        store: Arc::new(store.clone()),
-        clock: Arc::new(SystemClock),
-        holder: worker_id.to_string(),
-        windows: WindowSettings::default(),
-    };
-    Ok(Worker {
-        flow_runs: Arc::new(store.clone()),
-        templates: Arc::new(store.clone()),
-        usage: Arc::new(store),
-        renderer,
-        artifacts: Arc::new(artifacts),
-        clock: Arc::new(SystemClock),
-        accounts: AccountPool::shared(settings.accounts.clone(), rate),
-        settings: CoreSettings {
-            worker_id,
-            bucket,
-            timezone: settings.timezone.clone(),
-            concurrency: settings.concurrency,
-            lease: settings.lease,
-            retry: settings.retry,
-            lifecycle: settings.lifecycle,
-        },
-        shutdown: Shutdown::never(),
-    })
-}
-
 /// `serve`: configuration from the environment, `$HOST:$PORT` (default `0.0.0.0:8080`), until SIGTERM.
 pub async fn main_from_env() -> anyhow::Result<()> {
     let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    let worker = worker_from_settings(&settings).await?;
+    let worker = Worker::on_google_cloud(&settings).await?;
     let listener = TcpListener::bind((settings.host, settings.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;

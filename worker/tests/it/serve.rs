@@ -125,15 +125,12 @@ async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_not
     store.put_doc(CHART_TEMPLATES, "price", template()).await.unwrap();
     store.put_doc(CHART_TEMPLATES, "rsi-14", template()).await.unwrap();
     let accounts = format!(r#"[{{"id":"acc-1","apiKey":"{KEY_1}","dailyLimit":10,"plan":"ENTERPRISE"}}]"#);
-    let worker = Worker {
-        flow_runs: Arc::new(store.clone()),
-        templates: Arc::new(store.clone()),
-        usage: Arc::new(store.clone()),
-        renderer: Arc::new(HttpChartImg::new(&chart_img.uri(), Duration::from_secs(10)).unwrap()),
-        artifacts: Arc::new(artifacts),
-        clock: Arc::new(SystemClock),
-        accounts: AccountPool::new(parse_accounts("accounts", &accounts).unwrap()),
-        settings: CoreSettings {
+    let worker = Worker::with_documents(
+        store.clone(),
+        Arc::new(HttpChartImg::new(&chart_img.uri(), Duration::from_secs(10)).unwrap()),
+        Arc::new(artifacts),
+        AccountPool::new(parse_accounts("accounts", &accounts).unwrap()),
+        CoreSettings {
             worker_id: worker_chart_export::domain::WorkerId::parse("serve-test").unwrap(),
             bucket: bucket.clone(),
             timezone: "Etc/UTC".into(),
@@ -142,8 +139,7 @@ async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_not
             retry: fast_retry(),
             lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(900)),
         },
-        shutdown: Default::default(),
-    };
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

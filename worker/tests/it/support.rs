@@ -143,15 +143,12 @@ pub fn worker_with(renderer: Arc<dyn ChartRenderer>, accounts: &str) -> TestWork
     let docs = JsonDocs::in_memory();
     let artifacts = Arc::new(MemoryArtifacts::default());
     let clock = FixedClock::at("2026-11-28T13:25:11Z");
-    let worker = Worker {
-        flow_runs: Arc::new(docs.clone()),
-        templates: Arc::new(docs.clone()),
-        usage: Arc::new(docs.clone()),
+    let worker = Worker::with_documents(
+        docs.clone(),
         renderer,
-        artifacts: artifacts.clone(),
-        clock: clock.clone(),
-        accounts: AccountPool::new(parse_accounts("test accounts", accounts).unwrap()),
-        settings: CoreSettings {
+        artifacts.clone(),
+        AccountPool::new(parse_accounts("test accounts", accounts).unwrap()),
+        CoreSettings {
             worker_id: WorkerId::parse("w-test").unwrap(),
             bucket: "bucket-1".into(),
             timezone: "Etc/UTC".into(),
@@ -160,8 +157,8 @@ pub fn worker_with(renderer: Arc<dyn ChartRenderer>, accounts: &str) -> TestWork
             retry: fast_retry(),
             lifecycle: Lifecycle::for_lease(Duration::from_secs(900)),
         },
-        shutdown: Default::default(),
-    };
+    )
+    .with_clock(clock.clone());
     TestWorker {
         worker,
         docs,

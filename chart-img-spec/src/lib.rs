@@ -14,6 +14,9 @@
 //!   (body → fields → plan → semantic), returning a [`ValidatedChart`] with defaults filled in or the exact
 //!   [`Rejection`]; [`validate_layout_chart`] for the layout-chart body; [`read_body`] turns raw request bytes into the JSON the validation takes.
 //!
+//! - [`openapi`]: the API as an OpenAPI 3.1 document generated from all of the above (committed as
+//!   `openapi.json`), and [`openapi::routes`], the documented paths.
+//!
 //! # Invariants
 //! - **Each fact once:** no other crate of the workspace lists plans, intervals, study names or error texts.
 //! - **Pure:** no I/O, no clock; the same body and plan always give the same answer.
@@ -32,6 +35,7 @@
 
 mod catalog;
 mod errors;
+pub mod openapi;
 mod plan;
 mod validate;
 

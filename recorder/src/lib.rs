@@ -8,12 +8,13 @@
 //! Mode     { None, Once, NewEpisodes, All, Spy }   FromStr/Display: none once new_episodes all spy
 //! OnExhausted { Repeat, Error }    WritePolicy { EachInteraction, OnFlush }
 //! VcrConfig { mode, ignore_json_fields, ignore_query_params, match_headers, response_headers, on_exhausted,
-//!             record_latency, replay_latency, record_timestamps, inline_text_limit, write }  + Default
+//!             record_latency, replay_latency, record_timestamps, inline_text_limit, write, allow_unused }  + Default
 //! Secrets::new() / from_accounts_json(&str) / from_env() / with_account(id, SecretString)
 //!         .redact_header(..) .redact_query_param(..) .redact_json_field(..) .placeholder_for(..) .redact(..)
 //! Vcr::open(dir, VcrConfig, Secrets) -> Result<Vcr, Error>
 //! Vcr::handle(&self, Request, upstream: FnOnce(Request) -> Future<Result<Response, E>>) -> Result<Response, VcrError<E>>
 //! Vcr::replay(&self, &Request) -> Result<Response, Miss>        (+ replay_with_latency, rewind, flush, len, dir)
+//! Vcr::unused() -> Vec<UnusedInteraction>;  Vcr::check_unused() -> Result<(), Unused>   (allow_unused: false)
 //! Miss { cassette, mode, reason: MissReason, request: RequestSummary, closest: Option<Closest>, diffs: Vec<FieldDiff> }
 //! VcrError<E> { Miss(Miss), Upstream(E), Store(Error) }
 //! lint(paths, &Secrets) -> Result<Vec<Finding>, Error>
@@ -91,7 +92,7 @@ pub use chart_img_spec::{Plan, PlanLimits};
 
 pub use error::{Error, VcrError};
 pub use lint::{lint, Finding, FindingKind};
-pub use miss::{Closest, FieldDiff, Miss, MissReason, RequestSummary};
+pub use miss::{Closest, FieldDiff, Miss, MissReason, RequestSummary, Unused, UnusedInteraction};
 pub use model::{Mode, OnExhausted, ParseNameError, Request, Response, VcrConfig, WritePolicy};
 pub use proxy::{proxy_router, run_proxy, ProxyConfig, MAX_UPSTREAM_BODY};
 pub use secrets::{Secrets, ACCOUNTS_ENV};

@@ -167,6 +167,10 @@ struct ProxyArgs {
     /// Interval of the batched writes.
     #[arg(long, default_value_t = 500)]
     flush_ms: u64,
+    /// `false`: at shutdown (Ctrl-C / SIGTERM), list the recorded interactions no request used and exit 1 (Ruby
+    /// VCR's `allow_unused_http_interactions: false`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    allow_unused: bool,
     #[command(flatten)]
     secrets: SecretArgs,
 }
@@ -313,6 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match_headers: args.match_headers,
                 record_latency: args.record_latency,
                 record_timestamps: args.record_timestamps,
+                allow_unused: args.allow_unused,
                 write: match args.write {
                     WriteArg::Batched => recorder::WritePolicy::OnFlush,
                     WriteArg::Each => recorder::WritePolicy::EachInteraction,
@@ -351,13 +356,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     args.mode
                 );
                 let flushing = flusher.map(|f| tokio::spawn(f()));
-                let shutdown = async {
-                    let _ = tokio::signal::ctrl_c().await;
-                };
+                let shutdown = cloud_run_kit::shutdown_signal();
                 // run_proxy flushes once more after the last request, so batched writes lose nothing on Ctrl-C.
-                recorder::run_proxy(listener, ProxyConfig::new(args.upstream, vcr), shutdown).await?;
+                recorder::run_proxy(listener, ProxyConfig::new(args.upstream, vcr.clone()), shutdown).await?;
                 if let Some(f) = flushing {
                     f.abort();
+                }
+                // The end of a proxy session is its shutdown: what was recorded but never asked for is reported now.
+                if let Err(unused) = vcr.check_unused() {
+                    eprint!("recorder proxy: {unused}");
+                    return Ok(ExitCode::from(1));
                 }
                 Ok(ExitCode::SUCCESS)
             })

@@ -8,3 +8,4 @@ mod parallel;
 mod roundtrip;
 mod support;
 mod tools;
+mod unused;

@@ -276,6 +276,13 @@ impl AppState {
         self.inner.journal.query(query)
     }
 
+    /// With `replay: {allow_unused: false}`: the report of the recorded interactions no request used (what the
+    /// binary prints at shutdown before exiting 1). `Ok` without a cassette, or when every one was used.
+    pub fn check_replay_unused(&self) -> Result<(), recorder::Unused> {
+        let replay = self.inner.settings.read().unwrap().replay.clone();
+        replay.map_or(Ok(()), |r| r.check_unused())
+    }
+
     /// Forgets usage and rate buckets and empties the journal.
     pub fn reset(&self) {
         self.inner.accounts.reset();

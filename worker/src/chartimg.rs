@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::domain::ImageFormat;
 use crate::ports::{ChartApiError, ChartCall, ChartRenderer, RenderedChart};
 
-pub const ADVANCED_CHART_PATH: &str = "/v2/tradingview/advanced-chart";
+pub const ADVANCED_CHART_PATH: &str = chart_img_spec::openapi::routes::ADVANCED_CHART;
 
 /// The largest answer body read from Chart-IMG (its largest images are a few MiB); a bigger one is refused unread.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
@@ -246,6 +246,11 @@ impl ChartRenderer for CassetteChartImg {
             }
         };
         classify(resp.status, resp.body, call.format)
+    }
+
+    fn check_unused(&self) -> Result<(), String> {
+        // Built by the recorder from stored (redacted) requests: no key in it.
+        self.vcr.check_unused().map_err(|u| u.to_string())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Chooses the chart renderer for `CHART_IMG_MODE`: `real` → HTTP, `mock` → cassette replay only,
 //! `record` → HTTP through a recording cassette. The VCR mode defaults to `none` for `mock` and `new_episodes`
-//! for `record`; `CHART_IMG_VCR_MODE` (none, once, new_episodes, all, spy) overrides it.
+//! for `record`; `CHART_IMG_VCR_MODE` (none, once, new_episodes, all, spy) overrides it. `CHART_IMG_ALLOW_UNUSED=false`
+//! makes recorded interactions the step did not use an error at the step's end (`run-local` exits 1 with the list).
 
 use std::sync::Arc;
 
@@ -40,8 +41,17 @@ pub fn build(settings: &Settings) -> anyhow::Result<Arc<dyn ChartRenderer>> {
     for a in &settings.accounts {
         secrets = secrets.with_account(a.id.as_str(), a.api_key.clone());
     }
+    let allow_unused = match std::env::var("CHART_IMG_ALLOW_UNUSED").ok().filter(|v| !v.is_empty()) {
+        None => true,
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => bail!("CHART_IMG_ALLOW_UNUSED: {v:?} is not a boolean; expected true or false"),
+        },
+    };
     let config = recorder::VcrConfig {
         mode,
+        allow_unused,
         ..recorder::VcrConfig::default()
     };
     let vcr =

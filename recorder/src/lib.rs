@@ -21,6 +21,7 @@
 //! ProxyConfig::new(upstream, Vcr);  proxy_router(ProxyConfig) -> axum::Router;  run_proxy(listener, ProxyConfig, shutdown)
 //! record::record(&RecordOptions, out) -> Result<RecordOutcome, Error>        (`recorder record`)
 //! verify::verify(&VerifyOptions) -> Result<VerifyReport, Error>; verify::print_report   (`recorder verify`)
+//! har::export(dir, base_url) / har::export_json;  har::import(har_file, dir, hosts, &Secrets) -> ImportReport   (`recorder har`)
 //! inspect::show(path, now); inspect::cassette_ages(paths, max_age, now); inspect::age_findings   (`show`, `lint --max-age`)
 //! Accounts::load(&KeySource)  (keys from a key file, CHART_IMG_ACCOUNTS_JSON or CHART_IMG_API_KEY)   Plan::limits()
 //! ```
@@ -41,6 +42,7 @@
 //!   back to keys), sending at each account's plan rate.
 //! - `record`: `recorder record`: dry run, resume from a partial state, all-or-nothing swap of the new cassette.
 //! - `verify`: `recorder verify`: drift of live answers against the recorded ones (never image bytes).
+//! - `har`: `recorder har export/import`: cassettes as HAR 1.2 and back (round trip byte-identical).
 //! - `inspect`: `recorder show` and the cassette age behind `recorder lint --max-age`.
 //!
 //! # Invariants
@@ -76,6 +78,7 @@ mod accounts;
 mod canon;
 mod cassette;
 mod error;
+pub mod har;
 pub mod inspect;
 mod lint;
 mod live;

@@ -33,6 +33,37 @@ enum Command {
     Verify(VerifyArgs),
     /// Print a cassette's interactions: method, path, body summary, status, size, age.
     Show(ShowArgs),
+    /// Cassettes as HAR 1.2 (browsers' DevTools, mitmproxy, Polly.js, WireMock) and back.
+    #[command(subcommand)]
+    Har(HarCommand),
+}
+
+#[derive(Subcommand)]
+enum HarCommand {
+    /// Write a cassette as HAR 1.2: images base64, keys as their placeholders. Importing it gives the same cassette.
+    Export {
+        /// A cassette directory.
+        cassette: PathBuf,
+        /// Output file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Base URL the exported requests are addressed to.
+        #[arg(long, default_value = recorder::har::DEFAULT_BASE_URL)]
+        base_url: String,
+    },
+    /// Write the entries of a HAR file as a new cassette, redacted exactly as a recording is; entries for other hosts
+    /// are skipped and counted.
+    Import {
+        /// A HAR file (e.g. saved by DevTools' "Save all as HAR").
+        har: PathBuf,
+        /// The new cassette's directory (must not hold a cassette yet).
+        cassette: PathBuf,
+        /// Host (host[:port]) whose entries are imported. Repeatable; default api.chart-img.com.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[command(flatten)]
+        secrets: SecretArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -306,6 +337,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Format::Text => recorder::inspect::print_table(&dir, &rows, &mut std::io::stdout())?,
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Har(HarCommand::Export {
+            cassette,
+            output,
+            base_url,
+        }) => {
+            let text = recorder::har::export_json(&cassette, &base_url)?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Har(HarCommand::Import {
+            har,
+            cassette,
+            mut hosts,
+            secrets,
+        }) => {
+            if hosts.is_empty() {
+                hosts.push(
+                    url::Url::parse(recorder::har::DEFAULT_BASE_URL)?
+                        .host_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+            let report = recorder::har::import(&har, &cassette, &hosts, &secrets.secrets()?)?;
+            eprintln!("recorder har import: {report} into {}", cassette.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Proxy(args) => {

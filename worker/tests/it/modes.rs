@@ -267,3 +267,55 @@ async fn mock_mode_with_allow_unused_false_fails_a_step_that_left_interactions_u
     let out = replay("state-three", "false").await;
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A cassette that went through HAR (exported, then imported as a new cassette) replays through `mock` mode with the
+/// same bytes as the recording, under `CHART_IMG_ALLOW_UNUSED=false`.
+#[tokio::test]
+async fn a_cassette_imported_from_har_replays_through_mock_mode() {
+    let server =
+        mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let templates = [("dark", real_template("dark")), ("light", real_template("light"))];
+    write_inputs(p, &flow_run(&["dark", "light"], 2), &templates);
+    let recorded_dir = p.join("cassette");
+    let cassette = recorded_dir.display().to_string();
+    let accounts = accounts_json(&[("acc-1", KEY_1, 50)]);
+    let record = [
+        "--mode",
+        "record",
+        "--base-url",
+        &server.base_url(),
+        "--cassette-dir",
+        &cassette,
+    ];
+    let rec = run_bin(p, "state-rec", &record, &accounts).await;
+    assert_eq!(rec.status.code(), Some(0), "{}", String::from_utf8_lossy(&rec.stderr));
+    let recorded = images(&p.join("state-rec"), &serde_json::from_slice(&rec.stdout).unwrap());
+    server.shutdown().await.unwrap();
+
+    let har = p.join("session.har");
+    std::fs::write(
+        &har,
+        recorder::har::export_json(&recorded_dir, recorder::har::DEFAULT_BASE_URL).unwrap(),
+    )
+    .unwrap();
+    let imported = p.join("from-har");
+    let report = recorder::har::import(
+        &har,
+        &imported,
+        &["api.chart-img.com".into()],
+        &recorder::Secrets::new(),
+    )
+    .unwrap();
+    assert_eq!(report.imported, 2);
+
+    let from_har = imported.display().to_string();
+    let mock = ["--mode", "mock", "--cassette-dir", &from_har];
+    let out = run_bin_env(p, "state-har", &mock, &accounts, Some("false")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(images(&p.join("state-har"), &report), recorded);
+}

@@ -89,6 +89,8 @@ async fn run_main() -> anyhow::Result<std::process::ExitCode> {
         None if args.listen.ip().is_loopback() => None,
         None => Some(SocketAddr::from(([127, 0, 0, 1], args.listen.port().wrapping_add(1)))),
     };
+    // Installed before the port is bound: a SIGTERM sent as soon as the server answers stops it cleanly.
+    let stop = cloud_run_kit::shutdown_signal();
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -129,7 +131,7 @@ async fn run_main() -> anyhow::Result<std::process::ExitCode> {
             )));
         }
     }
-    cloud_run_kit::shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     for t in tasks {

@@ -408,6 +408,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
+                // Before the port is bound: a stop sent as soon as the proxy answers ends it cleanly.
+                let shutdown = cloud_run_kit::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(args.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -419,7 +421,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     args.mode
                 );
                 let flushing = flusher.map(|f| tokio::spawn(f()));
-                let shutdown = cloud_run_kit::shutdown_signal();
                 // run_proxy flushes once more after the last request, so batched writes lose nothing on Ctrl-C.
                 recorder::run_proxy(listener, ProxyConfig::new(args.upstream, vcr.clone()), shutdown).await?;
                 if let Some(f) = flushing {

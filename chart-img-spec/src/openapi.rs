@@ -334,7 +334,15 @@ fn chart_operation(layout: bool, storage: bool) -> Value {
         "parameters": parameters,
         "requestBody": {
             "required": false,
-            "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{body_ref}") } } }
+            "content": { "application/json": {
+                "schema": { "$ref": format!("#/components/schemas/{body_ref}") },
+                "example": if layout {
+                    json!({ "interval": "4h", "width": 1280, "height": 720, "zoomIn": 2 })
+                } else {
+                    json!({ "symbol": "BINANCE:BTCUSDT", "interval": "4h", "width": 800, "height": 600, "theme": "dark",
+                            "studies": [{ "name": "Volume", "forceOverlay": true }, { "name": "Relative Strength Index" }] })
+                }
+            } }
         },
         "responses": responses,
     })

@@ -6,7 +6,7 @@
 #   3. checks formatting (cargo fmt --check) and lints (cargo clippy -D warnings),
 #      builds once (the tests, and the benches and examples so they cannot rot) and runs all tests (cargo test
 #      --workspace) with REQUIRE_EMULATORS=1, so no emulator test skips,
-#      then a small run of the fleet simulation (fleet-sim),
+#      then a small run of the fleet simulation (fleet-sim) and schemathesis against the mock (scripts/schemathesis.sh),
 #   4. stops the emulators, whatever happened.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p worker`).
 set -euo pipefail
@@ -50,5 +50,8 @@ if [ $# -eq 0 ]; then
   # The binary `cargo test` built for the scenario tests (a package's binaries are built for its integration tests);
   # `cargo run` would rebuild the dependency tree with the non-test feature set (a minute).
   target/debug/fleet-sim --instances 2 --runs 12 --charts 5 --time-scale 0.05
+  # schemathesis (PyPI, installed into .tools/schemathesis on first use) fuzzes the mock binary `cargo test` built
+  # against chart-img-spec/openapi.json: no 5xx, every answer as the document says (mock-chart-img README).
+  scripts/schemathesis.sh target/debug/mock-chart-img
 fi
 echo "tests took $(( $(date +%s) - started )) s (build included)"

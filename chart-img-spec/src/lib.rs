@@ -16,6 +16,9 @@
 //!   (body → fields → plan → semantic), returning a [`ValidatedChart`] with defaults filled in or the exact
 //!   [`Rejection`]; [`validate_layout_chart`] for the layout-chart body; [`read_body`] turns raw request bytes into the JSON the validation takes.
 //!
+//! - [`openapi`]: the API as an OpenAPI 3.1 document generated from all of the above (committed as
+//!   `openapi.json`), with the documented paths from [`routes`].
+//!
 //! # Invariants
 //! - **Each fact once:** no other crate of the workspace lists plans, intervals, study names or error texts.
 //! - **Pure:** no I/O, no clock; the same body and plan always give the same answer.
@@ -35,6 +38,7 @@
 mod answers;
 mod catalog;
 mod errors;
+pub mod openapi;
 mod plan;
 pub mod routes;
 mod validate;

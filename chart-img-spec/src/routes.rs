@@ -5,14 +5,14 @@
 pub const ADVANCED_CHART: &str = "/v2/tradingview/advanced-chart";
 /// `POST`: an advanced chart, stored; answered with JSON naming its URL.
 pub const ADVANCED_CHART_STORAGE: &str = "/v2/tradingview/advanced-chart/storage";
-/// `POST`: a chart of a saved TradingView layout (`{id}`), answered with the image.
-pub const LAYOUT_CHART: &str = "/v2/tradingview/layout-chart/{id}";
+/// `POST`: a chart of a saved TradingView layout (`{layoutId}`), answered with the image.
+pub const LAYOUT_CHART: &str = "/v2/tradingview/layout-chart/{layoutId}";
 /// `POST`: a chart of a saved layout, stored.
-pub const LAYOUT_CHART_STORAGE: &str = "/v2/tradingview/layout-chart/storage/{id}";
+pub const LAYOUT_CHART_STORAGE: &str = "/v2/tradingview/layout-chart/storage/{layoutId}";
 /// `GET`: the exchanges.
 pub const EXCHANGE_LIST: &str = "/v3/tradingview/exchange/list";
-/// `GET`: the symbols of one exchange (`{id}`).
-pub const EXCHANGE: &str = "/v3/tradingview/exchange/{id}";
+/// `GET`: the symbols of one exchange (`{exchangeId}`).
+pub const EXCHANGE_SYMBOLS: &str = "/v3/tradingview/exchange/{exchangeId}";
 
 /// A route path with its `{param}` replaced by `value` (the value is put in as given: percent-encode it first).
 pub fn with_param(route: &str, value: &str) -> String {
@@ -27,7 +27,7 @@ mod tests {
     #[test]
     fn a_parameter_is_filled_in() {
         assert_eq!(
-            super::with_param(super::EXCHANGE, "BINANCE"),
+            super::with_param(super::EXCHANGE_SYMBOLS, "BINANCE"),
             "/v3/tradingview/exchange/BINANCE"
         );
         assert_eq!(super::with_param(super::ADVANCED_CHART, "x"), super::ADVANCED_CHART);

@@ -19,6 +19,8 @@ pub struct Page {
     ws: WebSocket<TcpStream>,
     session: String,
     next_id: u64,
+    /// Events (`Network.*`, …) received while waiting for answers, kept once [`Page::collect_events`] was called.
+    events: Option<Vec<Value>>,
     _profile: tempfile::TempDir,
 }
 
@@ -114,6 +116,7 @@ impl Page {
             ws,
             session: String::new(),
             next_id: 0,
+            events: None,
             _profile: profile,
         })
     }
@@ -140,6 +143,9 @@ impl Page {
             };
             let v: Value = serde_json::from_str(text.as_str()).map_err(|e| format!("DevTools {method}: {e}"))?;
             if v["id"] != json!(id) {
+                if let (Some(events), Some(_)) = (self.events.as_mut(), v.get("method")) {
+                    events.push(v);
+                }
                 continue; // an event
             }
             if let Some(err) = v.get("error") {
@@ -157,6 +163,17 @@ impl Page {
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, String> {
         let session = self.session.clone();
         self.send(Some(&session), method, params)
+    }
+
+    /// Keeps the events the browser sends from now on (enable their domain too, e.g. `Network.enable`); read them
+    /// with [`Page::take_events`]. Events arrive while commands wait for their answers.
+    pub fn collect_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// The events kept since the last call, oldest first (`{"method", "params"}`).
+    pub fn take_events(&mut self) -> Vec<Value> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Opens `url` and waits until its `load` event has fired.

@@ -149,25 +149,36 @@ impl<'a> MakeWriter<'a> for CaptureWriter {
     }
 }
 
-/// Resolves on SIGTERM (Cloud Run's stop signal) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM (Cloud Run's stop signal) or Ctrl-C (SIGINT). On Unix both handlers are installed when this is
+/// called, not when the future is first polled, so a signal that arrives in between (a process stopped right after it
+/// started answering) ends the future instead of killing the process with the default action. Call it inside a Tokio
+/// runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (term, int) = (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        );
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(term) => {},
+                _ = wait(int) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -175,6 +186,22 @@ pub async fn shutdown_signal() {
 mod tests {
     use super::*;
     use tracing_subscriber::layer::SubscriberExt;
+
+    /// A SIGTERM between the call and the first poll ends the future; before the handlers were installed at the call,
+    /// it killed the process (this test binary) with the default action.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_sigterm_before_the_first_poll_ends_the_future() {
+        let stop = shutdown_signal();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(std::time::Duration::from_secs(10), stop)
+            .await
+            .expect("the signal ends the future");
+    }
 
     #[test]
     fn lines_carry_severity_message_event_and_span_fields() {

@@ -204,6 +204,10 @@ pub struct ReplayConfig {
     /// `true`: a request with no recorded match is answered with the documented miss error instead of a rendering.
     #[serde(default)]
     pub strict: bool,
+    /// `false`: recorded interactions no request used are an error, reported by `GET /__admin/replay/unused`
+    /// (409) and at shutdown (exit status 1). Default `true`.
+    #[serde(default = "yes")]
+    pub allow_unused: bool,
 }
 
 /// One API key, the account it belongs to and its plan.
@@ -379,6 +383,7 @@ impl Config {
         self.replay = Some(ReplayConfig {
             dir: dir.into(),
             strict,
+            allow_unused: true,
         });
         self
     }

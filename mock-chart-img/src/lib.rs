@@ -100,7 +100,7 @@ fn chart_routes() -> Router<AppState> {
         .route(routes::LAYOUT_CHART, post(api::layout_chart))
         .route(routes::LAYOUT_CHART_STORAGE, post(api::layout_chart_storage))
         .route(routes::EXCHANGE_LIST, get(api::exchange_list))
-        .route(routes::EXCHANGE, get(api::exchange_symbols))
+        .route(routes::EXCHANGE_SYMBOLS, get(api::exchange_symbols))
         .route("/storage/{date}/tradingview/{kind}/{file}", get(api::stored_image))
 }
 
@@ -269,6 +269,13 @@ impl AppState {
     /// The journal, newest first.
     pub fn journal(&self, query: &JournalQuery) -> Vec<JournalEntry> {
         self.inner.journal.query(query)
+    }
+
+    /// With `replay: {allow_unused: false}`: the report of the recorded interactions no request used (what the
+    /// binary prints at shutdown before exiting 1). `Ok` without a cassette, or when every one was used.
+    pub fn check_replay_unused(&self) -> Result<(), recorder::Unused> {
+        let replay = self.inner.settings.read().unwrap().replay.clone();
+        replay.map_or(Ok(()), |r| r.check_unused())
     }
 
     /// Forgets usage and rate buckets and empties the journal.

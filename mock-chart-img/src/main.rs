@@ -49,7 +49,7 @@ struct Args {
 async fn main() -> std::process::ExitCode {
     // One line on stderr for a bad config or a taken port: no backtrace, whatever RUST_BACKTRACE says.
     match run_main().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
@@ -57,7 +57,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run_main() -> anyhow::Result<()> {
+async fn run_main() -> anyhow::Result<std::process::ExitCode> {
     let args = Args::parse();
     // Held to the end: dropping it flushes the queued log lines.
     let _logs = init_logs(args.pretty_logs);
@@ -89,6 +89,8 @@ async fn run_main() -> anyhow::Result<()> {
         None if args.listen.ip().is_loopback() => None,
         None => Some(SocketAddr::from(([127, 0, 0, 1], args.listen.port().wrapping_add(1)))),
     };
+    // Installed before the port is bound: a SIGTERM sent as soon as the server answers stops it cleanly.
+    let stop = cloud_run_kit::shutdown_signal();
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -129,7 +131,7 @@ async fn run_main() -> anyhow::Result<()> {
             )));
         }
     }
-    cloud_run_kit::shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     for t in tasks {
@@ -140,5 +142,10 @@ async fn run_main() -> anyhow::Result<()> {
     }
     // What the last period served.
     mock_chart_img::log_summary(&state);
-    Ok(())
+    // The end of a replay session is the server's shutdown: under `allow_unused: false` what no request used fails it.
+    if let Err(unused) = state.check_replay_unused() {
+        eprint!("mock-chart-img: {unused}");
+        return Ok(std::process::ExitCode::from(1));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }

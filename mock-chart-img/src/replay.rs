@@ -27,6 +27,7 @@ pub const MISS_MESSAGE: &str = "No Recorded Interaction";
 pub(crate) struct Replay {
     vcr: recorder::Vcr,
     strict: bool,
+    allow_unused: bool,
 }
 
 pub(crate) enum Lookup {
@@ -43,13 +44,36 @@ impl Replay {
         if !config.dir.is_dir() {
             anyhow::bail!("replay: cassette directory {} does not exist", config.dir.display());
         }
-        let vcr = recorder::Vcr::open(&config.dir, recorder::VcrConfig::default(), recorder::Secrets::new())
+        let vcr_config = recorder::VcrConfig {
+            allow_unused: config.allow_unused,
+            ..recorder::VcrConfig::default()
+        };
+        let vcr = recorder::Vcr::open(&config.dir, vcr_config, recorder::Secrets::new())
             .map_err(|e| anyhow::anyhow!("replay: cannot load cassettes from {}: {e}", config.dir.display()))?;
         tracing::info!(dir = %config.dir.display(), interactions = vcr.len(), strict = config.strict, "cassettes loaded");
         Ok(Replay {
             vcr,
             strict: config.strict,
+            allow_unused: config.allow_unused,
         })
+    }
+
+    /// The recorded interactions no request used so far, as a report (`total` counts the cassette's interactions).
+    pub fn unused(&self) -> recorder::Unused {
+        recorder::Unused {
+            cassette: self.vcr.dir().display().to_string(),
+            total: self.vcr.len(),
+            interactions: self.vcr.unused(),
+        }
+    }
+
+    /// `Err` with the report when `allow_unused` is off and something was not used.
+    pub fn check_unused(&self) -> Result<(), recorder::Unused> {
+        self.vcr.check_unused()
+    }
+
+    pub fn allow_unused(&self) -> bool {
+        self.allow_unused
     }
 
     pub fn lookup(&self, path: &str, body: &Bytes) -> Lookup {

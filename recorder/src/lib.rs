@@ -8,18 +8,20 @@
 //! Mode     { None, Once, NewEpisodes, All, Spy }   FromStr/Display: none once new_episodes all spy
 //! OnExhausted { Repeat, Error }    WritePolicy { EachInteraction, OnFlush }
 //! VcrConfig { mode, ignore_json_fields, ignore_query_params, match_headers, response_headers, on_exhausted,
-//!             record_latency, replay_latency, record_timestamps, inline_text_limit, write }  + Default
+//!             record_latency, replay_latency, record_timestamps, inline_text_limit, write, allow_unused }  + Default
 //! Secrets::new() / from_accounts_json(&str) / from_env() / with_account(id, SecretString)
 //!         .redact_header(..) .redact_query_param(..) .redact_json_field(..) .placeholder_for(..) .redact(..)
 //! Vcr::open(dir, VcrConfig, Secrets) -> Result<Vcr, Error>
 //! Vcr::handle(&self, Request, upstream: FnOnce(Request) -> Future<Result<Response, E>>) -> Result<Response, VcrError<E>>
 //! Vcr::replay(&self, &Request) -> Result<Response, Miss>        (+ replay_with_latency, rewind, flush, len, dir)
+//! Vcr::unused() -> Vec<UnusedInteraction>;  Vcr::check_unused() -> Result<(), Unused>   (allow_unused: false)
 //! Miss { cassette, mode, reason: MissReason, request: RequestSummary, closest: Option<Closest>, diffs: Vec<FieldDiff> }
 //! VcrError<E> { Miss(Miss), Upstream(E), Store(Error) }
 //! lint(paths, &Secrets) -> Result<Vec<Finding>, Error>
 //! ProxyConfig::new(upstream, Vcr);  proxy_router(ProxyConfig) -> axum::Router;  run_proxy(listener, ProxyConfig, shutdown)
 //! record::record(&RecordOptions, out) -> Result<RecordOutcome, Error>        (`recorder record`)
 //! verify::verify(&VerifyOptions) -> Result<VerifyReport, Error>; verify::print_report   (`recorder verify`)
+//! har::export(dir, base_url) / har::export_json;  har::import(har_file, dir, hosts, &Secrets) -> ImportReport   (`recorder har`)
 //! inspect::show(path, now); inspect::cassette_ages(paths, max_age, now); inspect::age_findings   (`show`, `lint --max-age`)
 //! Accounts::load(&KeySource)  (keys from a key file, CHART_IMG_ACCOUNTS_JSON or CHART_IMG_API_KEY)   Plan::limits()
 //! ```
@@ -40,6 +42,7 @@
 //!   back to keys), sending at each account's plan rate.
 //! - `record`: `recorder record`: dry run, resume from a partial state, all-or-nothing swap of the new cassette.
 //! - `verify`: `recorder verify`: drift of live answers against the recorded ones (never image bytes).
+//! - `har`: `recorder har export/import`: cassettes as HAR 1.2 and back (round trip byte-identical).
 //! - `inspect`: `recorder show` and the cassette age behind `recorder lint --max-age`.
 //!
 //! # Invariants
@@ -75,6 +78,7 @@ mod accounts;
 mod canon;
 mod cassette;
 mod error;
+pub mod har;
 pub mod inspect;
 mod lint;
 mod live;
@@ -91,7 +95,7 @@ pub use chart_img_spec::{Plan, PlanLimits};
 
 pub use error::{Error, VcrError};
 pub use lint::{lint, Finding, FindingKind};
-pub use miss::{Closest, FieldDiff, Miss, MissReason, RequestSummary};
+pub use miss::{Closest, FieldDiff, Miss, MissReason, RequestSummary, Unused, UnusedInteraction};
 pub use model::{Mode, OnExhausted, ParseNameError, Request, Response, VcrConfig, WritePolicy};
 pub use proxy::{proxy_router, run_proxy, ProxyConfig, MAX_UPSTREAM_BODY};
 pub use secrets::{Secrets, ACCOUNTS_ENV};

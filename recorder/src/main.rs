@@ -33,6 +33,37 @@ enum Command {
     Verify(VerifyArgs),
     /// Print a cassette's interactions: method, path, body summary, status, size, age.
     Show(ShowArgs),
+    /// Cassettes as HAR 1.2 (browsers' DevTools, mitmproxy, Polly.js, WireMock) and back.
+    #[command(subcommand)]
+    Har(HarCommand),
+}
+
+#[derive(Subcommand)]
+enum HarCommand {
+    /// Write a cassette as HAR 1.2: images base64, keys as their placeholders. Importing it gives the same cassette.
+    Export {
+        /// A cassette directory.
+        cassette: PathBuf,
+        /// Output file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Base URL the exported requests are addressed to.
+        #[arg(long, default_value = recorder::har::DEFAULT_BASE_URL)]
+        base_url: String,
+    },
+    /// Write the entries of a HAR file as a new cassette, redacted exactly as a recording is; entries for other hosts
+    /// are skipped and counted.
+    Import {
+        /// A HAR file (e.g. saved by DevTools' "Save all as HAR").
+        har: PathBuf,
+        /// The new cassette's directory (must not hold a cassette yet).
+        cassette: PathBuf,
+        /// Host (host[:port]) whose entries are imported. Repeatable; default api.chart-img.com.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[command(flatten)]
+        secrets: SecretArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -167,6 +198,10 @@ struct ProxyArgs {
     /// Interval of the batched writes.
     #[arg(long, default_value_t = 500)]
     flush_ms: u64,
+    /// `false`: at shutdown (Ctrl-C / SIGTERM), list the recorded interactions no request used and exit 1 (Ruby
+    /// VCR's `allow_unused_http_interactions: false`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    allow_unused: bool,
     #[command(flatten)]
     secrets: SecretArgs,
 }
@@ -304,6 +339,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Har(HarCommand::Export {
+            cassette,
+            output,
+            base_url,
+        }) => {
+            let text = recorder::har::export_json(&cassette, &base_url)?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Har(HarCommand::Import {
+            har,
+            cassette,
+            mut hosts,
+            secrets,
+        }) => {
+            if hosts.is_empty() {
+                hosts.push(
+                    url::Url::parse(recorder::har::DEFAULT_BASE_URL)?
+                        .host_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+            let report = recorder::har::import(&har, &cassette, &hosts, &secrets.secrets()?)?;
+            eprintln!("recorder har import: {report} into {}", cassette.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Proxy(args) => {
             let config = VcrConfig {
                 mode: args.mode,
@@ -313,6 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match_headers: args.match_headers,
                 record_latency: args.record_latency,
                 record_timestamps: args.record_timestamps,
+                allow_unused: args.allow_unused,
                 write: match args.write {
                     WriteArg::Batched => recorder::WritePolicy::OnFlush,
                     WriteArg::Each => recorder::WritePolicy::EachInteraction,
@@ -340,6 +408,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
+                // Before the port is bound: a stop sent as soon as the proxy answers ends it cleanly.
+                let shutdown = cloud_run_kit::shutdown_signal();
                 let listener = tokio::net::TcpListener::bind(args.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -351,13 +421,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     args.mode
                 );
                 let flushing = flusher.map(|f| tokio::spawn(f()));
-                let shutdown = async {
-                    let _ = tokio::signal::ctrl_c().await;
-                };
                 // run_proxy flushes once more after the last request, so batched writes lose nothing on Ctrl-C.
-                recorder::run_proxy(listener, ProxyConfig::new(args.upstream, vcr), shutdown).await?;
+                recorder::run_proxy(listener, ProxyConfig::new(args.upstream, vcr.clone()), shutdown).await?;
                 if let Some(f) = flushing {
                     f.abort();
+                }
+                // The end of a proxy session is its shutdown: what was recorded but never asked for is reported now.
+                if let Err(unused) = vcr.check_unused() {
+                    eprint!("recorder proxy: {unused}");
+                    return Ok(ExitCode::from(1));
                 }
                 Ok(ExitCode::SUCCESS)
             })

@@ -222,3 +222,57 @@ impl fmt::Display for Miss {
 }
 
 impl std::error::Error for Miss {}
+
+/// One recorded interaction no request used.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnusedInteraction {
+    /// Position in the cassette's `interactions` array.
+    pub index: usize,
+    pub request: RequestSummary,
+    /// The recorded answer's status.
+    pub status: u16,
+}
+
+/// The interactions of a cassette that a replay with `allow_unused: false` left unused. `Display` is a report
+/// (one line per interaction), `Serialize` the same as JSON; built from stored (redacted) requests only.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unused {
+    pub cassette: String,
+    /// Interactions the cassette holds.
+    pub total: usize,
+    pub interactions: Vec<UnusedInteraction>,
+}
+
+impl fmt::Display for Unused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} of {} recorded interactions of cassette {} were not used (allow_unused: false):",
+            self.interactions.len(),
+            self.total,
+            self.cassette
+        )?;
+        for u in &self.interactions {
+            let body = u.request.body.as_ref().map(compact).unwrap_or_default();
+            writeln!(
+                f,
+                "  #{} {} {} {body} -> {}",
+                u.index, u.request.method, u.request.path, u.status
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Unused {}
+
+/// A body for a one-line report, cut at 120 characters.
+fn compact(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}

@@ -302,6 +302,9 @@ pub struct VcrConfig {
     /// Text bodies up to this many bytes are stored inline; larger or binary ones go to `bodies/`.
     pub inline_text_limit: usize,
     pub write: WritePolicy,
+    /// `false`: [`Vcr::check_unused`](crate::Vcr::check_unused) fails when a recorded interaction was never used
+    /// (Ruby VCR's `allow_unused_http_interactions: false`). `true` by default.
+    pub allow_unused: bool,
 }
 
 impl Default for VcrConfig {
@@ -318,6 +321,7 @@ impl Default for VcrConfig {
             record_timestamps: false,
             inline_text_limit: 64 * 1024,
             write: WritePolicy::default(),
+            allow_unused: true,
         }
     }
 }

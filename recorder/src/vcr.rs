@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use crate::cassette::{
     write_sidecar, Sidecar, StoredInteraction, StoredRequest, CASSETTE_FILE, LOCK_FILE,
 };
 use crate::error::{Error, VcrError};
-use crate::miss::{diff, match_fields, Closest, Miss, MissReason, RequestSummary};
+use crate::miss::{diff, match_fields, Closest, Miss, MissReason, RequestSummary, Unused, UnusedInteraction};
 use crate::model::{Mode, OnExhausted, Request, Response, VcrConfig, WritePolicy};
 use crate::secrets::Secrets;
 
@@ -84,6 +84,8 @@ struct Entry {
     response: Response,
     latency: Option<Duration>,
     from_disk: bool,
+    /// Replayed at least once since open (or the last rewind): what [`Vcr::unused`] reports.
+    used: AtomicBool,
 }
 
 struct Slot {
@@ -140,6 +142,7 @@ impl Vcr {
                     response,
                     latency,
                     from_disk: true,
+                    used: AtomicBool::new(false),
                 },
                 false,
             );
@@ -229,10 +232,58 @@ impl Vcr {
         self.inner.flush_locked(&mut writer)
     }
 
-    /// Starts every replay position over, as if the cassette had just been opened.
+    /// Starts every replay position over, as if the cassette had just been opened (nothing counts as used).
     pub fn rewind(&self) {
         let table = self.inner.table.read().unwrap_or_else(PoisonError::into_inner);
         table.index.values().for_each(|s| s.next.store(0, Ordering::SeqCst));
+        table
+            .entries
+            .iter()
+            .filter(|e| e.from_disk)
+            .for_each(|e| e.used.store(false, Ordering::Relaxed));
+    }
+
+    /// The interactions loaded from the cassette that no request has used since it was opened (or rewound), in
+    /// cassette order; built from the stored (redacted) requests only.
+    pub fn unused(&self) -> Vec<UnusedInteraction> {
+        let table = self.inner.table.read().unwrap_or_else(PoisonError::into_inner);
+        table
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.from_disk && !e.used.load(Ordering::Relaxed))
+            .map(|(index, e)| UnusedInteraction {
+                index,
+                request: RequestSummary::from_stored(&e.stored.request),
+                status: e.stored.response.status,
+            })
+            .collect()
+    }
+
+    /// With `allow_unused: false` (VCR's `allow_unused_http_interactions`), the report of the interactions no
+    /// request used; `Ok` when every one was used, or when unused ones are allowed (the default). Call it at the end
+    /// of what the cassette was for: a test, a step, a proxy session.
+    pub fn check_unused(&self) -> Result<(), Unused> {
+        if self.inner.config.allow_unused {
+            return Ok(());
+        }
+        let interactions = self.unused();
+        if interactions.is_empty() {
+            return Ok(());
+        }
+        Err(Unused {
+            cassette: self.inner.dir.display().to_string(),
+            total: self
+                .inner
+                .table
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entries
+                .iter()
+                .filter(|e| e.from_disk)
+                .count(),
+            interactions,
+        })
     }
 
     /// The cassette directory.
@@ -326,12 +377,17 @@ impl Table {
 
 impl Inner {
     fn decide(&self, stored: &StoredRequest, key: &str, mode: Mode) -> Decision {
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         if mode == Mode::All {
+            // Re-recorded: the old interactions answered to this request are replaced, not left unused.
+            for &pos in table.index.get(key).map_or(&[][..], |s| &s.positions) {
+                table.entries[pos].used.store(true, Ordering::Relaxed);
+            }
             return Decision::Record;
         }
-        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         let replay = |pos: usize| {
             let e = &table.entries[pos];
+            e.used.store(true, Ordering::Relaxed);
             Decision::Replay(e.response.clone(), e.latency)
         };
         match table.index.get(key) {
@@ -478,6 +534,7 @@ impl Inner {
                     response: replayed,
                     latency,
                     from_disk: false,
+                    used: AtomicBool::new(true),
                 },
                 true,
             );

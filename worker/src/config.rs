@@ -195,6 +195,12 @@ pub struct Settings {
     /// The step's lifecycle timings (`CHART_EXPORT_HEARTBEAT_SECONDS`, `CHART_EXPORT_STEP_DEADLINE_SECONDS`,
     /// `CHART_EXPORT_MAX_ATTEMPTS`, `CHART_EXPORT_RELEASE_BACKOFF_SECONDS`, `CHART_EXPORT_SHUTDOWN_GRACE_SECONDS`).
     pub lifecycle: Lifecycle,
+    /// The cassette's mode (`CHART_IMG_VCR_MODE`): `None` is the mode's own (`mock` replays only, `record` records
+    /// new episodes).
+    pub vcr_mode: Option<recorder::Mode>,
+    /// Whether a replayed cassette may keep interactions a step did not use (`CHART_IMG_ALLOW_UNUSED`, default
+    /// true); `false` reports them at the step's end and fails `run-local`.
+    pub allow_unused: bool,
     /// Timeout of one Chart-IMG call (`CHART_IMG_TIMEOUT_SECONDS`); the API's own gateway gives up at about 29 s.
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
@@ -315,6 +321,23 @@ impl Settings {
             .map(|m| m.parse())
             .transpose()?
             .unwrap_or(ChartImgMode::Real);
+        let vcr_mode = non_empty("CHART_IMG_VCR_MODE")
+            .map(|v| v.trim().parse::<recorder::Mode>())
+            .transpose()
+            .map_err(|e| cfg_err("CHART_IMG_VCR_MODE", e.to_string()))?;
+        let allow_unused = match non_empty("CHART_IMG_ALLOW_UNUSED") {
+            None => true,
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(cfg_err(
+                        "CHART_IMG_ALLOW_UNUSED",
+                        format!("must be true or false, got {v:?}"),
+                    ))
+                }
+            },
+        };
         let base_url = non_empty("CHART_IMG_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
         check_base_url(&base_url)?;
         let timezone = non_empty("CHARTS_DEFAULT_TIMEZONE").unwrap_or_else(|| "Etc/UTC".to_owned());
@@ -337,6 +360,8 @@ impl Settings {
             mode,
             base_url: base_url.trim_end_matches('/').to_owned(),
             cassette_dir: non_empty("CHART_IMG_CASSETTE_DIR").map(PathBuf::from),
+            vcr_mode,
+            allow_unused,
             timezone,
             port: number("PORT", 8080, 1, 65535)? as u16,
             host: match non_empty("HOST") {

@@ -231,6 +231,12 @@ impl ChartApiError {
 #[async_trait]
 pub trait ChartRenderer: Send + Sync {
     async fn render(&self, call: &ChartCall<'_>) -> Result<RenderedChart, ChartApiError>;
+
+    /// Called when the step is over: `Err` with a report of the recorded interactions the step did not use, for a
+    /// cassette replayed with `CHART_IMG_ALLOW_UNUSED=false`. Other renderers have nothing to say.
+    fn check_unused(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Time, injectable so tests control the day and the lease.

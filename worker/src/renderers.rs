@@ -1,6 +1,7 @@
 //! Chooses the chart renderer for `CHART_IMG_MODE`: `real` → HTTP, `mock` → cassette replay only,
 //! `record` → HTTP through a recording cassette. The VCR mode defaults to `none` for `mock` and `new_episodes`
-//! for `record`; `CHART_IMG_VCR_MODE` (none, once, new_episodes, all, spy) overrides it.
+//! for `record`; `CHART_IMG_VCR_MODE` (none, once, new_episodes, all, spy) overrides it. `CHART_IMG_ALLOW_UNUSED=false`
+//! makes recorded interactions the step did not use an error at the step's end (`run-local` exits 1 with the list).
 
 use std::sync::Arc;
 
@@ -22,10 +23,8 @@ pub fn build(settings: &Settings) -> anyhow::Result<Arc<dyn ChartRenderer>> {
             settings.mode
         );
     };
-    let mode = match std::env::var("CHART_IMG_VCR_MODE").ok().filter(|v| !v.is_empty()) {
-        Some(v) => v
-            .parse::<recorder::Mode>()
-            .map_err(|e| anyhow::anyhow!("CHART_IMG_VCR_MODE: {e}"))?,
+    let mode = match settings.vcr_mode {
+        Some(m) => m,
         None if settings.mode == ChartImgMode::Mock => recorder::Mode::None,
         None => recorder::Mode::NewEpisodes,
     };
@@ -40,8 +39,10 @@ pub fn build(settings: &Settings) -> anyhow::Result<Arc<dyn ChartRenderer>> {
     for a in &settings.accounts {
         secrets = secrets.with_account(a.id.as_str(), a.api_key.clone());
     }
+    let allow_unused = settings.allow_unused;
     let config = recorder::VcrConfig {
         mode,
+        allow_unused,
         ..recorder::VcrConfig::default()
     };
     let vcr =

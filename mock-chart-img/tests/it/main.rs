@@ -1,6 +1,7 @@
 //! Integration tests: every test starts a real server on a random loopback port and talks to it over HTTP.
 
 mod admin;
+mod chart_img_openapi;
 mod config;
 mod dashboard;
 mod errors;
@@ -10,6 +11,7 @@ mod limits;
 mod logs;
 mod plans;
 mod replay;
+mod replay_unused;
 mod routes;
 mod rules;
 

@@ -1,6 +1,7 @@
 //! The one integration-test binary of `recorder` (one binary links once: cheaper on a 2-core machine).
 
 mod determinism;
+mod har;
 mod lint;
 mod miss;
 mod modes;
@@ -8,3 +9,4 @@ mod parallel;
 mod roundtrip;
 mod support;
 mod tools;
+mod unused;

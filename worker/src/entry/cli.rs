@@ -201,6 +201,11 @@ pub async fn run_local_with(mut settings: Settings, args: RunLocalArgs) -> anyho
         b.0.finish_and_clear();
     }
     print_report(&report, args.format, &artifacts);
+    // The step is over: a cassette replayed with CHART_IMG_ALLOW_UNUSED=false reports what the step did not use.
+    if let Err(unused) = worker.renderer.check_unused() {
+        eprint!("{unused}");
+        return Ok(1);
+    }
     Ok(if report.is_ok() { 0 } else { 1 })
 }
 

@@ -18,7 +18,7 @@ const SECTION: &str = "## Configuration";
 const NONE: &str = "—";
 
 /// Variables in the table that `Settings` does not read, with where they are read instead.
-const OUTSIDE_SETTINGS: [&str; 2] = ["CHART_IMG_VCR_MODE", "WORKER_STATE_DIR"];
+const OUTSIDE_SETTINGS: [&str; 1] = ["WORKER_STATE_DIR"];
 
 /// One row of the table: its line number in worker/README.md, the variable and the documented default.
 struct Row {
@@ -141,8 +141,7 @@ fn check_row(row: &Row, rows: &[Row], read: &BTreeSet<String>, unset: &str) -> O
     }
 }
 
-/// Rows read outside `Settings`: `WORKER_STATE_DIR` is `run-local`'s `--state-dir` (clap's default);
-/// `CHART_IMG_VCR_MODE` depends on `CHART_IMG_MODE` (`src/renderers.rs`) and has no single value to compare.
+/// Rows read outside `Settings`: `WORKER_STATE_DIR` is `run-local`'s `--state-dir` (clap's default).
 fn check_outside(row: &Row, at: &str) -> Option<String> {
     if row.var != "WORKER_STATE_DIR" {
         return None;

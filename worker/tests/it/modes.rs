@@ -25,6 +25,10 @@ fn real_template(theme: &str) -> Value {
 }
 
 async fn run_bin(dir: &Path, state: &str, extra: &[&str], accounts: &str) -> Output {
+    run_bin_env(dir, state, extra, accounts, None).await
+}
+
+async fn run_bin_env(dir: &Path, state: &str, extra: &[&str], accounts: &str, allow_unused: Option<&str>) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.arg("run-local")
         .arg(dir.join("run-9.json"))
@@ -39,6 +43,10 @@ async fn run_bin(dir: &Path, state: &str, extra: &[&str], accounts: &str) -> Out
         .env_remove("CHART_IMG_VCR_MODE")
         .env_remove("CHART_IMG_BASE_URL")
         .env_remove("CHART_IMG_CASSETTE_DIR");
+    match allow_unused {
+        Some(v) => cmd.env("CHART_IMG_ALLOW_UNUSED", v),
+        None => cmd.env_remove("CHART_IMG_ALLOW_UNUSED"),
+    };
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap()
@@ -202,4 +210,112 @@ async fn a_failed_cassette_write_fails_the_chart_and_never_resends_the_paid_call
         "the paid call was sent exactly once"
     );
     server.shutdown().await.unwrap();
+}
+
+/// `CHART_IMG_ALLOW_UNUSED=false`: a step that leaves recorded interactions unused fails at its end (exit 1, the
+/// unused ones listed on stderr), even though every chart it asked for was replayed.
+#[tokio::test]
+async fn mock_mode_with_allow_unused_false_fails_a_step_that_left_interactions_unused() {
+    let server =
+        mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let templates = [("dark", real_template("dark")), ("light", real_template("light"))];
+    write_inputs(p, &flow_run(&["dark", "light"], 2), &templates);
+    let cassette = p.join("cassette").display().to_string();
+    let accounts = accounts_json(&[("acc-1", KEY_1, 50)]);
+    let record = [
+        "--mode",
+        "record",
+        "--base-url",
+        &server.base_url(),
+        "--cassette-dir",
+        &cassette,
+    ];
+    let rec = run_bin(p, "state-rec", &record, &accounts).await;
+    assert_eq!(rec.status.code(), Some(0), "{}", String::from_utf8_lossy(&rec.stderr));
+    server.shutdown().await.unwrap();
+
+    let replay = |state: &'static str, allow: &'static str| {
+        let (p, cassette, accounts) = (p.to_path_buf(), cassette.clone(), accounts.clone());
+        async move {
+            let mock = ["--mode", "mock", "--cassette-dir", &cassette];
+            run_bin_env(&p, state, &mock, &accounts, Some(allow)).await
+        }
+    };
+    // Only the dark chart this time: the light one stays unused.
+    write_inputs(p, &flow_run(&["dark"], 1), &templates);
+    let out = replay("state-one", "false").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["result"], "succeeded",
+        "the step itself rendered what it asked for: {report}"
+    );
+    assert!(stderr.contains("1 of 2 recorded interactions"), "{stderr}");
+    assert!(stderr.contains("\"light\"") && !stderr.contains(KEY_1), "{stderr}");
+
+    // Allowed (the default): the same step exits 0.
+    let out = replay("state-two", "true").await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Both charts: nothing unused, exit 0 under allow_unused false.
+    write_inputs(p, &flow_run(&["dark", "light"], 2), &templates);
+    let out = replay("state-three", "false").await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A cassette that went through HAR (exported, then imported as a new cassette) replays through `mock` mode with the
+/// same bytes as the recording, under `CHART_IMG_ALLOW_UNUSED=false`.
+#[tokio::test]
+async fn a_cassette_imported_from_har_replays_through_mock_mode() {
+    let server =
+        mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let templates = [("dark", real_template("dark")), ("light", real_template("light"))];
+    write_inputs(p, &flow_run(&["dark", "light"], 2), &templates);
+    let recorded_dir = p.join("cassette");
+    let cassette = recorded_dir.display().to_string();
+    let accounts = accounts_json(&[("acc-1", KEY_1, 50)]);
+    let record = [
+        "--mode",
+        "record",
+        "--base-url",
+        &server.base_url(),
+        "--cassette-dir",
+        &cassette,
+    ];
+    let rec = run_bin(p, "state-rec", &record, &accounts).await;
+    assert_eq!(rec.status.code(), Some(0), "{}", String::from_utf8_lossy(&rec.stderr));
+    let recorded = images(&p.join("state-rec"), &serde_json::from_slice(&rec.stdout).unwrap());
+    server.shutdown().await.unwrap();
+
+    let har = p.join("session.har");
+    std::fs::write(
+        &har,
+        recorder::har::export_json(&recorded_dir, recorder::har::DEFAULT_BASE_URL).unwrap(),
+    )
+    .unwrap();
+    let imported = p.join("from-har");
+    let report = recorder::har::import(
+        &har,
+        &imported,
+        &["api.chart-img.com".into()],
+        &recorder::Secrets::new(),
+    )
+    .unwrap();
+    assert_eq!(report.imported, 2);
+
+    let from_har = imported.display().to_string();
+    let mock = ["--mode", "mock", "--cassette-dir", &from_har];
+    let out = run_bin_env(p, "state-har", &mock, &accounts, Some("false")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(images(&p.join("state-har"), &report), recorded);
 }

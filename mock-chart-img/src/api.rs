@@ -58,6 +58,8 @@ struct Trace {
     replayed: Option<bool>,
     /// The image answered, for the dashboard's thumbnails.
     image: Option<(&'static str, Bytes)>,
+    /// The stub that answered.
+    stub: Option<u64>,
 }
 
 /// What a chart request reads of the settings, taken under one read of their lock.
@@ -111,7 +113,7 @@ pub(crate) async fn layout_chart_storage(State(st): State<AppState>, Path(id): P
 }
 
 /// The request body limit: axum's default, which its `Bytes` extractor applied when the handlers used it.
-const BODY_LIMIT: usize = 2 * 1024 * 1024;
+pub(crate) const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// The whole body, as axum's `Bytes` extractor reads it (413 past [`BODY_LIMIT`], 400 when the client breaks off),
 /// but without its wrappers: a body that arrives in one piece — every small JSON body — is that piece itself, not
@@ -152,7 +154,7 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const X_AMZN_REQUESTID: HeaderName = HeaderName::from_static("x-amzn-requestid");
 
 /// The key of a request: the `x-api-key` header (borrowed), or `?key=` where the route accepts it.
-fn api_key<'h>(headers: &'h HeaderMap, uri: &Uri, query_allowed: bool) -> Option<Cow<'h, str>> {
+pub(crate) fn api_key<'h>(headers: &'h HeaderMap, uri: &Uri, query_allowed: bool) -> Option<Cow<'h, str>> {
     if let Some(k) = headers
         .get(X_API_KEY)
         .and_then(|v| v.to_str().ok())
@@ -167,7 +169,7 @@ fn api_key<'h>(headers: &'h HeaderMap, uri: &Uri, query_allowed: bool) -> Option
     q.0.remove("key").filter(|k| !k.is_empty()).map(Cow::Owned)
 }
 
-fn key_status(key: Option<&str>, account: Option<&Arc<Account>>) -> &'static str {
+pub(crate) fn key_status(key: Option<&str>, account: Option<&Arc<Account>>) -> &'static str {
     match (key, account) {
         (None, _) => "missing",
         (Some(_), None) => "unknown",
@@ -245,16 +247,17 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
             }
         }
     };
-    let response = if truncate {
+    let (response, bodies) = if truncate {
         trace.image = None;
-        truncated(response).await
+        (truncated(response).await, None)
     } else {
-        response
+        crate::snapshot::capture(response, headers, body).await
     };
-    journal(&st, method, uri, trace, started, decision.fired, &response);
+    journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response
 }
 
+#[allow(clippy::too_many_arguments)]
 fn journal(
     st: &AppState,
     method: &Method,
@@ -263,6 +266,7 @@ fn journal(
     started: Instant,
     fired: Vec<&'static str>,
     response: &Response,
+    bodies: Option<Box<crate::journal::Bodies>>,
 ) {
     let s = &st.inner;
     let status = if response.extensions().get::<Abort>().is_some() {
@@ -285,6 +289,7 @@ fn journal(
     );
     // A thumbnail only of an image answered whole.
     let image = trace.image.take().filter(|_| status == Some(200));
+    let (query, key_in_query) = crate::journal::query_of(uri);
     let seq = s.journal.push(Record {
         at: s.clock.now(),
         method: method.clone(),
@@ -303,6 +308,11 @@ fn journal(
         chart: trace.chart,
         cache_hit: trace.cache_hit,
         replayed: trace.replayed,
+        query,
+        key_in_query,
+        routed: true,
+        stub: trace.stub,
+        bodies,
     });
     if let Some((content_type, bytes)) = image {
         s.thumbnails.put(seq, content_type, bytes);
@@ -333,7 +343,17 @@ async fn answer(
     trace: &mut Trace,
 ) -> Result<Response, ApiError> {
     let s = &st.inner;
+    // Chart routes take POST only (any other method is answered by the fallback).
+    let account_name = account.map(|a| a.id());
+    if let Some((id, r)) = crate::stubs::check(st, false, &Method::POST, uri, body, account_name).await {
+        trace.stub = Some(id);
+        return Ok(r);
+    }
     gateway(st, account)?;
+    if let Some((id, r)) = crate::stubs::check(st, true, &Method::POST, uri, body, account_name).await {
+        trace.stub = Some(id);
+        return Ok(r);
+    }
     let account = account.ok_or(ApiError::Forbidden)?;
     let layout = match target {
         Target::Advanced => None,
@@ -663,7 +683,8 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
             e.into_response()
         }
     };
-    journal(&st, &method, &uri, trace, started, Vec::new(), &response);
+    let (response, bodies) = crate::snapshot::capture(response, &headers, Bytes::new()).await;
+    journal(&st, &method, &uri, trace, started, Vec::new(), &response, bodies);
     response
 }
 
@@ -682,7 +703,8 @@ pub(crate) fn gateway_headers(mut response: Response) -> Response {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
-        if !json && response.extensions().get::<Abort>().is_none() {
+        let stubbed = response.extensions().get::<crate::stubs::Stubbed>().is_some();
+        if !json && !stubbed && response.extensions().get::<Abort>().is_none() {
             response = ApiError::Status {
                 status: status.as_u16(),
                 message: None,

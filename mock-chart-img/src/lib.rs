@@ -59,10 +59,13 @@ mod render;
 mod replay;
 pub mod request;
 mod server;
+mod snapshot;
 mod state;
 mod storage;
+mod stubs;
 mod telemetry;
 mod ui;
+mod verify;
 
 use std::{future::Future, net::SocketAddr};
 
@@ -88,8 +91,13 @@ pub use reload::{watch_config, ConfigWatcher};
 pub use render::{render, Placement, RenderError, RenderRequest, StudySpec};
 pub use replay::{MISS_MESSAGE, MISS_STATUS};
 pub use server::serve;
+pub use snapshot::{SnapshotOutcome, SnapshotRequest};
 pub use state::AppState;
+pub use stubs::{InstalledStub, StubAnswer, StubSpec};
 pub use telemetry::{init_logs, log_summaries, log_summary, CloudLoggingLayer, LogGuard};
+pub use verify::{
+    CountAnswer, Criteria, Expectation, ExpectationResult, InstalledExpectation, NearRequest, VerifyReport,
+};
 
 /// The Chart-IMG routes (with their fallbacks), without state.
 fn chart_routes() -> Router<AppState> {
@@ -113,8 +121,8 @@ fn chart_routes() -> Router<AppState> {
 /// every error a JSON body.
 fn finish(router: Router<AppState>, state: AppState) -> Router {
     router
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::not_found)
+        .fallback(verify::unrouted)
+        .method_not_allowed_fallback(verify::unrouted)
         // `tower`'s map, not `axum::middleware::map_response`: no boxed future and no service clone per request.
         .layer(tower::util::MapResponseLayer::new(api::gateway_headers))
         .with_state(state)
@@ -141,6 +149,11 @@ pub fn router(state: AppState) -> Router {
     finish(chart_routes().merge(admin::router()), state)
 }
 
+/// The admin routes of verification, stubs and snapshots (merged into `admin::router`).
+fn verification_routes() -> Router<AppState> {
+    verify::router().merge(stubs::router()).merge(snapshot::router())
+}
+
 /// Serves the API and `/__admin` on `listener` until `shutdown` completes. Bind the listener to loopback unless you
 /// mean to expose the admin API; the binary puts admin on its own loopback listener when `--listen` is not loopback.
 pub async fn run(
@@ -164,11 +177,25 @@ pub async fn run(
 /// assert!(server.admin_url().ends_with("/__admin"));
 /// # Ok(()) }
 /// ```
+///
+/// Expectations are checked when the server is dropped, as wiremock-rs does: an unmet one fails the test with the
+/// report of [`verify`](MockServer::verify).
+///
+/// ```should_panic
+/// # #[tokio::main] async fn main() {
+/// use mock_chart_img::{spawn, Config, Criteria, Expectation};
+/// let server = spawn(Config::default()).await.unwrap();
+/// server.expect(Expectation::new(Criteria::route("/v2/tradingview/advanced-chart")).times(1));
+/// drop(server); // panics: "1 of 1 expectations of mock-chart-img unmet: ..."
+/// # }
+/// ```
 pub struct MockServer {
     addr: SocketAddr,
     state: AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Set once the expectations were checked (by `shutdown`), so that drop does not check them again.
+    verified: bool,
 }
 
 impl std::fmt::Debug for MockServer {
@@ -199,6 +226,7 @@ pub async fn spawn_with_state(state: AppState) -> anyhow::Result<MockServer> {
         state,
         stop: Some(stop),
         task: Some(task),
+        verified: false,
     })
 }
 
@@ -223,15 +251,46 @@ impl MockServer {
         &self.state
     }
 
-    /// Stops accepting, lets in-flight requests finish, and waits for the server task.
+    /// Adds an expectation, checked by [`verify`](MockServer::verify), by [`shutdown`](MockServer::shutdown) and
+    /// on drop. Panics on an expectation that cannot be checked (test code: the message says why).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+    /// use mock_chart_img::{spawn, Config, Criteria, Expectation, Plan};
+    /// let server = spawn(Config::default().with_key("k", "acc", Plan::PRO)).await?;
+    /// server.expect(Expectation::new(Criteria::route("/v2/tradingview/advanced-chart").body("symbol", "BINANCE:BTCUSDT")).times(0));
+    /// server.shutdown().await?; // Err with the report when an expectation is unmet
+    /// # Ok(()) }
+    /// ```
+    pub fn expect(&self, expectation: Expectation) -> u64 {
+        self.state
+            .add_expectation(expectation)
+            .unwrap_or_else(|m| panic!("mock-chart-img: {m}"))
+    }
+
+    /// Every expectation's verdict; `Err` with the report when one is unmet.
+    pub fn verify(&self) -> Result<VerifyReport, VerifyReport> {
+        let report = self.state.verify();
+        if report.ok {
+            Ok(report)
+        } else {
+            Err(report)
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits for the server task; then checks the
+    /// expectations (an `Err` with the report when one is unmet).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        match self.task.take() {
+        let served = match self.task.take() {
             Some(task) => task.await?,
             None => Ok(()),
-        }
+        };
+        self.verified = true;
+        served?;
+        self.verify().map(|_| ()).map_err(|report| anyhow::anyhow!("{report}"))
     }
 }
 
@@ -239,6 +298,12 @@ impl Drop for MockServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        // Like wiremock-rs: unmet expectations fail the test that drops the server (unless it is already failing).
+        if !self.verified && !std::thread::panicking() {
+            if let Err(report) = self.verify() {
+                panic!("{report}");
+            }
         }
     }
 }
@@ -276,7 +341,7 @@ impl AppState {
         self.inner.journal.query(query)
     }
 
-    /// Forgets usage and rate buckets and empties the journal.
+    /// Forgets usage and rate buckets, empties the journal and starts the expectations' counts over.
     pub fn reset(&self) {
         self.inner.accounts.reset();
         self.inner.journal.clear();

@@ -79,7 +79,7 @@ fn five() -> u8 {
 }
 
 /// The answer of a stub: at most one of `json`, `text`, `image`. Without a body, an error status gets the body the
-/// API documents for it (`{"message":"Internal Server Error"}` for 500…), any other status an empty body.
+/// API documents for it (`{"message":"Something Went Wrong"}` for 500…), any other status an empty body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StubAnswer {

@@ -12,6 +12,9 @@ mod plans;
 mod replay;
 mod routes;
 mod rules;
+mod snapshot;
+mod stubs;
+mod verify;
 
 use mock_chart_img::{spawn, Config, MockServer};
 use serde_json::{json, Value};

@@ -1,13 +1,14 @@
 //! The Chart-IMG routes: `POST /v2/tradingview/advanced-chart` and `/layout-chart/{id}` with their `/storage`
 //! variants, `GET /storage/…` that serves what the variants handed out, and the v3 exchange routes.
 //!
-//! A chart request goes through, in order: faults → key (403) → throttle (429 Too Many Requests) → daily quota
-//! (429 Limit Exceeded) → layout id (404, layout routes) → body (400) → replay → fields (422 array) → plan limits
-//! (403) → semantic checks (422 object: exchange, catalogue symbol, exchange interval) → layout session (403 Layout
-//! Forbidden, 409 Session Disconnected) → latency (504 past the gateway timeout) → render (cached). Body, fields,
-//! plan and the exchange check are `chart_img_spec::validate_advanced_chart`, the one the worker runs too. The
-//! gateway steps come first because on the real service they are an API gateway in front of the renderer; a request
-//! that passes the gateway uses one unit of quota whatever the renderer answers.
+//! A chart request goes through, in order: faults → stubs with `gateway: false` → key (403) → throttle (429 Too Many
+//! Requests) → daily quota (429 Limit Exceeded) → stubs (`crate::stubs`) → layout id (404, layout routes) → body
+//! (400) → replay → fields (422 array) → plan limits (403) → semantic checks (422 object: exchange, catalogue
+//! symbol, exchange interval) → layout session (403 Layout Forbidden, 409 Session Disconnected) → latency (504 past
+//! the gateway timeout) → render (cached). Body, fields, plan and the exchange check are
+//! `chart_img_spec::validate_advanced_chart`, the one the worker runs too. The gateway steps come first because on
+//! the real service they are an API gateway in front of the renderer; a request that passes the gateway uses one
+//! unit of quota whatever the renderer answers.
 
 use std::{
     borrow::Cow,
@@ -645,7 +646,20 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
     let account = key.as_deref().and_then(|k| s.accounts.get(k));
     trace.key_status = key_status(key.as_deref(), account.as_ref());
     trace.account = account.as_ref().map(|a| a.name.clone());
-    let result = gateway(&st, account.as_deref()).and_then(|()| {
+    // Stubs: before the gateway when they say so, otherwise once it let the request through.
+    let name = account.as_ref().map(|a| a.id());
+    let mut stubbed = crate::stubs::check(&st, false, &method, &uri, &[], name).await;
+    let gate = match stubbed {
+        Some(_) => Ok(()),
+        None => gateway(&st, account.as_deref()),
+    };
+    if stubbed.is_none() && gate.is_ok() {
+        stubbed = crate::stubs::check(&st, true, &method, &uri, &[], name).await;
+    }
+    let result = gate.and_then(|()| {
+        if stubbed.is_some() {
+            return Ok(Value::Null);
+        }
         let settings = s.settings.read().unwrap();
         let catalogue = &settings.catalogue;
         let payload = match &exchange {
@@ -671,14 +685,18 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
         };
         Ok(json!({ "updatedAt": catalogue.updated_at, "payload": payload }))
     });
-    let response = match result {
-        Ok(body) => {
+    let response = match (stubbed, result) {
+        (Some((id, r)), _) => {
+            trace.stub = Some(id);
+            r
+        }
+        (None, Ok(body)) => {
             let mut r = (StatusCode::OK, body.to_string()).into_response();
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
         }
-        Err(e) => {
+        (None, Err(e)) => {
             trace.error = Some(e.summary());
             e.into_response()
         }

@@ -201,3 +201,39 @@ async fn stubs_from_the_config_file_and_refusals_that_name_the_problem() {
         assert!(body["message"].as_str().unwrap().contains(says), "{bad}: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_stub_on_a_v3_route_matches_its_query() {
+    let ctx = start(config()).await;
+    ctx.server
+        .state()
+        .add_stub(StubSpec::new(
+            Criteria::route("/v3/tradingview/exchange/{id}")
+                .method("GET")
+                .query("symbol", "NOPE"),
+            StubAnswer::json(json!({"updatedAt": "2025-01-01", "payload": []})),
+        ))
+        .unwrap();
+    let get = |q: &str| {
+        ctx.http
+            .get(ctx.url(&format!("/v3/tradingview/exchange/BINANCE?{q}")))
+            .send()
+    };
+    let stubbed: Value = get(&format!("symbol=NOPE&key={KEY}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stubbed, json!({"updatedAt": "2025-01-01", "payload": []}));
+    let real: Value = get(&format!("symbol=BTC&key={KEY}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!real["payload"].as_array().unwrap().is_empty(), "{real}");
+    // Behind the gateway: no key, 403.
+    assert_eq!(get("symbol=NOPE").await.unwrap().status(), 403);
+    assert_eq!(ctx.admin_get("/stubs").await[0]["matched"], 1);
+}

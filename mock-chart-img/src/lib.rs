@@ -19,6 +19,9 @@
 //!   document; `ui`: the dashboard at `/__admin/ui` (embedded page over the admin API, thumbnails of the last images
 //!   answered).
 //! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching.
+//! - `verify`: [`Criteria`] over the journal (count, find, unmatched) and [`Expectation`]s, counted as requests are
+//!   journaled and checked by `/__admin/verify` and by [`MockServer`] on drop; `stubs`: canned answers
+//!   ([`StubSpec`]); `snapshot`: the journal written as a `recorder` cassette.
 //!
 //! # Invariants
 //! - **API keys never leave the key map**: journal, logs, admin answers and `Debug` output name the account.

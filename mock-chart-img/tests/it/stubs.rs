@@ -237,3 +237,56 @@ async fn a_stub_on_a_v3_route_matches_its_query() {
     assert_eq!(get("symbol=NOPE").await.unwrap().status(), 403);
     assert_eq!(ctx.admin_get("/stubs").await[0]["matched"], 1);
 }
+
+#[tokio::test]
+async fn a_reload_replaces_the_config_stubs_and_expectations_and_keeps_those_added_at_run_time() {
+    let first = config()
+        .with_stub(StubSpec::new(
+            Criteria::any().body("symbol", "BINANCE:ETHUSDT"),
+            StubAnswer::status(500),
+        ))
+        .with_expectation(mock_chart_img::Expectation::new(Criteria::any()).at_most(100));
+    let ctx = start(first).await;
+    let st = ctx.server.state();
+    st.add_stub(StubSpec::new(
+        Criteria::any().body("symbol", "BINANCE:SOLUSDT"),
+        StubAnswer::status(503),
+    ))
+    .unwrap();
+    assert_eq!(ctx.chart(KEY, eth()).await.status(), 500);
+    let next = config().with_stub(StubSpec::new(
+        Criteria::any().body("symbol", "BINANCE:ETHUSDT"),
+        StubAnswer::status(502),
+    ));
+    st.apply_config(&next).unwrap();
+    assert_eq!(ctx.chart(KEY, eth()).await.status(), 502);
+    let mut sol = eth();
+    sol["symbol"] = json!("BINANCE:SOLUSDT");
+    assert_eq!(
+        ctx.chart(KEY, sol).await.status(),
+        503,
+        "the stub added at run time stays"
+    );
+    let origins: Vec<Value> = ctx
+        .admin_get("/stubs")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["origin"].clone())
+        .collect();
+    assert_eq!(origins, [json!("admin"), json!("config")]);
+    assert_eq!(
+        ctx.admin_get("/expectations").await,
+        json!([]),
+        "the config's expectation went with it"
+    );
+    // A reload with a stub that cannot load is refused whole: the previous stubs stay.
+    let bad = config().with_stub(StubSpec::new(Criteria::any(), StubAnswer::image("/nonexistent/x.png")));
+    let err = st.apply_config(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("stub answer.image: cannot read /nonexistent/x.png"),
+        "{err}"
+    );
+    assert_eq!(ctx.chart(KEY, eth()).await.status(), 502);
+}

@@ -394,3 +394,17 @@ async fn past_the_body_budget_the_oldest_records_let_their_bodies_go_first() {
     assert_eq!(ctx.admin_get("/requests").await[0]["bodies_kept"], false);
     ctx.server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn concurrent_requests_are_each_counted_once_by_an_expectation() {
+    // 200 requests at once through a 10-record ring: throttled or not, each is counted exactly once.
+    let ctx = start(config().with_journal_capacity(10)).await;
+    ctx.server
+        .expect(Expectation::new(Criteria::route(CHART).account("acc-1")).times(200));
+    let sent = futures::future::join_all((0..200).map(|_| ctx.chart(KEY_1, small()))).await;
+    let ok = sent.iter().filter(|r| r.status() == 200).count();
+    assert!(ok >= 15, "a PRO burst passes at least: {ok}");
+    assert_eq!(ctx.admin_get("/expectations").await[0]["matched"], 200);
+    assert_eq!(ctx.admin_get("/requests").await.as_array().unwrap().len(), 10);
+    ctx.server.shutdown().await.unwrap();
+}

@@ -252,7 +252,7 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
         trace.image = None;
         (truncated(response).await, None)
     } else {
-        crate::snapshot::capture(response, headers, body).await
+        crate::snapshot::capture(&st, response, headers, body).await
     };
     journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response
@@ -701,7 +701,7 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
             e.into_response()
         }
     };
-    let (response, bodies) = crate::snapshot::capture(response, &headers, Bytes::new()).await;
+    let (response, bodies) = crate::snapshot::capture(&st, response, &headers, Bytes::new()).await;
     journal(&st, &method, &uri, trace, started, Vec::new(), &response, bodies);
     response
 }

@@ -273,6 +273,12 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
+    /// Whether records should carry bodies: to keep them (a budget), or for expectations to read the request's.
+    pub fn wants_bodies(&self) -> (bool, bool) {
+        let keep = self.body_budget > 0;
+        (keep || !self.expectations.is_empty(), keep)
+    }
+
     pub fn new(capacity: usize, body_budget: u64) -> Self {
         let entries = VecDeque::with_capacity(capacity.min(4096));
         Journal {

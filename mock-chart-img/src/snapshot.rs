@@ -34,12 +34,18 @@ use crate::{
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 /// Takes a copy of a request's body and the answer's body (rebuilding the answer around the same bytes) for the
-/// journal. Answers that are streamed (a truncated-body fault) or dropped keep the request's body only.
+/// journal. Answers that are streamed (a truncated-body fault) or dropped keep the request's body only. With a
+/// `journal_body_budget` of 0 nothing is taken, except the request's body while expectations need it.
 pub(crate) async fn capture(
+    st: &AppState,
     response: Response,
     headers: &HeaderMap,
     request: Bytes,
 ) -> (Response, Option<Box<Bodies>>) {
+    let (request_wanted, keep) = st.inner.journal.wants_bodies();
+    if !request_wanted {
+        return (response, None);
+    }
     let content_type = |h: &HeaderMap| {
         h.get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -53,7 +59,8 @@ pub(crate) async fn capture(
         response: None,
     });
     let exact = axum::body::HttpBody::size_hint(response.body()).exact();
-    if response.extensions().get::<crate::api::Abort>().is_some() || exact.is_none_or(|n| n as usize > MAX_ANSWER) {
+    let aborted = response.extensions().get::<crate::api::Abort>().is_some();
+    if !keep || aborted || exact.is_none_or(|n| n as usize > MAX_ANSWER) {
         return (response, Some(bodies));
     }
     let (parts, body) = response.into_parts();

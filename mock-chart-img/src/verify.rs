@@ -532,8 +532,8 @@ pub struct ExpectationResult {
     pub ok: bool,
     /// Its criteria.
     pub criteria: Criteria,
-    /// Unmet with too few: the journaled requests that fail the fewest criteria, closest first. Unmet with too
-    /// many: the newest matching requests. Empty when met.
+    /// Unmet with too few: the journaled requests that fail the fewest criteria (those with a differing value before
+    /// those lacking the field), closest first. Unmet with too many: the newest matching requests. Empty when met.
     pub closest: Vec<NearRequest>,
 }
 
@@ -707,7 +707,9 @@ impl AppState {
                     ))
                 })
                 .collect();
-            near.sort_by_key(|(n, r)| (*n, std::cmp::Reverse(r.seq)));
+            // Among equals, a request that has the field with another value is closer than one without it.
+            let without = |r: &NearRequest| r.differs.iter().filter(|d| !d.contains(", got ")).count();
+            near.sort_by_key(|(n, r)| (*n, without(r), std::cmp::Reverse(r.seq)));
             near.into_iter().take(CLOSEST).map(|(_, r)| r).collect()
         })
     }

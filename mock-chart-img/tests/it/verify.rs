@@ -408,3 +408,24 @@ async fn concurrent_requests_are_each_counted_once_by_an_expectation() {
     assert_eq!(ctx.admin_get("/requests").await.as_array().unwrap().len(), 10);
     ctx.server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn among_equally_close_requests_one_with_a_differing_value_comes_before_one_without_the_field() {
+    let ctx = start(config()).await;
+    ctx.server
+        .expect(Expectation::new(Criteria::any().body("symbol", "BINANCE:XRPUSDT")).times(1));
+    assert_eq!(ctx.chart(KEY_1, chart("BINANCE:ETHUSDT")).await.status(), 200);
+    assert_eq!(ctx.http.get(ctx.url("/v1/later")).send().await.unwrap().status(), 404);
+    let report = ctx.server.verify().unwrap_err();
+    let closest: Vec<&str> = report.expectations[0]
+        .closest
+        .iter()
+        .map(|n| n.request.as_str())
+        .collect();
+    assert_eq!(
+        closest,
+        ["POST /v2/tradingview/advanced-chart", "GET /v1/later"],
+        "{report}"
+    );
+    ctx.server.shutdown().await.unwrap_err();
+}

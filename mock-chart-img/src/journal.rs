@@ -332,12 +332,12 @@ impl Journal {
                 bodies_from,
                 ..
             } = &mut *g;
-            for (s, r) in entries.iter_mut() {
+            // Sequence numbers in the ring are consecutive: start at the first record that may still keep bodies.
+            let first = entries.front().map_or(0, |(s, _)| *s);
+            let start = usize::try_from(bodies_from.saturating_sub(first)).unwrap_or(usize::MAX);
+            for (s, r) in entries.range_mut(start.min(entries.len())..) {
                 if *body_bytes <= self.body_budget {
                     break;
-                }
-                if *s < *bodies_from {
-                    continue;
                 }
                 if let Some(b) = r.bodies.take() {
                     *body_bytes -= b.size();
@@ -395,5 +395,45 @@ impl Journal {
         g.body_bytes = 0;
         drop(g);
         self.expectations.reset_counts();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(bytes: usize) -> Record {
+        let mut r = Record::new(Utc::now(), Method::POST, "/x".into());
+        r.bodies = Some(Box::new(Bodies {
+            request: Bytes::from(vec![b'{'; bytes]),
+            ..Bodies::default()
+        }));
+        r
+    }
+
+    fn kept(j: &Journal) -> Vec<(u64, bool)> {
+        j.scan(|rs, _| rs.map(|(s, r)| (s, r.bodies.is_some())).collect())
+    }
+
+    #[test]
+    fn past_the_budget_the_oldest_bodies_go_first_and_the_ring_stays_consistent() {
+        let j = Journal::new(4, 250);
+        for _ in 0..3 {
+            j.push(record(100));
+        }
+        assert_eq!(kept(&j), [(3, true), (2, true), (1, false)]);
+        // A body over the whole budget is not kept at all; the others stay.
+        j.push(record(300));
+        assert_eq!(kept(&j), [(4, false), (3, true), (2, true), (1, false)]);
+        // Ring evictions give their bytes back: records 5..=8 of 100 bytes keep the newest two.
+        for _ in 0..4 {
+            j.push(record(100));
+        }
+        assert_eq!(kept(&j), [(8, true), (7, true), (6, false), (5, false)]);
+        assert_eq!(j.inner.lock().unwrap().body_bytes, 200);
+        j.clear();
+        j.push(record(100));
+        assert_eq!(kept(&j), [(9, true)]);
+        assert_eq!(j.inner.lock().unwrap().body_bytes, 100);
     }
 }

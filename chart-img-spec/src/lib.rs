@@ -10,6 +10,8 @@
 //!   `shared/docs/chart-img-data/` (a test compares the two while that folder exists), and parsed once.
 //! - The documented error bodies: [`messages`], [`message_body`], [`FieldError`] (the 422 array entry) and
 //!   [`Rejection`] (status + exact body).
+//! - Reading answers: [`message_of`] (an error body's message) and [`Limit429`] (the daily quota's 429 or the
+//!   throttle's); the routes' paths in [`routes`].
 //! - [`validate_advanced_chart`]: the one validation of an advanced-chart body, in the API's order
 //!   (body → fields → plan → semantic), returning a [`ValidatedChart`] with defaults filled in or the exact
 //!   [`Rejection`]; [`validate_layout_chart`] for the layout-chart body; [`read_body`] turns raw request bytes into the JSON the validation takes.
@@ -30,11 +32,14 @@
 //! assert_eq!(refused.body[0]["msg"], "must be a supported interval");
 //! ```
 
+mod answers;
 mod catalog;
 mod errors;
 mod plan;
+pub mod routes;
 mod validate;
 
+pub use answers::{message_of, Limit429};
 pub use catalog::{
     defaults, drawing, drawings, exchange, exchanges, is_timezone, studies, study, timezones, Drawing, DrawingInput,
     Exchange, InputType, Placement, Study, StudyInput, FORMATS, INTERVALS, RANGES, SCALES, SESSIONS, STYLES, THEMES,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(Plan::most_permissive([Plan::Basic, Plan::Pro]), Some(Plan::Pro));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema), schema(as = PlanName))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Plan {
     /// The default, since an account whose plan is not given is held to the smallest (`contract.md`, §3).
@@ -30,8 +31,11 @@ pub enum Plan {
 }
 
 /// What a plan allows. Every [`Plan`] resolves to one; callers with contracts of their own (a mock's custom plan)
-/// build one directly.
+/// build one directly. Read from a config, `storage_days` defaults to 14, `chart_img_watermark` to no and
+/// `custom_watermark` to yes; an unknown field is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct PlanLimits {
     /// Sustained requests per second.
     pub rate_per_sec: f64,
@@ -46,11 +50,36 @@ pub struct PlanLimits {
     /// Largest `studies.len() + drawings.len()`.
     pub max_params: u32,
     /// How long `/storage` images stay downloadable, in days.
+    #[serde(default = "fourteen")]
     pub storage_days: u32,
     /// Every image carries the CHART-IMG watermark.
+    #[serde(default)]
     pub chart_img_watermark: bool,
     /// A custom `watermark` text is honoured.
+    #[serde(default = "yes")]
     pub custom_watermark: bool,
+}
+
+fn fourteen() -> u32 {
+    14
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PlanLimits {
+    /// Limits so high they never bite (ENTERPRISE's size and parameter limits, no rate or quota): for load tests
+    /// against a mock.
+    pub const fn unlimited() -> PlanLimits {
+        let enterprise = Plan::Enterprise.limits();
+        PlanLimits {
+            rate_per_sec: 1.0e9,
+            burst: 1_000_000_000,
+            daily_limit: u32::MAX,
+            ..enterprise
+        }
+    }
 }
 
 impl Plan {

@@ -28,7 +28,8 @@ use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreListenerTarget, Firest
 use prost::Message as _;
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
-use worker_chart_export::eventarc::proto;
+use worker_chart_export::eventarc::{proto, to_event_document};
+use worker_chart_export::firestore_codec::field_path;
 
 /// The Firestore event types Eventarc offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -479,7 +480,7 @@ pub fn changed_paths(old: &HashMap<String, fs::Value>, new: &HashMap<String, fs:
                 _ => {
                     if old.get(k) != new.get(k) {
                         let segments: Vec<&str> = prefix.iter().map(String::as_str).collect();
-                        out.push(worker_chart_export::adapters::firestore::field_path(&segments));
+                        out.push(field_path(&segments));
                     }
                 }
             }
@@ -495,12 +496,6 @@ pub fn changed_paths(old: &HashMap<String, fs::Value>, new: &HashMap<String, fs:
     let mut out = Vec::new();
     walk(&mut Vec::new(), old, new, &mut out);
     out
-}
-
-/// Firestore's `Document` and the event's share their field numbers: re-read one as the other.
-fn to_event_document(d: &fs::Document) -> proto::Document {
-    proto::Document::decode(d.encode_to_vec().as_slice())
-        .expect("google.firestore.v1.Document and the event's Document are wire-compatible")
 }
 
 fn publish(inner: &Arc<Inner>, kind: EventKind, value: Option<fs::Document>, old: Option<fs::Document>) {
@@ -707,7 +702,7 @@ mod tests {
 
     #[test]
     fn changed_paths_reach_the_leaves_of_maps() {
-        use worker_chart_export::adapters::firestore::json_to_value;
+        use worker_chart_export::firestore_codec::json_to_value;
         let fields = |v: serde_json::Value| -> HashMap<String, fs::Value> {
             v.as_object()
                 .unwrap()

@@ -22,7 +22,7 @@ use crate::{
     config::{Config, KeyConfig, LatencyProfile, LimitOverrides, ReplayConfig, SymbolMode, WatermarkMode},
     faults::{FaultKind, FaultSpec, InstalledFault, Route},
     journal::{JournalEntry, JournalQuery},
-    plan::{Plan, PlanLimits, PlanName},
+    plan::{Plan, PlanLimits},
     state::AppState,
 };
 
@@ -59,7 +59,7 @@ use crate::{
         LimitOverrides,
         Plan,
         PlanLimits,
-        PlanName,
+        chart_img_spec::Plan,
         FaultSpec,
         FaultKind,
         Route,

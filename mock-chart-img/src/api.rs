@@ -24,7 +24,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::{Bytes, BytesMut};
-use chart_img_spec::{Rejection, ValidatedChart};
+use chart_img_spec::{routes, Rejection, ValidatedChart};
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -296,8 +296,8 @@ fn journal(
         method: method.clone(),
         // Static names for the common paths: no allocation per request.
         path: match uri.path() {
-            "/v2/tradingview/advanced-chart" => "/v2/tradingview/advanced-chart".into(),
-            "/v2/tradingview/advanced-chart/storage" => "/v2/tradingview/advanced-chart/storage".into(),
+            routes::ADVANCED_CHART => routes::ADVANCED_CHART.into(),
+            routes::ADVANCED_CHART_STORAGE => routes::ADVANCED_CHART_STORAGE.into(),
             other => other.to_string().into(),
         },
         account: trace.account,
@@ -396,7 +396,7 @@ async fn answer(
             Lookup::Miss => trace.replayed = Some(false),
         }
     }
-    let limits: chart_img_spec::PlanLimits = account.limits.into();
+    let limits: chart_img_spec::PlanLimits = account.limits;
     let prepared = match memo {
         Some(p) => p,
         None => {

@@ -76,6 +76,7 @@ use axum::{
     routing::{get, post},
     Router,
 };
+use chart_img_spec::routes;
 use tokio::net::TcpListener;
 
 pub use accounts::Usage;
@@ -89,7 +90,7 @@ pub use config::{
 pub use errors::{documented_message, ApiError};
 pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
 pub use journal::{JournalEntry, JournalQuery, Traffic};
-pub use plan::{Plan, PlanLimits, PlanName};
+pub use plan::{Plan, PlanLimits};
 pub use reload::{watch_config, ConfigWatcher};
 pub use render::{render, Placement, RenderError, RenderRequest, StudySpec};
 pub use replay::{MISS_MESSAGE, MISS_STATUS};
@@ -102,21 +103,15 @@ pub use verify::{
     CountAnswer, Criteria, Expectation, ExpectationResult, InstalledExpectation, NearRequest, VerifyReport,
 };
 
-/// The Chart-IMG routes (with their fallbacks), without state.
+/// The Chart-IMG routes (their paths from `chart_img_spec::routes`), without state.
 fn chart_routes() -> Router<AppState> {
     Router::new()
-        .route("/v2/tradingview/advanced-chart", post(api::advanced_chart))
-        .route(
-            "/v2/tradingview/advanced-chart/storage",
-            post(api::advanced_chart_storage),
-        )
-        .route("/v2/tradingview/layout-chart/{id}", post(api::layout_chart))
-        .route(
-            "/v2/tradingview/layout-chart/storage/{id}",
-            post(api::layout_chart_storage),
-        )
-        .route("/v3/tradingview/exchange/list", get(api::exchange_list))
-        .route("/v3/tradingview/exchange/{id}", get(api::exchange_symbols))
+        .route(routes::ADVANCED_CHART, post(api::advanced_chart))
+        .route(routes::ADVANCED_CHART_STORAGE, post(api::advanced_chart_storage))
+        .route(routes::LAYOUT_CHART, post(api::layout_chart))
+        .route(routes::LAYOUT_CHART_STORAGE, post(api::layout_chart_storage))
+        .route(routes::EXCHANGE_LIST, get(api::exchange_list))
+        .route(routes::EXCHANGE, get(api::exchange_symbols))
         .route("/storage/{date}/tradingview/{kind}/{file}", get(api::stored_image))
 }
 

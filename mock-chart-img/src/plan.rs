@@ -4,39 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// The limits a key is held to. Every named [`Plan`] resolves to the spec's limits; a custom plan spells them out.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlanLimits {
-    /// Sustained requests per second (fractions allowed: `0.1` is one request every ten seconds).
-    pub rate_per_sec: f64,
-    /// How many requests may arrive at once before the per-second rate applies.
-    pub burst: u32,
-    /// Successful gateway passes per UTC day (`429 Limit Exceeded` after that).
-    pub daily_limit: u32,
-    /// Largest accepted `width`.
-    pub max_width: u32,
-    /// Largest accepted `height`.
-    pub max_height: u32,
-    /// Largest accepted `studies.len() + drawings.len()`.
-    pub max_params: u32,
-    /// Days a `/storage` image stays downloadable (custom plans: 14 unless given).
-    #[serde(default = "fourteen")]
-    pub storage_days: u32,
-    /// Every image carries the CHART-IMG watermark (custom plans: no unless given).
-    #[serde(default)]
-    pub chart_img_watermark: bool,
-    /// A custom `watermark` text is honoured (custom plans: yes unless given).
-    #[serde(default = "yes")]
-    pub custom_watermark: bool,
-}
-
-fn fourteen() -> u32 {
-    14
-}
-fn yes() -> bool {
-    true
-}
+pub use chart_img_spec::PlanLimits;
 
 /// A named plan, or custom limits.
 ///
@@ -46,47 +14,22 @@ fn yes() -> bool {
 #[serde(untagged)]
 pub enum Plan {
     /// One of the published plans.
-    Named(PlanName),
+    Named(chart_img_spec::Plan),
     /// Limits of your own, e.g. a huge rate for load tests.
     Custom(PlanLimits),
 }
 
-/// The published Chart-IMG plans (their limits: [`chart_img_spec::Plan::limits`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "UPPERCASE")]
-#[allow(missing_docs)]
-pub enum PlanName {
-    Basic,
-    Pro,
-    Mega,
-    Ultra,
-    Enterprise,
-}
-
-impl PlanName {
-    /// The spec's plan of that name.
-    pub fn spec(self) -> chart_img_spec::Plan {
-        match self {
-            PlanName::Basic => chart_img_spec::Plan::Basic,
-            PlanName::Pro => chart_img_spec::Plan::Pro,
-            PlanName::Mega => chart_img_spec::Plan::Mega,
-            PlanName::Ultra => chart_img_spec::Plan::Ultra,
-            PlanName::Enterprise => chart_img_spec::Plan::Enterprise,
-        }
-    }
-}
-
 impl Plan {
     /// BASIC (see [`chart_img_spec::Plan::Basic`]).
-    pub const BASIC: Plan = Plan::Named(PlanName::Basic);
+    pub const BASIC: Plan = Plan::Named(chart_img_spec::Plan::Basic);
     /// PRO.
-    pub const PRO: Plan = Plan::Named(PlanName::Pro);
+    pub const PRO: Plan = Plan::Named(chart_img_spec::Plan::Pro);
     /// MEGA.
-    pub const MEGA: Plan = Plan::Named(PlanName::Mega);
+    pub const MEGA: Plan = Plan::Named(chart_img_spec::Plan::Mega);
     /// ULTRA.
-    pub const ULTRA: Plan = Plan::Named(PlanName::Ultra);
+    pub const ULTRA: Plan = Plan::Named(chart_img_spec::Plan::Ultra);
     /// ENTERPRISE (raise its limits per key with the overrides of [`KeyConfig`](crate::KeyConfig)).
-    pub const ENTERPRISE: Plan = Plan::Named(PlanName::Enterprise);
+    pub const ENTERPRISE: Plan = Plan::Named(chart_img_spec::Plan::Enterprise);
 
     /// A plan with limits of your own.
     pub fn custom(limits: PlanLimits) -> Plan {
@@ -97,59 +40,15 @@ impl Plan {
     pub fn limits(&self) -> PlanLimits {
         match self {
             Plan::Custom(l) => *l,
-            Plan::Named(n) => PlanLimits::from(n.spec().limits()),
+            Plan::Named(n) => n.limits(),
         }
     }
 
     /// `BASIC`, `PRO`, … or `custom`, as shown by the admin API.
     pub fn label(&self) -> &'static str {
         match self {
-            Plan::Named(n) => n.spec().name(),
+            Plan::Named(n) => n.name(),
             Plan::Custom(_) => "custom",
-        }
-    }
-}
-
-impl From<chart_img_spec::PlanLimits> for PlanLimits {
-    fn from(l: chart_img_spec::PlanLimits) -> PlanLimits {
-        PlanLimits {
-            rate_per_sec: l.rate_per_sec,
-            burst: l.burst,
-            daily_limit: l.daily_limit,
-            max_width: l.max_width,
-            max_height: l.max_height,
-            max_params: l.max_params,
-            storage_days: l.storage_days,
-            chart_img_watermark: l.chart_img_watermark,
-            custom_watermark: l.custom_watermark,
-        }
-    }
-}
-
-impl From<PlanLimits> for chart_img_spec::PlanLimits {
-    fn from(l: PlanLimits) -> chart_img_spec::PlanLimits {
-        chart_img_spec::PlanLimits {
-            rate_per_sec: l.rate_per_sec,
-            burst: l.burst,
-            daily_limit: l.daily_limit,
-            max_width: l.max_width,
-            max_height: l.max_height,
-            max_params: l.max_params,
-            storage_days: l.storage_days,
-            chart_img_watermark: l.chart_img_watermark,
-            custom_watermark: l.custom_watermark,
-        }
-    }
-}
-
-impl PlanLimits {
-    /// Limits so high they never bite (the ENTERPRISE size and parameter limits, no rate or quota): for load tests.
-    pub fn unlimited() -> PlanLimits {
-        PlanLimits {
-            rate_per_sec: 1.0e9,
-            burst: 1_000_000_000,
-            daily_limit: u32::MAX,
-            ..PlanLimits::from(chart_img_spec::Plan::Enterprise.limits())
         }
     }
 }
@@ -166,19 +65,12 @@ impl<'de> Deserialize<'de> for Plan {
                 f.write_str("a plan name (BASIC, PRO, MEGA, ULTRA, ENTERPRISE) or a map of custom limits")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Plan, E> {
-                let named = match s.parse::<chart_img_spec::Plan>() {
-                    Ok(chart_img_spec::Plan::Basic) => PlanName::Basic,
-                    Ok(chart_img_spec::Plan::Pro) => PlanName::Pro,
-                    Ok(chart_img_spec::Plan::Mega) => PlanName::Mega,
-                    Ok(chart_img_spec::Plan::Ultra) => PlanName::Ultra,
-                    Ok(chart_img_spec::Plan::Enterprise) => PlanName::Enterprise,
-                    Err(_) => {
-                        return Err(E::custom(format!(
-                            "unknown plan `{s}`: expected BASIC, PRO, MEGA, ULTRA, ENTERPRISE or a map of custom \
-                             limits (rate_per_sec, burst, daily_limit, max_width, max_height, max_params)"
-                        )))
-                    }
-                };
+                let named = s.parse::<chart_img_spec::Plan>().map_err(|_| {
+                    E::custom(format!(
+                        "unknown plan `{s}`: expected BASIC, PRO, MEGA, ULTRA, ENTERPRISE or a map of custom \
+                         limits (rate_per_sec, burst, daily_limit, max_width, max_height, max_params)"
+                    ))
+                })?;
                 Ok(Plan::Named(named))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Plan, A::Error> {

@@ -16,7 +16,7 @@ use crate::cassette::{body_bytes, read_cassette, StoredInteraction, StoredReques
 use crate::error::Error;
 use crate::model::{Request, Response};
 use crate::secrets::{fill_placeholders, placeholder_ids};
-use chart_img_spec::messages::LIMIT_EXCEEDED as LIMIT_EXCEEDED_MESSAGE;
+use chart_img_spec::Limit429;
 
 /// A cassette as it is on disk now.
 pub(crate) struct Loaded {
@@ -213,31 +213,11 @@ pub(crate) fn url(base: &str, req: &Request) -> String {
     url
 }
 
-/// The message of a Chart-IMG error body: `message` (or v1's `error`) of an object, or the `param: msg` entries
-/// of a field-error array.
-pub(crate) fn error_message(body: &[u8]) -> Option<String> {
-    match serde_json::from_slice::<serde_json::Value>(body).ok()? {
-        serde_json::Value::Object(map) => map
-            .get("message")
-            .or_else(|| map.get("error"))
-            .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_owned)),
-        serde_json::Value::Array(items) => Some(
-            items
-                .iter()
-                .map(|i| {
-                    let s = |k: &str| i.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
-                    format!("{}: {}", s("param"), s("msg"))
-                })
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-        _ => None,
-    }
-}
+pub(crate) use chart_img_spec::message_of as error_message;
 
 /// Whether an answer is the daily quota's 429 (the other 429 is the per-second throttle).
 pub(crate) fn is_limit_exceeded(resp: &Response) -> bool {
-    resp.status == 429 && error_message(&resp.body).as_deref() == Some(LIMIT_EXCEEDED_MESSAGE)
+    resp.status == 429 && Limit429::of(&resp.body) == Limit429::DailyQuota
 }
 
 /// Whether an answer is the per-second throttle's 429 (`Too Many Requests`), not the daily quota's.
@@ -421,23 +401,6 @@ mod tests {
         assert_eq!(throttle_wait(&told, 1), Duration::from_secs(3));
         let long = plain.with_header("retry-after", "600");
         assert_eq!(throttle_wait(&long, 1), Duration::from_secs(10));
-    }
-
-    #[test]
-    fn error_messages_of_objects_and_field_error_arrays() {
-        assert_eq!(
-            error_message(br#"{"message":"Forbidden"}"#).as_deref(),
-            Some("Forbidden")
-        );
-        assert_eq!(error_message(br#"{"error":"old v1"}"#).as_deref(), Some("old v1"));
-        assert_eq!(
-            error_message(
-                br#"[{"value":"4H","msg":"must be a supported interval","param":"interval","location":"body"}]"#
-            )
-            .as_deref(),
-            Some("interval: must be a supported interval")
-        );
-        assert_eq!(error_message(b"\x89PNG"), None);
     }
 
     #[test]

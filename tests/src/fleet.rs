@@ -26,9 +26,9 @@ use harness::eventarc::{Config as EventarcConfig, LocalEventarc};
 use harness::process::{ServeProcess, ServeSpec};
 use serde::Serialize;
 use serde_json::{json, Value};
-use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::adapters::FirestoreStore;
 use worker_chart_export::config::parse_accounts;
+use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::quota::ideal_bound;
 
 use crate::runner::live::{serve_env, Wiring};

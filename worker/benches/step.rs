@@ -20,16 +20,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
-use mock_chart_img::{JournalQuery, LatencyProfile, PlanName};
+use mock_chart_img::{JournalQuery, LatencyProfile};
 use serde_json::{json, Value};
-use worker_chart_export::adapters::docs::{CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::adapters::{JsonDocs, MemoryArtifacts};
 use worker_chart_export::chartimg::HttpChartImg;
 use worker_chart_export::config::{parse_accounts, AccountConfig, Plan, RetryPolicy};
-use worker_chart_export::core::{CoreSettings, Worker};
+use worker_chart_export::domain::collections::{CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::domain::{RunId, StepSelector, WorkerId};
 use worker_chart_export::ports::SystemClock;
 use worker_chart_export::quota::{ideal_bound, ideal_bound_for, AccountPool};
+use worker_chart_export::wiring::{CoreSettings, Worker};
 use worker_chart_export::{run_chart_export_step, StepReport};
 
 const ACCOUNT: &str = "acc-1";
@@ -140,10 +140,8 @@ async fn realistic(bench: &Bench, accounts: &[AccountConfig], plan: Plan, rounds
         eprintln!("--time-scale: must be a positive number, got {time_scale}");
         std::process::exit(2)
     }
-    // The mock's name of the same plan (its limits are the spec's, the table the worker paces by).
-    let mock_plan = mock_chart_img::Plan::Named(
-        serde_json::from_value::<PlanName>(Value::String(plan.name().into())).expect("the mock names every spec plan"),
-    );
+    // The same plan in the mock (its limits are the spec's, the table the worker paces by).
+    let mock_plan = mock_chart_img::Plan::Named(plan);
     // Charts of several sizes and study counts, within the plan: the realistic median grows with both.
     let l = plan.limits();
     let sizes: Vec<(u32, u32)> = [(800, 600), (1280, 720), (1920, 1080)]

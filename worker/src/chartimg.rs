@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chart_img_spec::Limit429;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::domain::ImageFormat;
 use crate::ports::{ChartApiError, ChartCall, ChartRenderer, RenderedChart};
 
-pub const ADVANCED_CHART_PATH: &str = "/v2/tradingview/advanced-chart";
+pub use chart_img_spec::routes::ADVANCED_CHART as ADVANCED_CHART_PATH;
 
 /// The largest answer body read from Chart-IMG (its largest images are a few MiB); a bigger one is refused unread.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
@@ -23,29 +24,7 @@ pub fn error_message(body: &[u8]) -> String {
 }
 
 fn error_message_whole(body: &[u8]) -> String {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(o)) => match o.get("message").or_else(|| o.get("error")) {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
-            None => excerpt(body),
-        },
-        Ok(Value::Array(items)) => {
-            let parts: Vec<String> = items
-                .iter()
-                .map(|i| {
-                    let param = i.get("param").and_then(Value::as_str).unwrap_or("?");
-                    let msg = i.get("msg").and_then(Value::as_str).unwrap_or("invalid");
-                    format!("{param}: {msg}")
-                })
-                .collect();
-            if parts.is_empty() {
-                excerpt(body)
-            } else {
-                parts.join("; ")
-            }
-        }
-        _ => excerpt(body),
-    }
+    chart_img_spec::message_of(body).unwrap_or_else(|| excerpt(body))
 }
 
 fn excerpt(body: &[u8]) -> String {
@@ -66,12 +45,10 @@ pub fn classify(status: u16, body: Bytes, format: ImageFormat) -> Result<Rendere
             detail: excerpt(&body),
         }),
         429 => {
-            // Only the message tells the daily quota from the per-second throttle.
-            let message = error_message(&body);
-            if message.eq_ignore_ascii_case("Limit Exceeded") {
-                Err(ChartApiError::LimitExceeded)
-            } else {
-                Err(ChartApiError::Throttled)
+            // Only the body tells the daily quota from the per-second throttle.
+            match Limit429::of(&body) {
+                Limit429::DailyQuota => Err(ChartApiError::LimitExceeded),
+                Limit429::Throttle => Err(ChartApiError::Throttled),
             }
         }
         // 409 Session Disconnected is an upstream session gone stale: transient by the API's own description.

@@ -23,6 +23,7 @@ use http::HeaderMap;
 use prost::Message as _;
 use serde_json::Value as Json;
 
+use crate::domain::collections::FLOW_RUNS;
 use crate::domain::RunId;
 use crate::firestore_codec::document_to_json;
 
@@ -45,8 +46,6 @@ pub mod proto {
     }
     pub use google::events::cloud::firestore::v1::*;
 }
-
-pub const FLOW_RUNS: &str = "flow_runs";
 
 /// A Firestore event as the worker needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -380,13 +379,19 @@ fn proto3_json_value(v: &Json, at: &str) -> Result<fs::Value, Malformed> {
     Ok(fs::Value { value_type: Some(t) })
 }
 
+/// Firestore's `Document` as the event's: the two share their field numbers, so one is re-read as the other (the
+/// reverse of what [`parse`] does with an event's document).
+pub fn to_event_document(d: &fs::Document) -> proto::Document {
+    proto::Document::decode(d.encode_to_vec().as_slice())
+        .expect("google.firestore.v1.Document and the event's Document are wire-compatible")
+}
+
 /// Encodes a JSON document as Eventarc's protobuf `DocumentEventData` (tests, tools, and the measurement script):
 /// `value` is `doc` named `name`, no old value, and `update_mask` lists `changed`.
 pub fn encode_document_event(name: &str, doc: &Json, changed: &[&str]) -> Vec<u8> {
-    let fs_doc = crate::adapters::firestore::json_document(name.to_owned(), doc).expect("a JSON object");
-    let value = proto::Document::decode(fs_doc.encode_to_vec().as_slice()).expect("wire-compatible documents");
+    let fs_doc = crate::firestore_codec::json_document(name.to_owned(), doc).expect("a JSON object");
     proto::DocumentEventData {
-        value: Some(value),
+        value: Some(to_event_document(&fs_doc)),
         old_value: None,
         update_mask: Some(proto::DocumentMask {
             field_paths: changed.iter().map(|s| s.to_string()).collect(),

@@ -5,7 +5,8 @@
 //! - [`domain`]: ids, the step document and its pure decisions (claim, ownership, validation), request building,
 //!   quota decisions, the manifest and its schema. No I/O.
 //! - [`ports`]: the traits the core talks to (flow runs, templates, account usage, chart renderer, artifacts, clock).
-//! - [`core`]: [`core::run_chart_export_step`], the whole flow over the ports; [`quota`]: accounts and the per-step
+//! - [`step_run`]: [`step_run::run_chart_export_step`], the whole flow over the ports, one file per stage;
+//!   [`wiring`]: [`Worker`], what a step runs with; [`shutdown`]: the process's stop signal; [`quota`]: accounts and the per-step
 //!   quota ledger; [`pacing`]: each key's rate, in this process or shared by every instance through time windows.
 //! - [`adapters`]: in-memory and local-file stores (the embedded default), and the Google Cloud adapters.
 //! - [`chartimg`]: the Chart-IMG HTTP client and the one function that classifies its answers.
@@ -21,7 +22,6 @@
 pub mod adapters;
 pub mod chartimg;
 pub mod config;
-pub mod core;
 pub mod domain;
 pub mod entry;
 pub mod eventarc;
@@ -32,11 +32,15 @@ pub mod quota;
 pub mod renderers;
 pub mod report;
 pub mod retry;
+pub mod shutdown;
+pub mod step_run;
 pub mod telemetry;
+pub mod wiring;
 
 // The entrypoints' usual paths.
 #[cfg(feature = "demo")]
 pub use crate::entry::demo;
 pub use crate::entry::{cli, serve};
 
-pub use crate::core::{run_chart_export_step, CoreSettings, StepReport, Worker};
+pub use crate::step_run::{run_chart_export_step, StepReport};
+pub use crate::wiring::{CoreSettings, Worker};

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{Quota, RateLimiter};
-use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 use tracing::warn;
 
@@ -154,6 +153,8 @@ impl LatencyEstimate {
 pub struct AccountPool {
     accounts: Arc<Vec<Account>>,
     latency: Arc<LatencyEstimate>,
+    /// The keys, for [`AccountPool::redact`]: the recorder's redactor is the one owner of the placeholder format.
+    secrets: Arc<recorder::Secrets>,
 }
 
 impl AccountPool {
@@ -185,6 +186,9 @@ impl AccountPool {
     }
 
     fn build(configs: Vec<AccountConfig>, pace: impl Fn(&AccountConfig) -> Pace) -> Self {
+        let secrets = configs.iter().fold(recorder::Secrets::new(), |s, c| {
+            s.with_account(c.id.as_str(), c.api_key.clone())
+        });
         let accounts = configs
             .into_iter()
             .map(|config| Account {
@@ -195,6 +199,7 @@ impl AccountPool {
         Self {
             accounts: Arc::new(accounts),
             latency: Arc::new(LatencyEstimate::new(DEFAULT_CALL_LATENCY)),
+            secrets: Arc::new(secrets),
         }
     }
 
@@ -232,14 +237,7 @@ impl AccountPool {
     /// carries text from outside (API error bodies, transport errors) before it is logged or stored, in case an
     /// upstream ever echoes a key back.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for a in self.accounts.iter() {
-            let key = a.config.api_key.expose_secret();
-            if !key.is_empty() && out.contains(key) {
-                out = out.replace(key, &format!("<CHART_IMG_API_KEY:{}>", a.config.id));
-            }
-        }
-        out
+        self.secrets.redact(text).into_owned()
     }
 
     fn get(&self, id: &AccountId) -> Option<&Account> {
@@ -480,6 +478,17 @@ mod tests {
             .map(|(i, p)| format!(r#"{{"id":"acc-{i}","apiKey":"k{i}","dailyLimit":100,"plan":"{p}"}}"#))
             .collect();
         AccountPool::new(parse_accounts("test", &format!("[{}]", accounts.join(","))).unwrap())
+    }
+
+    #[test]
+    fn redact_replaces_every_key_and_a_key_that_extends_another_whole() {
+        // acc-0's key `k0` is a prefix of acc-1's `k0-long`: the longer one is replaced first, so no tail is left.
+        let json = r#"[{"id":"acc-0","apiKey":"k0","plan":"PRO"},{"id":"acc-1","apiKey":"k0-long","plan":"PRO"}]"#;
+        let pool = AccountPool::new(parse_accounts("test", json).unwrap());
+        assert_eq!(
+            pool.redact("sent k0-long, then k0."),
+            "sent <CHART_IMG_API_KEY:acc-1>, then <CHART_IMG_API_KEY:acc-0>."
+        );
     }
 
     #[test]

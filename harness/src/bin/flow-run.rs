@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::Value;
-use worker_chart_export::adapters::docs::{CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::adapters::gcs::emulator_endpoint;
 use worker_chart_export::adapters::FirestoreStore;
+use worker_chart_export::domain::collections::{CHART_TEMPLATES, FLOW_RUNS};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, FLOW_RUNS};
+use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, FLOW_RUNS};
 
 use super::delivery::Delivered;
 use super::readback::{walk, Object};

@@ -3,13 +3,14 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, FLOW_RUNS};
 use worker_chart_export::adapters::{JsonDocs, LocalArtifacts, LocalBackend};
 use worker_chart_export::cli::{run_local_with, OutputFormat, RunLocalArgs};
 use worker_chart_export::config::{parse_accounts, Settings};
-use worker_chart_export::core::{run_chart_export_step, StepReport, Worker};
+use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, FLOW_RUNS};
 use worker_chart_export::domain::{RunId, StepId, StepSelector};
 use worker_chart_export::serve::{router, AppState};
+use worker_chart_export::step_run::{run_chart_export_step, StepReport};
+use worker_chart_export::wiring::Worker;
 
 use super::readback::Backend;
 use super::setup::{retry_policy, substitute, templates, World};

@@ -15,7 +15,7 @@ use harness::eventarc::{Config, Delivery, EventRecord, LocalEventarc};
 use harness::process::{ServeProcess, ServeSpec, Terminated};
 use harness::proxy::{Call, FaultProxy, Upstream};
 use serde_json::Value;
-use worker_chart_export::adapters::docs::FLOW_RUNS;
+use worker_chart_export::domain::collections::FLOW_RUNS;
 
 use super::delivery::Delivered;
 use super::readback::Backend;

@@ -9,16 +9,16 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use serde_json::{json, Value};
-use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::adapters::gcs::emulator_endpoint;
 use worker_chart_export::adapters::{FirestoreStore, GcsArtifacts};
 use worker_chart_export::chartimg::{CassetteChartImg, HttpChartImg};
 use worker_chart_export::config::{parse_accounts, RetryPolicy};
-use worker_chart_export::core::{CoreSettings, Worker};
+use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::domain::WorkerId;
 use worker_chart_export::eventarc::encode_document_event;
 use worker_chart_export::ports::{ChartRenderer, SystemClock};
 use worker_chart_export::quota::AccountPool;
+use worker_chart_export::wiring::{CoreSettings, Worker};
 
 use super::{repo_root, Emulators};
 use crate::scenario::{Scenario, Templates};

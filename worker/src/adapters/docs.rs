@@ -22,11 +22,7 @@ use crate::domain::{
 };
 use crate::ports::{AccountUsageStore, FlowRunStore, RateWindowStore, StoreError, TemplateStore};
 
-pub const FLOW_RUNS: &str = "flow_runs";
-pub const CHART_TEMPLATES: &str = "chart_templates";
-pub const ACCOUNTS_USAGE: &str = "chart_img_accounts_usage";
-/// The per-key rate windows shared by every instance ([`crate::domain::rate`]).
-pub const RATE_WINDOWS: &str = "chart_img_rate";
+use crate::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS, RATE_WINDOWS};
 
 /// `(collection, document id)`; ids are typed ids already checked for `/`.
 pub type DocKey = (&'static str, String);

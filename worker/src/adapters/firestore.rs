@@ -39,13 +39,10 @@ use futures::StreamExt;
 use serde_json::Value as Json;
 use tracing::{debug, info, warn};
 
-use crate::firestore_codec::field_value;
-pub use crate::firestore_codec::{
-    document_to_json, field_path, json_document, json_to_value, quote_segment, timestamp_to_rfc3339, value_to_json,
-};
+use crate::firestore_codec::{document_to_json, field_path, field_value, json_document, quote_segment};
 use crate::retry::RetryPolicy;
 
-use crate::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS, RATE_WINDOWS};
+use crate::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS, RATE_WINDOWS};
 use crate::domain::rate::plan_window;
 use crate::domain::step::{check_owner, decide_claim};
 use crate::domain::usage::{plan_exhaust, plan_give_back, plan_reservation};

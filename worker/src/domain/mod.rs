@@ -1,6 +1,7 @@
 //! The domain: identifiers, the step document, request building, quotas and the manifest.
 //! Invariant: nothing in here does I/O; adapters call these functions inside their transactions.
 
+pub mod collections;
 pub mod ids;
 pub mod manifest;
 pub mod rate;

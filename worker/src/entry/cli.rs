@@ -9,13 +9,14 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use crate::adapters::docs::{CHART_TEMPLATES, FLOW_RUNS};
 use crate::adapters::{JsonDocs, LocalArtifacts, LocalBackend};
 use crate::config::{check_base_url, parse_accounts, ChartImgMode, Settings};
-use crate::core::{run_chart_export_step, CoreSettings, StepReport, Worker};
+use crate::domain::collections::{CHART_TEMPLATES, FLOW_RUNS};
 use crate::domain::{ObjectRef, RunId, StepId, StepSelector, TemplateId};
 use crate::ports::{StepObserver, SystemClock};
 use crate::quota::AccountPool;
+use crate::step_run::{run_chart_export_step, StepReport};
+use crate::wiring::{CoreSettings, Worker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -201,7 +202,7 @@ pub async fn run_local_with(mut settings: Settings, args: RunLocalArgs) -> anyho
             retry: settings.retry,
             lifecycle: settings.lifecycle,
         },
-        shutdown: crate::core::Shutdown::never(),
+        shutdown: crate::shutdown::Shutdown::never(),
     };
     let bar = ProgressObserver::new();
     let report = run_chart_export_step(

@@ -41,13 +41,15 @@ use tracing::{error, info, warn};
 
 use crate::adapters::{FirestoreStore, GcsArtifacts};
 use crate::config::{RetryPolicy, Settings};
-use crate::core::{run_chart_export_step, CoreSettings, InFlight, Shutdown, ShutdownTrigger, StepReport, Worker};
 use crate::domain::step::{event_verdict, EventVerdict};
 use crate::domain::{RunId, StepSelector};
 use crate::eventarc::{self, FirestoreEvent};
 use crate::pacing::{SharedRate, WindowSettings};
 use crate::ports::SystemClock;
 use crate::quota::AccountPool;
+use crate::shutdown::{InFlight, Shutdown, ShutdownTrigger};
+use crate::step_run::{run_chart_export_step, StepReport};
+use crate::wiring::{CoreSettings, Worker};
 
 /// The largest event Eventarc delivers: its Pub/Sub transport carries messages of up to 10 MB (Firestore leaves the
 /// data out of bigger events), base64-encoded inside a push envelope when Eventarc falls back to one. Anything larger

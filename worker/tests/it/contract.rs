@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::{json, Value};
-use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS, RATE_WINDOWS};
 use worker_chart_export::adapters::{
     FirestoreStore, JsonDocs, LocalArtifacts, LocalBackend, MemoryArtifacts, MemoryBackend,
 };
+use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS, RATE_WINDOWS};
 use worker_chart_export::domain::{
     AccountId, AccountQuota, ClaimOutcome, ClaimParams, ClaimToken, ObjectRef, OpId, PatchOutcome, RunId, StepId,
     StepPatch, StepSelector, TemplateId, WindowAsk, WorkerId,

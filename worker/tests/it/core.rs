@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use worker_chart_export::adapters::docs::ACCOUNTS_USAGE;
+use worker_chart_export::domain::collections::ACCOUNTS_USAGE;
 use worker_chart_export::domain::{ErrorCode, ImageFormat, ObjectRef, StepId, StepSelector};
 use worker_chart_export::ports::{ArtifactStore, ChartApiError, RenderedChart};
 use worker_chart_export::{run_chart_export_step, StepReport};

@@ -12,11 +12,12 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use worker_chart_export::config::Lifecycle;
-use worker_chart_export::core::{run_chart_export_step, Shutdown, StepReport};
 use worker_chart_export::domain::{ErrorCode, ObjectRef, StepSelector, TemplateId};
 use worker_chart_export::ports::{
     ArtifactStore, ChartApiError, ChartCall, ChartRenderer, Clock, RenderedChart, StoreError, TemplateStore, WriteMode,
 };
+use worker_chart_export::shutdown::Shutdown;
+use worker_chart_export::step_run::{run_chart_export_step, StepReport};
 
 use crate::support::{flow_run, one_account, png_bytes, run_id, ScriptedRenderer, TestWorker};
 

@@ -15,10 +15,9 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-use worker_chart_export::adapters::docs::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::chartimg::HttpChartImg;
 use worker_chart_export::config::parse_accounts;
-use worker_chart_export::core::{CoreSettings, Worker};
+use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::domain::{
     ClaimOutcome, ClaimParams, ClaimToken, PatchOutcome, RunId, StepPatch, StepSelector,
 };
@@ -28,6 +27,7 @@ use worker_chart_export::ports::{
 };
 use worker_chart_export::quota::AccountPool;
 use worker_chart_export::serve::{self, AppState};
+use worker_chart_export::wiring::{CoreSettings, Worker};
 
 use crate::emulators;
 use crate::support::{self, fast_retry, png_bytes, KEY_1};

@@ -1,0 +1,137 @@
+//! `run_chart_export_step`: one CHART_EXPORT step from claim to finalize, over the ports only.
+//!
+//! Stages (each a named method of [`StepRun`]): [`claim`](StepRun::claim) (transaction, new token) →
+//! [`validate`](StepRun::validate) → [`manifest_first`](StepRun::manifest_first) (an existing manifest finalizes the
+//! step at once) → [`prepare_requests`](StepRun::prepare_requests) (templates → Chart-IMG bodies) →
+//! [`reserve_quota`](StepRun::reserve_quota) → [`render_all`](StepRun::render_all) (rate-limited per account,
+//! retried with backoff, each image uploaded) → settle quota → [`conclude`](StepRun::conclude) (manifest,
+//! create-only, then finalize) — or [`release`](StepRun::release) after a transient failure.
+//!
+//! While the stages run, [`keep_alive`](StepRun::keep_alive) renews the lease every heartbeat, and stops the step
+//! when the claim is lost, the step deadline passes or the process shuts down. Both run in the caller's future: no
+//! task outlives the request.
+//!
+//! Invariants: a step is finalized SUCCEEDED only after its manifest is written; nothing is written to a step whose
+//! claim token is not ours; a step whose claim was lost writes no manifest and no finalize; an infrastructure failure
+//! after the claim releases the step (RUNNING → READY with `attempts`, `notBefore`, `lastError`) until its attempts
+//! are used up, then it is FAILED with the last error's code.
+
+mod claim;
+mod lease;
+mod outcome;
+mod render;
+mod settle;
+
+pub use outcome::{ChartFailure, CoreError, StepReport};
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tracing::{error, info, info_span, Instrument};
+
+use crate::domain::{ErrorCode, RunId, StepId, StepSelector};
+use crate::ports::StepObserver;
+use crate::quota::QuotaLedger;
+use crate::wiring::Worker;
+use claim::Claim;
+use lease::Guard;
+use outcome::Halt;
+
+/// Runs the step selected by `selector` of `flow_runs/{run}`.
+pub async fn run_chart_export_step(
+    w: &Worker,
+    run: &RunId,
+    selector: &StepSelector,
+    observer: Option<&dyn StepObserver>,
+) -> Result<StepReport, CoreError> {
+    let span = info_span!("step", runId = %run, stepId = tracing::field::Empty);
+    if let StepSelector::Explicit(s) = selector {
+        span.record("stepId", s.as_str());
+    }
+    StepRun { w, run, observer }.run(selector).instrument(span).await
+}
+
+struct StepRun<'a> {
+    w: &'a Worker,
+    run: &'a RunId,
+    observer: Option<&'a dyn StepObserver>,
+}
+
+fn noop(run: &RunId, step: Option<&StepId>, reason: impl Into<String>) -> StepReport {
+    StepReport::NoOp {
+        run_id: run.to_string(),
+        step_id: step.map(|s| s.to_string()),
+        reason: reason.into(),
+    }
+}
+
+fn chrono_of(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(60))
+}
+
+impl StepRun<'_> {
+    async fn run(&self, selector: &StepSelector) -> Result<StepReport, CoreError> {
+        let (claim, doc) = match self.claim(selector).await? {
+            Ok(c) => c,
+            Err(report) => return Ok(report),
+        };
+        tracing::Span::current().record("stepId", claim.step_id.as_str());
+        self.run_claimed(&claim, &doc).await
+    }
+
+    /// Everything after a successful claim: the stages, with the lease kept alive beside them.
+    async fn run_claimed(&self, claim: &Claim, doc: &Value) -> Result<StepReport, CoreError> {
+        let (tx, rx) = watch::channel(None);
+        let guard = Guard(rx);
+        let deadline = claim.started + self.w.settings.lifecycle.step_deadline;
+        let result = tokio::select! {
+        biased;
+        r = self.stages(claim, doc, &guard) => r,
+        never = self.keep_alive(claim, &tx, deadline) => match never {}};
+        match result {
+            Ok(report) => Ok(report),
+            Err(Halt::Lost(reason)) => Ok(self.lost(claim, reason)),
+            Err(Halt::Transient { code, message }) => self.release(claim, code, message, false).await,
+            Err(Halt::Shutdown) => {
+                let message = "the worker shut down mid-step".to_owned();
+                self.release(claim, ErrorCode::StepAbandoned, message, true).await
+            }
+            Err(Halt::Permanent(f)) => match self.finalize_failed(claim, f, Vec::new()).await {
+                Ok(r) => Ok(r),
+                Err(Halt::Lost(reason)) => Ok(self.lost(claim, reason)),
+                Err(Halt::Transient { code, message }) => self.release(claim, code, message, false).await,
+                Err(Halt::Refused(e)) => Err(e),
+                Err(Halt::Permanent(_) | Halt::Shutdown) => {
+                    unreachable!("finalize ends in a report, a loss, a release or a refusal")
+                }
+            },
+            Err(Halt::Refused(e)) => {
+                error!(event = "finalize_failed", error = %e, "the step's final write was refused");
+                Err(e)
+            }
+        }
+    }
+
+    /// The stages after the claim, in order.
+    async fn stages(&self, claim: &Claim, doc: &Value, guard: &Guard) -> Result<StepReport, Halt> {
+        let valid = match self.validate(claim, doc) {
+            Ok(v) => v,
+            Err(f) => return self.finalize_failed(claim, f, Vec::new()).await,
+        };
+        if let Some(report) = self.manifest_first(claim, &valid).await? {
+            return Ok(report);
+        }
+        if let Some(o) = self.observer {
+            o.charts_planned(valid.requests.len());
+        }
+        let slots = self.prepare_requests(&valid).await?;
+        let key = format!("{}/{}", self.run, claim.step_id);
+        let ledger = QuotaLedger::new(&self.w.accounts, self.w.usage.as_ref(), self.w.clock.as_ref(), &key);
+        let slots = self.reserve_quota(&ledger, slots, guard).await?;
+        let results = self.render_all(&valid, &ledger, slots, guard).await;
+        let spent = ledger.finish().await;
+        info!(event = "quota_settled", spent = ?spent.iter().map(|(a, n)| format!("{a}={n}")).collect::<Vec<_>>(), "quota settled");
+        self.conclude(claim, &valid, results, guard).await
+    }
+}

@@ -1,0 +1,364 @@
+//! Settling the step: validation, the manifest-first shortcut, the manifest, finalize, release.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tracing::{error, info, warn};
+
+use super::claim::Claim;
+use super::lease::{Guard, Stop};
+use super::outcome::{ChartFailure, CoreError, Halt, StepReport};
+use super::{chrono_of, StepRun};
+use crate::domain::manifest::manifest_path;
+use crate::domain::step::{release_patch, rfc3339, validate_step, ValidStep};
+use crate::domain::text::{clip_details, clip_error};
+use crate::domain::{
+    ErrorCode, Manifest, ManifestFailure, ManifestItem, ObjectRef, PatchOutcome, ReleaseParams, StepId, StepPatch,
+    TemplateId,
+};
+use crate::ports::{ArtifactError, StoreError, WriteMode};
+
+impl StepRun<'_> {
+    /// Stage 2: step-level validation of the claimed document.
+    pub(super) fn validate(&self, claim: &Claim, doc: &Value) -> Result<ValidStep, ChartFailure> {
+        let step = &doc["steps"][claim.step_id.as_str()];
+        validate_step(doc, &claim.step_id, step).map_err(|invalid| ChartFailure {
+            code: ErrorCode::ValidationFailed,
+            message: invalid.to_string(),
+            http_status: None,
+            details: Some(json!({ "field": invalid.field })),
+        })
+    }
+
+    pub(super) fn manifest_ref(&self, step_id: &StepId) -> ObjectRef {
+        ObjectRef {
+            bucket: self.w.settings.bucket.clone(),
+            path: manifest_path(self.run, step_id),
+        }
+    }
+
+    /// Stage 3: a manifest already written for this step (an earlier holder succeeded but never finalized) finalizes
+    /// it SUCCEEDED at once: nothing is rendered or paid twice.
+    pub(super) async fn manifest_first(&self, claim: &Claim, valid: &ValidStep) -> Result<Option<StepReport>, Halt> {
+        let obj = self.manifest_ref(&claim.step_id);
+        let existing = match self.w.artifacts.get(&obj).await {
+            Ok(o) => o,
+            Err(e @ ArtifactError::Unavailable(_)) => {
+                return Err(Halt::Transient {
+                    code: ErrorCode::GcsWriteFailed,
+                    message: format!("cannot check for {obj}: {e}"),
+                });
+            }
+            Err(e) => {
+                return Err(Halt::Permanent(ChartFailure::new(
+                    ErrorCode::GcsWriteFailed,
+                    format!("cannot check for {obj}: {e}"),
+                )))
+            }
+        };
+        let Some(existing) = existing else { return Ok(None) };
+        let manifest: Option<Manifest> = serde_json::from_slice(&existing.bytes).ok();
+        info!(event = "manifest_written", uri = %obj, existing = true, "a manifest already exists; finalizing from it");
+        let (items, failures) = manifest.map(|m| (m.items, m.failures)).unwrap_or_default();
+        self.finalize_succeeded(claim, valid, &obj, items, failures)
+            .await
+            .map(Some)
+    }
+
+    /// Stage 7: SUCCEEDED (manifest, then finalize) when enough charts rendered; otherwise FAILED with the first
+    /// failure's code — or, when the step was cut short (deadline, shutdown), released for another attempt.
+    pub(super) async fn conclude(
+        &self,
+        claim: &Claim,
+        valid: &ValidStep,
+        results: Vec<(TemplateId, Result<ManifestItem, ChartFailure>)>,
+        guard: &Guard,
+    ) -> Result<StepReport, Halt> {
+        let mut items = Vec::new();
+        let mut failures = Vec::new();
+        let mut first_failure: Option<ChartFailure> = None;
+        for (id, r) in results {
+            match r {
+                Ok(item) => items.push(item),
+                Err(f) => {
+                    failures.push(ManifestFailure {
+                        chart_template_id: id.to_string(),
+                        code: f.code,
+                        message: f.message.clone(),
+                        http_status: f.http_status,
+                    });
+                    first_failure.get_or_insert(f);
+                }
+            }
+        }
+        let stop = guard.current();
+        if stop == Some(Stop::Lost) {
+            return Err(Halt::Lost("the lease renewal found the step no longer ours".into()));
+        }
+        let enough = crate::domain::manifest::enough_images(items.len(), valid.min_images);
+        let summary = |first: &ChartFailure| {
+            format!(
+                "{} of {} charts rendered, {} required; first failure: {} {}",
+                items.len(),
+                valid.requests.len(),
+                valid.min_images,
+                failures.first().map(|f| f.chart_template_id.as_str()).unwrap_or("-"),
+                first.message
+            )
+        };
+        if !enough {
+            let first =
+                first_failure.unwrap_or_else(|| ChartFailure::new(ErrorCode::ChartApiFailed, "no chart was rendered"));
+            match stop {
+                Some(Stop::Shutdown | Stop::Draining) => return Err(Halt::Shutdown),
+                Some(Stop::Deadline) => {
+                    let message = format!("the step deadline passed: {}", summary(&first));
+                    return Err(Halt::Transient {
+                        code: first.code,
+                        message,
+                    });
+                }
+                _ => {}
+            }
+            let details = json!({ "failures": failures, "firstFailure": first.details });
+            let f = ChartFailure {
+                code: first.code,
+                message: summary(&first),
+                http_status: first.http_status,
+                details: Some(details),
+            };
+            return self.finalize_failed(claim, f, failures).await;
+        }
+        self.write_manifest(claim, valid, items, failures).await
+    }
+
+    /// Stage 8: the manifest, schema-checked and create-only, then the finalize.
+    pub(super) async fn write_manifest(
+        &self,
+        claim: &Claim,
+        valid: &ValidStep,
+        items: Vec<ManifestItem>,
+        failures: Vec<ManifestFailure>,
+    ) -> Result<StepReport, Halt> {
+        let w = self.w;
+        let manifest = Manifest {
+            schema_version: 1,
+            run_id: self.run.to_string(),
+            step_id: claim.step_id.to_string(),
+            created_at: rfc3339(w.clock.now()),
+            symbol: valid.symbol.clone(),
+            timeframe: valid.timeframe.to_string(),
+            min_images: valid.min_images,
+            requested: valid.requests.len() as u32,
+            items: items.clone(),
+            failures: failures.clone(),
+        };
+        let bytes = match manifest.to_validated_json() {
+            Ok(b) => b,
+            Err(e) => {
+                let f = ChartFailure::new(
+                    ErrorCode::ValidationFailed,
+                    format!("manifest does not match its schema: {e}"),
+                );
+                return self.finalize_failed(claim, f, failures).await;
+            }
+        };
+        let obj = self.manifest_ref(&claim.step_id);
+        match w
+            .artifacts
+            .put(&obj, Bytes::from(bytes), "application/json", WriteMode::CreateOnly)
+            .await
+        {
+            Ok(()) => {
+                info!(event = "manifest_written", uri = %obj, items = items.len(), failures = failures.len(), "manifest written")
+            }
+            Err(ArtifactError::AlreadyExists(_)) => {
+                // A manifest is only ever written for a successful step, create-only. Finding one means an earlier
+                // holder of this step already succeeded (or our own retried upload landed): point at it.
+                warn!(event = "manifest_written", uri = %obj, existing = true, "manifest already exists; keeping the first one");
+            }
+            Err(e @ ArtifactError::Unavailable(_)) => {
+                // Every chart is stored: another attempt finds them paid for only if the manifest lands, so retry the
+                // step rather than failing it.
+                return Err(Halt::Transient {
+                    code: ErrorCode::ManifestWriteFailed,
+                    message: format!("cannot write {obj}: {e}"),
+                });
+            }
+            Err(e) => {
+                let f = ChartFailure::new(ErrorCode::ManifestWriteFailed, format!("cannot write {obj}: {e}"));
+                return self.finalize_failed(claim, f, failures).await;
+            }
+        }
+        self.finalize_succeeded(claim, valid, &obj, items, failures).await
+    }
+
+    pub(super) async fn finalize_succeeded(
+        &self,
+        claim: &Claim,
+        valid: &ValidStep,
+        obj: &ObjectRef,
+        items: Vec<ManifestItem>,
+        failures: Vec<ManifestFailure>,
+    ) -> Result<StepReport, Halt> {
+        let mut patch = StepPatch {
+            step_id: claim.step_id.clone(),
+            fields: Default::default(),
+        };
+        patch.fields.insert("status".to_owned(), Some(json!("SUCCEEDED")));
+        patch
+            .fields
+            .insert("finishedAt".to_owned(), Some(json!(rfc3339(self.w.clock.now()))));
+        patch
+            .fields
+            .insert("outputsManifestGcsUri".to_owned(), Some(json!(obj.uri())));
+        patch.fields.insert("leaseExpiresAt".to_owned(), None);
+        let report = StepReport::Succeeded {
+            run_id: self.run.to_string(),
+            step_id: claim.step_id.to_string(),
+            manifest_uri: obj.uri(),
+            requested: valid.requests.len() as u32,
+            items,
+            failures,
+        };
+        self.finalize(claim, patch, report, ErrorCode::ManifestWriteFailed)
+            .await
+    }
+
+    pub(super) async fn finalize_failed(
+        &self,
+        claim: &Claim,
+        f: ChartFailure,
+        failures: Vec<ManifestFailure>,
+    ) -> Result<StepReport, Halt> {
+        let message = clip_error(&f.message);
+        let mut error = json!({ "code": f.code, "message": message });
+        if let Some(d) = f.details {
+            error["details"] = clip_details(d);
+        }
+        let mut patch = StepPatch {
+            step_id: claim.step_id.clone(),
+            fields: Default::default(),
+        };
+        patch.fields.insert("status".to_owned(), Some(json!("FAILED")));
+        patch
+            .fields
+            .insert("finishedAt".to_owned(), Some(json!(rfc3339(self.w.clock.now()))));
+        patch.fields.insert("error".to_owned(), Some(error));
+        patch.fields.insert("leaseExpiresAt".to_owned(), None);
+        let report = StepReport::Failed {
+            run_id: self.run.to_string(),
+            step_id: claim.step_id.to_string(),
+            code: f.code,
+            message,
+            failures,
+        };
+        self.finalize(claim, patch, report, f.code).await
+    }
+
+    /// The guarded final write. A retried commit whose first try landed answers `AlreadyApplied`, which is success.
+    pub(super) async fn finalize(
+        &self,
+        claim: &Claim,
+        patch: StepPatch,
+        report: StepReport,
+        code: ErrorCode,
+    ) -> Result<StepReport, Halt> {
+        let status = match &report {
+            StepReport::Succeeded { .. } => "SUCCEEDED",
+            _ => "FAILED",
+        };
+        let outcome = {
+            let _own = claim.writes.lock().await;
+            self.w.flow_runs.patch_owned_step(self.run, &claim.token, &patch).await
+        };
+        match outcome {
+            Ok(o) if o.landed() => {
+                info!(
+                    event = "step_completed",
+                    status,
+                    repeated = (o == PatchOutcome::AlreadyApplied),
+                    "step {status}"
+                );
+                Ok(report)
+            }
+            Ok(other) => Err(Halt::Lost(format!(
+                "finalize skipped, the step is no longer ours: {other:?}"
+            ))),
+            Err(e) if e.is_transient() => {
+                error!(event = "finalize_failed", status, error = %e, "finalize failed; releasing the step");
+                Err(Halt::Transient {
+                    code,
+                    message: format!("cannot finalize the step {status}: {e}"),
+                })
+            }
+            Err(e) => Err(Halt::Refused(CoreError::FinalizeRefused { status, code, error: e })),
+        }
+    }
+
+    /// Hands the step back (RUNNING → READY) with its attempt count, a not-before time and the error; past the last
+    /// attempt the step is FAILED with that error instead. A shutdown release does not count the attempt and may be
+    /// claimed at once.
+    pub(super) async fn release(
+        &self,
+        claim: &Claim,
+        code: ErrorCode,
+        message: String,
+        shutdown: bool,
+    ) -> Result<StepReport, CoreError> {
+        let w = self.w;
+        let lifecycle = &w.settings.lifecycle;
+        let message = clip_error(&message);
+        if !shutdown && claim.attempt >= lifecycle.max_attempts {
+            let f = ChartFailure::new(
+                code,
+                format!("gave up after {} attempts; last error: {message}", claim.attempt),
+            );
+            return match self.finalize_failed(claim, f, Vec::new()).await {
+                Ok(r) => Ok(r),
+                Err(Halt::Lost(reason)) => Ok(self.lost(claim, reason)),
+                Err(Halt::Refused(e)) => Err(e),
+                Err(_) => Err(CoreError::ReleaseFailed {
+                    cause: message,
+                    release: StoreError::Unavailable("the final FAILED write did not get through".into()),
+                }),
+            };
+        }
+        let now = w.clock.now();
+        let delay = if shutdown {
+            Duration::ZERO
+        } else {
+            lifecycle.release_delay(claim.attempt)
+        };
+        let params = ReleaseParams {
+            now,
+            not_before: now + chrono_of(delay),
+            code: code.as_str().to_owned(),
+            message: message.clone(),
+            attempts: shutdown.then(|| claim.attempt.saturating_sub(1)),
+        };
+        let patch = release_patch(&claim.step_id, &params);
+        match w.flow_runs.patch_owned_step(self.run, &claim.token, &patch).await {
+            Ok(o) if o.landed() => {
+                warn!(event = "step_released", attempt = claim.attempt, notBefore = %rfc3339(params.not_before), code = %code, error = %message, "step released");
+                Ok(StepReport::Released {
+                    run_id: self.run.to_string(),
+                    step_id: claim.step_id.to_string(),
+                    attempt: claim.attempt,
+                    not_before: rfc3339(params.not_before),
+                    code,
+                    message,
+                })
+            }
+            Ok(other) => Ok(self.lost(claim, format!("release skipped, the step is no longer ours: {other:?}"))),
+            Err(e) => {
+                error!(event = "finalize_failed", error = %e, "could not release the step; it is reclaimable after its lease");
+                Err(CoreError::ReleaseFailed {
+                    cause: message,
+                    release: e,
+                })
+            }
+        }
+    }
+}

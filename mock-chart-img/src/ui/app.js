@@ -40,7 +40,7 @@ const PRESETS = [
 
 const matches = (fault, spec) => Object.entries(spec).every(([k, v]) => JSON.stringify(fault[k]) === JSON.stringify(v));
 
-let state = { faults: [], stubs: [], journal: [], usage: [], thumbs: new Set() };
+let state = { faults: [], stubs: [], verify: { expectations: [] }, journal: [], usage: [], thumbs: new Set() };
 let busy = false;
 
 function renderHealth(h) {
@@ -106,6 +106,23 @@ function renderStubs() {
       el("td", {}, el("button", { class: "remove", onclick: () => removeStub(s.id) }, "remove")))));
 }
 
+// `GET /__admin/verify` answers 417 when an expectation is unmet: a verdict, not an error of the page.
+async function verdict() {
+  const r = await fetch("/__admin/verify");
+  if (r.status !== 200 && r.status !== 417) throw new Error(r.status + " " + r.statusText);
+  return r.json();
+}
+
+function renderExpectations() {
+  const v = state.verify, n = v.expectations.length;
+  $("#verdict").textContent = n === 0 ? "(none)" : v.ok ? `(all ${n} hold)` : `(${v.unmet} of ${n} unmet)`;
+  $("#expectations tbody").replaceChildren(...v.expectations.map((e) =>
+    el("tr", { dataset: { expectation: e.id }, class: e.ok ? "" : "unmet" },
+      el("td", {}, e.id), el("td", {}, e.name || ""), el("td", {}, el("code", {}, JSON.stringify(e.criteria))),
+      el("td", {}, e.wanted), el("td", {}, e.matched),
+      el("td", { class: e.ok ? "s2" : "s5" }, e.ok ? "ok" : "unmet"))));
+}
+
 function statusClass(s) {
   return s == null ? "sdrop" : "s" + String(s)[0];
 }
@@ -131,16 +148,17 @@ async function refresh() {
   if (busy) return;
   busy = true;
   try {
-    const [health, usage, faults, stubs, journal, thumbs, config] = await Promise.all([
+    const [health, usage, faults, stubs, verify, journal, thumbs, config] = await Promise.all([
       api("GET", "/__admin/health"), api("GET", "/__admin/usage"), api("GET", "/__admin/faults"),
-      api("GET", "/__admin/stubs"), api("GET", "/__admin/requests?limit=100"), api("GET", "/__admin/ui/thumbs"),
-      api("GET", "/__admin/config"),
+      api("GET", "/__admin/stubs"), verdict(), api("GET", "/__admin/requests?limit=100"),
+      api("GET", "/__admin/ui/thumbs"), api("GET", "/__admin/config"),
     ]);
-    state = { faults, stubs, journal, usage, thumbs: new Set(thumbs) };
+    state = { faults, stubs, verify, journal, usage, thumbs: new Set(thumbs) };
     renderHealth(health);
     renderAccounts();
     renderFaults();
     renderStubs();
+    renderExpectations();
     renderJournal();
     $("#config").textContent = JSON.stringify(config, null, 2);
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chromium_test::Chromium;
-use mock_chart_img::{serve, AppState, Config, FaultSpec, LayoutConfig, Plan};
+use mock_chart_img::{serve, AppState, Config, Criteria, Expectation, FaultSpec, LayoutConfig, Plan};
 use serde_json::json;
 
 use crate::{small, start};
@@ -283,6 +283,12 @@ async fn dashboard_in_chromium_adds_a_stub_that_answers_then_removes_it() {
         return;
     };
     let ctx = start(config()).await;
+    // Two ETH charts are expected: the one the stub answers and the one rendered after it is removed.
+    ctx.server.expect(
+        Expectation::new(Criteria::route("/v2/tradingview/advanced-chart").body("symbol", "BINANCE:ETHUSDT"))
+            .times(2)
+            .named("two ETH charts"),
+    );
     let url = format!("{}/ui", ctx.server.admin_url());
     let wait = Duration::from_secs(15);
     let eth = json!({"symbol": "BINANCE:ETHUSDT", "interval": "4h", "width": 400, "height": 300});
@@ -291,6 +297,12 @@ async fn dashboard_in_chromium_adds_a_stub_that_answers_then_removes_it() {
         tab.goto(&url).unwrap();
         tab.wait_for("Number(document.body.dataset.refreshed || 0) > 0", wait)
             .unwrap();
+        tab.wait_for(
+            "document.querySelector('#verdict').textContent === '(1 of 1 unmet)' && \
+             document.querySelector('#expectations tbody tr').cells[5].textContent === 'unmet'",
+            wait,
+        )
+        .unwrap();
         // A stub the server refuses: its message is shown, nothing is installed.
         tab.eval(
             r#"document.querySelector('#stub-json').value = '{"answer":{"status":99}}';
@@ -337,10 +349,11 @@ async fn dashboard_in_chromium_adds_a_stub_that_answers_then_removes_it() {
             .unwrap();
         tab.wait_for("document.querySelectorAll('#stubs tbody tr').length === 0", wait)
             .unwrap();
-        seen
+        (seen, tab)
     })
     .await
     .unwrap();
+    let (seen, tab) = seen;
     let row = seen.as_str().unwrap();
     assert!(row.contains("BINANCE:ETHUSDT") && row.contains("after"), "{row}");
     assert_eq!(ctx.admin_get("/stubs").await, json!([]));
@@ -349,4 +362,16 @@ async fn dashboard_in_chromium_adds_a_stub_that_answers_then_removes_it() {
         200,
         "removed from the page: renders again"
     );
+    // Both ETH charts were answered: the page's verdict turns to "all hold".
+    tokio::task::spawn_blocking(move || {
+        let mut tab = tab;
+        tab.wait_for(
+            "document.querySelector('#verdict').textContent === '(all 1 hold)' && \
+             document.querySelector('#expectations tbody tr').cells[4].textContent === '2'",
+            wait,
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
 }

@@ -99,6 +99,25 @@ pub struct SnapshotOutcome {
 }
 
 impl AppState {
+    /// Account → key, for putting keys back on their way into the recorder.
+    fn keys(&self) -> HashMap<String, String> {
+        self.inner
+            .accounts
+            .all()
+            .iter()
+            .map(|a| (a.id().to_string(), a.config.key.clone()))
+            .collect()
+    }
+
+    /// The recorder's redactor, knowing every key of the mock: the one place keys become placeholders.
+    pub(crate) fn secrets(&self) -> recorder::Secrets {
+        self.keys()
+            .into_iter()
+            .fold(recorder::Secrets::new(), |s, (account, key)| {
+                s.with_account(account, key.into())
+            })
+    }
+
     /// Writes the journaled interactions matching `criteria` as a cassette in `dir` (see the module doc).
     pub async fn snapshot(&self, dir: impl Into<PathBuf>, criteria: &Criteria) -> Result<SnapshotOutcome, String> {
         let dir = dir.into();
@@ -109,17 +128,8 @@ impl AppState {
                 dir.display()
             ));
         }
-        let keys: HashMap<String, String> = self
-            .inner
-            .accounts
-            .all()
-            .iter()
-            .map(|a| (a.id().to_string(), a.config.key.clone()))
-            .collect();
-        let mut secrets = recorder::Secrets::new();
-        for (account, key) in &keys {
-            secrets = secrets.with_account(account.as_str(), key.clone().into());
-        }
+        let keys = self.keys();
+        let secrets = self.secrets();
         // The recorder's placeholder for a key it does not know; the journal never kept an unknown key.
         let key_of = |account: Option<&str>| {
             account

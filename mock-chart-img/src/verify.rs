@@ -688,10 +688,16 @@ impl AppState {
     /// Too many: the newest matching requests. Too few: the requests failing the fewest criteria (newest first
     /// among equals).
     fn closest(&self, criteria: &Criteria, too_many: bool) -> Vec<NearRequest> {
+        // A body field the criteria name may hold a key the client sent: differences show placeholders.
+        let secrets = self.secrets();
         self.inner.journal.scan(|records, _| {
             let mut near: Vec<(usize, NearRequest)> = records
                 .filter_map(|(seq, r)| {
-                    let differs = criteria.mismatches(&View::of(r));
+                    let differs: Vec<String> = criteria
+                        .mismatches(&View::of(r))
+                        .into_iter()
+                        .map(|d| secrets.redact(&d).into_owned())
+                        .collect();
                     if too_many != differs.is_empty() {
                         return None;
                     }

@@ -429,3 +429,27 @@ async fn among_equally_close_requests_one_with_a_differing_value_comes_before_on
     );
     ctx.server.shutdown().await.unwrap_err();
 }
+
+#[tokio::test]
+async fn a_key_a_client_put_in_a_body_field_is_a_placeholder_in_the_report() {
+    let ctx = start(config()).await;
+    ctx.server
+        .expect(Expectation::new(Criteria::any().body("note", "hello")).times(1));
+    let mut body = chart("BINANCE:BTCUSDT");
+    body["note"] = json!(KEY_2);
+    assert_eq!(ctx.chart(KEY_1, body).await.status(), 200);
+    let r = ctx
+        .http
+        .get(format!("{}/verify", ctx.server.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 417);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(KEY_2), "{text}");
+    assert!(
+        text.contains(r#"body note: wanted \"hello\", got \"<CHART_IMG_API_KEY:acc-2>\""#),
+        "{text}"
+    );
+    ctx.server.shutdown().await.unwrap_err();
+}

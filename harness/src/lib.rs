@@ -7,8 +7,8 @@
 //! - [`process`] — the worker's `serve` as a child process: real SIGKILL, SIGTERM timed to the exit, new instances;
 //! - [`serve`] — the `worker-serve` binary's entrypoint (the worker's serve path, bound to 127.0.0.1).
 //!
-//! Binaries: `local-eventarc`, `fault-proxy`, `worker-serve` (each with `--help`); `scripts/prod-local.sh` wires
-//! them up.
+//! Binaries: `local-eventarc`, `fault-proxy`, `worker-serve`, `flow-run` (each with `--help`); `scripts/prod-local.sh`
+//! wires them up.
 
 pub mod eventarc;
 pub mod process;

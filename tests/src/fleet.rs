@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use worker_chart_export::adapters::FirestoreStore;
 use worker_chart_export::config::parse_accounts;
 use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
-use worker_chart_export::quota::ideal_bound;
+use worker_chart_export::ideal_bound;
 
 use crate::runner::live::{serve_env, Wiring};
 use crate::runner::setup::{create_bucket, keys, library_templates, Keys};

@@ -48,7 +48,7 @@ pub struct Given {
     /// Retry policy of the worker, for scenarios that exercise backoff.
     #[serde(default)]
     pub retry: Option<Retry>,
-    /// Lease of a claim in seconds (default 900; `CHART_EXPORT_LEASE_SECONDS` of `serve` processes).
+    /// Lease of a claim in seconds (default: the worker's; `CHART_EXPORT_LEASE_SECONDS` of `serve` processes).
     #[serde(default)]
     pub lease_seconds: Option<u64>,
     /// Environment of every `serve` process (`via: local_eventarc`), passed through as is: worker settings such as
@@ -429,7 +429,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
     for (i, a) in s.given.accounts.iter().enumerate() {
         for (field, plan) in [("plan", &a.plan), ("mockPlan", &a.mock_plan)] {
             if let Some(p) = plan {
-                if p.parse::<worker_chart_export::config::Plan>().is_err() {
+                if p.parse::<chart_img_spec::Plan>().is_err() {
                     return Err(format!("given.accounts[{i}].{field}: unknown plan {p:?}"));
                 }
             }

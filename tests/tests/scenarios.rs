@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use cloud_run_kit::{CaptureWriter, CloudLoggingLayer};
 use tracing_subscriber::layer::SubscriberExt;
-use worker_chart_export::telemetry::{CaptureWriter, CloudLoggingLayer};
 
 fn emulators() -> Option<tests::runner::Emulators> {
     let mut emu = tests::runner::Emulators::from_env();

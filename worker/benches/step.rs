@@ -20,17 +20,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::post;
+use chart_img_spec::Plan;
 use mock_chart_img::{JournalQuery, LatencyProfile};
 use serde_json::{json, Value};
 use worker_chart_export::adapters::{JsonDocs, MemoryArtifacts};
-use worker_chart_export::chartimg::HttpChartImg;
-use worker_chart_export::config::{parse_accounts, AccountConfig, Plan, RetryPolicy};
+use worker_chart_export::config::{parse_accounts, AccountConfig};
 use worker_chart_export::domain::collections::{CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::domain::{RunId, StepSelector, WorkerId};
 use worker_chart_export::ports::SystemClock;
-use worker_chart_export::quota::{ideal_bound, ideal_bound_for, AccountPool};
-use worker_chart_export::wiring::{CoreSettings, Worker};
+use worker_chart_export::HttpChartImg;
+use worker_chart_export::RetryPolicy;
+use worker_chart_export::{ideal_bound, ideal_bound_for, AccountPool};
 use worker_chart_export::{run_chart_export_step, StepReport};
+use worker_chart_export::{CoreSettings, Worker};
 
 const ACCOUNT: &str = "acc-1";
 const KEY: &str = "bench-key";

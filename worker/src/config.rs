@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::domain::{AccountId, AccountQuota};
 
 /// A Chart-IMG plan; its limits (rate, burst, daily quota, max size and parameters) are `chart-img-spec`'s.
-pub use chart_img_spec::Plan;
+use chart_img_spec::Plan;
 
 /// Default of `CHART_EXPORT_CONCURRENCY`, the memory-safe maximum of charts of one step in flight.
 pub const DEFAULT_CONCURRENCY: usize = 128;
@@ -144,7 +144,7 @@ impl fmt::Display for ChartImgMode {
     }
 }
 
-pub use crate::retry::RetryPolicy;
+use crate::retry::RetryPolicy;
 
 /// The Firestore database a project has unless told otherwise.
 pub const DEFAULT_FIRESTORE_DATABASE: &str = firestore::FIREBASE_DEFAULT_DATABASE_ID;

@@ -11,9 +11,43 @@
 //!   [`WindowSettings::max`]), so one document sees about one write per second per busy instance; no window is
 //!   reserved without a call waiting, and an instance holds at most the current window and the next one.
 //!
-//! Why that keeps the key under rate + burst, with clock skew, and what a dead holder costs: ARCHITECTURE.md,
-//! "Rate and quota across instances". `429 Too Many Requests` is still retried with backoff by the core: the
-//! fallback for calls nobody paced (another user of the key, a clock far off), not the mechanism.
+//! `429 Too Many Requests` is still retried with backoff by the core: the fallback for calls nobody paced (another
+//! user of the key, a clock far off), not the mechanism.
+//!
+//! # Why the windows keep a key under rate + burst
+//!
+//! Chart-IMG's limiter is a GCRA (as mock-chart-img's `governor`): with rate `r` and burst `b`, a call passes when no
+//! more than `b + r·(t − t₀)` calls arrived in any `[t₀, t]`.
+//! - The windows of one key are disjoint in the document's time, and every call sits on a grid point of its window,
+//!   so in the windows' own time any two calls `j < k` lie at least `(k − j)/r` apart (plus the gap per window
+//!   boundary between them).
+//! - Each instance writes its windows in its own clock. With clocks within `ε` of each other and arrival jitter within
+//!   `δ`, each call arrives within `E = ε + δ` of its grid time, so two calls arrive at least `(k − j)/r − 2E` apart:
+//!   the offsets are bounded per call and do not add up over windows.
+//! - GCRA lets such a stream through as long as `2E ≤ (b − 1)/r` (plus the gap across a boundary): at least 1.4 s for
+//!   every plan of `chart_img_spec`. Cloud Run's clocks and Chart-IMG's network are orders of magnitude closer.
+//! - Using the burst inside a window would spend exactly that tolerance: `b` calls at a window's start right after
+//!   another instance's last call exceed the bucket. That is the price of sharing: a shared key never uses its burst
+//!   (a step of `b` charts takes `(b − 1)/r` longer), and each window ends with the gap.
+//!
+//! A window counts as held until its time is over, not until its slots are taken; otherwise an instance with many
+//! calls waiting would reserve the key's future window after window while another waits. The next window is reserved
+//! while the current one runs, so the reservation's latency is hidden.
+//!
+//! # Failures
+//!
+//! - An instance that dies holding windows just lets them pass: nothing waits for it and nothing needs cleaning up;
+//!   the key idles for the rest of its windows (at most two, at most `2 × max` plus gaps).
+//! - A reservation whose commit reply was lost is retried with the same operation id and gets the same window back.
+//! - When the store cannot be reached the call is not sent, its quota unit goes back to the step, and the attempt is
+//!   retried like a 5xx.
+//! - The reservation is a compare-and-set (a plain read, then a commit guarded by the version read), not a read-write
+//!   transaction: on the emulator, read-write transactions of two instances on one hot document deadlock on their
+//!   read locks until a lock timeout.
+//!
+//! Chosen over account leases (one renewed lease per account, the key's limiter in one process at a time), which pin a
+//! key to one instance for a whole lease while others with work wait, need renewals, and leave the key unused for a
+//! whole lease after a crash; and over a per-account Cloud Tasks queue, which cannot run here.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

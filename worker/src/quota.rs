@@ -15,12 +15,13 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use crate::config::{AccountConfig, Plan};
+use crate::config::AccountConfig;
 use crate::domain::request::{check_request, TemplateInvalid};
 use crate::domain::usage::{preference_order, MAX_RESERVATION};
 use crate::domain::{AccountId, AccountQuota, ChartRequest, Grant, OpId, PlanNeeds};
 use crate::pacing::{Pace, SharedRate, WindowPacer};
 use crate::ports::{AccountUsageStore, Clock, StoreError};
+use chart_img_spec::Plan;
 
 /// One configured account with the pacing that keeps its key within its plan's rate and burst.
 #[derive(Debug)]
@@ -336,12 +337,6 @@ impl<'a> QuotaLedger<'a> {
         let granted = self.reserve_on(&mut st, &usable, units).await?;
         st.depleted = granted == 0 && units > 0;
         Ok(())
-    }
-
-    /// Takes one unit for one call on any account, topping up with a reservation of `top_up` units when nothing is
-    /// held.
-    pub async fn acquire(&self, top_up: u32) -> Result<&'a Account, AcquireError> {
-        self.acquire_for(top_up, PlanNeeds::NONE).await
     }
 
     /// Takes one unit for one call on an account whose plan allows `needs` (size and parameters): a 1920x1080 chart

@@ -97,8 +97,9 @@ impl Chart {
         }
     }
 
-    /// The bytes are the ones the manifest describes: same sha256 and same length.
-    pub fn matches(&self) -> bool {
+    /// The bytes are the ones the manifest describes: same sha256 and same length (the page checks each on its own).
+    #[cfg(test)]
+    fn matches(&self) -> bool {
         self.actual_sha256.eq_ignore_ascii_case(&self.item.sha256) && self.bytes.len() as u64 == self.item.bytes
     }
 }

@@ -5,7 +5,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-pub use cloud_run_kit::{CaptureWriter, CloudLoggingLayer};
+use cloud_run_kit::CloudLoggingLayer;
 
 /// How logs are written by the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

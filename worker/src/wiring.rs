@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Lifecycle, RetryPolicy};
+use crate::config::Lifecycle;
 use crate::domain::WorkerId;
 use crate::ports::{AccountUsageStore, ArtifactStore, ChartRenderer, Clock, FlowRunStore, TemplateStore};
 use crate::quota::AccountPool;
+use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
 
 /// Settings of the core, separate from the process configuration so tests can build them directly.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::Value;
-use worker_chart_export::adapters::gcs::emulator_endpoint;
+use worker_chart_export::adapters::emulator_endpoint;
 use worker_chart_export::adapters::FirestoreStore;
 use worker_chart_export::domain::collections::{CHART_TEMPLATES, FLOW_RUNS};
 
@@ -70,10 +70,12 @@ async fn run(args: Args) -> Result<i32, (i32, anyhow::Error)> {
             .map(|s| s.to_string_lossy().replace('_', "-"))
             .unwrap_or_default()
     );
-    let (run_id, doc) =
-        worker_chart_export::cli::load_flow_run(&args.flow_run, Some(args.run_id.as_deref().unwrap_or(&default_id)))
-            .map_err(bad)?;
-    let templates = worker_chart_export::cli::load_templates(&args.templates).map_err(bad)?;
+    let (run_id, doc) = worker_chart_export::entry::cli::load_flow_run(
+        &args.flow_run,
+        Some(args.run_id.as_deref().unwrap_or(&default_id)),
+    )
+    .map_err(bad)?;
+    let templates = worker_chart_export::entry::cli::load_templates(&args.templates).map_err(bad)?;
     let store = FirestoreStore::new(&args.project).await.map_err(|e| infra(e.into()))?;
     for (id, t) in &templates {
         store
@@ -147,7 +149,7 @@ async fn run(args: Args) -> Result<i32, (i32, anyhow::Error)> {
             let (bucket, name) = gs.strip_prefix("gs://")?.split_once('/')?;
             Some(format!(
                 "{storage}/storage/v1/b/{bucket}/o/{}?alt=media",
-                worker_chart_export::adapters::gcs::encode_component(name)
+                worker_chart_export::adapters::encode_component(name)
             ))
         };
         println!("  manifest: {uri}");

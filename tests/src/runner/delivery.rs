@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use worker_chart_export::adapters::{JsonDocs, LocalArtifacts, LocalBackend};
-use worker_chart_export::cli::{run_local_with, OutputFormat, RunLocalArgs};
 use worker_chart_export::config::{parse_accounts, Settings};
 use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, FLOW_RUNS};
 use worker_chart_export::domain::{RunId, StepId, StepSelector};
-use worker_chart_export::serve::{router, AppState};
-use worker_chart_export::step_run::{run_chart_export_step, StepReport};
-use worker_chart_export::wiring::Worker;
+use worker_chart_export::entry::cli::{run_local_with, OutputFormat, RunLocalArgs};
+use worker_chart_export::entry::serve::{router, AppState};
+use worker_chart_export::Worker;
+use worker_chart_export::{run_chart_export_step, StepReport};
 
 use super::readback::Backend;
 use super::setup::{retry_policy, substitute, templates, World};
@@ -120,8 +120,7 @@ async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswe
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 task.abort();
                 let _ = task.await;
-                let lease = w.scenario.given.lease_seconds.unwrap_or(900);
-                tokio::time::sleep(Duration::from_secs(lease) + Duration::from_millis(200)).await;
+                tokio::time::sleep(w.lease() + Duration::from_millis(200)).await;
                 let report = run_chart_export_step(&w.worker(1)?, &run, &selector, None).await?;
                 results.push(report_name(&report));
             } else {

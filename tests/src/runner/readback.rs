@@ -49,7 +49,7 @@ impl Backend {
                     let url = reqwest::Url::parse_with_params(
                         &format!(
                             "http://{storage}/storage/v1/b/{bucket}/o/{}",
-                            worker_chart_export::adapters::gcs::encode_component(&name)
+                            worker_chart_export::adapters::encode_component(&name)
                         ),
                         &[("alt", "media")],
                     )?;
@@ -68,7 +68,7 @@ impl Backend {
                 let mut out = Vec::new();
                 for f in walk(&root) {
                     let name = f.strip_prefix(&root)?.to_string_lossy().replace('\\', "/");
-                    let content_type = worker_chart_export::adapters::artifacts::content_type_for(&name).to_owned();
+                    let content_type = worker_chart_export::adapters::content_type_for(&name).to_owned();
                     out.push(Object {
                         name,
                         content_type,

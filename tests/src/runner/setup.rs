@@ -9,16 +9,17 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use serde_json::{json, Value};
-use worker_chart_export::adapters::gcs::emulator_endpoint;
+use worker_chart_export::adapters::emulator_endpoint;
 use worker_chart_export::adapters::{FirestoreStore, GcsArtifacts};
-use worker_chart_export::chartimg::{CassetteChartImg, HttpChartImg};
-use worker_chart_export::config::{parse_accounts, RetryPolicy};
+use worker_chart_export::config::{parse_accounts, Lifecycle, Settings};
 use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::domain::WorkerId;
 use worker_chart_export::eventarc::encode_document_event;
 use worker_chart_export::ports::{ChartRenderer, SystemClock};
-use worker_chart_export::quota::AccountPool;
-use worker_chart_export::wiring::{CoreSettings, Worker};
+use worker_chart_export::AccountPool;
+use worker_chart_export::RetryPolicy;
+use worker_chart_export::{CassetteChartImg, HttpChartImg};
+use worker_chart_export::{CoreSettings, Worker};
 
 use super::{repo_root, Emulators};
 use crate::scenario::{Scenario, Templates};
@@ -212,11 +213,22 @@ impl World {
             bucket: self.bucket.clone(),
             timezone: "Etc/UTC".into(),
             concurrency: 8,
-            lease: Duration::from_secs(g.lease_seconds.unwrap_or(900)),
+            lease: self.lease(),
             retry,
-            lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(
-                g.lease_seconds.unwrap_or(900),
-            )),
+            lifecycle: Lifecycle::for_lease(self.lease()),
+        }
+    }
+
+    /// The claim lease: `given.leaseSeconds`, else the worker's own default (`Settings` of an empty environment), so
+    /// an in-process scenario runs with the lease a `serve` process has.
+    pub fn lease(&self) -> Duration {
+        match self.scenario.given.lease_seconds {
+            Some(s) => Duration::from_secs(s),
+            None => {
+                Settings::from_lookup(|_| None)
+                    .expect("an empty environment is a valid configuration")
+                    .lease
+            }
         }
     }
 

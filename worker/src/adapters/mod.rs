@@ -1,12 +1,12 @@
 //! Adapters of the ports. Embedded ones (memory, local files) need no cloud; the Google Cloud ones talk to Firestore
 //! and Cloud Storage (or their emulators).
 
-pub mod artifacts;
-pub mod docs;
-pub mod firestore;
-pub mod gcs;
+mod artifacts;
+mod docs;
+pub(crate) mod firestore;
+mod gcs;
 
-pub use artifacts::{LocalArtifacts, MemoryArtifacts};
+pub use artifacts::{content_type_for, LocalArtifacts, MemoryArtifacts};
 pub use docs::{JsonDocs, LocalBackend, MemoryBackend};
 pub use firestore::FirestoreStore;
-pub use gcs::GcsArtifacts;
+pub use gcs::{emulator_endpoint, encode_component, GcsArtifacts};

@@ -4,7 +4,7 @@
 //! The document holds the first moment no window covers (`nextFreeMs`). An instance with calls waiting reserves
 //! `[max(now, nextFree), +length)` and moves `nextFree` past it by a guard gap; inside its window it paces calls at
 //! the plan's rate. Windows never overlap in the document's time, so the key sees one instance's paced calls at a
-//! time (see ARCHITECTURE.md, "Rate and quota across instances", for why that keeps the key under rate + burst).
+//! time (see [`crate::pacing`]'s module doc for why that keeps the key under rate + burst).
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde::{Deserialize, Serialize};

@@ -162,6 +162,9 @@ impl StepPatch {
     }
 }
 
+/// The form of every time the worker writes (`startedAt`, `leaseExpiresAt`, `finishedAt`, `updatedAt`, …): RFC 3339,
+/// UTC, whole seconds, so a document reads the same from the in-memory, local-file and Firestore stores (Firestore
+/// keeps them as timestamps, [`crate::firestore_codec::TIME_FIELDS`], and reads them back in this form).
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }

@@ -7,7 +7,7 @@
 pub mod cli;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod deploy;
+mod deploy;
 pub mod serve;
 
 use clap::{Args, Parser, Subcommand};

@@ -3,19 +3,9 @@
 //! Routes: `POST /` (an event, any shape [`crate::eventarc::parse`] reads), `GET /health` and `GET /` (200 once the
 //! clients are built; Cloud Run reserves some paths ending in `z`, hence not `/healthz`).
 //!
-//! Answers, following Eventarc's retry rules (anything but 2xx/102 is redelivered with backoff, 10 s doubling to
-//! 600 s, for up to 24 h; a 2xx ends the chain for good):
-//! - from the event's own data, before any Firestore call: a step RUNNING under a live lease → 200 no-op (the
-//!   holder's own write; the holder's delivery is the watch); a released step whose `notBefore` is ahead → 503
-//!   (Eventarc's backoff brings it back); nothing claimable → 200 no-op;
-//! - after the claim: the step ran to SUCCEEDED or FAILED → 200; released after a transient failure → 200 (the
-//!   release write triggers its own event, which carries the retry: one redelivery chain, never two); the claim met
-//!   another live lease → 503 (the redeliveries re-check until the holder finishes or its lease expires, which is what
-//!   recovers the step of a killed holder); the release itself failed → 503; the claim was lost mid-step (a renewal
-//!   found another holder, or could not get through before the lease ran out) → 503: with nobody else holding the
-//!   step nothing else would ever bring it back;
-//! - a malformed or oversized delivery, or a final write refused for good → 200 with an ERROR log: the same bytes can
-//!   never succeed, and a redelivery would only loop.
+//! Answers: what `serve` answers in each case, and why, is the table "The answers to Eventarc" in worker/README.md,
+//! the one statement of that policy. Here `event` answers from the delivery and its data, before any Firestore call,
+//! and `answer_for` from a step's report (`StepReport::wants_redelivery`).
 //!
 //! Invariants:
 //! - The quick filter ([`event_verdict`]) runs on the event's own data before any Firestore call; only a delivery
@@ -40,13 +30,14 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::adapters::{FirestoreStore, GcsArtifacts};
-use crate::config::{RetryPolicy, Settings};
+use crate::config::Settings;
 use crate::domain::step::{event_verdict, EventVerdict};
 use crate::domain::{RunId, StepSelector};
 use crate::eventarc::{self, FirestoreEvent};
 use crate::pacing::{SharedRate, WindowSettings};
 use crate::ports::SystemClock;
 use crate::quota::AccountPool;
+use crate::retry::RetryPolicy;
 use crate::shutdown::{InFlight, Shutdown, ShutdownTrigger};
 use crate::step_run::{run_chart_export_step, StepReport};
 use crate::wiring::{CoreSettings, Worker};
@@ -320,7 +311,7 @@ pub async fn run(
     }
 }
 
-pub use cloud_run_kit::shutdown_signal;
+use cloud_run_kit::shutdown_signal;
 
 /// The production worker: Firestore + Cloud Storage (or their emulators) + the renderer of `CHART_IMG_MODE`.
 pub async fn worker_from_settings(settings: &Settings) -> anyhow::Result<Worker> {

@@ -22,7 +22,7 @@ mod outcome;
 mod render;
 mod settle;
 
-pub use outcome::{ChartFailure, CoreError, StepReport};
+pub use outcome::{CoreError, StepReport};
 
 use std::time::Duration;
 

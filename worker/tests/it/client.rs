@@ -5,15 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cloud_run_kit::{CaptureWriter, CloudLoggingLayer};
 use secrecy::SecretString;
 use serde_json::{json, Map, Value};
 use tracing_subscriber::layer::SubscriberExt;
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-use worker_chart_export::chartimg::HttpChartImg;
 use worker_chart_export::domain::{AccountId, ImageFormat, StepSelector};
 use worker_chart_export::ports::{ChartApiError, ChartCall, ChartRenderer};
-use worker_chart_export::telemetry::{CaptureWriter, CloudLoggingLayer};
+use worker_chart_export::HttpChartImg;
 use worker_chart_export::{run_chart_export_step, StepReport};
 
 use crate::support::*;
@@ -269,7 +269,7 @@ async fn the_api_key_never_leaves_its_header() {
 #[tokio::test]
 async fn an_oversized_body_is_refused() {
     let server = MockServer::start().await;
-    let big = vec![0u8; worker_chart_export::chartimg::MAX_BODY_BYTES + 1];
+    let big = vec![0u8; worker_chart_export::MAX_BODY_BYTES + 1];
     Mock::given(method("POST"))
         .and(path(PATH))
         .respond_with(ResponseTemplate::new(200).set_body_bytes(big))

@@ -940,7 +940,7 @@ mod firestore_only {
     use serde_json::Value;
     use worker_chart_export::adapters::FirestoreStore;
     use worker_chart_export::ports::{AccountUsageStore, FlowRunStore, StoreError};
-    use worker_chart_export::retry::RetryPolicy;
+    use worker_chart_export::RetryPolicy;
 
     use super::*;
 

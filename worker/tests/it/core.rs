@@ -606,7 +606,7 @@ async fn jpeg_templates_are_stored_as_jpeg() {
 async fn retries_back_off_exponentially_within_their_bounds() {
     let r = ScriptedRenderer::new(|_, _| Err(ChartApiError::Throttled));
     let mut t = one_account(r.clone());
-    t.worker.settings.retry = worker_chart_export::config::RetryPolicy {
+    t.worker.settings.retry = worker_chart_export::RetryPolicy {
         max_retries: 4,
         min_delay: Duration::from_millis(100),
         max_delay: Duration::from_secs(1),
@@ -638,7 +638,7 @@ async fn retries_back_off_exponentially_within_their_bounds() {
 async fn the_total_retry_delay_is_bounded() {
     let r = ScriptedRenderer::new(|_, _| Err(transient(503)));
     let mut t = one_account(r.clone());
-    t.worker.settings.retry = worker_chart_export::config::RetryPolicy {
+    t.worker.settings.retry = worker_chart_export::RetryPolicy {
         max_retries: 100,
         min_delay: Duration::from_millis(500),
         max_delay: Duration::from_secs(2),

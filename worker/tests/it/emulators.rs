@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use worker_chart_export::adapters::gcs::emulator_endpoint;
+use worker_chart_export::adapters::emulator_endpoint;
 use worker_chart_export::adapters::{FirestoreStore, GcsArtifacts};
-use worker_chart_export::retry::RetryPolicy;
+use worker_chart_export::RetryPolicy;
 
 fn required() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty()) || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1")
@@ -92,7 +92,7 @@ pub async fn gcs(test: &str) -> Option<(GcsArtifacts, String)> {
 
 /// The object as fake-gcs stores it, read over plain HTTP (independent of the adapter): metadata and bytes.
 pub async fn raw_object(endpoint: &str, bucket: &str, path: &str) -> Option<(serde_json::Value, Vec<u8>)> {
-    let enc = worker_chart_export::adapters::gcs::encode_component(path);
+    let enc = worker_chart_export::adapters::encode_component(path);
     let http = reqwest::Client::new();
     let meta = http
         .get(format!("{endpoint}/storage/v1/b/{bucket}/o/{enc}"))

@@ -16,8 +16,8 @@ use worker_chart_export::domain::{ErrorCode, ObjectRef, StepSelector, TemplateId
 use worker_chart_export::ports::{
     ArtifactStore, ChartApiError, ChartCall, ChartRenderer, Clock, RenderedChart, StoreError, TemplateStore, WriteMode,
 };
-use worker_chart_export::shutdown::Shutdown;
-use worker_chart_export::step_run::{run_chart_export_step, StepReport};
+use worker_chart_export::Shutdown;
+use worker_chart_export::{run_chart_export_step, StepReport};
 
 use crate::support::{flow_run, one_account, png_bytes, run_id, ScriptedRenderer, TestWorker};
 

@@ -15,19 +15,19 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-use worker_chart_export::chartimg::HttpChartImg;
 use worker_chart_export::config::parse_accounts;
 use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::domain::{
     ClaimOutcome, ClaimParams, ClaimToken, PatchOutcome, RunId, StepPatch, StepSelector,
 };
+use worker_chart_export::entry::serve::{self, AppState};
 use worker_chart_export::eventarc::encode_document_event;
 use worker_chart_export::ports::{
     ChartApiError, ChartCall, ChartRenderer, FlowRunStore, RenderedChart, StoreError, SystemClock,
 };
-use worker_chart_export::quota::AccountPool;
-use worker_chart_export::serve::{self, AppState};
-use worker_chart_export::wiring::{CoreSettings, Worker};
+use worker_chart_export::AccountPool;
+use worker_chart_export::HttpChartImg;
+use worker_chart_export::{CoreSettings, Worker};
 
 use crate::emulators;
 use crate::support::{self, fast_retry, png_bytes, KEY_1};

@@ -8,13 +8,14 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use worker_chart_export::adapters::{JsonDocs, MemoryArtifacts, MemoryBackend};
-use worker_chart_export::config::{parse_accounts, Lifecycle, RetryPolicy};
+use worker_chart_export::config::{parse_accounts, Lifecycle};
 use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::domain::usage::preference_order;
 use worker_chart_export::domain::{AccountId, AccountQuota, RunId, WorkerId};
 use worker_chart_export::ports::{ChartApiError, ChartCall, ChartRenderer, Clock, RenderedChart};
-use worker_chart_export::quota::AccountPool;
-use worker_chart_export::wiring::{CoreSettings, Worker};
+use worker_chart_export::AccountPool;
+use worker_chart_export::RetryPolicy;
+use worker_chart_export::{CoreSettings, Worker};
 
 pub const KEY_1: &str = "ck_live_9f8e7d6c5b4a3f2e1d0c";
 pub const KEY_2: &str = "ck_live_0a1b2c3d4e5f6a7b8c9d";

@@ -266,6 +266,14 @@ impl MockServer {
             .unwrap_or_else(|m| panic!("mock-chart-img: {m}"))
     }
 
+    /// Installs a stub (see [`StubSpec`]) and returns its id. Panics on a stub that cannot be installed (test code:
+    /// the message says why, e.g. an image file that cannot be read).
+    pub fn stub(&self, stub: StubSpec) -> u64 {
+        self.state
+            .add_stub(stub)
+            .unwrap_or_else(|m| panic!("mock-chart-img: {m}"))
+    }
+
     /// Every expectation's verdict; `Err` with the report when one is unmet.
     pub fn verify(&self) -> Result<VerifyReport, VerifyReport> {
         let report = self.state.verify();

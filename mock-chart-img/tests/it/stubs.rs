@@ -140,9 +140,7 @@ async fn image_json_and_text_answers_with_headers_delay_priority_and_times() {
 async fn a_stub_before_the_gateway_needs_no_key_and_uses_no_quota() {
     let ctx = start(config()).await;
     ctx.server
-        .state()
-        .add_stub(StubSpec::new(Criteria::route(CHART), StubAnswer::status(429)).before_gateway())
-        .unwrap();
+        .stub(StubSpec::new(Criteria::route(CHART), StubAnswer::status(429)).before_gateway());
     assert_eq!(
         json_of(ctx.post(CHART, None, &small()).await).await,
         (429, msg("Too Many Requests"))

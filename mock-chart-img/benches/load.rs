@@ -1,7 +1,8 @@
 //! Load benchmark: the mock's successful PNG answer beside a bare axum handler returning the same bytes, measured
 //! in the same process and run, over `CONNS` keep-alive HTTP/1.1 connections for `SECS` seconds each.
 //!
-//! `cargo bench -p mock-chart-img --bench load` (env: `LOAD_SECS`, default 5; `LOAD_CONNS`, default 50).
+//! `cargo bench -p mock-chart-img --bench load` (env: `LOAD_SECS`, default 5; `LOAD_CONNS`, default 50;
+//! `LOAD_BODY_BUDGET`, the journal's body budget in bytes, default the config's).
 //! The mock runs with rate limiting and the journal on (a key with a huge custom rate), as the README reports.
 
 use std::{
@@ -152,7 +153,12 @@ async fn main() -> anyhow::Result<()> {
         daily_limit: u32::MAX,
         ..PlanLimits::unlimited()
     };
-    let mock = spawn(Config::default().with_key("load-key", "acc-load", Plan::custom(limits))).await?;
+    let mut config = Config::default().with_key("load-key", "acc-load", Plan::custom(limits));
+    // `LOAD_BODY_BUDGET=0`: the journal keeps no bodies (for snapshots), to measure what keeping them costs.
+    if let Some(budget) = std::env::var("LOAD_BODY_BUDGET").ok().and_then(|v| v.parse().ok()) {
+        config.journal_body_budget = budget;
+    }
+    let mock = spawn(config).await?;
     let png = reqwest::Client::new()
         .post(format!("{}{PATH}", mock.base_url()))
         .header("x-api-key", "load-key")

@@ -73,9 +73,12 @@ use crate::{
         SymbolMode,
         WatermarkMode,
         LatencyProfile
-    ))
+    )),
+    modifiers(&VerificationRoutes)
 )]
 pub struct AdminApi;
+
+use crate::verify::Extra as VerificationRoutes;
 
 /// `GET /__admin/health`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -158,6 +161,12 @@ pub struct ConfigView {
     pub storage_max_bytes: u64,
     /// `instant` or `realistic`.
     pub latency: LatencyProfile,
+    /// Byte budget of the request and answer bodies the journal keeps (for body criteria and snapshots).
+    pub journal_body_budget: u64,
+    /// The expectations of the config (`GET /__admin/expectations` has their counts).
+    pub expectations: Vec<crate::verify::Expectation>,
+    /// The stubs of the config (`GET /__admin/stubs` lists those added at run time too).
+    pub stubs: Vec<crate::stubs::StubSpec>,
     /// Multiplier of every realistic wait.
     pub time_scale: f64,
     /// The gateway's timeout in (unscaled) milliseconds.
@@ -195,6 +204,9 @@ impl ConfigView {
             storage_dir: c.storage_dir.clone(),
             storage_max_bytes: c.storage_max_bytes,
             latency: c.latency,
+            journal_body_budget: c.journal_body_budget,
+            expectations: c.expectations.clone(),
+            stubs: c.stubs.clone(),
             time_scale: c.time_scale,
             gateway_timeout_ms: c.gateway_timeout_ms,
         }
@@ -215,7 +227,7 @@ pub struct AdminError {
     pub message: String,
 }
 
-fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         Json(AdminError {
@@ -241,6 +253,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/__admin/chart-img-openapi.json", get(chart_img_openapi_json))
         .route("/__admin/replay/unused", get(replay_unused))
         .merge(crate::ui::router())
+        .merge(crate::verification_routes())
 }
 
 /// Liveness and a few counters.
@@ -296,6 +309,7 @@ async fn usage_of(State(st): State<AppState>, Path(account): Path<String>) -> Re
 
 /// Forgets usage counters (and refills rate buckets) and empties the journal.
 #[utoipa::path(post, path = "/__admin/reset", responses((status = 204)))]
+/// Expectations count from zero again.
 async fn reset(State(st): State<AppState>) -> StatusCode {
     st.inner.accounts.reset();
     st.inner.journal.clear();

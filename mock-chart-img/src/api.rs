@@ -1,13 +1,14 @@
 //! The Chart-IMG routes: `POST /v2/tradingview/advanced-chart` and `/layout-chart/{id}` with their `/storage`
 //! variants, `GET /storage/…` that serves what the variants handed out, and the v3 exchange routes.
 //!
-//! A chart request goes through, in order: faults → key (403) → throttle (429 Too Many Requests) → daily quota
-//! (429 Limit Exceeded) → layout id (404, layout routes) → body (400) → replay → fields (422 array) → plan limits
-//! (403) → semantic checks (422 object: exchange, catalogue symbol, exchange interval) → layout session (403 Layout
-//! Forbidden, 409 Session Disconnected) → latency (504 past the gateway timeout) → render (cached). Body, fields,
-//! plan and the exchange check are `chart_img_spec::validate_advanced_chart`, the one the worker runs too. The
-//! gateway steps come first because on the real service they are an API gateway in front of the renderer; a request
-//! that passes the gateway uses one unit of quota whatever the renderer answers.
+//! A chart request goes through, in order: faults → stubs with `gateway: false` → key (403) → throttle (429 Too Many
+//! Requests) → daily quota (429 Limit Exceeded) → stubs (`crate::stubs`) → layout id (404, layout routes) → body
+//! (400) → replay → fields (422 array) → plan limits (403) → semantic checks (422 object: exchange, catalogue
+//! symbol, exchange interval) → layout session (403 Layout Forbidden, 409 Session Disconnected) → latency (504 past
+//! the gateway timeout) → render (cached). Body, fields, plan and the exchange check are
+//! `chart_img_spec::validate_advanced_chart`, the one the worker runs too. The gateway steps come first because on
+//! the real service they are an API gateway in front of the renderer; a request that passes the gateway uses one
+//! unit of quota whatever the renderer answers.
 
 use std::{
     borrow::Cow,
@@ -58,6 +59,8 @@ struct Trace {
     replayed: Option<bool>,
     /// The image answered, for the dashboard's thumbnails.
     image: Option<(&'static str, Bytes)>,
+    /// The stub that answered.
+    stub: Option<u64>,
 }
 
 /// What a chart request reads of the settings, taken under one read of their lock.
@@ -111,7 +114,7 @@ pub(crate) async fn layout_chart_storage(State(st): State<AppState>, Path(id): P
 }
 
 /// The request body limit: axum's default, which its `Bytes` extractor applied when the handlers used it.
-const BODY_LIMIT: usize = 2 * 1024 * 1024;
+pub(crate) const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// The whole body, as axum's `Bytes` extractor reads it (413 past [`BODY_LIMIT`], 400 when the client breaks off),
 /// but without its wrappers: a body that arrives in one piece — every small JSON body — is that piece itself, not
@@ -152,7 +155,7 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const X_AMZN_REQUESTID: HeaderName = HeaderName::from_static("x-amzn-requestid");
 
 /// The key of a request: the `x-api-key` header (borrowed), or `?key=` where the route accepts it.
-fn api_key<'h>(headers: &'h HeaderMap, uri: &Uri, query_allowed: bool) -> Option<Cow<'h, str>> {
+pub(crate) fn api_key<'h>(headers: &'h HeaderMap, uri: &Uri, query_allowed: bool) -> Option<Cow<'h, str>> {
     if let Some(k) = headers
         .get(X_API_KEY)
         .and_then(|v| v.to_str().ok())
@@ -167,7 +170,7 @@ fn api_key<'h>(headers: &'h HeaderMap, uri: &Uri, query_allowed: bool) -> Option
     q.0.remove("key").filter(|k| !k.is_empty()).map(Cow::Owned)
 }
 
-fn key_status(key: Option<&str>, account: Option<&Arc<Account>>) -> &'static str {
+pub(crate) fn key_status(key: Option<&str>, account: Option<&Arc<Account>>) -> &'static str {
     match (key, account) {
         (None, _) => "missing",
         (Some(_), None) => "unknown",
@@ -245,16 +248,17 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
             }
         }
     };
-    let response = if truncate {
+    let (response, bodies) = if truncate {
         trace.image = None;
-        truncated(response).await
+        (truncated(response).await, None)
     } else {
-        response
+        crate::snapshot::capture(&st, response, headers, body).await
     };
-    journal(&st, method, uri, trace, started, decision.fired, &response);
+    journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response
 }
 
+#[allow(clippy::too_many_arguments)]
 fn journal(
     st: &AppState,
     method: &Method,
@@ -263,6 +267,7 @@ fn journal(
     started: Instant,
     fired: Vec<&'static str>,
     response: &Response,
+    bodies: Option<Box<crate::journal::Bodies>>,
 ) {
     let s = &st.inner;
     let status = if response.extensions().get::<Abort>().is_some() {
@@ -285,6 +290,7 @@ fn journal(
     );
     // A thumbnail only of an image answered whole.
     let image = trace.image.take().filter(|_| status == Some(200));
+    let (query, key_in_query) = crate::journal::query_of(uri);
     let seq = s.journal.push(Record {
         at: s.clock.now(),
         method: method.clone(),
@@ -303,6 +309,11 @@ fn journal(
         chart: trace.chart,
         cache_hit: trace.cache_hit,
         replayed: trace.replayed,
+        query,
+        key_in_query,
+        routed: true,
+        stub: trace.stub,
+        bodies,
     });
     if let Some((content_type, bytes)) = image {
         s.thumbnails.put(seq, content_type, bytes);
@@ -333,7 +344,17 @@ async fn answer(
     trace: &mut Trace,
 ) -> Result<Response, ApiError> {
     let s = &st.inner;
+    // Chart routes take POST only (any other method is answered by the fallback).
+    let account_name = account.map(|a| a.id());
+    if let Some((id, r)) = crate::stubs::check(st, false, &Method::POST, uri, body, account_name).await {
+        trace.stub = Some(id);
+        return Ok(r);
+    }
     gateway(st, account)?;
+    if let Some((id, r)) = crate::stubs::check(st, true, &Method::POST, uri, body, account_name).await {
+        trace.stub = Some(id);
+        return Ok(r);
+    }
     let account = account.ok_or(ApiError::Forbidden)?;
     let layout = match target {
         Target::Advanced => None,
@@ -625,7 +646,20 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
     let account = key.as_deref().and_then(|k| s.accounts.get(k));
     trace.key_status = key_status(key.as_deref(), account.as_ref());
     trace.account = account.as_ref().map(|a| a.name.clone());
-    let result = gateway(&st, account.as_deref()).and_then(|()| {
+    // Stubs: before the gateway when they say so, otherwise once it let the request through.
+    let name = account.as_ref().map(|a| a.id());
+    let mut stubbed = crate::stubs::check(&st, false, &method, &uri, &[], name).await;
+    let gate = match stubbed {
+        Some(_) => Ok(()),
+        None => gateway(&st, account.as_deref()),
+    };
+    if stubbed.is_none() && gate.is_ok() {
+        stubbed = crate::stubs::check(&st, true, &method, &uri, &[], name).await;
+    }
+    let result = gate.and_then(|()| {
+        if stubbed.is_some() {
+            return Ok(Value::Null);
+        }
         let settings = s.settings.read().unwrap();
         let catalogue = &settings.catalogue;
         let payload = match &exchange {
@@ -651,19 +685,24 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
         };
         Ok(json!({ "updatedAt": catalogue.updated_at, "payload": payload }))
     });
-    let response = match result {
-        Ok(body) => {
+    let response = match (stubbed, result) {
+        (Some((id, r)), _) => {
+            trace.stub = Some(id);
+            r
+        }
+        (None, Ok(body)) => {
             let mut r = (StatusCode::OK, body.to_string()).into_response();
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
         }
-        Err(e) => {
+        (None, Err(e)) => {
             trace.error = Some(e.summary());
             e.into_response()
         }
     };
-    journal(&st, &method, &uri, trace, started, Vec::new(), &response);
+    let (response, bodies) = crate::snapshot::capture(&st, response, &headers, Bytes::new()).await;
+    journal(&st, &method, &uri, trace, started, Vec::new(), &response, bodies);
     response
 }
 
@@ -682,7 +721,8 @@ pub(crate) fn gateway_headers(mut response: Response) -> Response {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
-        if !json && response.extensions().get::<Abort>().is_none() {
+        let stubbed = response.extensions().get::<crate::stubs::Stubbed>().is_some();
+        if !json && !stubbed && response.extensions().get::<Abort>().is_none() {
             response = ApiError::Status {
                 status: status.as_u16(),
                 message: None,

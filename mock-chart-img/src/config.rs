@@ -41,6 +41,13 @@ pub struct Config {
     pub faults: Vec<FaultSpec>,
     /// How many requests the journal keeps (oldest dropped first). Bounds the journal's memory.
     pub journal_capacity: usize,
+    /// Bytes of request and answer bodies the journal keeps, for body criteria and snapshots; past it the oldest
+    /// records' bodies are let go first (the records stay). `0` keeps none. Default 8 MiB.
+    pub journal_body_budget: u64,
+    /// Expectations checked by `GET /__admin/verify` (and by the Rust handle on drop).
+    pub expectations: Vec<crate::verify::Expectation>,
+    /// Canned answers for requests matching criteria (see the README).
+    pub stubs: Vec<crate::stubs::StubSpec>,
     /// How many rendered images the cache keeps.
     pub render_cache_capacity: usize,
     /// How many `/storage` images stay downloadable (oldest dropped first).
@@ -95,6 +102,11 @@ impl Default for Config {
             keys: Vec::new(),
             faults: Vec::new(),
             journal_capacity: 1000,
+            // 8 MiB (about a hundred charts' bodies): the mock must fit a 64 MiB container under load (issue 18);
+            // raise it for long snapshot sessions.
+            journal_body_budget: 8 * 1024 * 1024,
+            expectations: Vec::new(),
+            stubs: Vec::new(),
             render_cache_capacity: 128,
             storage_capacity: 256,
             public_url: None,
@@ -124,6 +136,9 @@ impl fmt::Debug for Config {
             .field("keys", &self.keys)
             .field("faults", &self.faults)
             .field("journal_capacity", &self.journal_capacity)
+            .field("journal_body_budget", &self.journal_body_budget)
+            .field("expectations", &self.expectations)
+            .field("stubs", &self.stubs)
             .field("render_cache_capacity", &self.render_cache_capacity)
             .field("storage_capacity", &self.storage_capacity)
             .field("public_url", &self.public_url)
@@ -372,6 +387,18 @@ impl Config {
         self
     }
 
+    /// Adds an expectation (checked by `GET /__admin/verify` and by the Rust handle on drop).
+    pub fn with_expectation(mut self, expectation: crate::verify::Expectation) -> Self {
+        self.expectations.push(expectation);
+        self
+    }
+
+    /// Adds a stub.
+    pub fn with_stub(mut self, stub: crate::stubs::StubSpec) -> Self {
+        self.stubs.push(stub);
+        self
+    }
+
     /// Sets the journal's capacity.
     pub fn with_journal_capacity(mut self, capacity: usize) -> Self {
         self.journal_capacity = capacity;
@@ -459,6 +486,14 @@ impl Config {
             let nth = self.faults[..i].iter().filter(|g| g.kind == f.kind).count();
             f.validate()
                 .map_err(|m| (Some((f.kind.as_str().to_string(), nth)), m))?;
+        }
+        for (i, e) in self.expectations.iter().enumerate() {
+            e.validate()
+                .map_err(|m| (Some(("criteria".into(), i)), format!("expectations[{i}]: {m}")))?;
+        }
+        for (i, s) in self.stubs.iter().enumerate() {
+            s.load()
+                .map_err(|m| (Some(("answer".into(), i)), format!("stubs[{i}]: {m}")))?;
         }
         if self.journal_capacity == 0 || self.render_cache_capacity == 0 || self.storage_capacity == 0 {
             return Err((Some(("capacity".into(), 0)), "capacities must be at least 1".into()));

@@ -6,10 +6,16 @@
 //! The ring keeps a [`Record`] per request, built on the request path without formatting or allocating (the
 //! account id and the chart's symbol and interval are shared `Arc`s, the common method and paths static); it is
 //! turned into the public [`JournalEntry`] only when the admin API reads the journal.
+//!
+//! A record also keeps the request's and the answer's bodies, for body criteria (`crate::verify`) and snapshots
+//! (`crate::snapshot`), within a byte budget (`journal_body_budget`): past it, the oldest records' bodies are let go
+//! first (the records stay, marked `bodies_kept: false`). Expectations are counted here, when a request is
+//! journaled, so their counts are exact however many records the ring has dropped.
 
 use std::{borrow::Cow, collections::VecDeque, sync::Arc, sync::Mutex};
 
 use axum::http::Method;
+use bytes::Bytes;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -51,6 +57,16 @@ pub struct JournalEntry {
     pub cache_hit: Option<bool>,
     /// Whether the answer came from a cassette.
     pub replayed: Option<bool>,
+    /// The query parameters, API key parameters left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<(String, String)>,
+    /// `false` when no route answered it (`404 Route Not Found` for an unknown path or a wrong method).
+    pub routed: bool,
+    /// The stub that answered it (`GET /__admin/stubs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stub: Option<u64>,
+    /// Whether the request's and the answer's bodies are still kept (for body criteria and snapshots).
+    pub bodies_kept: bool,
 }
 
 /// Filters of `GET /__admin/requests`.
@@ -94,6 +110,22 @@ pub(crate) struct ChartLabel {
     pub interval: String,
 }
 
+/// The bodies of a request and its answer, with their content types.
+#[derive(Debug, Default)]
+pub(crate) struct Bodies {
+    pub request_type: Option<String>,
+    pub request: Bytes,
+    pub response_type: Option<String>,
+    /// `None` when the answer was dropped or streamed (a fault).
+    pub response: Option<Bytes>,
+}
+
+impl Bodies {
+    fn size(&self) -> u64 {
+        (self.request.len() + self.response.as_ref().map_or(0, Bytes::len)) as u64
+    }
+}
+
 /// One request as the ring keeps it (see the module doc); [`JournalEntry`] is its public form.
 #[derive(Debug)]
 pub(crate) struct Record {
@@ -109,10 +141,70 @@ pub(crate) struct Record {
     pub chart: Option<Arc<ChartLabel>>,
     pub cache_hit: Option<bool>,
     pub replayed: Option<bool>,
+    /// The query without key parameters; `None` when there was no query (the common case).
+    pub query: Pairs,
+    /// Whether the key came as a query parameter rather than the `x-api-key` header.
+    pub key_in_query: bool,
+    pub routed: bool,
+    pub stub: Option<u64>,
+    pub bodies: Option<Box<Bodies>>,
+}
+
+/// Query parameters that carry an API key: never journaled (the recorder redacts the same names).
+const KEY_PARAMS: [&str; 3] = ["key", "apiKey", "api_key"];
+
+/// Query pairs as a record keeps them: `None` for no query, the common case.
+pub(crate) type Pairs = Option<Box<[(String, String)]>>;
+
+/// The query pairs of `uri` without key parameters, and whether one was there.
+pub(crate) fn query_of(uri: &axum::http::Uri) -> (Pairs, bool) {
+    if uri.query().is_none_or(str::is_empty) {
+        return (None, false);
+    }
+    let pairs: Vec<(String, String)> = axum::extract::Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
+    let had_key = pairs.iter().any(|(k, _)| KEY_PARAMS.contains(&k.as_str()));
+    let kept: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(k, _)| !KEY_PARAMS.contains(&k.as_str()))
+        .collect();
+    ((!kept.is_empty()).then(|| kept.into_boxed_slice()), had_key)
 }
 
 impl Record {
-    fn entry(&self, seq: u64) -> JournalEntry {
+    /// A record with the request's head only; the handlers fill in the rest.
+    pub fn new(at: DateTime<Utc>, method: Method, path: Cow<'static, str>) -> Record {
+        Record {
+            at,
+            method,
+            path,
+            account: None,
+            key_status: "missing",
+            status: None,
+            duration_ms: 0,
+            error: None,
+            faults: Vec::new(),
+            chart: None,
+            cache_hit: None,
+            replayed: None,
+            query: None,
+            key_in_query: false,
+            routed: true,
+            stub: None,
+            bodies: None,
+        }
+    }
+
+    /// The method as text.
+    pub fn method_str(&self) -> &str {
+        self.method.as_str()
+    }
+
+    /// The query pairs (empty when there were none).
+    pub fn query_pairs(&self) -> &[(String, String)] {
+        self.query.as_deref().unwrap_or(&[])
+    }
+
+    pub(crate) fn entry(&self, seq: u64) -> JournalEntry {
         JournalEntry {
             seq,
             at: self.at,
@@ -132,6 +224,10 @@ impl Record {
             interval: self.chart.as_ref().map(|c| c.interval.clone()),
             cache_hit: self.cache_hit,
             replayed: self.replayed,
+            query: self.query_pairs().to_vec(),
+            routed: self.routed,
+            stub: self.stub,
+            bodies_kept: self.bodies.is_some(),
         }
     }
 }
@@ -154,6 +250,11 @@ impl Traffic {
 
 struct Ring {
     seq: u64,
+    /// Records dropped from the ring (capacity) since the last clear: a scan of the ring is complete when 0.
+    evicted: u64,
+    /// Bytes of the bodies still kept, and the sequence number below which no record keeps its bodies.
+    body_bytes: u64,
+    bodies_from: u64,
     /// `(seq, record)`, oldest first; allocated for the whole capacity (up to 4096) at start.
     entries: VecDeque<(u64, Record)>,
     /// Counted since the last [`Journal::take_traffic`]; kept under the same lock, so counting costs no extra one.
@@ -165,16 +266,30 @@ struct Ring {
 
 pub(crate) struct Journal {
     capacity: usize,
+    body_budget: u64,
     inner: Mutex<Ring>,
+    /// Counted on every push, outside the ring's lock.
+    pub expectations: crate::verify::Expectations,
 }
 
 impl Journal {
-    pub fn new(capacity: usize) -> Self {
+    /// Whether records should carry bodies: to keep them (a budget), or for expectations to read the request's.
+    pub fn wants_bodies(&self) -> (bool, bool) {
+        let keep = self.body_budget > 0;
+        (keep || !self.expectations.is_empty(), keep)
+    }
+
+    pub fn new(capacity: usize, body_budget: u64) -> Self {
         let entries = VecDeque::with_capacity(capacity.min(4096));
         Journal {
             capacity,
+            body_budget,
+            expectations: crate::verify::Expectations::default(),
             inner: Mutex::new(Ring {
                 seq: 0,
+                evicted: 0,
+                body_bytes: 0,
+                bodies_from: 0,
                 entries,
                 traffic: Traffic::default(),
                 cache_hits: 0,
@@ -183,24 +298,67 @@ impl Journal {
     }
 
     /// Appends `record` and answers the sequence number it got.
-    pub fn push(&self, record: Record) -> u64 {
+    pub fn push(&self, mut record: Record) -> u64 {
+        self.expectations.observe(&record);
+        let size = record.bodies.as_ref().map_or(0, |b| b.size());
+        if size > self.body_budget {
+            record.bodies = None;
+        }
         let mut g = self.inner.lock().unwrap();
         g.seq += 1;
         let seq = g.seq;
         g.traffic.count(&record);
         g.cache_hits += u64::from(record.cache_hit == Some(true));
-        // The record dropped here (the oldest) holds nothing costly to free: `Arc`s and, rarely, a string.
+        // The record dropped here (the oldest) holds nothing costly to free: `Arc`s, and its bodies (`Bytes`).
         let oldest = if g.entries.len() >= self.capacity {
+            g.evicted += 1;
             g.entries.pop_front()
         } else {
             None
         };
+        if let Some(b) = oldest.as_ref().and_then(|(_, r)| r.bodies.as_ref()) {
+            g.body_bytes -= b.size();
+        }
+        g.body_bytes += record.bodies.as_ref().map_or(0, |b| b.size());
         if self.capacity > 0 {
             g.entries.push_back((seq, record));
         }
+        // Past the budget, the oldest records let their bodies go first.
+        let mut released = Vec::new();
+        if g.body_bytes > self.body_budget {
+            let Ring {
+                entries,
+                body_bytes,
+                bodies_from,
+                ..
+            } = &mut *g;
+            // Sequence numbers in the ring are consecutive: start at the first record that may still keep bodies.
+            let first = entries.front().map_or(0, |(s, _)| *s);
+            let start = usize::try_from(bodies_from.saturating_sub(first)).unwrap_or(usize::MAX);
+            for (s, r) in entries.range_mut(start.min(entries.len())..) {
+                if *body_bytes <= self.body_budget {
+                    break;
+                }
+                if let Some(b) = r.bodies.take() {
+                    *body_bytes -= b.size();
+                    released.push(b);
+                }
+                *bodies_from = *s + 1;
+            }
+        }
         drop(g);
         drop(oldest);
+        drop(released);
         seq
+    }
+
+    /// Runs `f` over the records, newest first, under the ring's lock; also says whether the ring still holds
+    /// every record since the last clear.
+    pub fn scan<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = (u64, &Record)>, bool) -> R) -> R {
+        let g = self.inner.lock().unwrap();
+        let complete = g.evicted == 0;
+        let mut it = g.entries.iter().rev().map(|(s, r)| (*s, r));
+        f(&mut it, complete)
     }
 
     /// The traffic since the previous call.
@@ -229,7 +387,53 @@ impl Journal {
         self.inner.lock().unwrap().entries.len()
     }
 
+    /// Empties the ring and starts the expectations' counts over.
     pub fn clear(&self) {
-        self.inner.lock().unwrap().entries.clear();
+        let mut g = self.inner.lock().unwrap();
+        g.entries.clear();
+        g.evicted = 0;
+        g.body_bytes = 0;
+        drop(g);
+        self.expectations.reset_counts();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(bytes: usize) -> Record {
+        let mut r = Record::new(Utc::now(), Method::POST, "/x".into());
+        r.bodies = Some(Box::new(Bodies {
+            request: Bytes::from(vec![b'{'; bytes]),
+            ..Bodies::default()
+        }));
+        r
+    }
+
+    fn kept(j: &Journal) -> Vec<(u64, bool)> {
+        j.scan(|rs, _| rs.map(|(s, r)| (s, r.bodies.is_some())).collect())
+    }
+
+    #[test]
+    fn past_the_budget_the_oldest_bodies_go_first_and_the_ring_stays_consistent() {
+        let j = Journal::new(4, 250);
+        for _ in 0..3 {
+            j.push(record(100));
+        }
+        assert_eq!(kept(&j), [(3, true), (2, true), (1, false)]);
+        // A body over the whole budget is not kept at all; the others stay.
+        j.push(record(300));
+        assert_eq!(kept(&j), [(4, false), (3, true), (2, true), (1, false)]);
+        // Ring evictions give their bytes back: records 5..=8 of 100 bytes keep the newest two.
+        for _ in 0..4 {
+            j.push(record(100));
+        }
+        assert_eq!(kept(&j), [(8, true), (7, true), (6, false), (5, false)]);
+        assert_eq!(j.inner.lock().unwrap().body_bytes, 200);
+        j.clear();
+        j.push(record(100));
+        assert_eq!(kept(&j), [(9, true)]);
+        assert_eq!(j.inner.lock().unwrap().body_bytes, 100);
     }
 }

@@ -19,6 +19,9 @@
 //!   document; `ui`: the dashboard at `/__admin/ui` (embedded page over the admin API, thumbnails of the last images
 //!   answered).
 //! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching.
+//! - `verify`: [`Criteria`] over the journal (count, find, unmatched) and [`Expectation`]s, counted as requests are
+//!   journaled and checked by `/__admin/verify` and by [`MockServer`] on drop; `stubs`: canned answers
+//!   ([`StubSpec`]); `snapshot`: the journal written as a `recorder` cassette.
 //!
 //! # Invariants
 //! - **API keys never leave the key map**: journal, logs, admin answers and `Debug` output name the account.
@@ -59,10 +62,13 @@ mod render;
 mod replay;
 pub mod request;
 mod server;
+mod snapshot;
 mod state;
 mod storage;
+mod stubs;
 mod telemetry;
 mod ui;
+mod verify;
 
 use std::{future::Future, net::SocketAddr};
 
@@ -89,8 +95,13 @@ pub use reload::{watch_config, ConfigWatcher};
 pub use render::{render, Placement, RenderError, RenderRequest, StudySpec};
 pub use replay::{MISS_MESSAGE, MISS_STATUS};
 pub use server::serve;
+pub use snapshot::{SnapshotOutcome, SnapshotRequest};
 pub use state::AppState;
+pub use stubs::{InstalledStub, StubAnswer, StubSpec};
 pub use telemetry::{init_logs, log_summaries, log_summary, CloudLoggingLayer, LogGuard};
+pub use verify::{
+    CountAnswer, Criteria, Expectation, ExpectationResult, InstalledExpectation, NearRequest, VerifyReport,
+};
 
 /// The Chart-IMG routes (their paths from `chart_img_spec::routes`), without state.
 fn chart_routes() -> Router<AppState> {
@@ -108,8 +119,8 @@ fn chart_routes() -> Router<AppState> {
 /// every error a JSON body.
 fn finish(router: Router<AppState>, state: AppState) -> Router {
     router
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::not_found)
+        .fallback(verify::unrouted)
+        .method_not_allowed_fallback(verify::unrouted)
         // `tower`'s map, not `axum::middleware::map_response`: no boxed future and no service clone per request.
         .layer(tower::util::MapResponseLayer::new(api::gateway_headers))
         .with_state(state)
@@ -136,6 +147,11 @@ pub fn router(state: AppState) -> Router {
     finish(chart_routes().merge(admin::router()), state)
 }
 
+/// The admin routes of verification, stubs and snapshots (merged into `admin::router`).
+fn verification_routes() -> Router<AppState> {
+    verify::router().merge(stubs::router()).merge(snapshot::router())
+}
+
 /// Serves the API and `/__admin` on `listener` until `shutdown` completes. Bind the listener to loopback unless you
 /// mean to expose the admin API; the binary puts admin on its own loopback listener when `--listen` is not loopback.
 pub async fn run(
@@ -159,11 +175,25 @@ pub async fn run(
 /// assert!(server.admin_url().ends_with("/__admin"));
 /// # Ok(()) }
 /// ```
+///
+/// Expectations are checked when the server is dropped, as wiremock-rs does: an unmet one fails the test with the
+/// report of [`verify`](MockServer::verify).
+///
+/// ```should_panic
+/// # #[tokio::main] async fn main() {
+/// use mock_chart_img::{spawn, Config, Criteria, Expectation};
+/// let server = spawn(Config::default()).await.unwrap();
+/// server.expect(Expectation::new(Criteria::route("/v2/tradingview/advanced-chart")).times(1));
+/// drop(server); // panics: "1 of 1 expectations of mock-chart-img unmet: ..."
+/// # }
+/// ```
 pub struct MockServer {
     addr: SocketAddr,
     state: AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Set once the expectations were checked (by `shutdown`), so that drop does not check them again.
+    verified: bool,
 }
 
 impl std::fmt::Debug for MockServer {
@@ -194,6 +224,7 @@ pub async fn spawn_with_state(state: AppState) -> anyhow::Result<MockServer> {
         state,
         stop: Some(stop),
         task: Some(task),
+        verified: false,
     })
 }
 
@@ -218,15 +249,54 @@ impl MockServer {
         &self.state
     }
 
-    /// Stops accepting, lets in-flight requests finish, and waits for the server task.
+    /// Adds an expectation, checked by [`verify`](MockServer::verify), by [`shutdown`](MockServer::shutdown) and
+    /// on drop. Panics on an expectation that cannot be checked (test code: the message says why).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> anyhow::Result<()> {
+    /// use mock_chart_img::{spawn, Config, Criteria, Expectation, Plan};
+    /// let server = spawn(Config::default().with_key("k", "acc", Plan::PRO)).await?;
+    /// server.expect(Expectation::new(Criteria::route("/v2/tradingview/advanced-chart").body("symbol", "BINANCE:BTCUSDT")).times(0));
+    /// server.shutdown().await?; // Err with the report when an expectation is unmet
+    /// # Ok(()) }
+    /// ```
+    pub fn expect(&self, expectation: Expectation) -> u64 {
+        self.state
+            .add_expectation(expectation)
+            .unwrap_or_else(|m| panic!("mock-chart-img: {m}"))
+    }
+
+    /// Installs a stub (see [`StubSpec`]) and returns its id. Panics on a stub that cannot be installed (test code:
+    /// the message says why, e.g. an image file that cannot be read).
+    pub fn stub(&self, stub: StubSpec) -> u64 {
+        self.state
+            .add_stub(stub)
+            .unwrap_or_else(|m| panic!("mock-chart-img: {m}"))
+    }
+
+    /// Every expectation's verdict; `Err` with the report when one is unmet.
+    pub fn verify(&self) -> Result<VerifyReport, VerifyReport> {
+        let report = self.state.verify();
+        if report.ok {
+            Ok(report)
+        } else {
+            Err(report)
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits for the server task; then checks the
+    /// expectations (an `Err` with the report when one is unmet).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        match self.task.take() {
+        let served = match self.task.take() {
             Some(task) => task.await?,
             None => Ok(()),
-        }
+        };
+        self.verified = true;
+        served?;
+        self.verify().map(|_| ()).map_err(|report| anyhow::anyhow!("{report}"))
     }
 }
 
@@ -234,6 +304,12 @@ impl Drop for MockServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        // Like wiremock-rs: unmet expectations fail the test that drops the server (unless it is already failing).
+        if !self.verified && !std::thread::panicking() {
+            if let Err(report) = self.verify() {
+                panic!("{report}");
+            }
         }
     }
 }
@@ -278,7 +354,7 @@ impl AppState {
         replay.map_or(Ok(()), |r| r.check_unused())
     }
 
-    /// Forgets usage and rate buckets and empties the journal.
+    /// Forgets usage and rate buckets, empties the journal and starts the expectations' counts over.
     pub fn reset(&self) {
         self.inner.accounts.reset();
         self.inner.journal.clear();

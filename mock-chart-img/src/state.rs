@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pub accounts: Accounts,
     /// Installed faults and their progress.
     pub faults: Faults,
+    /// Installed stubs and how often each answered.
+    pub stubs: crate::stubs::Stubs,
     /// Bounded request journal for the admin API.
     pub journal: Journal,
     /// The last images answered, for the dashboard's thumbnails (bounded, shared with the cache).
@@ -137,11 +139,12 @@ impl AppState {
         config
             .validate()
             .map_err(|(_, m)| anyhow::anyhow!("invalid config: {m}"))?;
-        Ok(AppState {
+        let state = AppState {
             inner: Arc::new(Shared {
                 accounts: Accounts::new(&config.keys),
                 faults: Faults::new(config.seed, &config.faults),
-                journal: Journal::new(config.journal_capacity),
+                stubs: crate::stubs::Stubs::new(&config.stubs).map_err(|m| anyhow::anyhow!("invalid config: {m}"))?,
+                journal: Journal::new(config.journal_capacity, config.journal_body_budget),
                 thumbnails: crate::ui::Thumbnails::new(crate::ui::THUMBNAILS),
                 loaded: RwLock::new(crate::admin::ConfigView::of(config)),
                 cache: Mutex::new(LruCache::new(cap(config.render_cache_capacity))),
@@ -157,7 +160,9 @@ impl AppState {
                 started: Instant::now(),
                 renders: AtomicU64::new(0),
             }),
-        })
+        };
+        state.inner.journal.expectations.replace_config(&config.expectations);
+        Ok(state)
     }
 
     /// Applies a reloaded config: keys (accounts whose key and limits are unchanged keep their counters), faults
@@ -169,8 +174,12 @@ impl AppState {
             .map_err(|(_, m)| anyhow::anyhow!("invalid config: {m}"))?;
         let next = Settings::from_config(config)?;
         let s = &self.inner;
+        s.stubs
+            .replace_config(&config.stubs)
+            .map_err(|m| anyhow::anyhow!("invalid config: {m}"))?;
         s.accounts.replace_all(&config.keys);
         s.faults.replace_config(&config.faults);
+        s.journal.expectations.replace_config(&config.expectations);
         let mut settings = s.settings.write().unwrap();
         if settings.seed != config.seed {
             // Cached images were drawn with the old seed.

@@ -1,7 +1,8 @@
 //! The dashboard at `/__admin/ui`: one page (HTML, CSS and JavaScript embedded in the binary with `include_str!`, no
 //! build step, nothing fetched from elsewhere) that polls the admin API and shows the request journal with thumbnails
 //! of the images served, per-key usage and rate gauges, the faults with toggles (added and removed through
-//! `POST`/`DELETE /__admin/faults`), and the loaded config (`GET /__admin/config`).
+//! `POST`/`DELETE /__admin/faults`), the stubs (added with a JSON form and removed, `POST`/`DELETE /__admin/stubs`),
+//! the expectations with their verdict (`GET /__admin/verify`), and the loaded config (`GET /__admin/config`).
 //!
 //! It is part of the admin router, so it follows the admin API's loopback rule: served only where `/__admin` is.
 //!

@@ -1,5 +1,5 @@
 // The mock-chart-img dashboard: polls the admin API once a second and renders with textContent only (nothing from
-// the server is ever parsed as HTML). Faults are added and removed through the admin API itself.
+// the server is ever parsed as HTML). Faults and stubs are added and removed through the admin API itself.
 "use strict";
 
 const $ = (s) => document.querySelector(s);
@@ -40,7 +40,7 @@ const PRESETS = [
 
 const matches = (fault, spec) => Object.entries(spec).every(([k, v]) => JSON.stringify(fault[k]) === JSON.stringify(v));
 
-let state = { faults: [], journal: [], usage: [], thumbs: new Set() };
+let state = { faults: [], stubs: [], verify: { expectations: [] }, journal: [], usage: [], thumbs: new Set() };
 let busy = false;
 
 function renderHealth(h) {
@@ -97,6 +97,32 @@ function renderFaults() {
       el("td", {}, el("button", { class: "remove", onclick: () => removeFault(f.id) }, "remove")))));
 }
 
+function renderStubs() {
+  $("#stubs tbody").replaceChildren(...state.stubs.map((s) =>
+    el("tr", { dataset: { stub: s.id } },
+      el("td", {}, s.id), el("td", {}, s.origin), el("td", {}, el("code", {}, JSON.stringify(s.criteria))),
+      el("td", {}, el("code", {}, JSON.stringify(s.answer))), el("td", {}, s.gateway ? "after" : "before"),
+      el("td", {}, s.priority), el("td", {}, s.matched + (s.times == null ? "" : ` (${s.times} left)`)),
+      el("td", {}, el("button", { class: "remove", onclick: () => removeStub(s.id) }, "remove")))));
+}
+
+// `GET /__admin/verify` answers 417 when an expectation is unmet: a verdict, not an error of the page.
+async function verdict() {
+  const r = await fetch("/__admin/verify");
+  if (r.status !== 200 && r.status !== 417) throw new Error(r.status + " " + r.statusText);
+  return r.json();
+}
+
+function renderExpectations() {
+  const v = state.verify, n = v.expectations.length;
+  $("#verdict").textContent = n === 0 ? "(none)" : v.ok ? `(all ${n} hold)` : `(${v.unmet} of ${n} unmet)`;
+  $("#expectations tbody").replaceChildren(...v.expectations.map((e) =>
+    el("tr", { dataset: { expectation: e.id }, class: e.ok ? "" : "unmet" },
+      el("td", {}, e.id), el("td", {}, e.name || ""), el("td", {}, el("code", {}, JSON.stringify(e.criteria))),
+      el("td", {}, e.wanted), el("td", {}, e.matched),
+      el("td", { class: e.ok ? "s2" : "s5" }, e.ok ? "ok" : "unmet"))));
+}
+
 function statusClass(s) {
   return s == null ? "sdrop" : "s" + String(s)[0];
 }
@@ -112,7 +138,8 @@ function renderJournal() {
       el("td", {}, `${e.method} ${e.path}`), el("td", {}, e.account || "—"), el("td", {}, e.key_status),
       el("td", { class: "status " + statusClass(e.status) }, e.status == null ? "dropped" : e.status),
       el("td", {}, e.duration_ms), el("td", {}, [e.symbol, e.interval].filter(Boolean).join(" ")),
-      el("td", {}, (e.faults || []).join(", ")), el("td", { class: "error" }, e.error || ""),
+      el("td", {}, (e.faults || []).concat(e.stub == null ? [] : ["stub " + e.stub]).join(", ")),
+      el("td", { class: "error" }, e.error || ""),
       el("td", { class: "thumb" }, thumb));
   }));
 }
@@ -121,14 +148,17 @@ async function refresh() {
   if (busy) return;
   busy = true;
   try {
-    const [health, usage, faults, journal, thumbs, config] = await Promise.all([
+    const [health, usage, faults, stubs, verify, journal, thumbs, config] = await Promise.all([
       api("GET", "/__admin/health"), api("GET", "/__admin/usage"), api("GET", "/__admin/faults"),
-      api("GET", "/__admin/requests?limit=100"), api("GET", "/__admin/ui/thumbs"), api("GET", "/__admin/config"),
+      api("GET", "/__admin/stubs"), verdict(), api("GET", "/__admin/requests?limit=100"),
+      api("GET", "/__admin/ui/thumbs"), api("GET", "/__admin/config"),
     ]);
-    state = { faults, journal, usage, thumbs: new Set(thumbs) };
+    state = { faults, stubs, verify, journal, usage, thumbs: new Set(thumbs) };
     renderHealth(health);
     renderAccounts();
     renderFaults();
+    renderStubs();
+    renderExpectations();
     renderJournal();
     $("#config").textContent = JSON.stringify(config, null, 2);
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
@@ -153,6 +183,22 @@ async function removeFault(id) {
   try { await api("DELETE", `/__admin/faults/${id}`); } catch (e) { $("#fault-error").textContent = e.message; }
   await refresh();
 }
+
+async function removeStub(id) {
+  try { await api("DELETE", `/__admin/stubs/${id}`); } catch (e) { $("#stub-error").textContent = e.message; }
+  await refresh();
+}
+
+$("#add-stub").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("#stub-error").textContent = "";
+  try {
+    await api("POST", "/__admin/stubs", JSON.parse($("#stub-json").value));
+  } catch (e) {
+    $("#stub-error").textContent = e.message;
+  }
+  await refresh();
+});
 
 $("#add-fault").addEventListener("submit", async (ev) => {
   ev.preventDefault();

@@ -242,8 +242,26 @@ async fn openapi_document_lists_every_admin_route() {
         "/__admin/faults",
         "/__admin/faults/{id}",
         "/__admin/openapi.json",
+        "/__admin/requests/count",
+        "/__admin/requests/find",
+        "/__admin/requests/unmatched",
+        "/__admin/expectations",
+        "/__admin/expectations/{id}",
+        "/__admin/verify",
+        "/__admin/stubs",
+        "/__admin/stubs/{id}",
+        "/__admin/snapshot",
     ] {
         assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
     }
-    assert!(doc["components"]["schemas"]["FaultSpec"].is_object());
+    for schema in [
+        "FaultSpec",
+        "Criteria",
+        "Expectation",
+        "VerifyReport",
+        "StubSpec",
+        "SnapshotRequest",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema} missing");
+    }
 }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chromium_test::Chromium;
-use mock_chart_img::{serve, AppState, Config, FaultSpec, LayoutConfig, Plan};
+use mock_chart_img::{serve, AppState, Config, Criteria, Expectation, FaultSpec, LayoutConfig, Plan};
 use serde_json::json;
 
 use crate::{small, start};
@@ -275,4 +275,103 @@ async fn dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect
         "dashboard screenshot: {} (browser part took {browser_s:.1} s)",
         shot.display()
     );
+}
+
+#[tokio::test]
+async fn dashboard_in_chromium_adds_a_stub_that_answers_then_removes_it() {
+    let Some(chromium) = Chromium::for_test("dashboard_in_chromium_adds_a_stub_that_answers_then_removes_it") else {
+        return;
+    };
+    let ctx = start(config()).await;
+    // Two ETH charts are expected: the one the stub answers and the one rendered after it is removed.
+    ctx.server.expect(
+        Expectation::new(Criteria::route("/v2/tradingview/advanced-chart").body("symbol", "BINANCE:ETHUSDT"))
+            .times(2)
+            .named("two ETH charts"),
+    );
+    let url = format!("{}/ui", ctx.server.admin_url());
+    let wait = Duration::from_secs(15);
+    let eth = json!({"symbol": "BINANCE:ETHUSDT", "interval": "4h", "width": 400, "height": 300});
+    let tab = tokio::task::spawn_blocking(move || {
+        let mut tab = chromium.launch(1280, 1100).unwrap();
+        tab.goto(&url).unwrap();
+        tab.wait_for("Number(document.body.dataset.refreshed || 0) > 0", wait)
+            .unwrap();
+        tab.wait_for(
+            "document.querySelector('#verdict').textContent === '(1 of 1 unmet)' && \
+             document.querySelector('#expectations tbody tr').cells[5].textContent === 'unmet'",
+            wait,
+        )
+        .unwrap();
+        // A stub the server refuses: its message is shown, nothing is installed.
+        tab.eval(
+            r#"document.querySelector('#stub-json').value = '{"answer":{"status":99}}';
+               document.querySelector('#add-stub button').click()"#,
+        )
+        .unwrap();
+        tab.wait_for(
+            "document.querySelector('#stub-error').textContent.includes('99 is not an HTTP status')",
+            wait,
+        )
+        .unwrap();
+        // The form's example: ETH charts answer 500.
+        tab.eval(
+            r#"document.querySelector('#stub-json').value =
+                 '{"criteria":{"body":{"symbol":"BINANCE:ETHUSDT"}},"answer":{"status":500}}';
+               document.querySelector('#add-stub button').click()"#,
+        )
+        .unwrap();
+        tab.wait_for("document.querySelectorAll('#stubs tbody tr').length === 1", wait)
+            .unwrap();
+        tab
+    })
+    .await
+    .unwrap();
+    let stubs = ctx.admin_get("/stubs").await;
+    assert_eq!(stubs.as_array().unwrap().len(), 1, "{stubs}");
+    assert_eq!(stubs[0]["origin"], "admin");
+    assert_eq!(ctx.chart(KEY, eth.clone()).await.status(), 500);
+    assert_eq!(ctx.chart(KEY, small()).await.status(), 200);
+
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut tab = tab;
+        // The stub's count, and the journal row it answered.
+        tab.wait_for(
+            "document.querySelector('#stubs tbody tr').cells[6].textContent === '1' && \
+             [...document.querySelectorAll('#journal tbody tr')].some(r => r.cells[8].textContent === 'stub 1')",
+            wait,
+        )
+        .unwrap();
+        let seen = tab
+            .eval("document.querySelector('#stubs tbody tr').textContent")
+            .unwrap();
+        tab.eval("document.querySelector('#stubs tbody tr button.remove').click()")
+            .unwrap();
+        tab.wait_for("document.querySelectorAll('#stubs tbody tr').length === 0", wait)
+            .unwrap();
+        (seen, tab)
+    })
+    .await
+    .unwrap();
+    let (seen, tab) = seen;
+    let row = seen.as_str().unwrap();
+    assert!(row.contains("BINANCE:ETHUSDT") && row.contains("after"), "{row}");
+    assert_eq!(ctx.admin_get("/stubs").await, json!([]));
+    assert_eq!(
+        ctx.chart(KEY, eth).await.status(),
+        200,
+        "removed from the page: renders again"
+    );
+    // Both ETH charts were answered: the page's verdict turns to "all hold".
+    tokio::task::spawn_blocking(move || {
+        let mut tab = tab;
+        tab.wait_for(
+            "document.querySelector('#verdict').textContent === '(all 1 hold)' && \
+             document.querySelector('#expectations tbody tr').cells[4].textContent === '2'",
+            wait,
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
 }

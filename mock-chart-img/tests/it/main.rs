@@ -14,6 +14,9 @@ mod replay;
 mod replay_unused;
 mod routes;
 mod rules;
+mod snapshot;
+mod stubs;
+mod verify;
 
 use mock_chart_img::{spawn, Config, MockServer};
 use serde_json::{json, Value};

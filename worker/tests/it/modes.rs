@@ -319,3 +319,67 @@ async fn a_cassette_imported_from_har_replays_through_mock_mode() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(images(&p.join("state-har"), &report), recorded);
 }
+
+/// A session of the worker against `mock-chart-img` in `real` mode, saved with `POST /__admin/snapshot`, replays
+/// through the worker's `mock` mode with no server: the snapshot is a cassette like a recorded one.
+#[tokio::test]
+async fn a_snapshot_of_a_session_against_the_mock_replays_in_mock_mode() {
+    let server =
+        mock_chart_img::spawn(mock_chart_img::Config::default().with_key(KEY_1, "acc-1", mock_chart_img::Plan::PRO))
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    write_inputs(
+        p,
+        &flow_run(&["dark", "light"], 2),
+        &[("dark", real_template("dark")), ("light", real_template("light"))],
+    );
+    let accounts = accounts_json(&[("acc-1", KEY_1, 50)]);
+    let live = run_bin(
+        p,
+        "state-live",
+        &["--mode", "real", "--base-url", &server.base_url()],
+        &accounts,
+    )
+    .await;
+    assert_eq!(live.status.code(), Some(0), "{}", String::from_utf8_lossy(&live.stderr));
+    let live_images = images(&p.join("state-live"), &serde_json::from_slice(&live.stdout).unwrap());
+    assert_eq!(live_images.len(), 2);
+
+    let cassette = p.join("snapshot");
+    let answer = reqwest::Client::new()
+        .post(format!("{}/snapshot", server.admin_url()))
+        .json(&serde_json::json!({"dir": cassette, "criteria": {"route": "/v2/tradingview/advanced-chart"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    let outcome: Value = answer.json().await.unwrap();
+    assert_eq!(outcome["interactions"], 2, "{outcome}");
+    server.shutdown().await.unwrap();
+    let text = std::fs::read_to_string(cassette.join(recorder::CASSETTE_FILE)).unwrap();
+    assert!(
+        !text.contains(KEY_1) && text.contains("<CHART_IMG_API_KEY:acc-1>"),
+        "{text}"
+    );
+
+    let cassette_arg = cassette.display().to_string();
+    let rep = run_bin(
+        p,
+        "state-rep",
+        &[
+            "--mode",
+            "mock",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--cassette-dir",
+            &cassette_arg,
+        ],
+        &accounts,
+    )
+    .await;
+    assert_eq!(rep.status.code(), Some(0), "{}", String::from_utf8_lossy(&rep.stderr));
+    let rep_report: Value = serde_json::from_slice(&rep.stdout).unwrap();
+    assert_eq!(images(&p.join("state-rep"), &rep_report), live_images);
+}

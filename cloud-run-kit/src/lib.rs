@@ -100,12 +100,16 @@ pub struct CloudLoggingLayer<W> {
 }
 
 impl<W> CloudLoggingLayer<W> {
-    /// A layer whose error lines name the service from `K_SERVICE`/`K_REVISION` (Cloud Run sets both), else
-    /// `unknown`; [`CloudLoggingLayer::with_service`] gives a local run its own name.
+    /// A layer whose error lines name the service from `K_SERVICE`/`K_REVISION` (Cloud Run sets both), else the
+    /// executable's name; [`CloudLoggingLayer::with_service`] names it otherwise.
     pub fn new(make_writer: W) -> Self {
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "unknown".to_owned());
         Self {
             make_writer,
-            service: ServiceContext::from_env("unknown", "unknown"),
+            service: ServiceContext::from_env(&exe, "unknown"),
         }
     }
 

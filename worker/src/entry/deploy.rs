@@ -193,7 +193,7 @@ fn settings_of(env: &[(&'static str, String)]) -> Result<Settings, String> {
         .map_err(|e| format!("the service would refuse its environment: {e}"))
 }
 
-/// The step deadline, the ack deadline and the margin between them, or why they cannot fit under Pub/Sub's maximum.
+/// The step deadline and the ack deadline (at least the step deadline + `margin`), or why they cannot be.
 fn deadlines(
     args: &DeployPlanArgs,
     margin: &AckMargin,
@@ -227,14 +227,20 @@ fn deadlines(
         ));
     }
     if ack < step + m {
+        let fix = match ack.saturating_sub(m).as_secs() {
+            0 => format!(
+                "raise --ack-deadline to at least {} s",
+                (m + Duration::from_secs(1)).as_secs()
+            ),
+            fits => format!("use --step-deadline of at most {fits} s"),
+        };
         return Err(format!(
-            "the step deadline ({} s) + the work after it ({} s: {}) = {} s exceeds the ack deadline of {} s: Pub/Sub would redeliver, and Cloud Run end the request, while the step still concludes; use --step-deadline of at most {} s",
+            "the step deadline ({} s) + the work after it ({} s: {}) = {} s exceeds the ack deadline of {} s: Pub/Sub would redeliver, and Cloud Run end the request, while the step still concludes; {fix}",
             step.as_secs(),
             m.as_secs(),
             margin.breakdown(),
             (step + m).as_secs(),
             ack.as_secs(),
-            ack.saturating_sub(m).as_secs()
         ));
     }
     Ok((step, ack))
@@ -578,7 +584,19 @@ mod tests {
         let e = deadlines(&args(Some(room.as_secs() + 1), None), &m, worker).unwrap_err();
         assert!(e.contains(&format!("at most {} s", room.as_secs())), "{e}");
         let e = deadlines(&args(Some(10), Some(10 + m.total().as_secs() - 1)), &m, worker).unwrap_err();
-        assert!(e.contains("exceeds the ack deadline"), "{e}");
+        assert!(
+            e.contains("exceeds the ack deadline") && e.contains("at most 9 s"),
+            "{e}"
+        );
+        // An ack deadline below the margin itself: only a longer ack deadline helps.
+        let e = deadlines(&args(Some(10), Some(100)), &m, worker).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "raise --ack-deadline to at least {} s",
+                m.total().as_secs() + 1
+            )),
+            "{e}"
+        );
     }
 
     #[test]

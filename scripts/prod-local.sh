@@ -13,7 +13,8 @@
 # Emulators: when FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST are set and answer, they are used and left
 # running; otherwise `up` starts them with scripts/emulators.sh and `down` stops them.
 # Settings: PROD_LOCAL_PROJECT (default prod-local), PROD_LOCAL_BUCKET (prod-local-charts), EVENTARC_TIME_SCALE
-# (default 1 = Eventarc's real timing), EVENTARC_TYPES (default created,updated,deleted), PROFILE (debug|release,
+# (default 1 = Eventarc's real timing), EVENTARC_TYPES (default: local-eventarc's,
+# the types deploy-plan's triggers subscribe to), PROFILE (debug|release,
 # default debug, shared with `cargo test`), CARGO (default cargo). Worker settings (CHART_EXPORT_*, …) in the
 # environment of `up` reach `serve`.
 set -euo pipefail
@@ -99,7 +100,7 @@ YAML
   start_bg local-eventarc "$STATE/eventarc.pid" "$STATE/eventarc.log" env \
     FIRESTORE_EMULATOR_HOST="$FIRESTORE_EMULATOR_HOST" "$BIN/local-eventarc" --project "$PROJECT" \
     --target "http://127.0.0.1:$serve_port/" --time-scale "${EVENTARC_TIME_SCALE:-1}" \
-    --types "${EVENTARC_TYPES:-created,updated,deleted}" --admin-port "$eventarc_admin"
+    ${EVENTARC_TYPES:+--types "$EVENTARC_TYPES"} --admin-port "$eventarc_admin"
   wait_http local-eventarc "http://127.0.0.1:$eventarc_admin/health" "$STATE/eventarc.pid" "$STATE/eventarc.log"
 
   cat >"$ENV_FILE" <<ENV

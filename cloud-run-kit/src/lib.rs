@@ -3,7 +3,13 @@
 //!
 //! - [`CloudLoggingLayer`]: a `tracing` layer writing one Cloud Logging JSON object a line (`severity`, `time`,
 //!   the fields of the event's spans, `message`, the event's own fields, `target`) — the shape Cloud Logging parses
-//!   from stdout/stderr into structured entries.
+//!   from stdout/stderr into structured entries. An ERROR line also carries what Error Reporting needs without a
+//!   stack trace: `@type` [`REPORTED_ERROR_EVENT`], `serviceContext` and `context.reportLocation` (the event's file,
+//!   line and module).
+//! - [`TraceContext`] and [`request_span`]: the trace of a request (`traceparent`, else `X-Cloud-Trace-Context`), as
+//!   a span whose lines carry `logging.googleapis.com/trace` (`projects/<project>/traces/<id>`),
+//!   `logging.googleapis.com/spanId` and `logging.googleapis.com/trace_sampled`, so Logs Explorer groups one
+//!   request's lines under its trace.
 //! - [`CaptureWriter`]: a `MakeWriter` into a shared buffer, for tests that read the lines back.
 //! - [`shutdown_signal`]: resolves on SIGTERM (Cloud Run's stop signal) or Ctrl-C.
 
@@ -54,16 +60,63 @@ pub fn severity(level: &Level) -> &'static str {
 /// Span fields, stored in the span's extensions when it is created and updated by `Span::record`.
 struct SpanFields(Map<String, Value>);
 
+/// The `@type` that makes Error Reporting pick up a log entry without a stack trace in its message.
+pub const REPORTED_ERROR_EVENT: &str =
+    "type.googleapis.com/google.devtools.clouderrorreporting.v1beta1.ReportedErrorEvent";
+/// The special fields Cloud Logging reads a log line's trace from.
+pub const TRACE_FIELD: &str = "logging.googleapis.com/trace";
+pub const SPAN_ID_FIELD: &str = "logging.googleapis.com/spanId";
+pub const TRACE_SAMPLED_FIELD: &str = "logging.googleapis.com/trace_sampled";
+
+/// Error Reporting's `serviceContext`: which service (and version) an error belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceContext {
+    pub service: String,
+    pub version: String,
+}
+
+impl ServiceContext {
+    /// Cloud Run's `K_SERVICE` and `K_REVISION`, else the given defaults (a local run).
+    pub fn from_env(default_service: &str, default_version: &str) -> Self {
+        let get = |k: &str, d: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| d.to_owned())
+        };
+        Self {
+            service: get("K_SERVICE", default_service),
+            version: get("K_REVISION", default_version),
+        }
+    }
+}
+
 /// A `tracing` layer writing Cloud Logging JSON lines to `W`, one `write_all` a line (so a non-blocking writer
 /// never splits one).
 #[derive(Debug)]
 pub struct CloudLoggingLayer<W> {
     make_writer: W,
+    service: ServiceContext,
 }
 
 impl<W> CloudLoggingLayer<W> {
+    /// A layer whose error lines name the service from `K_SERVICE`/`K_REVISION` (Cloud Run sets both), else the
+    /// executable's name; [`CloudLoggingLayer::with_service`] names it otherwise.
     pub fn new(make_writer: W) -> Self {
-        Self { make_writer }
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        Self {
+            make_writer,
+            service: ServiceContext::from_env(&exe, "unknown"),
+        }
+    }
+
+    /// The `serviceContext` of this process's error lines.
+    pub fn with_service(mut self, service: ServiceContext) -> Self {
+        self.service = service;
+        self
     }
 }
 
@@ -116,10 +169,111 @@ where
         line.insert("message".into(), message);
         line.extend(fields);
         line.insert("target".into(), meta.target().into());
+        if *meta.level() == Level::ERROR {
+            // Error Reporting: the event type, the service, and where the error was reported (no stack trace).
+            line.insert("@type".into(), REPORTED_ERROR_EVENT.into());
+            line.insert(
+                "serviceContext".into(),
+                serde_json::json!({"service": self.service.service, "version": self.service.version}),
+            );
+            line.insert(
+                "context".into(),
+                serde_json::json!({"reportLocation": {
+                    "filePath": meta.file().unwrap_or("unknown"),
+                    "lineNumber": meta.line().unwrap_or(0),
+                    "functionName": meta.module_path().unwrap_or(meta.target()),
+                }}),
+            );
+        }
         let mut bytes = serde_json::to_vec(&Value::Object(line)).unwrap_or_default();
         bytes.push(b'\n');
         let _ = self.make_writer.make_writer().write_all(&bytes);
     }
+}
+
+/// The trace a request carries: W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<flags>`), else Google's
+/// `X-Cloud-Trace-Context` (`<32 hex trace id>/<decimal span id>;o=<0|1>`), the header Cloud Run and Eventarc's push
+/// set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// 16 lowercase hex digits (Cloud Logging's `spanId` form), when the header names a span.
+    pub span_id: Option<String>,
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// From a request's headers, looked up (case-insensitively, as HTTP headers are) through `get`; `None` when
+    /// neither header is there or well-formed.
+    pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Self> {
+        get("traceparent")
+            .and_then(Self::from_traceparent)
+            .or_else(|| get("x-cloud-trace-context").and_then(Self::from_cloud_trace_context))
+    }
+
+    /// `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
+    pub fn from_traceparent(v: &str) -> Option<Self> {
+        let mut parts = v.trim().split('-');
+        let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(version, 2) || version.eq_ignore_ascii_case("ff") || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2)
+        {
+            return None;
+        }
+        if trace.bytes().all(|b| b == b'0') || span.bytes().all(|b| b == b'0') {
+            return None;
+        }
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        Some(Self {
+            trace_id: trace.to_ascii_lowercase(),
+            span_id: Some(span.to_ascii_lowercase()),
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    /// `105445aa7843bc8bf206b12000100000/1;o=1` (the span id is decimal on this header).
+    pub fn from_cloud_trace_context(v: &str) -> Option<Self> {
+        let (ids, options) = v.trim().split_once(';').unwrap_or((v.trim(), ""));
+        let (trace, span) = ids.split_once('/').unwrap_or((ids, ""));
+        if trace.len() != 32 || !trace.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let span_id = span
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s != 0)
+            .map(|s| format!("{s:016x}"));
+        Some(Self {
+            trace_id: trace.to_ascii_lowercase(),
+            span_id,
+            sampled: options.trim() == "o=1",
+        })
+    }
+
+    /// Cloud Logging's trace resource name: `projects/<project>/traces/<trace id>`.
+    pub fn resource(&self, project: &str) -> String {
+        format!("projects/{project}/traces/{}", self.trace_id)
+    }
+}
+
+/// The span one request's work runs in: its lines carry the request's trace when the request has one and the
+/// project is known (`GOOGLE_CLOUD_PROJECT`), as Cloud Logging needs it to group them.
+pub fn request_span(trace: Option<&TraceContext>, project: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        "logging.googleapis.com/trace" = tracing::field::Empty,
+        "logging.googleapis.com/spanId" = tracing::field::Empty,
+        "logging.googleapis.com/trace_sampled" = tracing::field::Empty,
+    );
+    if let (Some(t), Some(p)) = (trace, project.filter(|p| !p.is_empty())) {
+        span.record(TRACE_FIELD, t.resource(p));
+        if let Some(s) = &t.span_id {
+            span.record(SPAN_ID_FIELD, s.as_str());
+        }
+        span.record(TRACE_SAMPLED_FIELD, t.sampled);
+    }
+    span
 }
 
 /// A `MakeWriter` into a shared buffer: tests capture the logs of a whole run with it.
@@ -232,6 +386,92 @@ mod tests {
         assert_eq!(line["ratio"], 0.5);
         assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
         assert_eq!(text.lines().count(), 1);
+    }
+
+    #[test]
+    fn traceparent_and_x_cloud_trace_context_are_read_and_bad_ones_refused() {
+        let t = TraceContext::from_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert!(t.sampled);
+        assert_eq!(
+            t.resource("p-1"),
+            "projects/p-1/traces/4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "garbage",
+        ] {
+            assert_eq!(TraceContext::from_traceparent(bad), None, "{bad}");
+        }
+        let c = TraceContext::from_cloud_trace_context("105445aa7843bc8bf206b12000100000/1;o=1").unwrap();
+        assert_eq!(c.trace_id, "105445aa7843bc8bf206b12000100000");
+        assert_eq!(c.span_id.as_deref(), Some("0000000000000001"));
+        assert!(c.sampled);
+        let no_span = TraceContext::from_cloud_trace_context("105445aa7843bc8bf206b12000100000").unwrap();
+        assert_eq!((no_span.span_id, no_span.sampled), (None, false));
+        assert_eq!(TraceContext::from_cloud_trace_context("xyz/1;o=1"), None);
+        // traceparent wins over X-Cloud-Trace-Context.
+        let headers = [
+            ("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/1;o=1"),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        ];
+        let get = |k: &str| headers.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        let both = TraceContext::from_headers(get).unwrap();
+        assert_eq!(
+            (both.trace_id.as_str(), both.sampled),
+            ("4bf92f3577b34da6a3ce929d0e0e4736", false)
+        );
+    }
+
+    #[test]
+    fn lines_in_a_request_span_carry_its_trace_and_error_lines_the_error_reporting_shape() {
+        let buf = CaptureWriter::default();
+        let service = ServiceContext {
+            service: "svc".into(),
+            version: "v9".into(),
+        };
+        let sub = tracing_subscriber::registry().with(CloudLoggingLayer::new(buf.clone()).with_service(service));
+        tracing::subscriber::with_default(sub, || {
+            let t = TraceContext::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+            let _g = request_span(t.as_ref(), Some("p-1")).entered();
+            tracing::info!("in the request");
+            tracing::error!(event = "boom", "it broke");
+            drop(_g);
+            let _untraced = request_span(t.as_ref(), None).entered();
+            tracing::info!("no project, no trace");
+        });
+        let lines: Vec<Value> = buf
+            .contents()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        for l in &lines[..2] {
+            assert_eq!(
+                l[TRACE_FIELD], "projects/p-1/traces/4bf92f3577b34da6a3ce929d0e0e4736",
+                "{l}"
+            );
+            assert_eq!(l[SPAN_ID_FIELD], "00f067aa0ba902b7");
+            assert_eq!(l[TRACE_SAMPLED_FIELD], true);
+        }
+        assert!(lines[0].get("@type").is_none(), "{}", lines[0]);
+        let e = &lines[1];
+        assert_eq!(e["severity"], "ERROR");
+        assert_eq!(e["@type"], REPORTED_ERROR_EVENT);
+        assert_eq!(
+            e["serviceContext"],
+            serde_json::json!({"service": "svc", "version": "v9"})
+        );
+        assert_eq!(e["message"], "it broke");
+        let loc = &e["context"]["reportLocation"];
+        assert!(loc["filePath"].as_str().unwrap().ends_with("lib.rs"), "{e}");
+        assert!(loc["lineNumber"].as_u64().unwrap() > 0, "{e}");
+        assert_eq!(loc["functionName"], "cloud_run_kit::tests");
+        assert!(lines[2].get(TRACE_FIELD).is_none(), "{}", lines[2]);
     }
 
     #[test]

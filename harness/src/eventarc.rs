@@ -1,8 +1,10 @@
 //! A local Eventarc: Firestore's Listen API on one collection of the emulator, delivered to HTTP targets the way
 //! Eventarc and its Pub/Sub push subscription deliver (see `eventarc.md` in the shared docs).
 //!
-//! - Every change after start-up becomes one event: `created` (no previous version), `updated` or `deleted`, with
-//!   the previous version this listener kept as `old_value` and the changed field paths as `update_mask`.
+//! - Every change after start-up is a `created` (no previous version), `updated` or `deleted` change, with the
+//!   previous version this listener kept as `old_value` and the changed field paths as `update_mask`. It becomes one
+//!   event per configured trigger type that delivers it ([`Config::types`], by default the deployment's
+//!   [`TRIGGER_EVENT_TYPES`]: `written`), with that trigger's `ce-type`; a change no trigger names is not delivered.
 //!   The documents that exist when it starts are its initial state, not events (a trigger sees only later writes).
 //! - Delivery is a binary-mode CloudEvent: every `ce-*` header of a Firestore event, `content-type:
 //!   application/protobuf` and a protobuf `DocumentEventData` body.
@@ -28,41 +30,12 @@ use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreListenerTarget, Firest
 use prost::Message as _;
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
+use worker_chart_export::entry::deploy::TRIGGER_EVENT_TYPES;
 use worker_chart_export::eventarc::{proto, to_event_document};
 use worker_chart_export::firestore_codec::field_path;
 
-/// The Firestore event types Eventarc offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    Created,
-    Updated,
-    Deleted,
-}
-
-impl EventKind {
-    pub fn ce_type(self) -> &'static str {
-        match self {
-            EventKind::Created => "google.cloud.firestore.document.v1.created",
-            EventKind::Updated => "google.cloud.firestore.document.v1.updated",
-            EventKind::Deleted => "google.cloud.firestore.document.v1.deleted",
-        }
-    }
-}
-
-impl std::str::FromStr for EventKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "created" => Ok(Self::Created),
-            "updated" => Ok(Self::Updated),
-            "deleted" => Ok(Self::Deleted),
-            other => Err(format!(
-                "unknown event type {other:?}; expected created, updated or deleted"
-            )),
-        }
-    }
-}
+/// The Firestore event types (the worker's, the one home of their `ce-type` strings).
+pub use worker_chart_export::eventarc::EventType;
 
 /// How the local Eventarc listens and delivers. Durations are Eventarc's real ones; [`Config::time_scale`]
 /// shrinks them all.
@@ -74,8 +47,10 @@ pub struct Config {
     pub collection: String,
     /// `ce-location`.
     pub location: String,
-    /// Which changes are delivered (an Eventarc trigger filters on one type; the worker accepts all three).
-    pub kinds: Vec<EventKind>,
+    /// The event types of the triggers (one Eventarc trigger filters on one type): a change is delivered once per
+    /// type here that delivers it (`written` delivers every change), with that type's `ce-type`. Default: the
+    /// deployment's [`TRIGGER_EVENT_TYPES`], as `deploy-plan` prints them.
+    pub types: Vec<EventType>,
     /// Multiplies every duration below (1.0 = production timing).
     pub time_scale: f64,
     pub min_backoff: Duration,
@@ -98,7 +73,7 @@ impl Config {
             database: "(default)".into(),
             collection: "flow_runs".into(),
             location: "nam5".into(),
-            kinds: vec![EventKind::Created, EventKind::Updated, EventKind::Deleted],
+            types: TRIGGER_EVENT_TYPES.to_vec(),
             time_scale: 1.0,
             min_backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(600),
@@ -162,7 +137,10 @@ pub struct Delivery {
     pub event_id: String,
     /// `flow_runs/<id>`.
     pub document: String,
-    pub kind: EventKind,
+    /// The change: `created`, `updated` or `deleted`.
+    pub kind: EventType,
+    /// The trigger type it was delivered as (its `ce-type`).
+    pub delivered_as: EventType,
     /// 0 for the event's chain, 1 for an injected duplicate.
     pub chain: u32,
     /// 1-based within its chain.
@@ -182,7 +160,10 @@ pub struct Delivery {
 pub struct EventRecord {
     pub id: String,
     pub document: String,
-    pub kind: EventKind,
+    /// The change: `created`, `updated` or `deleted`.
+    pub kind: EventType,
+    /// The trigger type it was delivered as (its `ce-type`).
+    pub delivered_as: EventType,
     pub update_mask: Vec<String>,
     pub published_ms: u64,
     /// Chains still delivering.
@@ -196,7 +177,8 @@ struct Event {
     record_index: usize,
     id: String,
     document: String,
-    kind: EventKind,
+    kind: EventType,
+    delivered_as: EventType,
     time: String,
     body: Vec<u8>,
 }
@@ -435,9 +417,9 @@ fn on_listen_event(inner: &Arc<Inner>, event: ResponseType) {
                     return;
                 }
                 let kind = if previous.is_some() {
-                    EventKind::Updated
+                    EventType::Updated
                 } else {
-                    EventKind::Created
+                    EventType::Created
                 };
                 publish(inner, kind, Some(doc), previous);
             }
@@ -458,7 +440,7 @@ fn deleted(inner: &Arc<Inner>, name: &str) {
         prev
     };
     if previous.is_some() {
-        publish(inner, EventKind::Deleted, None, previous);
+        publish(inner, EventType::Deleted, None, previous);
     }
 }
 
@@ -498,32 +480,41 @@ pub fn changed_paths(old: &HashMap<String, fs::Value>, new: &HashMap<String, fs:
     out
 }
 
-fn publish(inner: &Arc<Inner>, kind: EventKind, value: Option<fs::Document>, old: Option<fs::Document>) {
-    let cfg = &inner.config;
-    if !cfg.kinds.contains(&kind) {
-        return;
+/// One event per configured trigger type that delivers a change of `kind`.
+fn publish(inner: &Arc<Inner>, kind: EventType, value: Option<fs::Document>, old: Option<fs::Document>) {
+    for t in inner.config.types.iter().copied().filter(|t| t.delivers(kind)) {
+        publish_as(inner, kind, t, value.as_ref(), old.as_ref());
     }
-    let Some(name) = value.as_ref().or(old.as_ref()).map(|d| d.name.clone()) else {
+}
+
+fn publish_as(
+    inner: &Arc<Inner>,
+    kind: EventType,
+    delivered_as: EventType,
+    value: Option<&fs::Document>,
+    old: Option<&fs::Document>,
+) {
+    let cfg = &inner.config;
+    let Some(name) = value.or(old).map(|d| d.name.clone()) else {
         return;
     };
     let document = name
         .split_once("/documents/")
         .map(|(_, p)| p.to_owned())
         .unwrap_or_else(|| name.clone());
-    let update_mask = match (&value, &old, kind) {
-        (Some(v), Some(o), EventKind::Updated) => changed_paths(&o.fields, &v.fields),
+    let update_mask = match (value, old, kind) {
+        (Some(v), Some(o), EventType::Updated) => changed_paths(&o.fields, &v.fields),
         _ => Vec::new(),
     };
     let time = value
-        .as_ref()
         .and_then(|v| v.update_time)
         .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .unwrap_or_else(chrono::Utc::now)
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let body = proto::DocumentEventData {
-        value: value.as_ref().map(to_event_document),
-        old_value: old.as_ref().map(to_event_document),
-        update_mask: (kind == EventKind::Updated).then(|| proto::DocumentMask {
+        value: value.map(to_event_document),
+        old_value: old.map(to_event_document),
+        update_mask: (kind == EventType::Updated).then(|| proto::DocumentMask {
             field_paths: update_mask.clone(),
         }),
     }
@@ -547,6 +538,7 @@ fn publish(inner: &Arc<Inner>, kind: EventKind, value: Option<fs::Document>, old
             id: id.clone(),
             document: document.clone(),
             kind,
+            delivered_as,
             update_mask,
             published_ms,
             pending_chains: chains,
@@ -555,12 +547,13 @@ fn publish(inner: &Arc<Inner>, kind: EventKind, value: Option<fs::Document>, old
         });
         (s.events.len() - 1, waits)
     };
-    tracing::debug!(event = "local_eventarc_published", ceId = %id, document = %document, kind = ?kind);
+    tracing::debug!(event = "local_eventarc_published", ceId = %id, document = %document, kind = %kind, ceType = delivered_as.ce_type());
     let event = Arc::new(Event {
         record_index,
         id,
         document,
         kind,
+        delivered_as,
         time,
         body,
     });
@@ -609,6 +602,7 @@ async fn deliver(inner: Arc<Inner>, ev: Arc<Event>, chain: u32, wait: Duration) 
             event_id: ev.id.clone(),
             document: ev.document.clone(),
             kind: ev.kind,
+            delivered_as: ev.delivered_as,
             chain,
             attempt,
             target,
@@ -656,7 +650,7 @@ async fn send(inner: &Inner, ev: &Event, url: &str) -> Result<(u16, String), req
         .header("ce-specversion", "1.0")
         .header("ce-id", &ev.id)
         .header("ce-source", format!("//firestore.googleapis.com/projects/{p}/databases/{db}"))
-        .header("ce-type", ev.kind.ce_type())
+        .header("ce-type", ev.delivered_as.ce_type())
         .header("ce-subject", format!("documents/{}", ev.document))
         .header("ce-time", &ev.time)
         .header(

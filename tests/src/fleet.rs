@@ -250,6 +250,8 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     }
 
     let mut eventarc_config = EventarcConfig::new(&project).with_time_scale(opts.time_scale);
+    // The event types deploy-plan's triggers subscribe to: runs start as the deployment would see them.
+    eventarc_config.types = worker_chart_export::entry::deploy::TRIGGER_EVENT_TYPES.to_vec();
     // Backoff scaled, but the ack deadline stays production's 600 s: a step runs inside its delivery.
     eventarc_config.ack_deadline = Duration::from_secs(600).div_f64(opts.time_scale);
     let eventarc = LocalEventarc::start(eventarc_config, Vec::new()).await?;

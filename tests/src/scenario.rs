@@ -185,9 +185,10 @@ pub struct EventarcSettings {
     pub reorder_window_ms: u64,
     #[serde(default = "seed")]
     pub seed: u64,
-    /// Event types delivered (default created, updated, deleted).
+    /// The triggers' event types (`created`, `updated`, `deleted`, `written`); default: the types `deploy-plan`'s
+    /// triggers subscribe to (`worker_chart_export::entry::deploy::TRIGGER_EVENT_TYPES`).
     #[serde(default)]
-    pub types: Option<Vec<harness::eventarc::EventKind>>,
+    pub types: Option<Vec<harness::eventarc::EventType>>,
 }
 
 impl Default for EventarcSettings {

@@ -47,6 +47,70 @@ pub mod proto {
     pub use google::events::cloud::firestore::v1::*;
 }
 
+/// The Firestore document event types Eventarc offers, the one home of their `ce-type` strings: `deploy-plan`
+/// prints triggers on [`crate::entry::deploy::TRIGGER_EVENT_TYPES`], and the local Eventarc, the live scenarios and
+/// `fleet-sim` deliver those same types. A trigger on `written` delivers every create, update and delete as a
+/// `written` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Created,
+    Updated,
+    Deleted,
+    Written,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 4] = [Self::Created, Self::Updated, Self::Deleted, Self::Written];
+
+    /// The short name (`created`, …), as scenarios and `--types` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Deleted => "deleted",
+            Self::Written => "written",
+        }
+    }
+
+    /// The `ce-type` (and a trigger's `type` filter), e.g. `google.cloud.firestore.document.v1.written`.
+    pub fn ce_type(self) -> &'static str {
+        match self {
+            Self::Created => "google.cloud.firestore.document.v1.created",
+            Self::Updated => "google.cloud.firestore.document.v1.updated",
+            Self::Deleted => "google.cloud.firestore.document.v1.deleted",
+            Self::Written => "google.cloud.firestore.document.v1.written",
+        }
+    }
+
+    /// The type whose `ce-type` is `ce_type` (the `.withAuthContext` variants included).
+    pub fn from_ce_type(ce_type: &str) -> Option<Self> {
+        let base = ce_type.strip_suffix(".withAuthContext").unwrap_or(ce_type);
+        Self::ALL.into_iter().find(|t| t.ce_type() == base)
+    }
+
+    /// Whether a trigger on `self` delivers a change of kind `change` (`created`, `updated` or `deleted`).
+    pub fn delivers(self, change: EventType) -> bool {
+        self == change || (self == Self::Written && change != Self::Written)
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for EventType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown event type {s:?}; expected created, updated, deleted or written"))
+    }
+}
+
 /// A Firestore event as the worker needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FirestoreEvent {

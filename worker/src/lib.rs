@@ -12,7 +12,8 @@
 //!   implementations; [`AccountPool`] (the keys and their pacing), [`HttpChartImg`] and [`CassetteChartImg`] (the
 //!   renderers), [`RetryPolicy`].
 //! - [`config`]: [`config::Settings`], read from the environment once.
-//! - [`entry`]: the binary's [`entry::main_with`], [`entry::cli`] (run-local) and [`entry::serve`] (the router).
+//! - [`entry`]: the binary's [`entry::main_with`], [`entry::cli`] (run-local), [`entry::serve`] (the router) and
+//!   [`entry::deploy`] (the deployment plan and the trigger types it subscribes to).
 //! - The Firestore event wire, shared with the harness's local Eventarc: [`eventarc`] (parse and encode a delivery,
 //!   the generated `proto` types) and [`firestore_codec`] (JSON ↔ Firestore values, field paths).
 //! - [`ideal_bound`] and [`ideal_bound_for`]: the earliest finish the keys allow, which the benches and fleet-sim

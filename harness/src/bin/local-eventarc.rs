@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use clap::Parser;
-use harness::eventarc::{Config, EventKind, LocalEventarc};
+use harness::eventarc::{Config, EventType, LocalEventarc};
+use worker_chart_export::entry::deploy::TRIGGER_EVENT_TYPES;
 
 #[derive(Debug, Parser)]
 #[command(about = "A local Eventarc: Firestore emulator changes → binary-mode CloudEvents, at least once")]
@@ -17,9 +18,10 @@ struct Args {
     /// Where events are posted (repeat for several instances; round-robin).
     #[arg(long = "target", required = true)]
     targets: Vec<String>,
-    /// Event types delivered, comma-separated (a deployed trigger usually filters on `updated` only).
-    #[arg(long, value_delimiter = ',', default_value = "created,updated,deleted")]
-    types: Vec<EventKind>,
+    /// The triggers' event types, comma-separated (`created`, `updated`, `deleted`, `written`); default: the types
+    /// `deploy-plan`'s triggers subscribe to.
+    #[arg(long, value_delimiter = ',', default_values_t = TRIGGER_EVENT_TYPES.to_vec())]
+    types: Vec<EventType>,
     /// Multiplies backoff, ack deadline and retention (1 = production).
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
@@ -45,7 +47,7 @@ async fn main() {
     }
     let mut config = Config::new(args.project).with_time_scale(args.time_scale);
     config.collection = args.collection;
-    config.kinds = args.types;
+    config.types = args.types;
     config.ack_deadline = Duration::from_secs(args.ack_deadline_seconds);
     config.duplicate_probability = args.duplicate_probability;
     config.reorder_window = Duration::from_millis(args.reorder_window_ms);

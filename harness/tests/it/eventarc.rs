@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use harness::eventarc::{Config, EventKind, LocalEventarc, Outcome};
+use harness::eventarc::{Config, EventType, LocalEventarc, Outcome};
 use prost::Message as _;
 use serde_json::json;
 use worker_chart_export::adapters::FirestoreStore;
@@ -72,9 +72,9 @@ async fn delivers_creates_and_updates_with_old_value_mask_and_every_header() {
     // Present before the start: initial state, not an event.
     store.put_doc("flow_runs", "before", json!({"x": 1})).await.unwrap();
     let (url, t) = target(vec![]).await;
-    let ea = LocalEventarc::start(Config::new(&project).with_time_scale(0.02), vec![url])
-        .await
-        .unwrap();
+    let mut cfg = Config::new(&project).with_time_scale(0.02);
+    cfg.types = vec![EventType::Created, EventType::Updated];
+    let ea = LocalEventarc::start(cfg, vec![url]).await.unwrap();
     store
         .put_doc(
             "flow_runs",
@@ -157,7 +157,7 @@ async fn delivers_creates_and_updates_with_old_value_mask_and_every_header() {
     let events = ea.events();
     assert_eq!(
         events.iter().map(|e| e.kind).collect::<Vec<_>>(),
-        [EventKind::Created, EventKind::Updated]
+        [EventType::Created, EventType::Updated]
     );
     let d = ea.deliveries();
     assert_eq!(d.len(), 2);
@@ -228,7 +228,7 @@ async fn a_hanging_target_is_abandoned_at_the_ack_deadline_and_redelivered() {
     let store = FirestoreStore::new(&project).await.unwrap();
     let (url, t) = target(vec![0]).await;
     let mut cfg = Config::new(&project).with_time_scale(0.002); // ack deadline 600 s → 1.2 s, backoff 10 s → 20 ms
-    cfg.kinds = vec![EventKind::Created];
+    cfg.types = vec![EventType::Created];
     let ea = LocalEventarc::start(cfg, vec![url]).await.unwrap();
     store.put_doc("flow_runs", "run-1", json!({"n": 1})).await.unwrap();
     wait_for("the redelivery", Duration::from_secs(10), || {
@@ -333,4 +333,86 @@ async fn duplicates_carry_the_same_id_and_the_admin_endpoint_lists_every_attempt
     );
     assert_eq!(listed[0]["outcome"], json!({"kind": "status", "code": 200}));
     ea.shutdown().await;
+}
+
+/// A trigger delivers only the types it names: by default the deployment's (`written`: a created and an updated
+/// document, each as `ce-type` `written`), while an `updated`-only trigger never sees the created run.
+#[tokio::test]
+async fn only_the_configured_trigger_types_are_delivered_and_the_default_is_the_deployments() {
+    let Some(_) = crate::emulators("only_the_configured_trigger_types") else {
+        return;
+    };
+    let project = crate::project("ea-types");
+    let store = FirestoreStore::new(&project).await.unwrap();
+    let (url, t) = target(vec![]).await;
+    let (url_updated, t_updated) = target(vec![]).await;
+    let as_deployed = LocalEventarc::start(Config::new(&project).with_time_scale(0.02), vec![url])
+        .await
+        .unwrap();
+    assert_eq!(
+        as_deployed.config().types,
+        worker_chart_export::entry::deploy::TRIGGER_EVENT_TYPES
+    );
+    let mut cfg = Config::new(&project).with_time_scale(0.02);
+    cfg.types = vec![EventType::Updated];
+    let updated_only = LocalEventarc::start(cfg, vec![url_updated]).await.unwrap();
+    let ready = json!({"steps": {"charts_4h": {"status": "READY"}}});
+    store.put_doc("flow_runs", "run-1", ready).await.unwrap();
+    wait_for("the created run", Duration::from_secs(10), || {
+        t.seen.lock().unwrap().len() == 1
+    })
+    .await;
+    store
+        .put_doc(
+            "flow_runs",
+            "run-1",
+            json!({"steps": {"charts_4h": {"status": "RUNNING"}}}),
+        )
+        .await
+        .unwrap();
+    wait_for("the update", Duration::from_secs(10), || {
+        t.seen.lock().unwrap().len() == 2
+    })
+    .await;
+    wait_for(
+        "the update on the updated-only trigger",
+        Duration::from_secs(10),
+        || !t_updated.seen.lock().unwrap().is_empty(),
+    )
+    .await;
+    for ea in [&as_deployed, &updated_only] {
+        assert!(
+            ea.wait_settled(Duration::from_millis(300), Duration::from_secs(5))
+                .await
+        );
+    }
+    let seen = t.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|(h, _)| header(h, "ce-type") == "google.cloud.firestore.document.v1.written"),
+        "{seen:?}"
+    );
+    // The worker reads the created run's READY step from the `written` event.
+    let first = worker_chart_export::eventarc::parse(&seen[0].0, &seen[0].1).unwrap();
+    assert_eq!(first.value.unwrap()["steps"]["charts_4h"]["status"], "READY");
+    let kinds: Vec<_> = as_deployed.events().iter().map(|e| (e.kind, e.delivered_as)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventType::Created, EventType::Written),
+            (EventType::Updated, EventType::Written),
+        ]
+    );
+    let only: Vec<_> = updated_only.events().iter().map(|e| e.kind).collect();
+    assert_eq!(
+        only,
+        [EventType::Updated],
+        "an updated-only trigger never delivers the created run"
+    );
+    assert_eq!(
+        header(&t_updated.seen.lock().unwrap()[0].0, "ce-type"),
+        "google.cloud.firestore.document.v1.updated"
+    );
+    as_deployed.shutdown().await;
+    updated_only.shutdown().await;
 }

@@ -3,6 +3,7 @@
 
 mod binaries;
 mod eventarc;
+mod logging;
 mod process;
 mod proxy;
 

@@ -344,7 +344,7 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
     cfg.reorder_window = Duration::from_millis(s.reorder_window_ms);
     cfg.seed = s.seed;
     if let Some(t) = &s.types {
-        cfg.kinds = t.clone();
+        cfg.types = t.clone();
     }
     let eventarc = LocalEventarc::start(cfg, Vec::new()).await?;
     let mut live = Live {

@@ -238,10 +238,14 @@ enum Attempt {
     Final(ArtifactError),
 }
 
+/// The longest one Cloud Storage HTTP request (an upload of a chart or a manifest) may take; `deploy-plan`'s ack margin
+/// counts it after the retry budget.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
+        .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("a reqwest client with timeouts builds")
 }

@@ -4,7 +4,7 @@
 mod artifacts;
 mod docs;
 pub(crate) mod firestore;
-mod gcs;
+pub(crate) mod gcs;
 
 pub use artifacts::{content_type_for, LocalArtifacts, MemoryArtifacts};
 pub use docs::{JsonDocs, LocalBackend, MemoryBackend};

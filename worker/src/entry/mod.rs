@@ -7,7 +7,7 @@
 pub mod cli;
 #[cfg(feature = "demo")]
 pub mod demo;
-mod deploy;
+pub mod deploy;
 pub mod serve;
 
 use clap::{Args, Parser, Subcommand};

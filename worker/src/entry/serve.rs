@@ -13,6 +13,10 @@
 //! - A step runs inside its request's future: nothing outlives the request.
 //! - On SIGTERM the server stops accepting and fires the steps' shutdown signal: each stops starting calls and
 //!   finishes or releases its step within [`AppState::grace`]; what cannot be released by then is left to its lease.
+//! - Each delivery runs in a [`cloud_run_kit::request_span`]: its log lines carry the trace of the request's
+//!   `traceparent` (or `X-Cloud-Trace-Context`) header as `logging.googleapis.com/trace`
+//!   (`projects/<GOOGLE_CLOUD_PROJECT>/traces/<id>`) and `logging.googleapis.com/spanId`, so Logs Explorer groups
+//!   one delivery's lines; its ERROR lines are in Error Reporting's shape (the layer's).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use axum::{Json, Router};
 use cloud_run_kit::shutdown_signal;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument as _};
 
 use crate::config::Settings;
 use crate::domain::step::{event_verdict, EventVerdict};
@@ -58,6 +62,8 @@ pub struct AppState {
     trigger: Arc<ShutdownTrigger>,
     /// The Firestore database id this instance works on (`FIRESTORE_DATABASE`); events from another are not run.
     database: String,
+    /// The project a delivery's trace belongs to (`GOOGLE_CLOUD_PROJECT`); without it lines carry no trace.
+    project: Option<String>,
 }
 
 impl AppState {
@@ -72,7 +78,14 @@ impl AppState {
             inflight: Arc::default(),
             trigger: Arc::new(trigger),
             database,
+            project: None,
         }
+    }
+
+    /// The project of the deliveries' traces (`projects/<project>/traces/<id>`).
+    pub fn with_project(mut self, project: Option<String>) -> Self {
+        self.project = project.filter(|p| !p.is_empty());
+        self
     }
 
     /// The Firestore database id events must come from (default `(default)`).
@@ -140,6 +153,13 @@ fn retry(reason: impl Into<String>) -> Answer {
 }
 
 async fn event(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Answer {
+    let trace = cloud_run_kit::TraceContext::from_headers(|k| headers.get(k).and_then(|v| v.to_str().ok()));
+    let span = cloud_run_kit::request_span(trace.as_ref(), state.project.as_deref());
+    delivery(state, headers, body).instrument(span).await
+}
+
+/// One delivery, inside its request span.
+async fn delivery(state: AppState, headers: HeaderMap, body: Body) -> Answer {
     let body: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => {
@@ -315,6 +335,8 @@ pub async fn main_from_env() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
     info!(event = "serve_started", port = settings.port, worker = %worker.settings.worker_id, "listening");
-    let state = AppState::new(worker).with_database(settings.firestore_database.clone());
+    let state = AppState::new(worker)
+        .with_database(settings.firestore_database.clone())
+        .with_project(settings.project.clone());
     run(listener, state, shutdown_signal()).await.context("server failed")
 }

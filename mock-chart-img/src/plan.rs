@@ -110,6 +110,18 @@ impl Plan {
     }
 }
 
+impl From<chart_img_spec::Plan> for Plan {
+    fn from(p: chart_img_spec::Plan) -> Plan {
+        Plan::Named(match p {
+            chart_img_spec::Plan::Basic => PlanName::Basic,
+            chart_img_spec::Plan::Pro => PlanName::Pro,
+            chart_img_spec::Plan::Mega => PlanName::Mega,
+            chart_img_spec::Plan::Ultra => PlanName::Ultra,
+            chart_img_spec::Plan::Enterprise => PlanName::Enterprise,
+        })
+    }
+}
+
 impl From<chart_img_spec::PlanLimits> for PlanLimits {
     fn from(l: chart_img_spec::PlanLimits) -> PlanLimits {
         PlanLimits {
@@ -166,20 +178,12 @@ impl<'de> Deserialize<'de> for Plan {
                 f.write_str("a plan name (BASIC, PRO, MEGA, ULTRA, ENTERPRISE) or a map of custom limits")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Plan, E> {
-                let named = match s.parse::<chart_img_spec::Plan>() {
-                    Ok(chart_img_spec::Plan::Basic) => PlanName::Basic,
-                    Ok(chart_img_spec::Plan::Pro) => PlanName::Pro,
-                    Ok(chart_img_spec::Plan::Mega) => PlanName::Mega,
-                    Ok(chart_img_spec::Plan::Ultra) => PlanName::Ultra,
-                    Ok(chart_img_spec::Plan::Enterprise) => PlanName::Enterprise,
-                    Err(_) => {
-                        return Err(E::custom(format!(
-                            "unknown plan `{s}`: expected BASIC, PRO, MEGA, ULTRA, ENTERPRISE or a map of custom \
-                             limits (rate_per_sec, burst, daily_limit, max_width, max_height, max_params)"
-                        )))
-                    }
-                };
-                Ok(Plan::Named(named))
+                s.parse::<chart_img_spec::Plan>().map(Plan::from).map_err(|_| {
+                    E::custom(format!(
+                        "unknown plan `{s}`: expected BASIC, PRO, MEGA, ULTRA, ENTERPRISE or a map of custom \
+                         limits (rate_per_sec, burst, daily_limit, max_width, max_height, max_params)"
+                    ))
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Plan, A::Error> {
                 PlanLimits::deserialize(de::value::MapAccessDeserializer::new(map)).map(Plan::Custom)

@@ -12,6 +12,7 @@ mod plans;
 mod replay;
 mod routes;
 mod rules;
+mod serve;
 
 use mock_chart_img::{spawn, Config, MockServer};
 use serde_json::{json, Value};

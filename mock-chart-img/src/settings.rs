@@ -7,12 +7,11 @@
 //! the testcontainers image ([`crate::testcontainers`], feature `testcontainers`) use them.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
@@ -30,8 +29,6 @@ pub const ACCOUNTS_JSON_ENV: &str = "MOCK_CHART_IMG_ACCOUNTS_JSON";
 pub const WORKER_ACCOUNTS_JSON_ENV: &str = recorder::ACCOUNTS_ENV;
 /// The admin token: when set, `/__admin` is served on the API port and needs `Authorization: Bearer <token>`.
 pub const ADMIN_TOKEN_ENV: &str = "MOCK_CHART_IMG_ADMIN_TOKEN";
-/// The port Cloud Run (and many platforms) give a container: the mock listens on `0.0.0.0:$PORT` when it is set.
-pub const PORT_ENV: &str = "PORT";
 /// Where the API listens when neither `--listen` nor `PORT` says.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8089);
 /// The path a health check asks (on the API port, no token needed).
@@ -71,19 +68,7 @@ pub struct AddrArgs {
 impl AddrArgs {
     /// `--listen` / `MOCK_CHART_IMG_LISTEN`, else `0.0.0.0:$PORT`, else [`DEFAULT_LISTEN`].
     pub fn listen(&self) -> anyhow::Result<SocketAddr> {
-        if let Some(a) = self.listen {
-            return Ok(a);
-        }
-        match std::env::var(PORT_ENV) {
-            Ok(p) if !p.trim().is_empty() => {
-                let port: u16 = p
-                    .trim()
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("{PORT_ENV}={p:?} is not a port number (0-65535)"))?;
-                Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
-            }
-            _ => Ok(DEFAULT_LISTEN),
-        }
+        cloud_run_kit::service::listen_address(self.listen, DEFAULT_LISTEN).map_err(anyhow::Error::msg)
     }
 }
 
@@ -112,6 +97,9 @@ pub struct ServeArgs {
     /// MOCK_CHART_IMG_ADMIN_TOKEN is set (admin is then on the API port), otherwise 127.0.0.1 on the next port.
     #[arg(long, env = "MOCK_CHART_IMG_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Where `/storage` images are kept (overrides the file's `storage_dir`; the image sets /data).
+    #[arg(long, env = "MOCK_CHART_IMG_STORAGE_DIR")]
+    pub storage_dir: Option<PathBuf>,
     /// Seed of the chart data and fault dice (overrides the file's `seed`).
     #[arg(long, env = "MOCK_CHART_IMG_SEED")]
     pub seed: Option<u64>,
@@ -215,6 +203,9 @@ impl ServeArgs {
         if let Some(scale) = self.time_scale {
             config.time_scale = scale;
         }
+        if let Some(dir) = &self.storage_dir {
+            config.storage_dir = Some(dir.clone());
+        }
         config.keys.extend(env_keys.iter().cloned());
         config
             .validate()
@@ -296,30 +287,11 @@ pub const NO_KEYS_WARNING: &str = "no API keys: every chart request is answered 
      MOCK_CHART_IMG_KEYS=my-key:PRO (short form, comma-separated), MOCK_CHART_IMG_ACCOUNTS_JSON or \
      CHART_IMG_ACCOUNTS_JSON (the worker's accounts JSON), `keys:` in the config file, or POST /__admin/keys";
 
-/// Where a client on this machine reaches `listen`: an unspecified address (0.0.0.0, ::) is asked on loopback.
-pub fn local_address(listen: SocketAddr) -> SocketAddr {
-    match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port()),
-        _ => listen,
-    }
-}
-
 /// `mock-chart-img healthcheck`: `Ok(())` when `/__admin/health` answers `200` with `"status":"ok"`; otherwise the
 /// reason.
 pub async fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
-    let addr = local_address(args.addr.listen()?);
-    let url = format!("http://{addr}{HEALTH_PATH}");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(args.timeout_secs.max(1)))
-        .no_proxy()
-        .build()?;
-    let resp = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    if status.is_success() && body["status"] == "ok" {
-        Ok(())
-    } else {
-        anyhow::bail!("GET {url} answered {status}: {body}")
-    }
+    let timeout = Duration::from_secs(args.timeout_secs.max(1));
+    cloud_run_kit::service::healthcheck(args.addr.listen()?, HEALTH_PATH, timeout)
+        .await
+        .map_err(anyhow::Error::msg)
 }

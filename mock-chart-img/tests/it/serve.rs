@@ -22,6 +22,7 @@ const SETTINGS: &[&str] = &[
     "MOCK_CHART_IMG_ACCOUNTS_JSON",
     "CHART_IMG_ACCOUNTS_JSON",
     "MOCK_CHART_IMG_SEED",
+    "MOCK_CHART_IMG_STORAGE_DIR",
     "MOCK_CHART_IMG_LATENCY",
     "MOCK_CHART_IMG_TIME_SCALE",
     "MOCK_CHART_IMG_PRETTY_LOGS",
@@ -139,6 +140,18 @@ impl Drop for Running {
     }
 }
 
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().map_while(Result::ok) {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -163,9 +176,11 @@ fn chart(addr: &str, key: &str) -> (u16, Vec<u8>) {
 fn environment_only_port_keys_short_form_and_accounts_json() {
     let port = free_port();
     let accounts = r#"[{"id":"acc-json","apiKey":"json-secret-key","dailyLimit":7,"plan":"MEGA"}]"#;
+    let storage = tempfile::tempdir().unwrap();
     let run = Running::start(
         &[],
         &[
+            ("MOCK_CHART_IMG_STORAGE_DIR", storage.path().to_str().unwrap()),
             ("PORT", &port.to_string()),
             ("MOCK_CHART_IMG_KEYS", "short-secret-key:PRO, named=named-secret-key"),
             ("CHART_IMG_ACCOUNTS_JSON", accounts),
@@ -185,6 +200,17 @@ fn environment_only_port_keys_short_form_and_accounts_json() {
         assert!(png.starts_with(b"\x89PNG"), "{key}");
     }
     assert_eq!(chart(&addr, "not-a-key").0, 403);
+    // Stored images go where MOCK_CHART_IMG_STORAGE_DIR says (the image's /data).
+    let (status, _) = request(
+        &addr,
+        "POST",
+        "/v2/tradingview/advanced-chart/storage",
+        &[("x-api-key", "short-secret-key"), ("content-type", "application/json")],
+        CHART_BODY,
+    );
+    assert_eq!(status, 200);
+    let stored = walk(storage.path());
+    assert!(stored.iter().any(|p| p.ends_with(".png")), "{stored:?}");
     let (s, keys) = get(
         &addr,
         "/__admin/keys",

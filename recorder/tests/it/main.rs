@@ -6,5 +6,6 @@ mod miss;
 mod modes;
 mod parallel;
 mod roundtrip;
+mod service;
 mod support;
 mod tools;

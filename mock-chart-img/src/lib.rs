@@ -65,6 +65,8 @@ pub mod settings;
 mod state;
 mod storage;
 mod telemetry;
+#[cfg(feature = "testcontainers")]
+pub mod testcontainers;
 mod ui;
 
 use std::{future::Future, net::SocketAddr};

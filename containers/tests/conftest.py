@@ -67,6 +67,25 @@ class Image:
             "/usr/sbin/chroot", f"--userspec={self.user}", self.rootfs, *argv,
         ]  # fmt: skip
 
+    def output(self, argv):
+        """Runs `argv` in the image's filesystem as its user (no network needed); its stdout."""
+        cmd = ["env", "-i", *[f"{k}={v}" for k, v in self.env.items()], "/usr/sbin/chroot",
+               f"--userspec={self.user}", self.rootfs, *argv]
+        return run(*cmd).stdout
+
+    def variables(self, *help_argv):
+        """Every environment variable the image's binary reads, from its own --help (`[env: X=]`, and the
+        variables its texts name; not the flags' value names): what a recipe may set."""
+        import re
+        text = self.output([self.entrypoint[0], *help_argv, "--help"])
+        return set(re.findall(r"\b(PORT|(?:MOCK_CHART_IMG|RECORDER|CHART_IMG)_[A-Z0-9_]*[A-Z0-9])\b", text)) | set(self.env)
+
+    def mount_points(self, containerfile):
+        """The mount points the Containerfile documents (`#   /path  …` under "Mount point(s)")."""
+        import re
+        text = open(containerfile).read()
+        return set(re.findall(r"^#\s+(/[a-z]+)\b", text, re.M)) | set(re.findall(r"Mount point: (/[a-z]+)", text))
+
     def start(self, netns, env=None, args=()):
         return Process(self.command(netns, self.entrypoint + list(args), env or {}))
 

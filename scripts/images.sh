@@ -65,6 +65,8 @@ stage() {
   local format=()
   # podman's default (OCI) format drops HEALTHCHECK; the docker format keeps it.
   [ "$builder" = podman ] && format=(--format docker)
+  # The previous build of this tag goes first, so repeated runs do not pile up dangling images.
+  "$builder" rmi -i "localhost/$image:$tag" >/dev/null 2>&1 || true
   "$builder" build -q "${format[@]}" -t "localhost/$image:$tag" -f "containers/$image.Containerfile" "$dir" >/dev/null
   local size
   size=$("$builder" image inspect --format '{{.Size}}' "localhost/$image:$tag")

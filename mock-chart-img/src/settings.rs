@@ -4,7 +4,7 @@
 //! from the environment only, never from a flag, which would land in shell history and process lists.
 //!
 //! These names are the one home of the container's interface: the Containerfile, the recipes in the README and
-//! the testcontainers image ([`crate::testcontainers`], feature `testcontainers`) use them.
+//! the testcontainers image (module `testcontainers`, feature `testcontainers`) use them.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},

@@ -295,3 +295,70 @@ pub async fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn admin_placement_follows_the_rule() {
+        let token = AdminToken::new("t");
+        let cases = [
+            // (listen, --admin-listen, token) -> (on the API port, separate listener)
+            ("127.0.0.1:8089", None, false, true, None),
+            ("0.0.0.0:8080", None, false, false, Some("127.0.0.1:8081")),
+            ("0.0.0.0:8080", Some("127.0.0.1:9"), false, false, Some("127.0.0.1:9")),
+            ("0.0.0.0:8080", None, true, true, None),
+            ("0.0.0.0:8080", Some("127.0.0.1:9"), true, true, Some("127.0.0.1:9")),
+            ("127.0.0.1:8089", Some("127.0.0.1:9"), false, false, Some("127.0.0.1:9")),
+        ];
+        for (listen, admin, with_token, on_api, separate) in cases {
+            let p = AdminPlacement::decide(
+                addr(listen),
+                admin.map(addr),
+                if with_token { token.clone() } else { None },
+            );
+            assert_eq!(
+                (p.on_api_port, p.separate),
+                (on_api, separate.map(addr)),
+                "{listen} {admin:?} {with_token}"
+            );
+        }
+        assert!(AdminToken::new("  ").is_none(), "an empty token would let anyone in");
+        assert_eq!(
+            format!("{:?}", AdminToken::new("secret-t")),
+            "Some(AdminToken(<redacted>))"
+        );
+    }
+
+    #[test]
+    fn short_keys_parse_and_errors_never_quote_a_key() {
+        let keys = parse_short_keys("k1:PRO, acc-x=k2:mega ,k3").unwrap();
+        let got: Vec<(&str, &str, &str)> = keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.account.as_str(), k.plan.label()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("k1", "key-1", "PRO"),
+                ("k2", "acc-x", "MEGA"),
+                ("k3", "key-3", "BASIC")
+            ]
+        );
+        for (text, says) in [
+            ("k1:PRO,,k3", "entry 2 is empty"),
+            ("secret-1:GOLD", "entry 1: unknown plan `GOLD`"),
+            ("a=:PRO", "entry 1 has an empty key or account"),
+            ("=secret-1", "entry 1 has an empty key or account"),
+        ] {
+            let e = parse_short_keys(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+            assert!(!e.contains("secret-1"), "{e}");
+        }
+    }
+}

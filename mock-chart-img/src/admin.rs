@@ -235,7 +235,7 @@ pub(crate) fn router(token: Option<AdminToken>) -> Router<AppState> {
 
 /// `/__admin/health` alone: answered without a token, wherever the Chart-IMG API is served.
 pub(crate) fn health_route() -> Router<AppState> {
-    Router::new().route("/__admin/health", get(health))
+    Router::new().route(crate::settings::HEALTH_PATH, get(health))
 }
 
 /// The admin token (`MOCK_CHART_IMG_ADMIN_TOKEN`). Its `Debug` does not show it.

@@ -7,7 +7,9 @@
 #      builds once (the tests, and the benches and examples so they cannot rot) and runs all tests (cargo test
 #      --workspace) with REQUIRE_EMULATORS=1, so no emulator test skips,
 #      then a small run of the fleet simulation (fleet-sim) and schemathesis against the mock (scripts/schemathesis.sh),
-#   4. stops the emulators, whatever happened.
+#   4. builds the container images of mock-chart-img and recorder proxy from the binaries `cargo test` built and
+#      checks them (scripts/images.sh; installs the Debian package podman when it is missing),
+#   5. stops the emulators, whatever happened.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p worker`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,17 @@ if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
   if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; then
     echo "error: could not install the Debian package chromium, which the browser tests need;" \
          "install it (apt-get install chromium) or point CHROMIUM at a Chromium executable" >&2
+    exit 1
+  fi
+fi
+# The container images' check (step 4): podman builds them, pytest runs them (scripts/images.sh installs pytest).
+if [ $# -eq 0 ] && ! command -v podman >/dev/null; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing the Debian package podman (container image check)"
+  if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null; }; then
+    echo "error: could not install the Debian package podman, which scripts/images.sh needs;" \
+         "install it (apt-get install podman)" >&2
     exit 1
   fi
 fi
@@ -38,6 +51,8 @@ started=$(date +%s)
 if [ $# -eq 0 ]; then
   cargo fmt --all --check || { echo "error: cargo fmt --all --check failed: run 'cargo fmt --all'" >&2; exit 1; }
   cargo clippy --workspace --all-targets --locked -- -D warnings
+  # mock-chart-img's optional testcontainers::Image, linted so it cannot rot (its own crates only: the rest is checked).
+  cargo clippy -p mock-chart-img --features testcontainers --locked -- -D warnings
 fi
 deploy/check.sh
 cargo test --workspace --locked --no-run
@@ -53,5 +68,8 @@ if [ $# -eq 0 ]; then
   # schemathesis (PyPI, installed into .tools/schemathesis on first use) fuzzes the mock binary `cargo test` built
   # against chart-img-spec/openapi.json: no 5xx, every answer as the document says (mock-chart-img README).
   scripts/schemathesis.sh target/debug/mock-chart-img
+  # The images of mock-chart-img and recorder proxy, from the binaries built above (no second compilation), run
+  # under chroot in network namespaces and checked over HTTP (mock-chart-img/README.md "Run it as a service").
+  scripts/images.sh
 fi
 echo "tests took $(( $(date +%s) - started )) s (build included)"

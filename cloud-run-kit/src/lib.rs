@@ -12,6 +12,9 @@
 //!   request's lines under its trace.
 //! - [`CaptureWriter`]: a `MakeWriter` into a shared buffer, for tests that read the lines back.
 //! - [`shutdown_signal`]: resolves on SIGTERM (Cloud Run's stop signal) or Ctrl-C.
+//! - [`service`]: the `PORT` rule and the probe of a `healthcheck` subcommand, for servers run as container services.
+
+pub mod service;
 
 use std::io::Write;
 

@@ -237,9 +237,71 @@ pub(crate) fn admin_error(status: StatusCode, message: impl Into<String>) -> Res
         .into_response()
 }
 
-pub(crate) fn router() -> Router<AppState> {
+/// Every `/__admin` route, health included. With a token, all but health need `Authorization: Bearer <token>`:
+/// routes added to [`guarded`] get the check without doing anything.
+pub(crate) fn router(token: Option<AdminToken>) -> Router<AppState> {
+    let guarded = match token {
+        Some(token) => guarded().route_layer(axum::middleware::from_fn_with_state(token, require_token)),
+        None => guarded(),
+    };
+    health_route().merge(guarded)
+}
+
+/// `/__admin/health` alone: answered without a token, wherever the Chart-IMG API is served.
+pub(crate) fn health_route() -> Router<AppState> {
+    Router::new().route(crate::settings::HEALTH_PATH, get(health))
+}
+
+/// The admin token (`MOCK_CHART_IMG_ADMIN_TOKEN`). Its `Debug` does not show it.
+#[derive(Clone)]
+pub struct AdminToken(std::sync::Arc<str>);
+
+impl AdminToken {
+    /// A token; `None` when it is empty (an empty token would let anyone in).
+    pub fn new(token: &str) -> Option<AdminToken> {
+        (!token.trim().is_empty()).then(|| AdminToken(token.trim().into()))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// Refuses an admin request without `Authorization: Bearer <token>`: `401` with a JSON body saying what is missing
+/// (never the token).
+async fn require_token(
+    State(token): State<AdminToken>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let problem = match req.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str()) {
+        None => {
+            "the admin API needs `Authorization: Bearer <token>` (the token is MOCK_CHART_IMG_ADMIN_TOKEN); \
+                 this request has no Authorization header"
+        }
+        Some(Err(_)) => "the Authorization header is not valid text",
+        Some(Ok(v)) => match v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+            None => "the Authorization header must be `Bearer <token>` (the token is MOCK_CHART_IMG_ADMIN_TOKEN)",
+            Some(given) if same_secret(given.trim().as_bytes(), token.0.as_bytes()) => return next.run(req).await,
+            Some(_) => "the bearer token is not MOCK_CHART_IMG_ADMIN_TOKEN",
+        },
+    };
+    let mut resp = admin_error(StatusCode::UNAUTHORIZED, problem);
+    resp.headers_mut()
+        .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    resp
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The admin routes a token guards: all but health. Add new admin routes here.
+fn guarded() -> Router<AppState> {
     Router::new()
-        .route("/__admin/health", get(health))
         .route("/__admin/requests", get(requests).delete(clear_requests))
         .route("/__admin/usage", get(usage))
         .route("/__admin/usage/{account}", get(usage_of))

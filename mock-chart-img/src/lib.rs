@@ -18,7 +18,9 @@
 //!   `telemetry`: Cloud Logging JSON lines through a non-blocking writer; `admin`: the `/__admin` API and its OpenAPI
 //!   document; `ui`: the dashboard at `/__admin/ui` (embedded page over the admin API, thumbnails of the last images
 //!   answered).
-//! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching.
+//! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching;
+//!   [`settings`]: the binary's flags and their environment variables, `PORT`, keys from the environment, where
+//!   `/__admin` is served, and the `healthcheck` subcommand.
 //! - `verify`: [`Criteria`] over the journal (count, find, unmatched) and [`Expectation`]s, counted as requests are
 //!   journaled and checked by `/__admin/verify` and by [`MockServer`] on drop; `stubs`: canned answers
 //!   ([`StubSpec`]); `snapshot`: the journal written as a `recorder` cassette.
@@ -62,11 +64,14 @@ mod render;
 mod replay;
 pub mod request;
 mod server;
+pub mod settings;
 mod snapshot;
 mod state;
 mod storage;
 mod stubs;
 mod telemetry;
+#[cfg(feature = "testcontainers")]
+pub mod testcontainers;
 mod ui;
 mod verify;
 
@@ -80,7 +85,7 @@ use chart_img_spec::routes;
 use tokio::net::TcpListener;
 
 pub use accounts::Usage;
-pub use admin::AdminApi;
+pub use admin::{AdminApi, AdminToken};
 pub use catalogue::{Catalogue, SymbolEntry};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
@@ -91,7 +96,7 @@ pub use errors::{documented_message, ApiError};
 pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
 pub use journal::{JournalEntry, JournalQuery, Traffic};
 pub use plan::{Plan, PlanLimits};
-pub use reload::{watch_config, ConfigWatcher};
+pub use reload::{watch_config, watch_config_with, ConfigWatcher};
 pub use render::{render, Placement, RenderError, RenderRequest, StudySpec};
 pub use replay::{MISS_MESSAGE, MISS_STATUS};
 pub use server::serve;
@@ -126,14 +131,19 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The Chart-IMG routes only (what a client talks to).
+/// The Chart-IMG routes and `/__admin/health` (what a client talks to, and what a container's health check asks).
 pub fn api_router(state: AppState) -> Router {
-    finish(chart_routes(), state)
+    finish(chart_routes().merge(admin::health_route()), state)
 }
 
 /// The `/__admin` routes only, for serving on a separate (loopback) listener.
 pub fn admin_router(state: AppState) -> Router {
-    admin::router().fallback(api::not_found).with_state(state)
+    admin_router_with(state, None)
+}
+
+/// [`admin_router`], with every route but health behind `Authorization: Bearer <token>` when `token` is given.
+pub fn admin_router_with(state: AppState, token: Option<AdminToken>) -> Router {
+    admin::router(token).fallback(api::not_found).with_state(state)
 }
 
 /// Chart-IMG routes and `/__admin` on one router: what [`run`] and [`spawn`] serve.
@@ -144,7 +154,13 @@ pub fn admin_router(state: AppState) -> Router {
 /// # let _ = app;
 /// ```
 pub fn router(state: AppState) -> Router {
-    finish(chart_routes().merge(admin::router()), state)
+    router_with(state, None)
+}
+
+/// [`router`], with `/__admin` (health aside) behind `Authorization: Bearer <token>` when `token` is given: how
+/// the binary exposes the admin API on a public port (`MOCK_CHART_IMG_ADMIN_TOKEN`).
+pub fn router_with(state: AppState, token: Option<AdminToken>) -> Router {
+    finish(chart_routes().merge(admin::router(token)), state)
 }
 
 /// The admin routes of verification, stubs and snapshots (merged into `admin::router`).

@@ -1,12 +1,12 @@
-//! `mock-chart-img`: serve the mock Chart-IMG API. All logic lives in the library; this parses flags, sets up logs,
-//! binds, and waits for Ctrl-C / SIGTERM.
-
-use std::{net::SocketAddr, path::PathBuf};
+//! `mock-chart-img`: serve the mock Chart-IMG API, or `healthcheck` a running one. All logic lives in the library
+//! (the settings in `settings`); this sets up logs, binds, logs one `ready` line and waits for Ctrl-C / SIGTERM.
 
 use anyhow::Context;
 use clap::Parser;
 use mock_chart_img::{
-    admin_router, api_router, init_logs, log_summaries, router, serve, watch_config, AppState, Config,
+    admin_router_with, api_router, init_logs, log_summaries, router_with, serve,
+    settings::{self, Cli, Command, ServeArgs},
+    watch_config_with, AppState,
 };
 use tokio::net::TcpListener;
 
@@ -14,41 +14,20 @@ use tokio::net::TcpListener;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A standalone server that behaves like the Chart-IMG API (keys, plans, quotas, faults, real images).
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// Config file (`.yaml`, `.yml` or `.toml`); reloaded when it changes.
-    #[arg(long, env = "MOCK_CHART_IMG_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address of the Chart-IMG API.
-    #[arg(long, default_value = "127.0.0.1:8089")]
-    listen: SocketAddr,
-    /// Address of the `/__admin` API. Default: the `--listen` address when that is loopback, otherwise
-    /// 127.0.0.1 on the next port.
-    #[arg(long)]
-    admin_listen: Option<SocketAddr>,
-    /// Seed of the chart data and fault dice (overrides the file's `seed`).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// `instant` or `realistic` chart times (overrides the file's `latency`).
-    #[arg(long, value_parser = ["instant", "realistic"])]
-    latency: Option<String>,
-    /// Multiplies realistic waits (overrides the file's `time_scale`), e.g. 0.01 for tests.
-    #[arg(long)]
-    time_scale: Option<f64>,
-    /// Human-readable logs instead of Cloud Logging JSON lines.
-    #[arg(long)]
-    pretty_logs: bool,
-    /// Seconds between the `traffic summary` log lines (per-request lines are `debug`); 0: no summary.
-    #[arg(long, default_value_t = 10)]
-    log_summary_secs: u64,
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Healthcheck(args)) = &cli.command {
+        return match settings::healthcheck(args).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unhealthy: {e:#}");
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
     // One line on stderr for a bad config or a taken port: no backtrace, whatever RUST_BACKTRACE says.
-    match run_main().await {
+    match run_main(cli.serve).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -57,80 +36,78 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run_main() -> anyhow::Result<std::process::ExitCode> {
-    let args = Args::parse();
+async fn run_main(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     // Held to the end: dropping it flushes the queued log lines.
     let _logs = init_logs(args.pretty_logs);
-
-    let mut config = match &args.config {
-        // `ConfigError` already reads `file:line: message`.
-        Some(path) => Config::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => Config::default(),
-    };
-    if let Some(seed) = args.seed {
-        config.seed = seed;
-    }
-    match args.latency.as_deref() {
-        Some("realistic") => config.latency = mock_chart_img::LatencyProfile::Realistic,
-        Some(_) => config.latency = mock_chart_img::LatencyProfile::Instant,
-        None => {}
-    }
-    if let Some(scale) = args.time_scale {
-        config.time_scale = scale;
-    }
-    let state = AppState::new(&config)?;
+    let resolved = args.resolve()?;
+    let config = &resolved.config;
+    let state = AppState::new(config)?;
     let _watch = match &args.config {
-        Some(path) => Some(watch_config(path, state.clone()).context("cannot watch the config file")?),
+        Some(path) => {
+            // Each reload gets the flags and the environment's keys again.
+            let env_keys = resolved.env_keys.clone();
+            let overlay = args.clone();
+            Some(
+                watch_config_with(path, state.clone(), move |c| overlay.overlay(c, &env_keys))
+                    .context("cannot watch the config file")?,
+            )
+        }
         None => None,
     };
+    if config.keys.is_empty() {
+        tracing::warn!("{}", settings::NO_KEYS_WARNING);
+    }
 
-    let admin_addr = match args.admin_listen {
-        Some(a) => Some(a),
-        None if args.listen.ip().is_loopback() => None,
-        None => Some(SocketAddr::from(([127, 0, 0, 1], args.listen.port().wrapping_add(1)))),
-    };
+    let admin = &resolved.admin;
     // Installed before the port is bound: a SIGTERM sent as soon as the server answers stops it cleanly.
     let stop = cloud_run_kit::shutdown_signal();
-    let listener = TcpListener::bind(args.listen)
+    let listener = TcpListener::bind(resolved.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {}", resolved.listen))?;
+    let admin_listener = match admin.separate {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mut tasks = Vec::new();
     let summaries = (args.log_summary_secs > 0).then(|| {
         tokio::spawn(log_summaries(
             state.clone(),
             std::time::Duration::from_secs(args.log_summary_secs),
         ))
     });
-    match admin_addr {
-        None => {
-            tracing::info!(listen = %listener.local_addr()?, keys = config.keys.len(), "serving Chart-IMG API and /__admin");
-            tasks.push(tokio::spawn(serve(
-                listener,
-                router(state.clone()),
-                stopped(stop_rx.clone()),
-            )));
+    let api = if admin.on_api_port {
+        router_with(state.clone(), admin.token.clone())
+    } else {
+        api_router(state.clone())
+    };
+    let listen = listener.local_addr()?;
+    let mut tasks = vec![tokio::spawn(serve(listener, api, stopped(stop_rx.clone())))];
+    let admin_addr = match admin_listener {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let app = admin_router_with(state.clone(), admin.token.clone());
+            tasks.push(tokio::spawn(serve(l, app, stopped(stop_rx.clone()))));
+            Some(addr)
         }
-        Some(addr) => {
-            let admin = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
-            tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, keys = config.keys.len(), "serving");
-            tasks.push(tokio::spawn(serve(
-                listener,
-                api_router(state.clone()),
-                stopped(stop_rx.clone()),
-            )));
-            tasks.push(tokio::spawn(serve(
-                admin,
-                admin_router(state.clone()),
-                stopped(stop_rx.clone()),
-            )));
-        }
-    }
+        None => None,
+    };
+    // The one start-up line, for log-wait strategies (testcontainers, compose): `"message":"ready"`.
+    tracing::info!(
+        listen = %listen,
+        admin = %admin_addr.map_or_else(|| listen.to_string(), |a| a.to_string()),
+        admin_on_api_port = admin.on_api_port,
+        admin_token = admin.token.is_some(),
+        keys = config.keys.len(),
+        key_sources = %resolved.key_sources.join(", "),
+        "ready"
+    );
     stop.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

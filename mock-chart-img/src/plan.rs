@@ -53,6 +53,12 @@ impl Plan {
     }
 }
 
+impl From<chart_img_spec::Plan> for Plan {
+    fn from(p: chart_img_spec::Plan) -> Plan {
+        Plan::Named(p)
+    }
+}
+
 // Hand-written rather than `#[serde(untagged)]`: an untagged enum reports only "did not match any variant" at the
 // start of the enclosing map, while this names the bad plan and points at its line.
 impl<'de> Deserialize<'de> for Plan {

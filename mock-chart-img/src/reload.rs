@@ -67,6 +67,16 @@ impl Drop for ConfigWatcher {
 /// # Ok(()) }
 /// ```
 pub fn watch_config(path: impl AsRef<Path>, state: AppState) -> anyhow::Result<ConfigWatcher> {
+    watch_config_with(path, state, |_| Ok(()))
+}
+
+/// Like [`watch_config`], with `overlay` applied to every reloaded file before it is used: the binary's flags and
+/// the keys from the environment stay in force across reloads. An `Err` from it refuses the reload like a bad file.
+pub fn watch_config_with(
+    path: impl AsRef<Path>,
+    state: AppState,
+    overlay: impl Fn(&mut Config) -> Result<(), String> + Send + Sync + 'static,
+) -> anyhow::Result<ConfigWatcher> {
     let path: PathBuf = std::path::absolute(path.as_ref())?;
     let dir = path
         .parent()
@@ -94,6 +104,7 @@ pub fn watch_config(path: impl AsRef<Path>, state: AppState) -> anyhow::Result<C
             while rx.try_recv().is_ok() {}
             let result = Config::from_file(&path)
                 .map_err(|e| e.to_string())
+                .and_then(|mut c| overlay(&mut c).map(|()| c))
                 .and_then(|c| state.apply_config(&c).map_err(|e| e.to_string()));
             match result {
                 Ok(()) => {

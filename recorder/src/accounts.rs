@@ -24,7 +24,9 @@ pub struct Account {
 }
 
 impl Account {
-    pub(crate) fn key(&self) -> &str {
+    /// The key itself: for sending it, or for a server that must accept it (mock-chart-img's keys from the
+    /// environment). Never print it.
+    pub fn key(&self) -> &str {
         self.key.expose_secret()
     }
 }
@@ -84,14 +86,19 @@ impl Accounts {
         }
         if let Ok(json) = std::env::var(ACCOUNTS_ENV) {
             if !json.trim().is_empty() {
-                return Self::parse_json(&json, ACCOUNTS_ENV.into())
-                    .map_err(|m| Error::Accounts(format!("{ACCOUNTS_ENV}: {m}")));
+                return Self::from_json(&json, ACCOUNTS_ENV);
             }
         }
         match std::env::var(API_KEY_ENV) {
             Ok(key) if !key.trim().is_empty() => Ok(Self::single(key.trim(), source, API_KEY_ENV.into())),
             _ => Err(Error::NoKey),
         }
+    }
+
+    /// Parses the accounts JSON `[{"id","apiKey","dailyLimit","plan"}]` read from `source` (an environment
+    /// variable's name, say), which the error names; the error never quotes the input (it holds the keys).
+    pub fn from_json(json: &str, source: &str) -> Result<Accounts, Error> {
+        Self::parse_json(json, source.into()).map_err(|m| Error::Accounts(format!("{source}: {m}")))
     }
 
     fn single(key: &str, source: &KeySource, described: String) -> Accounts {

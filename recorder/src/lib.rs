@@ -97,7 +97,7 @@ pub use error::{Error, VcrError};
 pub use lint::{lint, Finding, FindingKind};
 pub use miss::{Closest, FieldDiff, Miss, MissReason, RequestSummary, Unused, UnusedInteraction};
 pub use model::{Mode, OnExhausted, ParseNameError, Request, Response, VcrConfig, WritePolicy};
-pub use proxy::{proxy_router, run_proxy, ProxyConfig, MAX_UPSTREAM_BODY};
+pub use proxy::{proxy_router, run_proxy, ProxyConfig, HEALTH_PATH, MAX_UPSTREAM_BODY};
 pub use secrets::{Secrets, ACCOUNTS_ENV};
 pub use vcr::Vcr;
 

@@ -33,6 +33,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Print a cassette's interactions: method, path, body summary, status, size, age.
     Show(ShowArgs),
+    /// Ask a running proxy's `/__recorder/health` (on the address the proxy's settings give) and exit 0 when it
+    /// answers `ok`, 1 otherwise: a container HEALTHCHECK without curl.
+    Healthcheck(HealthcheckArgs),
     /// Cassettes as HAR 1.2 (browsers' DevTools, mitmproxy, Polly.js, WireMock) and back.
     #[command(subcommand)]
     Har(HarCommand),
@@ -64,6 +67,32 @@ enum HarCommand {
         #[command(flatten)]
         secrets: SecretArgs,
     },
+}
+
+/// Where `recorder proxy` listens when neither `--listen` nor `PORT` says.
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8089);
+
+#[derive(clap::Args)]
+struct ListenArgs {
+    /// Address to listen on (port 0 picks a free port; the `ready` log line gives the bound address). Default:
+    /// 0.0.0.0:$PORT when PORT is set (Cloud Run), else 127.0.0.1:8089.
+    #[arg(long, env = "RECORDER_PROXY_LISTEN")]
+    listen: Option<SocketAddr>,
+}
+
+impl ListenArgs {
+    fn listen(&self) -> anyhow::Result<SocketAddr> {
+        cloud_run_kit::service::listen_address(self.listen, DEFAULT_LISTEN).map_err(anyhow::Error::msg)
+    }
+}
+
+#[derive(clap::Args)]
+struct HealthcheckArgs {
+    #[command(flatten)]
+    listen: ListenArgs,
+    /// Give up after this many seconds.
+    #[arg(long, env = "RECORDER_PROXY_HEALTHCHECK_TIMEOUT_SECS", default_value_t = 3)]
+    timeout_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -157,46 +186,55 @@ struct ShowArgs {
     format: Format,
 }
 
+/// Every flag also reads the environment variable named in its help (`RECORDER_PROXY_*`; lists comma-separated), so
+/// the proxy runs as a container service from its environment alone.
 #[derive(clap::Args)]
 struct ProxyArgs {
     /// Upstream base URL, e.g. https://api.chart-img.com
-    #[arg(long)]
+    #[arg(long, env = "RECORDER_PROXY_UPSTREAM")]
     upstream: String,
     /// Cassette directory, e.g. cassettes/demo
-    #[arg(long)]
+    #[arg(long, env = "RECORDER_PROXY_CASSETTE")]
     cassette: PathBuf,
-    /// Address to listen on (port 0 picks a free port; the bound address is printed on stderr).
-    #[arg(long, default_value = "127.0.0.1:8089")]
-    listen: SocketAddr,
+    #[command(flatten)]
+    listen: ListenArgs,
     /// none | once | new_episodes | all | spy
-    #[arg(long, default_value = "new_episodes")]
+    #[arg(long, env = "RECORDER_PROXY_MODE", default_value = "new_episodes")]
     mode: Mode,
     /// repeat | error: what to answer once every recorded answer to a request was played.
-    #[arg(long, default_value = "repeat")]
+    #[arg(long, env = "RECORDER_PROXY_ON_EXHAUSTED", default_value = "repeat")]
     on_exhausted: OnExhausted,
     /// JSON body field left out of matching (bare name at any depth, or a JSON pointer). Repeatable.
-    #[arg(long = "ignore-json-field")]
+    #[arg(
+        long = "ignore-json-field",
+        env = "RECORDER_PROXY_IGNORE_JSON_FIELDS",
+        value_delimiter = ','
+    )]
     ignore_json_fields: Vec<String>,
     /// Query parameter left out of matching. Repeatable.
-    #[arg(long = "ignore-query-param")]
+    #[arg(
+        long = "ignore-query-param",
+        env = "RECORDER_PROXY_IGNORE_QUERY_PARAMS",
+        value_delimiter = ','
+    )]
     ignore_query_params: Vec<String>,
     /// Request header that must match. Repeatable.
-    #[arg(long = "match-header")]
+    #[arg(long = "match-header", env = "RECORDER_PROXY_MATCH_HEADERS", value_delimiter = ',')]
     match_headers: Vec<String>,
     /// Store each interaction's upstream latency (makes re-recordings differ).
-    #[arg(long)]
+    #[arg(long, env = "RECORDER_PROXY_RECORD_LATENCY")]
     record_latency: bool,
     /// Store when each interaction was recorded (`recordedAt`, what `show` and `lint --max-age` read). Every
     /// re-recording through the proxy then differs; `recorder record` keeps the date of identical interactions.
-    #[arg(long)]
+    #[arg(long, env = "RECORDER_PROXY_RECORD_TIMESTAMPS")]
     record_timestamps: bool,
     /// `batched`: keep new interactions in memory and write the cassette every `--flush-ms` and on shutdown
     /// (adds ~0.3 ms per recorded request; a kill -9 loses at most the last interval). `each`: write, fsync and
     /// rename after every interaction (~5 ms per recorded request; nothing is ever lost).
-    #[arg(long, value_enum, default_value = "batched")]
+    #[arg(long, value_enum, env = "RECORDER_PROXY_WRITE", default_value = "batched")]
     write: WriteArg,
     /// Interval of the batched writes.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, env = "RECORDER_PROXY_FLUSH_MS", default_value_t = 500)]
     flush_ms: u64,
     /// `false`: at shutdown (Ctrl-C / SIGTERM), list the recorded interactions no request used and exit 1 (Ruby
     /// VCR's `allow_unused_http_interactions: false`).
@@ -233,7 +271,7 @@ struct SecretArgs {
     #[arg(long = "accounts-json", env = recorder::ACCOUNTS_ENV, hide_env_values = true)]
     accounts_json: Option<String>,
     /// Name of an environment variable holding one more key (account id: the variable's name). Repeatable.
-    #[arg(long = "key-env")]
+    #[arg(long = "key-env", env = "RECORDER_KEY_ENVS", value_delimiter = ',')]
     key_envs: Vec<String>,
 }
 
@@ -252,11 +290,23 @@ impl SecretArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if matches!(cli.command, Command::Proxy(_)) {
+        // A service: Cloud Logging JSON lines, the shape mock-chart-img and the worker write.
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(filter())
+            .with(cloud_run_kit::CloudLoggingLayer::new(std::io::stderr))
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter())
+            .init();
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -371,7 +421,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("recorder har import: {report} into {}", cassette.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Healthcheck(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let timeout = std::time::Duration::from_secs(args.timeout_secs.max(1));
+            let probe = cloud_run_kit::service::healthcheck(args.listen.listen()?, recorder::HEALTH_PATH, timeout);
+            Ok(match runtime.block_on(probe) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::from(1)
+                }
+            })
+        }
         Command::Proxy(args) => {
+            let listen = args.listen.listen()?;
             let config = VcrConfig {
                 mode: args.mode,
                 on_exhausted: args.on_exhausted,
@@ -410,15 +473,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(async {
                 // Before the port is bound: a stop sent as soon as the proxy answers ends it cleanly.
                 let shutdown = cloud_run_kit::shutdown_signal();
-                let listener = tokio::net::TcpListener::bind(args.listen)
+                let listener = tokio::net::TcpListener::bind(listen)
                     .await
-                    .with_context(|| format!("cannot listen on {}", args.listen))?;
-                eprintln!(
-                    "recorder proxy listening on http://{} -> {} (cassette {}, mode {})",
-                    listener.local_addr()?,
-                    args.upstream,
-                    args.cassette.display(),
-                    args.mode
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                // The one start-up line, for log-wait strategies: `"message":"ready"`.
+                tracing::info!(
+                    listen = %listener.local_addr()?,
+                    upstream = %args.upstream,
+                    cassette = %args.cassette.display(),
+                    mode = %args.mode,
+                    "ready"
                 );
                 let flushing = flusher.map(|f| tokio::spawn(f()));
                 // run_proxy flushes once more after the last request, so batched writes lose nothing on Ctrl-C.

@@ -76,9 +76,14 @@ impl ProxyConfig {
     }
 }
 
-/// The proxy as a router: every method and path is forwarded. Test it with `tower::ServiceExt::oneshot`.
+/// The proxy's own health route (not a Chart-IMG path, so it is never forwarded): `{"status":"ok","mode"}`.
+pub const HEALTH_PATH: &str = "/__recorder/health";
+
+/// The proxy as a router: every method and path but [`HEALTH_PATH`] is forwarded. Test it with
+/// `tower::ServiceExt::oneshot`.
 pub fn proxy_router(config: ProxyConfig) -> Router {
     Router::new()
+        .route(HEALTH_PATH, axum::routing::get(health))
         .fallback(forward)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(Arc::new(config))
@@ -104,6 +109,10 @@ pub async fn run_proxy(
         .await?;
     // Only WritePolicy::OnFlush leaves anything; report a failure here instead of only logging it on drop.
     vcr.flush().map_err(std::io::Error::other)
+}
+
+async fn health(State(config): State<Arc<ProxyConfig>>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok", "mode": config.vcr.mode().to_string() }))
 }
 
 /// An upstream failure, already redacted (reqwest errors quote the URL, which may hold a key).

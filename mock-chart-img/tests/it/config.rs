@@ -171,21 +171,26 @@ fn the_binary_serves_and_stops_on_sigterm() {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mock-chart-img"))
         .args(["--listen", "127.0.0.1:0", "--seed", "3"])
+        .env_remove("MOCK_CHART_IMG_KEYS")
+        .env_remove("CHART_IMG_ACCOUNTS_JSON")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let log: serde_json::Value = serde_json::from_str(&first).expect("JSON log lines");
+    // No keys: a WARN saying how to add one, then the one `ready` line.
+    let warn: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).expect("JSON log lines");
+    assert_eq!(warn["severity"], "WARNING", "{warn}");
+    assert!(
+        warn["message"]
+            .as_str()
+            .unwrap()
+            .contains("MOCK_CHART_IMG_KEYS=my-key:PRO"),
+        "{warn}"
+    );
+    let log: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).expect("JSON log lines");
+    assert_eq!(log["message"], "ready", "{log}");
     let addr = log["listen"].as_str().unwrap().to_string();
-    let health = std::process::Command::new("curl")
-        .args(["-s", &format!("http://{addr}/__admin/health")])
-        .output();
-    if let Ok(h) = health {
-        if h.status.success() {
-            assert!(String::from_utf8_lossy(&h.stdout).contains("\"ok\""));
-        }
-    }
+    assert_eq!(crate::serve::get(&addr, "/__admin/health", &[]).0, 200);
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -14,6 +14,7 @@ mod replay;
 mod replay_unused;
 mod routes;
 mod rules;
+mod serve;
 mod snapshot;
 mod stubs;
 mod verify;

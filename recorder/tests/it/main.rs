@@ -7,6 +7,7 @@ mod miss;
 mod modes;
 mod parallel;
 mod roundtrip;
+mod service;
 mod support;
 mod tools;
 mod unused;

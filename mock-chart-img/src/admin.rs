@@ -94,6 +94,8 @@ pub struct Health {
     pub renders: u64,
     /// Images answered from the render cache.
     pub cache_hits: u64,
+    /// Render threads: charts rendered at once at most (`render_concurrency`).
+    pub render_concurrency: usize,
     /// Images held by the `/storage` store, and their bytes.
     pub stored_objects: usize,
     /// See `stored_objects`.
@@ -250,8 +252,9 @@ async fn health(State(st): State<AppState>) -> Json<Health> {
         keys: s.accounts.all().len(),
         faults: s.faults.list().len(),
         journal_len: s.journal.len(),
-        renders: s.renders.load(Ordering::Relaxed),
+        renders: s.renders_done.load(Ordering::Relaxed),
         cache_hits: s.journal.cache_hits(),
+        render_concurrency: s.renders.limit(),
         stored_objects: s.storage.usage().0,
         stored_bytes: s.storage.usage().1,
     })

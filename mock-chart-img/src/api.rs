@@ -58,6 +58,10 @@ struct Trace {
     replayed: Option<bool>,
     /// The image answered, for the dashboard's thumbnails.
     image: Option<(&'static str, Bytes)>,
+    /// Time waited for a render slot.
+    queue_ms: Option<u64>,
+    /// The image was drawn for an identical request in flight at the same time.
+    shared_render: Option<bool>,
 }
 
 /// What a chart request reads of the settings, taken under one read of their lock.
@@ -303,6 +307,8 @@ fn journal(
         chart: trace.chart,
         cache_hit: trace.cache_hit,
         replayed: trace.replayed,
+        queue_ms: trace.queue_ms,
+        shared_render: trace.shared_render,
     });
     if let Some((content_type, bytes)) = image {
         s.thumbnails.put(seq, content_type, bytes);
@@ -497,7 +503,8 @@ async fn realistic_wait(st: &AppState, knobs: &Knobs, req: &ChartRequest) -> Res
     Ok(())
 }
 
-/// The image for `req`, from the cache or freshly rendered (off the async threads: a big chart takes milliseconds).
+/// The image for `req`, from the cache or freshly rendered on a render thread of the gate (`renders`): a bounded
+/// number of renders at once, identical requests drawn once.
 async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &mut Trace) -> Result<Bytes, ApiError> {
     let s = &st.inner;
     if let Some(b) = s.cache.lock().unwrap().get(key).cloned() {
@@ -506,23 +513,33 @@ async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &
     }
     trace.cache_hit = Some(false);
     let owned = crate::render::RenderRequest::new(req.clone());
-    let rendered = tokio::task::spawn_blocking(move || crate::render::render(&owned, seed))
+    let drawn = s
+        .renders
+        .get(
+            key,
+            move || crate::render::render(&owned, seed).map(Bytes::from),
+            |bytes| {
+                s.renders_done.fetch_add(1, Ordering::Relaxed);
+                // Into the cache before the gate forgets the drawing, so a request arriving now finds one or the other.
+                s.cache.lock().unwrap().put(key.to_string(), bytes.clone());
+            },
+        )
         .await
-        .map_err(|_| ApiError::Status {
-            status: 500,
-            message: None,
-        })?
         .map_err(|e| {
-            tracing::error!(error = %e, "render failed");
+            tracing::error!(
+                error = e.map_or("the render thread stopped".into(), |e| e.to_string()),
+                "render failed"
+            );
             ApiError::Status {
                 status: 500,
                 message: None,
             }
         })?;
-    s.renders.fetch_add(1, Ordering::Relaxed);
-    let bytes = Bytes::from(rendered);
-    s.cache.lock().unwrap().put(key.to_string(), bytes.clone());
-    Ok(bytes)
+    trace.queue_ms = Some(drawn.queued.as_millis() as u64);
+    if !drawn.leader {
+        trace.shared_render = Some(true);
+    }
+    Ok(drawn.bytes)
 }
 
 /// Keeps the image as a new object and answers `{url, etag, expire}` (`size` too for layouts) with a URL this

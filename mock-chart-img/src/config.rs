@@ -43,6 +43,9 @@ pub struct Config {
     pub journal_capacity: usize,
     /// How many rendered images the cache keeps.
     pub render_cache_capacity: usize,
+    /// How many charts are rendered at once (0, the default: as many as the process has cores); the others wait, and
+    /// identical requests in flight share one rendering. Bounds the memory renders take.
+    pub render_concurrency: usize,
     /// How many `/storage` images stay downloadable (oldest dropped first).
     pub storage_capacity: usize,
     /// Base of the URLs handed out by the `/storage` route; by default the `Host` the request came to.
@@ -96,6 +99,7 @@ impl Default for Config {
             faults: Vec::new(),
             journal_capacity: 1000,
             render_cache_capacity: 128,
+            render_concurrency: 0,
             storage_capacity: 256,
             public_url: None,
             invalid_symbols: Vec::new(),

@@ -51,6 +51,12 @@ pub struct JournalEntry {
     pub cache_hit: Option<bool>,
     /// Whether the answer came from a cassette.
     pub replayed: Option<bool>,
+    /// Milliseconds this request's chart waited for a render slot (`render_concurrency`), when it was rendered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<u64>,
+    /// `true` when the chart was drawn once for this and an identical request in flight at the same time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_render: Option<bool>,
 }
 
 /// Filters of `GET /__admin/requests`.
@@ -109,6 +115,8 @@ pub(crate) struct Record {
     pub chart: Option<Arc<ChartLabel>>,
     pub cache_hit: Option<bool>,
     pub replayed: Option<bool>,
+    pub queue_ms: Option<u64>,
+    pub shared_render: Option<bool>,
 }
 
 impl Record {
@@ -132,6 +140,8 @@ impl Record {
             interval: self.chart.as_ref().map(|c| c.interval.clone()),
             cache_hit: self.cache_hit,
             replayed: self.replayed,
+            queue_ms: self.queue_ms,
+            shared_render: self.shared_render,
         }
     }
 }

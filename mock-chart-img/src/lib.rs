@@ -12,7 +12,8 @@
 //! - `accounts`: keys → accounts, each with a `governor` rate limiter and a daily counter by UTC date
 //!   ([`Clock`] injectable).
 //! - `render`: deterministic charts (tiny-skia) encoded as PNG or JPEG, behind a bounded LRU cache; study placement
-//!   is an input ([`RenderRequest`], [`StudySpec`]); `indicators` computes every study from the drawn candles.
+//!   is an input ([`RenderRequest`], [`StudySpec`]); `indicators` computes every study from the drawn candles;
+//!   `renders`: the render gate (at most `render_concurrency` renders at once, identical requests drawn once).
 //! - `faults`: latency, status sequences, error rates, reset/empty/truncated/non-image answers.
 //! - `journal`: bounded ring buffer of requests, and the traffic counts of the periodic summary log line;
 //!   `telemetry`: Cloud Logging JSON lines through a non-blocking writer; `admin`: the `/__admin` API and its OpenAPI
@@ -56,6 +57,7 @@ pub mod latency;
 mod plan;
 mod reload;
 mod render;
+mod renders;
 mod replay;
 pub mod request;
 mod server;

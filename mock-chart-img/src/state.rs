@@ -123,7 +123,9 @@ pub(crate) struct Shared {
     /// For `uptime_s` in the health answer.
     pub started: Instant,
     /// For the health answer: how well the cache works (its hits are counted by the journal, under its lock).
-    pub renders: AtomicU64,
+    pub renders_done: AtomicU64,
+    /// The render gate: bounded concurrent renders, identical requests drawn once.
+    pub renders: crate::renders::Renders,
 }
 
 fn cap(n: usize) -> NonZeroUsize {
@@ -155,7 +157,8 @@ impl AppState {
                 settings: RwLock::new(Settings::from_config(config)?),
                 clock: config.clock.clone(),
                 started: Instant::now(),
-                renders: AtomicU64::new(0),
+                renders_done: AtomicU64::new(0),
+                renders: crate::renders::Renders::new(config.render_concurrency),
             }),
         })
     }

@@ -9,6 +9,7 @@ mod images;
 mod limits;
 mod logs;
 mod plans;
+mod renders;
 mod replay;
 mod routes;
 mod rules;

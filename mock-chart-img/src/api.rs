@@ -403,11 +403,12 @@ async fn answer(
             let request = validated.canonical();
             // The mock's own semantic checks (catalogue, unsupported intervals) depend only on the request and the
             // settings, so a memoized request has passed them (the memo is emptied when the settings change).
-            catalogue_checks(st, &request)?;
+            let listed = catalogue_checks(st, &request)?;
             let key = request.cache_key();
             let label = Arc::new(ChartLabel {
                 symbol: request.symbol.clone(),
                 interval: request.interval.clone(),
+                listed,
             });
             let p = Arc::new(Prepared { request, key, label });
             if layout.is_none() {
@@ -459,12 +460,16 @@ async fn answer(
     }
 }
 
-/// `invalid_symbols`, `symbols: strict` against the catalogue, then `unsupported_intervals`.
-fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<(), ApiError> {
+/// `invalid_symbols`, `symbols: strict` against the catalogue, then `unsupported_intervals`. Answers whether the
+/// catalogue lists every symbol of the chart (the journal flags the others: under `lenient` they render, but the
+/// real API may answer `Invalid Symbol`).
+fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<bool, ApiError> {
     let settings = st.inner.settings.read().unwrap();
+    let mut all_listed = true;
     for (exchange, ticker) in chart_img_spec::symbol_parts(&req.symbol) {
         let full = format!("{exchange}:{ticker}");
         let listed = settings.catalogue.lists(&exchange, &ticker);
+        all_listed &= listed == Some(true);
         if settings.invalid_symbols.iter().any(|i| *i == full || *i == req.symbol)
             || (settings.symbols == SymbolMode::Strict && listed == Some(false))
         {
@@ -478,7 +483,7 @@ fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<(), ApiError> {
             return Err(Rejection::invalid_interval().into());
         }
     }
-    Ok(())
+    Ok(all_listed)
 }
 
 /// Under `latency: realistic`, waits as long as the real service would (scaled by `time_scale`); past the gateway
@@ -648,20 +653,25 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
         let payload = match &exchange {
             None => json!(catalogue.exchange_ids()),
             Some(id) => {
-                if chart_img_spec::exchange(id).is_none() && !catalogue.exchanges.contains_key(id) {
-                    return Err(ApiError::RouteNotFound);
-                }
-                let q = Query::<HashMap<String, String>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
+                // Exchange ids are case-insensitive on v3; the answer names the exchange in upper case.
+                let id = catalogue.v3_exchange(id).ok_or(ApiError::RouteNotFound)?;
+                let q = Query::<HashMap<String, String>>::try_from_uri(&uri)
+                    .map(|q| q.0)
+                    .unwrap_or_default();
                 let symbol = q.get("symbol").map(|s| s.to_uppercase());
                 let kind = q.get("type");
                 let list: Vec<Value> = catalogue
                     .exchanges
-                    .get(id)
+                    .get(&id)
                     .into_iter()
                     .flatten()
-                    .filter(|e| symbol.as_ref().is_none_or(|q| e.symbol.contains(q.as_str()) || e.description.to_uppercase().contains(q.as_str())))
+                    .filter(|e| {
+                        symbol.as_ref().is_none_or(|q| {
+                            e.symbol.contains(q.as_str()) || e.description.to_uppercase().contains(q.as_str())
+                        })
+                    })
                     .filter(|e| kind.is_none_or(|k| e.kind == *k))
-                    .map(|e| json!({ "symbol": e.symbol, "description": e.description, "type": e.kind, "exchange": id, "currency_code": e.currency_code }))
+                    .map(|e| serde_json::to_value(e.v3(&id)).unwrap_or(Value::Null))
                     .collect();
                 json!(list)
             }

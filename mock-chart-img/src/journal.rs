@@ -47,6 +47,10 @@ pub struct JournalEntry {
     pub symbol: Option<String>,
     /// `interval` of the normalized request.
     pub interval: Option<String>,
+    /// `false` when the symbol catalogue does not list a symbol of the chart: under `symbols: lenient` it rendered,
+    /// but the real API may answer `422 Invalid Symbol` (the dashboard marks it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol_listed: Option<bool>,
     /// Whether the image came from the render cache.
     pub cache_hit: Option<bool>,
     /// Whether the answer came from a cassette.
@@ -98,6 +102,8 @@ pub struct Traffic {
 pub(crate) struct ChartLabel {
     pub symbol: String,
     pub interval: String,
+    /// The catalogue lists every symbol of the chart.
+    pub listed: bool,
 }
 
 /// One request as the ring keeps it (see the module doc); [`JournalEntry`] is its public form.
@@ -138,6 +144,7 @@ impl Record {
             faults: self.faults.iter().map(|f| f.to_string()).collect(),
             symbol: self.chart.as_ref().map(|c| c.symbol.clone()),
             interval: self.chart.as_ref().map(|c| c.interval.clone()),
+            symbol_listed: self.chart.as_ref().map(|c| c.listed),
             cache_hit: self.cache_hit,
             replayed: self.replayed,
             queue_ms: self.queue_ms,

@@ -57,8 +57,8 @@ pub(crate) struct Settings {
 impl Settings {
     fn from_config(config: &Config) -> anyhow::Result<Settings> {
         let catalogue = match &config.symbol_catalogue {
-            Some(path) => Catalogue::from_file(path)?,
-            None => Catalogue::built_in(),
+            Some(path) => Arc::new(Catalogue::from_file(path)?),
+            None => Catalogue::built_in_shared(),
         };
         Ok(Settings {
             seed: config.seed,
@@ -72,7 +72,7 @@ impl Settings {
                 extra_exchanges: config.extra_exchanges.clone(),
             },
             symbols: config.symbols,
-            catalogue: Arc::new(catalogue),
+            catalogue,
             unsupported_intervals: config.unsupported_intervals.clone(),
             query_key_on_v2: config.query_key_on_v2,
             layouts: config.layouts.clone(),

@@ -5,6 +5,7 @@ mod config;
 mod dashboard;
 mod errors;
 mod faults;
+mod fidelity;
 mod images;
 mod limits;
 mod logs;

@@ -10,6 +10,8 @@
 //!   are case-insensitive). The data is embedded from `data/*.json`, the project's copy of
 //!   `shared/docs/chart-img-data/` (a test compares the two while that folder exists; `data/studies-observed.json`
 //!   is the crate's own), and parsed once.
+//! - [`v1`]: API v1, the legacy GET routes: parameters, defaults and minimums, study codes, the v2 body a v1 query
+//!   means, the storage answer and the v1 error bodies.
 //! - [`V3Symbol`]: the v3 exchange route's symbol object.
 //! - The documented error bodies: [`messages`], [`message_body`], [`FieldError`] (the 422 array entry) and
 //!   [`Rejection`] (status + exact body).
@@ -36,6 +38,7 @@
 mod catalog;
 mod errors;
 mod plan;
+pub mod v1;
 mod v3;
 mod validate;
 

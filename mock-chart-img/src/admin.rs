@@ -149,6 +149,8 @@ pub struct ConfigView {
     pub custom_watermark: WatermarkMode,
     /// Whether `?key=` is accepted on the v2 routes.
     pub query_key_on_v2: bool,
+    /// `off` or `emulate`: API v1's GET routes.
+    pub v1: crate::config::V1Mode,
     /// The ids of the saved layouts (their TradingView session values are secrets too, so they are not shown).
     pub layouts: Vec<String>,
     /// Where `/storage` images are kept, when set.
@@ -191,6 +193,7 @@ impl ConfigView {
             unsupported_intervals: c.unsupported_intervals.clone(),
             custom_watermark: c.custom_watermark,
             query_key_on_v2: c.query_key_on_v2,
+            v1: c.v1,
             layouts: c.layouts.iter().map(|l| l.id.clone()).collect(),
             storage_dir: c.storage_dir.clone(),
             storage_max_bytes: c.storage_max_bytes,

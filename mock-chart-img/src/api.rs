@@ -49,33 +49,33 @@ pub(crate) enum Abort {
 
 /// What the journal learns while a request is handled.
 #[derive(Default)]
-struct Trace {
-    account: Option<Arc<str>>,
-    key_status: &'static str,
-    error: Option<String>,
-    chart: Option<Arc<ChartLabel>>,
-    cache_hit: Option<bool>,
-    replayed: Option<bool>,
+pub(crate) struct Trace {
+    pub(crate) account: Option<Arc<str>>,
+    pub(crate) key_status: &'static str,
+    pub(crate) error: Option<String>,
+    pub(crate) chart: Option<Arc<ChartLabel>>,
+    pub(crate) cache_hit: Option<bool>,
+    pub(crate) replayed: Option<bool>,
     /// The image answered, for the dashboard's thumbnails.
-    image: Option<(&'static str, Bytes)>,
+    pub(crate) image: Option<(&'static str, Bytes)>,
     /// Time waited for a render slot.
-    queue_ms: Option<u64>,
+    pub(crate) queue_ms: Option<u64>,
     /// The image was drawn for an identical request in flight at the same time.
-    shared_render: Option<bool>,
+    pub(crate) shared_render: Option<bool>,
 }
 
 /// What a chart request reads of the settings, taken under one read of their lock.
-struct Knobs {
+pub(crate) struct Knobs {
     query_key_on_v2: bool,
-    seed: u64,
-    latency: crate::config::LatencyProfile,
-    time_scale: f64,
-    gateway_timeout_ms: u64,
-    replay: Option<Arc<crate::replay::Replay>>,
+    pub(crate) seed: u64,
+    pub(crate) latency: crate::config::LatencyProfile,
+    pub(crate) time_scale: f64,
+    pub(crate) gateway_timeout_ms: u64,
+    pub(crate) replay: Option<Arc<crate::replay::Replay>>,
 }
 
 impl Knobs {
-    fn of(st: &AppState) -> Knobs {
+    pub(crate) fn of(st: &AppState) -> Knobs {
         let s = st.inner.settings.read().unwrap();
         Knobs {
             query_key_on_v2: s.query_key_on_v2,
@@ -171,7 +171,7 @@ fn api_key<'h>(headers: &'h HeaderMap, uri: &Uri, query_allowed: bool) -> Option
     q.0.remove("key").filter(|k| !k.is_empty()).map(Cow::Owned)
 }
 
-fn key_status(key: Option<&str>, account: Option<&Arc<Account>>) -> &'static str {
+pub(crate) fn key_status(key: Option<&str>, account: Option<&Arc<Account>>) -> &'static str {
     match (key, account) {
         (None, _) => "missing",
         (Some(_), None) => "unknown",
@@ -259,7 +259,7 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
     response
 }
 
-fn journal(
+pub(crate) fn journal(
     st: &AppState,
     method: &Method,
     uri: &Uri,
@@ -316,7 +316,7 @@ fn journal(
 }
 
 /// The gateway: an active key, the throttle, then one unit of today's quota.
-fn gateway(st: &AppState, account: Option<&Account>) -> Result<(), ApiError> {
+pub(crate) fn gateway(st: &AppState, account: Option<&Account>) -> Result<(), ApiError> {
     let account = account.filter(|a| a.config.active).ok_or(ApiError::Forbidden)?;
     match account.admit(st.inner.clock.now().date_naive()) {
         Gate::Pass => Ok(()),
@@ -463,7 +463,7 @@ async fn answer(
 /// `invalid_symbols`, `symbols: strict` against the catalogue, then `unsupported_intervals`. Answers whether the
 /// catalogue lists every symbol of the chart (the journal flags the others: under `lenient` they render, but the
 /// real API may answer `Invalid Symbol`).
-fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<bool, ApiError> {
+pub(crate) fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<bool, ApiError> {
     let settings = st.inner.settings.read().unwrap();
     let mut all_listed = true;
     for (exchange, ticker) in chart_img_spec::symbol_parts(&req.symbol) {
@@ -488,7 +488,7 @@ fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<bool, ApiError>
 
 /// Under `latency: realistic`, waits as long as the real service would (scaled by `time_scale`); past the gateway
 /// timeout, waits the timeout and answers 504.
-async fn realistic_wait(st: &AppState, knobs: &Knobs, req: &ChartRequest) -> Result<(), ApiError> {
+pub(crate) async fn realistic_wait(st: &AppState, knobs: &Knobs, req: &ChartRequest) -> Result<(), ApiError> {
     let s = &st.inner;
     let (profile, scale, timeout_ms) = (knobs.latency, knobs.time_scale, knobs.gateway_timeout_ms);
     if profile != crate::config::LatencyProfile::Realistic {
@@ -510,7 +510,13 @@ async fn realistic_wait(st: &AppState, knobs: &Knobs, req: &ChartRequest) -> Res
 
 /// The image for `req`, from the cache or freshly rendered on a render thread of the gate (`renders`): a bounded
 /// number of renders at once, identical requests drawn once.
-async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &mut Trace) -> Result<Bytes, ApiError> {
+pub(crate) async fn image(
+    st: &AppState,
+    req: &ChartRequest,
+    key: &str,
+    seed: u64,
+    trace: &mut Trace,
+) -> Result<Bytes, ApiError> {
     let s = &st.inner;
     if let Some(b) = s.cache.lock().unwrap().get(key).cloned() {
         trace.cache_hit = Some(true);
@@ -726,7 +732,7 @@ pub(crate) fn gateway_headers(mut response: Response) -> Response {
 }
 
 /// Sends half the body after announcing all of it, then breaks the connection, as a proxy dying mid-transfer does.
-async fn truncated(response: Response) -> Response {
+pub(crate) async fn truncated(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let full = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let half = full.slice(..full.len() / 2);

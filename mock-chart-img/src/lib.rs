@@ -19,6 +19,8 @@
 //!   `telemetry`: Cloud Logging JSON lines through a non-blocking writer; `admin`: the `/__admin` API and its OpenAPI
 //!   document; `ui`: the dashboard at `/__admin/ui` (embedded page over the admin API, thumbnails of the last images
 //!   answered).
+//! - `v1`: API v1's GET routes under `v1: emulate` (a v1 query becomes the v2 request it means, `chart_img_spec::v1`,
+//!   then the same gateway, checks and renderer; v1 error bodies and storage URLs).
 //! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching.
 //!
 //! # Invariants
@@ -65,6 +67,7 @@ mod state;
 mod storage;
 mod telemetry;
 mod ui;
+mod v1;
 
 use std::{future::Future, net::SocketAddr};
 
@@ -80,7 +83,7 @@ pub use catalogue::{Catalogue, SymbolEntry};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     Config, ConfigError, ConfigFormat, KeyConfig, LatencyProfile, LayoutConfig, LimitOverrides, ReplayConfig,
-    SymbolMode, WatermarkMode,
+    SymbolMode, V1Mode, WatermarkMode,
 };
 pub use errors::{documented_message, ApiError};
 pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
@@ -109,6 +112,10 @@ fn chart_routes() -> Router<AppState> {
         .route("/v3/tradingview/exchange/list", get(api::exchange_list))
         .route("/v3/tradingview/exchange/{id}", get(api::exchange_symbols))
         .route("/storage/{date}/tradingview/{kind}/{file}", get(api::stored_image))
+        // API v1 (served under `v1: emulate`; 404 otherwise).
+        .route("/v1/tradingview/{chart}", get(v1::chart))
+        .route("/v1/tradingview/{chart}/storage", get(v1::chart_storage))
+        .route("/v1/storage/pub/{file}", get(v1::stored_image))
 }
 
 /// Unknown routes and wrong methods answer the JSON `404 Route Not Found`; every answer gets `x-amzn-RequestId`,

@@ -14,6 +14,7 @@ mod renders;
 mod replay;
 mod routes;
 mod rules;
+mod v1;
 
 use mock_chart_img::{spawn, Config, MockServer};
 use serde_json::{json, Value};

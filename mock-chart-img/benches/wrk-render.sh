@@ -79,7 +79,8 @@ round() {
     [ -n "$addr" ] || { echo "the mock did not start: $(cat "$log")" >&2; exit 1; }
     curl -sf -o /dev/null -H 'content-type: application/json' -H 'x-api-key: bench-key' \
         -d '{"symbol":"BINANCE:BTCUSDT"}' "http://$addr/v2/tradingview/advanced-chart"
-    sleep 1
+    # Idle: 4 s after that first chart, once the render threads have given back what it used (renders.rs).
+    sleep 4
     local idle out peak=0 r after1 after before_cpu after_cpu
     idle=$(rss_kib "$PID")
     before_cpu=$(cpu_ticks "$PID")

@@ -37,15 +37,19 @@ pub(crate) struct Renders {
     inflight: Mutex<HashMap<String, Slot>>,
 }
 
-/// How long a render thread waits idle after its last render before it nudges the allocator.
+/// How long a render thread waits idle after its last render before it nudges the allocator, and between nudges.
 const IDLE_NUDGE: Duration = Duration::from_millis(1500);
 
-/// Allocates and frees one large block. mimalloc returns freed memory to the OS a while (1 s) after it was freed,
-/// but only when it next frees a page: after the last render of a burst nothing would, and the pages the renders
-/// used would stay resident. Freeing one large block, once, past that delay, lets it purge them.
+/// Allocates and frees large blocks, without touching them. mimalloc keeps a thread's emptied pages for a few more
+/// allocations of that thread ("retired"), and returns freed memory to the OS a while (1 s) after it was freed, but
+/// only when it next frees a page: after the last render of a burst nothing would, and the pages the renders used
+/// would stay resident. Twenty allocations release the retired pages; the second nudge, past the delay, lets it
+/// purge them (and whatever else was freed meanwhile). What is allocated is never written, so it costs no memory.
 fn nudge_allocator() {
-    let block: Vec<u8> = Vec::with_capacity(8 << 20);
-    std::hint::black_box(&block);
+    for _ in 0..20 {
+        let block: Vec<u8> = Vec::with_capacity(1 << 20);
+        std::hint::black_box(&block);
+    }
 }
 
 /// The default number of render threads: the cores this process may use.
@@ -62,17 +66,18 @@ impl Renders {
         for i in 0..limit {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new().name(format!("render-{i}")).spawn(move || {
-                let mut worked = false;
+                // Nudges still due since the last render (see `nudge_allocator`).
+                let mut nudges = 0;
                 loop {
                     // The lock is held only while waiting for the next job, not while running it.
                     let job = rx.lock().unwrap().recv_timeout(IDLE_NUDGE);
                     match job {
                         Ok(job) => {
                             job();
-                            worked = true;
+                            nudges = 2;
                         }
-                        Err(mpsc::RecvTimeoutError::Timeout) if worked => {
-                            worked = false;
+                        Err(mpsc::RecvTimeoutError::Timeout) if nudges > 0 => {
+                            nudges -= 1;
                             nudge_allocator();
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => {}

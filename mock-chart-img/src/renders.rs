@@ -73,7 +73,9 @@ impl Renders {
                     let job = rx.lock().unwrap().recv_timeout(IDLE_NUDGE);
                     match job {
                         Ok(job) => {
-                            job();
+                            // A panicking render answers 500 (its result sender is dropped) and must not take the
+                            // thread with it.
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                             nudges = 2;
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) if nudges > 0 => {
@@ -201,6 +203,17 @@ mod tests {
             "someone queued behind another drawing: {waited:?}"
         );
         assert!(gate.inflight.lock().unwrap().is_empty(), "nothing left in flight");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_drawing_fails_that_request_and_the_thread_renders_on() {
+        let gate = Renders::new(1);
+        let r = gate
+            .get("p", || -> Result<Bytes, ()> { panic!("render bug") }, |_| {})
+            .await;
+        assert!(matches!(r, Err(None)));
+        let ok = gate.get("q", || Ok::<_, ()>(Bytes::from_static(b"png")), |_| {}).await;
+        assert!(ok.is_ok(), "the one render thread is still there");
     }
 
     #[tokio::test]

@@ -127,6 +127,10 @@ pub struct StudyInput {
 pub struct Study {
     /// The exact name the API accepts (`Relative Strength Index`).
     pub name: String,
+    /// `false` for the documented studies; `true` for a study seen rendering live that the documentation does not
+    /// list (`data/studies-observed.json`; its inputs are unknown, so none are checked).
+    #[serde(skip)]
+    pub observed: bool,
     /// Its natural place.
     pub placement: Placement,
     /// Its documented inputs.
@@ -198,6 +202,8 @@ struct ExchangeEntry {
 
 /// The embedded `data/studies.json`.
 pub const STUDIES_JSON: &str = include_str!("../data/studies.json");
+/// The embedded `data/studies-observed.json`: studies the live API renders that the documentation does not list.
+pub const STUDIES_OBSERVED_JSON: &str = include_str!("../data/studies-observed.json");
 /// The embedded `data/drawings.json`.
 pub const DRAWINGS_JSON: &str = include_str!("../data/drawings.json");
 /// The embedded `data/timezones.json`.
@@ -207,9 +213,14 @@ pub const EXCHANGES_JSON: &str = include_str!("../data/exchanges.json");
 
 // The embedded files are part of the crate and checked by its tests, so a parse failure is a build defect.
 static STUDIES: LazyLock<Vec<Study>> = LazyLock::new(|| {
-    serde_json::from_str::<StudiesFile>(STUDIES_JSON)
+    let mut all = serde_json::from_str::<StudiesFile>(STUDIES_JSON)
         .expect("data/studies.json parses")
-        .studies
+        .studies;
+    let observed = serde_json::from_str::<StudiesFile>(STUDIES_OBSERVED_JSON)
+        .expect("data/studies-observed.json parses")
+        .studies;
+    all.extend(observed.into_iter().map(|s| Study { observed: true, ..s }));
+    all
 });
 static DRAWINGS: LazyLock<Vec<Drawing>> = LazyLock::new(|| {
     serde_json::from_str::<DrawingsFile>(DRAWINGS_JSON)
@@ -239,12 +250,14 @@ static EXCHANGES: LazyLock<Vec<Exchange>> = LazyLock::new(|| {
         .collect()
 });
 
-/// The 92 documented studies, in the documentation's order.
+/// The 92 documented studies, in the documentation's order, then the observed ones (seen rendering live, not
+/// documented: `Pivot Points Standard`), marked [`Study::observed`].
 ///
 /// ```
 /// use chart_img_spec::{studies, study, Placement};
-/// assert_eq!(studies().len(), 92);
+/// assert_eq!(studies().iter().filter(|s| !s.observed).count(), 92);
 /// assert_eq!(study("Super Trend").unwrap().placement, Placement::Overlay);
+/// assert!(study("Pivot Points Standard").unwrap().observed);
 /// assert!(study("RSI").is_none());
 /// ```
 pub fn studies() -> &'static [Study] {
@@ -300,9 +313,20 @@ pub fn exchanges() -> &'static [Exchange] {
     &EXCHANGES
 }
 
-/// The exchange with that id.
+/// The exchange with that id (exact: symbols in a chart body are upper case).
 pub fn exchange(id: &str) -> Option<&'static Exchange> {
     EXCHANGES.iter().find(|e| e.id == id)
+}
+
+/// The exchange a v3 route's `{EXCHANGE_ID}` names: v3 ids are case-insensitive (the official example is
+/// `GET /v3/tradingview/exchange/binance`); the answer names the exchange by its upper-case [`Exchange::id`].
+///
+/// ```
+/// assert_eq!(chart_img_spec::exchange_v3("binance").unwrap().id, "BINANCE");
+/// assert!(chart_img_spec::exchange_v3("nosuch").is_none());
+/// ```
+pub fn exchange_v3(id: &str) -> Option<&'static Exchange> {
+    EXCHANGES.iter().find(|e| e.id.eq_ignore_ascii_case(id))
 }
 
 #[cfg(test)]
@@ -311,7 +335,13 @@ mod tests {
 
     #[test]
     fn the_embedded_data_has_the_documented_sizes() {
-        assert_eq!(studies().len(), 92);
+        assert_eq!(studies().iter().filter(|s| !s.observed).count(), 92);
+        let observed: Vec<_> = studies()
+            .iter()
+            .filter(|s| s.observed)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(observed, ["Pivot Points Standard"]);
         assert_eq!(drawings().len(), 15);
         assert_eq!(timezones().len(), 82, "81 documented zones plus the default Etc/UTC");
         assert_eq!(exchanges().len(), 207);

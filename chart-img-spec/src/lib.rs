@@ -5,9 +5,14 @@
 //! - [`Plan`] and [`PlanLimits`]: rate, burst, daily quota, max size, max parameters, storage days, watermarks.
 //! - The enums of the request body ([`INTERVALS`], [`STYLES`], [`THEMES`], [`SCALES`], [`SESSIONS`], [`FORMATS`],
 //!   [`RANGES`], [`Z_ORDERS`], [`WATERMARK_SIZES`], [`defaults`]) and the reference data: [`studies`] with their
-//!   inputs and natural [`Placement`], [`drawings`] with their required inputs, [`timezones`], [`exchanges`] with
-//!   their v2 availability. The data is embedded from `data/*.json`, the project's copy of
-//!   `shared/docs/chart-img-data/` (a test compares the two while that folder exists), and parsed once.
+//!   inputs and natural [`Placement`] (the documented ones, then the observed `Pivot Points Standard`), [`drawings`]
+//!   with their required inputs, [`timezones`], [`exchanges`] with their v2 availability ([`exchange_v3`]: v3 ids
+//!   are case-insensitive). The data is embedded from `data/*.json`, the project's copy of
+//!   `shared/docs/chart-img-data/` (a test compares the two while that folder exists; `data/studies-observed.json`
+//!   is the crate's own), and parsed once.
+//! - [`v1`]: API v1, the legacy GET routes: parameters, defaults and minimums, study codes, the v2 body a v1 query
+//!   means, the storage answer and the v1 error bodies.
+//! - [`V3Symbol`]: the v3 exchange route's symbol object.
 //! - The documented error bodies: [`messages`], [`message_body`], [`FieldError`] (the 422 array entry) and
 //!   [`Rejection`] (status + exact body).
 //! - Reading answers: [`message_of`] (an error body's message) and [`Limit429`] (the daily quota's 429 or the
@@ -41,16 +46,19 @@ mod errors;
 pub mod openapi;
 mod plan;
 pub mod routes;
+pub mod v1;
+mod v3;
 mod validate;
 
 pub use answers::{message_of, Limit429};
 pub use catalog::{
-    defaults, drawing, drawings, exchange, exchanges, is_timezone, studies, study, timezones, Drawing, DrawingInput,
-    Exchange, InputType, Placement, Study, StudyInput, FORMATS, INTERVALS, RANGES, SCALES, SESSIONS, STYLES, THEMES,
-    WATERMARK_SIZES, Z_ORDERS,
+    defaults, drawing, drawings, exchange, exchange_v3, exchanges, is_timezone, studies, study, timezones, Drawing,
+    DrawingInput, Exchange, InputType, Placement, Study, StudyInput, FORMATS, INTERVALS, RANGES, SCALES, SESSIONS,
+    STYLES, THEMES, WATERMARK_SIZES, Z_ORDERS,
 };
 pub use errors::{message_body, messages, FieldError, Rejection};
 pub use plan::{Plan, PlanLimits, UnknownPlan};
+pub use v3::{V3Source, V3Symbol};
 pub use validate::{
     canonical_json, read_body, symbol_is_well_formed, symbol_parts, validate_advanced_chart,
     validate_advanced_chart_with, validate_layout_chart, ChartDrawing, ChartStudy, Options, ValidatedChart,
@@ -60,5 +68,5 @@ pub use validate::{
 #[doc(hidden)]
 pub mod __data {
     //! The embedded files, for the test that compares them with the shared copy.
-    pub use crate::catalog::{DRAWINGS_JSON, EXCHANGES_JSON, STUDIES_JSON, TIMEZONES_JSON};
+    pub use crate::catalog::{DRAWINGS_JSON, EXCHANGES_JSON, STUDIES_JSON, STUDIES_OBSERVED_JSON, TIMEZONES_JSON};
 }

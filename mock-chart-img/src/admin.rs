@@ -99,6 +99,8 @@ pub struct Health {
     pub renders: u64,
     /// Images answered from the render cache.
     pub cache_hits: u64,
+    /// Render threads: charts rendered at once at most (`render_concurrency`).
+    pub render_concurrency: usize,
     /// Images held by the `/storage` store, and their bytes.
     pub stored_objects: usize,
     /// See `stored_objects`.
@@ -152,6 +154,8 @@ pub struct ConfigView {
     pub custom_watermark: WatermarkMode,
     /// Whether `?key=` is accepted on the v2 routes.
     pub query_key_on_v2: bool,
+    /// `off` or `emulate`: API v1's GET routes.
+    pub v1: crate::config::V1Mode,
     /// The ids of the saved layouts (their TradingView session values are secrets too, so they are not shown).
     pub layouts: Vec<String>,
     /// Where `/storage` images are kept, when set.
@@ -200,6 +204,7 @@ impl ConfigView {
             unsupported_intervals: c.unsupported_intervals.clone(),
             custom_watermark: c.custom_watermark,
             query_key_on_v2: c.query_key_on_v2,
+            v1: c.v1,
             layouts: c.layouts.iter().map(|l| l.id.clone()).collect(),
             storage_dir: c.storage_dir.clone(),
             storage_max_bytes: c.storage_max_bytes,
@@ -329,8 +334,9 @@ async fn health(State(st): State<AppState>) -> Json<Health> {
         keys: s.accounts.all().len(),
         faults: s.faults.list().len(),
         journal_len: s.journal.len(),
-        renders: s.renders.load(Ordering::Relaxed),
+        renders: s.renders_done.load(Ordering::Relaxed),
         cache_hits: s.journal.cache_hits(),
+        render_concurrency: s.renders.limit(),
         stored_objects: s.storage.usage().0,
         stored_bytes: s.storage.usage().1,
     })

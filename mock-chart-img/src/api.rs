@@ -50,31 +50,35 @@ pub(crate) enum Abort {
 
 /// What the journal learns while a request is handled.
 #[derive(Default)]
-struct Trace {
-    account: Option<Arc<str>>,
-    key_status: &'static str,
-    error: Option<String>,
-    chart: Option<Arc<ChartLabel>>,
-    cache_hit: Option<bool>,
-    replayed: Option<bool>,
+pub(crate) struct Trace {
+    pub(crate) account: Option<Arc<str>>,
+    pub(crate) key_status: &'static str,
+    pub(crate) error: Option<String>,
+    pub(crate) chart: Option<Arc<ChartLabel>>,
+    pub(crate) cache_hit: Option<bool>,
+    pub(crate) replayed: Option<bool>,
     /// The image answered, for the dashboard's thumbnails.
-    image: Option<(&'static str, Bytes)>,
+    pub(crate) image: Option<(&'static str, Bytes)>,
     /// The stub that answered.
     stub: Option<u64>,
+    /// Time waited for a render slot.
+    pub(crate) queue_ms: Option<u64>,
+    /// The image was drawn for an identical request in flight at the same time.
+    pub(crate) shared_render: Option<bool>,
 }
 
 /// What a chart request reads of the settings, taken under one read of their lock.
-struct Knobs {
+pub(crate) struct Knobs {
     query_key_on_v2: bool,
-    seed: u64,
-    latency: crate::config::LatencyProfile,
-    time_scale: f64,
-    gateway_timeout_ms: u64,
-    replay: Option<Arc<crate::replay::Replay>>,
+    pub(crate) seed: u64,
+    pub(crate) latency: crate::config::LatencyProfile,
+    pub(crate) time_scale: f64,
+    pub(crate) gateway_timeout_ms: u64,
+    pub(crate) replay: Option<Arc<crate::replay::Replay>>,
 }
 
 impl Knobs {
-    fn of(st: &AppState) -> Knobs {
+    pub(crate) fn of(st: &AppState) -> Knobs {
         let s = st.inner.settings.read().unwrap();
         Knobs {
             query_key_on_v2: s.query_key_on_v2,
@@ -259,7 +263,7 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
 }
 
 #[allow(clippy::too_many_arguments)]
-fn journal(
+pub(crate) fn journal(
     st: &AppState,
     method: &Method,
     uri: &Uri,
@@ -314,6 +318,8 @@ fn journal(
         routed: true,
         stub: trace.stub,
         bodies,
+        queue_ms: trace.queue_ms,
+        shared_render: trace.shared_render,
     });
     if let Some((content_type, bytes)) = image {
         s.thumbnails.put(seq, content_type, bytes);
@@ -321,7 +327,7 @@ fn journal(
 }
 
 /// The gateway: an active key, the throttle, then one unit of today's quota.
-fn gateway(st: &AppState, account: Option<&Account>) -> Result<(), ApiError> {
+pub(crate) fn gateway(st: &AppState, account: Option<&Account>) -> Result<(), ApiError> {
     let account = account.filter(|a| a.config.active).ok_or(ApiError::Forbidden)?;
     match account.admit(st.inner.clock.now().date_naive()) {
         Gate::Pass => Ok(()),
@@ -418,11 +424,12 @@ async fn answer(
             let request = validated.canonical();
             // The mock's own semantic checks (catalogue, unsupported intervals) depend only on the request and the
             // settings, so a memoized request has passed them (the memo is emptied when the settings change).
-            catalogue_checks(st, &request)?;
+            let listed = catalogue_checks(st, &request)?;
             let key = request.cache_key();
             let label = Arc::new(ChartLabel {
                 symbol: request.symbol.clone(),
                 interval: request.interval.clone(),
+                listed,
             });
             let p = Arc::new(Prepared { request, key, label });
             if layout.is_none() {
@@ -474,12 +481,16 @@ async fn answer(
     }
 }
 
-/// `invalid_symbols`, `symbols: strict` against the catalogue, then `unsupported_intervals`.
-fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<(), ApiError> {
+/// `invalid_symbols`, `symbols: strict` against the catalogue, then `unsupported_intervals`. Answers whether the
+/// catalogue lists every symbol of the chart (the journal flags the others: under `lenient` they render, but the
+/// real API may answer `Invalid Symbol`).
+pub(crate) fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<bool, ApiError> {
     let settings = st.inner.settings.read().unwrap();
+    let mut all_listed = true;
     for (exchange, ticker) in chart_img_spec::symbol_parts(&req.symbol) {
         let full = format!("{exchange}:{ticker}");
         let listed = settings.catalogue.lists(&exchange, &ticker);
+        all_listed &= listed == Some(true);
         if settings.invalid_symbols.iter().any(|i| *i == full || *i == req.symbol)
             || (settings.symbols == SymbolMode::Strict && listed == Some(false))
         {
@@ -493,12 +504,12 @@ fn catalogue_checks(st: &AppState, req: &ChartRequest) -> Result<(), ApiError> {
             return Err(Rejection::invalid_interval().into());
         }
     }
-    Ok(())
+    Ok(all_listed)
 }
 
 /// Under `latency: realistic`, waits as long as the real service would (scaled by `time_scale`); past the gateway
 /// timeout, waits the timeout and answers 504.
-async fn realistic_wait(st: &AppState, knobs: &Knobs, req: &ChartRequest) -> Result<(), ApiError> {
+pub(crate) async fn realistic_wait(st: &AppState, knobs: &Knobs, req: &ChartRequest) -> Result<(), ApiError> {
     let s = &st.inner;
     let (profile, scale, timeout_ms) = (knobs.latency, knobs.time_scale, knobs.gateway_timeout_ms);
     if profile != crate::config::LatencyProfile::Realistic {
@@ -518,8 +529,15 @@ async fn realistic_wait(st: &AppState, knobs: &Knobs, req: &ChartRequest) -> Res
     Ok(())
 }
 
-/// The image for `req`, from the cache or freshly rendered (off the async threads: a big chart takes milliseconds).
-async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &mut Trace) -> Result<Bytes, ApiError> {
+/// The image for `req`, from the cache or freshly rendered on a render thread of the gate (`renders`): a bounded
+/// number of renders at once, identical requests drawn once.
+pub(crate) async fn image(
+    st: &AppState,
+    req: &ChartRequest,
+    key: &str,
+    seed: u64,
+    trace: &mut Trace,
+) -> Result<Bytes, ApiError> {
     let s = &st.inner;
     if let Some(b) = s.cache.lock().unwrap().get(key).cloned() {
         trace.cache_hit = Some(true);
@@ -527,23 +545,33 @@ async fn image(st: &AppState, req: &ChartRequest, key: &str, seed: u64, trace: &
     }
     trace.cache_hit = Some(false);
     let owned = crate::render::RenderRequest::new(req.clone());
-    let rendered = tokio::task::spawn_blocking(move || crate::render::render(&owned, seed))
+    let drawn = s
+        .renders
+        .get(
+            key,
+            move || crate::render::render(&owned, seed).map(Bytes::from),
+            |bytes| {
+                s.renders_done.fetch_add(1, Ordering::Relaxed);
+                // Into the cache before the gate forgets the drawing, so a request arriving now finds one or the other.
+                s.cache.lock().unwrap().put(key.to_string(), bytes.clone());
+            },
+        )
         .await
-        .map_err(|_| ApiError::Status {
-            status: 500,
-            message: None,
-        })?
         .map_err(|e| {
-            tracing::error!(error = %e, "render failed");
+            tracing::error!(
+                error = e.map_or("the render thread stopped".into(), |e| e.to_string()),
+                "render failed"
+            );
             ApiError::Status {
                 status: 500,
                 message: None,
             }
         })?;
-    s.renders.fetch_add(1, Ordering::Relaxed);
-    let bytes = Bytes::from(rendered);
-    s.cache.lock().unwrap().put(key.to_string(), bytes.clone());
-    Ok(bytes)
+    trace.queue_ms = Some(drawn.queued.as_millis() as u64);
+    if !drawn.leader {
+        trace.shared_render = Some(true);
+    }
+    Ok(drawn.bytes)
 }
 
 /// Keeps the image as a new object and answers `{url, etag, expire}` (`size` too for layouts) with a URL this
@@ -665,20 +693,25 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
         let payload = match &exchange {
             None => json!(catalogue.exchange_ids()),
             Some(id) => {
-                if chart_img_spec::exchange(id).is_none() && !catalogue.exchanges.contains_key(id) {
-                    return Err(ApiError::RouteNotFound);
-                }
-                let q = Query::<HashMap<String, String>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
+                // Exchange ids are case-insensitive on v3; the answer names the exchange in upper case.
+                let id = catalogue.v3_exchange(id).ok_or(ApiError::RouteNotFound)?;
+                let q = Query::<HashMap<String, String>>::try_from_uri(&uri)
+                    .map(|q| q.0)
+                    .unwrap_or_default();
                 let symbol = q.get("symbol").map(|s| s.to_uppercase());
                 let kind = q.get("type");
                 let list: Vec<Value> = catalogue
                     .exchanges
-                    .get(id)
+                    .get(&id)
                     .into_iter()
                     .flatten()
-                    .filter(|e| symbol.as_ref().is_none_or(|q| e.symbol.contains(q.as_str()) || e.description.to_uppercase().contains(q.as_str())))
+                    .filter(|e| {
+                        symbol.as_ref().is_none_or(|q| {
+                            e.symbol.contains(q.as_str()) || e.description.to_uppercase().contains(q.as_str())
+                        })
+                    })
                     .filter(|e| kind.is_none_or(|k| e.kind == *k))
-                    .map(|e| json!({ "symbol": e.symbol, "description": e.description, "type": e.kind, "exchange": id, "currency_code": e.currency_code }))
+                    .map(|e| serde_json::to_value(e.v3(&id)).unwrap_or(Value::Null))
                     .collect();
                 json!(list)
             }
@@ -739,7 +772,7 @@ pub(crate) fn gateway_headers(mut response: Response) -> Response {
 }
 
 /// Sends half the body after announcing all of it, then breaks the connection, as a proxy dying mid-transfer does.
-async fn truncated(response: Response) -> Response {
+pub(crate) async fn truncated(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let full = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let half = full.slice(..full.len() / 2);

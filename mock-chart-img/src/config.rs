@@ -50,6 +50,9 @@ pub struct Config {
     pub stubs: Vec<crate::stubs::StubSpec>,
     /// How many rendered images the cache keeps.
     pub render_cache_capacity: usize,
+    /// How many charts are rendered at once (0, the default: as many as the process has cores); the others wait, and
+    /// identical requests in flight share one rendering. Bounds the memory renders take.
+    pub render_concurrency: usize,
     /// How many `/storage` images stay downloadable (oldest dropped first).
     pub storage_capacity: usize,
     /// Base of the URLs handed out by the `/storage` route; by default the `Host` the request came to.
@@ -74,6 +77,9 @@ pub struct Config {
     pub query_key_on_v2: bool,
     /// Saved TradingView layouts served by `/v2/tradingview/layout-chart/{id}`.
     pub layouts: Vec<LayoutConfig>,
+    /// API v1, the legacy GET routes: `off` (default: `404 Route Not Found`, as the live API answered a v1 POST in
+    /// 2026) or `emulate` (served as documented; whether the live API still does is uncertain).
+    pub v1: V1Mode,
     /// Where `/storage` images are kept (they survive a restart there); a fresh temporary directory when absent.
     pub storage_dir: Option<PathBuf>,
     /// Byte budget of the stored images; the oldest are evicted first past it.
@@ -108,6 +114,7 @@ impl Default for Config {
             expectations: Vec::new(),
             stubs: Vec::new(),
             render_cache_capacity: 128,
+            render_concurrency: 0,
             storage_capacity: 256,
             public_url: None,
             invalid_symbols: Vec::new(),
@@ -119,6 +126,7 @@ impl Default for Config {
             custom_watermark: WatermarkMode::Ignore,
             query_key_on_v2: true,
             layouts: Vec::new(),
+            v1: V1Mode::Off,
             storage_dir: None,
             storage_max_bytes: 256 * 1024 * 1024,
             latency: LatencyProfile::Instant,
@@ -150,6 +158,17 @@ impl fmt::Debug for Config {
             .field("time_scale", &self.time_scale)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether the v1 GET routes are served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum V1Mode {
+    /// Every v1 path answers `404 {"message":"Route Not Found"}`.
+    #[default]
+    Off,
+    /// `GET /v1/tradingview/{mini-chart,advanced-chart}[/storage]` as documented (`chart_img_spec::v1`).
+    Emulate,
 }
 
 /// How strictly symbols are checked against the catalogue.

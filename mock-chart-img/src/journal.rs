@@ -53,6 +53,10 @@ pub struct JournalEntry {
     pub symbol: Option<String>,
     /// `interval` of the normalized request.
     pub interval: Option<String>,
+    /// `false` when the symbol catalogue does not list a symbol of the chart: under `symbols: lenient` it rendered,
+    /// but the real API may answer `422 Invalid Symbol` (the dashboard marks it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol_listed: Option<bool>,
     /// Whether the image came from the render cache.
     pub cache_hit: Option<bool>,
     /// Whether the answer came from a cassette.
@@ -67,6 +71,12 @@ pub struct JournalEntry {
     pub stub: Option<u64>,
     /// Whether the request's and the answer's bodies are still kept (for body criteria and snapshots).
     pub bodies_kept: bool,
+    /// Milliseconds this request's chart waited for a render slot (`render_concurrency`), when it was rendered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<u64>,
+    /// `true` when the chart was drawn once for this and an identical request in flight at the same time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_render: Option<bool>,
 }
 
 /// Filters of `GET /__admin/requests`.
@@ -108,6 +118,8 @@ pub struct Traffic {
 pub(crate) struct ChartLabel {
     pub symbol: String,
     pub interval: String,
+    /// The catalogue lists every symbol of the chart.
+    pub listed: bool,
 }
 
 /// The bodies of a request and its answer, with their content types.
@@ -148,6 +160,8 @@ pub(crate) struct Record {
     pub routed: bool,
     pub stub: Option<u64>,
     pub bodies: Option<Box<Bodies>>,
+    pub queue_ms: Option<u64>,
+    pub shared_render: Option<bool>,
 }
 
 /// Query parameters that carry an API key: never journaled (the recorder redacts the same names).
@@ -191,6 +205,8 @@ impl Record {
             routed: true,
             stub: None,
             bodies: None,
+            queue_ms: None,
+            shared_render: None,
         }
     }
 
@@ -222,12 +238,15 @@ impl Record {
             faults: self.faults.iter().map(|f| f.to_string()).collect(),
             symbol: self.chart.as_ref().map(|c| c.symbol.clone()),
             interval: self.chart.as_ref().map(|c| c.interval.clone()),
+            symbol_listed: self.chart.as_ref().map(|c| c.listed),
             cache_hit: self.cache_hit,
             replayed: self.replayed,
             query: self.query_pairs().to_vec(),
             routed: self.routed,
             stub: self.stub,
             bodies_kept: self.bodies.is_some(),
+            queue_ms: self.queue_ms,
+            shared_render: self.shared_render,
         }
     }
 }

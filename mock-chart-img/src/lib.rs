@@ -12,12 +12,15 @@
 //! - `accounts`: keys → accounts, each with a `governor` rate limiter and a daily counter by UTC date
 //!   ([`Clock`] injectable).
 //! - `render`: deterministic charts (tiny-skia) encoded as PNG or JPEG, behind a bounded LRU cache; study placement
-//!   is an input ([`RenderRequest`], [`StudySpec`]); `indicators` computes every study from the drawn candles.
+//!   is an input ([`RenderRequest`], [`StudySpec`]); `indicators` computes every study from the drawn candles;
+//!   `renders`: the render gate (at most `render_concurrency` renders at once, identical requests drawn once).
 //! - `faults`: latency, status sequences, error rates, reset/empty/truncated/non-image answers.
 //! - `journal`: bounded ring buffer of requests, and the traffic counts of the periodic summary log line;
 //!   `telemetry`: Cloud Logging JSON lines through a non-blocking writer; `admin`: the `/__admin` API and its OpenAPI
 //!   document; `ui`: the dashboard at `/__admin/ui` (embedded page over the admin API, thumbnails of the last images
 //!   answered).
+//! - `v1`: API v1's GET routes under `v1: emulate` (a v1 query becomes the v2 request it means, `chart_img_spec::v1`,
+//!   then the same gateway, checks and renderer; v1 error bodies and storage URLs).
 //! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching;
 //!   [`settings`]: the binary's flags and their environment variables, `PORT`, keys from the environment, where
 //!   `/__admin` is served, and the `healthcheck` subcommand.
@@ -61,6 +64,7 @@ pub mod latency;
 mod plan;
 mod reload;
 mod render;
+mod renders;
 mod replay;
 pub mod request;
 mod server;
@@ -73,6 +77,7 @@ mod telemetry;
 #[cfg(feature = "testcontainers")]
 pub mod testcontainers;
 mod ui;
+mod v1;
 mod verify;
 
 use std::{future::Future, net::SocketAddr};
@@ -90,7 +95,7 @@ pub use catalogue::{Catalogue, SymbolEntry};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     Config, ConfigError, ConfigFormat, KeyConfig, LatencyProfile, LayoutConfig, LimitOverrides, ReplayConfig,
-    SymbolMode, WatermarkMode,
+    SymbolMode, V1Mode, WatermarkMode,
 };
 pub use errors::{documented_message, ApiError};
 pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
@@ -118,6 +123,10 @@ fn chart_routes() -> Router<AppState> {
         .route(routes::EXCHANGE_LIST, get(api::exchange_list))
         .route(routes::EXCHANGE_SYMBOLS, get(api::exchange_symbols))
         .route("/storage/{date}/tradingview/{kind}/{file}", get(api::stored_image))
+        // API v1 (served under `v1: emulate`; 404 otherwise).
+        .route("/v1/tradingview/{chart}", get(v1::chart))
+        .route("/v1/tradingview/{chart}/storage", get(v1::chart_storage))
+        .route("/v1/storage/pub/{file}", get(v1::stored_image))
 }
 
 /// Unknown routes and wrong methods answer the JSON `404 Route Not Found`; every answer gets `x-amzn-RequestId`,

@@ -47,6 +47,7 @@ pub(crate) struct Settings {
     pub unsupported_intervals: BTreeMap<String, Vec<String>>,
     pub query_key_on_v2: bool,
     pub layouts: Vec<LayoutConfig>,
+    pub v1: crate::config::V1Mode,
     pub latency: LatencyProfile,
     pub time_scale: f64,
     pub gateway_timeout_ms: u64,
@@ -57,8 +58,8 @@ pub(crate) struct Settings {
 impl Settings {
     fn from_config(config: &Config) -> anyhow::Result<Settings> {
         let catalogue = match &config.symbol_catalogue {
-            Some(path) => Catalogue::from_file(path)?,
-            None => Catalogue::built_in(),
+            Some(path) => Arc::new(Catalogue::from_file(path)?),
+            None => Catalogue::built_in_shared(),
         };
         Ok(Settings {
             seed: config.seed,
@@ -72,10 +73,11 @@ impl Settings {
                 extra_exchanges: config.extra_exchanges.clone(),
             },
             symbols: config.symbols,
-            catalogue: Arc::new(catalogue),
+            catalogue,
             unsupported_intervals: config.unsupported_intervals.clone(),
             query_key_on_v2: config.query_key_on_v2,
             layouts: config.layouts.clone(),
+            v1: config.v1,
             latency: config.latency,
             time_scale: config.time_scale,
             gateway_timeout_ms: config.gateway_timeout_ms,
@@ -125,7 +127,9 @@ pub(crate) struct Shared {
     /// For `uptime_s` in the health answer.
     pub started: Instant,
     /// For the health answer: how well the cache works (its hits are counted by the journal, under its lock).
-    pub renders: AtomicU64,
+    pub renders_done: AtomicU64,
+    /// The render gate: bounded concurrent renders, identical requests drawn once.
+    pub renders: crate::renders::Renders,
 }
 
 fn cap(n: usize) -> NonZeroUsize {
@@ -158,7 +162,8 @@ impl AppState {
                 settings: RwLock::new(Settings::from_config(config)?),
                 clock: config.clock.clone(),
                 started: Instant::now(),
-                renders: AtomicU64::new(0),
+                renders_done: AtomicU64::new(0),
+                renders: crate::renders::Renders::new(config.render_concurrency),
             }),
         };
         state.inner.journal.expectations.replace_config(&config.expectations);

@@ -137,7 +137,11 @@ function renderJournal() {
       el("td", {}, e.seq), el("td", {}, new Date(e.at).toISOString().slice(11, 23)),
       el("td", {}, `${e.method} ${e.path}`), el("td", {}, e.account || "—"), el("td", {}, e.key_status),
       el("td", { class: "status " + statusClass(e.status) }, e.status == null ? "dropped" : e.status),
-      el("td", {}, e.duration_ms), el("td", {}, [e.symbol, e.interval].filter(Boolean).join(" ")),
+      el("td", {}, e.duration_ms),
+      el("td", {}, [e.symbol, e.interval].filter(Boolean).join(" "),
+        e.symbol_listed === false
+          ? el("span", { class: "unlisted", title: "not in the symbol catalogue: the real API may answer Invalid Symbol" }, " unlisted")
+          : ""),
       el("td", {}, (e.faults || []).concat(e.stub == null ? [] : ["stub " + e.stub]).join(", ")),
       el("td", { class: "error" }, e.error || ""),
       el("td", { class: "thumb" }, thumb));

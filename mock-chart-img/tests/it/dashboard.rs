@@ -113,6 +113,7 @@ const READ_PAGE: &str = r#"(() => {
     status: r.querySelector('td.status').textContent,
     account: r.cells[3].textContent,
     faults: r.cells[8].textContent,
+    unlisted: !!r.querySelector('.unlisted'),
     img: r.querySelector('td.thumb img') && {complete: r.querySelector('td.thumb img').complete,
                                             w: r.querySelector('td.thumb img').naturalWidth},
   }));
@@ -128,12 +129,13 @@ async fn dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect
         return;
     };
     let ctx = start(config()).await;
-    // Requests just sent: two images for acc-dash, one refused (unknown key), one image for acc-other.
+    // Requests just sent: two images for acc-dash (the second of a symbol the catalogue does not list), one refused
+    // (unknown key), one image for acc-other.
     assert_eq!(ctx.chart(KEY, small()).await.status(), 200);
     assert_eq!(
         ctx.chart(
             KEY,
-            json!({"symbol": "BINANCE:ETHUSDT", "interval": "1h", "width": 500, "height": 300})
+            json!({"symbol": "BINANCE:DASHTESTCOINUSDT", "interval": "1h", "width": 500, "height": 300})
         )
         .await
         .status(),
@@ -232,6 +234,12 @@ async fn dashboard_in_chromium_shows_the_journal_and_a_fault_toggle_takes_effect
     let accounts: Vec<&str> = rows.iter().map(|r| r["account"].as_str().unwrap()).collect();
     assert_eq!(accounts, ["acc-other", "—", "acc-dash", "acc-dash"]);
     assert!(rows[1]["img"].is_null(), "no thumbnail for a refused request");
+    let unlisted: Vec<bool> = rows.iter().map(|r| r["unlisted"].as_bool().unwrap()).collect();
+    assert_eq!(
+        unlisted,
+        [false, false, true, false],
+        "the unlisted symbol is marked: {seen}"
+    );
     for r in [&rows[0], &rows[2], &rows[3]] {
         assert!(r["img"]["w"].as_u64().unwrap() > 0, "{r}");
     }

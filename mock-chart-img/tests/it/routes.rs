@@ -227,9 +227,15 @@ async fn v3_exchange_routes_answer_from_the_catalogue() {
     assert_eq!(status, 200);
     let payload = binance["payload"].as_array().unwrap();
     assert!(!payload.is_empty());
+    let btcusdt = payload.iter().find(|p| p["symbol"] == "BTCUSDT").unwrap();
     assert_eq!(
-        payload[0],
-        json!({ "symbol": "BTCUSDT", "description": "Bitcoin / USDT", "type": "spot", "exchange": "BINANCE", "currency_code": "USDT" })
+        btcusdt,
+        &json!({
+            "symbol": "BTCUSDT", "description": "Bitcoin / USDT", "type": "spot", "exchange": "BINANCE",
+            "currency_code": "USDT", "currency-logoid": "crypto/XTVCUSDT", "base-currency-logoid": "crypto/XTVCBTC",
+            "provider_id": "binance", "source2": {"id": "BINANCE", "name": "BINANCE", "description": "BINANCE"},
+            "source_id": "BINANCE", "typespecs": ["crypto"]
+        })
     );
     assert!(payload.iter().all(|p| p["symbol"].as_str().unwrap().contains("BTC")
         || p["description"].as_str().unwrap().to_uppercase().contains("BTC")));

@@ -13,7 +13,7 @@ from conftest import Netns
 KEY = "ci-key"
 TOKEN = "ci-admin-token"
 # Only environment variables: what `docker run -e …` or a CI `services:` block gives.
-ENV = {"MOCK_CHART_IMG_KEYS": f"{KEY}:PRO", "MOCK_CHART_IMG_ADMIN_TOKEN": TOKEN}
+ENV = {"MOCK_CHART_IMG_KEYS": f"{KEY}:PRO", "MOCK_CHART_IMG_ADMIN_TOKEN": TOKEN, "MOCK_CHART_IMG_V1": "emulate"}
 
 
 @dataclass
@@ -34,9 +34,10 @@ CLIENT_CALLS = [
          json={"symbol": "BINANCE:BTCUSDT", "interval": "4h", "studies": [{"name": "Volume"}]}),
     Call("v2 advanced chart (?key=)", "POST", "/v2/tradingview/advanced-chart", params={"key": KEY},
          json={"symbol": "NASDAQ:AAPL", "interval": "1D", "theme": "dark"}),
-    # When the v1 emulation lands (`v1: emulate`, issue 18 item 5), its GET routes are one entry each, e.g.:
-    # Call("v1 mini chart", "GET", "/v1/tradingview/mini-chart", params={"key": KEY, "symbol": "BINANCE:BTCUSDT"}),
-    # (with the switch's variable added to ENV).
+    # API v1's GET routes, served because MOCK_CHART_IMG_V1=emulate (the legacy API; uncertain upstream).
+    Call("v1 mini chart (?key=)", "GET", "/v1/tradingview/mini-chart", params={"key": KEY, "symbol": "BINANCE:BTCUSDT"}),
+    Call("v1 advanced chart (Bearer)", "GET", "/v1/tradingview/advanced-chart",
+         headers={"Authorization": f"Bearer {KEY}"}, params={"symbol": "NASDAQ:AAPL", "interval": "1D"}),
 ]
 
 

@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Multiplies realistic waits (overrides the file's `time_scale`), e.g. 0.01 for tests.
     #[arg(long, env = "MOCK_CHART_IMG_TIME_SCALE")]
     pub time_scale: Option<f64>,
+    /// `off` or `emulate`: the legacy API v1 GET routes (overrides the file's `v1`; uncertain upstream, see the
+    /// README's "API v1").
+    #[arg(long, env = "MOCK_CHART_IMG_V1", value_parser = ["off", "emulate"])]
+    pub v1: Option<String>,
     /// Human-readable logs instead of Cloud Logging JSON lines.
     #[arg(long, env = "MOCK_CHART_IMG_PRETTY_LOGS")]
     pub pretty_logs: bool,
@@ -202,6 +206,11 @@ impl ServeArgs {
         }
         if let Some(scale) = self.time_scale {
             config.time_scale = scale;
+        }
+        match self.v1.as_deref() {
+            Some("emulate") => config.v1 = crate::config::V1Mode::Emulate,
+            Some(_) => config.v1 = crate::config::V1Mode::Off,
+            None => {}
         }
         if let Some(dir) = &self.storage_dir {
             config.storage_dir = Some(dir.clone());

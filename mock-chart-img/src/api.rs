@@ -204,34 +204,10 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
     if !decision.latency.is_zero() {
         tokio::time::sleep(decision.latency).await;
     }
-    let mut truncate = false;
-    let response = match decision.action {
-        Some(Action::Reset) | Some(Action::Empty) => {
-            let abort = if matches!(decision.action, Some(Action::Reset)) {
-                Abort::Reset
-            } else {
-                Abort::Close
-            };
-            let mut r = StatusCode::BAD_GATEWAY.into_response();
-            r.extensions_mut().insert(abort);
-            r
-        }
-        Some(Action::Status { status, message }) => {
-            let e = ApiError::Status { status, message };
-            trace.error = Some(e.summary());
-            e.into_response()
-        }
-        Some(Action::NonImage { content_type, body }) => {
-            let mut r = (StatusCode::OK, body).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("image/png")),
-            );
-            r
-        }
-        other => {
-            truncate = matches!(other, Some(Action::Truncate));
-            match answer(
+    let (response, truncate) = match fault_answer(decision.action, &mut trace, |e| e) {
+        Ok(r) => (r, false),
+        Err(truncate) => {
+            let response = match answer(
                 &st,
                 &knobs,
                 route,
@@ -249,7 +225,8 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
                     trace.error = Some(e.summary());
                     e.into_response()
                 }
-            }
+            };
+            (response, truncate)
         }
     };
     let (response, bodies) = if truncate {
@@ -260,6 +237,42 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
     };
     journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response
+}
+
+/// The answer a fault gives in place of the API (`Ok`): a reset or closed connection, a status with its error body
+/// (shaped by `shape`: v1 writes its errors otherwise), a non-image body. `Err(truncate)` when the request goes on to
+/// the API, its answer cut short if `truncate`. The v2 routes and the v1 emulation share it.
+pub(crate) fn fault_answer(
+    action: Option<Action>,
+    trace: &mut Trace,
+    shape: impl FnOnce(ApiError) -> ApiError,
+) -> Result<Response, bool> {
+    match action {
+        Some(Action::Reset) | Some(Action::Empty) => {
+            let abort = if matches!(action, Some(Action::Reset)) {
+                Abort::Reset
+            } else {
+                Abort::Close
+            };
+            let mut r = StatusCode::BAD_GATEWAY.into_response();
+            r.extensions_mut().insert(abort);
+            Ok(r)
+        }
+        Some(Action::Status { status, message }) => {
+            let e = shape(ApiError::Status { status, message });
+            trace.error = Some(e.summary());
+            Ok(e.into_response())
+        }
+        Some(Action::NonImage { content_type, body }) => {
+            let mut r = (StatusCode::OK, body).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("image/png")),
+            );
+            Ok(r)
+        }
+        other => Err(matches!(other, Some(Action::Truncate))),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

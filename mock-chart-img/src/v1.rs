@@ -21,10 +21,10 @@ use chart_img_spec::{
 
 use crate::{
     accounts::Account,
-    api::{self, Abort, Knobs, Trace},
+    api::{self, Knobs, Trace},
     config::V1Mode,
     errors::ApiError,
-    faults::{Action, Route},
+    faults::Route,
     journal::ChartLabel,
     request::ChartRequest,
     state::AppState,
@@ -125,34 +125,10 @@ async fn handle(st: AppState, segment: String, storage: bool, req: Request) -> R
     if !decision.latency.is_zero() {
         tokio::time::sleep(decision.latency).await;
     }
-    let mut truncate = false;
-    let response = match decision.action {
-        Some(Action::Reset) | Some(Action::Empty) => {
-            let abort = if matches!(decision.action, Some(Action::Reset)) {
-                Abort::Reset
-            } else {
-                Abort::Close
-            };
-            let mut r = StatusCode::BAD_GATEWAY.into_response();
-            r.extensions_mut().insert(abort);
-            r
-        }
-        Some(Action::Status { status, message }) => {
-            let e = v1_error(ApiError::Status { status, message });
-            trace.error = Some(e.summary());
-            e.into_response()
-        }
-        Some(Action::NonImage { content_type, body }) => {
-            let mut r = (StatusCode::OK, body).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("image/png")),
-            );
-            r
-        }
-        other => {
-            truncate = matches!(other, Some(Action::Truncate));
-            match answer(
+    let (response, truncate) = match api::fault_answer(decision.action, &mut trace, v1_error) {
+        Ok(r) => (r, false),
+        Err(truncate) => {
+            let response = match answer(
                 &st,
                 &knobs,
                 kind,
@@ -170,7 +146,8 @@ async fn handle(st: AppState, segment: String, storage: bool, req: Request) -> R
                     trace.error = Some(e.summary());
                     e.into_response()
                 }
-            }
+            };
+            (response, truncate)
         }
     };
     let (response, bodies) = if truncate {

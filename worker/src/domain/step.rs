@@ -364,6 +364,10 @@ pub fn decide_claim(
     fields.insert("startedAt".to_owned(), Some(json!(rfc3339(p.now))));
     fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(p.now + p.lease))));
     fields.insert("notBefore".to_owned(), None);
+    if parse_time(step.get(CHARTS_GENERATED_AT)).is_none() {
+        let at = charts_time(doc, &step_id, p.now);
+        fields.insert(CHARTS_GENERATED_AT.to_owned(), Some(json!(rfc3339(at))));
+    }
     let patch = StepPatch {
         step_id: step_id.clone(),
         fields,
@@ -379,6 +383,29 @@ pub fn decide_claim(
         },
         Some(patch),
     )
+}
+
+/// The step field holding the `generatedAt` of its charts: the time in their object names (contract §6), fixed at the
+/// step's first claim and kept by every later one, so an attempt finds the charts an earlier one stored under the
+/// very names it would write.
+pub const CHARTS_GENERATED_AT: &str = "chartsGeneratedAt";
+
+/// A time for a step's charts: `now` to the second, moved on a second at a time past every time another step of
+/// the run already has, so two steps of one run never name the same object (the claim transaction holds the run).
+fn charts_time(doc: &Value, step_id: &StepId, now: DateTime<Utc>) -> DateTime<Utc> {
+    let taken: Vec<DateTime<Utc>> = doc
+        .get("steps")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != step_id.as_str())
+        .filter_map(|(_, s)| parse_time(s.get(CHARTS_GENERATED_AT)))
+        .collect();
+    let mut at = parse_time(Some(&json!(rfc3339(now)))).unwrap_or(now);
+    while taken.contains(&at) {
+        at += Duration::seconds(1);
+    }
+    at
 }
 
 /// The answer of a guarded patch (finalize, release, lease renewal).
@@ -532,6 +559,8 @@ pub struct ValidStep {
     pub timeframe: Timeframe,
     pub min_images: u32,
     pub requests: Vec<TemplateId>,
+    /// [`CHARTS_GENERATED_AT`]; `None` only for a step claimed before the field existed.
+    pub charts_generated_at: Option<DateTime<Utc>>,
 }
 
 /// A step-level validation failure: the field path and what is wrong with it.
@@ -619,6 +648,7 @@ pub fn validate_step(doc: &Value, step_id: &StepId, step: &Value) -> Result<Vali
         timeframe,
         min_images,
         requests: ids,
+        charts_generated_at: parse_time(step.get(CHARTS_GENERATED_AT)),
     })
 }
 
@@ -667,6 +697,36 @@ mod tests {
     }
 
     #[test]
+    fn the_charts_time_is_fixed_at_the_first_claim_and_unique_in_the_run() {
+        let mut d = doc();
+        d["steps"]["charts_1h"] =
+            json!({"stepType": "CHART_EXPORT", "status": "SUCCEEDED", "chartsGeneratedAt": "2026-11-28T10:00:00Z"});
+        d["steps"]["charts_2h"] =
+            json!({"stepType": "CHART_EXPORT", "status": "FAILED", "chartsGeneratedAt": "2026-11-28T10:00:01Z"});
+        let p = params("2026-11-28T10:00:00.700Z");
+        let (out, _) = decide_claim(
+            Some(&d),
+            &StepSelector::Explicit(StepId::parse("charts_4h").unwrap()),
+            &p,
+        );
+        let ClaimOutcome::Claimed { run, .. } = out else {
+            panic!("{out:?}")
+        };
+        // 10:00:00 and 10:00:01 are taken by the run's other steps.
+        assert_eq!(run["steps"]["charts_4h"]["chartsGeneratedAt"], "2026-11-28T10:00:02Z");
+        // A later claim (after a release) keeps the time, so the names an earlier attempt wrote are found again.
+        let mut released = run.clone();
+        released["steps"]["charts_4h"]["status"] = json!("READY");
+        let later = params("2026-11-28T11:30:00Z");
+        let (out, patch) = decide_claim(Some(&released), &StepSelector::First, &later);
+        let ClaimOutcome::Claimed { run, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(run["steps"]["charts_4h"]["chartsGeneratedAt"], "2026-11-28T10:00:02Z");
+        assert!(!patch.unwrap().fields.contains_key(CHARTS_GENERATED_AT));
+    }
+
+    #[test]
     fn first_picks_the_lowest_ready_chart_export_step_and_writes_the_claim_fields() {
         let (out, patch) = decide_claim(Some(&doc()), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
         let ClaimOutcome::Claimed {
@@ -691,6 +751,7 @@ mod tests {
             patch.unwrap().field_paths(),
             vec![
                 "steps.charts_4h.attempts",
+                "steps.charts_4h.chartsGeneratedAt",
                 "steps.charts_4h.claimToken",
                 "steps.charts_4h.claimedBy",
                 "steps.charts_4h.leaseExpiresAt",

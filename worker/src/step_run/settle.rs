@@ -19,6 +19,11 @@ use crate::domain::{
 };
 use crate::ports::{ArtifactError, StoreError, WriteMode};
 
+/// The step-level code of the first transient infrastructure failure among a step's charts, if any.
+fn failures_retry_as(codes: &[ErrorCode]) -> Option<ErrorCode> {
+    codes.first().copied()
+}
+
 impl StepRun<'_> {
     /// Stage 2: step-level validation of the claimed document.
     pub(super) fn validate(&self, claim: &Claim, doc: &Value) -> Result<ValidStep, ChartFailure> {
@@ -28,6 +33,7 @@ impl StepRun<'_> {
             message: invalid.to_string(),
             http_status: None,
             details: Some(json!({ "field": invalid.field })),
+            retry_as: None,
         })
     }
 
@@ -78,10 +84,14 @@ impl StepRun<'_> {
         let mut items = Vec::new();
         let mut failures = Vec::new();
         let mut first_failure: Option<ChartFailure> = None;
+        let mut failed_transiently = Vec::new();
+        let mut failed_ids = Vec::new();
         for (id, r) in results {
             match r {
                 Ok(item) => items.push(item),
                 Err(f) => {
+                    failed_transiently.extend(f.retry_as);
+                    failed_ids.push(id.clone());
                     failures.push(ManifestFailure {
                         chart_template_id: id.to_string(),
                         code: f.code,
@@ -108,6 +118,7 @@ impl StepRun<'_> {
             )
         };
         if !enough {
+            let transient = failures_retry_as(&failed_transiently);
             let first =
                 first_failure.unwrap_or_else(|| ChartFailure::new(ErrorCode::ChartApiFailed, "no chart was rendered"));
             match stop {
@@ -121,16 +132,50 @@ impl StepRun<'_> {
                 }
                 _ => {}
             }
+            // Short of images because the infrastructure failed for a while: the charts stored so far are kept
+            // for the next attempt, which renders only the rest.
+            if let Some(code) = transient {
+                let message = format!("a transient failure while rendering: {}", summary(&first));
+                return Err(Halt::Transient { code, message });
+            }
             let details = json!({ "failures": failures, "firstFailure": first.details });
             let f = ChartFailure {
                 code: first.code,
                 message: summary(&first),
                 http_status: first.http_status,
                 details: Some(details),
+                retry_as: None,
             };
             return self.finalize_failed(claim, f, failures).await;
         }
-        self.write_manifest(claim, valid, items, failures).await
+        let report = self.write_manifest(claim, valid, items, failures).await?;
+        // A chart that failed in this attempt may have left an object an earlier attempt stored that did not match
+        // its record: the manifest does not name it, so it goes.
+        if matches!(report, StepReport::Succeeded { .. }) && !failed_ids.is_empty() {
+            self.delete_charts(self.step_chart_objects(valid, &failed_ids)).await;
+        }
+        Ok(report)
+    }
+
+    /// Deletes chart objects no manifest will name. Best effort: a failure is logged, the step's outcome stands.
+    pub(super) async fn delete_charts(&self, objs: Vec<ObjectRef>) {
+        let mut deleted = 0;
+        for obj in objs {
+            match self.w.artifacts.delete(&obj).await {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(event = "chart_delete_failed", uri = %obj, error = %e, "cannot delete a chart no manifest names")
+                }
+            }
+        }
+        if deleted > 0 {
+            info!(
+                event = "charts_deleted",
+                count = deleted,
+                "deleted charts no manifest names"
+            );
+        }
     }
 
     /// Stage 8: the manifest, schema-checked and create-only, then the finalize.
@@ -254,7 +299,12 @@ impl StepRun<'_> {
             message,
             failures,
         };
-        self.finalize(claim, patch, report, f.code).await
+        let report = self.finalize(claim, patch, report, f.code).await?;
+        // FAILED has no manifest: charts earlier attempts stored for it are deleted (the step is final, nobody else
+        // writes them now).
+        let charts = std::mem::take(&mut *self.charts.lock().unwrap_or_else(|e| e.into_inner()));
+        self.delete_charts(charts).await;
+        Ok(report)
     }
 
     /// The guarded final write. A retried commit whose first try landed answers `AlreadyApplied`, which is success.

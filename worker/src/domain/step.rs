@@ -71,7 +71,7 @@ pub struct ClaimParams {
     pub max_attempts: u32,
 }
 
-/// The closed set of answers to "claim a step". Only `Claimed` (first try) and `GaveUp` are followed by a write.
+/// The closed set of answers to "claim a step". Only `Claimed` (first try) is followed by a write.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum ClaimOutcome {
@@ -83,6 +83,10 @@ pub enum ClaimOutcome {
         run: Value,
         reclaimed: bool,
         attempt: u32,
+        /// The step had used all its attempts: this claim only settles it — SUCCEEDED from its manifest if one
+        /// exists, else FAILED with the last error (code, message) — and renders nothing.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        give_up: Option<GiveUp>,
     },
     RunNotFound,
     /// No CHART_EXPORT step is READY (or RUNNING with an expired lease), none waits for its not-before time and none
@@ -115,12 +119,32 @@ pub enum ClaimOutcome {
         step_id: StepId,
         status: String,
     },
-    /// The step had used all its attempts: it was finalized FAILED with `code` instead of being claimed.
-    GaveUp {
-        step_id: StepId,
-        code: String,
-        message: String,
-    },
+}
+
+/// Why a claim only settles its step: the attempts are used up, and the last error says how it failed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GiveUp {
+    pub code: String,
+    pub message: String,
+}
+
+/// A claim past the last attempt (its `attempts` exceeds `max_attempts`) gives up; code and message come from the
+/// step's `lastError`.
+fn give_up_of(step: &Value, max_attempts: u32) -> Option<GiveUp> {
+    if attempts_of(step) <= max_attempts {
+        return None;
+    }
+    let last_error = step.get("lastError");
+    let code = last_error
+        .and_then(|e| str_field(e, "code"))
+        .unwrap_or("STEP_ABANDONED")
+        .to_owned();
+    let last = last_error
+        .and_then(|e| str_field(e, "message"))
+        .unwrap_or("no error was recorded");
+    let message = format!("gave up after {max_attempts} attempts; last error: {last}");
+    Some(GiveUp { code, message })
 }
 
 /// A field-masked patch of `steps.<stepId>`: each key is a field of the step; `None` deletes the field.
@@ -231,7 +255,7 @@ fn availability(step: &Value, now: DateTime<Utc>, token: Option<&ClaimToken>) ->
 }
 
 /// Decides a claim on the document as read inside a transaction. Returns the outcome and the patch the transaction
-/// must write (for a first-try `Claimed` and for `GaveUp`).
+/// must write (for a first-try `Claimed`).
 pub fn decide_claim(
     doc: Option<&Value>,
     selector: &StepSelector,
@@ -277,12 +301,14 @@ pub fn decide_claim(
         Availability::Claimable { reclaimed } => reclaimed,
         Availability::Ours => {
             let attempt = attempts_of(step);
+            let give_up = give_up_of(step, p.max_attempts);
             return (
                 ClaimOutcome::Claimed {
                     step_id,
                     run: doc.clone(),
                     reclaimed: false,
                     attempt,
+                    give_up,
                 },
                 None,
             );
@@ -320,42 +346,16 @@ pub fn decide_claim(
         }
     };
     let mut fields = BTreeMap::new();
-    let mut last_error = step.get("lastError").cloned();
     if reclaimed {
         // The holder stopped renewing its lease (killed, cut off, or past its deadline without a word).
         let by = str_field(step, "claimedBy").unwrap_or("an unknown worker");
         let until = str_field(step, "leaseExpiresAt").unwrap_or("?");
         let e = json!({ "code": "STEP_ABANDONED", "message": format!("the lease of {by} expired at {until} while the step was RUNNING") });
-        fields.insert("lastError".to_owned(), Some(e.clone()));
-        last_error = Some(e);
+        fields.insert("lastError".to_owned(), Some(e));
     }
+    // A step that has used all its attempts is still claimed, past its last attempt (`give_up`): only a holder can
+    // look for its manifest (SUCCEEDED from it) before it is finalized FAILED, and no chart is rendered.
     let done = attempts_of(step);
-    if done >= p.max_attempts {
-        let code = last_error
-            .as_ref()
-            .and_then(|e| str_field(e, "code"))
-            .unwrap_or("STEP_ABANDONED")
-            .to_owned();
-        let last = last_error
-            .as_ref()
-            .and_then(|e| str_field(e, "message"))
-            .unwrap_or("no error was recorded");
-        let message = format!("gave up after {done} attempts; last error: {last}");
-        fields.insert("status".to_owned(), Some(json!("FAILED")));
-        fields.insert("finishedAt".to_owned(), Some(json!(rfc3339(p.now))));
-        fields.insert("error".to_owned(), Some(json!({ "code": code, "message": message })));
-        fields.insert("claimToken".to_owned(), Some(json!(p.token.as_str())));
-        fields.insert("leaseExpiresAt".to_owned(), None);
-        fields.insert("notBefore".to_owned(), None);
-        return (
-            ClaimOutcome::GaveUp {
-                step_id: step_id.clone(),
-                code,
-                message,
-            },
-            Some(StepPatch { step_id, fields }),
-        );
-    }
     let attempt = done + 1;
     fields.insert("status".to_owned(), Some(json!("RUNNING")));
     fields.insert("claimedBy".to_owned(), Some(json!(p.worker.as_str())));
@@ -374,12 +374,14 @@ pub fn decide_claim(
     };
     let mut run = doc.clone();
     patch.apply_to(&mut run);
+    let give_up = give_up_of(&run["steps"][step_id.as_str()], p.max_attempts);
     (
         ClaimOutcome::Claimed {
             step_id,
             run,
             reclaimed,
             attempt,
+            give_up,
         },
         Some(patch),
     )
@@ -734,6 +736,7 @@ mod tests {
             run,
             reclaimed,
             attempt,
+            give_up: None,
         } = out
         else {
             panic!("{out:?}")
@@ -913,18 +916,45 @@ mod tests {
     }
 
     #[test]
-    fn a_step_out_of_attempts_is_failed_with_the_last_error_instead_of_claimed() {
+    fn a_step_out_of_attempts_is_claimed_only_to_be_settled_with_the_last_error() {
         let mut d = doc();
         d["steps"]["charts_4h"]["attempts"] = json!(3);
         d["steps"]["charts_4h"]["lastError"] = json!({"code": "GCS_WRITE_FAILED", "message": "503"});
         let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        let ClaimOutcome::Claimed {
+            attempt,
+            give_up: Some(ref g),
+            ..
+        } = out
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!((attempt, g.code.as_str()), (4, "GCS_WRITE_FAILED"));
+        assert!(g.message.contains("gave up after 3 attempts; last error: 503"), "{g:?}");
+        patch.unwrap().apply_to(&mut d);
+        // Held (so its manifest can be looked for), not finalized by the claim.
+        assert_eq!(d["steps"]["charts_4h"]["status"], "RUNNING");
+        // A retried commit of that claim still knows it only settles the step.
+        let (again, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:01Z"));
         assert!(
-            matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "GCS_WRITE_FAILED"),
+            matches!(again, ClaimOutcome::Claimed { give_up: Some(_), .. }),
+            "{again:?}"
+        );
+        // The last regular attempt is not a give-up.
+        let mut d = doc();
+        d["steps"]["charts_4h"]["attempts"] = json!(2);
+        let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        assert!(
+            matches!(
+                out,
+                ClaimOutcome::Claimed {
+                    attempt: 3,
+                    give_up: None,
+                    ..
+                }
+            ),
             "{out:?}"
         );
-        patch.unwrap().apply_to(&mut d);
-        assert_eq!(d["steps"]["charts_4h"]["status"], "FAILED");
-        assert_eq!(d["steps"]["charts_4h"]["error"]["code"], "GCS_WRITE_FAILED");
         // A crashed holder's expired lease is recorded as the last error of a reclaim.
         let mut d = doc();
         d["steps"]["charts_4h"]["status"] = json!("RUNNING");
@@ -933,7 +963,7 @@ mod tests {
         d["steps"]["charts_4h"]["attempts"] = json!(3);
         let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
         assert!(
-            matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "STEP_ABANDONED"),
+            matches!(out, ClaimOutcome::Claimed { give_up: Some(ref g), .. } if g.code == "STEP_ABANDONED"),
             "{out:?}"
         );
     }

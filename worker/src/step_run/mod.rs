@@ -136,8 +136,14 @@ impl StepRun<'_> {
             .charts_generated_at
             .get_or_insert_with(|| now - chrono::Duration::nanoseconds(now.timestamp_subsec_nanos() as i64));
         *self.charts.lock().unwrap_or_else(|e| e.into_inner()) = self.step_chart_objects(&valid, &valid.requests);
-        if let Some(report) = self.manifest_first(claim, &valid).await? {
+        if let Some(report) = self.manifest_first(claim).await? {
             return Ok(report);
+        }
+        if let Some((code, message)) = &claim.give_up {
+            error!(event = "step_gave_up", code = %code, "{message}");
+            return self
+                .finalize_failed(claim, outcome::ChartFailure::new(*code, message.clone()), Vec::new())
+                .await;
         }
         if let Some(o) = self.observer {
             o.charts_planned(valid.requests.len());

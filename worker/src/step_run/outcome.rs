@@ -176,10 +176,12 @@ pub enum CoreError {
 }
 
 impl CoreError {
-    /// Whether a redelivery may help (`serve` answers 503 then, 2xx with an ERROR log otherwise).
+    /// Whether a redelivery may help (`serve` answers 503 then, 2xx with an ERROR log otherwise). A store error
+    /// before the claim always may: nothing was written, and a refused permission or a missing database heals when
+    /// it is fixed (Eventarc keeps redelivering for a day); the core logged a permanent one at ERROR.
     pub fn wants_redelivery(&self) -> bool {
         match self {
-            Self::Store(e) => e.is_transient(),
+            Self::Store(_) => true,
             Self::ReleaseFailed { .. } => true,
             Self::FinalizeRefused { .. } => false,
         }

@@ -45,8 +45,9 @@ impl StepRun<'_> {
     }
 
     /// Stage 3: a manifest already written for this step (an earlier holder succeeded but never finalized) finalizes
-    /// it SUCCEEDED at once: nothing is rendered or paid twice.
-    pub(super) async fn manifest_first(&self, claim: &Claim, valid: &ValidStep) -> Result<Option<StepReport>, Halt> {
+    /// it SUCCEEDED at once: nothing is rendered or paid twice. A manifest that cannot be read as one is never
+    /// taken for success: the step fails (`MANIFEST_WRITE_FAILED`, naming the object).
+    pub(super) async fn manifest_first(&self, claim: &Claim) -> Result<Option<StepReport>, Halt> {
         let obj = self.manifest_ref(&claim.step_id);
         let existing = match self.w.artifacts.get(&obj).await {
             Ok(o) => o,
@@ -64,10 +65,23 @@ impl StepRun<'_> {
             }
         };
         let Some(existing) = existing else { return Ok(None) };
-        let manifest: Option<Manifest> = serde_json::from_slice(&existing.bytes).ok();
+        let manifest = match Manifest::from_validated_json(&existing.bytes) {
+            Ok(m) if m.run_id == self.run.as_str() && m.step_id == claim.step_id.as_str() => m,
+            Ok(m) => {
+                return Err(Halt::Permanent(ChartFailure::new(
+                    ErrorCode::ManifestWriteFailed,
+                    format!("{obj} exists but is the manifest of {}/{}", m.run_id, m.step_id),
+                )))
+            }
+            Err(e) => {
+                return Err(Halt::Permanent(ChartFailure::new(
+                    ErrorCode::ManifestWriteFailed,
+                    clip_error(&format!("{obj} exists but is not a readable manifest: {e}")),
+                )))
+            }
+        };
         info!(event = "manifest_written", uri = %obj, existing = true, "a manifest already exists; finalizing from it");
-        let (items, failures) = manifest.map(|m| (m.items, m.failures)).unwrap_or_default();
-        self.finalize_succeeded(claim, valid, &obj, items, failures)
+        self.finalize_succeeded(claim, manifest.requested, &obj, manifest.items, manifest.failures)
             .await
             .map(Some)
     }
@@ -236,13 +250,14 @@ impl StepRun<'_> {
                 return self.finalize_failed(claim, f, failures).await;
             }
         }
-        self.finalize_succeeded(claim, valid, &obj, items, failures).await
+        self.finalize_succeeded(claim, valid.requests.len() as u32, &obj, items, failures)
+            .await
     }
 
     pub(super) async fn finalize_succeeded(
         &self,
         claim: &Claim,
-        valid: &ValidStep,
+        requested: u32,
         obj: &ObjectRef,
         items: Vec<ManifestItem>,
         failures: Vec<ManifestFailure>,
@@ -263,7 +278,7 @@ impl StepRun<'_> {
             run_id: self.run.to_string(),
             step_id: claim.step_id.to_string(),
             manifest_uri: obj.uri(),
-            requested: valid.requests.len() as u32,
+            requested,
             items,
             failures,
         };
@@ -361,6 +376,18 @@ impl StepRun<'_> {
         let lifecycle = &w.settings.lifecycle;
         let message = clip_error(&message);
         if !shutdown && claim.attempt >= lifecycle.max_attempts {
+            // The failure may have come after the manifest landed (a finalize that did not get through): a step with
+            // a manifest is SUCCEEDED from it, never FAILED.
+            match self.manifest_first(claim).await {
+                Ok(Some(report)) => return Ok(report),
+                Ok(None) | Err(Halt::Permanent(_)) => {}
+                Err(Halt::Lost(reason)) => return Ok(self.lost(claim, reason)),
+                Err(Halt::Refused(e)) => return Err(e),
+                // The manifest cannot be checked now: hand the step back; the next claim gives up and checks again.
+                Err(Halt::Transient { .. } | Halt::Shutdown) => {
+                    return self.release_now(claim, code, message, false).await
+                }
+            }
             let f = ChartFailure::new(
                 code,
                 format!("gave up after {} attempts; last error: {message}", claim.attempt),
@@ -375,6 +402,19 @@ impl StepRun<'_> {
                 }),
             };
         }
+        self.release_now(claim, code, message, shutdown).await
+    }
+
+    /// The release write itself (RUNNING → READY, not before the attempt's backoff).
+    async fn release_now(
+        &self,
+        claim: &Claim,
+        code: ErrorCode,
+        message: String,
+        shutdown: bool,
+    ) -> Result<StepReport, CoreError> {
+        let w = self.w;
+        let lifecycle = &w.settings.lifecycle;
         let now = w.clock.now();
         let delay = if shutdown {
             Duration::ZERO

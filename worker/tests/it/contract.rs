@@ -239,6 +239,7 @@ pub async fn claim_then_finalize_touches_only_the_step_fields(d: Docs) {
         run: doc,
         reclaimed,
         attempt,
+        give_up: None,
     } = out
     else {
         panic!("{out:?}")

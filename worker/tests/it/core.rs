@@ -473,8 +473,9 @@ async fn an_unreachable_bucket_releases_the_step_and_the_next_attempt_pays_only_
 }
 
 #[tokio::test]
-async fn an_existing_manifest_is_never_replaced() {
-    let t = one_account(ScriptedRenderer::ok());
+async fn an_unreadable_manifest_is_never_replaced_nor_taken_for_success() {
+    let r = ScriptedRenderer::ok();
+    let t = one_account(r.clone());
     t.seed(&flow_run(&["a"], 1), &["a"]).await;
     let obj = ObjectRef {
         bucket: "bucket-1".into(),
@@ -491,9 +492,17 @@ async fn an_existing_manifest_is_never_replaced() {
         .await
         .unwrap();
     let report = run(&t).await;
-    assert!(matches!(report, StepReport::Succeeded { .. }), "{report:?}");
+    let StepReport::Failed { code, message, .. } = &report else {
+        panic!("{report:?}")
+    };
+    assert_eq!(*code, ErrorCode::ManifestWriteFailed);
+    assert!(
+        message.contains("manifest.json exists but is not a readable manifest"),
+        "{message}"
+    );
     assert_eq!(t.artifacts.get(&obj).await.unwrap().unwrap().bytes, first);
-    assert_eq!(t.step().await["outputsManifestGcsUri"], obj.uri());
+    assert!(t.step().await.get("outputsManifestGcsUri").is_none());
+    assert!(r.calls().is_empty());
 }
 
 #[tokio::test]

@@ -318,7 +318,7 @@ async fn an_existing_manifest_finalizes_the_step_without_any_call() {
     let manifest = json!({"schemaVersion": 1, "runId": "run-123", "stepId": "charts_4h", "createdAt": "2026-11-28T13:00:00Z",
         "symbol": "BTCUSDT", "timeframe": "4h", "minImages": 1, "requested": 1,
         "items": [{"chartTemplateId": "a", "gcsUri": "gs://bucket-1/runs/run-123/charts/4h/a/x.png", "contentType": "image/png",
-                   "bytes": 9, "sha256": "00", "generatedAt": "2026-11-28T13:00:00Z"}], "failures": []});
+                   "bytes": 9, "sha256": "0000000000000000000000000000000000000000000000000000000000000000", "generatedAt": "2026-11-28T13:00:00Z"}], "failures": []});
     let obj = ObjectRef {
         bucket: "bucket-1".into(),
         path: "runs/run-123/steps/charts_4h/charts/manifest.json".into(),

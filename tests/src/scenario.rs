@@ -348,6 +348,10 @@ pub struct Then {
     /// `shutdown_started` and `chart_api_call_start`), queued callers included.
     #[serde(default)]
     pub no_call_after_sigterm: bool,
+    /// `local_eventarc`: no `serve` process starts a Chart-IMG call after its step's deadline (log events
+    /// `step_deadline` and `chart_api_call_start`), queued callers included.
+    #[serde(default)]
+    pub no_call_after_deadline: bool,
     /// How many deliveries claimed the step (log events `claim_attempt` with outcome claimed/reclaimed).
     #[serde(default)]
     pub claims: Option<usize>,
@@ -481,6 +485,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             ("then.callingProcesses", t.calling_processes.is_some()),
             ("then.holdersApart", t.holders_apart),
             ("then.noCallAfterSigterm", t.no_call_after_sigterm),
+            ("then.noCallAfterDeadline", t.no_call_after_deadline),
         ] {
             if used {
                 return Err(format!("{field}: needs via: local_eventarc"));

@@ -441,9 +441,24 @@ fn check_live(c: &mut Checks, t: &crate::scenario::Then, live: &super::live::Liv
             format!("calls after another holder's claim: {overlapping:?}")
         });
     }
-    if t.no_call_after_sigterm {
-        let late: Vec<String> = live
-            .shutdown_times
+    for (field, wanted, times, what) in [
+        (
+            "noCallAfterSigterm",
+            t.no_call_after_sigterm,
+            &live.shutdown_times,
+            "its SIGTERM",
+        ),
+        (
+            "noCallAfterDeadline",
+            t.no_call_after_deadline,
+            &live.deadline_times,
+            "its step deadline",
+        ),
+    ] {
+        if !wanted {
+            continue;
+        }
+        let late: Vec<String> = times
             .iter()
             .filter_map(|(name, at)| Some((name, at.as_deref()?)))
             .flat_map(|(name, at)| {
@@ -456,13 +471,13 @@ fn check_live(c: &mut Checks, t: &crate::scenario::Then, live: &super::live::Liv
                     .unwrap_or_default()
                     .iter()
                     .filter(move |c| c.as_str() > at)
-                    .map(move |c| format!("{name} called at {c} after its SIGTERM at {at}"))
+                    .map(move |c| format!("{name} called at {c} after {what} at {at}"))
             })
             .collect();
         c.that(
-            "noCallAfterSigterm",
-            live.shutdown_times.iter().any(|(_, at)| at.is_some()) && late.is_empty(),
-            || format!("no process shut down, or calls after SIGTERM: {late:?}"),
+            field,
+            times.iter().any(|(_, at)| at.is_some()) && late.is_empty(),
+            || format!("never reached, or calls after it: {late:?}"),
         );
     }
     if let Some(ms) = t.sigterm_exit_within_ms {

@@ -44,6 +44,8 @@ pub struct LiveReport {
     pub claim_times: Vec<(String, Vec<String>)>,
     /// Per process (start order): when it began shutting down (`shutdown_started`), if it did.
     pub shutdown_times: Vec<(String, Option<String>)>,
+    /// Per process (start order): when a step it ran first reached its deadline (`step_deadline`), if one did.
+    pub deadline_times: Vec<(String, Option<String>)>,
 }
 
 impl LiveReport {
@@ -401,18 +403,21 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
             (p.name.clone(), times)
         })
         .collect();
-    let shutdown_times = live
-        .procs
-        .iter()
-        .map(|p| {
-            let at = p
-                .json_logs()
-                .iter()
-                .find(|l| l["event"] == "shutdown_started")
-                .and_then(|l| l["time"].as_str().map(str::to_owned));
-            (p.name.clone(), at)
-        })
-        .collect();
+    let first_time = |event: &str| -> Vec<(String, Option<String>)> {
+        live.procs
+            .iter()
+            .map(|p| {
+                let at = p
+                    .json_logs()
+                    .iter()
+                    .find(|l| l["event"] == event)
+                    .and_then(|l| l["time"].as_str().map(str::to_owned));
+                (p.name.clone(), at)
+            })
+            .collect()
+    };
+    let shutdown_times = first_time("shutdown_started");
+    let deadline_times = first_time("step_deadline");
     let mut process_logs = String::new();
     for p in &live.procs {
         for l in p.logs() {
@@ -449,6 +454,7 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
         call_times,
         claim_times,
         shutdown_times,
+        deadline_times,
     };
     let backend = Backend::Emulators {
         fs: w.fs.clone(),

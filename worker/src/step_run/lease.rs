@@ -37,6 +37,12 @@ impl Guard {
         *self.0.borrow()
     }
 
+    /// Resolves at the first [`Stop`] of any kind: a caller still waiting for quota or a rate slot gives up then.
+    pub(super) async fn stopped(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|s| s.is_some()).await;
+    }
+
     /// Resolves once the step must abandon calls in flight (end of the grace period, or a lost claim).
     pub(super) async fn abandon(&self) {
         let mut rx = self.0.clone();

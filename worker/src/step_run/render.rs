@@ -240,24 +240,22 @@ impl StepRun<'_> {
                 (META_SHA256.to_owned(), sha256.clone()),
                 (META_REQUEST.to_owned(), request_digest(req)),
             ]);
-            w.artifacts
-                .put_with(
-                    &obj,
-                    image.bytes,
-                    image.format.content_type(),
-                    WriteMode::Overwrite,
-                    &metadata,
-                )
-                .await
-                .map_err(|e| {
-                    let message = clip_error(&format!("cannot write {obj}: {e}"));
-                    match e {
-                        ArtifactError::Unavailable(_) => {
-                            ChartFailure::transient(ErrorCode::GcsWriteFailed, ErrorCode::GcsWriteFailed, message)
-                        }
-                        _ => ChartFailure::new(ErrorCode::GcsWriteFailed, message),
+            let put = w.artifacts.put_with(
+                &obj,
+                image.bytes,
+                image.format.content_type(),
+                WriteMode::Overwrite,
+                &metadata,
+            );
+            put.await.map_err(|e| {
+                let message = clip_error(&format!("cannot write {obj}: {e}"));
+                match e {
+                    ArtifactError::Unavailable(_) => {
+                        ChartFailure::transient(ErrorCode::GcsWriteFailed, ErrorCode::GcsWriteFailed, message)
                     }
-                })?;
+                    _ => ChartFailure::new(ErrorCode::GcsWriteFailed, message),
+                }
+            })?;
             Ok(ManifestItem {
                 chart_template_id: req.template_id.to_string(),
                 gcs_uri: obj.uri(),
@@ -268,9 +266,12 @@ impl StepRun<'_> {
             })
         };
         tokio::select! {
-        r = work => r,
-        // On shutdown or a lost claim the call in flight is abandoned; its unit stays spent (it may have been sent).
-        _ = guard.abandon() => Err(ChartFailure::new(ErrorCode::ChartApiFailed, "abandoned: the step was stopped mid-call"))}
+            biased;
+            r = work => r,
+            // On shutdown or a lost claim whatever is left (a retry's backoff, an upload) is abandoned. Callers
+            // queued for a rate slot have given their unit back already: they stop at the first stop of any kind.
+            _ = guard.abandon() => Err(ChartFailure::new(ErrorCode::ChartApiFailed, "abandoned: the step was stopped mid-call")),
+        }
     }
 
     /// Attempts with backoff on throttles and transient failures (the one [`RetryPolicy`]). Inside one attempt,
@@ -328,7 +329,25 @@ impl StepRun<'_> {
                         )))
                     }
                 };
-                if let Err(e) = account.until_ready().await {
+                // A stop that came while this caller waited for quota: the unit goes back, nothing is sent.
+                if guard.current().is_some() {
+                    ledger.refund(account).await;
+                    continue;
+                }
+                let ready = tokio::select! {
+                    r = account.until_ready() => r,
+                    // Still queued for a rate slot at the deadline, SIGTERM or a lost claim: never sent, so the unit
+                    // goes back to the step (and from it to the counter).
+                    _ = guard.stopped() => {
+                        ledger.refund(account).await;
+                        continue;
+                    }
+                };
+                if guard.current().is_some() {
+                    ledger.refund(account).await;
+                    continue;
+                }
+                if let Err(e) = ready {
                     // No call was sent: the unit goes back to the step, and the attempt is retried like a 5xx.
                     ledger.refund(account).await;
                     let message = format!("cannot reserve a rate window for {}: {e}", account.config.id);

@@ -383,14 +383,19 @@ impl StepRun<'_> {
                 Ok(None) | Err(Halt::Permanent(_)) => {}
                 Err(Halt::Lost(reason)) => return Ok(self.lost(claim, reason)),
                 Err(Halt::Refused(e)) => return Err(e),
-                // The manifest cannot be checked now: hand the step back; the next claim gives up and checks again.
-                Err(Halt::Transient { .. } | Halt::Shutdown) => {
+                // The manifest cannot be checked now: hand the step back once more; the give-up claim checks again,
+                // and if it cannot either, the step is FAILED (bounded: a store that never heals ends the step).
+                Err(Halt::Transient { .. } | Halt::Shutdown) if claim.give_up.is_none() => {
                     return self.release_now(claim, code, message, false).await
                 }
+                Err(Halt::Transient { .. } | Halt::Shutdown) => {}
             }
             let f = ChartFailure::new(
                 code,
-                format!("gave up after {} attempts; last error: {message}", claim.attempt),
+                format!(
+                    "gave up after {} attempts; last error: {message}",
+                    claim.attempt.min(lifecycle.max_attempts)
+                ),
             );
             return match self.finalize_failed(claim, f, Vec::new()).await {
                 Ok(r) => Ok(r),

@@ -340,6 +340,19 @@ pub struct Then {
     /// time (each one's first call before every other one's last), so their calls met at the key.
     #[serde(default)]
     pub calling_processes: Option<usize>,
+    /// `local_eventarc`: no `serve` process sends a Chart-IMG call after another process claimed the step later
+    /// than its own claim: every call's most recent claim (log events `chart_api_call_start` and `claim_attempt`
+    /// claimed/reclaimed/give_up, by time) is its own process's — two holders never render at once.
+    #[serde(default)]
+    pub holders_apart: bool,
+    /// `local_eventarc`: no `serve` process starts a Chart-IMG call after its own SIGTERM (log events
+    /// `shutdown_started` and `chart_api_call_start`), queued callers included.
+    #[serde(default)]
+    pub no_call_after_sigterm: bool,
+    /// `local_eventarc`: no `serve` process starts a Chart-IMG call after its step's deadline (log events
+    /// `step_deadline` and `chart_api_call_start`), queued callers included.
+    #[serde(default)]
+    pub no_call_after_deadline: bool,
     /// How many deliveries claimed the step (log events `claim_attempt` with outcome claimed/reclaimed).
     #[serde(default)]
     pub claims: Option<usize>,
@@ -471,6 +484,9 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             ("then.sigtermExitWithinMs", t.sigterm_exit_within_ms.is_some()),
             ("then.faultsApplied", !t.faults_applied.is_empty()),
             ("then.callingProcesses", t.calling_processes.is_some()),
+            ("then.holdersApart", t.holders_apart),
+            ("then.noCallAfterSigterm", t.no_call_after_sigterm),
+            ("then.noCallAfterDeadline", t.no_call_after_deadline),
         ] {
             if used {
                 return Err(format!("{field}: needs via: local_eventarc"));

@@ -138,23 +138,43 @@ pub enum ArtifactError {
     Other(String),
 }
 
+/// Custom metadata of an object (Cloud Storage's `metadata` map): what its writer recorded about it.
+pub type ObjectMetadata = std::collections::BTreeMap<String, String>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredObject {
     pub bytes: Bytes,
     pub content_type: String,
+    /// As written with the object; empty where the store keeps none (`LocalArtifacts`).
+    pub metadata: ObjectMetadata,
 }
 
 /// Cloud Storage, or a directory standing in for it.
 #[async_trait]
 pub trait ArtifactStore: Send + Sync {
+    /// Writes the object with `metadata` recorded beside it (where the store keeps metadata).
+    async fn put_with(
+        &self,
+        obj: &ObjectRef,
+        bytes: Bytes,
+        content_type: &str,
+        mode: WriteMode,
+        metadata: &ObjectMetadata,
+    ) -> Result<(), ArtifactError>;
+    /// Writes the object without custom metadata.
     async fn put(
         &self,
         obj: &ObjectRef,
         bytes: Bytes,
         content_type: &str,
         mode: WriteMode,
-    ) -> Result<(), ArtifactError>;
+    ) -> Result<(), ArtifactError> {
+        self.put_with(obj, bytes, content_type, mode, &ObjectMetadata::new())
+            .await
+    }
     async fn get(&self, obj: &ObjectRef) -> Result<Option<StoredObject>, ArtifactError>;
+    /// Removes the object; `false` when there was none.
+    async fn delete(&self, obj: &ObjectRef) -> Result<bool, ArtifactError>;
 }
 
 /// One call to Chart-IMG, as the core hands it to a renderer.

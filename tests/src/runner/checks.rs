@@ -420,6 +420,66 @@ fn check_live(c: &mut Checks, t: &crate::scenario::Then, live: &super::live::Liv
             format!("expected at least {n} processes calling Chart-IMG at the same time, actual (process, first, last, calls): {spans:?}")
         });
     }
+    if t.holders_apart {
+        // RFC 3339 UTC times of one format sort as text.
+        let claims: Vec<(&str, &str)> = live
+            .claim_times
+            .iter()
+            .flat_map(|(name, times)| times.iter().map(move |t| (t.as_str(), name.as_str())))
+            .collect();
+        let overlapping: Vec<String> = live
+            .call_times
+            .iter()
+            .flat_map(|(name, times)| times.iter().map(move |t| (t.as_str(), name.as_str())))
+            .filter_map(|(call, caller)| {
+                let holder = claims.iter().filter(|(t, _)| *t <= call).max_by_key(|(t, _)| *t)?;
+                (holder.1 != caller)
+                    .then(|| format!("{caller} called at {call} after {} claimed at {}", holder.1, holder.0))
+            })
+            .collect();
+        c.that("holdersApart", overlapping.is_empty(), || {
+            format!("calls after another holder's claim: {overlapping:?}")
+        });
+    }
+    for (field, wanted, times, what) in [
+        (
+            "noCallAfterSigterm",
+            t.no_call_after_sigterm,
+            &live.shutdown_times,
+            "its SIGTERM",
+        ),
+        (
+            "noCallAfterDeadline",
+            t.no_call_after_deadline,
+            &live.deadline_times,
+            "its step deadline",
+        ),
+    ] {
+        if !wanted {
+            continue;
+        }
+        let late: Vec<String> = times
+            .iter()
+            .filter_map(|(name, at)| Some((name, at.as_deref()?)))
+            .flat_map(|(name, at)| {
+                let calls = live
+                    .call_times
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, c)| c.as_slice());
+                calls
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(move |c| c.as_str() > at)
+                    .map(move |c| format!("{name} called at {c} after {what} at {at}"))
+            })
+            .collect();
+        c.that(
+            field,
+            times.iter().any(|(_, at)| at.is_some()) && late.is_empty(),
+            || format!("never reached, or calls after it: {late:?}"),
+        );
+    }
     if let Some(ms) = t.sigterm_exit_within_ms {
         c.that("sigtermExitWithinMs", !live.sigterms.is_empty(), || {
             "no sigterm action ran".into()

@@ -40,6 +40,12 @@ pub struct LiveReport {
     pub proxy_calls: BTreeMap<Dependency, Vec<Call>>,
     /// Per process (start order): the times (`time` of its `chart_api_call_start` lines) of its Chart-IMG calls.
     pub call_times: Vec<(String, Vec<String>)>,
+    /// Per process (start order): the times of its claims of a step (`claim_attempt` claimed/reclaimed/give_up).
+    pub claim_times: Vec<(String, Vec<String>)>,
+    /// Per process (start order): when it began shutting down (`shutdown_started`), if it did.
+    pub shutdown_times: Vec<(String, Option<String>)>,
+    /// Per process (start order): when a step it ran first reached its deadline (`step_deadline`), if one did.
+    pub deadline_times: Vec<(String, Option<String>)>,
 }
 
 impl LiveReport {
@@ -381,6 +387,37 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
             (p.name.clone(), times)
         })
         .collect();
+    let claim_times = live
+        .procs
+        .iter()
+        .map(|p| {
+            let times = p
+                .json_logs()
+                .iter()
+                .filter(|l| {
+                    l["event"] == "claim_attempt"
+                        && matches!(l["outcome"].as_str(), Some("claimed" | "reclaimed" | "give_up"))
+                })
+                .filter_map(|l| l["time"].as_str().map(str::to_owned))
+                .collect();
+            (p.name.clone(), times)
+        })
+        .collect();
+    let first_time = |event: &str| -> Vec<(String, Option<String>)> {
+        live.procs
+            .iter()
+            .map(|p| {
+                let at = p
+                    .json_logs()
+                    .iter()
+                    .find(|l| l["event"] == event)
+                    .and_then(|l| l["time"].as_str().map(str::to_owned));
+                (p.name.clone(), at)
+            })
+            .collect()
+    };
+    let shutdown_times = first_time("shutdown_started");
+    let deadline_times = first_time("step_deadline");
     let mut process_logs = String::new();
     for p in &live.procs {
         for l in p.logs() {
@@ -415,6 +452,9 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
         timeline: std::mem::take(&mut live.timeline),
         proxy_calls: live.proxies.iter().map(|(d, p)| (*d, p.calls())).collect(),
         call_times,
+        claim_times,
+        shutdown_times,
+        deadline_times,
     };
     let backend = Backend::Emulators {
         fs: w.fs.clone(),

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::domain::ObjectRef;
-use crate::ports::{ArtifactError, ArtifactStore, StoredObject, WriteMode};
+use crate::ports::{ArtifactError, ArtifactStore, ObjectMetadata, StoredObject, WriteMode};
 
 /// Objects in a map. `set_unavailable(true)` makes every write fail, as an unreachable bucket would.
 #[derive(Debug, Default)]
@@ -41,12 +41,13 @@ impl MemoryArtifacts {
 
 #[async_trait]
 impl ArtifactStore for MemoryArtifacts {
-    async fn put(
+    async fn put_with(
         &self,
         obj: &ObjectRef,
         bytes: Bytes,
         content_type: &str,
         mode: WriteMode,
+        metadata: &ObjectMetadata,
     ) -> Result<(), ArtifactError> {
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(ArtifactError::Unavailable(format!(
@@ -63,6 +64,7 @@ impl ArtifactStore for MemoryArtifacts {
             StoredObject {
                 bytes,
                 content_type: content_type.to_owned(),
+                metadata: metadata.clone(),
             },
         );
         Ok(())
@@ -71,11 +73,22 @@ impl ArtifactStore for MemoryArtifacts {
     async fn get(&self, obj: &ObjectRef) -> Result<Option<StoredObject>, ArtifactError> {
         Ok(self.objects.lock().unwrap().get(obj).cloned())
     }
+
+    async fn delete(&self, obj: &ObjectRef) -> Result<bool, ArtifactError> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(ArtifactError::Unavailable(format!(
+                "bucket {} is unreachable",
+                obj.bucket
+            )));
+        }
+        Ok(self.objects.lock().unwrap().remove(obj).is_some())
+    }
 }
 
 /// A directory standing in for Cloud Storage. Writes go through a temp file in the target folder; a create-only
 /// write is published with a hard link (`persist_noclobber`), which fails atomically when the object exists, so two
-/// processes racing on a manifest cannot both win. The content type is not stored: it is derived from the extension.
+/// processes racing on a manifest cannot both win. The content type is not stored: it is derived from the extension;
+/// neither is custom metadata (so `run-local` never reuses a chart an earlier attempt stored: it renders it again).
 #[derive(Debug, Clone)]
 pub struct LocalArtifacts {
     root: PathBuf,
@@ -111,12 +124,13 @@ pub fn content_type_for(path: &str) -> &'static str {
 
 #[async_trait]
 impl ArtifactStore for LocalArtifacts {
-    async fn put(
+    async fn put_with(
         &self,
         obj: &ObjectRef,
         bytes: Bytes,
         _content_type: &str,
         mode: WriteMode,
+        _metadata: &ObjectMetadata,
     ) -> Result<(), ArtifactError> {
         let file = self.file_of(obj)?;
         let uri = obj.uri();
@@ -148,10 +162,23 @@ impl ArtifactStore for LocalArtifacts {
             Ok(b) => Ok(Some(StoredObject {
                 bytes: b.into(),
                 content_type: content_type_for(&obj.path).to_owned(),
+                metadata: ObjectMetadata::new(),
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ArtifactError::Unavailable(format!(
                 "cannot read {}: {e}",
+                file.display()
+            ))),
+        }
+    }
+
+    async fn delete(&self, obj: &ObjectRef) -> Result<bool, ArtifactError> {
+        let file = self.file_of(obj)?;
+        match tokio::fs::remove_file(&file).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(ArtifactError::Unavailable(format!(
+                "cannot delete {}: {e}",
                 file.display()
             ))),
         }

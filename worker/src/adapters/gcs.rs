@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use gcloud_storage::client::{Client, ClientConfig};
+use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::Error as GcsError;
@@ -26,7 +27,7 @@ use token_source::{TokenSource, TokenSourceProvider};
 use tracing::debug;
 
 use crate::domain::ObjectRef;
-use crate::ports::{ArtifactError, ArtifactStore, StoredObject, WriteMode};
+use crate::ports::{ArtifactError, ArtifactStore, ObjectMetadata, StoredObject, WriteMode};
 use crate::retry::RetryPolicy;
 
 /// Everything but RFC 3986 unreserved characters is escaped in a path segment or a query value.
@@ -164,6 +165,7 @@ impl GcsArtifacts {
         bytes: &Bytes,
         content_type: &str,
         mode: WriteMode,
+        custom: &ObjectMetadata,
     ) -> Result<(), Attempt> {
         let mut url = format!(
             "{}/upload/storage/v1/b/{}/o?uploadType=multipart",
@@ -174,7 +176,10 @@ impl GcsArtifacts {
             url.push_str("&ifGenerationMatch=0");
         }
         let boundary = format!("worker-chart-export-{}", uuid::Uuid::new_v4().simple());
-        let metadata = serde_json::json!({ "name": obj.path, "contentType": content_type });
+        let mut metadata = serde_json::json!({ "name": obj.path, "contentType": content_type });
+        if !custom.is_empty() {
+            metadata["metadata"] = serde_json::json!(custom);
+        }
         let mut body = Vec::with_capacity(bytes.len() + 512);
         body.extend_from_slice(
             format!("--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{metadata}\r\n").as_bytes(),
@@ -266,18 +271,19 @@ fn is_not_found(e: &GcsError) -> bool {
 
 #[async_trait]
 impl ArtifactStore for GcsArtifacts {
-    async fn put(
+    async fn put_with(
         &self,
         obj: &ObjectRef,
         bytes: Bytes,
         content_type: &str,
         mode: WriteMode,
+        metadata: &ObjectMetadata,
     ) -> Result<(), ArtifactError> {
         // A create-only retry after a lost answer may meet its own object: that reads as AlreadyExists, which the
         // core treats as "the manifest is there", the right conclusion.
         self.retry
             .run(
-                || self.upload_once(obj, &bytes, content_type, mode),
+                || self.upload_once(obj, &bytes, content_type, mode, metadata),
                 |e| matches!(e, Attempt::Transient(_)),
                 |e, after| {
                     if let Attempt::Transient(m) = e {
@@ -301,9 +307,32 @@ impl ArtifactStore for GcsArtifacts {
             )
             .await
     }
+
+    async fn delete(&self, obj: &ObjectRef) -> Result<bool, ArtifactError> {
+        self.retry
+            .run(
+                || self.delete_once(obj),
+                |e| matches!(e, ArtifactError::Unavailable(_)),
+                |_, _| {},
+            )
+            .await
+    }
 }
 
 impl GcsArtifacts {
+    async fn delete_once(&self, obj: &ObjectRef) -> Result<bool, ArtifactError> {
+        let req = DeleteObjectRequest {
+            bucket: obj.bucket.clone(),
+            object: obj.path.clone(),
+            ..Default::default()
+        };
+        match self.clients().await.client.delete_object(&req).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(read_error(obj, e)),
+        }
+    }
+
     async fn get_once(&self, obj: &ObjectRef) -> Result<Option<StoredObject>, ArtifactError> {
         let req = GetObjectRequest {
             bucket: obj.bucket.clone(),
@@ -324,6 +353,7 @@ impl GcsArtifacts {
         Ok(Some(StoredObject {
             bytes: bytes.into(),
             content_type: meta.content_type.unwrap_or_default(),
+            metadata: meta.metadata.unwrap_or_default().into_iter().collect(),
         }))
     }
 }

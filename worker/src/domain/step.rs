@@ -71,7 +71,7 @@ pub struct ClaimParams {
     pub max_attempts: u32,
 }
 
-/// The closed set of answers to "claim a step". Only `Claimed` (first try) and `GaveUp` are followed by a write.
+/// The closed set of answers to "claim a step". Only `Claimed` (first try) is followed by a write.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum ClaimOutcome {
@@ -83,6 +83,10 @@ pub enum ClaimOutcome {
         run: Value,
         reclaimed: bool,
         attempt: u32,
+        /// The step had used all its attempts: this claim only settles it — SUCCEEDED from its manifest if one
+        /// exists, else FAILED with the last error (code, message) — and renders nothing.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        give_up: Option<GiveUp>,
     },
     RunNotFound,
     /// No CHART_EXPORT step is READY (or RUNNING with an expired lease), none waits for its not-before time and none
@@ -115,12 +119,32 @@ pub enum ClaimOutcome {
         step_id: StepId,
         status: String,
     },
-    /// The step had used all its attempts: it was finalized FAILED with `code` instead of being claimed.
-    GaveUp {
-        step_id: StepId,
-        code: String,
-        message: String,
-    },
+}
+
+/// Why a claim only settles its step: the attempts are used up, and the last error says how it failed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GiveUp {
+    pub code: String,
+    pub message: String,
+}
+
+/// A claim past the last attempt (its `attempts` exceeds `max_attempts`) gives up; code and message come from the
+/// step's `lastError`.
+fn give_up_of(step: &Value, max_attempts: u32) -> Option<GiveUp> {
+    if attempts_of(step) <= max_attempts {
+        return None;
+    }
+    let last_error = step.get("lastError");
+    let code = last_error
+        .and_then(|e| str_field(e, "code"))
+        .unwrap_or("STEP_ABANDONED")
+        .to_owned();
+    let last = last_error
+        .and_then(|e| str_field(e, "message"))
+        .unwrap_or("no error was recorded");
+    let message = format!("gave up after {max_attempts} attempts; last error: {last}");
+    Some(GiveUp { code, message })
 }
 
 /// A field-masked patch of `steps.<stepId>`: each key is a field of the step; `None` deletes the field.
@@ -234,7 +258,7 @@ fn availability(step: &Value, now: DateTime<Utc>, token: Option<&ClaimToken>) ->
 }
 
 /// Decides a claim on the document as read inside a transaction. Returns the outcome and the patch the transaction
-/// must write (for a first-try `Claimed` and for `GaveUp`).
+/// must write (for a first-try `Claimed`).
 pub fn decide_claim(
     doc: Option<&Value>,
     selector: &StepSelector,
@@ -280,12 +304,14 @@ pub fn decide_claim(
         Availability::Claimable { reclaimed } => reclaimed,
         Availability::Ours => {
             let attempt = attempts_of(step);
+            let give_up = give_up_of(step, p.max_attempts);
             return (
                 ClaimOutcome::Claimed {
                     step_id,
                     run: doc.clone(),
                     reclaimed: false,
                     attempt,
+                    give_up,
                 },
                 None,
             );
@@ -323,42 +349,16 @@ pub fn decide_claim(
         }
     };
     let mut fields = BTreeMap::new();
-    let mut last_error = step.get("lastError").cloned();
     if reclaimed {
         // The holder stopped renewing its lease (killed, cut off, or past its deadline without a word).
         let by = str_field(step, "claimedBy").unwrap_or("an unknown worker");
         let until = str_field(step, "leaseExpiresAt").unwrap_or("?");
         let e = json!({ "code": "STEP_ABANDONED", "message": format!("the lease of {by} expired at {until} while the step was RUNNING") });
-        fields.insert("lastError".to_owned(), Some(e.clone()));
-        last_error = Some(e);
+        fields.insert("lastError".to_owned(), Some(e));
     }
+    // A step that has used all its attempts is still claimed, past its last attempt (`give_up`): only a holder can
+    // look for its manifest (SUCCEEDED from it) before it is finalized FAILED, and no chart is rendered.
     let done = attempts_of(step);
-    if done >= p.max_attempts {
-        let code = last_error
-            .as_ref()
-            .and_then(|e| str_field(e, "code"))
-            .unwrap_or("STEP_ABANDONED")
-            .to_owned();
-        let last = last_error
-            .as_ref()
-            .and_then(|e| str_field(e, "message"))
-            .unwrap_or("no error was recorded");
-        let message = format!("gave up after {done} attempts; last error: {last}");
-        fields.insert("status".to_owned(), Some(json!("FAILED")));
-        fields.insert("finishedAt".to_owned(), Some(json!(rfc3339(p.now))));
-        fields.insert("error".to_owned(), Some(json!({ "code": code, "message": message })));
-        fields.insert("claimToken".to_owned(), Some(json!(p.token.as_str())));
-        fields.insert("leaseExpiresAt".to_owned(), None);
-        fields.insert("notBefore".to_owned(), None);
-        return (
-            ClaimOutcome::GaveUp {
-                step_id: step_id.clone(),
-                code,
-                message,
-            },
-            Some(StepPatch { step_id, fields }),
-        );
-    }
     let attempt = done + 1;
     fields.insert("status".to_owned(), Some(json!("RUNNING")));
     fields.insert("claimedBy".to_owned(), Some(json!(p.worker.as_str())));
@@ -367,21 +367,50 @@ pub fn decide_claim(
     fields.insert("startedAt".to_owned(), Some(json!(rfc3339(p.now))));
     fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(p.now + p.lease))));
     fields.insert("notBefore".to_owned(), None);
+    if parse_time(step.get(CHARTS_GENERATED_AT)).is_none() {
+        let at = charts_time(doc, &step_id, p.now);
+        fields.insert(CHARTS_GENERATED_AT.to_owned(), Some(json!(rfc3339(at))));
+    }
     let patch = StepPatch {
         step_id: step_id.clone(),
         fields,
     };
     let mut run = doc.clone();
     patch.apply_to(&mut run);
+    let give_up = give_up_of(&run["steps"][step_id.as_str()], p.max_attempts);
     (
         ClaimOutcome::Claimed {
             step_id,
             run,
             reclaimed,
             attempt,
+            give_up,
         },
         Some(patch),
     )
+}
+
+/// The step field holding the `generatedAt` of its charts: the time in their object names (contract §6), fixed at the
+/// step's first claim and kept by every later one, so an attempt finds the charts an earlier one stored under the
+/// very names it would write.
+pub const CHARTS_GENERATED_AT: &str = "chartsGeneratedAt";
+
+/// A time for a step's charts: `now` to the second, moved on a second at a time past every time another step of
+/// the run already has, so two steps of one run never name the same object (the claim transaction holds the run).
+fn charts_time(doc: &Value, step_id: &StepId, now: DateTime<Utc>) -> DateTime<Utc> {
+    let taken: Vec<DateTime<Utc>> = doc
+        .get("steps")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != step_id.as_str())
+        .filter_map(|(_, s)| parse_time(s.get(CHARTS_GENERATED_AT)))
+        .collect();
+    let mut at = parse_time(Some(&json!(rfc3339(now)))).unwrap_or(now);
+    while taken.contains(&at) {
+        at += Duration::seconds(1);
+    }
+    at
 }
 
 /// The answer of a guarded patch (finalize, release, lease renewal).
@@ -535,6 +564,8 @@ pub struct ValidStep {
     pub timeframe: Timeframe,
     pub min_images: u32,
     pub requests: Vec<TemplateId>,
+    /// [`CHARTS_GENERATED_AT`]; `None` only for a step claimed before the field existed.
+    pub charts_generated_at: Option<DateTime<Utc>>,
 }
 
 /// A step-level validation failure: the field path and what is wrong with it.
@@ -622,6 +653,7 @@ pub fn validate_step(doc: &Value, step_id: &StepId, step: &Value) -> Result<Vali
         timeframe,
         min_images,
         requests: ids,
+        charts_generated_at: parse_time(step.get(CHARTS_GENERATED_AT)),
     })
 }
 
@@ -670,6 +702,36 @@ mod tests {
     }
 
     #[test]
+    fn the_charts_time_is_fixed_at_the_first_claim_and_unique_in_the_run() {
+        let mut d = doc();
+        d["steps"]["charts_1h"] =
+            json!({"stepType": "CHART_EXPORT", "status": "SUCCEEDED", "chartsGeneratedAt": "2026-11-28T10:00:00Z"});
+        d["steps"]["charts_2h"] =
+            json!({"stepType": "CHART_EXPORT", "status": "FAILED", "chartsGeneratedAt": "2026-11-28T10:00:01Z"});
+        let p = params("2026-11-28T10:00:00.700Z");
+        let (out, _) = decide_claim(
+            Some(&d),
+            &StepSelector::Explicit(StepId::parse("charts_4h").unwrap()),
+            &p,
+        );
+        let ClaimOutcome::Claimed { run, .. } = out else {
+            panic!("{out:?}")
+        };
+        // 10:00:00 and 10:00:01 are taken by the run's other steps.
+        assert_eq!(run["steps"]["charts_4h"]["chartsGeneratedAt"], "2026-11-28T10:00:02Z");
+        // A later claim (after a release) keeps the time, so the names an earlier attempt wrote are found again.
+        let mut released = run.clone();
+        released["steps"]["charts_4h"]["status"] = json!("READY");
+        let later = params("2026-11-28T11:30:00Z");
+        let (out, patch) = decide_claim(Some(&released), &StepSelector::First, &later);
+        let ClaimOutcome::Claimed { run, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(run["steps"]["charts_4h"]["chartsGeneratedAt"], "2026-11-28T10:00:02Z");
+        assert!(!patch.unwrap().fields.contains_key(CHARTS_GENERATED_AT));
+    }
+
+    #[test]
     fn first_picks_the_lowest_ready_chart_export_step_and_writes_the_claim_fields() {
         let (out, patch) = decide_claim(Some(&doc()), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
         let ClaimOutcome::Claimed {
@@ -677,6 +739,7 @@ mod tests {
             run,
             reclaimed,
             attempt,
+            give_up: None,
         } = out
         else {
             panic!("{out:?}")
@@ -694,6 +757,7 @@ mod tests {
             patch.unwrap().field_paths(),
             vec![
                 "steps.charts_4h.attempts",
+                "steps.charts_4h.chartsGeneratedAt",
                 "steps.charts_4h.claimToken",
                 "steps.charts_4h.claimedBy",
                 "steps.charts_4h.leaseExpiresAt",
@@ -855,18 +919,45 @@ mod tests {
     }
 
     #[test]
-    fn a_step_out_of_attempts_is_failed_with_the_last_error_instead_of_claimed() {
+    fn a_step_out_of_attempts_is_claimed_only_to_be_settled_with_the_last_error() {
         let mut d = doc();
         d["steps"]["charts_4h"]["attempts"] = json!(3);
         d["steps"]["charts_4h"]["lastError"] = json!({"code": "GCS_WRITE_FAILED", "message": "503"});
         let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        let ClaimOutcome::Claimed {
+            attempt,
+            give_up: Some(ref g),
+            ..
+        } = out
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!((attempt, g.code.as_str()), (4, "GCS_WRITE_FAILED"));
+        assert!(g.message.contains("gave up after 3 attempts; last error: 503"), "{g:?}");
+        patch.unwrap().apply_to(&mut d);
+        // Held (so its manifest can be looked for), not finalized by the claim.
+        assert_eq!(d["steps"]["charts_4h"]["status"], "RUNNING");
+        // A retried commit of that claim still knows it only settles the step.
+        let (again, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:01Z"));
         assert!(
-            matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "GCS_WRITE_FAILED"),
+            matches!(again, ClaimOutcome::Claimed { give_up: Some(_), .. }),
+            "{again:?}"
+        );
+        // The last regular attempt is not a give-up.
+        let mut d = doc();
+        d["steps"]["charts_4h"]["attempts"] = json!(2);
+        let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        assert!(
+            matches!(
+                out,
+                ClaimOutcome::Claimed {
+                    attempt: 3,
+                    give_up: None,
+                    ..
+                }
+            ),
             "{out:?}"
         );
-        patch.unwrap().apply_to(&mut d);
-        assert_eq!(d["steps"]["charts_4h"]["status"], "FAILED");
-        assert_eq!(d["steps"]["charts_4h"]["error"]["code"], "GCS_WRITE_FAILED");
         // A crashed holder's expired lease is recorded as the last error of a reclaim.
         let mut d = doc();
         d["steps"]["charts_4h"]["status"] = json!("RUNNING");
@@ -875,7 +966,7 @@ mod tests {
         d["steps"]["charts_4h"]["attempts"] = json!(3);
         let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
         assert!(
-            matches!(out, ClaimOutcome::GaveUp { ref code, .. } if code == "STEP_ABANDONED"),
+            matches!(out, ClaimOutcome::Claimed { give_up: Some(ref g), .. } if g.code == "STEP_ABANDONED"),
             "{out:?}"
         );
     }

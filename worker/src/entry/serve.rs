@@ -224,7 +224,7 @@ async fn handle(state: &AppState, ev: &FirestoreEvent, run: RunId) -> Answer {
             Err(e) if e.is_transient() => return retry(format!("cannot read flow_runs/{run}: {e}")),
             Err(e) => {
                 error!(event = "cloud_event_received", runId = %run, error = %e, "cannot read the flow run");
-                return ok("failed", format!("cannot read flow_runs/{run}: {e}"));
+                return retry(format!("cannot read flow_runs/{run}: {e}"));
             }
         },
         (None, false) => return ok("noop", "the event carries no document after the write"),

@@ -14,6 +14,9 @@ pub(super) struct Claim {
     pub(super) token: ClaimToken,
     /// 1 for the first claim of the step.
     pub(super) attempt: u32,
+    /// Past the last attempt: this claim only settles the step (SUCCEEDED from its manifest, else FAILED with this
+    /// code and message) and renders nothing.
+    pub(super) give_up: Option<(ErrorCode, String)>,
     /// When the claim transaction started: the lease it wrote counts from then, however long the commit took.
     pub(super) started: Instant,
     /// Held by each of this claim's own writes to the flow run (a lease renewal, the finalize), so they never run as
@@ -36,8 +39,19 @@ impl StepRun<'_> {
             lease: chrono_of(w.settings.lease),
             max_attempts: w.settings.lifecycle.max_attempts,
         };
-        let outcome = w.flow_runs.claim_step(run, selector, &params).await?;
+        let outcome = match w.flow_runs.claim_step(run, selector, &params).await {
+            Ok(o) => o,
+            Err(e) => {
+                // Transient or not, the step stays as it was: answered with a redelivery (a refused permission or
+                // a missing database heals when it is fixed, and Eventarc retries for a day).
+                if !e.is_transient() {
+                    error!(event = "claim_failed", error = %e, "the claim was refused by the store; asking for a redelivery");
+                }
+                return Err(e.into());
+            }
+        };
         let outcome_name = match &outcome {
+            ClaimOutcome::Claimed { give_up: Some(_), .. } => "give_up",
             ClaimOutcome::Claimed { reclaimed: true, .. } => "reclaimed",
             ClaimOutcome::Claimed { .. } => "claimed",
             ClaimOutcome::RunNotFound => "run_not_found",
@@ -48,7 +62,6 @@ impl StepRun<'_> {
             ClaimOutcome::NotYet { .. } => "not_yet",
             ClaimOutcome::AlreadyFinished { .. } => "already_finished",
             ClaimOutcome::NotClaimable { .. } => "not_claimable",
-            ClaimOutcome::GaveUp { .. } => "gave_up",
         };
         info!(event = "claim_attempt", outcome = outcome_name, worker = %w.settings.worker_id, "claim {outcome_name}");
         let rejected = |step_id: StepId, message: String| StepReport::Rejected {
@@ -62,6 +75,7 @@ impl StepRun<'_> {
                 step_id,
                 run: doc,
                 attempt,
+                give_up,
                 ..
             } => {
                 return Ok(Ok((
@@ -69,6 +83,8 @@ impl StepRun<'_> {
                         step_id,
                         token: params.token,
                         attempt,
+                        give_up: give_up
+                            .map(|g| (ErrorCode::parse(&g.code).unwrap_or(ErrorCode::StepAbandoned), g.message)),
                         started,
                         writes: tokio::sync::Mutex::new(()),
                     },
@@ -105,16 +121,6 @@ impl StepRun<'_> {
             ClaimOutcome::WrongStepType { step_id, step_type } => {
                 let message = format!("steps.{step_id}.stepType: is {step_type:?}, not CHART_EXPORT");
                 rejected(step_id, message)
-            }
-            ClaimOutcome::GaveUp { step_id, code, message } => {
-                error!(event = "step_completed", status = "FAILED", code = %code, "{message}");
-                StepReport::Failed {
-                    run_id: run.to_string(),
-                    step_id: step_id.to_string(),
-                    code: ErrorCode::parse(&code).unwrap_or(ErrorCode::StepAbandoned),
-                    message,
-                    failures: Vec::new(),
-                }
             }
         }))
     }

@@ -49,13 +49,24 @@ pub async fn run_chart_export_step(
     if let StepSelector::Explicit(s) = selector {
         span.record("stepId", s.as_str());
     }
-    StepRun { w, run, observer }.run(selector).instrument(span).await
+    StepRun {
+        w,
+        run,
+        observer,
+        charts: Default::default(),
+    }
+    .run(selector)
+    .instrument(span)
+    .await
 }
 
 struct StepRun<'a> {
     w: &'a Worker,
     run: &'a RunId,
     observer: Option<&'a dyn StepObserver>,
+    /// Every object the step's charts may be stored as (known once the step is validated): deleted when the step
+    /// ends FAILED, so no chart outlives a step without a manifest.
+    charts: std::sync::Mutex<Vec<crate::domain::ObjectRef>>,
 }
 
 fn noop(run: &RunId, step: Option<&StepId>, reason: impl Into<String>) -> StepReport {
@@ -115,17 +126,30 @@ impl StepRun<'_> {
 
     /// The stages after the claim, in order.
     async fn stages(&self, claim: &Claim, doc: &Value, guard: &Guard) -> Result<StepReport, Halt> {
-        let valid = match self.validate(claim, doc) {
+        let mut valid = match self.validate(claim, doc) {
             Ok(v) => v,
             Err(f) => return self.finalize_failed(claim, f, Vec::new()).await,
         };
-        if let Some(report) = self.manifest_first(claim, &valid).await? {
+        // Only a step claimed before `chartsGeneratedAt` existed lacks it: its names hold for this attempt alone.
+        let now = self.w.clock.now();
+        valid
+            .charts_generated_at
+            .get_or_insert_with(|| now - chrono::Duration::nanoseconds(now.timestamp_subsec_nanos() as i64));
+        *self.charts.lock().unwrap_or_else(|e| e.into_inner()) = self.step_chart_objects(&valid, &valid.requests);
+        if let Some(report) = self.manifest_first(claim).await? {
             return Ok(report);
+        }
+        if let Some((code, message)) = &claim.give_up {
+            error!(event = "step_gave_up", code = %code, "{message}");
+            return self
+                .finalize_failed(claim, outcome::ChartFailure::new(*code, message.clone()), Vec::new())
+                .await;
         }
         if let Some(o) = self.observer {
             o.charts_planned(valid.requests.len());
         }
         let slots = self.prepare_requests(&valid).await?;
+        let slots = self.find_stored(&valid, slots).await?;
         let key = format!("{}/{}", self.run, claim.step_id);
         let ledger = QuotaLedger::new(&self.w.accounts, self.w.usage.as_ref(), self.w.clock.as_ref(), &key);
         let slots = self.reserve_quota(&ledger, slots, guard).await?;

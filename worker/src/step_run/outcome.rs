@@ -16,6 +16,10 @@ pub struct ChartFailure {
     pub http_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Value>,
+    /// A transient infrastructure failure (an upload, the quota store, a rate window that could not be reached):
+    /// a step short of its images for it is released with this code, not finalized FAILED.
+    #[serde(skip)]
+    pub retry_as: Option<ErrorCode>,
 }
 
 impl ChartFailure {
@@ -25,6 +29,15 @@ impl ChartFailure {
             message: message.into(),
             http_status: None,
             details: None,
+            retry_as: None,
+        }
+    }
+
+    /// A failure a later attempt may not meet; the step is released with `step_code` when it leaves it short.
+    pub(super) fn transient(code: ErrorCode, step_code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            retry_as: Some(step_code),
+            ..Self::new(code, message)
         }
     }
 
@@ -38,6 +51,7 @@ impl ChartFailure {
             http_status: e.http_status(),
             message: e.to_string(),
             details,
+            retry_as: None,
         }
     }
 
@@ -162,10 +176,12 @@ pub enum CoreError {
 }
 
 impl CoreError {
-    /// Whether a redelivery may help (`serve` answers 503 then, 2xx with an ERROR log otherwise).
+    /// Whether a redelivery may help (`serve` answers 503 then, 2xx with an ERROR log otherwise). A store error
+    /// before the claim always may: nothing was written, and a refused permission or a missing database heals when
+    /// it is fixed (Eventarc keeps redelivering for a day); the core logged a permanent one at ERROR.
     pub fn wants_redelivery(&self) -> bool {
         match self {
-            Self::Store(e) => e.is_transient(),
+            Self::Store(_) => true,
             Self::ReleaseFailed { .. } => true,
             Self::FinalizeRefused { .. } => false,
         }

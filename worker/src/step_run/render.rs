@@ -16,9 +16,36 @@ use crate::domain::manifest::chart_path;
 use crate::domain::request::build_request;
 use crate::domain::step::{rfc3339, ValidStep};
 use crate::domain::text::{clip_details, clip_error};
-use crate::domain::{ChartRequest, ErrorCode, ManifestItem, ObjectRef, TemplateId};
-use crate::ports::{ChartApiError, ChartCall, WriteMode};
+use crate::domain::{ChartRequest, ErrorCode, ImageFormat, ManifestItem, ObjectRef, TemplateId};
+use crate::ports::{ArtifactError, ChartApiError, ChartCall, ObjectMetadata, WriteMode};
 use crate::quota::{AcquireError, QuotaLedger};
+
+/// Custom metadata of a stored chart: the SHA-256 of its bytes, and of the request it was rendered from.
+const META_SHA256: &str = "sha256";
+const META_REQUEST: &str = "chartRequestSha256";
+
+/// A chart of the step as this attempt sees it.
+pub(super) enum Slot {
+    /// Still to render (and to pay for).
+    Render(ChartRequest),
+    /// Stored by an earlier attempt, bytes as recorded: reused as it is.
+    Stored(ManifestItem),
+    Failed(ChartFailure),
+}
+
+/// The `generatedAt` of the step's charts (set by [`StepRun::stages`] before any chart is named).
+pub(super) fn charts_at(valid: &ValidStep) -> DateTime<Utc> {
+    valid.charts_generated_at.unwrap_or_default()
+}
+
+/// What identifies the rendering a stored chart came from: its Chart-IMG body and format.
+fn request_digest(req: &ChartRequest) -> String {
+    let body = serde_json::to_vec(&req.body).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(&body);
+    h.update(req.format.extension().as_bytes());
+    hex::encode(h.finalize())
+}
 
 impl StepRun<'_> {
     /// Stage 4: one Chart-IMG request per template; a missing or malformed template fails that request only.
@@ -44,13 +71,97 @@ impl StepRun<'_> {
             .collect())
     }
 
-    /// Stage 5: the step's quota in one batched reservation.
+    /// Stage 5: the charts an earlier attempt of this step already stored. Their names are fixed per step
+    /// ([`ValidStep::charts_generated_at`]), so each is looked up where this attempt would write it; one whose bytes
+    /// match the `sha256` recorded with it, rendered from the same request, is reused without a call. Any other
+    /// object under the name is rendered again and replaced.
+    pub(super) async fn find_stored(
+        &self,
+        valid: &ValidStep,
+        slots: Vec<Result<ChartRequest, ChartFailure>>,
+    ) -> Result<Vec<Slot>, Halt> {
+        let looked: Vec<Result<Slot, Halt>> = futures::stream::iter(slots)
+            .map(|slot| async move {
+                let req = match slot {
+                    Err(f) => return Ok(Slot::Failed(f)),
+                    Ok(req) => req,
+                };
+                let obj = self.chart_object(valid, &req.template_id, req.format);
+                let stored = match self.w.artifacts.get(&obj).await {
+                    Ok(Some(o)) => o,
+                    Ok(None) => return Ok(Slot::Render(req)),
+                    Err(e @ ArtifactError::Unavailable(_)) => {
+                        return Err(Halt::Transient {
+                            code: ErrorCode::GcsWriteFailed,
+                            message: format!("cannot look for the stored chart {obj}: {e}"),
+                        })
+                    }
+                    Err(e) => {
+                        warn!(event = "chart_stored_unreadable", uri = %obj, error = %e, "cannot read the stored chart; rendering it again");
+                        return Ok(Slot::Render(req));
+                    }
+                };
+                let sha256 = hex::encode(Sha256::digest(&stored.bytes));
+                let recorded = stored.metadata.get(META_SHA256).map(String::as_str);
+                let same_request = stored.metadata.get(META_REQUEST).map(String::as_str) == Some(&request_digest(&req));
+                if recorded != Some(sha256.as_str()) || !same_request {
+                    warn!(event = "chart_stored_mismatch", uri = %obj, recorded = recorded.unwrap_or("-"), actual = %sha256, sameRequest = same_request, "a stored chart does not match its record; rendering it again");
+                    return Ok(Slot::Render(req));
+                }
+                info!(event = "chart_reused", chartTemplateId = %req.template_id, uri = %obj, "reusing the chart an earlier attempt stored");
+                Ok(Slot::Stored(ManifestItem {
+                    chart_template_id: req.template_id.to_string(),
+                    gcs_uri: obj.uri(),
+                    content_type: req.format.content_type().to_owned(),
+                    bytes: stored.bytes.len() as u64,
+                    sha256,
+                    generated_at: rfc3339(charts_at(valid)),
+                }))
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        looked.into_iter().collect()
+    }
+
+    /// Where this step's chart of `template` lives (contract §6, with the step's fixed `generatedAt`).
+    pub(super) fn chart_object(&self, valid: &ValidStep, template: &TemplateId, format: ImageFormat) -> ObjectRef {
+        ObjectRef {
+            bucket: self.w.settings.bucket.clone(),
+            path: chart_path(
+                self.run,
+                valid.timeframe,
+                template,
+                &valid.symbol,
+                charts_at(valid),
+                format,
+            ),
+        }
+    }
+
+    /// Every object this step's charts could be stored as (each template in each format).
+    pub(super) fn step_chart_objects<'t>(
+        &self,
+        valid: &ValidStep,
+        templates: impl IntoIterator<Item = &'t TemplateId>,
+    ) -> Vec<ObjectRef> {
+        templates
+            .into_iter()
+            .flat_map(|t| [ImageFormat::Png, ImageFormat::Jpeg].map(|f| self.chart_object(valid, t, f)))
+            .collect()
+    }
+
+    /// Stage 6: the step's quota for the charts still to render, in one batched reservation.
     pub(super) async fn reserve_quota(
         &self,
         ledger: &QuotaLedger<'_>,
-        mut slots: Vec<Result<ChartRequest, ChartFailure>>,
+        mut slots: Vec<Slot>,
         guard: &Guard,
-    ) -> Result<Vec<Result<ChartRequest, ChartFailure>>, Halt> {
+    ) -> Result<Vec<Slot>, Halt> {
+        let sendable = slots.iter().filter(|s| matches!(s, Slot::Render(_))).count() as u32;
+        if sendable == 0 {
+            return Ok(slots);
+        }
         match guard.current() {
             Some(Stop::Lost) => return Err(Halt::Lost("the lease renewal found the step no longer ours".into())),
             Some(Stop::Shutdown | Stop::Draining) => return Err(Halt::Shutdown),
@@ -62,13 +173,9 @@ impl StepRun<'_> {
             }
             None => {}
         }
-        let sendable = slots.iter().filter(|s| s.is_ok()).count() as u32;
-        if sendable == 0 {
-            return Ok(slots);
-        }
         if self.w.accounts.is_empty() {
-            for s in slots.iter_mut().filter(|s| s.is_ok()) {
-                *s = Err(ChartFailure::new(
+            for s in slots.iter_mut().filter(|s| matches!(s, Slot::Render(_))) {
+                *s = Slot::Failed(ChartFailure::new(
                     ErrorCode::ChartApiFailed,
                     "no Chart-IMG account is configured (CHART_IMG_ACCOUNTS_JSON)",
                 ));
@@ -79,24 +186,25 @@ impl StepRun<'_> {
         Ok(slots)
     }
 
-    /// Stage 6: render and upload every chart, as many at a time as the accounts' rates use at the latency seen
-    /// ([`AccountPool::in_flight`], at most `concurrency`).
+    /// Stage 7: render and upload every chart still missing, as many at a time as the accounts' rates use at the
+    /// latency seen ([`AccountPool::in_flight`], at most `concurrency`); stored ones are taken as they are.
     pub(super) async fn render_all(
         &self,
         valid: &ValidStep,
         ledger: &QuotaLedger<'_>,
-        slots: Vec<Result<ChartRequest, ChartFailure>>,
+        slots: Vec<Slot>,
         guard: &Guard,
     ) -> Vec<(TemplateId, Result<ManifestItem, ChartFailure>)> {
-        let sendable = slots.iter().filter(|s| s.is_ok()).count() as u32;
+        let sendable = slots.iter().filter(|s| matches!(s, Slot::Render(_))).count() as u32;
         let remaining = AtomicU32::new(sendable);
         futures::stream::iter(valid.requests.iter().cloned().zip(slots))
             .map(|(id, slot)| {
                 let remaining = &remaining;
                 async move {
                     let out = match slot {
-                        Err(f) => Err(f),
-                        Ok(req) => {
+                        Slot::Failed(f) => Err(f),
+                        Slot::Stored(item) => Ok(item),
+                        Slot::Render(req) => {
                             let r = self.render_and_store(&req, valid, ledger, remaining, guard).await;
                             remaining.fetch_sub(1, Ordering::SeqCst);
                             r
@@ -124,43 +232,46 @@ impl StepRun<'_> {
         let w = self.w;
         let work = async {
             let image = self.render_with_retry(req, ledger, remaining, guard).await?;
-            let generated_at: DateTime<Utc> = w.clock.now();
-            let path = chart_path(
-                self.run,
-                valid.timeframe,
-                &req.template_id,
-                &valid.symbol,
-                generated_at,
-                image.format,
-            );
-            let obj = ObjectRef {
-                bucket: w.settings.bucket.clone(),
-                path,
-            };
+            let obj = self.chart_object(valid, &req.template_id, image.format);
             let sha256 = hex::encode(Sha256::digest(&image.bytes));
             let size = image.bytes.len() as u64;
-            w.artifacts
-                .put(&obj, image.bytes, image.format.content_type(), WriteMode::Overwrite)
-                .await
-                .map_err(|e| {
-                    ChartFailure::new(
-                        ErrorCode::GcsWriteFailed,
-                        clip_error(&format!("cannot write {obj}: {e}")),
-                    )
-                })?;
+            // The record a later attempt checks before reusing the object instead of paying for it again.
+            let metadata = ObjectMetadata::from([
+                (META_SHA256.to_owned(), sha256.clone()),
+                (META_REQUEST.to_owned(), request_digest(req)),
+            ]);
+            let put = w.artifacts.put_with(
+                &obj,
+                image.bytes,
+                image.format.content_type(),
+                WriteMode::Overwrite,
+                &metadata,
+            );
+            put.await.map_err(|e| {
+                let message = clip_error(&format!("cannot write {obj}: {e}"));
+                match e {
+                    ArtifactError::Unavailable(_) => {
+                        ChartFailure::transient(ErrorCode::GcsWriteFailed, ErrorCode::GcsWriteFailed, message)
+                    }
+                    _ => ChartFailure::new(ErrorCode::GcsWriteFailed, message),
+                }
+            })?;
             Ok(ManifestItem {
                 chart_template_id: req.template_id.to_string(),
                 gcs_uri: obj.uri(),
                 content_type: image.format.content_type().to_owned(),
                 bytes: size,
                 sha256,
-                generated_at: rfc3339(generated_at),
+                generated_at: rfc3339(charts_at(valid)),
             })
         };
         tokio::select! {
-        r = work => r,
-        // On shutdown or a lost claim the call in flight is abandoned; its unit stays spent (it may have been sent).
-        _ = guard.abandon() => Err(ChartFailure::new(ErrorCode::ChartApiFailed, "abandoned: the step was stopped mid-call"))}
+            biased;
+            r = work => r,
+            // On shutdown or a lost claim whatever is left (a retry's backoff, an upload) is abandoned. Callers
+            // queued for a rate slot have given their unit back already: they stop at the first stop of any kind.
+            _ = guard.abandon() => Err(ChartFailure::new(ErrorCode::ChartApiFailed, "abandoned: the step was stopped mid-call")),
+        }
     }
 
     /// Attempts with backoff on throttles and transient failures (the one [`RetryPolicy`]). Inside one attempt,
@@ -175,6 +286,9 @@ impl StepRun<'_> {
     ) -> Result<crate::ports::RenderedChart, ChartFailure> {
         enum AttemptError {
             Api(ChartApiError),
+            /// The rate window could not be reserved (the store did not answer): retried like a 5xx, and if it
+            /// never heals the step is released, not failed.
+            Window(String),
             Fatal(ChartFailure),
         }
         let w = self.w;
@@ -203,6 +317,11 @@ impl StepRun<'_> {
                         f.http_status = Some(429);
                         return Err(AttemptError::Fatal(f));
                     }
+                    Err(AcquireError::Store(e)) if e.is_transient() => {
+                        let message = format!("cannot reserve Chart-IMG quota: {e}");
+                        let f = ChartFailure::transient(ErrorCode::ChartApiFailed, ErrorCode::StoreFailed, message);
+                        return Err(AttemptError::Fatal(f));
+                    }
                     Err(e @ AcquireError::Store(_)) => {
                         return Err(AttemptError::Fatal(ChartFailure::new(
                             ErrorCode::ChartApiFailed,
@@ -210,11 +329,29 @@ impl StepRun<'_> {
                         )))
                     }
                 };
-                if let Err(e) = account.until_ready().await {
+                // A stop that came while this caller waited for quota: the unit goes back, nothing is sent.
+                if guard.current().is_some() {
+                    ledger.refund(account).await;
+                    continue;
+                }
+                let ready = tokio::select! {
+                    r = account.until_ready() => r,
+                    // Still queued for a rate slot at the deadline, SIGTERM or a lost claim: never sent, so the unit
+                    // goes back to the step (and from it to the counter).
+                    _ = guard.stopped() => {
+                        ledger.refund(account).await;
+                        continue;
+                    }
+                };
+                if guard.current().is_some() {
+                    ledger.refund(account).await;
+                    continue;
+                }
+                if let Err(e) = ready {
                     // No call was sent: the unit goes back to the step, and the attempt is retried like a 5xx.
                     ledger.refund(account).await;
                     let message = format!("cannot reserve a rate window for {}: {e}", account.config.id);
-                    return Err(AttemptError::Api(ChartApiError::Transient { status: None, message }));
+                    return Err(AttemptError::Window(message));
                 }
                 let id = &account.config.id;
                 info!(event = "chart_api_call_start", chartTemplateId = template, account = %id, "calling Chart-IMG");
@@ -252,18 +389,21 @@ impl StepRun<'_> {
             .retry
             .run(
                 attempt,
-                |e| matches!(e, AttemptError::Api(api) if api.is_retryable()),
+                |e| matches!(e, AttemptError::Window(_)) || matches!(e, AttemptError::Api(api) if api.is_retryable()),
                 |e, after| {
-                    if let AttemptError::Api(api) = e {
-                        let error = clip_error(&w.accounts.redact(&api.to_string()));
-                        warn!(event = "chart_api_retry", chartTemplateId = template, error = %error, after_ms = after.as_millis() as u64, "retrying Chart-IMG call");
-                    }
+                    let error = match e {
+                        AttemptError::Api(api) => clip_error(&w.accounts.redact(&api.to_string())),
+                        AttemptError::Window(m) => clip_error(m),
+                        AttemptError::Fatal(_) => return,
+                    };
+                    warn!(event = "chart_api_retry", chartTemplateId = template, error = %error, after_ms = after.as_millis() as u64, "retrying Chart-IMG call");
                 },
             )
             .await
             .map_err(|e| {
                 let mut f = match e {
                     AttemptError::Api(api) => ChartFailure::from_api(api),
+                    AttemptError::Window(m) => ChartFailure::transient(ErrorCode::ChartApiFailed, ErrorCode::StoreFailed, m),
                     AttemptError::Fatal(f) => f};
                 f.message = clip_error(&w.accounts.redact(&f.message));
                 if let Some(d) = f.details.take() {

@@ -19,6 +19,11 @@ use crate::domain::{
 };
 use crate::ports::{ArtifactError, StoreError, WriteMode};
 
+/// The step-level code of the first transient infrastructure failure among a step's charts, if any.
+fn failures_retry_as(codes: &[ErrorCode]) -> Option<ErrorCode> {
+    codes.first().copied()
+}
+
 impl StepRun<'_> {
     /// Stage 2: step-level validation of the claimed document.
     pub(super) fn validate(&self, claim: &Claim, doc: &Value) -> Result<ValidStep, ChartFailure> {
@@ -28,6 +33,7 @@ impl StepRun<'_> {
             message: invalid.to_string(),
             http_status: None,
             details: Some(json!({ "field": invalid.field })),
+            retry_as: None,
         })
     }
 
@@ -39,8 +45,9 @@ impl StepRun<'_> {
     }
 
     /// Stage 3: a manifest already written for this step (an earlier holder succeeded but never finalized) finalizes
-    /// it SUCCEEDED at once: nothing is rendered or paid twice.
-    pub(super) async fn manifest_first(&self, claim: &Claim, valid: &ValidStep) -> Result<Option<StepReport>, Halt> {
+    /// it SUCCEEDED at once: nothing is rendered or paid twice. A manifest that cannot be read as one is never
+    /// taken for success: the step fails (`MANIFEST_WRITE_FAILED`, naming the object).
+    pub(super) async fn manifest_first(&self, claim: &Claim) -> Result<Option<StepReport>, Halt> {
         let obj = self.manifest_ref(&claim.step_id);
         let existing = match self.w.artifacts.get(&obj).await {
             Ok(o) => o,
@@ -58,10 +65,23 @@ impl StepRun<'_> {
             }
         };
         let Some(existing) = existing else { return Ok(None) };
-        let manifest: Option<Manifest> = serde_json::from_slice(&existing.bytes).ok();
+        let manifest = match Manifest::from_validated_json(&existing.bytes) {
+            Ok(m) if m.run_id == self.run.as_str() && m.step_id == claim.step_id.as_str() => m,
+            Ok(m) => {
+                return Err(Halt::Permanent(ChartFailure::new(
+                    ErrorCode::ManifestWriteFailed,
+                    format!("{obj} exists but is the manifest of {}/{}", m.run_id, m.step_id),
+                )))
+            }
+            Err(e) => {
+                return Err(Halt::Permanent(ChartFailure::new(
+                    ErrorCode::ManifestWriteFailed,
+                    clip_error(&format!("{obj} exists but is not a readable manifest: {e}")),
+                )))
+            }
+        };
         info!(event = "manifest_written", uri = %obj, existing = true, "a manifest already exists; finalizing from it");
-        let (items, failures) = manifest.map(|m| (m.items, m.failures)).unwrap_or_default();
-        self.finalize_succeeded(claim, valid, &obj, items, failures)
+        self.finalize_succeeded(claim, manifest.requested, &obj, manifest.items, manifest.failures)
             .await
             .map(Some)
     }
@@ -78,10 +98,14 @@ impl StepRun<'_> {
         let mut items = Vec::new();
         let mut failures = Vec::new();
         let mut first_failure: Option<ChartFailure> = None;
+        let mut failed_transiently = Vec::new();
+        let mut failed_ids = Vec::new();
         for (id, r) in results {
             match r {
                 Ok(item) => items.push(item),
                 Err(f) => {
+                    failed_transiently.extend(f.retry_as);
+                    failed_ids.push(id.clone());
                     failures.push(ManifestFailure {
                         chart_template_id: id.to_string(),
                         code: f.code,
@@ -108,6 +132,7 @@ impl StepRun<'_> {
             )
         };
         if !enough {
+            let transient = failures_retry_as(&failed_transiently);
             let first =
                 first_failure.unwrap_or_else(|| ChartFailure::new(ErrorCode::ChartApiFailed, "no chart was rendered"));
             match stop {
@@ -121,16 +146,50 @@ impl StepRun<'_> {
                 }
                 _ => {}
             }
+            // Short of images because the infrastructure failed for a while: the charts stored so far are kept
+            // for the next attempt, which renders only the rest.
+            if let Some(code) = transient {
+                let message = format!("a transient failure while rendering: {}", summary(&first));
+                return Err(Halt::Transient { code, message });
+            }
             let details = json!({ "failures": failures, "firstFailure": first.details });
             let f = ChartFailure {
                 code: first.code,
                 message: summary(&first),
                 http_status: first.http_status,
                 details: Some(details),
+                retry_as: None,
             };
             return self.finalize_failed(claim, f, failures).await;
         }
-        self.write_manifest(claim, valid, items, failures).await
+        let report = self.write_manifest(claim, valid, items, failures).await?;
+        // A chart that failed in this attempt may have left an object an earlier attempt stored that did not match
+        // its record: the manifest does not name it, so it goes.
+        if matches!(report, StepReport::Succeeded { .. }) && !failed_ids.is_empty() {
+            self.delete_charts(self.step_chart_objects(valid, &failed_ids)).await;
+        }
+        Ok(report)
+    }
+
+    /// Deletes chart objects no manifest will name. Best effort: a failure is logged, the step's outcome stands.
+    pub(super) async fn delete_charts(&self, objs: Vec<ObjectRef>) {
+        let mut deleted = 0;
+        for obj in objs {
+            match self.w.artifacts.delete(&obj).await {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(event = "chart_delete_failed", uri = %obj, error = %e, "cannot delete a chart no manifest names")
+                }
+            }
+        }
+        if deleted > 0 {
+            info!(
+                event = "charts_deleted",
+                count = deleted,
+                "deleted charts no manifest names"
+            );
+        }
     }
 
     /// Stage 8: the manifest, schema-checked and create-only, then the finalize.
@@ -191,13 +250,14 @@ impl StepRun<'_> {
                 return self.finalize_failed(claim, f, failures).await;
             }
         }
-        self.finalize_succeeded(claim, valid, &obj, items, failures).await
+        self.finalize_succeeded(claim, valid.requests.len() as u32, &obj, items, failures)
+            .await
     }
 
     pub(super) async fn finalize_succeeded(
         &self,
         claim: &Claim,
-        valid: &ValidStep,
+        requested: u32,
         obj: &ObjectRef,
         items: Vec<ManifestItem>,
         failures: Vec<ManifestFailure>,
@@ -218,7 +278,7 @@ impl StepRun<'_> {
             run_id: self.run.to_string(),
             step_id: claim.step_id.to_string(),
             manifest_uri: obj.uri(),
-            requested: valid.requests.len() as u32,
+            requested,
             items,
             failures,
         };
@@ -254,7 +314,12 @@ impl StepRun<'_> {
             message,
             failures,
         };
-        self.finalize(claim, patch, report, f.code).await
+        let report = self.finalize(claim, patch, report, f.code).await?;
+        // FAILED has no manifest: charts earlier attempts stored for it are deleted (the step is final, nobody else
+        // writes them now).
+        let charts = std::mem::take(&mut *self.charts.lock().unwrap_or_else(|e| e.into_inner()));
+        self.delete_charts(charts).await;
+        Ok(report)
     }
 
     /// The guarded final write. A retried commit whose first try landed answers `AlreadyApplied`, which is success.
@@ -311,9 +376,26 @@ impl StepRun<'_> {
         let lifecycle = &w.settings.lifecycle;
         let message = clip_error(&message);
         if !shutdown && claim.attempt >= lifecycle.max_attempts {
+            // The failure may have come after the manifest landed (a finalize that did not get through): a step with
+            // a manifest is SUCCEEDED from it, never FAILED.
+            match self.manifest_first(claim).await {
+                Ok(Some(report)) => return Ok(report),
+                Ok(None) | Err(Halt::Permanent(_)) => {}
+                Err(Halt::Lost(reason)) => return Ok(self.lost(claim, reason)),
+                Err(Halt::Refused(e)) => return Err(e),
+                // The manifest cannot be checked now: hand the step back once more; the give-up claim checks again,
+                // and if it cannot either, the step is FAILED (bounded: a store that never heals ends the step).
+                Err(Halt::Transient { .. } | Halt::Shutdown) if claim.give_up.is_none() => {
+                    return self.release_now(claim, code, message, false).await
+                }
+                Err(Halt::Transient { .. } | Halt::Shutdown) => {}
+            }
             let f = ChartFailure::new(
                 code,
-                format!("gave up after {} attempts; last error: {message}", claim.attempt),
+                format!(
+                    "gave up after {} attempts; last error: {message}",
+                    claim.attempt.min(lifecycle.max_attempts)
+                ),
             );
             return match self.finalize_failed(claim, f, Vec::new()).await {
                 Ok(r) => Ok(r),
@@ -325,6 +407,19 @@ impl StepRun<'_> {
                 }),
             };
         }
+        self.release_now(claim, code, message, shutdown).await
+    }
+
+    /// The release write itself (RUNNING → READY, not before the attempt's backoff).
+    async fn release_now(
+        &self,
+        claim: &Claim,
+        code: ErrorCode,
+        message: String,
+        shutdown: bool,
+    ) -> Result<StepReport, CoreError> {
+        let w = self.w;
+        let lifecycle = &w.settings.lifecycle;
         let now = w.clock.now();
         let delay = if shutdown {
             Duration::ZERO

@@ -239,6 +239,7 @@ pub async fn claim_then_finalize_touches_only_the_step_fields(d: Docs) {
         run: doc,
         reclaimed,
         attempt,
+        give_up: None,
     } = out
     else {
         panic!("{out:?}")
@@ -269,6 +270,7 @@ pub async fn claim_then_finalize_touches_only_the_step_fields(d: Docs) {
         "inputs": {"timeframe": "4h", "minImages": 1, "requests": [{"chartTemplateId": "price"}]},
         "claimedBy": "w-1", "claimToken": "tok-w-1", "attempts": 1,
         "startedAt": "2026-11-28T10:00:00Z", "finishedAt": "2026-11-28T10:01:00Z",
+        "chartsGeneratedAt": "2026-11-28T10:00:00Z",
         "outputsManifestGcsUri": "gs://b/runs/run-1/steps/charts-4h/charts/manifest.json"
     });
     assert_eq!(after, want, "only steps.{STEP}.* changed; leaseExpiresAt deleted");
@@ -659,6 +661,35 @@ fn awkward_png() -> Bytes {
     Bytes::from(b)
 }
 
+/// The record a later attempt checks before reusing a chart, and the delete that removes charts no manifest names.
+pub async fn metadata_is_kept_and_objects_are_deleted(a: Artifacts) {
+    let png = obj(&a, "runs/run-1/charts/4h/price/20261128T100000Z_BTCUSDT_4h_price.png");
+    let meta = worker_chart_export::ports::ObjectMetadata::from([("sha256".to_owned(), "ab12".to_owned())]);
+    a.store
+        .put_with(&png, awkward_png(), "image/png", WriteMode::Overwrite, &meta)
+        .await
+        .unwrap();
+    let got = a.store.get(&png).await.unwrap().unwrap();
+    assert_eq!(got.bytes, awkward_png());
+    if a.keeps_any_content_type {
+        assert_eq!(got.metadata, meta);
+        // Replaced without metadata: the old record goes with the old bytes.
+        a.store
+            .put(&png, Bytes::from_static(b"other"), "image/png", WriteMode::Overwrite)
+            .await
+            .unwrap();
+        assert!(a.store.get(&png).await.unwrap().unwrap().metadata.is_empty());
+    } else {
+        assert!(got.metadata.is_empty(), "the local store keeps no metadata");
+    }
+    assert!(a.store.delete(&png).await.unwrap());
+    assert_eq!(a.store.get(&png).await.unwrap(), None);
+    assert!(
+        !a.store.delete(&png).await.unwrap(),
+        "deleting a missing object answers false"
+    );
+}
+
 pub async fn bytes_and_content_types_are_kept(a: Artifacts) {
     let png = obj(&a, "runs/run-1/charts/4h/price/20261128T100000Z_BTCUSDT_4h_price.png");
     a.store
@@ -910,6 +941,7 @@ macro_rules! artifact_suites {
         $(
             suite!($module, $subject, [
                 bytes_and_content_types_are_kept,
+                metadata_is_kept_and_objects_are_deleted,
                 create_only_is_refused_the_second_time,
                 concurrent_create_only_writes_have_one_winner,
                 a_missing_object_reads_as_none,

@@ -448,12 +448,14 @@ async fn a_used_up_daily_limit_is_never_exceeded_and_yesterdays_counter_is_reset
 }
 
 #[tokio::test]
-async fn storage_failures_fail_the_step_with_gcs_write_failed() {
-    let t = one_account(ScriptedRenderer::ok());
+async fn an_unreachable_bucket_releases_the_step_and_the_next_attempt_pays_only_for_what_is_missing() {
+    let r = ScriptedRenderer::ok();
+    let t = one_account(r.clone());
     t.artifacts.set_unavailable(true);
-    t.seed(&flow_run(&["a", "b"], 1), &["a", "b"]).await;
+    t.seed(&flow_run(&["a", "b"], 2), &["a", "b"]).await;
     let report = run(&t).await;
-    let StepReport::Failed { code, message, .. } = &report else {
+    // A transient upload failure is not the step's fault: released (READY, attempt counted), not FAILED.
+    let StepReport::Released { code, message, .. } = &report else {
         panic!("{report:?}")
     };
     assert_eq!(*code, ErrorCode::GcsWriteFailed);
@@ -461,12 +463,19 @@ async fn storage_failures_fail_the_step_with_gcs_write_failed() {
         message.contains("cannot write gs://bucket-1/runs/run-123/charts/4h/a/"),
         "{message}"
     );
-    assert_eq!(t.step().await["status"], "FAILED");
+    let step = t.step().await;
+    assert_eq!(
+        (step["status"].as_str(), step["lastError"]["code"].as_str()),
+        (Some("READY"), Some("GCS_WRITE_FAILED"))
+    );
+    assert_eq!(r.calls().len(), 2);
+    assert!(t.artifacts.list().is_empty());
 }
 
 #[tokio::test]
-async fn an_existing_manifest_is_never_replaced() {
-    let t = one_account(ScriptedRenderer::ok());
+async fn an_unreadable_manifest_is_never_replaced_nor_taken_for_success() {
+    let r = ScriptedRenderer::ok();
+    let t = one_account(r.clone());
     t.seed(&flow_run(&["a"], 1), &["a"]).await;
     let obj = ObjectRef {
         bucket: "bucket-1".into(),
@@ -483,9 +492,17 @@ async fn an_existing_manifest_is_never_replaced() {
         .await
         .unwrap();
     let report = run(&t).await;
-    assert!(matches!(report, StepReport::Succeeded { .. }), "{report:?}");
+    let StepReport::Failed { code, message, .. } = &report else {
+        panic!("{report:?}")
+    };
+    assert_eq!(*code, ErrorCode::ManifestWriteFailed);
+    assert!(
+        message.contains("manifest.json exists but is not a readable manifest"),
+        "{message}"
+    );
     assert_eq!(t.artifacts.get(&obj).await.unwrap().unwrap().bytes, first);
-    assert_eq!(t.step().await["outputsManifestGcsUri"], obj.uri());
+    assert!(t.step().await.get("outputsManifestGcsUri").is_none());
+    assert!(r.calls().is_empty());
 }
 
 #[tokio::test]

@@ -219,6 +219,24 @@ async fn a_deadline_below_min_images_releases_the_step_with_its_attempt_and_not_
     // Nothing claims it before its not-before time; the usage counts the calls sent (2), never fewer.
     assert!(matches!(run(&t).await, StepReport::NotYet { .. }));
     assert!(t.usage_today("acc-1").await >= 2);
+    assert_eq!(slow.calls(), 2);
+
+    // The next attempt renders only the two charts still missing and reuses the two stored ones.
+    let wait = DateTime::parse_from_rfc3339(not_before).unwrap().with_timezone(&Utc) - t.worker.clock.now();
+    tokio::time::sleep(wait.to_std().unwrap() + Duration::from_secs(1)).await;
+    let report = run(&t).await;
+    let StepReport::Succeeded { items, .. } = &report else {
+        panic!("{report:?}")
+    };
+    assert_eq!(items.len(), 4);
+    assert_eq!(slow.calls(), 4, "each chart paid for once");
+    let pngs = t
+        .artifacts
+        .list()
+        .iter()
+        .filter(|(o, _)| o.path.ends_with(".png"))
+        .count();
+    assert_eq!(pngs, 4, "one object per chart");
 }
 
 /// Templates that cannot be read: transient (unavailable) or for good (refused).
@@ -300,7 +318,7 @@ async fn an_existing_manifest_finalizes_the_step_without_any_call() {
     let manifest = json!({"schemaVersion": 1, "runId": "run-123", "stepId": "charts_4h", "createdAt": "2026-11-28T13:00:00Z",
         "symbol": "BTCUSDT", "timeframe": "4h", "minImages": 1, "requested": 1,
         "items": [{"chartTemplateId": "a", "gcsUri": "gs://bucket-1/runs/run-123/charts/4h/a/x.png", "contentType": "image/png",
-                   "bytes": 9, "sha256": "00", "generatedAt": "2026-11-28T13:00:00Z"}], "failures": []});
+                   "bytes": 9, "sha256": "0000000000000000000000000000000000000000000000000000000000000000", "generatedAt": "2026-11-28T13:00:00Z"}], "failures": []});
     let obj = ObjectRef {
         bucket: "bucket-1".into(),
         path: "runs/run-123/steps/charts_4h/charts/manifest.json".into(),

@@ -193,8 +193,8 @@ impl StepRun<'_> {
                     )));
                 }
                 let top_up = remaining.load(Ordering::SeqCst);
-                let account = match ledger.acquire_for(top_up, req.needs).await {
-                    Ok(a) => a,
+                let unit = match ledger.acquire_for(top_up, req.needs).await {
+                    Ok(u) => u,
                     Err(AcquireError::AllExhausted(names)) => {
                         let mut f = ChartFailure::new(
                             ErrorCode::ChartApiLimitExceeded,
@@ -210,11 +210,17 @@ impl StepRun<'_> {
                         )))
                     }
                 };
+                let account = unit.account;
                 if let Err(e) = account.until_ready().await {
                     // No call was sent: the unit goes back to the step, and the attempt is retried like a 5xx.
-                    ledger.refund(account).await;
+                    ledger.refund(unit).await;
                     let message = format!("cannot reserve a rate window for {}: {e}", account.config.id);
                     return Err(AttemptError::Api(ChartApiError::Transient { status: None, message }));
+                }
+                if !ledger.is_current(&unit) {
+                    // The rate slot came after midnight: the call needs a unit of the new day.
+                    ledger.refund(unit).await;
+                    continue;
                 }
                 let id = &account.config.id;
                 info!(event = "chart_api_call_start", chartTemplateId = template, account = %id, "calling Chart-IMG");
@@ -242,7 +248,7 @@ impl StepRun<'_> {
                     }
                 }
                 match result {
-                    Err(ChartApiError::LimitExceeded) => ledger.exhaust(account).await,
+                    Err(ChartApiError::LimitExceeded) => ledger.exhaust(unit).await,
                     Err(e) => return Err(AttemptError::Api(e)),
                     Ok(img) => return Ok(img),
                 }

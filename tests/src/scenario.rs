@@ -28,7 +28,7 @@ pub struct Given {
     /// Template ids from `scenarios/templates/`, or a map of id → inline template document.
     #[serde(default)]
     pub templates: Templates,
-    /// `chart_img_accounts_usage/{id}` documents; `$TODAY` and `$YESTERDAY` in strings become UTC dates.
+    /// `chart_img_accounts_usage/{id}` documents; `$TODAY`, `$YESTERDAY` and `$TOMORROW` in strings become UTC dates.
     #[serde(default)]
     pub usage: BTreeMap<String, Value>,
     /// Accounts; each gets a fresh random API key that the run then checks for leaks.

@@ -255,6 +255,15 @@ pub enum AcquireError {
     Store(#[from] StoreError),
 }
 
+/// One unit of quota taken for one call: the account to send it with, and the UTC day whose counter paid for it.
+/// The call is sent only while that day lasts ([`QuotaLedger::is_current`]), and a `429 Limit Exceeded` it gets marks
+/// that day ([`QuotaLedger::exhaust`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Unit<'a> {
+    pub account: &'a Account,
+    pub day: chrono::NaiveDate,
+}
+
 #[derive(Debug, Default)]
 struct LedgerState {
     /// Units reserved in the store and not yet spent, per grant (account and day).
@@ -342,10 +351,16 @@ impl<'a> QuotaLedger<'a> {
     /// Takes one unit for one call on an account whose plan allows `needs` (size and parameters): a 1920x1080 chart
     /// never goes to a BASIC account. Units held on accounts that do not fit stay for other calls (and are given
     /// back at the end if unused); when none fits, a top-up is reserved on the fitting accounts only.
-    pub async fn acquire_for(&self, top_up: u32, needs: PlanNeeds) -> Result<&'a Account, AcquireError> {
+    ///
+    /// Only units of the call's UTC day are spent: Chart-IMG counts the call on the day it arrives, so units reserved
+    /// on an earlier day and still held after midnight are dropped (that day's counter keeps them: an over-count of a
+    /// day that is over) and the call's unit is reserved on the new day's counter.
+    pub async fn acquire_for(&self, top_up: u32, needs: PlanNeeds) -> Result<Unit<'a>, AcquireError> {
         let fits = |id: &AccountId| self.pool.get(id).is_some_and(|a| needs.fits(a.config.plan));
         let mut st = self.state.lock().await;
         loop {
+            let today = self.clock.now().date_naive();
+            st.held.retain(|g| g.day >= today);
             let exhausted = st.exhausted.clone();
             if let Some(g) = st
                 .held
@@ -353,7 +368,7 @@ impl<'a> QuotaLedger<'a> {
                 .find(|g| g.units > 0 && !exhausted.contains(&g.account) && fits(&g.account))
             {
                 g.units -= 1;
-                let id = g.account.clone();
+                let (id, day) = (g.account.clone(), g.day);
                 match st.spent.iter_mut().find(|(a, _)| *a == id) {
                     Some((_, n)) => *n += 1,
                     None => st.spent.push((id.clone(), 1)),
@@ -361,6 +376,7 @@ impl<'a> QuotaLedger<'a> {
                 return self
                     .pool
                     .get(&id)
+                    .map(|account| Unit { account, day })
                     .ok_or_else(|| AcquireError::AllExhausted(id.to_string()));
             }
             let all = self.usable(&st);
@@ -386,29 +402,35 @@ impl<'a> QuotaLedger<'a> {
         }
     }
 
-    /// Puts back the unit last taken on `account` for a call that was never sent.
-    pub async fn refund(&self, account: &Account) {
+    /// Whether `unit` may still pay for a call sent now: its day has not ended on this process's clock. A unit
+    /// taken just before midnight whose call waited for a rate slot past it is refunded and a new one taken.
+    pub fn is_current(&self, unit: &Unit<'_>) -> bool {
+        unit.day >= self.clock.now().date_naive()
+    }
+
+    /// Puts back a unit whose call was never sent, into a grant of the unit's own day (never another day's).
+    pub async fn refund(&self, unit: Unit<'_>) {
         let mut st = self.state.lock().await;
-        let id = &account.config.id;
+        let id = &unit.account.config.id;
         let Some((_, n)) = st.spent.iter_mut().find(|(a, n)| a == id && *n > 0) else {
             return;
         };
         *n -= 1;
-        match st.held.iter_mut().find(|g| g.account == *id) {
+        match st.held.iter_mut().find(|g| g.account == *id && g.day == unit.day) {
             Some(g) => g.units += 1,
-            None => {
-                let day = self.clock.now().date_naive();
-                st.held.push(Grant {
-                    account: id.clone(),
-                    day,
-                    units: 1,
-                });
-            }
+            None => st.held.push(Grant {
+                account: id.clone(),
+                day: unit.day,
+                units: 1,
+            }),
         }
     }
 
-    /// After `429 Limit Exceeded`: the account is out for today. Its held units go back, and the store marks it.
-    pub async fn exhaust(&self, account: &Account) {
+    /// After `429 Limit Exceeded` to the call `unit` paid for: the account is out for the day that call was counted
+    /// on (the answer may come after midnight; the next day's quota is not touched). Its held units go back, and the
+    /// store marks it.
+    pub async fn exhaust(&self, unit: Unit<'_>) {
+        let account = unit.account;
         let mut st = self.state.lock().await;
         let id = account.config.id.clone();
         if !st.exhausted.insert(id.clone()) {
@@ -432,11 +454,7 @@ impl<'a> QuotaLedger<'a> {
                 warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
             }
         }
-        if let Err(e) = self
-            .store
-            .mark_exhausted(&account.config.quota(), now.date_naive(), now)
-            .await
-        {
+        if let Err(e) = self.store.mark_exhausted(&account.config.quota(), unit.day, now).await {
             warn!(event = "quota_mark_exhausted_failed", account = %id, error = %e, "could not mark the account exhausted");
         }
     }
@@ -626,6 +644,92 @@ mod tests {
             calls.iter().map(|(a, _)| a[0].clone()).collect::<Vec<_>>(),
             order[..2].to_vec()
         );
+    }
+
+    /// A clock the test moves.
+    struct ManualClock(std::sync::Mutex<chrono::DateTime<chrono::Utc>>);
+
+    impl ManualClock {
+        fn at(s: &str) -> Self {
+            Self(std::sync::Mutex::new(s.parse().unwrap()))
+        }
+        fn set(&self, s: &str) {
+            *self.0.lock().unwrap() = s.parse().unwrap();
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> chrono::DateTime<chrono::Utc> {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    async fn counter(store: &dyn AccountUsageStore, id: &str) -> (String, u32, bool) {
+        let u = store.get_usage(&AccountId::parse(id).unwrap()).await.unwrap().unwrap();
+        (u.day, u.usage_today, u.exhausted)
+    }
+
+    /// H2 (b): units reserved on day D and still held after midnight are not spent on D+1, where Chart-IMG counts
+    /// the call: the call's unit is reserved on D+1's counter.
+    #[tokio::test]
+    async fn a_grant_held_across_midnight_is_not_spent_on_the_next_day() {
+        let pool = pool_with_limits(&[500]);
+        let store = crate::adapters::JsonDocs::in_memory();
+        let clock = ManualClock::at("2026-11-28T23:59:59Z");
+        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
+        ledger.reserve(5).await.unwrap();
+        ledger.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        assert_eq!(counter(&store, "acc-0").await, ("2026-11-28".into(), 5, false));
+        clock.set("2026-11-29T00:00:01Z");
+        let unit = ledger.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        assert_eq!(unit.day.to_string(), "2026-11-29");
+        assert_eq!(
+            counter(&store, "acc-0").await,
+            ("2026-11-29".into(), 1, false),
+            "the call sent on the 29th is counted on the 29th"
+        );
+        ledger.finish().await;
+        assert_eq!(counter(&store, "acc-0").await, ("2026-11-29".into(), 1, false));
+    }
+
+    /// L13: a unit refunded after midnight goes back to the grant of its own day, so it is never spent on another.
+    #[tokio::test]
+    async fn a_refund_after_midnight_never_pays_for_a_call_of_the_next_day() {
+        let pool = pool_with_limits(&[500]);
+        let store = crate::adapters::JsonDocs::in_memory();
+        let clock = ManualClock::at("2026-11-28T23:59:59Z");
+        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
+        ledger.reserve(1).await.unwrap();
+        let unit = ledger.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        clock.set("2026-11-29T00:00:01Z");
+        ledger.refund(unit).await;
+        ledger.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        assert_eq!(counter(&store, "acc-0").await, ("2026-11-29".into(), 1, false));
+    }
+
+    /// M7: `429 Limit Exceeded` answered after midnight to a call sent before it says the old day's quota is used
+    /// up, not the new day's.
+    #[tokio::test]
+    async fn a_limit_exceeded_answered_after_midnight_marks_the_day_the_call_was_sent() {
+        let pool = pool_with_limits(&[500]);
+        let store = crate::adapters::JsonDocs::in_memory();
+        let clock = ManualClock::at("2026-11-28T23:59:59.500Z");
+        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
+        ledger.reserve(2).await.unwrap();
+        let unit = ledger.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        clock.set("2026-11-29T00:00:00.500Z");
+        ledger.exhaust(unit).await;
+        let (day, _, exhausted) = counter(&store, "acc-0").await;
+        assert!(
+            day == "2026-11-28" && exhausted,
+            "the 28th is marked, the 29th untouched: {day} {exhausted}"
+        );
+        // The next step, on the 29th, gets the account.
+        let next = QuotaLedger::new(&pool, &store, &clock, "run-2/s");
+        next.reserve(1).await.unwrap();
+        let unit = next.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        assert_eq!(unit.day.to_string(), "2026-11-29");
+        assert_eq!(counter(&store, "acc-0").await, ("2026-11-29".into(), 1, false));
     }
 
     fn configs(accounts: &[(&str, u32)]) -> Vec<AccountConfig> {

@@ -6,6 +6,7 @@ mod eventarc;
 mod logging;
 mod process;
 mod proxy;
+mod quota;
 
 /// Where the emulators listen (`FIRESTORE_EMULATOR_HOST`, `STORAGE_EMULATOR_HOST`), or `None` after printing
 /// SKIPPED — a failure when the run requires them.

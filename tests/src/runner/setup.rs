@@ -27,10 +27,12 @@ use crate::scenario::{Scenario, Templates};
 pub fn substitute(v: &Value) -> Value {
     let today = Utc::now().date_naive();
     let yesterday = today.pred_opt().expect("a day before today");
+    let tomorrow = today.succ_opt().expect("a day after today");
     match v {
         Value::String(s) => Value::String(
             s.replace("$TODAY", &today.to_string())
-                .replace("$YESTERDAY", &yesterday.to_string()),
+                .replace("$YESTERDAY", &yesterday.to_string())
+                .replace("$TOMORROW", &tomorrow.to_string()),
         ),
         Value::Array(a) => Value::Array(a.iter().map(substitute).collect()),
         Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), substitute(v))).collect()),

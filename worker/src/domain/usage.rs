@@ -1,15 +1,22 @@
 //! `chart_img_accounts_usage/{accountId}`: the daily counter of each Chart-IMG account, and the pure decisions that
 //! every usage store runs inside its transaction (reserve, give back, mark exhausted).
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{AccountId, OpId};
 use super::step::rfc3339;
 
-/// How many applied operations a usage document remembers. A retried commit comes within seconds of its first try,
-/// while a document sees about one write per second, so a few dozen cover any retry; older ones are dropped.
-pub const MAX_RECENT_OPS: usize = 64;
+/// How long a usage document remembers an applied operation. A retry of an operation's commit (its reply lost) is
+/// made by the same call of the adapter, whose retries end within minutes (the Firestore adapter's: 17 attempts of at
+/// most 10 s each plus 30 s of waits), so a retry always finds its operation however many other writes landed
+/// meanwhile; the memory is kept by time, not by count.
+pub const OP_MEMORY: TimeDelta = TimeDelta::minutes(10);
+
+/// A bound on the remembered operations that only keeps the document's size finite: at the about one write per second
+/// a Firestore document sustains, [`OP_MEMORY`] holds about 600; this many (~250 KB) would take 7 writes a second for
+/// ten minutes.
+pub const MAX_RECENT_OPS: usize = 4096;
 
 /// The stored counter. `day` is the UTC date the counter belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,18 +27,21 @@ pub struct UsageDoc {
     pub daily_limit: u32,
     pub exhausted: bool,
     pub updated_at: String,
-    /// Operations (reservations and give-backs) applied to this counter today, newest last, at most
-    /// [`MAX_RECENT_OPS`]: a retried commit whose first try landed finds its id here and applies nothing.
+    /// Operations (reservations and give-backs) applied to this counter today in the last [`OP_MEMORY`], newest
+    /// last: a retried commit whose first try landed finds its id here and applies nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_ops: Vec<OpRecord>,
 }
 
-/// One applied quota operation: its id and the units it moved (taken by a reservation, returned by a give-back).
+/// One applied quota operation: its id, the units it moved (taken by a reservation, returned by a give-back) and
+/// when it was applied (Unix seconds, the writer's clock; absent in documents written before it was recorded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OpRecord {
     pub op: String,
     pub units: u32,
+    #[serde(default)]
+    pub at: i64,
 }
 
 impl UsageDoc {
@@ -39,14 +49,27 @@ impl UsageDoc {
         self.recent_ops.iter().find(|r| r.op == op.as_str()).map(|r| r.units)
     }
 
-    fn remember(&mut self, op: &OpId, units: u32) {
+    /// Records `op` and forgets the operations applied more than [`OP_MEMORY`] before `now`.
+    fn remember(&mut self, op: &OpId, units: u32, now: DateTime<Utc>) {
+        let forget_before = (now - OP_MEMORY).timestamp();
+        self.recent_ops.retain(|r| r.at >= forget_before);
         self.recent_ops.push(OpRecord {
             op: op.to_string(),
             units,
+            at: now.timestamp(),
         });
         let excess = self.recent_ops.len().saturating_sub(MAX_RECENT_OPS);
         self.recent_ops.drain(..excess);
     }
+}
+
+/// The day a write made at `today` applies to on the counter `doc`: today, or the counter's own day when it is
+/// already later (another instance's clock passed midnight first, or a retry began before midnight). A counter never
+/// moves back to an earlier day.
+pub fn counter_day(doc: Option<&UsageDoc>, today: NaiveDate) -> NaiveDate {
+    doc.and_then(|d| d.day.parse::<NaiveDate>().ok())
+        .filter(|d| *d > today)
+        .unwrap_or(today)
 }
 
 impl UsageDoc {
@@ -129,8 +152,9 @@ pub fn preference_order(key: &str, accounts: &[AccountQuota]) -> Vec<AccountQuot
 
 /// Spreads `units` over the accounts in the order given, each up to its remaining quota, and returns the grants
 /// plus the documents to write (only for accounts that granted something, so an idle account costs no write).
-/// A reservation `op` that a document already remembers (a retried commit whose first try landed) answers the grants
-/// it made then and writes nothing.
+/// Each account's units are taken on its [`counter_day`]: `now`'s day, or the counter's when that is later (never
+/// rewound); a grant carries the day it was taken on. A reservation `op` that a document already remembers (a retried
+/// commit whose first try landed) answers the grants it made then and writes nothing.
 pub fn plan_reservation(
     op: &OpId,
     accounts: &[AccountQuota],
@@ -138,16 +162,22 @@ pub fn plan_reservation(
     units: u32,
     now: DateTime<Utc>,
 ) -> (Vec<Grant>, Vec<(AccountId, UsageDoc)>) {
-    let day = now.date_naive();
-    let day_s = day.to_string();
-    let earlier: Vec<Grant> = accounts
+    let today = now.date_naive();
+    let seen: Vec<(NaiveDate, UsageDoc)> = accounts
         .iter()
         .zip(current)
-        .filter_map(|(acc, doc)| {
-            let d = doc.as_ref().filter(|d| d.day == day_s)?;
+        .map(|(acc, doc)| {
+            let day = counter_day(doc.as_ref(), today);
+            (day, UsageDoc::on_day(doc.as_ref(), day, acc.daily_limit))
+        })
+        .collect();
+    let earlier: Vec<Grant> = accounts
+        .iter()
+        .zip(&seen)
+        .filter_map(|(acc, (day, d))| {
             d.applied(op).map(|units| Grant {
                 account: acc.id.clone(),
-                day,
+                day: *day,
                 units,
             })
         })
@@ -158,18 +188,17 @@ pub fn plan_reservation(
     let mut left = units;
     let mut grants = Vec::new();
     let mut writes = Vec::new();
-    for (acc, doc) in accounts.iter().zip(current) {
+    for (acc, (day, mut d)) in accounts.iter().zip(seen) {
         if left == 0 {
             break;
         }
-        let mut d = UsageDoc::on_day(doc.as_ref(), day, acc.daily_limit);
         let take = d.remaining().min(left);
         if take == 0 {
             continue;
         }
         d.usage_today += take;
         d.updated_at = rfc3339(now);
-        d.remember(op, take);
+        d.remember(op, take, now);
         left -= take;
         grants.push(Grant {
             account: acc.id.clone(),
@@ -200,7 +229,7 @@ pub fn plan_give_back(
         updated_at: rfc3339(now),
         ..d.clone()
     };
-    next.remember(op, units);
+    next.remember(op, units, now);
     Some(next)
 }
 
@@ -306,7 +335,8 @@ mod tests {
                 updated_at: "2026-11-28T00:00:01Z".into(),
                 recent_ops: vec![OpRecord {
                     op: "r1".into(),
-                    units: 1
+                    units: 1,
+                    at: at("2026-11-28T00:00:01Z").timestamp(),
                 }],
             }
         );
@@ -368,16 +398,87 @@ mod tests {
         );
     }
 
+    /// M6: a retry comes back after the 10 s call timeout, or later; however many writes landed meanwhile, its
+    /// operation is still remembered.
     #[test]
-    fn remembered_operations_are_bounded() {
-        let mut d = doc("2026-11-28", 0, 1000, false);
-        let now = at("2026-11-28T09:00:00Z");
-        for i in 0..(MAX_RECENT_OPS + 10) {
-            let (_, w) = plan_reservation(&op(&format!("r{i}")), &[acc("a", 1000)], &[Some(d.clone())], 1, now);
+    fn an_operation_is_recognised_however_many_writes_landed_before_its_retry() {
+        let a = [acc("a", 10_000)];
+        let t0 = at("2026-11-28T09:00:00Z");
+        let day = t0.date_naive();
+        let (first, w) = plan_reservation(&op("r"), &a, &[None], 10, t0);
+        let mut d = plan_give_back(&op("g"), Some(&w[0].1), day, 5, t0).unwrap();
+        for i in 0..1000 {
+            let now = t0 + chrono::Duration::milliseconds(100 * i);
+            let (_, w) = plan_reservation(&op(&format!("x{i}")), &a, &[Some(d.clone())], 1, now);
             d = w[0].1.clone();
         }
-        assert_eq!(d.recent_ops.len(), MAX_RECENT_OPS);
-        assert_eq!(d.recent_ops[0].op, "r10");
+        assert_eq!(d.usage_today, 1005);
+        let later = t0 + chrono::Duration::seconds(120);
+        assert!(
+            plan_give_back(&op("g"), Some(&d), day, 5, later).is_none(),
+            "the give-back's retry, 1000 writes later, subtracted again"
+        );
+        let (again, rewrites) = plan_reservation(&op("r"), &a, &[Some(d.clone())], 10, later);
+        assert_eq!(
+            again, first,
+            "the reservation's retry, 1000 writes later, reserved again"
+        );
+        assert!(rewrites.is_empty());
+    }
+
+    #[test]
+    fn remembered_operations_are_dropped_once_no_retry_can_come() {
+        let a = [acc("a", 1000)];
+        let t0 = at("2026-11-28T09:00:00Z");
+        let (_, w) = plan_reservation(&op("old"), &a, &[None], 1, t0);
+        let (_, w) = plan_reservation(&op("mid"), &a, &[Some(w[0].1.clone())], 1, t0 + OP_MEMORY / 2);
+        let (_, w) = plan_reservation(
+            &op("new"),
+            &a,
+            &[Some(w[0].1.clone())],
+            1,
+            t0 + OP_MEMORY + OP_MEMORY / 4,
+        );
+        let kept: Vec<&str> = w[0].1.recent_ops.iter().map(|r| r.op.as_str()).collect();
+        assert_eq!(kept, vec!["mid", "new"]);
+    }
+
+    /// The memory must outlast every retry the Firestore adapter makes of one operation: its attempts each end
+    /// within the call timeout, and the waits between them within the policy's total.
+    #[test]
+    fn operations_are_remembered_longer_than_any_retry_of_them_lasts() {
+        let p = crate::retry::RetryPolicy::FIRESTORE;
+        let longest = crate::adapters::firestore::DEFAULT_CALL_TIMEOUT * (p.max_retries as u32 + 1) + p.max_total_delay;
+        assert!(
+            OP_MEMORY.to_std().unwrap() >= 2 * longest,
+            "{OP_MEMORY:?} against retries lasting up to {longest:?}"
+        );
+    }
+
+    /// H2 (a): a reservation planned for day D (a clock a little behind, or a retry that began before midnight) on a
+    /// counter another instance already moved to D+1 is made on D+1; it never rewinds the counter.
+    #[test]
+    fn a_reservation_never_rewinds_a_counter_of_a_later_day() {
+        let (grants, writes) = plan_reservation(
+            &op("r1"),
+            &[acc("a", 50)],
+            &[Some(doc("2026-11-29", 7, 50, false))],
+            1,
+            at("2026-11-28T23:59:59Z"),
+        );
+        assert_eq!(writes.len(), 1);
+        let d = &writes[0].1;
+        assert_eq!((d.day.as_str(), d.usage_today), ("2026-11-29", 8));
+        assert_eq!(grants[0].day, NaiveDate::from_ymd_opt(2026, 11, 29).unwrap());
+        // A full counter on D+1 grants nothing to a D reservation either.
+        let (grants, writes) = plan_reservation(
+            &op("r2"),
+            &[acc("a", 50)],
+            &[Some(doc("2026-11-29", 50, 50, false))],
+            1,
+            at("2026-11-28T23:59:59Z"),
+        );
+        assert!(grants.is_empty() && writes.is_empty());
     }
 
     #[test]

@@ -307,8 +307,8 @@ impl StepRun<'_> {
                     )));
                 }
                 let top_up = remaining.load(Ordering::SeqCst);
-                let account = match ledger.acquire_for(top_up, req.needs).await {
-                    Ok(a) => a,
+                let unit = match ledger.acquire_for(top_up, req.needs).await {
+                    Ok(u) => u,
                     Err(AcquireError::AllExhausted(names)) => {
                         let mut f = ChartFailure::new(
                             ErrorCode::ChartApiLimitExceeded,
@@ -329,9 +329,10 @@ impl StepRun<'_> {
                         )))
                     }
                 };
+                let account = unit.account;
                 // A stop that came while this caller waited for quota: the unit goes back, nothing is sent.
                 if guard.current().is_some() {
-                    ledger.refund(account).await;
+                    ledger.refund(unit).await;
                     continue;
                 }
                 let ready = tokio::select! {
@@ -339,19 +340,24 @@ impl StepRun<'_> {
                     // Still queued for a rate slot at the deadline, SIGTERM or a lost claim: never sent, so the unit
                     // goes back to the step (and from it to the counter).
                     _ = guard.stopped() => {
-                        ledger.refund(account).await;
+                        ledger.refund(unit).await;
                         continue;
                     }
                 };
                 if guard.current().is_some() {
-                    ledger.refund(account).await;
+                    ledger.refund(unit).await;
                     continue;
                 }
                 if let Err(e) = ready {
                     // No call was sent: the unit goes back to the step, and the attempt is retried like a 5xx.
-                    ledger.refund(account).await;
+                    ledger.refund(unit).await;
                     let message = format!("cannot reserve a rate window for {}: {e}", account.config.id);
                     return Err(AttemptError::Window(message));
+                }
+                if !ledger.is_current(&unit) {
+                    // The rate slot came after midnight: the call needs a unit of the new day.
+                    ledger.refund(unit).await;
+                    continue;
                 }
                 let id = &account.config.id;
                 info!(event = "chart_api_call_start", chartTemplateId = template, account = %id, "calling Chart-IMG");
@@ -379,7 +385,7 @@ impl StepRun<'_> {
                     }
                 }
                 match result {
-                    Err(ChartApiError::LimitExceeded) => ledger.exhaust(account).await,
+                    Err(ChartApiError::LimitExceeded) => ledger.exhaust(unit).await,
                     Err(e) => return Err(AttemptError::Api(e)),
                     Ok(img) => return Ok(img),
                 }

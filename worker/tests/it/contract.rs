@@ -603,6 +603,43 @@ pub async fn usage_reserve_give_back_exhaust_and_day_reset(d: Docs) {
     assert!(d.seed.raw(ACCOUNTS_USAGE, "acc-2").await.is_some());
 }
 
+/// H2: a counter already on a later day (another instance's clock passed midnight first) is never moved back: a
+/// reservation, a give-back or an exhaustion mark of the earlier day leaves the later day's count as it is.
+pub async fn a_counter_of_a_later_day_is_never_rewound(d: Docs) {
+    let a = acc("acc-ahead", 50);
+    let d1 = at("2026-11-29T00:00:00.200Z");
+    d.usage
+        .reserve(&op("r-d1"), std::slice::from_ref(&a), 7, d1)
+        .await
+        .unwrap();
+    let behind = at("2026-11-28T23:59:59.900Z");
+    let g = d
+        .usage
+        .reserve(&op("r-d0"), std::slice::from_ref(&a), 3, behind)
+        .await
+        .unwrap();
+    assert_eq!(
+        g.iter().map(|g| (g.day.to_string(), g.units)).collect::<Vec<_>>(),
+        vec![("2026-11-29".to_owned(), 3)],
+        "the late reservation is made on the counter's day"
+    );
+    d.usage
+        .give_back(&op("g-d0"), &a.id, behind.date_naive(), 2, behind)
+        .await
+        .unwrap();
+    d.usage.mark_exhausted(&a, behind.date_naive(), behind).await.unwrap();
+    let u = d.usage.get_usage(&a.id).await.unwrap().unwrap();
+    assert_eq!((u.day.as_str(), u.usage_today, u.exhausted), ("2026-11-29", 10, false));
+    // A retry of the late reservation (its reply lost) still finds it.
+    let again = d
+        .usage
+        .reserve(&op("r-d0"), std::slice::from_ref(&a), 3, behind)
+        .await
+        .unwrap();
+    assert_eq!(again, g);
+    assert_eq!(d.usage.get_usage(&a.id).await.unwrap().unwrap().usage_today, 10);
+}
+
 pub async fn ten_concurrent_reservations_on_a_limit_of_five(d: Docs) {
     let a = acc("acc-hot", 5);
     let now = at("2026-11-28T10:00:00Z");
@@ -927,6 +964,7 @@ macro_rules! doc_suites {
                 templates_are_read_in_one_batch_missing_ones_absent,
                 usage_reserve_give_back_exhaust_and_day_reset,
                 retried_quota_operations_apply_once,
+                a_counter_of_a_later_day_is_never_rewound,
                 ten_concurrent_reservations_on_a_limit_of_five,
                 a_corrupt_usage_document_is_reported_not_retried,
                 rate_windows_queue_and_a_retried_reservation_gets_its_window_back,

@@ -744,3 +744,85 @@ async fn a_large_chart_goes_to_an_account_whose_plan_fits_or_fails_saying_none_d
     assert_eq!(r.calls().len(), 0);
     assert_eq!(t.usage("acc-basic").await, None, "no reservation at all");
 }
+
+/// Chart-IMG (mock-chart-img on a clock the test moves) answered by a renderer that, once armed, moves the worker's
+/// clock and the mock's past midnight while the answer is on its way back.
+struct AnsweredAfterMidnight {
+    inner: worker_chart_export::HttpChartImg,
+    worker_clock: Arc<FixedClock>,
+    mock_clock: Arc<mock_chart_img::ManualClock>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl worker_chart_export::ports::ChartRenderer for AnsweredAfterMidnight {
+    async fn render(&self, call: &worker_chart_export::ports::ChartCall<'_>) -> Result<RenderedChart, ChartApiError> {
+        let answer = self.inner.render(call).await;
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.worker_clock.set("2026-11-29T00:00:00.500Z");
+            self.mock_clock.set("2026-11-29T00:00:00.500Z".parse().unwrap());
+        }
+        answer
+    }
+}
+
+/// M7: a call sent at 23:59:59.5 on an account Chart-IMG has used up for the day is answered `429 Limit Exceeded`
+/// after midnight. That marks the day the call was sent; the new day's quota stays usable.
+#[tokio::test]
+async fn a_limit_exceeded_answered_after_midnight_marks_the_day_the_call_was_sent() {
+    let mock_clock = mock_chart_img::ManualClock::new("2026-11-28T13:00:00Z".parse().unwrap());
+    let mut key = mock_chart_img::KeyConfig::new(KEY_1, "acc-1", mock_chart_img::Plan::PRO);
+    key.overrides.daily_limit = Some(1);
+    let mock = mock_chart_img::spawn(
+        mock_chart_img::Config::default()
+            .with_key_config(key)
+            .with_clock(mock_clock.clone()),
+    )
+    .await
+    .unwrap();
+    let worker_clock = FixedClock::at("2026-11-28T13:00:00Z");
+    let renderer = Arc::new(AnsweredAfterMidnight {
+        inner: worker_chart_export::HttpChartImg::new(&mock.base_url(), Duration::from_secs(10)).unwrap(),
+        worker_clock: worker_clock.clone(),
+        mock_clock: mock_clock.clone(),
+        armed: Default::default(),
+    });
+    let mut t = worker_with(renderer.clone(), &accounts_json(&[("acc-1", KEY_1, 50)]));
+    t.worker.clock = worker_clock.clone();
+    t.clock = worker_clock.clone();
+    let step = |tpl: &str| {
+        json!({"stepType": "CHART_EXPORT", "status": "READY",
+               "inputs": {"timeframe": "4h", "minImages": 1, "requests": [{"chartTemplateId": tpl}]}})
+    };
+    let run = json!({"scope": {"symbol": "BTCUSDT"}, "owner": {"team": "research"},
+                     "steps": {"noon": step("price"), "late": step("rsi"), "next_day": step("macd")}});
+    t.seed(&run, &["price", "rsi", "macd"]).await;
+
+    // Noon: the mock's one call of the 28th.
+    run_step(&t, "noon").await;
+    assert_eq!(t.run_doc().await["steps"]["noon"]["status"], "SUCCEEDED");
+    // 23:59:59.5: used up; the answer comes at 00:00:00.5.
+    worker_clock.set("2026-11-28T23:59:59.500Z");
+    mock_clock.set("2026-11-28T23:59:59.500Z".parse().unwrap());
+    renderer.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    run_step(&t, "late").await;
+    let late = &t.run_doc().await["steps"]["late"];
+    assert_eq!(late["status"], "FAILED", "{late}");
+    let u = t.usage("acc-1").await.unwrap();
+    assert_eq!(
+        (u["day"].as_str(), u["exhausted"].as_bool()),
+        (Some("2026-11-28"), Some(true)),
+        "{u}"
+    );
+    // The 29th: the account renders.
+    run_step(&t, "next_day").await;
+    let next = &t.run_doc().await["steps"]["next_day"];
+    assert_eq!(next["status"], "SUCCEEDED", "{next}");
+    let u = t.usage("acc-1").await.unwrap();
+    assert_eq!(
+        (u["day"].as_str(), u["usageToday"].as_u64()),
+        (Some("2026-11-29"), Some(1)),
+        "{u}"
+    );
+    assert_eq!(mock.state().usage("acc-1").unwrap().used_today, 1);
+}

@@ -40,7 +40,9 @@ pub const FLAGS: &[&str] = &[
 /// How long one launch may take before it is killed.
 pub const TIME_LIMIT: Duration = Duration::from_secs(60);
 
-/// Whether browser tests must run here: `CI` set, or `REQUIRE_EMULATORS=1` (the switch of the emulator tests).
+/// Whether tests that need this machine's services (the emulators, a browser, libfaketime) must run here rather than
+/// print SKIPPED: `CI` set to a non-empty value, or `REQUIRE_EMULATORS=1`. The one meaning of "required" for every
+/// crate's tests (this dependency-free dev crate is what they all can share).
 pub fn required() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty()) || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1")
 }

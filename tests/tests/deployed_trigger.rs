@@ -44,7 +44,7 @@ fn printed_trigger_types() -> Vec<EventType> {
 #[test]
 fn a_run_created_ready_runs_through_the_triggers_deploy_plan_prints() {
     let Some(mut emu) = tests::runner::Emulators::from_env() else {
-        let required = std::env::var("CI").is_ok() || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1");
+        let required = chromium_test::required();
         assert!(
             !required,
             "FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST are not set"

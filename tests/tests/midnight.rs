@@ -30,7 +30,7 @@ impl Clock for Shifted {
 }
 
 fn required() -> bool {
-    std::env::var("CI").is_ok() || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1")
+    chromium_test::required()
 }
 
 fn skip(why: &str) {

@@ -11,7 +11,7 @@ use tracing_subscriber::layer::SubscriberExt;
 fn emulators() -> Option<tests::runner::Emulators> {
     let mut emu = tests::runner::Emulators::from_env();
     if emu.is_none() {
-        let required = std::env::var("CI").is_ok() || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1");
+        let required = chromium_test::required();
         assert!(
             !required,
             "FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST are not set; run the scenarios through scripts/test.sh"

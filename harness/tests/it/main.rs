@@ -15,7 +15,7 @@ pub fn emulators(test: &str) -> Option<(String, String)> {
     match (get("FIRESTORE_EMULATOR_HOST"), get("STORAGE_EMULATOR_HOST")) {
         (Some(f), Some(s)) => Some((f, s.trim_start_matches("http://").trim_end_matches('/').to_owned())),
         _ => {
-            let required = std::env::var("CI").is_ok() || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1");
+            let required = chromium_test::required();
             assert!(
                 !required,
                 "{test}: FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST are not set (REQUIRE_EMULATORS=1)"

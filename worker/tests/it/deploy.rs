@@ -233,8 +233,8 @@ fn gcloud() -> Option<PathBuf> {
     });
     if found.is_none() {
         assert!(
-            std::env::var("CI").map_or(true, |v| v.is_empty()),
-            "the gcloud CLI is not on PATH, and CI is set: the deploy-plan check needs the real gcloud (Google Cloud SDK)"
+            !chromium_test::required(),
+            "the gcloud CLI is not on PATH, and this run requires it (CI or REQUIRE_EMULATORS=1): the deploy-plan check needs the real gcloud (Google Cloud SDK)"
         );
         eprintln!("SKIPPED: the gcloud CLI is not on PATH");
     }

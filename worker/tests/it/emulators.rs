@@ -14,7 +14,7 @@ use worker_chart_export::adapters::{FirestoreStore, GcsArtifacts};
 use worker_chart_export::RetryPolicy;
 
 fn required() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty()) || std::env::var("REQUIRE_EMULATORS").is_ok_and(|v| v == "1")
+    chromium_test::required()
 }
 
 /// The value of `var`, or `None` after printing why the test is skipped; panics instead when emulators are required.

@@ -61,6 +61,11 @@ if [ $# -eq 0 ]; then
   # The binary `cargo test` built for the scenario tests (a package's binaries are built for its integration tests);
   # `cargo run` would rebuild the dependency tree with the non-test feature set (a minute).
   target/debug/fleet-sim --instances 2 --runs 12 --charts 5 --time-scale 0.05
+  # The chaos run at CI size (issue 16): a random instance SIGKILLed about every 3 s for 12 s; fails on any FAILED
+  # step, any PNG no manifest names, or more than 1.25 Chart-IMG calls per chart (a kill loses the calls in flight;
+  # the full run's figure is in the README).
+  target/debug/fleet-sim --instances 3 --runs 12 --charts 5 --time-scale 0.05 --kill-every-secs 3 --chaos-secs 12 \
+    --max-calls-per-chart 1.25
   # schemathesis (PyPI, installed into .tools/schemathesis on first use) fuzzes the mock binary `cargo test` built
   # against chart-img-spec/openapi.json: no 5xx, every answer as the document says (mock-chart-img README).
   scripts/schemathesis.sh target/debug/mock-chart-img

@@ -63,6 +63,12 @@ pub struct Options {
     pub rust_log: String,
     /// Where to write every process's log lines (one file, `<process> <line>`), for a look afterwards.
     pub logs: Option<PathBuf>,
+    /// Chaos: SIGKILL a random `serve` instance about this often (±50 %), restarting it 0.5–3 s later, during the
+    /// first `chaos_window` after the runs are written.
+    pub kill_every: Option<Duration>,
+    pub chaos_window: Duration,
+    /// A problem when Chart-IMG calls per chart in a manifest exceed it.
+    pub max_calls_per_chart: Option<f64>,
 }
 
 impl Default for Options {
@@ -79,7 +85,27 @@ impl Default for Options {
             rust_log: "info,worker_chart_export::adapters::firestore=debug,h2=warn,hyper=warn,tonic=warn,tower=warn"
                 .into(),
             logs: None,
+            kill_every: None,
+            chaos_window: Duration::from_secs(30),
+            max_calls_per_chart: None,
         }
+    }
+}
+
+/// A small deterministic generator for the chaos (xorshift64*), seeded from `--seed`.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        lo + (hi - lo).mul_f64((self.next() >> 11) as f64 / (1u64 << 53) as f64)
     }
 }
 
@@ -189,6 +215,16 @@ pub struct Report {
     pub deliveries_not_acked: u64,
     /// Delivery attempts by answer (`200`, `503`, `error`, `ack_deadline`, `no_target`).
     pub deliveries_by_answer: BTreeMap<String, u64>,
+    /// Instances SIGKILLed during the chaos window (each restarted).
+    pub kills: usize,
+    /// Σ over keys of `usageToday` − calls where positive: units a killed holder still held.
+    pub usage_over_count: u64,
+    /// Charts named by the manifests (every SUCCEEDED step's items).
+    pub charts_in_manifests: usize,
+    /// Chart-IMG calls (every key) per chart in a manifest.
+    pub calls_per_chart: Option<f64>,
+    /// PNGs in the bucket that no manifest names.
+    pub orphan_pngs: usize,
     pub problems: Vec<String>,
 }
 
@@ -266,6 +302,13 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
         mode: "real".into(),
     });
     env.insert("RUST_LOG".into(), opts.rust_log.clone());
+    if opts.kill_every.is_some() {
+        // A killed holder's step comes back when its lease ends: production's 60 s on the simulation's time scale
+        // (at least 4 s), renewed every third of it.
+        let lease = (60.0 * opts.time_scale).max(4.0);
+        env.insert("CHART_EXPORT_LEASE_SECONDS".into(), format!("{lease}"));
+        env.insert("CHART_EXPORT_HEARTBEAT_SECONDS".into(), format!("{}", lease / 3.0));
+    }
     let mut procs = Vec::new();
     for i in 0..opts.instances {
         let mut spec = ServeSpec::new(format!("serve-{i}"), &program);
@@ -295,8 +338,46 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     // Until every step is final (or the timeout): poll the runs not final yet.
     let mut steps: BTreeMap<String, Value> = BTreeMap::new();
     let mut pending: Vec<String> = run_ids.clone();
+    let mut dice = Dice(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut dead: Vec<ServeProcess> = Vec::new();
+    let mut restarts: Vec<(Instant, usize)> = Vec::new();
+    let mut kills = 0usize;
+    let mut next_kill = opts.kill_every.map(|k| written + dice.between(k / 2, k * 3 / 2));
+    let mut last_poll = written;
     while !pending.is_empty() && written.elapsed() < timeout {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = Instant::now();
+        let mut changed = false;
+        if let (Some(at), Some(every)) = (next_kill, opts.kill_every) {
+            if now >= at && written.elapsed() < opts.chaos_window && !procs.is_empty() {
+                let i = (dice.next() % procs.len() as u64) as usize;
+                let mut victim = procs.remove(i);
+                victim.kill().await;
+                kills += 1;
+                restarts.push((
+                    now + dice.between(Duration::from_millis(500), Duration::from_secs(3)),
+                    kills,
+                ));
+                dead.push(victim);
+                next_kill = Some(now + dice.between(every / 2, every * 3 / 2));
+                changed = true;
+            }
+        }
+        let due: Vec<usize> = restarts.iter().filter(|(t, _)| *t <= now).map(|(_, k)| *k).collect();
+        restarts.retain(|(t, _)| *t > now);
+        for k in due {
+            let mut spec = ServeSpec::new(format!("serve-r{k}"), &program);
+            spec.env = env.clone();
+            procs.push(ServeProcess::start(spec).await?);
+            changed = true;
+        }
+        if changed {
+            eventarc.set_targets(procs.iter().map(|p| format!("{}/", p.url())).collect());
+        }
+        if now.duration_since(last_poll) < Duration::from_millis(500) {
+            continue;
+        }
+        last_poll = now;
         let read: Vec<(String, anyhow::Result<Option<Value>>)> = futures::stream::iter(pending.clone())
             .map(|id| {
                 let fs = fs.clone();
@@ -332,14 +413,14 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     let mut contention_by_op: BTreeMap<String, u64> = BTreeMap::new();
     if let Some(path) = &opts.logs {
         let mut text = String::new();
-        for p in &procs {
+        for p in procs.iter().chain(&dead) {
             for l in p.logs() {
                 text.push_str(&format!("{} {l}\n", p.name));
             }
         }
         std::fs::write(path, text).with_context(|| format!("cannot write the logs to {}", path.display()))?;
     }
-    for p in &procs {
+    for p in procs.iter().chain(&dead) {
         for l in p.json_logs() {
             match l["event"].as_str() {
                 Some("transaction_retry") if l["contention"] == true => {
@@ -428,7 +509,52 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     };
     let ideal_bound_ms = ideal.as_millis() as u64;
 
+    // What the bucket holds: every PNG must be named by a manifest.
+    let objects = crate::runner::readback::Backend::Emulators {
+        fs: fs.clone(),
+        storage: emu
+            .storage
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned(),
+        bucket: bucket.clone(),
+    }
+    .objects()
+    .await
+    .context("cannot list the bucket")?;
+    let mut named = std::collections::BTreeSet::new();
+    for o in objects.iter().filter(|o| o.name.ends_with("manifest.json")) {
+        let m: Value = serde_json::from_slice(&o.bytes).unwrap_or_default();
+        for item in m["items"].as_array().into_iter().flatten() {
+            if let Some(uri) = item["gcsUri"].as_str() {
+                named.insert(
+                    uri.split_once(&format!("gs://{bucket}/"))
+                        .map_or(uri, |(_, p)| p)
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    let charts_in_manifests = named.len();
+    let orphan_pngs = objects
+        .iter()
+        .filter(|o| o.name.ends_with(".png") && !named.contains(&o.name))
+        .count();
+    let calls: u64 = figures.iter().map(|f| f.mock_calls).sum();
+    let calls_per_chart = (charts_in_manifests > 0).then(|| calls as f64 / charts_in_manifests as f64);
+
     let mut problems = Vec::new();
+    if let Some(n) = by_status.get("FAILED") {
+        problems.push(format!("{n} steps FAILED ({failed_by:?})"));
+    }
+    if orphan_pngs > 0 {
+        problems.push(format!("{orphan_pngs} PNGs in the bucket that no manifest names"));
+    }
+    if let (Some(max), Some(c)) = (opts.max_calls_per_chart, calls_per_chart) {
+        if c > max {
+            problems.push(format!("{c:.3} Chart-IMG calls per chart, above {max}"));
+        }
+    }
     if !all_final {
         let open: Vec<&String> = run_ids
             .iter()
@@ -442,7 +568,12 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
             open.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         ));
     }
-    for f in figures.iter().filter(|f| !f.usage_matches_calls) {
+    // A killed holder leaves the units it still held counted (the allowed over-count); fewer is always a problem.
+    let usage_over_count: u64 = figures.iter().map(|f| f.usage_today.saturating_sub(f.mock_calls)).sum();
+    for f in figures
+        .iter()
+        .filter(|f| !f.usage_matches_calls && (kills == 0 || f.usage_today < f.mock_calls))
+    {
         problems.push(format!(
             "{}: usageToday {} but the mock received {} calls",
             f.id, f.usage_today, f.mock_calls
@@ -485,6 +616,11 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
             *m.entry(k).or_default() += 1;
             m
         }),
+        kills,
+        usage_over_count,
+        charts_in_manifests,
+        calls_per_chart,
+        orphan_pngs,
         problems,
     })
 }
@@ -527,6 +663,16 @@ impl Report {
                 self.observed_latency.p50_ms, self.observed_latency.p95_ms, self.observed_latency.max_ms
             ),
         );
+        row("instances killed (SIGKILL)", self.kills.to_string());
+        row(
+            "Chart-IMG calls per chart",
+            match self.calls_per_chart {
+                Some(c) => format!("{c:.3} ({} charts in manifests)", self.charts_in_manifests),
+                None => "— (no manifest)".into(),
+            },
+        );
+        row("PNGs no manifest names (goal 0)", self.orphan_pngs.to_string());
+        row("usageToday over the calls", self.usage_over_count.to_string());
         row("429 Too Many Requests (goal 0)", self.too_many_requests.to_string());
         row("429 Limit Exceeded", self.limit_exceeded.to_string());
         row("504 gateway timeouts", self.gateway_timeouts.to_string());

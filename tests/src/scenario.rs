@@ -330,6 +330,9 @@ pub struct Then {
     /// Calls mock-chart-img received per account.
     #[serde(default)]
     pub mock_calls: BTreeMap<String, usize>,
+    /// At most this many calls mock-chart-img received per account (a step paid for each chart about once).
+    #[serde(default)]
+    pub mock_calls_at_most: BTreeMap<String, usize>,
     /// Accounts whose `usageToday` must equal the calls mock-chart-img received with their key.
     #[serde(default)]
     pub usage_matches_calls: Vec<String>,

@@ -42,6 +42,15 @@ struct Args {
     /// write every serve process's log lines to this file
     #[arg(long)]
     logs: Option<std::path::PathBuf>,
+    /// chaos: SIGKILL a random instance about every this many seconds (restarted 0.5–3 s later)
+    #[arg(long)]
+    kill_every_secs: Option<f64>,
+    /// chaos: how long after the runs are written instances are killed
+    #[arg(long, default_value_t = 30.0)]
+    chaos_secs: f64,
+    /// a problem (exit 1) when Chart-IMG calls per chart in a manifest exceed this
+    #[arg(long)]
+    max_calls_per_chart: Option<f64>,
 }
 
 #[tokio::main]
@@ -70,6 +79,16 @@ async fn main() {
         timeout,
         seed: args.seed,
         logs: args.logs,
+        kill_every: match args.kill_every_secs {
+            Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+            Some(s) => {
+                eprintln!("fleet-sim: --kill-every-secs must be above 0, got {s}");
+                std::process::exit(2);
+            }
+            None => None,
+        },
+        chaos_window: std::time::Duration::from_secs_f64(args.chaos_secs.clamp(0.0, 86_400.0)),
+        max_calls_per_chart: args.max_calls_per_chart,
         ..Options::default()
     };
     let program = match std::env::current_exe() {

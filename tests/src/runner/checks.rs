@@ -209,6 +209,12 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
     for (acc, n) in &t.mock_calls {
         c.eq(&format!("mockCalls.{acc}"), *n, calls(acc));
     }
+    for (acc, n) in &t.mock_calls_at_most {
+        let got = calls(acc);
+        c.that(&format!("mockCallsAtMost.{acc}"), got <= *n, || {
+            format!("expected at most {n} calls, actual {got}")
+        });
+    }
     for acc in &t.usage_covers_calls {
         let u = backend.doc(ACCOUNTS_USAGE, acc).await?;
         let used = u.as_ref().and_then(|u| u["usageToday"].as_u64()).unwrap_or(0) as usize;

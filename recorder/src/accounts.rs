@@ -1,11 +1,12 @@
 //! The accounts `recorder record` and `recorder verify` spend calls on: keys from the environment or a file (never
 //! from a flag, which would land in shell history and process lists), with each account's plan and daily limit.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::Error;
 use crate::secrets::{Secrets, ACCOUNTS_ENV};
@@ -29,6 +30,98 @@ impl Account {
     pub fn key(&self) -> &str {
         self.key.expose_secret()
     }
+
+    /// The key as a secret, for holders that keep it wrapped (the worker's account pool).
+    pub fn secret_key(&self) -> &SecretString {
+        &self.key
+    }
+}
+
+/// A refused accounts JSON: the setting or field (`CHART_IMG_ACCOUNTS_JSON[0].apiKey`) and what is wrong with it.
+/// Neither ever quotes a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct AccountsError {
+    pub setting: String,
+    pub problem: String,
+}
+
+fn refuse(setting: impl Into<String>, problem: impl Into<String>) -> AccountsError {
+    AccountsError {
+        setting: setting.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The one parser of the accounts JSON `[{"id","apiKey","dailyLimit","plan"}]` (contract §3,
+/// `CHART_IMG_ACCOUNTS_JSON`), used by the worker, the recorder and mock-chart-img. `source` (a variable's or file's
+/// name) prefixes every error, which names the entry and field (`CHART_IMG_ACCOUNTS_JSON[0].apiKey: is missing`).
+///
+/// Read field by field, so that no error message (serde's included) can quote a key. Refused: anything but a
+/// non-empty array of objects; an id that is missing, not a string, blank or listed twice; an apiKey that is
+/// missing, not a string or blank; an unknown plan; a `dailyLimit` that is not a positive 32-bit integer. A missing
+/// plan is [`Plan::default`], a missing `dailyLimit` the plan's daily quota; other fields are ignored.
+pub fn parse_accounts_json(source: &str, raw: &str) -> Result<Vec<Account>, AccountsError> {
+    let value: Value = serde_json::from_str(raw).map_err(|e| {
+        // serde_json's syntax errors give a position, never a value; keep only that.
+        refuse(
+            source,
+            format!("is not valid JSON (line {}, column {})", e.line(), e.column()),
+        )
+    })?;
+    let Value::Array(items) = value else {
+        return Err(refuse(source, "must be a JSON array of accounts"));
+    };
+    if items.is_empty() {
+        return Err(refuse(source, "lists no account"));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = |f: &str| format!("{source}[{i}].{f}");
+        let Value::Object(mut o) = item else {
+            return Err(refuse(format!("{source}[{i}]"), "must be an object"));
+        };
+        let id = match o.remove("id") {
+            Some(Value::String(s)) if s.trim().is_empty() => return Err(refuse(at("id"), "must not be empty")),
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                return Err(refuse(at("id"), "must not contain control characters"))
+            }
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(refuse(at("id"), "must be a string")),
+            None => return Err(refuse(at("id"), "is missing")),
+        };
+        if !seen.insert(id.clone()) {
+            return Err(refuse(at("id"), format!("{id} is listed twice")));
+        }
+        let key = match o.remove("apiKey") {
+            Some(Value::String(s)) if !s.trim().is_empty() => SecretString::from(s),
+            Some(Value::String(_)) => return Err(refuse(at("apiKey"), "must not be empty")),
+            Some(_) => return Err(refuse(at("apiKey"), "must be a string")),
+            None => return Err(refuse(at("apiKey"), "is missing")),
+        };
+        let plan = match o.remove("plan") {
+            None | Some(Value::Null) => Plan::default(),
+            Some(Value::String(s)) => s
+                .parse()
+                .map_err(|e: chart_img_spec::UnknownPlan| refuse(at("plan"), e.to_string()))?,
+            Some(_) => return Err(refuse(at("plan"), "must be a string")),
+        };
+        let daily_limit = match o.remove("dailyLimit") {
+            None | Some(Value::Null) => plan.limits().daily_limit,
+            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if n >= 1 => n,
+                _ => return Err(refuse(at("dailyLimit"), "must be a positive integer")),
+            },
+        };
+        out.push(Account {
+            id,
+            key,
+            plan,
+            daily_limit,
+        });
+    }
+    Ok(out)
 }
 
 /// The accounts given, and where they came from (printed, so a user sees which source was used; never the keys).
@@ -49,17 +142,6 @@ pub struct KeySource {
     pub plan: Plan,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Entry {
-    id: String,
-    api_key: SecretString,
-    #[serde(default)]
-    daily_limit: Option<u32>,
-    #[serde(default)]
-    plan: Option<String>,
-}
-
 impl Accounts {
     /// Reads the keys from the first source that is set; [`Error::NoKey`] when none is.
     pub fn load(source: &KeySource) -> Result<Accounts, Error> {
@@ -71,10 +153,16 @@ impl Accounts {
             let text = text.trim();
             let described = format!("key file {}", path.display());
             return if text.starts_with('[') {
-                Self::parse_json(text, described).map_err(|m| Error::KeyFile {
-                    path: path.clone(),
-                    message: format!("malformed accounts JSON: {m}"),
-                })
+                match parse_accounts_json("accounts JSON", text) {
+                    Ok(accounts) => Ok(Accounts {
+                        accounts,
+                        source: described,
+                    }),
+                    Err(e) => Err(Error::KeyFile {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    }),
+                }
             } else if text.is_empty() || text.lines().count() != 1 {
                 Err(Error::KeyFile {
                     path: path.clone(),
@@ -98,7 +186,10 @@ impl Accounts {
     /// Parses the accounts JSON `[{"id","apiKey","dailyLimit","plan"}]` read from `source` (an environment
     /// variable's name, say), which the error names; the error never quotes the input (it holds the keys).
     pub fn from_json(json: &str, source: &str) -> Result<Accounts, Error> {
-        Self::parse_json(json, source.into()).map_err(|m| Error::Accounts(format!("{source}: {m}")))
+        Ok(Accounts {
+            accounts: parse_accounts_json(source, json)?,
+            source: source.into(),
+        })
     }
 
     fn single(key: &str, source: &KeySource, described: String) -> Accounts {
@@ -111,32 +202,6 @@ impl Accounts {
             }],
             source: described,
         }
-    }
-
-    /// The error never quotes the input (it holds the keys).
-    fn parse_json(json: &str, source: String) -> Result<Accounts, String> {
-        let entries: Vec<Entry> = serde_json::from_str(json)
-            .map_err(|e| format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()))?;
-        if entries.is_empty() {
-            return Err("the accounts JSON lists no account".into());
-        }
-        let mut accounts = Vec::new();
-        for (i, e) in entries.into_iter().enumerate() {
-            if e.id.trim().is_empty() || e.api_key.expose_secret().trim().is_empty() {
-                return Err(format!("account #{i} has an empty id or apiKey"));
-            }
-            let plan: Plan = match &e.plan {
-                Some(p) => p.parse().map_err(|m| format!("account {}: {m}", e.id))?,
-                None => Plan::default(),
-            };
-            accounts.push(Account {
-                daily_limit: e.daily_limit.unwrap_or(plan.limits().daily_limit),
-                id: e.id,
-                key: e.api_key,
-                plan,
-            });
-        }
-        Ok(Accounts { accounts, source })
     }
 
     /// The account with this id.
@@ -180,5 +245,107 @@ impl fmt::Debug for Account {
             .field("plan", &self.plan)
             .field("daily_limit", &self.daily_limit)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "sk_live_very_secret_123";
+
+    #[test]
+    fn entries_get_the_plan_and_its_quota_unless_given() {
+        let raw = format!(
+            r#"[{{"id":"acc-1","apiKey":"{KEY}","dailyLimit":5,"plan":"PRO","note":"ignored"}},{{"id":"acc-2","apiKey":"k2","plan":null}}]"#
+        );
+        let a = parse_accounts_json("CHART_IMG_ACCOUNTS_JSON", &raw).unwrap();
+        assert_eq!((a[0].id.as_str(), a[0].daily_limit, a[0].plan), ("acc-1", 5, Plan::Pro));
+        assert_eq!(
+            (a[1].id.as_str(), a[1].daily_limit, a[1].plan),
+            ("acc-2", Plan::default().limits().daily_limit, Plan::default())
+        );
+        assert_eq!(a[0].key(), KEY);
+        assert!(!format!("{a:?}").contains(KEY), "Debug must not print the key");
+    }
+
+    #[test]
+    fn refusals_name_the_entry_and_field_and_never_the_key() {
+        let cases = [
+            (
+                format!(r#"{{"id":"a","apiKey":"{KEY}"}}"#),
+                "SRC: must be a JSON array of accounts",
+            ),
+            ("[]".to_owned(), "SRC: lists no account"),
+            (format!(r#"["{KEY}"]"#), "SRC[0]: must be an object"),
+            (format!(r#"[{{"apiKey":"{KEY}"}}]"#), "SRC[0].id: is missing"),
+            (
+                format!(r#"[{{"id":7,"apiKey":"{KEY}"}}]"#),
+                "SRC[0].id: must be a string",
+            ),
+            (
+                format!(r#"[{{"id":" ","apiKey":"{KEY}"}}]"#),
+                "SRC[0].id: must not be empty",
+            ),
+            (
+                format!(r#"[{{"id":"a\nb","apiKey":"{KEY}"}}]"#),
+                "SRC[0].id: must not contain control characters",
+            ),
+            (
+                format!(r#"[{{"id":"a","apiKey":"{KEY}"}},{{"id":"a","apiKey":"{KEY}2"}}]"#),
+                "SRC[1].id: a is listed twice",
+            ),
+            (r#"[{"id":"a"}]"#.to_owned(), "SRC[0].apiKey: is missing"),
+            (
+                format!(r#"[{{"id":"a","apiKey":["{KEY}"]}}]"#),
+                "SRC[0].apiKey: must be a string",
+            ),
+            (
+                r#"[{"id":"a","apiKey":"  "}]"#.to_owned(),
+                "SRC[0].apiKey: must not be empty",
+            ),
+            (
+                format!(r#"[{{"id":"a","apiKey":"{KEY}","plan":"GOLD"}}]"#),
+                "SRC[0].plan: unknown plan",
+            ),
+            (
+                format!(r#"[{{"id":"a","apiKey":"{KEY}","plan":3}}]"#),
+                "SRC[0].plan: must be a string",
+            ),
+            (
+                format!(r#"[{{"id":"a","apiKey":"{KEY}","dailyLimit":0}}]"#),
+                "SRC[0].dailyLimit: must be a positive integer",
+            ),
+            (
+                format!(r#"[{{"id":"a","apiKey":"{KEY}","dailyLimit":4294967296}}]"#),
+                "SRC[0].dailyLimit: must be a positive integer",
+            ),
+            (
+                format!(r#"[{{"id":"a","apiKey":"{KEY}","dailyLimit":"5"}}]"#),
+                "SRC[0].dailyLimit: must be a positive integer",
+            ),
+            (
+                format!(r#"[{{"id":"a","apiKey":"{KEY}""#),
+                "SRC: is not valid JSON (line 1, column ",
+            ),
+        ];
+        for (raw, want) in cases {
+            let err = parse_accounts_json("SRC", &raw).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{raw}: {err:?} should start with {want:?}");
+            assert!(!err.contains(KEY), "{err} quotes the key");
+        }
+    }
+
+    #[test]
+    fn accounts_and_secrets_read_through_the_one_parser() {
+        let err = Accounts::from_json(r#"[{"id":"a"}]"#, ACCOUNTS_ENV).unwrap_err();
+        assert_eq!(err.to_string(), "CHART_IMG_ACCOUNTS_JSON[0].apiKey: is missing");
+        let err = Secrets::from_accounts_json(r#"[{"id":"a","apiKey":"k","dailyLimit":-1}]"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CHART_IMG_ACCOUNTS_JSON[0].dailyLimit: must be a positive integer"
+        );
+        let secrets = Secrets::from_accounts_json(&format!(r#"[{{"id":"acc-1","apiKey":"{KEY}"}}]"#)).unwrap();
+        assert_eq!(secrets.placeholder_for(KEY), "<CHART_IMG_API_KEY:acc-1>");
     }
 }

@@ -17,8 +17,9 @@ pub enum Error {
     Version { path: PathBuf, found: u64, supported: u32 },
     #[error("body file {path} does not match the SHA-256 in its name (edited or truncated?)")]
     CorruptBody { path: PathBuf },
-    #[error("the accounts JSON is malformed: {0}")]
-    Accounts(String),
+    /// A refused accounts JSON: its message names the variable, entry and field, never a key.
+    #[error("{0}")]
+    Accounts(#[from] crate::accounts::AccountsError),
     #[error("a binary {what} body contains the API key of account {account}; refusing to write it to the cassette")]
     SecretInBinaryBody { what: &'static str, account: String },
     /// No key source at all (`recorder record`/`verify`).

@@ -37,7 +37,8 @@
 //! - `lint`: `recorder lint`, the scan for keys that reached disk anyway.
 //! - `proxy`: the recording HTTP proxy (axum in, reqwest out) around a `Vcr`.
 //! - plans (rate, burst, daily quota) come from `chart_img_spec::Plan`, re-exported as `recorder::Plan`.
-//! - `accounts`: keys from the environment or a key file, with plan and daily limit, for calls the tools spend.
+//! - `accounts`: the one parser of the accounts JSON (`parse_accounts_json`, also the worker's and the mock's); keys
+//!   from the environment or a key file, with plan and daily limit, for calls the tools spend.
 //! - `live`: shared by `record` and `verify`: finding cassettes, recorded request → live request (placeholders
 //!   back to keys), sending at each account's plan rate.
 //! - `record`: `recorder record`: dry run, resume from a partial state, all-or-nothing swap of the new cassette.
@@ -90,7 +91,7 @@ mod secrets;
 mod vcr;
 pub mod verify;
 
-pub use accounts::{Account, Accounts, KeySource, API_KEY_ENV};
+pub use accounts::{parse_accounts_json, Account, Accounts, AccountsError, KeySource, API_KEY_ENV};
 pub use chart_img_spec::{Plan, PlanLimits};
 
 pub use error::{Error, VcrError};

@@ -4,7 +4,6 @@ use std::borrow::Cow;
 use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 
 use crate::error::Error;
 
@@ -34,13 +33,6 @@ pub struct Secrets {
     headers: Vec<String>,
     query_params: Vec<String>,
     json_fields: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AccountEntry {
-    id: String,
-    api_key: SecretString,
 }
 
 impl Default for Secrets {
@@ -78,21 +70,10 @@ impl Secrets {
         self
     }
 
-    /// Parses the accounts JSON of the worker (`[{"id", "apiKey", …}]`; other fields are ignored).
-    ///
-    /// The error never quotes the input, which holds the keys.
+    /// The keys of the accounts JSON of the worker (`[{"id", "apiKey", …}]`), read by
+    /// [`crate::parse_accounts_json`] (its errors name [`ACCOUNTS_ENV`] and never quote the input).
     pub fn from_accounts_json(json: &str) -> Result<Self, Error> {
-        let entries: Vec<AccountEntry> = serde_json::from_str(json).map_err(|e| {
-            Error::Accounts(format!(
-                "{:?} error at line {} column {}",
-                e.classify(),
-                e.line(),
-                e.column()
-            ))
-        })?;
-        Ok(entries
-            .into_iter()
-            .fold(Secrets::new(), |s, e| s.with_account(e.id, e.api_key)))
+        Ok(crate::Accounts::from_json(json, ACCOUNTS_ENV)?.secrets())
     }
 
     /// Reads [`ACCOUNTS_ENV`]; an unset or empty variable gives no known keys.

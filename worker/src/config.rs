@@ -1,14 +1,12 @@
 //! Configuration, read once at start (contract §3). Every malformed value is refused with a message that names the
 //! variable and the problem, and never echoes a secret.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde_json::Value;
 
 use crate::domain::{AccountId, AccountQuota};
 
@@ -51,64 +49,23 @@ fn cfg_err(setting: impl Into<String>, problem: impl Into<String>) -> ConfigErro
     }
 }
 
-/// Parses the accounts JSON field by field, so that no error message (serde's included) can quote a key.
+/// Parses the accounts JSON with the one parser of it (`recorder::parse_accounts_json`: its errors name the entry and
+/// field and never quote a key), then holds each id to the worker's own rule ([`AccountId::parse`]: it is a Firestore
+/// document id).
 pub fn parse_accounts(source: &str, raw: &str) -> Result<Vec<AccountConfig>, ConfigError> {
-    let value: Value = serde_json::from_str(raw).map_err(|e| {
-        // serde_json's syntax errors give a position, never a value; keep only that.
-        cfg_err(
-            source,
-            format!("is not valid JSON (line {}, column {})", e.line(), e.column()),
-        )
-    })?;
-    let Value::Array(items) = value else {
-        return Err(cfg_err(source, "must be a JSON array of accounts"));
-    };
-    if items.is_empty() {
-        return Err(cfg_err(source, "lists no account"));
-    }
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let at = |f: &str| format!("{source}[{i}].{f}");
-        let Value::Object(mut o) = item else {
-            return Err(cfg_err(format!("{source}[{i}]"), "must be an object"));
-        };
-        let id = match o.remove("id") {
-            Some(Value::String(s)) => AccountId::parse(s).map_err(|e| cfg_err(at("id"), e.to_string()))?,
-            Some(_) => return Err(cfg_err(at("id"), "must be a string")),
-            None => return Err(cfg_err(at("id"), "is missing")),
-        };
-        if !seen.insert(id.clone()) {
-            return Err(cfg_err(at("id"), format!("{id} is listed twice")));
-        }
-        let api_key = match o.remove("apiKey") {
-            Some(Value::String(s)) if !s.trim().is_empty() => SecretString::from(s),
-            Some(Value::String(_)) => return Err(cfg_err(at("apiKey"), "must not be empty")),
-            Some(_) => return Err(cfg_err(at("apiKey"), "must be a string")),
-            None => return Err(cfg_err(at("apiKey"), "is missing")),
-        };
-        let plan = match o.remove("plan") {
-            None | Some(Value::Null) => Plan::default(),
-            Some(Value::String(s)) => s
-                .parse()
-                .map_err(|e: chart_img_spec::UnknownPlan| cfg_err(at("plan"), e.to_string()))?,
-            Some(_) => return Err(cfg_err(at("plan"), "must be a string")),
-        };
-        let daily_limit = match o.remove("dailyLimit") {
-            None | Some(Value::Null) => plan.limits().daily_limit,
-            Some(v) => match v.as_u64() {
-                Some(n) if n >= 1 && n <= u32::MAX as u64 => n as u32,
-                _ => return Err(cfg_err(at("dailyLimit"), "must be a positive integer")),
-            },
-        };
-        out.push(AccountConfig {
-            id,
-            api_key,
-            daily_limit,
-            plan,
-        });
-    }
-    Ok(out)
+    let accounts = recorder::parse_accounts_json(source, raw).map_err(|e| cfg_err(e.setting, e.problem))?;
+    accounts
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Ok(AccountConfig {
+                id: AccountId::parse(a.id.as_str()).map_err(|e| cfg_err(format!("{source}[{i}].id"), e.to_string()))?,
+                api_key: a.secret_key().clone(),
+                daily_limit: a.daily_limit,
+                plan: a.plan,
+            })
+        })
+        .collect()
 }
 
 /// `CHART_IMG_MODE`.
@@ -460,6 +417,11 @@ mod tests {
                 "[1].id: a is listed twice",
             ),
             (format!(r#"[{{"id":"a","apiKey":"{KEY}""#), "is not valid JSON (line 1"),
+            // The worker's own id rule (a Firestore document id), on top of the shared parser's.
+            (
+                format!(r#"[{{"id":"ok","apiKey":"{KEY}"}},{{"id":"a/b","apiKey":"{KEY}"}}]"#),
+                "CHART_IMG_ACCOUNTS_JSON[1].id: account id must not contain '/'",
+            ),
         ];
         for (raw, want) in cases {
             let err = parse_accounts("CHART_IMG_ACCOUNTS_JSON", &raw).unwrap_err().to_string();

@@ -279,7 +279,7 @@ async fn missing_keys_and_bad_key_files_are_one_clear_line() {
     assert_eq!(bad.code, Some(2));
     assert!(
         bad.stderr
-            .starts_with("error: the accounts JSON is malformed: CHART_IMG_ACCOUNTS_JSON: Eof error at line 1"),
+            .starts_with("error: CHART_IMG_ACCOUNTS_JSON: is not valid JSON (line 1, column "),
         "{}",
         bad.stderr
     );

@@ -22,12 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
-use harness::eventarc::{Config as EventarcConfig, LocalEventarc};
+use harness::eventarc::{Config as EventarcConfig, Delivery, LocalEventarc};
 use harness::process::{ServeProcess, ServeSpec};
+use mock_chart_img::MockServer;
 use serde::Serialize;
 use serde_json::{json, Value};
 use worker_chart_export::adapters::FirestoreStore;
-use worker_chart_export::config::parse_accounts;
+use worker_chart_export::config::{parse_accounts, AccountConfig};
 use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::ideal_bound;
 
@@ -228,288 +229,383 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
-/// Runs the simulation; `program` is the `serve` executable (started as `<program> serve`).
+/// Runs the simulation; `program` is the `serve` executable (started as `<program> serve`). The phases: `setup`
+/// (mock, project, bucket, local Eventarc, processes), `write_runs`, `drive` (poll until final, with the chaos),
+/// `stop`, the figures (logs, accounts, mock latency, steps, bucket) and `judge` (the problems and the [`Report`]).
 pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::Result<Report> {
     opts.check()?;
     let started_at = Utc::now();
-    let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let project = format!("fleet-sim-{suffix}");
-    let bucket = format!("fleet-sim-{suffix}");
-    let accounts = accounts();
-    let Keys {
-        keys: _,
-        accounts_json,
-        mock: mut mock_config,
-    } = keys(&accounts)?;
-    let configs = parse_accounts("fleet accounts", &accounts_json)?;
-
-    let charts = opts.runs * opts.charts;
-    let templates: Vec<(String, Value)> = {
-        let ids: Vec<String> = TEMPLATES.iter().map(|t| (*t).to_owned()).collect();
-        let lib = library_templates(&ids)?;
-        (0..opts.charts)
-            .map(|j| (format!("sim_{j:02}"), lib[TEMPLATES[j % TEMPLATES.len()]].clone()))
-            .collect()
+    let mut fleet = Fleet::setup(opts, emu, program).await?;
+    let (written_at, written) = fleet.write_runs().await?;
+    let driven = fleet.drive(written).await?;
+    let deliveries = fleet.stop().await;
+    let logs = LogFigures::read(opts, &fleet.procs, &driven.dead)?;
+    let accounts = fleet.account_figures().await?;
+    let (observed_latency, gateway_timeouts) = fleet.mock_latency();
+    let _ = fleet.mock.shutdown().await;
+    let steps = StepFigures::of(&fleet.run_ids, &driven.steps, written_at);
+    let bucket = bucket_figures(&fleet.fs, emu, &fleet.bucket).await?;
+    let collected = Collected {
+        deliveries,
+        logs,
+        accounts,
+        observed_latency,
+        gateway_timeouts,
+        steps,
+        bucket,
     };
-    // The bound's latency: the profile's median for the templates' size and fewest parameters (a lower bound).
-    let model_latency = templates
-        .iter()
-        .map(|(_, t)| {
-            let r = &t["request"];
-            let dim = |k: &str, d: u64| r[k].as_u64().unwrap_or(d) as u32;
-            let params = r["studies"].as_array().map_or(0, Vec::len) + r["drawings"].as_array().map_or(0, Vec::len);
-            mock_chart_img::latency::median(dim("width", 800), dim("height", 600), params)
-        })
-        .min()
-        .unwrap_or_default()
-        .mul_f64(opts.time_scale);
-    let ideal = ideal_bound(charts as u64, model_latency, &configs).with_context(|| {
-        let total: u64 = configs.iter().map(|c| u64::from(c.daily_limit)).sum();
-        format!("{charts} charts: the accounts' daily limits allow {total} a day")
-    })?;
-    let timeout = opts.timeout.unwrap_or(ideal * 4 + Duration::from_secs(60));
+    Ok(judge(
+        opts,
+        started_at,
+        &fleet.sizes,
+        &fleet.run_ids,
+        &driven,
+        collected,
+    ))
+}
 
-    mock_config.latency = mock_chart_img::LatencyProfile::Realistic;
-    mock_config.time_scale = opts.time_scale;
-    mock_config.seed = opts.seed;
-    mock_config.journal_capacity = charts * 4 + 1000;
-    let mock = mock_chart_img::spawn(mock_config)
-        .await
-        .context("cannot start mock-chart-img")?;
+/// The run's size and what it is judged by: the charts, the bound's latency, the ideal bound and the timeout.
+struct Sizes {
+    charts: usize,
+    model_latency: Duration,
+    ideal: Duration,
+    timeout: Duration,
+}
 
-    let storage = create_bucket(&emu.storage, &project, &bucket).await?;
-    let fs = FirestoreStore::new(&project)
-        .await
-        .context("cannot reach the Firestore emulator")?;
-    for (id, t) in &templates {
-        fs.put_doc(CHART_TEMPLATES, id, t.clone()).await?;
-    }
+/// What [`Fleet::setup`] started: the mock, the project's templates, the local Eventarc and the `serve` processes.
+struct Fleet<'a> {
+    opts: &'a Options,
+    program: PathBuf,
+    bucket: String,
+    accounts: Vec<Account>,
+    configs: Vec<AccountConfig>,
+    templates: Vec<(String, Value)>,
+    sizes: Sizes,
+    mock: MockServer,
+    fs: FirestoreStore,
+    eventarc: LocalEventarc,
+    env: BTreeMap<String, String>,
+    procs: Vec<ServeProcess>,
+    run_ids: Vec<String>,
+}
 
-    let mut eventarc_config = EventarcConfig::new(&project).with_time_scale(opts.time_scale);
-    // The event types deploy-plan's triggers subscribe to: runs start as the deployment would see them.
-    eventarc_config.types = worker_chart_export::entry::deploy::TRIGGER_EVENT_TYPES.to_vec();
-    // Backoff scaled, but the ack deadline stays production's 600 s: a step runs inside its delivery.
-    eventarc_config.ack_deadline = Duration::from_secs(600).div_f64(opts.time_scale);
-    let eventarc = LocalEventarc::start(eventarc_config, Vec::new()).await?;
+/// What [`Fleet::drive`] saw: every run's last-read step, the killed processes (for their logs) and the kills.
+struct Driven {
+    steps: BTreeMap<String, Value>,
+    dead: Vec<ServeProcess>,
+    kills: usize,
+}
 
-    let mut env = serve_env(&Wiring {
-        firestore: emu.firestore.clone(),
-        storage,
-        chartimg: mock.base_url(),
-        project: project.clone(),
-        bucket: bucket.clone(),
-        accounts_json,
-        mode: "real".into(),
-    });
-    env.insert("RUST_LOG".into(), opts.rust_log.clone());
-    if opts.kill_every.is_some() {
-        // A killed holder's step comes back when its lease ends: production's 60 s on the simulation's time scale
-        // (at least 4 s), renewed every third of it.
-        let lease = (60.0 * opts.time_scale).max(4.0);
-        env.insert("CHART_EXPORT_LEASE_SECONDS".into(), format!("{lease}"));
-        env.insert("CHART_EXPORT_HEARTBEAT_SECONDS".into(), format!("{}", lease / 3.0));
-    }
-    let mut procs = Vec::new();
-    for i in 0..opts.instances {
-        let mut spec = ServeSpec::new(format!("serve-{i}"), &program);
-        spec.env = env.clone();
-        procs.push(ServeProcess::start(spec).await?);
-    }
-    eventarc.set_targets(procs.iter().map(|p| format!("{}/", p.url())).collect());
+/// The counts of the processes' JSON log lines.
+#[derive(Default)]
+struct LogFigures {
+    contention: u64,
+    contention_by_op: BTreeMap<String, u64>,
+    other_retries: u64,
+    gave_up: u64,
+    chart_retries: u64,
+    give_backs_failed: u64,
+}
 
-    let run_ids: Vec<String> = (0..opts.runs).map(|i| format!("sim-{i:03}")).collect();
-    let requests: Vec<Value> = templates.iter().map(|(id, _)| json!({"chartTemplateId": id})).collect();
-    let written_at = Utc::now();
-    let written = Instant::now();
-    let writes = futures::future::join_all(run_ids.iter().enumerate().map(|(i, id)| {
-        let doc = json!({
-            "scope": {"symbol": SYMBOLS[i % SYMBOLS.len()]},
-            "steps": {STEP_ID: {"stepType": "CHART_EXPORT", "status": "READY",
-                "inputs": {"timeframe": "4h", "minImages": opts.charts, "requests": requests}}}
-        });
-        let fs = fs.clone();
-        async move { fs.put_doc(FLOW_RUNS, id, doc).await }
-    }))
-    .await;
-    for w in writes {
-        w.context("cannot write a flow run")?;
-    }
+/// The steps' statuses and the wall time.
+struct StepFigures {
+    by_status: BTreeMap<String, usize>,
+    failed_by: BTreeMap<String, usize>,
+    all_final: bool,
+    wall_ms: Option<u64>,
+}
 
-    // Until every step is final (or the timeout): poll the runs not final yet.
-    let mut steps: BTreeMap<String, Value> = BTreeMap::new();
-    let mut pending: Vec<String> = run_ids.clone();
-    let mut dice = Dice(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut dead: Vec<ServeProcess> = Vec::new();
-    let mut restarts: Vec<(Instant, usize)> = Vec::new();
-    let mut kills = 0usize;
-    let mut next_kill = opts.kill_every.map(|k| written + dice.between(k / 2, k * 3 / 2));
-    let mut last_poll = written;
-    while !pending.is_empty() && written.elapsed() < timeout {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = Instant::now();
-        let mut changed = false;
-        if let (Some(at), Some(every)) = (next_kill, opts.kill_every) {
-            if now >= at && written.elapsed() < opts.chaos_window && !procs.is_empty() {
-                let i = (dice.next() % procs.len() as u64) as usize;
-                let mut victim = procs.remove(i);
-                victim.kill().await;
-                kills += 1;
-                restarts.push((
-                    now + dice.between(Duration::from_millis(500), Duration::from_secs(3)),
-                    kills,
-                ));
-                dead.push(victim);
-                next_kill = Some(now + dice.between(every / 2, every * 3 / 2));
-                changed = true;
-            }
+/// What the bucket holds.
+struct BucketFigures {
+    charts_in_manifests: usize,
+    orphan_pngs: usize,
+}
+
+/// Every figure collected after the fleet stopped.
+struct Collected {
+    deliveries: Vec<Delivery>,
+    logs: LogFigures,
+    accounts: Vec<AccountFigures>,
+    observed_latency: LatencyFigures,
+    gateway_timeouts: u64,
+    steps: StepFigures,
+    bucket: BucketFigures,
+}
+
+impl<'a> Fleet<'a> {
+    /// Keys, templates and the bound; starts the mock, fills the project and the bucket, starts the local Eventarc
+    /// and the `serve` processes (its targets).
+    async fn setup(opts: &'a Options, emu: &Emulators, program: PathBuf) -> anyhow::Result<Self> {
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let project = format!("fleet-sim-{suffix}");
+        let bucket = format!("fleet-sim-{suffix}");
+        let accounts = accounts();
+        let Keys {
+            keys: _,
+            accounts_json,
+            mock: mut mock_config,
+        } = keys(&accounts)?;
+        let configs = parse_accounts("fleet accounts", &accounts_json)?;
+
+        let charts = opts.runs * opts.charts;
+        let templates: Vec<(String, Value)> = {
+            let ids: Vec<String> = TEMPLATES.iter().map(|t| (*t).to_owned()).collect();
+            let lib = library_templates(&ids)?;
+            (0..opts.charts)
+                .map(|j| (format!("sim_{j:02}"), lib[TEMPLATES[j % TEMPLATES.len()]].clone()))
+                .collect()
+        };
+        // The bound's latency: the profile's median for the templates' size and fewest parameters (a lower bound).
+        let model_latency = templates
+            .iter()
+            .map(|(_, t)| {
+                let r = &t["request"];
+                let dim = |k: &str, d: u64| r[k].as_u64().unwrap_or(d) as u32;
+                let params = r["studies"].as_array().map_or(0, Vec::len) + r["drawings"].as_array().map_or(0, Vec::len);
+                mock_chart_img::latency::median(dim("width", 800), dim("height", 600), params)
+            })
+            .min()
+            .unwrap_or_default()
+            .mul_f64(opts.time_scale);
+        let ideal = ideal_bound(charts as u64, model_latency, &configs).with_context(|| {
+            let total: u64 = configs.iter().map(|c| u64::from(c.daily_limit)).sum();
+            format!("{charts} charts: the accounts' daily limits allow {total} a day")
+        })?;
+        let timeout = opts.timeout.unwrap_or(ideal * 4 + Duration::from_secs(60));
+
+        mock_config.latency = mock_chart_img::LatencyProfile::Realistic;
+        mock_config.time_scale = opts.time_scale;
+        mock_config.seed = opts.seed;
+        mock_config.journal_capacity = charts * 4 + 1000;
+        let mock = mock_chart_img::spawn(mock_config)
+            .await
+            .context("cannot start mock-chart-img")?;
+
+        let storage = create_bucket(&emu.storage, &project, &bucket).await?;
+        let fs = FirestoreStore::new(&project)
+            .await
+            .context("cannot reach the Firestore emulator")?;
+        for (id, t) in &templates {
+            fs.put_doc(CHART_TEMPLATES, id, t.clone()).await?;
         }
-        let due: Vec<usize> = restarts.iter().filter(|(t, _)| *t <= now).map(|(_, k)| *k).collect();
-        restarts.retain(|(t, _)| *t > now);
-        for k in due {
-            let mut spec = ServeSpec::new(format!("serve-r{k}"), &program);
+
+        let mut eventarc_config = EventarcConfig::new(&project).with_time_scale(opts.time_scale);
+        // The event types deploy-plan's triggers subscribe to: runs start as the deployment would see them.
+        eventarc_config.types = worker_chart_export::entry::deploy::TRIGGER_EVENT_TYPES.to_vec();
+        // Backoff scaled, but the ack deadline stays production's 600 s: a step runs inside its delivery.
+        eventarc_config.ack_deadline = Duration::from_secs(600).div_f64(opts.time_scale);
+        let eventarc = LocalEventarc::start(eventarc_config, Vec::new()).await?;
+
+        let mut env = serve_env(&Wiring {
+            firestore: emu.firestore.clone(),
+            storage,
+            chartimg: mock.base_url(),
+            project: project.clone(),
+            bucket: bucket.clone(),
+            accounts_json,
+            mode: "real".into(),
+        });
+        env.insert("RUST_LOG".into(), opts.rust_log.clone());
+        if opts.kill_every.is_some() {
+            // A killed holder's step comes back when its lease ends: production's 60 s on the simulation's time
+            // scale (at least 4 s), renewed every third of it.
+            let lease = (60.0 * opts.time_scale).max(4.0);
+            env.insert("CHART_EXPORT_LEASE_SECONDS".into(), format!("{lease}"));
+            env.insert("CHART_EXPORT_HEARTBEAT_SECONDS".into(), format!("{}", lease / 3.0));
+        }
+        let mut procs = Vec::new();
+        for i in 0..opts.instances {
+            let mut spec = ServeSpec::new(format!("serve-{i}"), &program);
             spec.env = env.clone();
             procs.push(ServeProcess::start(spec).await?);
-            changed = true;
         }
-        if changed {
-            eventarc.set_targets(procs.iter().map(|p| format!("{}/", p.url())).collect());
-        }
-        if now.duration_since(last_poll) < Duration::from_millis(500) {
-            continue;
-        }
-        last_poll = now;
-        let read: Vec<(String, anyhow::Result<Option<Value>>)> = futures::stream::iter(pending.clone())
-            .map(|id| {
-                let fs = fs.clone();
-                async move {
-                    let doc = fs.get_doc(FLOW_RUNS, &id).await.map_err(anyhow::Error::from);
-                    (id, doc)
-                }
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        for (id, doc) in read {
-            let step = doc?.unwrap_or(Value::Null)["steps"][STEP_ID].clone();
-            steps.insert(id, step);
-        }
-        pending.retain(|id| !is_final(&steps[id]));
-    }
-    // The deliveries the last writes caused (no-ops) run out before the processes stop.
-    eventarc
-        .wait_settled(Duration::from_millis(400), Duration::from_secs(15))
-        .await;
-    eventarc.set_targets(Vec::new());
-    for p in procs.iter_mut() {
-        if p.running() {
-            let _ = p.terminate(Duration::from_secs(10)).await;
-        }
-    }
-    let deliveries = eventarc.deliveries();
-    eventarc.shutdown().await;
+        eventarc.set_targets(procs.iter().map(|p| format!("{}/", p.url())).collect());
 
-    // The processes' log lines.
-    let (mut contention, mut other_retries, mut gave_up, mut chart_retries, mut give_backs_failed) = (0, 0, 0, 0, 0);
-    let mut contention_by_op: BTreeMap<String, u64> = BTreeMap::new();
-    if let Some(path) = &opts.logs {
-        let mut text = String::new();
-        for p in procs.iter().chain(&dead) {
-            for l in p.logs() {
-                text.push_str(&format!("{} {l}\n", p.name));
-            }
-        }
-        std::fs::write(path, text).with_context(|| format!("cannot write the logs to {}", path.display()))?;
-    }
-    for p in procs.iter().chain(&dead) {
-        for l in p.json_logs() {
-            match l["event"].as_str() {
-                Some("transaction_retry") if l["contention"] == true => {
-                    contention += 1;
-                    *contention_by_op
-                        .entry(l["op"].as_str().unwrap_or("?").to_owned())
-                        .or_default() += 1;
-                }
-                Some("transaction_retry") => other_retries += 1,
-                Some("transaction_gave_up") => gave_up += 1,
-                Some("chart_api_retry") => chart_retries += 1,
-                Some("quota_give_back_failed") => give_backs_failed += 1,
-                _ => {}
-            }
-        }
-    }
-
-    // The mock's side, per key, and the worker's counters.
-    let mut figures = Vec::new();
-    for (a, c) in accounts.iter().zip(&configs) {
-        let u = mock
-            .state()
-            .usage(&a.id)
-            .with_context(|| format!("the mock has no account {}", a.id))?;
-        let doc = fs.get_doc(ACCOUNTS_USAGE, &a.id).await?;
-        let usage_today = doc.as_ref().and_then(|d| d["usageToday"].as_u64()).unwrap_or(0);
-        figures.push(AccountFigures {
-            id: a.id.clone(),
-            plan: format!("{:?}", c.plan).to_uppercase(),
-            daily_limit: c.daily_limit,
-            usage_today,
-            mock_calls: u.requests,
-            mock_used_today: u.used_today,
-            too_many_requests: u.throttled,
-            limit_exceeded: u.quota_rejected,
-            usage_matches_calls: usage_today == u.requests,
-        });
-    }
-    let journal = mock.state().journal(&Default::default());
-    let mut took: Vec<u64> = journal
-        .iter()
-        .filter(|e| e.status == Some(200))
-        .map(|e| e.duration_ms)
-        .collect();
-    took.sort_unstable();
-    let pct = |p: f64| {
-        took.get(((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    let observed_latency = LatencyFigures {
-        p50_ms: pct(0.5),
-        p95_ms: pct(0.95),
-        max_ms: took.last().copied().unwrap_or(0),
-    };
-    let gateway_timeouts = journal.iter().filter(|e| e.status == Some(504)).count() as u64;
-    let _ = mock.shutdown().await;
-
-    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
-    for id in &run_ids {
-        let s = steps
-            .get(id)
-            .and_then(|s| s["status"].as_str())
-            .unwrap_or("(unread)")
-            .to_owned();
-        *by_status.entry(s).or_default() += 1;
-    }
-    let mut failed_by: BTreeMap<String, usize> = BTreeMap::new();
-    for s in steps.values().filter(|s| s["status"] == "FAILED") {
-        *failed_by
-            .entry(s["error"]["code"].as_str().unwrap_or("?").to_owned())
-            .or_default() += 1;
-    }
-    let all_final = run_ids.iter().all(|id| steps.get(id).is_some_and(is_final));
-    let last_finished = run_ids
-        .iter()
-        .filter_map(|id| {
-            steps.get(id)?["finishedAt"]
-                .as_str()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        let run_ids: Vec<String> = (0..opts.runs).map(|i| format!("sim-{i:03}")).collect();
+        Ok(Fleet {
+            opts,
+            program,
+            bucket,
+            accounts,
+            configs,
+            templates,
+            sizes: Sizes {
+                charts,
+                model_latency,
+                ideal,
+                timeout,
+            },
+            mock,
+            fs,
+            eventarc,
+            env,
+            procs,
+            run_ids,
         })
-        .max();
-    let wall_ms = match (all_final, last_finished) {
-        (true, Some(t)) => Some((t.with_timezone(&Utc) - written_at).num_milliseconds().max(0) as u64),
-        _ => None,
-    };
-    let ideal_bound_ms = ideal.as_millis() as u64;
+    }
 
-    // What the bucket holds: every PNG must be named by a manifest.
+    /// Writes every flow run at once (READY steps); returns when they were written.
+    async fn write_runs(&self) -> anyhow::Result<(DateTime<Utc>, Instant)> {
+        let opts = self.opts;
+        let requests: Vec<Value> = self
+            .templates
+            .iter()
+            .map(|(id, _)| json!({"chartTemplateId": id}))
+            .collect();
+        let written_at = Utc::now();
+        let written = Instant::now();
+        let writes = futures::future::join_all(self.run_ids.iter().enumerate().map(|(i, id)| {
+            let doc = json!({
+                "scope": {"symbol": SYMBOLS[i % SYMBOLS.len()]},
+                "steps": {STEP_ID: {"stepType": "CHART_EXPORT", "status": "READY",
+                    "inputs": {"timeframe": "4h", "minImages": opts.charts, "requests": requests}}}
+            });
+            let fs = self.fs.clone();
+            async move { fs.put_doc(FLOW_RUNS, id, doc).await }
+        }))
+        .await;
+        for w in writes {
+            w.context("cannot write a flow run")?;
+        }
+        Ok((written_at, written))
+    }
+
+    /// Until every step is final (or the timeout): polls the runs not final yet, and during the chaos window
+    /// SIGKILLs a random instance now and then and restarts it a little later.
+    async fn drive(&mut self, written: Instant) -> anyhow::Result<Driven> {
+        let opts = self.opts;
+        let mut steps: BTreeMap<String, Value> = BTreeMap::new();
+        let mut pending: Vec<String> = self.run_ids.clone();
+        let mut dice = Dice(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut dead: Vec<ServeProcess> = Vec::new();
+        let mut restarts: Vec<(Instant, usize)> = Vec::new();
+        let mut kills = 0usize;
+        let mut next_kill = opts.kill_every.map(|k| written + dice.between(k / 2, k * 3 / 2));
+        let mut last_poll = written;
+        while !pending.is_empty() && written.elapsed() < self.sizes.timeout {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = Instant::now();
+            let mut changed = false;
+            if let (Some(at), Some(every)) = (next_kill, opts.kill_every) {
+                if now >= at && written.elapsed() < opts.chaos_window && !self.procs.is_empty() {
+                    let i = (dice.next() % self.procs.len() as u64) as usize;
+                    let mut victim = self.procs.remove(i);
+                    victim.kill().await;
+                    kills += 1;
+                    restarts.push((
+                        now + dice.between(Duration::from_millis(500), Duration::from_secs(3)),
+                        kills,
+                    ));
+                    dead.push(victim);
+                    next_kill = Some(now + dice.between(every / 2, every * 3 / 2));
+                    changed = true;
+                }
+            }
+            let due: Vec<usize> = restarts.iter().filter(|(t, _)| *t <= now).map(|(_, k)| *k).collect();
+            restarts.retain(|(t, _)| *t > now);
+            for k in due {
+                let mut spec = ServeSpec::new(format!("serve-r{k}"), &self.program);
+                spec.env = self.env.clone();
+                self.procs.push(ServeProcess::start(spec).await?);
+                changed = true;
+            }
+            if changed {
+                self.eventarc
+                    .set_targets(self.procs.iter().map(|p| format!("{}/", p.url())).collect());
+            }
+            if now.duration_since(last_poll) < Duration::from_millis(500) {
+                continue;
+            }
+            last_poll = now;
+            let read: Vec<(String, anyhow::Result<Option<Value>>)> = futures::stream::iter(pending.clone())
+                .map(|id| {
+                    let fs = self.fs.clone();
+                    async move {
+                        let doc = fs.get_doc(FLOW_RUNS, &id).await.map_err(anyhow::Error::from);
+                        (id, doc)
+                    }
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+            for (id, doc) in read {
+                let step = doc?.unwrap_or(Value::Null)["steps"][STEP_ID].clone();
+                steps.insert(id, step);
+            }
+            pending.retain(|id| !is_final(&steps[id]));
+        }
+        Ok(Driven { steps, dead, kills })
+    }
+
+    /// Lets the deliveries the last writes caused (no-ops) run out, stops the processes and the local Eventarc;
+    /// returns every delivery.
+    async fn stop(&mut self) -> Vec<Delivery> {
+        self.eventarc
+            .wait_settled(Duration::from_millis(400), Duration::from_secs(15))
+            .await;
+        self.eventarc.set_targets(Vec::new());
+        for p in self.procs.iter_mut() {
+            if p.running() {
+                let _ = p.terminate(Duration::from_secs(10)).await;
+            }
+        }
+        let deliveries = self.eventarc.deliveries();
+        self.eventarc.shutdown().await;
+        deliveries
+    }
+
+    /// The mock's side, per key, and the worker's counters.
+    async fn account_figures(&self) -> anyhow::Result<Vec<AccountFigures>> {
+        let mut figures = Vec::new();
+        for (a, c) in self.accounts.iter().zip(&self.configs) {
+            let u = self
+                .mock
+                .state()
+                .usage(&a.id)
+                .with_context(|| format!("the mock has no account {}", a.id))?;
+            let doc = self.fs.get_doc(ACCOUNTS_USAGE, &a.id).await?;
+            let usage_today = doc.as_ref().and_then(|d| d["usageToday"].as_u64()).unwrap_or(0);
+            figures.push(AccountFigures {
+                id: a.id.clone(),
+                plan: format!("{:?}", c.plan).to_uppercase(),
+                daily_limit: c.daily_limit,
+                usage_today,
+                mock_calls: u.requests,
+                mock_used_today: u.used_today,
+                too_many_requests: u.throttled,
+                limit_exceeded: u.quota_rejected,
+                usage_matches_calls: usage_today == u.requests,
+            });
+        }
+        Ok(figures)
+    }
+
+    /// The latency of the mock's `200` answers and its `504` count, from its journal.
+    fn mock_latency(&self) -> (LatencyFigures, u64) {
+        let journal = self.mock.state().journal(&Default::default());
+        let mut took: Vec<u64> = journal
+            .iter()
+            .filter(|e| e.status == Some(200))
+            .map(|e| e.duration_ms)
+            .collect();
+        took.sort_unstable();
+        let pct = |p: f64| {
+            took.get(((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        let observed_latency = LatencyFigures {
+            p50_ms: pct(0.5),
+            p95_ms: pct(0.95),
+            max_ms: took.last().copied().unwrap_or(0),
+        };
+        let gateway_timeouts = journal.iter().filter(|e| e.status == Some(504)).count() as u64;
+        (observed_latency, gateway_timeouts)
+    }
+}
+
+/// What the bucket holds: every PNG must be named by a manifest.
+async fn bucket_figures(fs: &FirestoreStore, emu: &Emulators, bucket: &str) -> anyhow::Result<BucketFigures> {
     let objects = crate::runner::readback::Backend::Emulators {
         fs: fs.clone(),
         storage: emu
@@ -517,7 +613,7 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned(),
-        bucket: bucket.clone(),
+        bucket: bucket.to_owned(),
     }
     .objects()
     .await
@@ -540,6 +636,116 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
         .iter()
         .filter(|o| o.name.ends_with(".png") && !named.contains(&o.name))
         .count();
+    Ok(BucketFigures {
+        charts_in_manifests,
+        orphan_pngs,
+    })
+}
+
+impl LogFigures {
+    /// Counts the processes' log lines (the running ones and the killed ones); writes them all to `--logs`.
+    fn read(opts: &Options, procs: &[ServeProcess], dead: &[ServeProcess]) -> anyhow::Result<Self> {
+        let mut f = LogFigures::default();
+        if let Some(path) = &opts.logs {
+            let mut text = String::new();
+            for p in procs.iter().chain(dead) {
+                for l in p.logs() {
+                    text.push_str(&format!("{} {l}\n", p.name));
+                }
+            }
+            std::fs::write(path, text).with_context(|| format!("cannot write the logs to {}", path.display()))?;
+        }
+        for p in procs.iter().chain(dead) {
+            for l in p.json_logs() {
+                match l["event"].as_str() {
+                    Some("transaction_retry") if l["contention"] == true => {
+                        f.contention += 1;
+                        *f.contention_by_op
+                            .entry(l["op"].as_str().unwrap_or("?").to_owned())
+                            .or_default() += 1;
+                    }
+                    Some("transaction_retry") => f.other_retries += 1,
+                    Some("transaction_gave_up") => f.gave_up += 1,
+                    Some("chart_api_retry") => f.chart_retries += 1,
+                    Some("quota_give_back_failed") => f.give_backs_failed += 1,
+                    _ => {}
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+impl StepFigures {
+    /// The steps by status, the failed ones by code, whether all are final, and the wall time from the write to
+    /// the last `finishedAt` (when all are).
+    fn of(run_ids: &[String], steps: &BTreeMap<String, Value>, written_at: DateTime<Utc>) -> Self {
+        let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+        for id in run_ids {
+            let s = steps
+                .get(id)
+                .and_then(|s| s["status"].as_str())
+                .unwrap_or("(unread)")
+                .to_owned();
+            *by_status.entry(s).or_default() += 1;
+        }
+        let mut failed_by: BTreeMap<String, usize> = BTreeMap::new();
+        for s in steps.values().filter(|s| s["status"] == "FAILED") {
+            *failed_by
+                .entry(s["error"]["code"].as_str().unwrap_or("?").to_owned())
+                .or_default() += 1;
+        }
+        let all_final = run_ids.iter().all(|id| steps.get(id).is_some_and(is_final));
+        let last_finished = run_ids
+            .iter()
+            .filter_map(|id| {
+                steps.get(id)?["finishedAt"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            })
+            .max();
+        let wall_ms = match (all_final, last_finished) {
+            (true, Some(t)) => Some((t.with_timezone(&Utc) - written_at).num_milliseconds().max(0) as u64),
+            _ => None,
+        };
+        StepFigures {
+            by_status,
+            failed_by,
+            all_final,
+            wall_ms,
+        }
+    }
+}
+
+/// The verdict: the problems that fail the run, and the [`Report`] of every figure.
+fn judge(
+    opts: &Options,
+    started_at: DateTime<Utc>,
+    sizes: &Sizes,
+    run_ids: &[String],
+    driven: &Driven,
+    c: Collected,
+) -> Report {
+    let Collected {
+        deliveries,
+        logs,
+        accounts: figures,
+        observed_latency,
+        gateway_timeouts,
+        steps:
+            StepFigures {
+                by_status,
+                failed_by,
+                all_final,
+                wall_ms,
+            },
+        bucket: BucketFigures {
+            charts_in_manifests,
+            orphan_pngs,
+        },
+    } = c;
+    let (steps, kills, timeout) = (&driven.steps, driven.kills, sizes.timeout);
+    let ideal_bound_ms = sizes.ideal.as_millis() as u64;
     let calls: u64 = figures.iter().map(|f| f.mock_calls).sum();
     let calls_per_chart = (charts_in_manifests > 0).then(|| calls as f64 / charts_in_manifests as f64);
 
@@ -579,27 +785,27 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
             f.id, f.usage_today, f.mock_calls
         ));
     }
-    Ok(Report {
+    Report {
         started_at,
         instances: opts.instances,
         runs: opts.runs,
         charts_per_run: opts.charts,
-        charts,
+        charts: sizes.charts,
         time_scale: opts.time_scale,
         wall_ms,
         ideal_bound_ms,
         ratio: wall_ms.map(|w| w as f64 / ideal_bound_ms.max(1) as f64),
-        model_latency_ms: model_latency.as_millis() as u64,
+        model_latency_ms: sizes.model_latency.as_millis() as u64,
         observed_latency,
         too_many_requests: figures.iter().map(|f| f.too_many_requests).sum(),
         limit_exceeded: figures.iter().map(|f| f.limit_exceeded).sum(),
         gateway_timeouts,
-        contention_retries: contention,
-        contention_by_op,
-        other_transaction_retries: other_retries,
-        transactions_gave_up: gave_up,
-        give_backs_failed,
-        chart_retries,
+        contention_retries: logs.contention,
+        contention_by_op: logs.contention_by_op,
+        other_transaction_retries: logs.other_retries,
+        transactions_gave_up: logs.gave_up,
+        give_backs_failed: logs.give_backs_failed,
+        chart_retries: logs.chart_retries,
         accounts: figures,
         steps: by_status,
         failed_by,
@@ -622,7 +828,7 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
         calls_per_chart,
         orphan_pngs,
         problems,
-    })
+    }
 }
 
 fn is_final(step: &Value) -> bool {

@@ -127,7 +127,7 @@ impl Worker {
                 ..RetryPolicy::GCS
             });
         let renderer = crate::renderers::build(settings)?;
-        let worker_id = crate::entry::worker_id("serve");
+        let worker_id = worker_id("serve");
         // Every instance of the service shares the keys: each key's rate goes through windows in Firestore.
         let rate = SharedRate {
             store: Arc::new(store.clone()),
@@ -144,4 +144,17 @@ impl Worker {
             core,
         ))
     }
+}
+
+/// A worker id unique to this process.
+pub fn worker_id(prefix: &str) -> WorkerId {
+    let host = std::env::var("K_REVISION")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "local".into());
+    let raw = format!(
+        "{prefix}-{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    WorkerId::parse(raw.replace('/', "_")).expect("generated worker ids are plain")
 }

@@ -185,7 +185,7 @@ pub async fn run_local_with(mut settings: Settings, args: RunLocalArgs) -> anyho
     let artifacts_dir = args.artifacts_dir.clone().unwrap_or_else(|| args.state_dir.join("gcs"));
     let artifacts = LocalArtifacts::new(&artifacts_dir);
     let renderer = crate::renderers::build(&settings)?;
-    let core = CoreSettings::from_settings(&settings, super::worker_id("run-local"), bucket);
+    let core = CoreSettings::from_settings(&settings, crate::wiring::worker_id("run-local"), bucket);
     let accounts = AccountPool::new(settings.accounts.clone());
     let worker = Worker::with_documents(docs.clone(), renderer, Arc::new(artifacts.clone()), accounts, core);
     let bar = ProgressObserver::new();

@@ -2,7 +2,7 @@
 //! local backend), `serve` ([`serve`]: the Cloud Run service Eventarc calls), `deploy-plan` ([`deploy`]: the gcloud
 //! commands of a deployment) and `demo` ([`demo`]: the local demo
 //! against an in-process mock Chart-IMG server). Dependencies point one way: this module → the entrypoints,
-//! `demo` → `cli`; no entrypoint imports this module's dispatcher back (only [`worker_id`]).
+//! `demo` → `cli`; no entrypoint imports this module's dispatcher back.
 
 pub mod cli;
 #[cfg(feature = "demo")]
@@ -12,7 +12,6 @@ pub mod serve;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::domain::WorkerId;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -103,17 +102,4 @@ pub async fn main_with(cli: Cli) -> i32 {
             }
         }
     }
-}
-
-/// A worker id unique to this process.
-pub fn worker_id(prefix: &str) -> WorkerId {
-    let host = std::env::var("K_REVISION")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "local".into());
-    let raw = format!(
-        "{prefix}-{host}-{}-{}",
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    WorkerId::parse(raw.replace('/', "_")).expect("generated worker ids are plain")
 }

@@ -452,6 +452,11 @@ mod tests {
             .starts_with("CHART_EXPORT_LEASE_SECONDS: must be a number of seconds"));
         assert!(bad("CHART_EXPORT_SHUTDOWN_GRACE_SECONDS", "12").contains("from 0 to 9.5"));
         assert!(bad("CHART_EXPORT_HEARTBEAT_SECONDS", "90").contains("shorter than the lease"));
+        assert_eq!(
+            bad("CHART_IMG_ALLOW_UNUSED", "maybe"),
+            "CHART_IMG_ALLOW_UNUSED: must be true or false, got \"maybe\""
+        );
+        assert!(bad("CHART_IMG_VCR_MODE", "sometimes").starts_with("CHART_IMG_VCR_MODE: "));
     }
 
     #[test]

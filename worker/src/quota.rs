@@ -1,36 +1,94 @@
-//! Accounts at run time: the process-wide pool (keys and each key's pacing, [`crate::pacing`]) and the per-step
-//! ledger that reserves daily quota in batches, trying the accounts in the step's own order.
+//! Accounts at run time: the process-wide pool (keys, each key's pacing [`crate::pacing`], and the quota this process
+//! holds on each key) and the per-step ledger that takes one unit of quota per call from the key the call goes to.
 //!
 //! Invariant: every call sent to Chart-IMG was paid for by one unit taken from a grant before it was sent, and only
-//! units never sent are given back. So `usageToday` never under-counts; a crash between reserve and give-back
-//! over-counts by at most the units that step still held. Each reservation and give-back carries its own operation id
-//! ([`OpId`]), so a transaction retried after a lost commit reply applies once.
+//! units never sent are given back. So `usageToday` never under-counts. Units follow calls: a caller first picks the
+//! key that will send soonest ([`QuotaLedger::choose`]), waits for that key's rate slot, and only then takes its unit
+//! ([`QuotaLedger::take`]); a reservation covers the callers queued on that key in this process, at most one second of
+//! the key's rate ([`RESERVE_AHEAD`]), so a process that dies leaves at most that much per key counted, plus the
+//! calls it had taken a unit for and not yet sent (killed between the take and the request's arrival). Each
+//! reservation and give-back carries its own operation id ([`OpId`]), so a transaction retried after a lost commit
+//! reply applies once.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::NaiveDate;
 use governor::{Quota, RateLimiter};
-use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::config::AccountConfig;
 use crate::domain::request::{check_request, TemplateInvalid};
-use crate::domain::usage::{preference_order, MAX_RESERVATION};
-use crate::domain::{AccountId, AccountQuota, ChartRequest, Grant, OpId, PlanNeeds};
+use crate::domain::usage::preference_order;
+use crate::domain::{AccountId, AccountQuota, ChartRequest, OpId, PlanNeeds};
 use crate::pacing::{Pace, SharedRate, WindowPacer};
 use crate::ports::{AccountUsageStore, Clock, StoreError};
 use chart_img_spec::Plan;
 
-/// One configured account with the pacing that keeps its key within its plan's rate and burst.
+/// How far ahead of its calls a process reserves quota on a key: one reservation covers the callers queued on the
+/// key, at most this long of its plan's rate (10 units on PRO, 1 on BASIC). So a busy key's usage document sees
+/// about one reservation per second per instance (what a Firestore document sustains), and a process that dies
+/// leaves at most this much of each key's rate counted.
+pub const RESERVE_AHEAD: Duration = Duration::from_secs(1);
+
+/// One configured account with the pacing that keeps its key within its plan's rate and burst, and the quota this
+/// process holds on it.
 #[derive(Debug)]
 pub struct Account {
     pub config: AccountConfig,
     pace: Pace,
+    /// Callers of this process that chose this key and have not taken their unit yet (waiting for a rate slot or for
+    /// the reservation): the size of the next reservation, and the key's queue when a caller picks one.
+    queued: AtomicUsize,
+    /// Units reserved on this key by this process and not sent yet, per UTC day. Process-wide, so steps running
+    /// together share one reservation per key instead of holding one each.
+    held: std::sync::Mutex<Vec<(NaiveDate, u32)>>,
+    /// One reservation at a time per key in this process; callers needing a unit wait here, others never do.
+    reserving: tokio::sync::Mutex<()>,
 }
 
 impl Account {
+    /// The most units one reservation takes on this key: [`RESERVE_AHEAD`] of its plan's rate, at least one.
+    pub fn reservation_cap(&self) -> u32 {
+        let rate = self.config.plan.limits().rate_per_sec;
+        (rate * RESERVE_AHEAD.as_secs_f64()).ceil().clamp(1.0, 10_000.0) as u32
+    }
+
+    /// Units this process holds on the key (all days).
+    pub fn held(&self) -> u32 {
+        self.lock_held().iter().map(|(_, n)| n).sum()
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, Vec<(NaiveDate, u32)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes one held unit of `today` (or a later day: another instance's clock passed midnight first); units of
+    /// earlier days are dropped (their day's counter keeps them: an over-count of a day that is over).
+    fn take_held(&self, today: NaiveDate) -> Option<NaiveDate> {
+        let mut held = self.lock_held();
+        held.retain(|(day, n)| *day >= today && *n > 0);
+        let (day, n) = held.iter_mut().find(|(day, _)| *day >= today)?;
+        *n -= 1;
+        Some(*day)
+    }
+
+    fn put_back(&self, day: NaiveDate, units: u32) {
+        let mut held = self.lock_held();
+        match held.iter_mut().find(|(d, _)| *d == day) {
+            Some((_, n)) => *n += units,
+            None => held.push((day, units)),
+        }
+    }
+
+    /// Empties the held units (to give them back).
+    fn take_all_held(&self) -> Vec<(NaiveDate, u32)> {
+        std::mem::take(&mut *self.lock_held())
+    }
+
     /// Waits until the plan allows one more call with this key: from this process alone ([`Pace::Local`]), or from
     /// every instance together ([`Pace::Shared`]), which can fail when the window store does.
     pub async fn until_ready(&self) -> Result<(), StoreError> {
@@ -195,6 +253,9 @@ impl AccountPool {
             .map(|config| Account {
                 pace: pace(&config),
                 config,
+                queued: AtomicUsize::new(0),
+                held: Default::default(),
+                reserving: Default::default(),
             })
             .collect();
         Self {
@@ -246,47 +307,57 @@ impl AccountPool {
     }
 }
 
-/// Why no account could be had for a call.
+/// No account whose plan fits a call has quota left today (their ids, comma-separated).
 #[derive(Debug, thiserror::Error)]
-pub enum AcquireError {
-    #[error("every Chart-IMG account is exhausted for today ({0})")]
-    AllExhausted(String),
-    #[error("cannot reserve Chart-IMG quota: {0}")]
-    Store(#[from] StoreError),
-}
+#[error("every Chart-IMG account is exhausted for today ({0})")]
+pub struct AllExhausted(pub String);
 
 /// One unit of quota taken for one call: the account to send it with, and the UTC day whose counter paid for it.
-/// The call is sent only while that day lasts ([`QuotaLedger::is_current`]), and a `429 Limit Exceeded` it gets marks
-/// that day ([`QuotaLedger::exhaust`]).
+/// A `429 Limit Exceeded` the call gets marks that day ([`QuotaLedger::exhaust`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Unit<'a> {
     pub account: &'a Account,
-    pub day: chrono::NaiveDate,
+    pub day: NaiveDate,
+}
+
+/// A caller's place in the queue of the key it chose ([`QuotaLedger::choose`]): counted in the key's queue until
+/// dropped (the unit taken, or the caller stopped).
+#[derive(Debug)]
+pub struct Queued<'a> {
+    account: &'a Account,
+}
+
+impl<'a> Queued<'a> {
+    pub fn account(&self) -> &'a Account {
+        self.account
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.account.queued.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Default)]
 struct LedgerState {
-    /// Units reserved in the store and not yet spent, per grant (account and day).
-    held: Vec<Grant>,
-    /// Accounts that answered `429 Limit Exceeded` during this step.
+    /// Accounts this step found out of quota (a reservation came back empty, or `429 Limit Exceeded`).
     exhausted: HashSet<AccountId>,
-    /// Set when a reservation came back empty: every account is used up, so later calls fail without a transaction.
-    depleted: bool,
     /// Units spent per account (calls sent), for the report.
     spent: Vec<(AccountId, u32)>,
 }
 
-/// The quota of one step. Reserves in batches (one transaction per batch, not per chart, at most
-/// [`MAX_RESERVATION`] units) because a Firestore document sustains about one write per second. Accounts are tried
-/// in the step's own [`preference_order`], one account (one usage document) per transaction, so steps spread over the
-/// accounts and a reservation reads and writes only the counters it takes from.
+/// The quota of one step. Each call goes to the key that fits its plan needs and sends soonest, so a step uses every
+/// fitting key at its own rate; the unit is taken from what the process holds on that key, topped up by a
+/// reservation of the callers queued there (at most [`Account::reservation_cap`], one usage document per
+/// transaction). Ties go to the step's own [`preference_order`], so idle steps spread over the accounts.
 pub struct QuotaLedger<'a> {
     pool: &'a AccountPool,
     store: &'a dyn AccountUsageStore,
     clock: &'a dyn Clock,
     /// The configured accounts in this step's preference order.
     order: Vec<AccountQuota>,
-    state: Mutex<LedgerState>,
+    state: std::sync::Mutex<LedgerState>,
 }
 
 impl<'a> QuotaLedger<'a> {
@@ -298,185 +369,153 @@ impl<'a> QuotaLedger<'a> {
             store,
             clock,
             order: preference_order(key, &all),
-            state: Mutex::new(LedgerState::default()),
+            state: Default::default(),
         }
     }
 
-    fn usable(&self, st: &LedgerState) -> Vec<AccountQuota> {
-        self.order
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Picks the key a call that needs `needs` goes to: among the accounts whose plan fits and that this step has not
+    /// found exhausted, the one whose queue in this process is shortest for its rate (`queued / rate`: the call
+    /// expected to start soonest), ties in the step's preference order. The caller is counted in that key's queue
+    /// until the [`Queued`] is dropped. Fails when no fitting account is left.
+    pub fn choose(&self, needs: PlanNeeds) -> Result<Queued<'a>, AllExhausted> {
+        let st = self.lock();
+        let fitting: Vec<&'a Account> = self
+            .order
             .iter()
-            .filter(|q| !st.exhausted.contains(&q.id))
-            .cloned()
-            .collect()
-    }
-
-    /// Reserves up to `units` (at most [`MAX_RESERVATION`]) on `candidates` in order, one transaction per account,
-    /// until covered; what each grants is held at once (a later failure keeps it). Answers the units granted.
-    async fn reserve_on(
-        &self,
-        st: &mut LedgerState,
-        candidates: &[AccountQuota],
-        units: u32,
-    ) -> Result<u32, StoreError> {
-        let mut left = units.min(MAX_RESERVATION);
-        let mut granted = 0;
-        let now = self.clock.now();
-        for account in candidates {
-            if left == 0 {
-                break;
+            .filter_map(|q| self.pool.get(&q.id))
+            .filter(|a| needs.fits(a.config.plan))
+            .collect();
+        let best = fitting
+            .iter()
+            .filter(|a| !st.exhausted.contains(&a.config.id))
+            .min_by(|a, b| wait_score(a).total_cmp(&wait_score(b)));
+        match best {
+            Some(account) => {
+                account.queued.fetch_add(1, Ordering::SeqCst);
+                Ok(Queued { account })
             }
-            for g in self
-                .store
-                .reserve(&OpId::random(), std::slice::from_ref(account), left, now)
-                .await?
-            {
-                left = left.saturating_sub(g.units);
-                granted += g.units;
-                st.held.push(g);
-            }
-        }
-        Ok(granted)
-    }
-
-    /// Reserves `units` up front (the number of charts of the step, at most [`MAX_RESERVATION`]; calls beyond top up).
-    /// An empty grant is not an error here: each call will then fail with `CHART_API_LIMIT_EXCEEDED`.
-    pub async fn reserve(&self, units: u32) -> Result<(), StoreError> {
-        let mut st = self.state.lock().await;
-        let usable = self.usable(&st);
-        let granted = self.reserve_on(&mut st, &usable, units).await?;
-        st.depleted = granted == 0 && units > 0;
-        Ok(())
-    }
-
-    /// Takes one unit for one call on an account whose plan allows `needs` (size and parameters): a 1920x1080 chart
-    /// never goes to a BASIC account. Units held on accounts that do not fit stay for other calls (and are given
-    /// back at the end if unused); when none fits, a top-up is reserved on the fitting accounts only.
-    ///
-    /// Only units of the call's UTC day are spent: Chart-IMG counts the call on the day it arrives, so units reserved
-    /// on an earlier day and still held after midnight are dropped (that day's counter keeps them: an over-count of a
-    /// day that is over) and the call's unit is reserved on the new day's counter.
-    pub async fn acquire_for(&self, top_up: u32, needs: PlanNeeds) -> Result<Unit<'a>, AcquireError> {
-        let fits = |id: &AccountId| self.pool.get(id).is_some_and(|a| needs.fits(a.config.plan));
-        let mut st = self.state.lock().await;
-        loop {
-            let today = self.clock.now().date_naive();
-            st.held.retain(|g| g.day >= today);
-            let exhausted = st.exhausted.clone();
-            if let Some(g) = st
-                .held
-                .iter_mut()
-                .find(|g| g.units > 0 && !exhausted.contains(&g.account) && fits(&g.account))
-            {
-                g.units -= 1;
-                let (id, day) = (g.account.clone(), g.day);
-                match st.spent.iter_mut().find(|(a, _)| *a == id) {
-                    Some((_, n)) => *n += 1,
-                    None => st.spent.push((id.clone(), 1)),
-                }
-                return self
-                    .pool
-                    .get(&id)
-                    .map(|account| Unit { account, day })
-                    .ok_or_else(|| AcquireError::AllExhausted(id.to_string()));
-            }
-            let all = self.usable(&st);
-            let usable: Vec<AccountQuota> = all.iter().filter(|q| fits(&q.id)).cloned().collect();
-            let every = usable.len() == all.len();
-            if usable.is_empty() || (st.depleted && every) {
+            None => {
                 let names: Vec<&str> = self
                     .pool
                     .accounts
                     .iter()
-                    .filter(|a| fits(&a.config.id))
+                    .filter(|a| needs.fits(a.config.plan))
                     .map(|a| a.config.id.as_str())
                     .collect();
-                return Err(AcquireError::AllExhausted(names.join(", ")));
-            }
-            if self.reserve_on(&mut st, &usable, top_up.max(1)).await? == 0 {
-                if every {
-                    st.depleted = true;
-                }
-                let names: Vec<&str> = usable.iter().map(|q| q.id.as_str()).collect();
-                return Err(AcquireError::AllExhausted(names.join(", ")));
+                Err(AllExhausted(names.join(", ")))
             }
         }
     }
 
-    /// Whether `unit` may still pay for a call sent now: its day has not ended on this process's clock. A unit
-    /// taken just before midnight whose call waited for a rate slot past it is refunded and a new one taken.
-    pub fn is_current(&self, unit: &Unit<'_>) -> bool {
-        unit.day >= self.clock.now().date_naive()
+    /// Takes the unit of a caller that holds a rate slot on its key: from what the process holds on the key for
+    /// today, else from a new reservation of the callers queued on the key (at most [`Account::reservation_cap`]).
+    /// `None` when the key's quota for today is used up (the step stops choosing it). Only callers that need a
+    /// reservation wait for one; none holds a lock across the store's round trip otherwise.
+    pub async fn take(&self, queued: Queued<'a>) -> Result<Option<Unit<'a>>, StoreError> {
+        let account = queued.account;
+        loop {
+            let today = self.clock.now().date_naive();
+            if let Some(day) = account.take_held(today) {
+                drop(queued);
+                self.count_spent(&account.config.id, 1);
+                return Ok(Some(Unit { account, day }));
+            }
+            let _one = account.reserving.lock().await;
+            if account.held() > 0 {
+                continue; // another caller reserved while this one waited
+            }
+            let want = (account.queued.load(Ordering::SeqCst) as u32).clamp(1, account.reservation_cap());
+            let now = self.clock.now();
+            let grants = self
+                .store
+                .reserve(
+                    &OpId::random(),
+                    std::slice::from_ref(&account.config.quota()),
+                    want,
+                    now,
+                )
+                .await?;
+            let mut granted = 0;
+            for g in grants.into_iter().filter(|g| g.units > 0) {
+                granted += g.units;
+                account.put_back(g.day, g.units);
+            }
+            if granted == 0 {
+                self.lock().exhausted.insert(account.config.id.clone());
+                return Ok(None);
+            }
+        }
     }
 
-    /// Puts back a unit whose call was never sent, into a grant of the unit's own day (never another day's).
+    fn count_spent(&self, id: &AccountId, units: i64) {
+        let mut st = self.lock();
+        match st.spent.iter_mut().find(|(a, _)| a == id) {
+            Some((_, n)) => *n = (i64::from(*n) + units).max(0) as u32,
+            None if units > 0 => st.spent.push((id.clone(), units as u32)),
+            None => {}
+        }
+    }
+
+    /// Puts back a unit whose call was never sent, into the process's units of the unit's own day (never another
+    /// day's: after midnight it is given back with the rest, not spent).
     pub async fn refund(&self, unit: Unit<'_>) {
-        let mut st = self.state.lock().await;
-        let id = &unit.account.config.id;
-        let Some((_, n)) = st.spent.iter_mut().find(|(a, n)| a == id && *n > 0) else {
-            return;
-        };
-        *n -= 1;
-        match st.held.iter_mut().find(|g| g.account == *id && g.day == unit.day) {
-            Some(g) => g.units += 1,
-            None => st.held.push(Grant {
-                account: id.clone(),
-                day: unit.day,
-                units: 1,
-            }),
-        }
+        self.count_spent(&unit.account.config.id, -1);
+        unit.account.put_back(unit.day, 1);
     }
 
     /// After `429 Limit Exceeded` to the call `unit` paid for: the account is out for the day that call was counted
-    /// on (the answer may come after midnight; the next day's quota is not touched). Its held units go back, and the
-    /// store marks it.
+    /// on (the answer may come after midnight; the next day's quota is not touched). The units the process holds on
+    /// it go back, and the store marks it.
     pub async fn exhaust(&self, unit: Unit<'_>) {
         let account = unit.account;
-        let mut st = self.state.lock().await;
         let id = account.config.id.clone();
-        if !st.exhausted.insert(id.clone()) {
+        if !self.lock().exhausted.insert(id.clone()) {
             return;
         }
         let now = self.clock.now();
-        let held: Vec<Grant> = st
-            .held
-            .iter()
-            .filter(|g| g.account == id && g.units > 0)
-            .cloned()
-            .collect();
-        st.held.retain(|g| g.account != id);
-        drop(st);
-        for g in held {
-            if let Err(e) = self
-                .store
-                .give_back(&OpId::random(), &g.account, g.day, g.units, now)
-                .await
-            {
-                warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
-            }
+        for (day, units) in account.take_all_held() {
+            self.give_back(&id, day, units, now).await;
         }
         if let Err(e) = self.store.mark_exhausted(&account.config.quota(), unit.day, now).await {
             warn!(event = "quota_mark_exhausted_failed", account = %id, error = %e, "could not mark the account exhausted");
         }
     }
 
-    /// Gives back every unit still held. Failures only over-count, which the invariant allows; they are logged.
+    async fn give_back(&self, id: &AccountId, day: NaiveDate, units: u32, now: chrono::DateTime<chrono::Utc>) {
+        if units == 0 {
+            return;
+        }
+        if let Err(e) = self.store.give_back(&OpId::random(), id, day, units, now).await {
+            warn!(event = "quota_give_back_failed", account = %id, error = %e, "could not give back unused units");
+        }
+    }
+
+    /// The units spent per account, after giving back what the process holds on every key no caller is queued on
+    /// (a live process returns what it did not send; a key still in use keeps its units for the callers queued).
+    /// Failures only over-count, which the invariant allows; they are logged.
     pub async fn finish(&self) -> Vec<(AccountId, u32)> {
-        let mut st = self.state.lock().await;
-        let held = std::mem::take(&mut st.held);
-        let spent = st.spent.clone();
-        drop(st);
+        let spent = self.lock().spent.clone();
         let now = self.clock.now();
-        for g in held.into_iter().filter(|g| g.units > 0) {
-            if let Err(e) = self
-                .store
-                .give_back(&OpId::random(), &g.account, g.day, g.units, now)
-                .await
-            {
-                warn!(event = "quota_give_back_failed", account = %g.account, error = %e, "could not give back unused units");
+        for account in self.pool.accounts.iter() {
+            if account.queued.load(Ordering::SeqCst) > 0 {
+                continue;
+            }
+            for (day, units) in account.take_all_held() {
+                self.give_back(&account.config.id, day, units, now).await;
             }
         }
         spent
     }
+}
+
+/// A key's queue measured in time: the callers queued on it over its plan's rate.
+fn wait_score(account: &Account) -> f64 {
+    let rate = account.config.plan.limits().rate_per_sec.max(f64::MIN_POSITIVE);
+    account.queued.load(Ordering::SeqCst) as f64 / rate
 }
 
 #[cfg(test)]
@@ -540,7 +579,7 @@ mod tests {
             accounts: &[AccountQuota],
             units: u32,
             now: chrono::DateTime<chrono::Utc>,
-        ) -> Result<Vec<Grant>, StoreError> {
+        ) -> Result<Vec<crate::domain::Grant>, StoreError> {
             self.calls
                 .lock()
                 .unwrap()
@@ -608,9 +647,11 @@ mod tests {
         let mut firsts = HashSet::new();
         for i in 0..12 {
             let ledger = QuotaLedger::new(&pool, &store, &clock, &format!("run-{i}/charts_4h"));
-            ledger.reserve(5).await.unwrap();
-            let (accounts, _) = store.calls.lock().unwrap().last().cloned().unwrap();
+            let queued = ledger.choose(PlanNeeds::NONE).unwrap();
+            ledger.take(queued).await.unwrap().unwrap();
+            let (accounts, units) = store.calls.lock().unwrap().last().cloned().unwrap();
             assert_eq!(accounts.len(), 1, "one usage document per reservation: {accounts:?}");
+            assert_eq!(units, 1, "one caller queued, one unit");
             firsts.insert(accounts[0].clone());
             ledger.finish().await;
         }
@@ -621,29 +662,82 @@ mod tests {
         );
     }
 
+    /// Units follow calls: a reservation covers the callers queued on the key, at most one second of its rate (10 on
+    /// PRO, 1 on BASIC), so a process that dies leaves at most that counted on each key.
     #[tokio::test]
-    async fn a_reservation_is_bounded_and_moves_on_only_when_an_account_is_short() {
-        let pool = pool_with_limits(&[30, 30, 30]);
+    async fn a_reservation_covers_the_queued_callers_up_to_one_second_of_the_keys_rate() {
         let store = Recording {
             inner: crate::adapters::JsonDocs::in_memory(),
             calls: Default::default(),
         };
         let clock = crate::ports::SystemClock;
-        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/charts_4h");
-        ledger.reserve(200).await.unwrap();
-        let calls = store.calls.lock().unwrap().clone();
-        // At most 50 units: 30 from the step's first account, the 20 left from its second; the third is not read.
-        assert_eq!(
-            calls.iter().map(|(_, u)| *u).collect::<Vec<_>>(),
-            vec![50, 20],
-            "{calls:?}"
+        for (plan, cap) in [("PRO", 10), ("BASIC", 1)] {
+            store.calls.lock().unwrap().clear();
+            let pool = pool(&[plan]);
+            let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
+            let queued: Vec<Queued<'_>> = (0..4).map(|_| ledger.choose(PlanNeeds::NONE).unwrap()).collect();
+            let mut queued = queued.into_iter();
+            ledger.take(queued.next().unwrap()).await.unwrap().unwrap();
+            let first = store.calls.lock().unwrap().clone();
+            assert_eq!(first, vec![(vec!["acc-0".to_string()], 4.min(cap))], "{plan}");
+            let more: Vec<Queued<'_>> = (0..30).map(|_| ledger.choose(PlanNeeds::NONE).unwrap()).collect();
+            for q in queued.chain(more) {
+                ledger.take(q).await.unwrap().unwrap();
+            }
+            let calls = store.calls.lock().unwrap().clone();
+            assert!(calls.iter().all(|(_, u)| *u <= cap), "{plan}: {calls:?}");
+            assert_eq!(
+                calls.iter().map(|(_, u)| u).sum::<u32>(),
+                34,
+                "{plan}: one unit per call, none left"
+            );
+            assert_eq!(pool.accounts()[0].held(), 0);
+            ledger.finish().await;
+        }
+    }
+
+    /// A live process returns what it did not send: callers that stop before their call (their `Queued` dropped)
+    /// leave their units held, and the step's end gives them back.
+    #[tokio::test]
+    async fn units_of_callers_that_stopped_go_back_at_the_steps_end() {
+        let pool = pool(&["PRO"]);
+        let store = crate::adapters::JsonDocs::in_memory();
+        let clock = crate::ports::SystemClock;
+        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
+        let mut queued: Vec<Queued<'_>> = (0..5).map(|_| ledger.choose(PlanNeeds::NONE).unwrap()).collect();
+        let unit = ledger.take(queued.remove(0)).await.unwrap().unwrap();
+        assert_eq!(unit.account.held(), 4, "reserved for the five queued, one taken");
+        drop(queued);
+        let spent = ledger.finish().await;
+        assert_eq!(spent, vec![(AccountId::parse("acc-0").unwrap(), 1)]);
+        assert_eq!(counter(&store, "acc-0").await.1, 1, "usage = the one call");
+        assert_eq!(pool.accounts()[0].held(), 0);
+    }
+
+    /// A step's calls go to every key that fits, in proportion to the keys' rates: with BASIC (1/s) + PRO + PRO
+    /// (10/s each) queued callers spread about 1 : 10 : 10, and a 1920x1080 chart never goes to BASIC.
+    #[tokio::test]
+    async fn a_steps_calls_spread_over_every_fitting_key_by_rate() {
+        let pool = pool(&["BASIC", "PRO", "PRO"]);
+        let store = crate::adapters::JsonDocs::in_memory();
+        let clock = crate::ports::SystemClock;
+        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
+        let queued: Vec<Queued<'_>> = (0..42).map(|_| ledger.choose(PlanNeeds::NONE).unwrap()).collect();
+        let per = |id: &str| queued.iter().filter(|q| q.account().config.id.as_str() == id).count();
+        assert!((1..=3).contains(&per("acc-0")), "BASIC got {}", per("acc-0"));
+        assert!(
+            (19..=21).contains(&per("acc-1")) && (19..=21).contains(&per("acc-2")),
+            "PRO got {} and {}",
+            per("acc-1"),
+            per("acc-2")
         );
-        assert!(calls.iter().all(|(a, _)| a.len() == 1));
-        let order: Vec<String> = ledger.order.iter().map(|q| q.id.to_string()).collect();
-        assert_eq!(
-            calls.iter().map(|(a, _)| a[0].clone()).collect::<Vec<_>>(),
-            order[..2].to_vec()
-        );
+        let big = PlanNeeds {
+            width: 1920,
+            height: 1080,
+            ..PlanNeeds::NONE
+        };
+        let only_pro: Vec<Queued<'_>> = (0..10).map(|_| ledger.choose(big).unwrap()).collect();
+        assert!(only_pro.iter().all(|q| q.account().config.plan == Plan::Pro));
     }
 
     /// A clock the test moves.
@@ -677,11 +771,19 @@ mod tests {
         let store = crate::adapters::JsonDocs::in_memory();
         let clock = ManualClock::at("2026-11-28T23:59:59Z");
         let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
-        ledger.reserve(5).await.unwrap();
-        ledger.acquire_for(1, PlanNeeds::NONE).await.unwrap();
-        assert_eq!(counter(&store, "acc-0").await, ("2026-11-28".into(), 5, false));
+        let (first, waiting) = (
+            ledger.choose(PlanNeeds::NONE).unwrap(),
+            ledger.choose(PlanNeeds::NONE).unwrap(),
+        );
+        ledger.take(first).await.unwrap().unwrap();
+        drop(waiting); // its unit stays held, of the 28th
+        assert_eq!(counter(&store, "acc-0").await, ("2026-11-28".into(), 2, false));
         clock.set("2026-11-29T00:00:01Z");
-        let unit = ledger.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        let unit = ledger
+            .take(ledger.choose(PlanNeeds::NONE).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(unit.day.to_string(), "2026-11-29");
         assert_eq!(
             counter(&store, "acc-0").await,
@@ -699,11 +801,19 @@ mod tests {
         let store = crate::adapters::JsonDocs::in_memory();
         let clock = ManualClock::at("2026-11-28T23:59:59Z");
         let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
-        ledger.reserve(1).await.unwrap();
-        let unit = ledger.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        let unit = ledger
+            .take(ledger.choose(PlanNeeds::NONE).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         clock.set("2026-11-29T00:00:01Z");
         ledger.refund(unit).await;
-        ledger.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        let unit = ledger
+            .take(ledger.choose(PlanNeeds::NONE).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(unit.day.to_string(), "2026-11-29");
         assert_eq!(counter(&store, "acc-0").await, ("2026-11-29".into(), 1, false));
     }
 
@@ -715,8 +825,12 @@ mod tests {
         let store = crate::adapters::JsonDocs::in_memory();
         let clock = ManualClock::at("2026-11-28T23:59:59.500Z");
         let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
-        ledger.reserve(2).await.unwrap();
-        let unit = ledger.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        let (first, waiting) = (
+            ledger.choose(PlanNeeds::NONE).unwrap(),
+            ledger.choose(PlanNeeds::NONE).unwrap(),
+        );
+        let unit = ledger.take(first).await.unwrap().unwrap();
+        drop(waiting); // its unit stays held, of the 28th
         clock.set("2026-11-29T00:00:00.500Z");
         ledger.exhaust(unit).await;
         let (day, _, exhausted) = counter(&store, "acc-0").await;
@@ -725,9 +839,13 @@ mod tests {
             "the 28th is marked, the 29th untouched: {day} {exhausted}"
         );
         // The next step, on the 29th, gets the account.
+        assert_eq!(
+            counter(&store, "acc-0").await.1,
+            1,
+            "the unit held for the 28th went back"
+        );
         let next = QuotaLedger::new(&pool, &store, &clock, "run-2/s");
-        next.reserve(1).await.unwrap();
-        let unit = next.acquire_for(1, PlanNeeds::NONE).await.unwrap();
+        let unit = next.take(next.choose(PlanNeeds::NONE).unwrap()).await.unwrap().unwrap();
         assert_eq!(unit.day.to_string(), "2026-11-29");
         assert_eq!(counter(&store, "acc-0").await, ("2026-11-29".into(), 1, false));
     }

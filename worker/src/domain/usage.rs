@@ -125,10 +125,6 @@ pub struct Grant {
     pub units: u32,
 }
 
-/// Units one reservation asks for at most. A step with more charts tops up as it goes: a crash over-counts at most
-/// this many units per account it held, and one transaction never takes a day's quota at once.
-pub const MAX_RESERVATION: u32 = 50;
-
 /// The order in which the step `key` (`<runId>/<stepId>`) tries `accounts`: a rendezvous hash weighted by daily limit
 /// (each account comes first for a share of steps proportional to its limit), so steps, and the transactions on
 /// their usage counters, spread over every account instead of all starting on the first one configured. The same

@@ -152,7 +152,7 @@ impl StepRun<'_> {
         let slots = self.find_stored(&valid, slots).await?;
         let key = format!("{}/{}", self.run, claim.step_id);
         let ledger = QuotaLedger::new(&self.w.accounts, self.w.usage.as_ref(), self.w.clock.as_ref(), &key);
-        let slots = self.reserve_quota(&ledger, slots, guard).await?;
+        let slots = self.before_calls(slots, guard)?;
         let results = self.render_all(&valid, &ledger, slots, guard).await;
         let spent = ledger.finish().await;
         info!(event = "quota_settled", spent = ?spent.iter().map(|(a, n)| format!("{a}={n}")).collect::<Vec<_>>(), "quota settled");

@@ -1,8 +1,6 @@
 //! Rendering: templates to Chart-IMG bodies, quota, the calls (rate-limited, retried, rotated across accounts) and
 //! the uploads.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::Value;
@@ -18,7 +16,7 @@ use crate::domain::step::{rfc3339, ValidStep};
 use crate::domain::text::{clip_details, clip_error};
 use crate::domain::{ChartRequest, ErrorCode, ImageFormat, ManifestItem, ObjectRef, TemplateId};
 use crate::ports::{ArtifactError, ChartApiError, ChartCall, ObjectMetadata, WriteMode};
-use crate::quota::{AcquireError, QuotaLedger};
+use crate::quota::{AllExhausted, QuotaLedger};
 
 /// Custom metadata of a stored chart: the SHA-256 of its bytes, and of the request it was rendered from.
 const META_SHA256: &str = "sha256";
@@ -151,15 +149,10 @@ impl StepRun<'_> {
             .collect()
     }
 
-    /// Stage 6: the step's quota for the charts still to render, in one batched reservation.
-    pub(super) async fn reserve_quota(
-        &self,
-        ledger: &QuotaLedger<'_>,
-        mut slots: Vec<Slot>,
-        guard: &Guard,
-    ) -> Result<Vec<Slot>, Halt> {
-        let sendable = slots.iter().filter(|s| matches!(s, Slot::Render(_))).count() as u32;
-        if sendable == 0 {
+    /// Stage 6: the stops and the accounts checked before any call. Quota is not reserved here: each call takes its
+    /// unit from the key it goes to, once it holds that key's rate slot ([`QuotaLedger`]).
+    pub(super) fn before_calls(&self, mut slots: Vec<Slot>, guard: &Guard) -> Result<Vec<Slot>, Halt> {
+        if !slots.iter().any(|s| matches!(s, Slot::Render(_))) {
             return Ok(slots);
         }
         match guard.current() {
@@ -180,9 +173,7 @@ impl StepRun<'_> {
                     "no Chart-IMG account is configured (CHART_IMG_ACCOUNTS_JSON)",
                 ));
             }
-            return Ok(slots);
         }
-        ledger.reserve(sendable).await?;
         Ok(slots)
     }
 
@@ -195,26 +186,17 @@ impl StepRun<'_> {
         slots: Vec<Slot>,
         guard: &Guard,
     ) -> Vec<(TemplateId, Result<ManifestItem, ChartFailure>)> {
-        let sendable = slots.iter().filter(|s| matches!(s, Slot::Render(_))).count() as u32;
-        let remaining = AtomicU32::new(sendable);
         futures::stream::iter(valid.requests.iter().cloned().zip(slots))
-            .map(|(id, slot)| {
-                let remaining = &remaining;
-                async move {
-                    let out = match slot {
-                        Slot::Failed(f) => Err(f),
-                        Slot::Stored(item) => Ok(item),
-                        Slot::Render(req) => {
-                            let r = self.render_and_store(&req, valid, ledger, remaining, guard).await;
-                            remaining.fetch_sub(1, Ordering::SeqCst);
-                            r
-                        }
-                    };
-                    if let Some(o) = self.observer {
-                        o.chart_done(&id, out.is_ok());
-                    }
-                    (id, out)
+            .map(|(id, slot)| async move {
+                let out = match slot {
+                    Slot::Failed(f) => Err(f),
+                    Slot::Stored(item) => Ok(item),
+                    Slot::Render(req) => self.render_and_store(&req, valid, ledger, guard).await,
+                };
+                if let Some(o) = self.observer {
+                    o.chart_done(&id, out.is_ok());
                 }
+                (id, out)
             })
             .buffered(self.w.accounts.in_flight(self.w.settings.concurrency))
             .collect()
@@ -226,12 +208,11 @@ impl StepRun<'_> {
         req: &ChartRequest,
         valid: &ValidStep,
         ledger: &QuotaLedger<'_>,
-        remaining: &AtomicU32,
         guard: &Guard,
     ) -> Result<ManifestItem, ChartFailure> {
         let w = self.w;
         let work = async {
-            let image = self.render_with_retry(req, ledger, remaining, guard).await?;
+            let image = self.render_with_retry(req, ledger, guard).await?;
             let obj = self.chart_object(valid, &req.template_id, image.format);
             let sha256 = hex::encode(Sha256::digest(&image.bytes));
             let size = image.bytes.len() as u64;
@@ -281,7 +262,6 @@ impl StepRun<'_> {
         &self,
         req: &ChartRequest,
         ledger: &QuotaLedger<'_>,
-        remaining: &AtomicU32,
         guard: &Guard,
     ) -> Result<crate::ports::RenderedChart, ChartFailure> {
         enum AttemptError {
@@ -306,56 +286,52 @@ impl StepRun<'_> {
                         format!("not rendered: {why} before this chart's call"),
                     )));
                 }
-                let top_up = remaining.load(Ordering::SeqCst);
-                let unit = match ledger.acquire_for(top_up, req.needs).await {
-                    Ok(u) => u,
-                    Err(AcquireError::AllExhausted(names)) => {
-                        let mut f = ChartFailure::new(
-                            ErrorCode::ChartApiLimitExceeded,
-                            format!("every Chart-IMG account is exhausted for today ({names})"),
-                        );
-                        f.http_status = Some(429);
-                        return Err(AttemptError::Fatal(f));
-                    }
-                    Err(AcquireError::Store(e)) if e.is_transient() => {
+                let exhausted = |names: String| {
+                    let mut f = ChartFailure::new(
+                        ErrorCode::ChartApiLimitExceeded,
+                        format!("every Chart-IMG account is exhausted for today ({names})"),
+                    );
+                    f.http_status = Some(429);
+                    AttemptError::Fatal(f)
+                };
+                // The key that sends soonest among those that fit; its rate slot first, the unit after, so a caller
+                // stopped while it waits holds no quota.
+                let queued = match ledger.choose(req.needs) {
+                    Ok(q) => q,
+                    Err(AllExhausted(names)) => return Err(exhausted(names)),
+                };
+                let account = queued.account();
+                let ready = tokio::select! {
+                    r = account.until_ready() => r,
+                    // Still queued for a rate slot at the deadline, SIGTERM or a lost claim: nothing taken, nothing sent.
+                    _ = guard.stopped() => continue,
+                };
+                if guard.current().is_some() {
+                    continue;
+                }
+                if let Err(e) = ready {
+                    // No call was sent and no unit taken: the attempt is retried like a 5xx.
+                    let message = format!("cannot reserve a rate window for {}: {e}", account.config.id);
+                    return Err(AttemptError::Window(message));
+                }
+                let unit = match ledger.take(queued).await {
+                    Ok(Some(u)) => u,
+                    // The key's quota for today is used up: the step stops choosing it, and the call picks another.
+                    Ok(None) => continue,
+                    Err(e) if e.is_transient() => {
                         let message = format!("cannot reserve Chart-IMG quota: {e}");
                         let f = ChartFailure::transient(ErrorCode::ChartApiFailed, ErrorCode::StoreFailed, message);
                         return Err(AttemptError::Fatal(f));
                     }
-                    Err(e @ AcquireError::Store(_)) => {
+                    Err(e) => {
                         return Err(AttemptError::Fatal(ChartFailure::new(
                             ErrorCode::ChartApiFailed,
-                            e.to_string(),
+                            format!("cannot reserve Chart-IMG quota: {e}"),
                         )))
                     }
                 };
-                let account = unit.account;
-                // A stop that came while this caller waited for quota: the unit goes back, nothing is sent.
+                // A stop that came while this caller reserved: the unit goes back, nothing is sent.
                 if guard.current().is_some() {
-                    ledger.refund(unit).await;
-                    continue;
-                }
-                let ready = tokio::select! {
-                    r = account.until_ready() => r,
-                    // Still queued for a rate slot at the deadline, SIGTERM or a lost claim: never sent, so the unit
-                    // goes back to the step (and from it to the counter).
-                    _ = guard.stopped() => {
-                        ledger.refund(unit).await;
-                        continue;
-                    }
-                };
-                if guard.current().is_some() {
-                    ledger.refund(unit).await;
-                    continue;
-                }
-                if let Err(e) = ready {
-                    // No call was sent: the unit goes back to the step, and the attempt is retried like a 5xx.
-                    ledger.refund(unit).await;
-                    let message = format!("cannot reserve a rate window for {}: {e}", account.config.id);
-                    return Err(AttemptError::Window(message));
-                }
-                if !ledger.is_current(&unit) {
-                    // The rate slot came after midnight: the call needs a unit of the new day.
                     ledger.refund(unit).await;
                     continue;
                 }

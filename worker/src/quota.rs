@@ -57,6 +57,17 @@ impl Account {
         (rate * RESERVE_AHEAD.as_secs_f64()).ceil().clamp(1.0, 10_000.0) as u32
     }
 
+    /// The spacing of the key's calls at its plan's rate (`1 / rate`).
+    pub fn period(&self) -> Duration {
+        let rate = self.config.plan.limits().rate_per_sec;
+        Duration::from_secs_f64(1.0 / if rate.is_finite() && rate > 0.0 { rate } else { 1.0 })
+    }
+
+    /// Units this process holds on the key for `day` or a later day.
+    fn held_from(&self, day: NaiveDate) -> u32 {
+        self.lock_held().iter().filter(|(d, _)| *d >= day).map(|(_, n)| n).sum()
+    }
+
     /// Units this process holds on the key (all days).
     pub fn held(&self) -> u32 {
         self.lock_held().iter().map(|(_, n)| n).sum()
@@ -411,10 +422,52 @@ impl<'a> QuotaLedger<'a> {
         }
     }
 
+    /// Makes sure the process holds a unit on the key of `queued` for when its rate slot comes: run while the caller
+    /// waits for the slot, so the reservation's round trip is hidden behind the wait and the call goes at its slot
+    /// time. Reserves like [`QuotaLedger::take`] and takes nothing; a failure is left for `take` to meet and report.
+    pub async fn prefetch(&self, queued: &Queued<'a>) {
+        let _ = self
+            .reserve_if_none(queued.account, self.clock.now().date_naive())
+            .await;
+    }
+
+    /// Reserves on `account` when the process holds no unit of `today` or later on it (one reservation at a time per
+    /// key): the callers queued on the key, at most [`Account::reservation_cap`]. Answers `false` when the key's
+    /// quota for today is used up (the step then stops choosing it).
+    async fn reserve_if_none(&self, account: &'a Account, today: NaiveDate) -> Result<bool, StoreError> {
+        if account.held_from(today) > 0 {
+            return Ok(true);
+        }
+        let _one = account.reserving.lock().await;
+        if account.held_from(today) > 0 {
+            return Ok(true); // another caller reserved while this one waited
+        }
+        let want = (account.queued.load(Ordering::SeqCst) as u32).clamp(1, account.reservation_cap());
+        let now = self.clock.now();
+        let grants = self
+            .store
+            .reserve(
+                &OpId::random(),
+                std::slice::from_ref(&account.config.quota()),
+                want,
+                now,
+            )
+            .await?;
+        let mut granted = 0;
+        for g in grants.into_iter().filter(|g| g.units > 0) {
+            granted += g.units;
+            account.put_back(g.day, g.units);
+        }
+        if granted == 0 {
+            self.lock().exhausted.insert(account.config.id.clone());
+        }
+        Ok(granted > 0)
+    }
+
     /// Takes the unit of a caller that holds a rate slot on its key: from what the process holds on the key for
-    /// today, else from a new reservation of the callers queued on the key (at most [`Account::reservation_cap`]).
-    /// `None` when the key's quota for today is used up (the step stops choosing it). Only callers that need a
-    /// reservation wait for one; none holds a lock across the store's round trip otherwise.
+    /// today (usually reserved by [`QuotaLedger::prefetch`] during the wait), else from a new reservation. `None` when
+    /// the key's quota for today is used up (the step stops choosing it). Only callers that need a reservation wait
+    /// for one; no lock is held across the store's round trip otherwise.
     pub async fn take(&self, queued: Queued<'a>) -> Result<Option<Unit<'a>>, StoreError> {
         let account = queued.account;
         loop {
@@ -424,28 +477,7 @@ impl<'a> QuotaLedger<'a> {
                 self.count_spent(&account.config.id, 1);
                 return Ok(Some(Unit { account, day }));
             }
-            let _one = account.reserving.lock().await;
-            if account.held() > 0 {
-                continue; // another caller reserved while this one waited
-            }
-            let want = (account.queued.load(Ordering::SeqCst) as u32).clamp(1, account.reservation_cap());
-            let now = self.clock.now();
-            let grants = self
-                .store
-                .reserve(
-                    &OpId::random(),
-                    std::slice::from_ref(&account.config.quota()),
-                    want,
-                    now,
-                )
-                .await?;
-            let mut granted = 0;
-            for g in grants.into_iter().filter(|g| g.units > 0) {
-                granted += g.units;
-                account.put_back(g.day, g.units);
-            }
-            if granted == 0 {
-                self.lock().exhausted.insert(account.config.id.clone());
+            if !self.reserve_if_none(account, today).await? {
                 return Ok(None);
             }
         }

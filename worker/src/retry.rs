@@ -88,6 +88,22 @@ impl RetryPolicy {
     /// last error is returned). `notify` sees each retried error and the backoff before the next attempt.
     pub async fn run<T, E, Fut>(
         &self,
+        attempt: impl FnMut() -> Fut,
+        retryable: impl Fn(&E) -> bool,
+        notify: impl FnMut(&E, Duration),
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run_timed_from(|| None, attempt, retryable, notify).await
+    }
+
+    /// [`RetryPolicy::run`] whose time budget starts at the instant `budget_from` answers (when it answers one)
+    /// instead of the first attempt's start: for operations whose attempts first wait their turn (a Chart-IMG call
+    /// queued for its key's rate slot), so the queue does not eat the retries.
+    pub async fn run_timed_from<T, E, Fut>(
+        &self,
+        budget_from: impl Fn() -> Option<Instant>,
         mut attempt: impl FnMut() -> Fut,
         retryable: impl Fn(&E) -> bool,
         mut notify: impl FnMut(&E, Duration),
@@ -103,6 +119,9 @@ impl RetryPolicy {
             };
             if !retryable(&e) {
                 return Err(e);
+            }
+            if let Some(from) = budget_from() {
+                state.started = from;
             }
             match state.next_delay() {
                 Some(d) => {
@@ -161,6 +180,35 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    /// A Chart-IMG call that first waited 30 s for its key's rate slot still gets its retries: the budget runs from
+    /// the first call sent, not from the wait (with `run`, the 20 s budget is spent before the first failure).
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_timed_from_the_first_send_ignores_the_wait_before_it() {
+        for timed in [false, true] {
+            let calls = AtomicU32::new(0);
+            let first_send: std::sync::Mutex<Option<Instant>> = Default::default();
+            let attempt = || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_secs(30)).await; // queued for a rate slot
+                }
+                first_send.lock().unwrap().get_or_insert(Instant::now());
+                tokio::time::sleep(Duration::from_secs(7)).await; // a 504 after 7 s
+                Err::<(), &str>("504")
+            };
+            let from = || if timed { *first_send.lock().unwrap() } else { None };
+            let out = RetryPolicy::CHART_IMG
+                .run_timed_from(from, attempt, |_| true, |_, _| {})
+                .await;
+            assert_eq!(out, Err("504"));
+            let n = calls.load(Ordering::SeqCst);
+            if timed {
+                assert!(n >= 3, "retried within 20 s of the first send: {n} calls");
+            } else {
+                assert_eq!(n, 1, "the wait spent the budget");
+            }
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn retries_until_success_within_the_budget() {

@@ -18,6 +18,10 @@ use crate::domain::{ChartRequest, ErrorCode, ImageFormat, ManifestItem, ObjectRe
 use crate::ports::{ArtifactError, ChartApiError, ChartCall, ObjectMetadata, WriteMode};
 use crate::quota::{AllExhausted, QuotaLedger};
 
+/// The most a call may be sent after its rate slot (when the key's period is longer) before it waits for a fresh
+/// one: a late call spends the key's burst tolerance, which the shared pacing also keeps for clock skew.
+const STALE_SLOT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Custom metadata of a stored chart: the SHA-256 of its bytes, and of the request it was rendered from.
 const META_SHA256: &str = "sha256";
 const META_REQUEST: &str = "chartRequestSha256";
@@ -273,6 +277,8 @@ impl StepRun<'_> {
         }
         let w = self.w;
         let template = req.template_id.as_str();
+        // The retry budget runs from the first call sent, not from the wait for the first rate slot.
+        let first_call: std::sync::Mutex<Option<tokio::time::Instant>> = Default::default();
         let attempt = || async {
             loop {
                 if let Some(stop) = guard.current() {
@@ -301,11 +307,15 @@ impl StepRun<'_> {
                     Err(AllExhausted(names)) => return Err(exhausted(names)),
                 };
                 let account = queued.account();
+                // The unit's reservation (when the process holds none on the key) runs while the caller waits for
+                // its slot.
+                let waited = async { tokio::join!(account.until_ready(), ledger.prefetch(&queued)).0 };
                 let ready = tokio::select! {
-                    r = account.until_ready() => r,
+                    r = waited => r,
                     // Still queued for a rate slot at the deadline, SIGTERM or a lost claim: nothing taken, nothing sent.
                     _ = guard.stopped() => continue,
                 };
+                let slot_at = tokio::time::Instant::now();
                 if guard.current().is_some() {
                     continue;
                 }
@@ -330,6 +340,20 @@ impl StepRun<'_> {
                         )))
                     }
                 };
+                // A slot is only good at its time: a call sent more than one period after it (the reservation took
+                // that long) could meet the next caller's on-time call closer than the key's rate allows, so it
+                // waits for a fresh slot, unit in hand (the pacing proof in pacing.rs).
+                if slot_at.elapsed() > account.period().min(STALE_SLOT) {
+                    let ready = tokio::select! {
+                        r = account.until_ready() => r,
+                        _ = guard.stopped() => Ok(()),
+                    };
+                    if let Err(e) = ready {
+                        ledger.refund(unit).await;
+                        let message = format!("cannot reserve a rate window for {}: {e}", account.config.id);
+                        return Err(AttemptError::Window(message));
+                    }
+                }
                 // A stop that came while this caller reserved: the unit goes back, nothing is sent.
                 if guard.current().is_some() {
                     ledger.refund(unit).await;
@@ -338,6 +362,10 @@ impl StepRun<'_> {
                 let id = &account.config.id;
                 info!(event = "chart_api_call_start", chartTemplateId = template, account = %id, "calling Chart-IMG");
                 let started = tokio::time::Instant::now();
+                first_call
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(started);
                 let call = ChartCall {
                     body: &req.body,
                     format: req.format,
@@ -369,7 +397,8 @@ impl StepRun<'_> {
         };
         w.settings
             .retry
-            .run(
+            .run_timed_from(
+                || *first_call.lock().unwrap_or_else(|p| p.into_inner()),
                 attempt,
                 |e| matches!(e, AttemptError::Window(_)) || matches!(e, AttemptError::Api(api) if api.is_retryable()),
                 |e, after| {

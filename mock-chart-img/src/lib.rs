@@ -76,6 +76,7 @@ mod stubs;
 mod telemetry;
 #[cfg(feature = "testcontainers")]
 pub mod testcontainers;
+mod thumbnails;
 mod ui;
 mod v1;
 mod verify;

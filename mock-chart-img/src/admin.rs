@@ -23,8 +23,9 @@ use crate::{
         ConfigView, KeyConfig, KeySummary, LatencyProfile, LimitOverrides, ReplayConfig, SymbolMode, WatermarkMode,
     },
     faults::{FaultKind, FaultSpec, InstalledFault, Route},
-    journal::{JournalEntry, JournalQuery},
+    journal::JournalQuery,
     plan::{Plan, PlanLimits},
+    record::JournalEntry,
     state::AppState,
 };
 

@@ -33,7 +33,7 @@ use crate::{
     config::SymbolMode,
     errors::ApiError,
     faults::{Action, Route},
-    journal::{ChartLabel, Record},
+    record::{ChartLabel, Record},
     replay::Lookup,
     request::ChartRequest,
     state::{AppState, Prepared},
@@ -284,7 +284,7 @@ pub(crate) fn journal(
     started: Instant,
     fired: Vec<&'static str>,
     response: &Response,
-    bodies: Option<Box<crate::journal::Bodies>>,
+    bodies: Option<Box<crate::record::Bodies>>,
 ) {
     let s = &st.inner;
     let status = if response.extensions().get::<Abort>().is_some() {
@@ -307,7 +307,7 @@ pub(crate) fn journal(
     );
     // A thumbnail only of an image answered whole.
     let image = trace.image.take().filter(|_| status == Some(200));
-    let (query, key_in_query) = crate::journal::query_of(uri);
+    let (query, key_in_query) = crate::record::query_of(uri);
     let seq = s.journal.push(Record {
         at: s.clock.now(),
         method: method.clone(),

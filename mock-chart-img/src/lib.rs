@@ -62,6 +62,7 @@ mod indicators;
 mod journal;
 pub mod latency;
 mod plan;
+mod record;
 mod reload;
 mod render;
 mod renders;
@@ -100,8 +101,9 @@ pub use config::{
 };
 pub use errors::{documented_message, ApiError};
 pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
-pub use journal::{JournalEntry, JournalQuery, Traffic};
+pub use journal::{JournalQuery, Traffic};
 pub use plan::{Plan, PlanLimits};
+pub use record::JournalEntry;
 pub use reload::{watch_config, watch_config_with, ConfigWatcher};
 pub use render::{render, Placement, RenderError, RenderRequest, StudySpec};
 pub use replay::{MISS_MESSAGE, MISS_STATUS};

@@ -25,7 +25,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     admin::{admin_error, AdminError},
-    journal::Bodies,
+    record::Bodies,
     state::AppState,
     verify::{parse_body, Criteria, View},
 };

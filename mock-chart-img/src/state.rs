@@ -93,7 +93,7 @@ impl Settings {
 pub(crate) struct Prepared {
     pub request: crate::request::ChartRequest,
     pub key: String,
-    pub label: Arc<crate::journal::ChartLabel>,
+    pub label: Arc<crate::record::ChartLabel>,
 }
 
 pub(crate) struct Shared {

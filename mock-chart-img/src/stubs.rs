@@ -398,7 +398,7 @@ pub(crate) async fn check(
     if stubs.count.load(Ordering::SeqCst) == 0 {
         return None;
     }
-    let (query, _) = crate::journal::query_of(uri);
+    let (query, _) = crate::record::query_of(uri);
     let query = query.unwrap_or_default();
     let view = View::new(
         method.as_str(),

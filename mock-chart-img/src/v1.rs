@@ -25,7 +25,7 @@ use crate::{
     config::V1Mode,
     errors::ApiError,
     faults::Route,
-    journal::ChartLabel,
+    record::ChartLabel,
     request::ChartRequest,
     state::AppState,
 };

@@ -33,7 +33,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::{
     admin::{admin_error, AdminError, Created},
-    journal::{JournalEntry, Record},
+    record::{JournalEntry, Record},
     state::AppState,
 };
 
@@ -851,7 +851,7 @@ pub(crate) async fn unrouted(State(st): State<AppState>, req: Request) -> Respon
     record.status = Some(response.status().as_u16());
     record.error = Some(crate::errors::ApiError::RouteNotFound.summary());
     record.routed = false;
-    (record.query, record.key_in_query) = crate::journal::query_of(&head.uri);
+    (record.query, record.key_in_query) = crate::record::query_of(&head.uri);
     let (response, bodies) = crate::snapshot::capture(&st, response, &head.headers, body).await;
     record.bodies = bodies;
     s.journal.push(record);

@@ -136,8 +136,8 @@ fn chart_routes() -> Router<AppState> {
 /// every error a JSON body.
 fn finish(router: Router<AppState>, state: AppState) -> Router {
     router
-        .fallback(verify::unrouted)
-        .method_not_allowed_fallback(verify::unrouted)
+        .fallback(api::unrouted)
+        .method_not_allowed_fallback(api::unrouted)
         // `tower`'s map, not `axum::middleware::map_response`: no boxed future and no service clone per request.
         .layer(tower::util::MapResponseLayer::new(api::gateway_headers))
         .with_state(state)

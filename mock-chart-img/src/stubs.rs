@@ -31,6 +31,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     admin::{admin_error, AdminError, Created},
+    clock::Clock,
     errors::ApiError,
     state::AppState,
     verify::{parse_body, Criteria, View},
@@ -387,14 +388,14 @@ impl Stubs {
 /// The answer of the stub that takes this request on this side of the gateway, after its delay; `None` (at the
 /// cost of one atomic read when no stub is installed) otherwise.
 pub(crate) async fn check(
-    st: &AppState,
+    stubs: &Stubs,
+    clock: &dyn Clock,
     gateway: bool,
     method: &Method,
     uri: &Uri,
     body: &[u8],
     account: Option<&str>,
 ) -> Option<(u64, Response)> {
-    let stubs = &st.inner.stubs;
     if stubs.count.load(Ordering::SeqCst) == 0 {
         return None;
     }
@@ -407,7 +408,7 @@ pub(crate) async fn check(
         None,
         &query,
         Some(body),
-        st.inner.clock.now(),
+        clock.now(),
     );
     let (id, canned) = stubs.take(gateway, &view)?;
     if !canned.delay.is_zero() {

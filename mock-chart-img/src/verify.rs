@@ -20,7 +20,7 @@ use std::{
 
 use axum::{
     body::Bytes,
-    extract::{Path, Query, Request, State},
+    extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{delete, get, post},
@@ -828,34 +828,6 @@ async fn verify(State(st): State<AppState>) -> Response {
         StatusCode::EXPECTATION_FAILED
     };
     (status, Json(report)).into_response()
-}
-
-/// The fallback of the API router: `404 Route Not Found`, journaled as unrouted (`GET /__admin/requests/unmatched`)
-/// unless it is under `/__admin`.
-pub(crate) async fn unrouted(State(st): State<AppState>, req: Request) -> Response {
-    let response = crate::api::not_found().await;
-    if req.uri().path().starts_with("/__admin") {
-        return response;
-    }
-    let s = &st.inner;
-    let (head, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, crate::api::BODY_LIMIT)
-        .await
-        .unwrap_or_default();
-    let query_key = s.settings.read().unwrap().query_key_on_v2 || head.uri.path().starts_with("/v3/");
-    let key = crate::api::api_key(&head.headers, &head.uri, query_key);
-    let account = key.as_deref().and_then(|k| s.accounts.get(k));
-    let mut record = Record::new(s.clock.now(), head.method.clone(), head.uri.path().to_string().into());
-    record.key_status = crate::api::key_status(key.as_deref(), account.as_ref());
-    record.account = account.as_ref().map(|a| a.name.clone());
-    record.status = Some(response.status().as_u16());
-    record.error = Some(crate::errors::ApiError::RouteNotFound.summary());
-    record.routed = false;
-    (record.query, record.key_in_query) = crate::record::query_of(&head.uri);
-    let (response, bodies) = crate::snapshot::capture(&st, response, &head.headers, body).await;
-    record.bodies = bodies;
-    s.journal.push(record);
-    response
 }
 
 /// The verification routes' part of the admin OpenAPI document.

@@ -17,6 +17,13 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa::{OpenApi, ToSchema};
 
+mod reply;
+pub(crate) mod snapshot;
+mod stubs;
+mod verify;
+
+use reply::{admin_error, AdminError, Created};
+
 use crate::{
     accounts::Usage,
     config::{
@@ -81,7 +88,16 @@ use crate::{
 )]
 pub struct AdminApi;
 
-use crate::verify::Extra as VerificationRoutes;
+/// Adds the verification, stub and snapshot routes to the admin document (`modifiers` above).
+struct VerificationRoutes;
+
+impl utoipa::Modify for VerificationRoutes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.merge(verify::VerifyApi::openapi());
+        doc.merge(stubs::StubsApi::openapi());
+        doc.merge(snapshot::SnapshotApi::openapi());
+    }
+}
 
 /// The path a health check asks (on the API port, no token needed).
 pub const HEALTH_PATH: &str = "/__admin/health";
@@ -111,30 +127,6 @@ pub struct Health {
     pub stored_objects: usize,
     /// See `stored_objects`.
     pub stored_bytes: u64,
-}
-
-/// Answer of a creation.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Created {
-    /// Fault id, or account id for keys.
-    pub id: String,
-}
-
-/// An admin error.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AdminError {
-    /// What went wrong.
-    pub message: String,
-}
-
-pub(crate) fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(AdminError {
-            message: message.into(),
-        }),
-    )
-        .into_response()
 }
 
 /// Every `/__admin` route, health included. With a token, all but health need `Authorization: Bearer <token>`:
@@ -215,7 +207,9 @@ fn guarded() -> Router<AppState> {
         .route("/__admin/chart-img-openapi.json", get(chart_img_openapi_json))
         .route("/__admin/replay/unused", get(replay_unused))
         .merge(crate::ui::router())
-        .merge(crate::verification_routes())
+        .merge(verify::router())
+        .merge(stubs::router())
+        .merge(snapshot::router())
 }
 
 /// Liveness and a few counters.

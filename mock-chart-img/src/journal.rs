@@ -8,7 +8,7 @@
 //! turned into the public [`JournalEntry`] only when the admin API reads the journal.
 //!
 //! A record also keeps the request's and the answer's bodies, for body criteria (`crate::verify`) and snapshots
-//! (`crate::snapshot`), within a byte budget (`journal_body_budget`): past it, the oldest records' bodies are
+//! (`crate::admin::snapshot`), within a byte budget (`journal_body_budget`): past it, the oldest records' bodies are
 //! let go first (the records stay, marked `bodies_kept: false`). Expectations are counted here, when a request is
 //! journaled, so their counts are exact however many records the ring has dropped.
 

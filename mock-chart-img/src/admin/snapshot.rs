@@ -23,10 +23,10 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use super::reply::{admin_error, parse_body, AdminError};
 use crate::{
-    admin::{admin_error, AdminError},
     state::AppState,
-    verify::{parse_body, Criteria, View},
+    verify::{Criteria, View},
 };
 
 /// `POST /__admin/snapshot`.

@@ -9,6 +9,9 @@
 //! `chart_img_spec::validate_advanced_chart`, the one the worker runs too. The gateway steps come first because on
 //! the real service they are an API gateway in front of the renderer; a request that passes the gateway uses one
 //! unit of quota whatever the renderer answers.
+//!
+//! Also here, as part of the answering path: [`capture`] (a request's and its answer's bodies, for the journal) and
+//! [`unrouted`], the fallback that answers and journals requests no route took.
 
 use std::{
     borrow::Cow,
@@ -33,7 +36,7 @@ use crate::{
     config::SymbolMode,
     errors::ApiError,
     faults::{Action, Route},
-    journal::{ChartLabel, Record},
+    record::{Bodies, ChartLabel, Record},
     replay::Lookup,
     request::ChartRequest,
     state::{AppState, Prepared},
@@ -233,7 +236,7 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
         trace.image = None;
         (truncated(response).await, None)
     } else {
-        crate::snapshot::capture(&st, response, headers, body).await
+        capture(&st, response, headers, body).await
     };
     journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response
@@ -284,7 +287,7 @@ pub(crate) fn journal(
     started: Instant,
     fired: Vec<&'static str>,
     response: &Response,
-    bodies: Option<Box<crate::journal::Bodies>>,
+    bodies: Option<Box<Bodies>>,
 ) {
     let s = &st.inner;
     let status = if response.extensions().get::<Abort>().is_some() {
@@ -307,7 +310,7 @@ pub(crate) fn journal(
     );
     // A thumbnail only of an image answered whole.
     let image = trace.image.take().filter(|_| status == Some(200));
-    let (query, key_in_query) = crate::journal::query_of(uri);
+    let (query, key_in_query) = crate::record::query_of(uri);
     let seq = s.journal.push(Record {
         at: s.clock.now(),
         method: method.clone(),
@@ -365,12 +368,32 @@ async fn answer(
     let s = &st.inner;
     // Chart routes take POST only (any other method is answered by the fallback).
     let account_name = account.map(|a| a.id());
-    if let Some((id, r)) = crate::stubs::check(st, false, &Method::POST, uri, body, account_name).await {
+    if let Some((id, r)) = crate::stubs::check(
+        &st.inner.stubs,
+        &*st.inner.clock,
+        false,
+        &Method::POST,
+        uri,
+        body,
+        account_name,
+    )
+    .await
+    {
         trace.stub = Some(id);
         return Ok(r);
     }
     gateway(st, account)?;
-    if let Some((id, r)) = crate::stubs::check(st, true, &Method::POST, uri, body, account_name).await {
+    if let Some((id, r)) = crate::stubs::check(
+        &st.inner.stubs,
+        &*st.inner.clock,
+        true,
+        &Method::POST,
+        uri,
+        body,
+        account_name,
+    )
+    .await
+    {
         trace.stub = Some(id);
         return Ok(r);
     }
@@ -689,13 +712,13 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
     trace.account = account.as_ref().map(|a| a.name.clone());
     // Stubs: before the gateway when they say so, otherwise once it let the request through.
     let name = account.as_ref().map(|a| a.id());
-    let mut stubbed = crate::stubs::check(&st, false, &method, &uri, &[], name).await;
+    let mut stubbed = crate::stubs::check(&st.inner.stubs, &*st.inner.clock, false, &method, &uri, &[], name).await;
     let gate = match stubbed {
         Some(_) => Ok(()),
         None => gateway(&st, account.as_deref()),
     };
     if stubbed.is_none() && gate.is_ok() {
-        stubbed = crate::stubs::check(&st, true, &method, &uri, &[], name).await;
+        stubbed = crate::stubs::check(&st.inner.stubs, &*st.inner.clock, true, &method, &uri, &[], name).await;
     }
     let result = gate.and_then(|()| {
         if stubbed.is_some() {
@@ -747,7 +770,7 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
             e.into_response()
         }
     };
-    let (response, bodies) = crate::snapshot::capture(&st, response, &headers, Bytes::new()).await;
+    let (response, bodies) = capture(&st, response, &headers, Bytes::new()).await;
     journal(&st, &method, &uri, trace, started, Vec::new(), &response, bodies);
     response
 }
@@ -807,4 +830,73 @@ pub(crate) async fn truncated(response: Response) -> Response {
         item
     });
     Response::from_parts(parts, Body::from_stream(stream))
+}
+
+/// The largest answer a record keeps for a snapshot (bigger ones are journaled without their bodies).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// Takes a copy of a request's body and the answer's body (rebuilding the answer around the same bytes) for the
+/// journal. Answers that are streamed (a truncated-body fault) or dropped keep the request's body only. With a
+/// `journal_body_budget` of 0 nothing is taken, except the request's body while expectations need it.
+pub(crate) async fn capture(
+    st: &AppState,
+    response: Response,
+    headers: &HeaderMap,
+    request: Bytes,
+) -> (Response, Option<Box<Bodies>>) {
+    let (request_wanted, keep) = st.inner.journal.wants_bodies();
+    if !request_wanted {
+        return (response, None);
+    }
+    let content_type = |h: &HeaderMap| {
+        h.get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut bodies = Box::new(Bodies {
+        request_type: content_type(headers),
+        // A copy: the body read shares the connection's read buffer, which the journal must not pin.
+        request: Bytes::copy_from_slice(&request),
+        response_type: content_type(response.headers()),
+        response: None,
+    });
+    let exact = axum::body::HttpBody::size_hint(response.body()).exact();
+    let aborted = response.extensions().get::<Abort>().is_some();
+    if !keep || aborted || exact.is_none_or(|n| n as usize > MAX_ANSWER) {
+        return (response, Some(bodies));
+    }
+    let (parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, MAX_ANSWER).await {
+        Ok(bytes) => {
+            bodies.response = Some(bytes.clone());
+            (Response::from_parts(parts, Body::from(bytes)), Some(bodies))
+        }
+        Err(_) => (Response::from_parts(parts, Body::empty()), Some(bodies)),
+    }
+}
+
+/// The fallback of the API router: `404 Route Not Found`, journaled as unrouted (`GET /__admin/requests/unmatched`)
+/// unless it is under `/__admin`.
+pub(crate) async fn unrouted(State(st): State<AppState>, req: Request) -> Response {
+    let response = not_found().await;
+    if req.uri().path().starts_with("/__admin") {
+        return response;
+    }
+    let s = &st.inner;
+    let (head, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, BODY_LIMIT).await.unwrap_or_default();
+    let query_key = s.settings.read().unwrap().query_key_on_v2 || head.uri.path().starts_with("/v3/");
+    let key = api_key(&head.headers, &head.uri, query_key);
+    let account = key.as_deref().and_then(|k| s.accounts.get(k));
+    let mut record = Record::new(s.clock.now(), head.method.clone(), head.uri.path().to_string().into());
+    record.key_status = key_status(key.as_deref(), account.as_ref());
+    record.account = account.as_ref().map(|a| a.name.clone());
+    record.status = Some(response.status().as_u16());
+    record.error = Some(crate::errors::ApiError::RouteNotFound.summary());
+    record.routed = false;
+    (record.query, record.key_in_query) = crate::record::query_of(&head.uri);
+    let (response, bodies) = capture(&st, response, &head.headers, body).await;
+    record.bodies = bodies;
+    s.journal.push(record);
+    response
 }

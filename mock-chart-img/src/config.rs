@@ -1,6 +1,7 @@
 //! The server's configuration: keys and their plans, faults, capacities, seed. Read from YAML or TOML, or built in
 //! code with the `with_*` methods. Parsing validates everything up front so a bad file is refused with its line
-//! before the server answers a single request.
+//! before the server answers a single request. [`ConfigView`] is the config as `GET /__admin/config` shows it (keys
+//! by their account), kept by the state.
 
 use std::{
     collections::BTreeMap,
@@ -573,4 +574,115 @@ fn line_of_text(text: &str, needle: &str, nth: usize) -> Option<usize> {
         .filter(|(_, l)| l.split('#').next().is_some_and(|l| l.contains(needle)))
         .map(|(i, _)| i + 1)
         .nth(nth)
+}
+
+/// A key as the admin API shows it: by account, never the key itself.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeySummary {
+    /// The account id.
+    pub account: String,
+    /// `BASIC` … `ENTERPRISE` or `custom`.
+    pub plan: String,
+    /// Whether the key is accepted.
+    pub active: bool,
+    /// Limits in force.
+    pub limits: PlanLimits,
+}
+
+/// `GET /__admin/config`: the config as loaded at start or by the last reload, each key shown by its account.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConfigView {
+    /// Seed of the chart data and the fault dice.
+    pub seed: u64,
+    /// The configured keys, by account (the key itself never).
+    pub keys: Vec<KeySummary>,
+    /// The faults of the config (the admin API may have added more: `GET /__admin/faults`).
+    pub faults: Vec<FaultSpec>,
+    /// Requests the journal keeps.
+    pub journal_capacity: usize,
+    /// Images the render cache keeps.
+    pub render_cache_capacity: usize,
+    /// `/storage` images kept downloadable.
+    pub storage_capacity: usize,
+    /// Base of the `/storage` URLs, when set.
+    pub public_url: Option<String>,
+    /// Symbols answered `Invalid Symbol`.
+    pub invalid_symbols: Vec<String>,
+    /// Exchanges accepted besides the built-in list.
+    pub extra_exchanges: Vec<String>,
+    /// Replay from cassettes, when configured.
+    pub replay: Option<ReplayConfig>,
+    /// `lenient` or `strict` symbols.
+    pub symbols: SymbolMode,
+    /// The symbol catalogue file, when one is configured.
+    #[schema(value_type = Option<String>)]
+    pub symbol_catalogue: Option<std::path::PathBuf>,
+    /// Intervals refused per exchange.
+    pub unsupported_intervals: std::collections::BTreeMap<String, Vec<String>>,
+    /// What a custom watermark below ULTRA gets.
+    pub custom_watermark: WatermarkMode,
+    /// Whether `?key=` is accepted on the v2 routes.
+    pub query_key_on_v2: bool,
+    /// `off` or `emulate`: API v1's GET routes.
+    pub v1: crate::config::V1Mode,
+    /// The ids of the saved layouts (their TradingView session values are secrets too, so they are not shown).
+    pub layouts: Vec<String>,
+    /// Where `/storage` images are kept, when set.
+    #[schema(value_type = Option<String>)]
+    pub storage_dir: Option<std::path::PathBuf>,
+    /// Byte budget of the stored images.
+    pub storage_max_bytes: u64,
+    /// `instant` or `realistic`.
+    pub latency: LatencyProfile,
+    /// Byte budget of the request and answer bodies the journal keeps (for body criteria and snapshots).
+    pub journal_body_budget: u64,
+    /// The expectations of the config (`GET /__admin/expectations` has their counts).
+    pub expectations: Vec<crate::verify::Expectation>,
+    /// The stubs of the config (`GET /__admin/stubs` lists those added at run time too).
+    pub stubs: Vec<crate::stubs::StubSpec>,
+    /// Multiplier of every realistic wait.
+    pub time_scale: f64,
+    /// The gateway's timeout in (unscaled) milliseconds.
+    pub gateway_timeout_ms: u64,
+}
+
+impl ConfigView {
+    pub(crate) fn of(c: &Config) -> Self {
+        ConfigView {
+            seed: c.seed,
+            keys: c
+                .keys
+                .iter()
+                .map(|k| KeySummary {
+                    account: k.account.clone(),
+                    plan: k.plan.label().to_string(),
+                    active: k.active,
+                    limits: k.limits(),
+                })
+                .collect(),
+            faults: c.faults.clone(),
+            journal_capacity: c.journal_capacity,
+            render_cache_capacity: c.render_cache_capacity,
+            storage_capacity: c.storage_capacity,
+            public_url: c.public_url.clone(),
+            invalid_symbols: c.invalid_symbols.clone(),
+            extra_exchanges: c.extra_exchanges.clone(),
+            replay: c.replay.clone(),
+            symbols: c.symbols,
+            symbol_catalogue: c.symbol_catalogue.clone(),
+            unsupported_intervals: c.unsupported_intervals.clone(),
+            custom_watermark: c.custom_watermark,
+            query_key_on_v2: c.query_key_on_v2,
+            v1: c.v1,
+            layouts: c.layouts.iter().map(|l| l.id.clone()).collect(),
+            storage_dir: c.storage_dir.clone(),
+            storage_max_bytes: c.storage_max_bytes,
+            latency: c.latency,
+            journal_body_budget: c.journal_body_budget,
+            expectations: c.expectations.clone(),
+            stubs: c.stubs.clone(),
+            time_scale: c.time_scale,
+            gateway_timeout_ms: c.gateway_timeout_ms,
+        }
+    }
 }

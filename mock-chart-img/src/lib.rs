@@ -15,10 +15,11 @@
 //!   is an input ([`RenderRequest`], [`StudySpec`]); `indicators` computes every study from the drawn candles;
 //!   `renders`: the render gate (at most `render_concurrency` renders at once, identical requests drawn once).
 //! - `faults`: latency, status sequences, error rates, reset/empty/truncated/non-image answers.
-//! - `journal`: bounded ring buffer of requests, and the traffic counts of the periodic summary log line;
-//!   `telemetry`: Cloud Logging JSON lines through a non-blocking writer; `admin`: the `/__admin` API and its OpenAPI
-//!   document; `ui`: the dashboard at `/__admin/ui` (embedded page over the admin API, thumbnails of the last images
-//!   answered).
+//! - `journal`: bounded ring buffer of requests (`record`: one request as the ring keeps it), and the traffic counts
+//!   of the periodic summary log line; `telemetry`: Cloud Logging JSON lines through a non-blocking writer; `admin`:
+//!   the `/__admin` API and its OpenAPI document, with `admin/{verify,stubs,snapshot}.rs` (those features' routes
+//!   and `AppState` methods) and `admin/reply.rs`; `ui`: the dashboard at `/__admin/ui` (embedded page over the
+//!   admin API, thumbnails of the last images answered).
 //! - `v1`: API v1's GET routes under `v1: emulate` (a v1 query becomes the v2 request it means, `chart_img_spec::v1`,
 //!   then the same gateway, checks and renderer; v1 error bodies and storage URLs).
 //! - `server`: the accept loop (connection-level faults, graceful shutdown); `reload`: config file watching;
@@ -26,7 +27,7 @@
 //!   `/__admin` is served, and the `healthcheck` subcommand.
 //! - `verify`: [`Criteria`] over the journal (count, find, unmatched) and [`Expectation`]s, counted as requests are
 //!   journaled and checked by `/__admin/verify` and by [`MockServer`] on drop; `stubs`: canned answers
-//!   ([`StubSpec`]); `snapshot`: the journal written as a `recorder` cassette.
+//!   ([`StubSpec`]); `admin::snapshot`: the journal written as a `recorder` cassette.
 //!
 //! # Invariants
 //! - **API keys never leave the key map**: journal, logs, admin answers and `Debug` output name the account.
@@ -62,6 +63,7 @@ mod indicators;
 mod journal;
 pub mod latency;
 mod plan;
+mod record;
 mod reload;
 mod render;
 mod renders;
@@ -69,13 +71,13 @@ mod replay;
 pub mod request;
 mod server;
 pub mod settings;
-mod snapshot;
 mod state;
 mod storage;
 mod stubs;
 mod telemetry;
 #[cfg(feature = "testcontainers")]
 pub mod testcontainers;
+mod thumbnails;
 mod ui;
 mod v1;
 mod verify;
@@ -90,6 +92,7 @@ use chart_img_spec::routes;
 use tokio::net::TcpListener;
 
 pub use accounts::Usage;
+pub use admin::snapshot::{SnapshotOutcome, SnapshotRequest};
 pub use admin::{AdminApi, AdminToken};
 pub use catalogue::{Catalogue, SymbolEntry};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -99,13 +102,13 @@ pub use config::{
 };
 pub use errors::{documented_message, ApiError};
 pub use faults::{FaultKind, FaultSpec, InstalledFault, Route};
-pub use journal::{JournalEntry, JournalQuery, Traffic};
+pub use journal::{JournalQuery, Traffic};
 pub use plan::{Plan, PlanLimits};
+pub use record::JournalEntry;
 pub use reload::{watch_config, watch_config_with, ConfigWatcher};
 pub use render::{render, Placement, RenderError, RenderRequest, StudySpec};
 pub use replay::{MISS_MESSAGE, MISS_STATUS};
 pub use server::serve;
-pub use snapshot::{SnapshotOutcome, SnapshotRequest};
 pub use state::AppState;
 pub use stubs::{InstalledStub, StubAnswer, StubSpec};
 pub use telemetry::{init_logs, log_summaries, log_summary, CloudLoggingLayer, LogGuard};
@@ -133,8 +136,8 @@ fn chart_routes() -> Router<AppState> {
 /// every error a JSON body.
 fn finish(router: Router<AppState>, state: AppState) -> Router {
     router
-        .fallback(verify::unrouted)
-        .method_not_allowed_fallback(verify::unrouted)
+        .fallback(api::unrouted)
+        .method_not_allowed_fallback(api::unrouted)
         // `tower`'s map, not `axum::middleware::map_response`: no boxed future and no service clone per request.
         .layer(tower::util::MapResponseLayer::new(api::gateway_headers))
         .with_state(state)
@@ -170,11 +173,6 @@ pub fn router(state: AppState) -> Router {
 /// the binary exposes the admin API on a public port (`MOCK_CHART_IMG_ADMIN_TOKEN`).
 pub fn router_with(state: AppState, token: Option<AdminToken>) -> Router {
     finish(chart_routes().merge(admin::router(token)), state)
-}
-
-/// The admin routes of verification, stubs and snapshots (merged into `admin::router`).
-fn verification_routes() -> Router<AppState> {
-    verify::router().merge(stubs::router()).merge(snapshot::router())
 }
 
 /// Serves the API and `/__admin` on `listener` until `shutdown` completes. Bind the listener to loopback unless you

@@ -15,7 +15,7 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    admin::AdminToken,
+    admin::{AdminToken, HEALTH_PATH},
     config::{Config, KeyConfig, LatencyProfile},
     plan::Plan,
 };
@@ -31,8 +31,6 @@ pub const WORKER_ACCOUNTS_JSON_ENV: &str = recorder::ACCOUNTS_ENV;
 pub const ADMIN_TOKEN_ENV: &str = "MOCK_CHART_IMG_ADMIN_TOKEN";
 /// Where the API listens when neither `--listen` nor `PORT` says.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8089);
-/// The path a health check asks (on the API port, no token needed).
-pub const HEALTH_PATH: &str = "/__admin/health";
 
 /// A standalone server that behaves like the Chart-IMG API (keys, plans, quotas, faults, real images).
 ///

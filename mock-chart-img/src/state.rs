@@ -93,7 +93,7 @@ impl Settings {
 pub(crate) struct Prepared {
     pub request: crate::request::ChartRequest,
     pub key: String,
-    pub label: Arc<crate::journal::ChartLabel>,
+    pub label: Arc<crate::record::ChartLabel>,
 }
 
 pub(crate) struct Shared {
@@ -106,9 +106,9 @@ pub(crate) struct Shared {
     /// Bounded request journal for the admin API.
     pub journal: Journal,
     /// The last images answered, for the dashboard's thumbnails (bounded, shared with the cache).
-    pub thumbnails: crate::ui::Thumbnails,
+    pub thumbnails: crate::thumbnails::Thumbnails,
     /// The config as loaded (at start or by the last reload), keys replaced by their accounts: `GET /__admin/config`.
-    pub loaded: RwLock<crate::admin::ConfigView>,
+    pub loaded: RwLock<crate::config::ConfigView>,
     /// Rendered images by normalized request: repeated requests cost no rendering.
     pub cache: Mutex<LruCache<String, Bytes>>,
     /// Valid request bodies, byte for byte, with their normalized form and cache key: a client repeating a request
@@ -149,8 +149,8 @@ impl AppState {
                 faults: Faults::new(config.seed, &config.faults),
                 stubs: crate::stubs::Stubs::new(&config.stubs).map_err(|m| anyhow::anyhow!("invalid config: {m}"))?,
                 journal: Journal::new(config.journal_capacity, config.journal_body_budget),
-                thumbnails: crate::ui::Thumbnails::new(crate::ui::THUMBNAILS),
-                loaded: RwLock::new(crate::admin::ConfigView::of(config)),
+                thumbnails: crate::thumbnails::Thumbnails::new(crate::thumbnails::THUMBNAILS),
+                loaded: RwLock::new(crate::config::ConfigView::of(config)),
                 cache: Mutex::new(LruCache::new(cap(config.render_cache_capacity))),
                 prepared: Mutex::new(LruCache::new(cap(1024))),
                 storage: Storage::open(
@@ -194,7 +194,7 @@ impl AppState {
         // the old ones.
         s.prepared.lock().unwrap().clear();
         *settings = next;
-        *s.loaded.write().unwrap() = crate::admin::ConfigView::of(config);
+        *s.loaded.write().unwrap() = crate::config::ConfigView::of(config);
         Ok(())
     }
 }

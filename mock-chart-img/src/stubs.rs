@@ -19,21 +19,17 @@ use std::{
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Path, State},
     http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
-    routing::{delete, get},
-    Json, Router,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use crate::{
-    admin::{admin_error, AdminError, Created},
+    clock::Clock,
     errors::ApiError,
-    state::AppState,
-    verify::{parse_body, Criteria, View},
+    verify::{Criteria, View},
 };
 
 /// One stub: which requests, and the answer they get.
@@ -387,18 +383,18 @@ impl Stubs {
 /// The answer of the stub that takes this request on this side of the gateway, after its delay; `None` (at the
 /// cost of one atomic read when no stub is installed) otherwise.
 pub(crate) async fn check(
-    st: &AppState,
+    stubs: &Stubs,
+    clock: &dyn Clock,
     gateway: bool,
     method: &Method,
     uri: &Uri,
     body: &[u8],
     account: Option<&str>,
 ) -> Option<(u64, Response)> {
-    let stubs = &st.inner.stubs;
     if stubs.count.load(Ordering::SeqCst) == 0 {
         return None;
     }
-    let (query, _) = crate::journal::query_of(uri);
+    let (query, _) = crate::record::query_of(uri);
     let query = query.unwrap_or_default();
     let view = View::new(
         method.as_str(),
@@ -407,7 +403,7 @@ pub(crate) async fn check(
         None,
         &query,
         Some(body),
-        st.inner.clock.now(),
+        clock.now(),
     );
     let (id, canned) = stubs.take(gateway, &view)?;
     if !canned.delay.is_zero() {
@@ -415,72 +411,3 @@ pub(crate) async fn check(
     }
     Some((id, canned.response()))
 }
-
-impl AppState {
-    /// Installs a stub; returns its id.
-    pub fn add_stub(&self, spec: StubSpec) -> Result<u64, String> {
-        self.inner.stubs.add(spec, "admin")
-    }
-
-    /// Removes a stub; `false` if there was none with that id.
-    pub fn remove_stub(&self, id: u64) -> bool {
-        self.inner.stubs.remove(id)
-    }
-
-    /// The installed stubs.
-    pub fn stubs(&self) -> Vec<InstalledStub> {
-        self.inner.stubs.list()
-    }
-}
-
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/__admin/stubs", get(list_stubs).post(add_stub).delete(clear_stubs))
-        .route("/__admin/stubs/{id}", delete(remove_stub))
-}
-
-/// Installed stubs with how often each answered.
-#[utoipa::path(get, path = "/__admin/stubs", responses((status = 200, body = Vec<InstalledStub>)))]
-async fn list_stubs(State(st): State<AppState>) -> Json<Vec<InstalledStub>> {
-    Json(st.stubs())
-}
-
-/// Installs a stub.
-#[utoipa::path(post, path = "/__admin/stubs", request_body = StubSpec,
-    responses((status = 201, body = Created), (status = 400, body = AdminError)))]
-async fn add_stub(State(st): State<AppState>, body: Bytes) -> Response {
-    let spec: StubSpec = match parse_body("stub", &body) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match st.add_stub(spec) {
-        Ok(id) => (StatusCode::CREATED, Json(Created { id: id.to_string() })).into_response(),
-        Err(m) => admin_error(StatusCode::BAD_REQUEST, m),
-    }
-}
-
-/// Removes one stub.
-#[utoipa::path(delete, path = "/__admin/stubs/{id}", params(("id" = u64, Path)),
-    responses((status = 204), (status = 404, body = AdminError)))]
-async fn remove_stub(State(st): State<AppState>, Path(id): Path<u64>) -> Response {
-    if st.remove_stub(id) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        admin_error(StatusCode::NOT_FOUND, format!("no stub {id}"))
-    }
-}
-
-/// Removes every stub (those from the config file too, until the next reload).
-#[utoipa::path(delete, path = "/__admin/stubs", responses((status = 204)))]
-async fn clear_stubs(State(st): State<AppState>) -> StatusCode {
-    st.inner.stubs.clear();
-    StatusCode::NO_CONTENT
-}
-
-/// The stub routes' part of the admin OpenAPI document.
-#[derive(OpenApi)]
-#[openapi(
-    paths(list_stubs, add_stub, remove_stub, clear_stubs),
-    components(schemas(StubSpec, StubAnswer, InstalledStub))
-)]
-pub(crate) struct StubsApi;

@@ -7,12 +7,10 @@
 //! It is part of the admin router, so it follows the admin API's loopback rule: served only where `/__admin` is.
 //!
 //! **Invariant:** the page shows only what the admin API answers, and no admin answer holds an API key.
-//! **Invariant:** thumbnails are the last [`THUMBNAILS`] images answered, shared with the render cache (`Bytes`), so
-//! their memory is bounded whatever the traffic.
+//! **Invariant:** thumbnails are the last [`THUMBNAILS`](crate::thumbnails::THUMBNAILS) images answered, so their
+//! memory is bounded whatever the traffic.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
-
+use crate::state::AppState;
 use axum::{
     extract::{Path, State},
     http::{header, HeaderValue, StatusCode},
@@ -20,12 +18,6 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use bytes::Bytes;
-
-use crate::state::AppState;
-
-/// How many served images the dashboard can show (the newest).
-pub const THUMBNAILS: usize = 32;
 
 const INDEX: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
@@ -34,50 +26,6 @@ const STYLE: &str = include_str!("ui/style.css");
 /// The page may load its own script, style and images and call the admin API on its own origin; nothing else.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
                    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-/// The last images answered, by journal sequence number.
-pub(crate) struct Thumbnails {
-    capacity: usize,
-    images: Mutex<VecDeque<(u64, &'static str, Bytes)>>,
-}
-
-impl Thumbnails {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            images: Mutex::new(VecDeque::with_capacity(capacity)),
-        }
-    }
-
-    /// Keeps the image answered to request `seq`, dropping the oldest past the capacity.
-    pub fn put(&self, seq: u64, content_type: &'static str, bytes: Bytes) {
-        if self.capacity == 0 {
-            return;
-        }
-        let mut g = self.images.lock().unwrap();
-        if g.len() >= self.capacity {
-            g.pop_front();
-        }
-        g.push_back((seq, content_type, bytes));
-    }
-
-    fn get(&self, seq: u64) -> Option<(&'static str, Bytes)> {
-        self.images
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(s, _, _)| *s == seq)
-            .map(|(_, t, b)| (*t, b.clone()))
-    }
-
-    fn seqs(&self) -> Vec<u64> {
-        self.images.lock().unwrap().iter().rev().map(|(s, _, _)| *s).collect()
-    }
-
-    pub fn clear(&self) {
-        self.images.lock().unwrap().clear();
-    }
-}
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -114,7 +62,7 @@ async fn thumbs(State(st): State<AppState>) -> Json<Vec<u64>> {
     Json(st.inner.thumbnails.seqs())
 }
 
-/// The image answered to request `seq`, while it is among the last [`THUMBNAILS`].
+/// The image answered to request `seq`, while it is among the last [`THUMBNAILS`](crate::thumbnails::THUMBNAILS).
 async fn thumb(State(st): State<AppState>, Path(seq): Path<u64>) -> Response {
     match st.inner.thumbnails.get(seq) {
         Some((content_type, bytes)) => with_headers(bytes.into_response(), content_type),
@@ -123,22 +71,5 @@ async fn thumb(State(st): State<AppState>, Path(seq): Path<u64>) -> Response {
             Json(serde_json::json!({"message": format!("no image kept for request {seq}")})),
         )
             .into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thumbnails_keep_the_newest_within_capacity() {
-        let t = Thumbnails::new(2);
-        for seq in 1..=3 {
-            t.put(seq, "image/png", Bytes::from(vec![seq as u8]));
-        }
-        assert_eq!(t.seqs(), vec![3, 2]);
-        assert!(t.get(1).is_none());
-        assert_eq!(t.get(2).unwrap().1, Bytes::from(vec![2u8]));
-        Thumbnails::new(0).put(1, "image/png", Bytes::new());
     }
 }

@@ -25,7 +25,7 @@ use crate::{
     config::V1Mode,
     errors::ApiError,
     faults::Route,
-    journal::ChartLabel,
+    record::ChartLabel,
     request::ChartRequest,
     state::AppState,
 };
@@ -154,7 +154,7 @@ async fn handle(st: AppState, segment: String, storage: bool, req: Request) -> R
         trace.image = None;
         (api::truncated(response).await, None)
     } else {
-        crate::snapshot::capture(&st, response, headers, Bytes::new()).await
+        crate::api::capture(&st, response, headers, Bytes::new()).await
     };
     api::journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response

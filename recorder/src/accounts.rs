@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::error::Error;
+use crate::error::{AccountsError, Error};
 use crate::secrets::{Secrets, ACCOUNTS_ENV};
 use chart_img_spec::Plan;
 
@@ -35,15 +35,6 @@ impl Account {
     pub fn secret_key(&self) -> &SecretString {
         &self.key
     }
-}
-
-/// A refused accounts JSON: the setting or field (`CHART_IMG_ACCOUNTS_JSON[0].apiKey`) and what is wrong with it.
-/// Neither ever quotes a key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{setting}: {problem}")]
-pub struct AccountsError {
-    pub setting: String,
-    pub problem: String,
 }
 
 fn refuse(setting: impl Into<String>, problem: impl Into<String>) -> AccountsError {

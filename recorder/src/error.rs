@@ -1,9 +1,6 @@
 //! Errors. None of them carries a request, a header or a body, so none can print a secret.
 
-use std::fmt;
 use std::path::PathBuf;
-
-use crate::miss::Miss;
 
 /// A problem with a cassette on disk or with the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +16,7 @@ pub enum Error {
     CorruptBody { path: PathBuf },
     /// A refused accounts JSON: its message names the variable, entry and field, never a key.
     #[error("{0}")]
-    Accounts(#[from] crate::accounts::AccountsError),
+    Accounts(#[from] AccountsError),
     #[error("a binary {what} body contains the API key of account {account}; refusing to write it to the cassette")]
     SecretInBinaryBody { what: &'static str, account: String },
     /// No key source at all (`recorder record`/`verify`).
@@ -43,52 +40,11 @@ impl Error {
     }
 }
 
-/// The error of [`Vcr::handle`](crate::Vcr::handle).
-///
-/// `Display` never prints the upstream error itself: upstream errors (a URL with a key in its query, a header dump)
-/// are outside this crate's redaction. Reach it through the `Upstream` variant or `source()`.
-// `Miss` makes this enum large; it is an error path, and a plain `Miss(Miss)` is easier to match on.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum VcrError<E> {
-    /// No recorded answer, and the mode does not allow calling upstream.
-    Miss(Miss),
-    /// Upstream was called and failed; nothing was recorded.
-    Upstream(E),
-    /// Reading or writing the cassette failed.
-    Store(Error),
-}
-
-impl<E> fmt::Display for VcrError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            VcrError::Miss(m) => write!(f, "{m}"),
-            VcrError::Upstream(_) => {
-                f.write_str("the upstream call failed (error not shown here: it may hold secrets)")
-            }
-            VcrError::Store(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl<E: std::error::Error + 'static> std::error::Error for VcrError<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            VcrError::Miss(_) => None,
-            VcrError::Upstream(e) => Some(e),
-            VcrError::Store(e) => Some(e),
-        }
-    }
-}
-
-impl<E> From<Error> for VcrError<E> {
-    fn from(e: Error) -> Self {
-        VcrError::Store(e)
-    }
-}
-
-impl<E> From<Miss> for VcrError<E> {
-    fn from(m: Miss) -> Self {
-        VcrError::Miss(m)
-    }
+/// A refused accounts JSON: the setting or field (`CHART_IMG_ACCOUNTS_JSON[0].apiKey`) and what is wrong with it.
+/// Neither ever quotes a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct AccountsError {
+    pub setting: String,
+    pub problem: String,
 }

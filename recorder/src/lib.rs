@@ -91,16 +91,16 @@ mod secrets;
 mod vcr;
 pub mod verify;
 
-pub use accounts::{parse_accounts_json, Account, Accounts, AccountsError, KeySource, API_KEY_ENV};
+pub use accounts::{parse_accounts_json, Account, Accounts, KeySource, API_KEY_ENV};
 pub use chart_img_spec::{Plan, PlanLimits};
 
-pub use error::{Error, VcrError};
+pub use error::{AccountsError, Error};
 pub use lint::{lint, Finding, FindingKind};
 pub use miss::{Closest, FieldDiff, Miss, MissReason, RequestSummary, Unused, UnusedInteraction};
 pub use model::{Mode, OnExhausted, ParseNameError, Request, Response, VcrConfig, WritePolicy};
 pub use proxy::{proxy_router, run_proxy, ProxyConfig, HEALTH_PATH, MAX_UPSTREAM_BODY};
 pub use secrets::{Secrets, ACCOUNTS_ENV};
-pub use vcr::Vcr;
+pub use vcr::{Vcr, VcrError};
 
 /// The `formatVersion` this crate reads and writes.
 pub const FORMAT_VERSION: u32 = cassette::FORMAT_VERSION;

@@ -13,9 +13,8 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::Router;
 use bytes::Bytes;
 
-use crate::error::VcrError;
 use crate::model::{Request, Response};
-use crate::vcr::Vcr;
+use crate::vcr::{Vcr, VcrError};
 
 /// Largest request body the proxy accepts (Chart-IMG bodies are a few KiB).
 const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;

@@ -15,7 +15,7 @@ use crate::cassette::{
     body_bytes, load_response, read_cassette, render_cassette, store_request, store_response, write_atomic,
     write_sidecar, Sidecar, StoredInteraction, StoredRequest, CASSETTE_FILE, LOCK_FILE,
 };
-use crate::error::{Error, VcrError};
+use crate::error::Error;
 use crate::miss::{diff, match_fields, Closest, Miss, MissReason, RequestSummary, Unused, UnusedInteraction};
 use crate::model::{Mode, OnExhausted, Request, Response, VcrConfig, WritePolicy};
 use crate::secrets::Secrets;
@@ -324,6 +324,56 @@ impl std::fmt::Debug for Vcr {
             .field("mode", &self.inner.config.mode)
             .field("interactions", &self.len())
             .finish()
+    }
+}
+
+/// The error of [`Vcr::handle`](crate::Vcr::handle).
+///
+/// `Display` never prints the upstream error itself: upstream errors (a URL with a key in its query, a header dump)
+/// are outside this crate's redaction. Reach it through the `Upstream` variant or `source()`.
+// `Miss` makes this enum large; it is an error path, and a plain `Miss(Miss)` is easier to match on.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum VcrError<E> {
+    /// No recorded answer, and the mode does not allow calling upstream.
+    Miss(Miss),
+    /// Upstream was called and failed; nothing was recorded.
+    Upstream(E),
+    /// Reading or writing the cassette failed.
+    Store(Error),
+}
+
+impl<E> std::fmt::Display for VcrError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VcrError::Miss(m) => write!(f, "{m}"),
+            VcrError::Upstream(_) => {
+                f.write_str("the upstream call failed (error not shown here: it may hold secrets)")
+            }
+            VcrError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for VcrError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            VcrError::Miss(_) => None,
+            VcrError::Upstream(e) => Some(e),
+            VcrError::Store(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<Error> for VcrError<E> {
+    fn from(e: Error) -> Self {
+        VcrError::Store(e)
+    }
+}
+
+impl<E> From<Miss> for VcrError<E> {
+    fn from(m: Miss) -> Self {
+        VcrError::Miss(m)
     }
 }
 

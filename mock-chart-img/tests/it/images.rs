@@ -129,17 +129,7 @@ async fn symbol_and_interval_are_written_and_studies_get_panes() {
 async fn every_style_renders() {
     let ctx = start(config()).await;
     let mut seen = std::collections::HashSet::new();
-    for style in [
-        "bar",
-        "candle",
-        "line",
-        "area",
-        "heikinAshi",
-        "hollowCandle",
-        "baseline",
-        "hiLo",
-        "column",
-    ] {
+    for style in chart_img_spec::STYLES {
         let bytes = png_of(&ctx, json!({ "style": style, "width": 400, "height": 300 })).await;
         decode(&bytes);
         assert!(seen.insert(bytes), "{style} looks like another style");

@@ -13,9 +13,9 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use axum::{
-    body::{Body, Bytes},
+    body::Bytes,
     extract::State,
-    http::{header, HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::post,
     Json, Router,
@@ -23,55 +23,11 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use super::reply::{admin_error, parse_body, AdminError};
 use crate::{
-    admin::{admin_error, AdminError},
-    journal::Bodies,
     state::AppState,
-    verify::{parse_body, Criteria, View},
+    verify::{Criteria, View},
 };
-
-/// The largest answer a record keeps for a snapshot (bigger ones are journaled without their bodies).
-const MAX_ANSWER: usize = 16 * 1024 * 1024;
-
-/// Takes a copy of a request's body and the answer's body (rebuilding the answer around the same bytes) for the
-/// journal. Answers that are streamed (a truncated-body fault) or dropped keep the request's body only. With a
-/// `journal_body_budget` of 0 nothing is taken, except the request's body while expectations need it.
-pub(crate) async fn capture(
-    st: &AppState,
-    response: Response,
-    headers: &HeaderMap,
-    request: Bytes,
-) -> (Response, Option<Box<Bodies>>) {
-    let (request_wanted, keep) = st.inner.journal.wants_bodies();
-    if !request_wanted {
-        return (response, None);
-    }
-    let content_type = |h: &HeaderMap| {
-        h.get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let mut bodies = Box::new(Bodies {
-        request_type: content_type(headers),
-        // A copy: the body read shares the connection's read buffer, which the journal must not pin.
-        request: Bytes::copy_from_slice(&request),
-        response_type: content_type(response.headers()),
-        response: None,
-    });
-    let exact = axum::body::HttpBody::size_hint(response.body()).exact();
-    let aborted = response.extensions().get::<crate::api::Abort>().is_some();
-    if !keep || aborted || exact.is_none_or(|n| n as usize > MAX_ANSWER) {
-        return (response, Some(bodies));
-    }
-    let (parts, body) = response.into_parts();
-    match axum::body::to_bytes(body, MAX_ANSWER).await {
-        Ok(bytes) => {
-            bodies.response = Some(bytes.clone());
-            (Response::from_parts(parts, Body::from(bytes)), Some(bodies))
-        }
-        Err(_) => (Response::from_parts(parts, Body::empty()), Some(bodies)),
-    }
-}
 
 /// `POST /__admin/snapshot`.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]

@@ -3,8 +3,9 @@
 //! Stages (each a named method of [`StepRun`]): [`claim`](StepRun::claim) (transaction, new token) →
 //! [`validate`](StepRun::validate) → [`manifest_first`](StepRun::manifest_first) (an existing manifest finalizes the
 //! step at once) → [`prepare_requests`](StepRun::prepare_requests) (templates → Chart-IMG bodies) →
-//! [`reserve_quota`](StepRun::reserve_quota) → [`render_all`](StepRun::render_all) (rate-limited per account,
-//! retried with backoff, each image uploaded) → settle quota → [`conclude`](StepRun::conclude) (manifest,
+//! [`find_stored`](StepRun::find_stored) → [`before_calls`](StepRun::before_calls) → [`render_all`](StepRun::render_all)
+//! (each call on the fitting key that sends soonest, paced, one unit of quota taken at its slot, retried with
+//! backoff, each image uploaded) → settle quota → [`conclude`](StepRun::conclude) (manifest,
 //! create-only, then finalize) — or [`release`](StepRun::release) after a transient failure.
 //!
 //! While the stages run, [`keep_alive`](StepRun::keep_alive) renews the lease every heartbeat, and stops the step

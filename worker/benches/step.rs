@@ -14,6 +14,9 @@
 //!
 //! Run: `cargo bench -p worker --bench step` (add `-- --charts 40 --latency-ms 6000 --plan MEGA --max-in-flight 64`
 //! to vary), or `cargo bench -p worker --bench step -- --mock realistic --charts 20 --time-scale 1.0 --rounds 3`.
+//! `--plans BASIC,PRO,PRO` gives the step one account per plan (fixed latency only): its bound is their rates and
+//! bursts together. Each round prints the process's resident memory after it and its peak so far (`VmRSS`,
+//! `VmHWM`): with `--charts 1000` against `--charts 100`, memory that grows with the step's size shows.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +60,19 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
+/// This process's resident memory now and its peak so far (`/proc/self/status`), in MiB.
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or("?".to_owned(), |kb| format!("{:.1}", kb / 1024.0))
+    };
+    format!("RSS {} MiB, peak {} MiB", field("VmRSS:"), field("VmHWM:"))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -70,21 +86,63 @@ async fn main() {
         worker_chart_export::config::DEFAULT_CONCURRENCY as u64,
     );
     let rounds: u64 = arg("--rounds", 3);
-    let accounts_json = format!(
-        r#"[{{"id":"{ACCOUNT}","apiKey":"{KEY}","dailyLimit":100000,"plan":"{}"}}]"#,
-        plan.name()
-    );
+    let plans: Vec<Plan> = match arg_str("--plans") {
+        None => vec![plan],
+        Some(list) => list
+            .split(',')
+            .map(|p| {
+                p.trim().parse().unwrap_or_else(|_| {
+                    eprintln!("--plans: cannot read the plan {p:?} (e.g. BASIC,PRO,PRO)");
+                    std::process::exit(2)
+                })
+            })
+            .collect(),
+    };
+    let accounts_json = match plans.as_slice() {
+        [one] => format!(
+            r#"[{{"id":"{ACCOUNT}","apiKey":"{KEY}","dailyLimit":100000,"plan":"{}"}}]"#,
+            one.name()
+        ),
+        many => {
+            if arg_str("--mock").is_some() {
+                eprintln!("--plans: only with the fixed-latency stand-in, not --mock");
+                std::process::exit(2)
+            }
+            let list: Vec<String> = many
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    format!(
+                        r#"{{"id":"acc-{}","apiKey":"{KEY}-{i}","dailyLimit":100000,"plan":"{}"}}"#,
+                        i + 1,
+                        p.name()
+                    )
+                })
+                .collect();
+            format!("[{}]", list.join(","))
+        }
+    };
     let accounts = parse_accounts("bench", &accounts_json).unwrap();
     let bench = Bench {
         charts,
         max_in_flight: max_in_flight as usize,
         accounts_json,
     };
+    let described: Vec<String> = plans
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ({}/s, burst {})",
+                p.name(),
+                p.limits().rate_per_sec,
+                p.limits().burst
+            )
+        })
+        .collect();
     println!(
-        "step of {charts} charts, plan {} ({}/s, burst {}), in-flight maximum {max_in_flight}",
-        plan.name(),
-        plan.limits().rate_per_sec,
-        plan.limits().burst
+        "step of {charts} charts, plan {}, in-flight maximum {max_in_flight}; {}",
+        described.join(" + "),
+        memory()
     );
     match arg_str("--mock").as_deref() {
         None => fixed_latency(&bench, &accounts, rounds).await,
@@ -125,10 +183,11 @@ async fn fixed_latency(bench: &Bench, accounts: &[AccountConfig], rounds: u64) {
             .run(&format!("http://{addr}"), Duration::from_secs(10), templates)
             .await;
         println!(
-            "round {round}: {in_flight} in flight, wall {:>7.0} ms = {:.2}x ideal, {:.2}x faster than sequential",
+            "round {round}: {in_flight} in flight, wall {:>7.0} ms = {:.2}x ideal, {:.2}x faster than sequential; {}",
             ms(wall),
             wall.as_secs_f64() / ideal.as_secs_f64(),
-            sequential.as_secs_f64() / wall.as_secs_f64()
+            sequential.as_secs_f64() / wall.as_secs_f64(),
+            memory()
         );
     }
 }
@@ -266,6 +325,7 @@ impl Bench {
                 bucket: "bench-bucket".into(),
                 timezone: "Etc/UTC".into(),
                 concurrency: self.max_in_flight,
+                max_requests: worker_chart_export::config::DEFAULT_MAX_REQUESTS,
                 lease: Duration::from_secs(900),
                 retry: RetryPolicy::default(),
                 lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(900)),

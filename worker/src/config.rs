@@ -16,6 +16,9 @@ use chart_img_spec::Plan;
 /// Default of `CHART_EXPORT_CONCURRENCY`, the memory-safe maximum of charts of one step in flight.
 pub const DEFAULT_CONCURRENCY: usize = 128;
 
+/// Default of `CHART_EXPORT_MAX_REQUESTS`, the most charts one step may ask for.
+pub const DEFAULT_MAX_REQUESTS: usize = 1000;
+
 /// One entry of `CHART_IMG_ACCOUNTS_JSON`. The key is a `SecretString`: its `Debug` prints `[REDACTED]`.
 #[derive(Debug, Clone)]
 pub struct AccountConfig {
@@ -146,6 +149,9 @@ pub struct Settings {
     /// each holds one image (a few MiB at most at the largest plan size), so 128 stay well within a 512 MiB instance.
     /// The number in flight is computed from the plans and the latency seen (`quota::in_flight_for`), at most this.
     pub concurrency: usize,
+    /// The most charts one step may ask for (`CHART_EXPORT_MAX_REQUESTS`, default 1000, 1–100000): a step with more
+    /// requests fails `VALIDATION_FAILED` before anything is read or paid for.
+    pub max_requests: usize,
     /// How long a claim holds before another worker may reclaim the step (`CHART_EXPORT_LEASE_SECONDS`, default
     /// 60 s); renewed while the step runs, so it bounds how long a crashed holder blocks its step.
     pub lease: Duration,
@@ -329,6 +335,7 @@ impl Settings {
                     .map_err(|_| cfg_err("HOST", format!("is not an IP address: {h:?}")))?,
             },
             concurrency: number("CHART_EXPORT_CONCURRENCY", DEFAULT_CONCURRENCY as u64, 1, 1024)? as usize,
+            max_requests: number("CHART_EXPORT_MAX_REQUESTS", DEFAULT_MAX_REQUESTS as u64, 1, 100_000)? as usize,
             lease,
             lifecycle,
             request_timeout: Duration::from_secs(number("CHART_IMG_TIMEOUT_SECONDS", 35, 1, 600)?),

@@ -24,6 +24,8 @@ pub struct CoreSettings {
     /// The memory-safe maximum of charts of one step in flight; the number in flight is computed from the accounts'
     /// plans and the latency seen ([`AccountPool::in_flight`]), at most this.
     pub concurrency: usize,
+    /// The most charts one step may ask for; more fail the step `VALIDATION_FAILED`.
+    pub max_requests: usize,
     /// How long a claim (or its last renewal) holds before another worker may reclaim the step.
     pub lease: Duration,
     /// Retries of one Chart-IMG call.
@@ -55,6 +57,7 @@ impl CoreSettings {
             bucket,
             timezone: settings.timezone.clone(),
             concurrency: settings.concurrency,
+            max_requests: settings.max_requests,
             lease: settings.lease,
             retry: settings.retry,
             lifecycle: settings.lifecycle,

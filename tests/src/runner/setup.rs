@@ -215,6 +215,7 @@ impl World {
             bucket: self.bucket.clone(),
             timezone: "Etc/UTC".into(),
             concurrency: 8,
+            max_requests: worker_chart_export::config::DEFAULT_MAX_REQUESTS,
             lease: self.lease(),
             retry,
             lifecycle: Lifecycle::for_lease(self.lease()),

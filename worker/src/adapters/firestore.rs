@@ -55,6 +55,9 @@ use crate::ports::{AccountUsageStore, FlowRunStore, RateWindowStore, StoreError,
 /// Limit of one RPC; a call that takes longer counts as a transport failure (and is retried).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Templates read per BatchGet: a step of 1,000 charts reads them in 10 requests of bounded size.
+const TEMPLATE_BATCH: usize = 100;
+
 /// The three document ports on one Firestore database. Cheap to clone.
 #[derive(Clone)]
 pub struct FirestoreStore {
@@ -654,14 +657,17 @@ impl TemplateStore for FirestoreStore {
             .iter()
             .map(|id| self.doc_name(CHART_TEMPLATES, id.as_str()))
             .collect();
-        let docs = self
-            .with_retry("get_templates", || self.batch_get(&names, None))
-            .await?;
-        Ok(ids
-            .iter()
-            .zip(docs)
-            .filter_map(|(id, d)| d.value.map(|v| (id.clone(), v)))
-            .collect())
+        // Read in batches, so a step of many charts never asks one BatchGet for all its templates at once.
+        let mut found = HashMap::with_capacity(ids.len());
+        for (ids, names) in ids.chunks(TEMPLATE_BATCH).zip(names.chunks(TEMPLATE_BATCH)) {
+            let docs = self.with_retry("get_templates", || self.batch_get(names, None)).await?;
+            found.extend(
+                ids.iter()
+                    .zip(docs)
+                    .filter_map(|(id, d)| d.value.map(|v| (id.clone(), v))),
+            );
+        }
+        Ok(found)
     }
 }
 

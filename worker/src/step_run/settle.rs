@@ -11,7 +11,7 @@ use super::lease::{Guard, Stop};
 use super::outcome::{ChartFailure, CoreError, Halt, StepReport};
 use super::{chrono_of, StepRun};
 use crate::domain::manifest::manifest_path;
-use crate::domain::step::{release_patch, rfc3339, validate_step, ValidStep};
+use crate::domain::step::{release_patch, rfc3339, validate_step, StepInvalid, ValidStep};
 use crate::domain::text::{clip_details, clip_error};
 use crate::domain::{
     ErrorCode, Manifest, ManifestFailure, ManifestItem, ObjectRef, PatchOutcome, ReleaseParams, StepId, StepPatch,
@@ -28,13 +28,24 @@ impl StepRun<'_> {
     /// Stage 2: step-level validation of the claimed document.
     pub(super) fn validate(&self, claim: &Claim, doc: &Value) -> Result<ValidStep, ChartFailure> {
         let step = &doc["steps"][claim.step_id.as_str()];
-        validate_step(doc, &claim.step_id, step).map_err(|invalid| ChartFailure {
-            code: ErrorCode::ValidationFailed,
-            message: invalid.to_string(),
-            http_status: None,
-            details: Some(json!({ "field": invalid.field })),
-            retry_as: None,
-        })
+        let max = self.w.settings.max_requests;
+        validate_step(doc, &claim.step_id, step)
+            .and_then(|v| match v.requests.len() {
+                n if n > max => Err(StepInvalid {
+                    field: format!("steps.{}.inputs.requests", claim.step_id),
+                    problem: format!(
+                        "has {n} entries; a step may ask for at most {max} charts (CHART_EXPORT_MAX_REQUESTS)"
+                    ),
+                }),
+                _ => Ok(v),
+            })
+            .map_err(|invalid| ChartFailure {
+                code: ErrorCode::ValidationFailed,
+                message: invalid.to_string(),
+                http_status: None,
+                details: Some(json!({ "field": invalid.field })),
+                retry_as: None,
+            })
     }
 
     pub(super) fn manifest_ref(&self, step_id: &StepId) -> ObjectRef {

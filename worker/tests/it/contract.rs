@@ -532,6 +532,31 @@ pub async fn templates_are_read_in_one_batch_missing_ones_absent(d: Docs) {
     assert!(d.templates.get_templates(&[]).await.unwrap().is_empty());
 }
 
+/// A step of many charts (the Firestore adapter reads them 100 per BatchGet): 250 asked, every other one present,
+/// each answered under its own id.
+pub async fn many_templates_are_all_read(d: Docs) {
+    let ids: Vec<TemplateId> = (0..250)
+        .map(|i| TemplateId::parse(format!("t-{i:03}")).unwrap())
+        .collect();
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        d.seed
+            .put(
+                CHART_TEMPLATES,
+                id.as_str(),
+                json!({"chartImgSymbolTemplate": "X:{symbol}", "n": i}),
+            )
+            .await;
+    }
+    let got = d.templates.get_templates(&ids).await.unwrap();
+    assert_eq!(got.len(), 125);
+    for (i, id) in ids.iter().enumerate() {
+        match got.get(id) {
+            Some(t) => assert_eq!(t["n"], i, "{id}"),
+            None => assert!(i % 2 == 1, "{id} is stored but was not read"),
+        }
+    }
+}
+
 pub async fn usage_reserve_give_back_exhaust_and_day_reset(d: Docs) {
     let a = acc("acc-1", 5);
     let now = at("2026-11-28T10:00:00Z");
@@ -962,6 +987,7 @@ macro_rules! doc_suites {
                 two_claims_at_once_exactly_one_wins,
                 documents_round_trip_faithfully,
                 templates_are_read_in_one_batch_missing_ones_absent,
+                many_templates_are_all_read,
                 usage_reserve_give_back_exhaust_and_day_reset,
                 retried_quota_operations_apply_once,
                 a_counter_of_a_later_day_is_never_rewound,

@@ -383,6 +383,33 @@ async fn limit_exceeded_moves_to_the_next_account_and_marks_the_first_exhausted(
     assert_eq!(t.usage_today(second).await, sent_2);
 }
 
+/// L12: a step asking for more charts than `CHART_EXPORT_MAX_REQUESTS` fails `VALIDATION_FAILED` naming the count and
+/// the variable, before any template is read, quota reserved or call sent.
+#[tokio::test]
+async fn a_step_over_the_request_limit_fails_validation_before_any_call() {
+    let r = ScriptedRenderer::new(|c, _| Ok(png(c)));
+    let mut t = one_account(r.clone());
+    t.worker.settings.max_requests = 2;
+    t.seed(&flow_run(&["a", "b", "c"], 1), &["a", "b", "c"]).await;
+    let report = run(&t).await;
+    let StepReport::Failed { code, message, .. } = &report else {
+        panic!("{report:?}")
+    };
+    assert_eq!(*code, ErrorCode::ValidationFailed);
+    assert_eq!(
+        message,
+        "steps.charts_4h.inputs.requests: has 3 entries; a step may ask for at most 2 charts (CHART_EXPORT_MAX_REQUESTS)"
+    );
+    let step = t.step().await;
+    assert_eq!(step["error"]["code"], "VALIDATION_FAILED");
+    assert_eq!(step["error"]["details"]["field"], "steps.charts_4h.inputs.requests");
+    assert!(r.calls().is_empty());
+    // At the limit it runs.
+    t.worker.settings.max_requests = 3;
+    t.seed(&flow_run(&["a", "b", "c"], 1), &["a", "b", "c"]).await;
+    assert!(matches!(run(&t).await, StepReport::Succeeded { .. }));
+}
+
 #[tokio::test]
 async fn all_accounts_exhausted_fails_with_limit_exceeded() {
     let r = ScriptedRenderer::new(|_, _| Err(ChartApiError::LimitExceeded));

@@ -135,6 +135,7 @@ async fn an_eventarc_event_runs_the_step_on_the_emulators_and_repeats_change_not
             bucket: bucket.clone(),
             timezone: "Etc/UTC".into(),
             concurrency: 4,
+            max_requests: worker_chart_export::config::DEFAULT_MAX_REQUESTS,
             lease: Duration::from_secs(900),
             retry: fast_retry(),
             lifecycle: worker_chart_export::config::Lifecycle::for_lease(Duration::from_secs(900)),

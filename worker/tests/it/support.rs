@@ -153,6 +153,7 @@ pub fn worker_with(renderer: Arc<dyn ChartRenderer>, accounts: &str) -> TestWork
             bucket: "bucket-1".into(),
             timezone: "Etc/UTC".into(),
             concurrency: 4,
+            max_requests: worker_chart_export::config::DEFAULT_MAX_REQUESTS,
             lease: Duration::from_secs(900),
             retry: fast_retry(),
             lifecycle: Lifecycle::for_lease(Duration::from_secs(900)),

@@ -4,8 +4,9 @@
 //! Invariant: every call sent to Chart-IMG was paid for by one unit taken from a grant before it was sent, and only
 //! units never sent are given back. So `usageToday` never under-counts. Units follow calls: a caller first picks the
 //! key that will send soonest ([`QuotaLedger::choose`]), waits for that key's rate slot, and only then takes its unit
-//! ([`QuotaLedger::take`]); a reservation covers the callers queued on that key in this process, at most one second of
-//! the key's rate ([`RESERVE_AHEAD`]), so a process that dies leaves at most that much per key counted, plus the
+//! ([`QuotaLedger::take`]); a reservation covers the callers queued on that key in this process, at most what the
+//! process sent on the key in the last second plus one, and at most one second of the key's rate ([`RESERVE_AHEAD`]),
+//! so a process that dies leaves at most about one second of its own rate per key counted, plus the
 //! calls it had taken a unit for and not yet sent (killed between the take and the request's arrival). Each
 //! reservation and give-back carries its own operation id ([`OpId`]), so a transaction retried after a lost commit
 //! reply applies once.
@@ -48,6 +49,9 @@ pub struct Account {
     held: std::sync::Mutex<Vec<(NaiveDate, u32)>>,
     /// One reservation at a time per key in this process; callers needing a unit wait here, others never do.
     reserving: tokio::sync::Mutex<()>,
+    /// When this process took its units on the key in the last [`RESERVE_AHEAD`]: its own send rate on the key,
+    /// which other instances sharing the key may keep well below the plan's.
+    taken: std::sync::Mutex<std::collections::VecDeque<tokio::time::Instant>>,
 }
 
 impl Account {
@@ -55,6 +59,31 @@ impl Account {
     pub fn reservation_cap(&self) -> u32 {
         let rate = self.config.plan.limits().rate_per_sec;
         (rate * RESERVE_AHEAD.as_secs_f64()).ceil().clamp(1.0, 10_000.0) as u32
+    }
+
+    /// The size of the next reservation: the callers queued on the key, at most what this process sent on it in the
+    /// last [`RESERVE_AHEAD`] plus one (so a key shared with other instances holds about one second of this
+    /// process's own rate, and an idle one grows from one unit), and at most [`Account::reservation_cap`].
+    fn reservation_size(&self) -> u32 {
+        let now = tokio::time::Instant::now();
+        let recent = {
+            let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+            while taken.front().is_some_and(|t| now.duration_since(*t) > RESERVE_AHEAD) {
+                taken.pop_front();
+            }
+            taken.len() as u32
+        };
+        let queued = self.queued.load(Ordering::SeqCst) as u32;
+        queued.clamp(1, recent.saturating_add(1).clamp(1, self.reservation_cap()))
+    }
+
+    fn note_taken(&self) {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        taken.push_back(tokio::time::Instant::now());
+        let cap = self.reservation_cap() as usize;
+        while taken.len() > cap {
+            taken.pop_front();
+        }
     }
 
     /// The spacing of the key's calls at its plan's rate (`1 / rate`).
@@ -267,6 +296,7 @@ impl AccountPool {
                 queued: AtomicUsize::new(0),
                 held: Default::default(),
                 reserving: Default::default(),
+                taken: Default::default(),
             })
             .collect();
         Self {
@@ -364,7 +394,7 @@ struct LedgerState {
 /// transaction). Ties go to the step's own [`preference_order`], so idle steps spread over the accounts.
 pub struct QuotaLedger<'a> {
     pool: &'a AccountPool,
-    store: &'a dyn AccountUsageStore,
+    store: Arc<dyn AccountUsageStore>,
     clock: &'a dyn Clock,
     /// The configured accounts in this step's preference order.
     order: Vec<AccountQuota>,
@@ -373,7 +403,7 @@ pub struct QuotaLedger<'a> {
 
 impl<'a> QuotaLedger<'a> {
     /// The ledger of the step `key` (`<runId>/<stepId>`: it picks the step's account order).
-    pub fn new(pool: &'a AccountPool, store: &'a dyn AccountUsageStore, clock: &'a dyn Clock, key: &str) -> Self {
+    pub fn new(pool: &'a AccountPool, store: Arc<dyn AccountUsageStore>, clock: &'a dyn Clock, key: &str) -> Self {
         let all: Vec<AccountQuota> = pool.accounts.iter().map(|a| a.config.quota()).collect();
         Self {
             pool,
@@ -442,22 +472,33 @@ impl<'a> QuotaLedger<'a> {
         if account.held_from(today) > 0 {
             return Ok(true); // another caller reserved while this one waited
         }
-        let want = (account.queued.load(Ordering::SeqCst) as u32).clamp(1, account.reservation_cap());
+        let want = account.reservation_size();
         let now = self.clock.now();
-        let grants = self
-            .store
-            .reserve(
-                &OpId::random(),
-                std::slice::from_ref(&account.config.quota()),
-                want,
-                now,
-            )
-            .await?;
-        let mut granted = 0;
-        for g in grants.into_iter().filter(|g| g.units > 0) {
-            granted += g.units;
-            account.put_back(g.day, g.units);
-        }
+        // The reservation runs as its own task and puts what it got into the process's units there: a caller dropped
+        // mid-reservation (its step abandoned at SIGTERM or a lost lease) must not lose units the store already
+        // counted, or they would stay counted until the day ends.
+        let index = self
+            .pool
+            .accounts
+            .iter()
+            .position(|a| std::ptr::eq(a, account))
+            .expect("an account of this pool");
+        let (accounts, store, quota) = (self.pool.accounts.clone(), self.store.clone(), account.config.quota());
+        let reservation = tokio::spawn(async move {
+            let grants = store
+                .reserve(&OpId::random(), std::slice::from_ref(&quota), want, now)
+                .await?;
+            let mut granted = 0;
+            for g in grants.into_iter().filter(|g| g.units > 0) {
+                granted += g.units;
+                accounts[index].put_back(g.day, g.units);
+            }
+            tracing::debug!(event = "quota_reserved", account = %quota.id, asked = want, granted, "reserved units of the key's daily quota");
+            Ok::<u32, StoreError>(granted)
+        });
+        let granted = reservation
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("the quota reservation task failed: {e}")))??;
         if granted == 0 {
             self.lock().exhausted.insert(account.config.id.clone());
         }
@@ -474,6 +515,7 @@ impl<'a> QuotaLedger<'a> {
             let today = self.clock.now().date_naive();
             if let Some(day) = account.take_held(today) {
                 drop(queued);
+                account.note_taken();
                 self.count_spent(&account.config.id, 1);
                 return Ok(Some(Unit { account, day }));
             }
@@ -671,14 +713,14 @@ mod tests {
     #[tokio::test]
     async fn steps_start_on_different_accounts_and_a_reservation_touches_only_the_accounts_it_takes_from() {
         let pool = pool_with_limits(&[500, 500, 500]);
-        let store = Recording {
+        let store = Arc::new(Recording {
             inner: crate::adapters::JsonDocs::in_memory(),
             calls: Default::default(),
-        };
+        });
         let clock = crate::ports::SystemClock;
         let mut firsts = HashSet::new();
         for i in 0..12 {
-            let ledger = QuotaLedger::new(&pool, &store, &clock, &format!("run-{i}/charts_4h"));
+            let ledger = QuotaLedger::new(&pool, store.clone(), &clock, &format!("run-{i}/charts_4h"));
             let queued = ledger.choose(PlanNeeds::NONE).unwrap();
             ledger.take(queued).await.unwrap().unwrap();
             let (accounts, units) = store.calls.lock().unwrap().last().cloned().unwrap();
@@ -694,30 +736,39 @@ mod tests {
         );
     }
 
-    /// Units follow calls: a reservation covers the callers queued on the key, at most one second of its rate (10 on
-    /// PRO, 1 on BASIC), so a process that dies leaves at most that counted on each key.
+    /// Units follow calls: a reservation covers the callers queued on the key, at most what the process sent on it in
+    /// the last second plus one, never more than one second of the key's rate (10 on PRO, 1 on BASIC), so a process
+    /// that dies leaves at most that counted on each key.
     #[tokio::test]
     async fn a_reservation_covers_the_queued_callers_up_to_one_second_of_the_keys_rate() {
-        let store = Recording {
+        let store = Arc::new(Recording {
             inner: crate::adapters::JsonDocs::in_memory(),
             calls: Default::default(),
-        };
+        });
         let clock = crate::ports::SystemClock;
         for (plan, cap) in [("PRO", 10), ("BASIC", 1)] {
             store.calls.lock().unwrap().clear();
             let pool = pool(&[plan]);
-            let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
+            let ledger = QuotaLedger::new(&pool, store.clone(), &clock, "run-1/s");
             let queued: Vec<Queued<'_>> = (0..4).map(|_| ledger.choose(PlanNeeds::NONE).unwrap()).collect();
             let mut queued = queued.into_iter();
             ledger.take(queued.next().unwrap()).await.unwrap().unwrap();
             let first = store.calls.lock().unwrap().clone();
-            assert_eq!(first, vec![(vec!["acc-0".to_string()], 4.min(cap))], "{plan}");
+            assert_eq!(
+                first,
+                vec![(vec!["acc-0".to_string()], 1)],
+                "{plan}: an idle process reserves one unit, however many are queued"
+            );
             let more: Vec<Queued<'_>> = (0..30).map(|_| ledger.choose(PlanNeeds::NONE).unwrap()).collect();
             for q in queued.chain(more) {
                 ledger.take(q).await.unwrap().unwrap();
             }
             let calls = store.calls.lock().unwrap().clone();
             assert!(calls.iter().all(|(_, u)| *u <= cap), "{plan}: {calls:?}");
+            assert!(
+                calls.iter().any(|(_, u)| *u == cap),
+                "{plan}: sizes grow with the process's own send rate up to the cap: {calls:?}"
+            );
             assert_eq!(
                 calls.iter().map(|(_, u)| u).sum::<u32>(),
                 34,
@@ -733,16 +784,25 @@ mod tests {
     #[tokio::test]
     async fn units_of_callers_that_stopped_go_back_at_the_steps_end() {
         let pool = pool(&["PRO"]);
-        let store = crate::adapters::JsonDocs::in_memory();
+        let store = Arc::new(crate::adapters::JsonDocs::in_memory());
         let clock = crate::ports::SystemClock;
-        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
+        let ledger = QuotaLedger::new(&pool, store.clone(), &clock, "run-1/s");
+        ledger
+            .take(ledger.choose(PlanNeeds::NONE).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         let mut queued: Vec<Queued<'_>> = (0..5).map(|_| ledger.choose(PlanNeeds::NONE).unwrap()).collect();
         let unit = ledger.take(queued.remove(0)).await.unwrap().unwrap();
-        assert_eq!(unit.account.held(), 4, "reserved for the five queued, one taken");
+        assert_eq!(
+            unit.account.held(),
+            1,
+            "reserved for two of the five queued (one sent in the last second, plus one), one taken"
+        );
         drop(queued);
         let spent = ledger.finish().await;
-        assert_eq!(spent, vec![(AccountId::parse("acc-0").unwrap(), 1)]);
-        assert_eq!(counter(&store, "acc-0").await.1, 1, "usage = the one call");
+        assert_eq!(spent, vec![(AccountId::parse("acc-0").unwrap(), 2)]);
+        assert_eq!(counter(store.as_ref(), "acc-0").await.1, 2, "usage = the two calls");
         assert_eq!(pool.accounts()[0].held(), 0);
     }
 
@@ -751,9 +811,9 @@ mod tests {
     #[tokio::test]
     async fn a_steps_calls_spread_over_every_fitting_key_by_rate() {
         let pool = pool(&["BASIC", "PRO", "PRO"]);
-        let store = crate::adapters::JsonDocs::in_memory();
+        let store = Arc::new(crate::adapters::JsonDocs::in_memory());
         let clock = crate::ports::SystemClock;
-        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
+        let ledger = QuotaLedger::new(&pool, store.clone(), &clock, "run-1/s");
         let queued: Vec<Queued<'_>> = (0..42).map(|_| ledger.choose(PlanNeeds::NONE).unwrap()).collect();
         let per = |id: &str| queued.iter().filter(|q| q.account().config.id.as_str() == id).count();
         assert!((1..=3).contains(&per("acc-0")), "BASIC got {}", per("acc-0"));
@@ -770,6 +830,24 @@ mod tests {
         };
         let only_pro: Vec<Queued<'_>> = (0..10).map(|_| ledger.choose(big).unwrap()).collect();
         assert!(only_pro.iter().all(|q| q.account().config.plan == Plan::Pro));
+    }
+
+    /// Takes a unit alone (so the process has sent on the key in the last second), then one of two queued callers:
+    /// that reservation covers both, and the other's unit stays held. Answers the second unit taken.
+    async fn take_leaving_one_held<'a>(ledger: &QuotaLedger<'a>) -> Unit<'a> {
+        ledger
+            .take(ledger.choose(PlanNeeds::NONE).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let (first, waiting) = (
+            ledger.choose(PlanNeeds::NONE).unwrap(),
+            ledger.choose(PlanNeeds::NONE).unwrap(),
+        );
+        let unit = ledger.take(first).await.unwrap().unwrap();
+        drop(waiting);
+        assert_eq!(unit.account.held(), 1);
+        unit
     }
 
     /// A clock the test moves.
@@ -800,16 +878,11 @@ mod tests {
     #[tokio::test]
     async fn a_grant_held_across_midnight_is_not_spent_on_the_next_day() {
         let pool = pool_with_limits(&[500]);
-        let store = crate::adapters::JsonDocs::in_memory();
+        let store = Arc::new(crate::adapters::JsonDocs::in_memory());
         let clock = ManualClock::at("2026-11-28T23:59:59Z");
-        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
-        let (first, waiting) = (
-            ledger.choose(PlanNeeds::NONE).unwrap(),
-            ledger.choose(PlanNeeds::NONE).unwrap(),
-        );
-        ledger.take(first).await.unwrap().unwrap();
-        drop(waiting); // its unit stays held, of the 28th
-        assert_eq!(counter(&store, "acc-0").await, ("2026-11-28".into(), 2, false));
+        let ledger = QuotaLedger::new(&pool, store.clone(), &clock, "run-1/s");
+        take_leaving_one_held(&ledger).await;
+        assert_eq!(counter(store.as_ref(), "acc-0").await, ("2026-11-28".into(), 3, false));
         clock.set("2026-11-29T00:00:01Z");
         let unit = ledger
             .take(ledger.choose(PlanNeeds::NONE).unwrap())
@@ -818,21 +891,21 @@ mod tests {
             .unwrap();
         assert_eq!(unit.day.to_string(), "2026-11-29");
         assert_eq!(
-            counter(&store, "acc-0").await,
+            counter(store.as_ref(), "acc-0").await,
             ("2026-11-29".into(), 1, false),
             "the call sent on the 29th is counted on the 29th"
         );
         ledger.finish().await;
-        assert_eq!(counter(&store, "acc-0").await, ("2026-11-29".into(), 1, false));
+        assert_eq!(counter(store.as_ref(), "acc-0").await, ("2026-11-29".into(), 1, false));
     }
 
     /// L13: a unit refunded after midnight goes back to the grant of its own day, so it is never spent on another.
     #[tokio::test]
     async fn a_refund_after_midnight_never_pays_for_a_call_of_the_next_day() {
         let pool = pool_with_limits(&[500]);
-        let store = crate::adapters::JsonDocs::in_memory();
+        let store = Arc::new(crate::adapters::JsonDocs::in_memory());
         let clock = ManualClock::at("2026-11-28T23:59:59Z");
-        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
+        let ledger = QuotaLedger::new(&pool, store.clone(), &clock, "run-1/s");
         let unit = ledger
             .take(ledger.choose(PlanNeeds::NONE).unwrap())
             .await
@@ -846,7 +919,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(unit.day.to_string(), "2026-11-29");
-        assert_eq!(counter(&store, "acc-0").await, ("2026-11-29".into(), 1, false));
+        assert_eq!(counter(store.as_ref(), "acc-0").await, ("2026-11-29".into(), 1, false));
     }
 
     /// M7: `429 Limit Exceeded` answered after midnight to a call sent before it says the old day's quota is used
@@ -854,32 +927,27 @@ mod tests {
     #[tokio::test]
     async fn a_limit_exceeded_answered_after_midnight_marks_the_day_the_call_was_sent() {
         let pool = pool_with_limits(&[500]);
-        let store = crate::adapters::JsonDocs::in_memory();
+        let store = Arc::new(crate::adapters::JsonDocs::in_memory());
         let clock = ManualClock::at("2026-11-28T23:59:59.500Z");
-        let ledger = QuotaLedger::new(&pool, &store, &clock, "run-1/s");
-        let (first, waiting) = (
-            ledger.choose(PlanNeeds::NONE).unwrap(),
-            ledger.choose(PlanNeeds::NONE).unwrap(),
-        );
-        let unit = ledger.take(first).await.unwrap().unwrap();
-        drop(waiting); // its unit stays held, of the 28th
+        let ledger = QuotaLedger::new(&pool, store.clone(), &clock, "run-1/s");
+        let unit = take_leaving_one_held(&ledger).await;
         clock.set("2026-11-29T00:00:00.500Z");
         ledger.exhaust(unit).await;
-        let (day, _, exhausted) = counter(&store, "acc-0").await;
+        let (day, _, exhausted) = counter(store.as_ref(), "acc-0").await;
         assert!(
             day == "2026-11-28" && exhausted,
             "the 28th is marked, the 29th untouched: {day} {exhausted}"
         );
         // The next step, on the 29th, gets the account.
         assert_eq!(
-            counter(&store, "acc-0").await.1,
-            1,
+            counter(store.as_ref(), "acc-0").await.1,
+            2,
             "the unit held for the 28th went back"
         );
-        let next = QuotaLedger::new(&pool, &store, &clock, "run-2/s");
+        let next = QuotaLedger::new(&pool, store.clone(), &clock, "run-2/s");
         let unit = next.take(next.choose(PlanNeeds::NONE).unwrap()).await.unwrap().unwrap();
         assert_eq!(unit.day.to_string(), "2026-11-29");
-        assert_eq!(counter(&store, "acc-0").await, ("2026-11-29".into(), 1, false));
+        assert_eq!(counter(store.as_ref(), "acc-0").await, ("2026-11-29".into(), 1, false));
     }
 
     fn configs(accounts: &[(&str, u32)]) -> Vec<AccountConfig> {

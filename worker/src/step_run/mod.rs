@@ -152,7 +152,7 @@ impl StepRun<'_> {
         let slots = self.prepare_requests(&valid).await?;
         let slots = self.find_stored(&valid, slots).await?;
         let key = format!("{}/{}", self.run, claim.step_id);
-        let ledger = QuotaLedger::new(&self.w.accounts, self.w.usage.as_ref(), self.w.clock.as_ref(), &key);
+        let ledger = QuotaLedger::new(&self.w.accounts, self.w.usage.clone(), self.w.clock.as_ref(), &key);
         let slots = self.before_calls(slots, guard)?;
         let results = self.render_all(&valid, &ledger, slots, guard).await;
         let spent = ledger.finish().await;

@@ -333,9 +333,10 @@ impl StepRun<'_> {
                         let f = ChartFailure::transient(ErrorCode::ChartApiFailed, ErrorCode::StoreFailed, message);
                         return Err(AttemptError::Fatal(f));
                     }
+                    // A usage document the worker cannot read: the store's failure, not Chart-IMG's.
                     Err(e) => {
                         return Err(AttemptError::Fatal(ChartFailure::new(
-                            ErrorCode::ChartApiFailed,
+                            ErrorCode::StoreFailed,
                             format!("cannot reserve Chart-IMG quota: {e}"),
                         )))
                     }

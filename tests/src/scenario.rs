@@ -124,7 +124,7 @@ pub struct Retry {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct When {
     /// `eventarc` (a CloudEvent posted to the `serve` router, as Eventarc sends it), `run_local` (the CLI's entry
-    /// on the embedded local backend) or `direct` (the core on the emulator adapters; needed for `kill`).
+    /// on the embedded local backend) or `direct` (the core on the emulator adapters).
     #[serde(default = "eventarc")]
     pub via: String,
     /// How many identical deliveries, all at once.
@@ -139,10 +139,6 @@ pub struct When {
     /// Hand-made events instead of the regular delivery, each with the HTTP status it must get.
     #[serde(default)]
     pub events: Vec<EventCase>,
-    /// Simulate a crash: the first worker's run is dropped this many ms after its claim is committed; after the
-    /// lease a second delivery must reclaim the step.
-    #[serde(default)]
-    pub kill_after_ms: Option<u64>,
     /// `local_eventarc`: how many `serve` child processes run from the start (default 1).
     #[serde(default)]
     pub processes: Option<usize>,
@@ -162,7 +158,6 @@ impl Default for When {
             workers: 1,
             step_id: None,
             events: Vec::new(),
-            kill_after_ms: None,
             processes: None,
             eventarc: EventarcSettings::default(),
             actions: Vec::new(),
@@ -503,7 +498,6 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             ("when.workers", w.workers != 1),
             ("when.stepId", w.step_id.is_some()),
             ("when.events", !w.events.is_empty()),
-            ("when.killAfterMs", w.kill_after_ms.is_some()),
         ] {
             if used {
                 return Err(format!(
@@ -556,9 +550,6 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             "then.result: via {} gives no result to check (only run_local and direct do)",
             s.when.via
         ));
-    }
-    if s.when.kill_after_ms.is_some() && s.when.via != "direct" {
-        return Err("when.killAfterMs: needs via: direct".into());
     }
     if let Some(m) = &s.then.manifest {
         if m != "snapshot" && m != "absent" {

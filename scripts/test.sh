@@ -67,10 +67,13 @@ if [ $# -eq 0 ]; then
   # The chaos run at CI size (issues 16, 17): a random instance SIGKILLed about every 3 s and a private Firestore
   # emulator frozen 1–3 s about every 4 s, for 12 s; fails on any FAILED step, any PNG no manifest names, more than
   # 1.25 Chart-IMG calls per chart (a kill loses the calls in flight), an over-count above 50 % of the calls (units
-  # killed holders held: 0–33 % measured) or a wall time above 30× the bound (7.3–19.5× measured; the full run's
-  # figures are in the README).
+  # killed holders held: 0–39 % measured) or a wall time above 60× the bound. Measured 7.3–20× in 15 of 18 runs; in
+  # the other three a holder was killed with a transaction open on its flow run, whose lock the emulator keeps until
+  # that transaction expires (~60–70 s: the step ended SUCCEEDED 73 s after the write, ~49× the bound) — hence
+  # the timeout of 150 s rather than the default 66 s (the full run's figures are in the README).
   target/debug/fleet-sim --instances 3 --runs 12 --charts 5 --time-scale 0.05 --kill-every-secs 3 --chaos-secs 12 \
-    --freeze-firestore-every-secs 4 --max-calls-per-chart 1.25 --max-over-count-pct 50 --max-bound-ratio 30
+    --freeze-firestore-every-secs 4 --max-calls-per-chart 1.25 --max-over-count-pct 50 --max-bound-ratio 60 \
+    --timeout-secs 150
   # schemathesis (PyPI, installed into .tools/schemathesis on first use) fuzzes the mock binary `cargo test` built
   # against chart-img-spec/openapi.json: no 5xx, every answer as the document says (mock-chart-img README).
   scripts/schemathesis.sh target/debug/mock-chart-img

@@ -335,20 +335,22 @@ pub struct Then {
     #[serde(default)]
     pub mock_statuses: BTreeMap<u16, usize>,
     /// `local_eventarc`: at least this many `serve` processes sent Chart-IMG calls during one common stretch of
-    /// time (each one's first call before every other one's last), so their calls met at the key.
+    /// time (each one's first call before every other one's last, as mock-chart-img's journal received them), so
+    /// their calls met at the key.
     #[serde(default)]
     pub calling_processes: Option<usize>,
-    /// `local_eventarc`: no `serve` process sends a Chart-IMG call after another process claimed the step later
-    /// than its own claim: every call's most recent claim (log events `chart_api_call_start` and `claim_attempt`
-    /// claimed/reclaimed/give_up, by time) is its own process's — two holders never render at once.
+    /// `local_eventarc`: no Chart-IMG call of a `serve` process reaches mock-chart-img after another process
+    /// claimed the step later than its own claim: every call's most recent claim (the journal's arrival time and
+    /// process of the call, the `claim_attempt` claimed/reclaimed/give_up lines) is its own process's — two
+    /// holders never render at once.
     #[serde(default)]
     pub holders_apart: bool,
-    /// `local_eventarc`: no `serve` process starts a Chart-IMG call after its own SIGTERM (log events
-    /// `shutdown_started` and `chart_api_call_start`), queued callers included.
+    /// `local_eventarc`: no Chart-IMG call of a `serve` process reaches mock-chart-img after its own SIGTERM (the
+    /// journal's arrival times against the process's `shutdown_started`), queued callers included.
     #[serde(default)]
     pub no_call_after_sigterm: bool,
-    /// `local_eventarc`: no `serve` process starts a Chart-IMG call after its step's deadline (log events
-    /// `step_deadline` and `chart_api_call_start`), queued callers included.
+    /// `local_eventarc`: no Chart-IMG call of a `serve` process reaches mock-chart-img after its step's deadline
+    /// (the journal's arrival times against the process's `step_deadline`), queued callers included.
     #[serde(default)]
     pub no_call_after_deadline: bool,
     /// How many deliveries claimed the step (log events `claim_attempt` with outcome claimed/reclaimed).

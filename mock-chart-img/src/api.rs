@@ -54,6 +54,10 @@ pub(crate) enum Abort {
 /// What the journal learns while a request is handled.
 #[derive(Default)]
 pub(crate) struct Trace {
+    /// When the request arrived (journaled as `received_at`).
+    pub(crate) received_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The `/__via/<label>/` the request came under.
+    pub(crate) via: Option<Arc<str>>,
     pub(crate) account: Option<Arc<str>>,
     pub(crate) key_status: &'static str,
     pub(crate) error: Option<String>,
@@ -186,7 +190,19 @@ pub(crate) fn key_status(key: Option<&str>, account: Option<&Arc<Account>>) -> &
     }
 }
 
+/// The prefix under which the chart routes are served a second time, the client's label as its first segment
+/// (`/__via/<label>/v2/tradingview/advanced-chart`): the journal then names the label (`via`).
+pub(crate) const VIA_PREFIX: &str = "/__via/";
+
+/// The label of a request sent under [`VIA_PREFIX`], from the URI before the nested router cut the prefix off.
+pub(crate) fn via_of(head: &axum::http::request::Parts) -> Option<Arc<str>> {
+    let original = head.extensions.get::<axum::extract::OriginalUri>()?;
+    let rest = original.0.path().strip_prefix(VIA_PREFIX)?;
+    rest.split('/').next().filter(|l| !l.is_empty()).map(Arc::from)
+}
+
 async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Response {
+    let received_at = st.inner.clock.now();
     let (head, body) = req.into_parts();
     // The body first, as when it was an extractor: one over the limit is refused before anything else.
     let body = match read_body(body).await {
@@ -196,7 +212,11 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
     let (method, uri, headers) = (&head.method, &head.uri, &head.headers);
     let started = Instant::now();
     let s = &st.inner;
-    let mut trace = Trace::default();
+    let mut trace = Trace {
+        received_at: Some(received_at),
+        via: via_of(&head),
+        ..Trace::default()
+    };
     let knobs = Knobs::of(&st);
     let key = api_key(headers, uri, knobs.query_key_on_v2);
     let account = key.as_deref().and_then(|k| s.accounts.get(k));
@@ -311,8 +331,11 @@ pub(crate) fn journal(
     // A thumbnail only of an image answered whole.
     let image = trace.image.take().filter(|_| status == Some(200));
     let (query, key_in_query) = crate::record::query_of(uri);
+    let at = s.clock.now();
     let seq = s.journal.push(Record {
-        at: s.clock.now(),
+        at,
+        received_at: trace.received_at.unwrap_or(at),
+        via: trace.via,
         method: method.clone(),
         // Static names for the common paths: no allocation per request.
         path: match uri.path() {

@@ -116,8 +116,14 @@ pub use verify::{
     CountAnswer, Criteria, Expectation, ExpectationResult, InstalledExpectation, NearRequest, VerifyReport,
 };
 
-/// The Chart-IMG routes (their paths from `chart_img_spec::routes`), without state.
+/// The Chart-IMG routes (their paths from `chart_img_spec::routes`), without state; served again under
+/// `/__via/<label>/`, where a client names itself for the journal (`JournalEntry::via`).
 fn chart_routes() -> Router<AppState> {
+    let routes = api_routes();
+    routes.clone().nest("/__via/{via}", routes)
+}
+
+fn api_routes() -> Router<AppState> {
     Router::new()
         .route(routes::ADVANCED_CHART, post(api::advanced_chart))
         .route(routes::ADVANCED_CHART_STORAGE, post(api::advanced_chart_storage))

@@ -20,6 +20,13 @@ pub struct JournalEntry {
     /// When the answer was decided.
     #[schema(value_type = String, format = DateTime)]
     pub at: DateTime<Utc>,
+    /// When the request arrived (before its body was read), on the clock of `at`.
+    #[schema(value_type = String, format = DateTime)]
+    pub received_at: DateTime<Utc>,
+    /// The label of a request sent under `/__via/<label>/` (a client naming itself, e.g. one process of several
+    /// sharing a key); the rest of the path is the route. Absent for requests sent to the routes directly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// `POST`, … (a `Cow`: the common values are static).
     #[schema(value_type = String)]
     pub method: Cow<'static, str>,
@@ -99,6 +106,8 @@ impl Bodies {
 #[derive(Debug)]
 pub(crate) struct Record {
     pub at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub via: Option<Arc<str>>,
     pub method: Method,
     pub path: Cow<'static, str>,
     pub account: Option<Arc<str>>,
@@ -146,6 +155,8 @@ impl Record {
     pub fn new(at: DateTime<Utc>, method: Method, path: Cow<'static, str>) -> Record {
         Record {
             at,
+            received_at: at,
+            via: None,
             method,
             path,
             account: None,
@@ -181,6 +192,8 @@ impl Record {
         JournalEntry {
             seq,
             at: self.at,
+            received_at: self.received_at,
+            via: self.via.as_deref().map(str::to_owned),
             method: match self.method {
                 Method::POST => "POST".into(),
                 Method::GET => "GET".into(),

@@ -114,6 +114,7 @@ async fn handle(st: AppState, segment: String, storage: bool, req: Request) -> R
     let s = &st.inner;
     let query: Vec<(String, String)> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
     let mut trace = Trace::default();
+    trace.via = api::via_of(&head);
     let knobs = Knobs::of(&st);
     let key = api_key(headers, &query);
     let account = key.as_deref().and_then(|k| s.accounts.get(k));

@@ -10,7 +10,13 @@
 //! `429 Too Many Requests` answered by the mock (goal 0); Firestore contention retries (the processes' JSON log lines
 //! `"event":"transaction_retry"` with `"contention":true`); per account `usageToday` against the calls the mock
 //! received on that key; every step's final status. [`Report::problems`] lists what makes the run fail: a step not
-//! final within the timeout, or `usageToday` ≠ calls on some key.
+//! final within the timeout or FAILED, a `429 Too Many Requests`, a key's `usageToday` under its calls, an
+//! over-count past `max_over_count_pct` (none allowed without kills), calls per chart past `max_calls_per_chart`, a
+//! PNG no manifest names, wall time past `max_bound_ratio` × the bound.
+//!
+//! Chaos ([`Options::kill_every`], [`Options::freeze`]): during a window after the runs are written, a random
+//! instance is SIGKILLed now and then (restarted a little later), and the Firestore emulator is frozen (SIGSTOP,
+//! then SIGCONT 1–3 s later) now and then — the simulation's own emulator, never a shared one.
 //!
 //! The set-up is the scenario runner's (`runner::setup::keys`, `create_bucket`, `library_templates`,
 //! `runner::live::serve_env`) and the harness's (`ServeProcess`, `LocalEventarc`).
@@ -70,6 +76,32 @@ pub struct Options {
     pub chaos_window: Duration,
     /// A problem when Chart-IMG calls per chart in a manifest exceed it.
     pub max_calls_per_chart: Option<f64>,
+    /// Chaos: freezes (SIGSTOP, then SIGCONT) of the Firestore emulator during the chaos window. The emulator must
+    /// be the simulation's own (`fleet-sim` starts a private one: [`crate::private_firestore`]).
+    pub freeze: Option<Freezes>,
+    /// A problem when the usage over-count (Σ over keys of `usageToday` − calls, / Σ calls, in %) exceeds it.
+    /// `None`: 0 without kills (`usageToday` must equal the calls), no limit with kills.
+    pub max_over_count_pct: Option<f64>,
+    /// A problem when the wall time exceeds this many times the ideal bound.
+    pub max_bound_ratio: Option<f64>,
+}
+
+/// Freezes of the Firestore emulator: one about every `every` (±50 %), each lasting 1 s to `longest` (uniform).
+#[derive(Debug, Clone)]
+pub struct Freezes {
+    pub every: Duration,
+    pub longest: Duration,
+    /// The emulator's process id.
+    pub pid: u32,
+}
+
+/// What the freezes did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FreezeFigures {
+    pub count: usize,
+    pub total_ms: u64,
+    pub longest_ms: u64,
 }
 
 impl Default for Options {
@@ -89,6 +121,9 @@ impl Default for Options {
             kill_every: None,
             chaos_window: Duration::from_secs(30),
             max_calls_per_chart: None,
+            freeze: None,
+            max_over_count_pct: None,
+            max_bound_ratio: None,
         }
     }
 }
@@ -123,6 +158,12 @@ impl Options {
             "--time-scale must be above 0 and at most 10, got {}",
             self.time_scale
         );
+        if let Some(f) = &self.freeze {
+            anyhow::ensure!(
+                !f.every.is_zero() && !f.longest.is_zero(),
+                "freezes need a positive period and length"
+            );
+        }
         Ok(())
     }
 }
@@ -218,8 +259,14 @@ pub struct Report {
     pub deliveries_by_answer: BTreeMap<String, u64>,
     /// Instances SIGKILLed during the chaos window (each restarted).
     pub kills: usize,
+    /// Freezes of the Firestore emulator (SIGSTOP … SIGCONT) during the chaos window.
+    pub freezes: FreezeFigures,
     /// Σ over keys of `usageToday` − calls where positive: units a killed holder still held.
     pub usage_over_count: u64,
+    /// `usage_over_count` / Σ calls × 100.
+    pub over_count_pct: Option<f64>,
+    /// Σ over keys of calls − `usageToday` where positive: calls no counter holds (always a problem).
+    pub usage_under_count: u64,
     /// Charts named by the manifests (every SUCCEEDED step's items).
     pub charts_in_manifests: usize,
     /// Chart-IMG calls (every key) per chart in a manifest.
@@ -294,6 +341,7 @@ struct Driven {
     steps: BTreeMap<String, Value>,
     dead: Vec<ServeProcess>,
     kills: usize,
+    freezes: FreezeFigures,
 }
 
 /// The counts of the processes' JSON log lines.
@@ -481,6 +529,11 @@ impl<'a> Fleet<'a> {
         let mut restarts: Vec<(Instant, usize)> = Vec::new();
         let mut kills = 0usize;
         let mut next_kill = opts.kill_every.map(|k| written + dice.between(k / 2, k * 3 / 2));
+        let (stop_freezes, stopped) = tokio::sync::watch::channel(false);
+        let freezer = opts.freeze.clone().map(|f| {
+            let dice = Dice(opts.seed.wrapping_mul(0x517c_c1b7_2722_0a95) | 1);
+            tokio::spawn(freeze_loop(f, written + opts.chaos_window, dice, stopped))
+        });
         let mut last_poll = written;
         while !pending.is_empty() && written.elapsed() < self.sizes.timeout {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -517,7 +570,7 @@ impl<'a> Fleet<'a> {
                 continue;
             }
             last_poll = now;
-            let read: Vec<(String, anyhow::Result<Option<Value>>)> = futures::stream::iter(pending.clone())
+            let poll = futures::stream::iter(pending.clone())
                 .map(|id| {
                     let fs = self.fs.clone();
                     async move {
@@ -526,15 +579,33 @@ impl<'a> Fleet<'a> {
                     }
                 })
                 .buffer_unordered(8)
-                .collect()
-                .await;
+                .collect::<Vec<(String, anyhow::Result<Option<Value>>)>>();
+            // A frozen emulator holds the reads: the kills go on meanwhile, the unread runs are read next time.
+            let Ok(read) = tokio::time::timeout(Duration::from_secs(3), poll).await else {
+                continue;
+            };
             for (id, doc) in read {
-                let step = doc?.unwrap_or(Value::Null)["steps"][STEP_ID].clone();
-                steps.insert(id, step);
+                match doc {
+                    Ok(doc) => {
+                        steps.insert(id, doc.unwrap_or(Value::Null)["steps"][STEP_ID].clone());
+                    }
+                    Err(e) if opts.freeze.is_none() => return Err(e.context(format!("cannot read flow run {id}"))),
+                    Err(_) => {}
+                }
             }
-            pending.retain(|id| !is_final(&steps[id]));
+            pending.retain(|id| !steps.get(id).is_some_and(is_final));
         }
-        Ok(Driven { steps, dead, kills })
+        let _ = stop_freezes.send(true);
+        let freezes = match freezer {
+            Some(task) => task.await.context("the freezer task")??,
+            None => FreezeFigures::default(),
+        };
+        Ok(Driven {
+            steps,
+            dead,
+            kills,
+            freezes,
+        })
     }
 
     /// Lets the deliveries the last writes caused (no-ops) run out, stops the processes and the local Eventarc;
@@ -602,6 +673,43 @@ impl<'a> Fleet<'a> {
         let gateway_timeouts = journal.iter().filter(|e| e.status == Some(504)).count() as u64;
         (observed_latency, gateway_timeouts)
     }
+}
+
+/// Freezes the Firestore emulator about every `f.every` (±50 %) for 1 s to `f.longest` until `until` (a freeze
+/// begun before it runs its length) or until `stop` turns true; the emulator is always left running.
+async fn freeze_loop(
+    f: Freezes,
+    until: Instant,
+    mut dice: Dice,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<FreezeFigures> {
+    let mut figures = FreezeFigures::default();
+    loop {
+        let at = Instant::now() + dice.between(f.every / 2, f.every * 3 / 2);
+        if at >= until {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(at.into()) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let hold = dice.between(Duration::from_secs(1).min(f.longest), f.longest);
+        crate::private_firestore::freeze(f.pid, true)?;
+        let t = Instant::now();
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(hold) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        crate::private_firestore::freeze(f.pid, false)?;
+        let held = t.elapsed().as_millis() as u64;
+        figures.count += 1;
+        figures.total_ms += held;
+        figures.longest_ms = figures.longest_ms.max(held);
+        if stopped {
+            break;
+        }
+    }
+    Ok(figures)
 }
 
 /// What the bucket holds: every PNG must be named by a manifest.
@@ -745,6 +853,7 @@ fn judge(
         },
     } = c;
     let (steps, kills, timeout) = (&driven.steps, driven.kills, sizes.timeout);
+    let freezes = driven.freezes.clone();
     let ideal_bound_ms = sizes.ideal.as_millis() as u64;
     let calls: u64 = figures.iter().map(|f| f.mock_calls).sum();
     let calls_per_chart = (charts_in_manifests > 0).then(|| calls as f64 / charts_in_manifests as f64);
@@ -774,16 +883,52 @@ fn judge(
             open.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         ));
     }
-    // A killed holder leaves the units it still held counted (the allowed over-count); fewer is always a problem.
-    let usage_over_count: u64 = figures.iter().map(|f| f.usage_today.saturating_sub(f.mock_calls)).sum();
-    for f in figures
-        .iter()
-        .filter(|f| !f.usage_matches_calls && (kills == 0 || f.usage_today < f.mock_calls))
-    {
+    let too_many_requests: u64 = figures.iter().map(|f| f.too_many_requests).sum();
+    if too_many_requests > 0 {
+        let by_key: Vec<String> = figures
+            .iter()
+            .filter(|f| f.too_many_requests > 0)
+            .map(|f| format!("{} {}", f.id, f.too_many_requests))
+            .collect();
         problems.push(format!(
-            "{}: usageToday {} but the mock received {} calls",
+            "{too_many_requests} × 429 Too Many Requests answered by the mock ({})",
+            by_key.join(", ")
+        ));
+    }
+    // Fewer units counted than calls sent is always a problem; more is what a killed holder can leave counted, up
+    // to the allowed over-count (none without kills unless --max-over-count-pct says otherwise).
+    for f in figures.iter().filter(|f| f.usage_today < f.mock_calls) {
+        problems.push(format!(
+            "{}: usageToday {} under-counts the {} calls the mock received",
             f.id, f.usage_today, f.mock_calls
         ));
+    }
+    let usage_over_count: u64 = figures.iter().map(|f| f.usage_today.saturating_sub(f.mock_calls)).sum();
+    let usage_under_count: u64 = figures.iter().map(|f| f.mock_calls.saturating_sub(f.usage_today)).sum();
+    let over_count_pct = (calls > 0).then(|| usage_over_count as f64 * 100.0 / calls as f64);
+    let max_over = opts.max_over_count_pct.or((kills == 0).then_some(0.0));
+    if let Some(max) = max_over {
+        let pct = over_count_pct.unwrap_or(if usage_over_count > 0 { f64::INFINITY } else { 0.0 });
+        if pct > max {
+            let by_key: Vec<String> = figures
+                .iter()
+                .filter(|f| f.usage_today > f.mock_calls)
+                .map(|f| format!("{} usageToday {} vs {} calls", f.id, f.usage_today, f.mock_calls))
+                .collect();
+            problems.push(format!(
+                "usage over-count {usage_over_count} units = {pct:.1} % of {calls} calls, above {max} % ({})",
+                by_key.join(", ")
+            ));
+        }
+    }
+    let ratio = wall_ms.map(|w| w as f64 / ideal_bound_ms.max(1) as f64);
+    if let (Some(max), Some(r)) = (opts.max_bound_ratio, ratio) {
+        if r > max {
+            problems.push(format!(
+                "wall {} ms = {r:.2}× the ideal bound ({ideal_bound_ms} ms), above {max}×",
+                wall_ms.unwrap_or_default()
+            ));
+        }
     }
     Report {
         started_at,
@@ -794,10 +939,10 @@ fn judge(
         time_scale: opts.time_scale,
         wall_ms,
         ideal_bound_ms,
-        ratio: wall_ms.map(|w| w as f64 / ideal_bound_ms.max(1) as f64),
+        ratio,
         model_latency_ms: sizes.model_latency.as_millis() as u64,
         observed_latency,
-        too_many_requests: figures.iter().map(|f| f.too_many_requests).sum(),
+        too_many_requests,
         limit_exceeded: figures.iter().map(|f| f.limit_exceeded).sum(),
         gateway_timeouts,
         contention_retries: logs.contention,
@@ -823,7 +968,10 @@ fn judge(
             m
         }),
         kills,
+        freezes,
         usage_over_count,
+        over_count_pct,
+        usage_under_count,
         charts_in_manifests,
         calls_per_chart,
         orphan_pngs,
@@ -871,6 +1019,13 @@ impl Report {
         );
         row("instances killed (SIGKILL)", self.kills.to_string());
         row(
+            "Firestore freezes (SIGSTOP)",
+            format!(
+                "{} ({} ms in all, longest {} ms)",
+                self.freezes.count, self.freezes.total_ms, self.freezes.longest_ms
+            ),
+        );
+        row(
             "Chart-IMG calls per chart",
             match self.calls_per_chart {
                 Some(c) => format!("{c:.3} ({} charts in manifests)", self.charts_in_manifests),
@@ -878,7 +1033,17 @@ impl Report {
             },
         );
         row("PNGs no manifest names (goal 0)", self.orphan_pngs.to_string());
-        row("usageToday over the calls", self.usage_over_count.to_string());
+        row(
+            "usageToday over the calls",
+            match self.over_count_pct {
+                Some(p) => format!("{} ({p:.1} % of the calls)", self.usage_over_count),
+                None => self.usage_over_count.to_string(),
+            },
+        );
+        row(
+            "usageToday under the calls (goal 0)",
+            self.usage_under_count.to_string(),
+        );
         row("429 Too Many Requests (goal 0)", self.too_many_requests.to_string());
         row("429 Limit Exceeded", self.limit_exceeded.to_string());
         row("504 gateway timeouts", self.gateway_timeouts.to_string());

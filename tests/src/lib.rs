@@ -5,5 +5,6 @@
 //! Invariant: every scenario runs in its own Firestore project and bucket, so scenarios never see each other's data.
 
 pub mod fleet;
+pub mod private_firestore;
 pub mod runner;
 pub mod scenario;

@@ -124,7 +124,7 @@ pub struct Retry {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct When {
     /// `eventarc` (a CloudEvent posted to the `serve` router, as Eventarc sends it), `run_local` (the CLI's entry
-    /// on the embedded local backend) or `direct` (the core on the emulator adapters; needed for `kill`).
+    /// on the embedded local backend) or `direct` (the core on the emulator adapters).
     #[serde(default = "eventarc")]
     pub via: String,
     /// How many identical deliveries, all at once.
@@ -139,10 +139,6 @@ pub struct When {
     /// Hand-made events instead of the regular delivery, each with the HTTP status it must get.
     #[serde(default)]
     pub events: Vec<EventCase>,
-    /// Simulate a crash: the first worker's run is dropped this many ms after its claim is committed; after the
-    /// lease a second delivery must reclaim the step.
-    #[serde(default)]
-    pub kill_after_ms: Option<u64>,
     /// `local_eventarc`: how many `serve` child processes run from the start (default 1).
     #[serde(default)]
     pub processes: Option<usize>,
@@ -162,7 +158,6 @@ impl Default for When {
             workers: 1,
             step_id: None,
             events: Vec::new(),
-            kill_after_ms: None,
             processes: None,
             eventarc: EventarcSettings::default(),
             actions: Vec::new(),
@@ -340,20 +335,22 @@ pub struct Then {
     #[serde(default)]
     pub mock_statuses: BTreeMap<u16, usize>,
     /// `local_eventarc`: at least this many `serve` processes sent Chart-IMG calls during one common stretch of
-    /// time (each one's first call before every other one's last), so their calls met at the key.
+    /// time (each one's first call before every other one's last, as mock-chart-img's journal received them), so
+    /// their calls met at the key.
     #[serde(default)]
     pub calling_processes: Option<usize>,
-    /// `local_eventarc`: no `serve` process sends a Chart-IMG call after another process claimed the step later
-    /// than its own claim: every call's most recent claim (log events `chart_api_call_start` and `claim_attempt`
-    /// claimed/reclaimed/give_up, by time) is its own process's — two holders never render at once.
+    /// `local_eventarc`: no Chart-IMG call of a `serve` process reaches mock-chart-img after another process
+    /// claimed the step later than its own claim: every call's most recent claim (the journal's arrival time and
+    /// process of the call, the `claim_attempt` claimed/reclaimed/give_up lines) is its own process's — two
+    /// holders never render at once.
     #[serde(default)]
     pub holders_apart: bool,
-    /// `local_eventarc`: no `serve` process starts a Chart-IMG call after its own SIGTERM (log events
-    /// `shutdown_started` and `chart_api_call_start`), queued callers included.
+    /// `local_eventarc`: no Chart-IMG call of a `serve` process reaches mock-chart-img after its own SIGTERM (the
+    /// journal's arrival times against the process's `shutdown_started`), queued callers included.
     #[serde(default)]
     pub no_call_after_sigterm: bool,
-    /// `local_eventarc`: no `serve` process starts a Chart-IMG call after its step's deadline (log events
-    /// `step_deadline` and `chart_api_call_start`), queued callers included.
+    /// `local_eventarc`: no Chart-IMG call of a `serve` process reaches mock-chart-img after its step's deadline
+    /// (the journal's arrival times against the process's `step_deadline`), queued callers included.
     #[serde(default)]
     pub no_call_after_deadline: bool,
     /// How many deliveries claimed the step (log events `claim_attempt` with outcome claimed/reclaimed).
@@ -503,7 +500,6 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             ("when.workers", w.workers != 1),
             ("when.stepId", w.step_id.is_some()),
             ("when.events", !w.events.is_empty()),
-            ("when.killAfterMs", w.kill_after_ms.is_some()),
         ] {
             if used {
                 return Err(format!(
@@ -556,9 +552,6 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             "then.result: via {} gives no result to check (only run_local and direct do)",
             s.when.via
         ));
-    }
-    if s.when.kill_after_ms.is_some() && s.when.via != "direct" {
-        return Err("when.killAfterMs: needs via: direct".into());
     }
     if let Some(m) = &s.then.manifest {
         if m != "snapshot" && m != "absent" {

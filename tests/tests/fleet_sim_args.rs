@@ -40,3 +40,29 @@ fn no_emulators_is_refused_with_what_to_start() {
         "{err}"
     );
 }
+
+#[test]
+fn chaos_and_judging_options_out_of_range_are_refused_by_name() {
+    for (arg, message) in [
+        (
+            "--freeze-firestore-every-secs=0",
+            "--freeze-firestore-every-secs must be a positive number, got 0",
+        ),
+        (
+            "--freeze-max-secs=-2",
+            "--freeze-max-secs must be a positive number, got -2",
+        ),
+        (
+            "--max-over-count-pct=-1",
+            "--max-over-count-pct must be a number ≥ 0, got -1",
+        ),
+        (
+            "--max-bound-ratio=0",
+            "--max-bound-ratio must be a positive number, got 0",
+        ),
+    ] {
+        let (code, err) = fleet_sim(&[arg]);
+        assert_eq!(code, 2, "{arg}: {err}");
+        assert!(err.contains(message), "{arg}: {err}");
+    }
+}

@@ -61,6 +61,30 @@ async fn journal_newest_first_with_filters_and_no_keys() {
 }
 
 #[tokio::test]
+async fn a_client_names_itself_under_via_and_the_journal_times_its_arrival() {
+    let ctx = start(config()).await;
+    let before = chrono::Utc::now();
+    let r = ctx
+        .post(
+            &format!("/__via/serve-1{}", crate::CHART),
+            Some("secret-key-one"),
+            &small(),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    ctx.chart("secret-key-two", small()).await;
+    let j = ctx.admin_get("/requests").await;
+    let (direct, via) = (&j[0], &j[1]);
+    assert_eq!(via["via"], "serve-1");
+    assert_eq!(via["path"], crate::CHART, "the route, without the prefix");
+    assert_eq!(via["account"], "acc-1");
+    assert_eq!(direct.get("via"), None, "no label without the prefix");
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(time(&via["received_at"]) >= before);
+    assert!(time(&via["received_at"]) <= time(&via["at"]));
+}
+
+#[tokio::test]
 async fn journal_is_bounded() {
     let ctx = start(config().with_journal_capacity(5)).await;
     for _ in 0..12 {

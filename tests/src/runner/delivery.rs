@@ -1,11 +1,8 @@
 //! Phase 2, delivery: the `when` part through the worker's real entrypoints.
 
-use std::time::Duration;
-
-use serde_json::Value;
 use worker_chart_export::adapters::{JsonDocs, LocalArtifacts, LocalBackend};
 use worker_chart_export::config::{parse_accounts, Settings};
-use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, FLOW_RUNS};
+use worker_chart_export::domain::collections::ACCOUNTS_USAGE;
 use worker_chart_export::domain::{RunId, StepId, StepSelector};
 use worker_chart_export::entry::cli::{run_local_with, OutputFormat, RunLocalArgs};
 use worker_chart_export::entry::serve::{router, AppState};
@@ -96,42 +93,13 @@ async fn deliver_in_process(w: &World) -> anyhow::Result<(Backend, Vec<HttpAnswe
             };
             let run = RunId::parse(w.run_id.as_str()).map_err(anyhow::Error::msg)?;
             let mut results = Vec::new();
-            if let Some(ms) = when.kill_after_ms {
-                // A worker that dies mid-step: its future is dropped after the claim, so nothing releases the step.
-                let doomed = w.worker(0)?;
-                let (run2, sel2) = (run.clone(), selector.clone());
-                let task = tokio::spawn(async move { run_chart_export_step(&doomed, &run2, &sel2, None).await });
-                // Wait until the claim is committed (a slow emulator must not turn this into a kill before the claim).
-                let deadline = std::time::Instant::now() + Duration::from_secs(20);
-                loop {
-                    let doc = w.fs.get_doc(FLOW_RUNS, &w.run_id).await?.unwrap_or(Value::Null);
-                    if doc["steps"]
-                        .as_object()
-                        .is_some_and(|s| s.values().any(|st| st["status"] == "RUNNING"))
-                    {
-                        break;
-                    }
-                    anyhow::ensure!(
-                        std::time::Instant::now() < deadline,
-                        "the first worker never claimed the step"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                task.abort();
-                let _ = task.await;
-                tokio::time::sleep(w.lease() + Duration::from_millis(200)).await;
-                let report = run_chart_export_step(&w.worker(1)?, &run, &selector, None).await?;
-                results.push(report_name(&report));
-            } else {
-                let workers: Vec<Worker> = (0..when.workers.max(1))
-                    .map(|i| w.worker(i))
-                    .collect::<Result<_, _>>()?;
-                let runs = (0..when.deliveries.max(1))
-                    .map(|k| run_chart_export_step(&workers[k % workers.len()], &run, &selector, None));
-                for r in futures::future::join_all(runs).await {
-                    results.push(report_name(&r?));
-                }
+            let workers: Vec<Worker> = (0..when.workers.max(1))
+                .map(|i| w.worker(i))
+                .collect::<Result<_, _>>()?;
+            let runs = (0..when.deliveries.max(1))
+                .map(|k| run_chart_export_step(&workers[k % workers.len()], &run, &selector, None));
+            for r in futures::future::join_all(runs).await {
+                results.push(report_name(&r?));
             }
             Ok((emu_backend(), Vec::new(), results))
         }

@@ -5,12 +5,18 @@
 //! listens — that write is the first event — then `when.actions` run in order (kill -9 the claim's holder,
 //! SIGTERM, a new instance, a fault added or healed), and the phase ends when the step reached `then.step.status`
 //! (or the deliveries settled), after which every process gets SIGTERM.
+//!
+//! Each process reaches mock-chart-img under `/__via/<process name>/`, so the mock's journal names the process of
+//! every call it received (`JournalEntry::via`) and the time it arrived (`received_at`): the checks of who called
+//! when (`holdersApart`, `noCallAfterSigterm`, `noCallAfterDeadline`, `callingProcesses`) read those, not the
+//! processes' own log lines.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use harness::eventarc::{Config, Delivery, EventRecord, LocalEventarc};
 use harness::process::{ServeProcess, ServeSpec, Terminated};
 use harness::proxy::{Call, FaultProxy, Upstream};
@@ -38,14 +44,15 @@ pub struct LiveReport {
     /// What the harness did, with times.
     pub timeline: Vec<String>,
     pub proxy_calls: BTreeMap<Dependency, Vec<Call>>,
-    /// Per process (start order): the times (`time` of its `chart_api_call_start` lines) of its Chart-IMG calls.
-    pub call_times: Vec<(String, Vec<String>)>,
+    /// Per process (start order): when each of its Chart-IMG calls arrived at mock-chart-img (the journal's
+    /// `received_at` of the entries whose `via` names the process).
+    pub call_times: Vec<(String, Vec<DateTime<Utc>>)>,
     /// Per process (start order): the times of its claims of a step (`claim_attempt` claimed/reclaimed/give_up).
-    pub claim_times: Vec<(String, Vec<String>)>,
+    pub claim_times: Vec<(String, Vec<DateTime<Utc>>)>,
     /// Per process (start order): when it began shutting down (`shutdown_started`), if it did.
-    pub shutdown_times: Vec<(String, Option<String>)>,
+    pub shutdown_times: Vec<(String, Option<DateTime<Utc>>)>,
     /// Per process (start order): when a step it ran first reached its deadline (`step_deadline`), if one did.
-    pub deadline_times: Vec<(String, Option<String>)>,
+    pub deadline_times: Vec<(String, Option<DateTime<Utc>>)>,
 }
 
 impl LiveReport {
@@ -142,6 +149,10 @@ impl Live<'_> {
         let name = format!("serve-{}", self.procs.len());
         let mut spec = ServeSpec::new(&name, &self.program);
         spec.env = self.env.clone();
+        // The mock journals the label of `/__via/<label>/`: which process sent each call.
+        if let Some(base) = spec.env.get_mut("CHART_IMG_BASE_URL") {
+            *base = format!("{}/__via/{name}", base.trim_end_matches('/'));
+        }
         let p = ServeProcess::start(spec).await?;
         self.note(format!("started {name} (pid {}, port {})", p.pid(), p.port));
         self.procs.push(p);
@@ -374,19 +385,26 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
         }
     }
     live.eventarc.shutdown().await;
+    let journal = w.mock.state().journal(&Default::default());
     let call_times = live
         .procs
         .iter()
         .map(|p| {
-            let times = p
-                .json_logs()
+            let mut times: Vec<DateTime<Utc>> = journal
                 .iter()
-                .filter(|l| l["event"] == "chart_api_call_start")
-                .filter_map(|l| l["time"].as_str().map(str::to_owned))
+                .filter(|e| e.routed && e.via.as_deref() == Some(p.name.as_str()))
+                .map(|e| e.received_at)
                 .collect();
+            times.sort();
             (p.name.clone(), times)
         })
         .collect();
+    let time_of = |l: &Value| {
+        l["time"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
     let claim_times = live
         .procs
         .iter()
@@ -398,20 +416,16 @@ pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
                     l["event"] == "claim_attempt"
                         && matches!(l["outcome"].as_str(), Some("claimed" | "reclaimed" | "give_up"))
                 })
-                .filter_map(|l| l["time"].as_str().map(str::to_owned))
+                .filter_map(time_of)
                 .collect();
             (p.name.clone(), times)
         })
         .collect();
-    let first_time = |event: &str| -> Vec<(String, Option<String>)> {
+    let first_time = |event: &str| -> Vec<(String, Option<DateTime<Utc>>)> {
         live.procs
             .iter()
             .map(|p| {
-                let at = p
-                    .json_logs()
-                    .iter()
-                    .find(|l| l["event"] == event)
-                    .and_then(|l| l["time"].as_str().map(str::to_owned));
+                let at = p.json_logs().iter().find(|l| l["event"] == event).and_then(time_of);
                 (p.name.clone(), at)
             })
             .collect()

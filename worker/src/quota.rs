@@ -47,8 +47,10 @@ pub struct Account {
     /// Units reserved on this key by this process and not sent yet, per UTC day. Process-wide, so steps running
     /// together share one reservation per key instead of holding one each.
     held: std::sync::Mutex<Vec<(NaiveDate, u32)>>,
-    /// One reservation at a time per key in this process; callers needing a unit wait here, others never do.
-    reserving: tokio::sync::Mutex<()>,
+    /// One reservation at a time per key in this process; callers needing a unit wait here, others never do. The
+    /// reservation's task holds it to the end (its caller may be gone), so a give-back that takes it first sees the
+    /// units of every reservation begun before.
+    reserving: Arc<tokio::sync::Mutex<()>>,
     /// When this process took its units on the key in the last [`RESERVE_AHEAD`]: its own send rate on the key,
     /// which other instances sharing the key may keep well below the plan's.
     taken: std::sync::Mutex<std::collections::VecDeque<tokio::time::Instant>>,
@@ -468,7 +470,7 @@ impl<'a> QuotaLedger<'a> {
         if account.held_from(today) > 0 {
             return Ok(true);
         }
-        let _one = account.reserving.lock().await;
+        let one = account.reserving.clone().lock_owned().await;
         if account.held_from(today) > 0 {
             return Ok(true); // another caller reserved while this one waited
         }
@@ -485,6 +487,7 @@ impl<'a> QuotaLedger<'a> {
             .expect("an account of this pool");
         let (accounts, store, quota) = (self.pool.accounts.clone(), self.store.clone(), account.config.quota());
         let reservation = tokio::spawn(async move {
+            let _one = one;
             let grants = store
                 .reserve(&OpId::random(), std::slice::from_ref(&quota), want, now)
                 .await?;
@@ -551,7 +554,11 @@ impl<'a> QuotaLedger<'a> {
             return;
         }
         let now = self.clock.now();
-        for (day, units) in account.take_all_held() {
+        let held = {
+            let _one = account.reserving.lock().await;
+            account.take_all_held()
+        };
+        for (day, units) in held {
             self.give_back(&id, day, units, now).await;
         }
         if let Err(e) = self.store.mark_exhausted(&account.config.quota(), unit.day, now).await {
@@ -578,6 +585,8 @@ impl<'a> QuotaLedger<'a> {
             if account.queued.load(Ordering::SeqCst) > 0 {
                 continue;
             }
+            // After any reservation still running (a stopped caller's): its units are given back too.
+            let _one = account.reserving.lock().await;
             for (day, units) in account.take_all_held() {
                 self.give_back(&account.config.id, day, units, now).await;
             }

@@ -796,11 +796,7 @@ mod tests {
         let store = Arc::new(crate::adapters::JsonDocs::in_memory());
         let clock = crate::ports::SystemClock;
         let ledger = QuotaLedger::new(&pool, store.clone(), &clock, "run-1/s");
-        ledger
-            .take(ledger.choose(PlanNeeds::NONE).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        take_one(&ledger).await;
         let mut queued: Vec<Queued<'_>> = (0..5).map(|_| ledger.choose(PlanNeeds::NONE).unwrap()).collect();
         let unit = ledger.take(queued.remove(0)).await.unwrap().unwrap();
         assert_eq!(
@@ -841,14 +837,19 @@ mod tests {
         assert!(only_pro.iter().all(|q| q.account().config.plan == Plan::Pro));
     }
 
-    /// Takes a unit alone (so the process has sent on the key in the last second), then one of two queued callers:
-    /// that reservation covers both, and the other's unit stays held. Answers the second unit taken.
-    async fn take_leaving_one_held<'a>(ledger: &QuotaLedger<'a>) -> Unit<'a> {
+    /// One caller: chooses its key and takes its unit.
+    async fn take_one<'a>(ledger: &QuotaLedger<'a>) -> Unit<'a> {
         ledger
             .take(ledger.choose(PlanNeeds::NONE).unwrap())
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Takes a unit alone (so the process has sent on the key in the last second), then one of two queued callers:
+    /// that reservation covers both, and the other's unit stays held. Answers the second unit taken.
+    async fn take_leaving_one_held<'a>(ledger: &QuotaLedger<'a>) -> Unit<'a> {
+        take_one(&ledger).await;
         let (first, waiting) = (
             ledger.choose(PlanNeeds::NONE).unwrap(),
             ledger.choose(PlanNeeds::NONE).unwrap(),
@@ -893,11 +894,7 @@ mod tests {
         take_leaving_one_held(&ledger).await;
         assert_eq!(counter(store.as_ref(), "acc-0").await, ("2026-11-28".into(), 3, false));
         clock.set("2026-11-29T00:00:01Z");
-        let unit = ledger
-            .take(ledger.choose(PlanNeeds::NONE).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let unit = take_one(&ledger).await;
         assert_eq!(unit.day.to_string(), "2026-11-29");
         assert_eq!(
             counter(store.as_ref(), "acc-0").await,
@@ -915,18 +912,10 @@ mod tests {
         let store = Arc::new(crate::adapters::JsonDocs::in_memory());
         let clock = ManualClock::at("2026-11-28T23:59:59Z");
         let ledger = QuotaLedger::new(&pool, store.clone(), &clock, "run-1/s");
-        let unit = ledger
-            .take(ledger.choose(PlanNeeds::NONE).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let unit = take_one(&ledger).await;
         clock.set("2026-11-29T00:00:01Z");
         ledger.refund(unit).await;
-        let unit = ledger
-            .take(ledger.choose(PlanNeeds::NONE).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let unit = take_one(&ledger).await;
         assert_eq!(unit.day.to_string(), "2026-11-29");
         assert_eq!(counter(store.as_ref(), "acc-0").await, ("2026-11-29".into(), 1, false));
     }
@@ -954,7 +943,7 @@ mod tests {
             "the unit held for the 28th went back"
         );
         let next = QuotaLedger::new(&pool, store.clone(), &clock, "run-2/s");
-        let unit = next.take(next.choose(PlanNeeds::NONE).unwrap()).await.unwrap().unwrap();
+        let unit = take_one(&next).await;
         assert_eq!(unit.day.to_string(), "2026-11-29");
         assert_eq!(counter(store.as_ref(), "acc-0").await, ("2026-11-29".into(), 1, false));
     }

@@ -849,7 +849,7 @@ mod tests {
     /// Takes a unit alone (so the process has sent on the key in the last second), then one of two queued callers:
     /// that reservation covers both, and the other's unit stays held. Answers the second unit taken.
     async fn take_leaving_one_held<'a>(ledger: &QuotaLedger<'a>) -> Unit<'a> {
-        take_one(&ledger).await;
+        take_one(ledger).await;
         let (first, waiting) = (
             ledger.choose(PlanNeeds::NONE).unwrap(),
             ledger.choose(PlanNeeds::NONE).unwrap(),

@@ -620,7 +620,14 @@ impl FlowRunStore for FirestoreStore {
         if patch.is_none() {
             return Ok(outcome);
         }
+        // Each attempt decides at its own time: a claim that commits after seconds of contention retries writes a
+        // lease counted from that attempt, not one already spent (the holder reads it back from the document).
+        let began = tokio::time::Instant::now();
         self.transact("claim_step", vec![name.clone()], |docs| {
+            let params = &ClaimParams {
+                now: params.now + chrono::Duration::from_std(began.elapsed()).unwrap_or_default(),
+                ..params.clone()
+            };
             let (outcome, patch) = decide_claim(docs[0].value.as_ref(), selector, params);
             let writes = patch
                 .map(|p| step_patch_write(name.clone(), &p, Some(unchanged(&docs[0]))))

@@ -78,6 +78,17 @@ impl StepRun<'_> {
                 give_up,
                 ..
             } => {
+                // The lease as written (a store may count it from a later attempt of its transaction than `now`):
+                // the holder's lease runs from the matching instant, never from later than this one.
+                let written = doc["steps"][step_id.as_str()]["leaseExpiresAt"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc));
+                let later = written
+                    .and_then(|t| (t - (params.now + chrono_of(w.settings.lease))).to_std().ok())
+                    .unwrap_or_default()
+                    .min(started.elapsed());
+                let started = started + later;
                 return Ok(Ok((
                     Claim {
                         step_id,

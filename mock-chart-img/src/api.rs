@@ -59,6 +59,8 @@ pub(crate) struct Trace {
     pub(crate) replayed: Option<bool>,
     /// The image answered, for the dashboard's thumbnails.
     pub(crate) image: Option<(&'static str, Bytes)>,
+    /// The answer's body when the response is these bytes (an image answered as such), for the journal.
+    pub(crate) answer: Option<Bytes>,
     /// The stub that answered.
     stub: Option<u64>,
     /// Time waited for a render slot.
@@ -233,7 +235,8 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
         trace.image = None;
         (truncated(response).await, None)
     } else {
-        crate::snapshot::capture(&st, response, headers, body).await
+        let answer = trace.answer.take();
+        crate::snapshot::capture(&st, response, headers, body, answer).await
     };
     journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response
@@ -485,6 +488,7 @@ async fn answer(
     match route {
         Route::AdvancedChart => {
             // Built directly: `Bytes::into_response` would insert a content type only to have it replaced.
+            trace.answer = Some(bytes.clone());
             let mut r = Response::new(Body::from(bytes));
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(req.content_type()));
@@ -747,7 +751,7 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
             e.into_response()
         }
     };
-    let (response, bodies) = crate::snapshot::capture(&st, response, &headers, Bytes::new()).await;
+    let (response, bodies) = crate::snapshot::capture(&st, response, &headers, Bytes::new(), None).await;
     journal(&st, &method, &uri, trace, started, Vec::new(), &response, bodies);
     response
 }

@@ -125,9 +125,9 @@ pub(crate) struct ChartLabel {
 /// The bodies of a request and its answer, with their content types.
 #[derive(Debug, Default)]
 pub(crate) struct Bodies {
-    pub request_type: Option<String>,
+    pub request_type: Option<Cow<'static, str>>,
     pub request: Bytes,
-    pub response_type: Option<String>,
+    pub response_type: Option<Cow<'static, str>>,
     /// `None` when the answer was dropped or streamed (a fault).
     pub response: Option<Bytes>,
 }
@@ -342,8 +342,8 @@ impl Journal {
         if self.capacity > 0 {
             g.entries.push_back((seq, record));
         }
-        // Past the budget, the oldest records let their bodies go first.
-        let mut released = Vec::new();
+        // Past the budget, the oldest records let their bodies go first (usually one: a `Vec` only for more).
+        let mut released: (Option<Box<Bodies>>, Vec<Box<Bodies>>) = (None, Vec::new());
         if g.body_bytes > self.body_budget {
             let Ring {
                 entries,
@@ -360,7 +360,10 @@ impl Journal {
                 }
                 if let Some(b) = r.bodies.take() {
                     *body_bytes -= b.size();
-                    released.push(b);
+                    match released.0 {
+                        None => released.0 = Some(b),
+                        Some(_) => released.1.push(b),
+                    }
                 }
                 *bodies_from = *s + 1;
             }

@@ -10,7 +10,7 @@
 //! **Invariant:** the journal holds no key; the snapshot puts each account's key back only on its way into the
 //! recorder, which replaces it by the placeholder before anything is written.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{borrow::Cow, collections::HashMap, path::PathBuf};
 
 use axum::{
     body::{Body, Bytes},
@@ -36,21 +36,20 @@ const MAX_ANSWER: usize = 16 * 1024 * 1024;
 /// Takes a copy of a request's body and the answer's body (rebuilding the answer around the same bytes) for the
 /// journal. Answers that are streamed (a truncated-body fault) or dropped keep the request's body only. With a
 /// `journal_body_budget` of 0 nothing is taken, except the request's body while expectations need it.
+///
+/// `answer`: the answer's body when the handler built the response from these very bytes (an image), so it need
+/// not be collected and the response rebuilt.
 pub(crate) async fn capture(
     st: &AppState,
     response: Response,
     headers: &HeaderMap,
     request: Bytes,
+    answer: Option<Bytes>,
 ) -> (Response, Option<Box<Bodies>>) {
     let (request_wanted, keep) = st.inner.journal.wants_bodies();
     if !request_wanted {
         return (response, None);
     }
-    let content_type = |h: &HeaderMap| {
-        h.get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
     let mut bodies = Box::new(Bodies {
         request_type: content_type(headers),
         // A copy: the body read shares the connection's read buffer, which the journal must not pin.
@@ -58,6 +57,10 @@ pub(crate) async fn capture(
         response_type: content_type(response.headers()),
         response: None,
     });
+    if let Some(answer) = answer.filter(|a| keep && a.len() <= MAX_ANSWER) {
+        bodies.response = Some(answer);
+        return (response, Some(bodies));
+    }
     let exact = axum::body::HttpBody::size_hint(response.body()).exact();
     let aborted = response.extensions().get::<crate::api::Abort>().is_some();
     if !keep || aborted || exact.is_none_or(|n| n as usize > MAX_ANSWER) {
@@ -71,6 +74,17 @@ pub(crate) async fn capture(
         }
         Err(_) => (Response::from_parts(parts, Body::empty()), Some(bodies)),
     }
+}
+
+/// A content type as a record keeps it: the common ones static (no allocation per request), others copied.
+fn content_type(h: &HeaderMap) -> Option<Cow<'static, str>> {
+    let v = h.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(match v {
+        "application/json" => Cow::Borrowed("application/json"),
+        "image/png" => Cow::Borrowed("image/png"),
+        "image/jpeg" => Cow::Borrowed("image/jpeg"),
+        other => Cow::Owned(other.to_owned()),
+    })
 }
 
 /// `POST /__admin/snapshot`.
@@ -173,12 +187,12 @@ impl AppState {
                     };
                 }
                 if let Some(ct) = &b.request_type {
-                    req = req.with_header("content-type", ct);
+                    req = req.with_header("content-type", ct.as_ref());
                 }
                 req = req.with_body(b.request.clone());
                 let mut resp = recorder::Response::new(status).with_body(answer);
                 if let Some(ct) = &b.response_type {
-                    resp = resp.with_header("content-type", ct);
+                    resp = resp.with_header("content-type", ct.as_ref());
                 }
                 pairs.push((req, resp));
             }

@@ -852,7 +852,7 @@ pub(crate) async fn unrouted(State(st): State<AppState>, req: Request) -> Respon
     record.error = Some(crate::errors::ApiError::RouteNotFound.summary());
     record.routed = false;
     (record.query, record.key_in_query) = crate::journal::query_of(&head.uri);
-    let (response, bodies) = crate::snapshot::capture(&st, response, &head.headers, body).await;
+    let (response, bodies) = crate::snapshot::capture(&st, response, &head.headers, body, None).await;
     record.bodies = bodies;
     s.journal.push(record);
     response

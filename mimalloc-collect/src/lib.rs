@@ -4,16 +4,16 @@
 //! pages when other threads freed the blocks) until that thread allocates again or collects, and memory it freed
 //! is returned to the OS (purged) only a while later, by a thread that calls into the allocator then. A thread of
 //! a pool that goes idle after a burst does neither, so what the burst used stays resident. [`collect`] is
-//! `mi_collect`; [`IdleCollect`] calls it, forced, when a pool thread goes idle (tokio's `on_thread_park`), at most
-//! once per period per thread, and has a janitor wake the pool once more after a period when a thread went idle
-//! within one (so the last idle moment of a burst is not skipped).
+//! `mi_collect`; [`IdleCollect`] has every thread of a pool (tokio's workers) collect, forced, once the whole pool
+//! has been quiet for a while after some work: never under load, where a forced collection would only hand back
+//! pages the next requests fault in again.
 //!
 //! Without mimalloc as the global allocator these calls collect mimalloc's own, empty heaps: harmless, useless.
 
 use std::{
     cell::Cell,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         OnceLock,
     },
     thread::Thread,
@@ -43,92 +43,113 @@ pub fn collect(force: bool) {
 }
 
 thread_local! {
-    /// This thread's last collection by an [`IdleCollect`], and whether it went idle since without collecting.
-    static LAST: Cell<(Option<Instant>, bool)> = const { Cell::new((None, false)) };
+    /// The last collection round of an [`IdleCollect`] this thread collected in.
+    static ROUND: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A forced [`collect`] when a thread of a pool goes idle, at most once per `every` per thread. See the crate doc.
+/// Collects every thread of a pool once the pool has been quiet for a while. The pool's threads call
+/// [`busy`](Self::busy) when they wake up and [`idle`](Self::idle) when they go idle (tokio:
+/// `on_thread_unpark`, `on_thread_park`); a janitor thread ([`run_janitor`](Self::run_janitor)) waits for work to
+/// happen, then for `quiet` without any thread waking up, then starts a collection round and wakes the pool (its
+/// `wake`), and each thread collects, forced, the next time it goes idle. Under load the threads keep waking up, so
+/// no round starts; an idle process is not woken (the janitor sleeps until the next work).
 #[derive(Debug)]
 pub struct IdleCollect {
-    every: Duration,
-    /// Threads that went idle within `every` of their last collection and did not collect.
-    pending: AtomicUsize,
-    /// Counts the threads that became pending: the janitor wakes up for each change.
-    became_pending: AtomicU64,
+    quiet: Duration,
+    /// Wake-ups of the pool's threads.
+    activity: AtomicU64,
+    /// The collection round in progress (0: none yet).
+    round: AtomicU64,
+    /// Threads that collected in the current round.
+    collected: AtomicUsize,
+    /// The janitor is parked, waiting for work.
+    janitor_waiting: AtomicBool,
     janitor: OnceLock<Thread>,
+    rounds: AtomicU64,
     collections: AtomicU64,
 }
 
 impl IdleCollect {
-    /// Collects at most once per `every` per thread.
-    pub const fn new(every: Duration) -> IdleCollect {
+    /// A round starts after `quiet` without any thread of the pool waking up.
+    pub const fn new(quiet: Duration) -> IdleCollect {
         IdleCollect {
-            every,
-            pending: AtomicUsize::new(0),
-            became_pending: AtomicU64::new(0),
+            quiet,
+            activity: AtomicU64::new(0),
+            round: AtomicU64::new(0),
+            collected: AtomicUsize::new(0),
+            janitor_waiting: AtomicBool::new(false),
             janitor: OnceLock::new(),
+            rounds: AtomicU64::new(0),
             collections: AtomicU64::new(0),
         }
     }
 
-    /// Call when the calling thread goes idle (tokio: `runtime::Builder::on_thread_park`). Under load a pool thread
-    /// goes idle often, so this collects only when the thread's last collection is `every` old; otherwise the
-    /// thread is marked pending for the janitor ([`run_janitor`](Self::run_janitor)). Answers whether it collected.
-    pub fn idle(&self) -> bool {
-        let now = Instant::now();
-        let (last, pending) = LAST.get();
-        if last.is_none_or(|t| now.duration_since(t) >= self.every) {
-            collect(true);
-            LAST.set((Some(now), false));
-            if pending {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-            }
-            self.collections.fetch_add(1, Ordering::Relaxed);
-            return true;
-        }
-        if !pending {
-            LAST.set((last, true));
-            self.pending.fetch_add(1, Ordering::Relaxed);
-            self.became_pending.fetch_add(1, Ordering::Release);
+    /// Call when a thread of the pool wakes up (tokio: `runtime::Builder::on_thread_unpark`).
+    pub fn busy(&self) {
+        self.activity.fetch_add(1, Ordering::SeqCst);
+        if self.janitor_waiting.load(Ordering::SeqCst) {
             if let Some(j) = self.janitor.get() {
                 j.unpark();
             }
         }
-        false
     }
 
-    /// Forced collections made by [`idle`](Self::idle) so far.
+    /// Call when a thread of the pool goes idle (tokio: `runtime::Builder::on_thread_park`): collects, forced, if
+    /// a round started since this thread last collected. Answers whether it collected.
+    pub fn idle(&self) -> bool {
+        let round = self.round.load(Ordering::Acquire);
+        if ROUND.get() == round {
+            return false;
+        }
+        ROUND.set(round);
+        collect(true);
+        self.collections.fetch_add(1, Ordering::Relaxed);
+        self.collected.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Collection rounds started so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Collections made by [`idle`](Self::idle) so far.
     pub fn collections(&self) -> u64 {
         self.collections.load(Ordering::Relaxed)
     }
 
-    /// Threads idle without their collection yet.
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
-    }
-
-    /// The janitor, to run on a thread of its own (it never returns): whenever a thread went idle without
-    /// collecting, waits `every`, then calls `wake`, which must make the pool's idle threads wake up and go idle
-    /// again (tokio: spawn a few empty tasks), so that each collects; up to three times while some stay pending.
-    /// It sleeps (parked) while nothing is pending: an idle process is not woken by it.
-    pub fn run_janitor(&self, wake: impl Fn()) -> ! {
+    /// The janitor, to run on a thread of its own (it never returns). `threads`: the pool's size; `wake` must make
+    /// the pool's idle threads wake up and go idle again (tokio: spawn an empty task per worker).
+    pub fn run_janitor(&self, threads: usize, wake: impl Fn()) -> ! {
         let _ = self.janitor.set(std::thread::current());
-        let mut seen = 0;
+        // The activity count when the last round was over: a round needs work after it.
+        let mut settled = self.activity.load(Ordering::SeqCst);
         loop {
-            let now = self.became_pending.load(Ordering::Acquire);
-            if now == seen || self.pending() == 0 {
-                seen = now;
+            // Wait for work.
+            self.janitor_waiting.store(true, Ordering::SeqCst);
+            while self.activity.load(Ordering::SeqCst) == settled {
                 std::thread::park();
-                continue;
             }
-            seen = now;
-            for _ in 0..3 {
-                std::thread::sleep(self.every);
-                if self.pending() == 0 {
+            self.janitor_waiting.store(false, Ordering::SeqCst);
+            // Wait for `quiet` without a wake-up.
+            loop {
+                let before = self.activity.load(Ordering::SeqCst);
+                std::thread::sleep(self.quiet);
+                if self.activity.load(Ordering::SeqCst) == before {
                     break;
                 }
-                wake();
             }
+            // A round: every thread collects when it next goes idle. The wake-ups it causes are not work: the
+            // round is over when every thread collected (or after a while, if one did not wake).
+            self.collected.store(0, Ordering::SeqCst);
+            self.round.fetch_add(1, Ordering::AcqRel);
+            self.rounds.fetch_add(1, Ordering::Relaxed);
+            wake();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while self.collected.load(Ordering::SeqCst) < threads && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            settled = self.activity.load(Ordering::SeqCst);
         }
     }
 }
@@ -136,41 +157,51 @@ impl IdleCollect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::{mpsc, Arc, Mutex};
 
     #[test]
-    fn a_thread_collects_once_per_period_and_the_janitor_gets_the_skipped_idle_moment() {
-        static IDLE: IdleCollect = IdleCollect::new(Duration::from_millis(50));
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let rx = Arc::new(std::sync::Mutex::new(rx));
-        // A "pool" of one thread: it goes idle whenever it waits for the next job.
-        let pool = {
+    fn the_pool_collects_once_after_work_and_a_quiet_while_never_under_load_nor_at_rest() {
+        static POOL: IdleCollect = IdleCollect::new(Duration::from_millis(100));
+        let (tx, rx) = mpsc::channel::<()>();
+        let rx = Arc::new(Mutex::new(rx));
+        // A pool of two threads: busy when a job wakes them, idle while they wait for the next.
+        for _ in 0..2 {
             let rx = rx.clone();
             std::thread::spawn(move || loop {
-                IDLE.idle();
-                if rx.lock().unwrap().recv().is_err() {
+                POOL.idle();
+                let job = rx.lock().unwrap().recv();
+                POOL.busy();
+                if job.is_err() {
                     return;
                 }
+            });
+        }
+        let wake_tx = Mutex::new(tx.clone());
+        std::thread::spawn(move || {
+            POOL.run_janitor(2, move || {
+                for _ in 0..2 {
+                    let _ = wake_tx.lock().unwrap().send(());
+                }
             })
-        };
-        std::thread::sleep(Duration::from_millis(10));
-        assert_eq!(IDLE.collections(), 1, "the first idle moment collects");
-        // A burst: many idle moments within the period, none collects; the thread is pending.
-        for _ in 0..20 {
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let first = POOL.collections();
+        assert_eq!(POOL.rounds(), 0, "no work yet: no round");
+        // Under load (a job every 20 ms, quieter than never for 100 ms): no round.
+        for _ in 0..15 {
             tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(10));
-        assert_eq!((IDLE.collections(), IDLE.pending()), (1, 1));
-        // The janitor wakes the pool after the period (here: one more job), and that idle moment collects.
-        let wake_tx = std::sync::Mutex::new(tx.clone());
-        std::thread::spawn(move || IDLE.run_janitor(move || wake_tx.lock().unwrap().send(()).unwrap()));
+        assert_eq!(POOL.rounds(), 0, "no round under load");
+        // The load stops: one round, both threads collect.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while IDLE.collections() < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+        while POOL.collections() < first + 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!((IDLE.collections(), IDLE.pending()), (2, 0));
+        assert_eq!((POOL.rounds(), POOL.collections()), (1, first + 2));
+        // At rest: the round's own wake-ups start no other round.
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(POOL.rounds(), 1, "no round at rest");
         drop(tx);
-        // The janitor's sender keeps the channel open; the pool thread is left waiting (the test process ends).
-        drop(pool);
     }
 }

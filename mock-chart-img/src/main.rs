@@ -14,17 +14,19 @@ use tokio::net::TcpListener;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Memory back after load: each tokio worker thread collects its mimalloc heap (forced) when it goes idle, at most
-/// once per 200 ms. mimalloc keeps a thread's emptied pages in that thread's heap until the thread allocates or
-/// collects again, and after a burst the async threads do neither (the render threads give theirs back by
-/// themselves, `renders.rs`). Measured under c50 distinct renders (README, "Render load with wrk"): RSS after the
-/// load fell by the pages the async threads kept, renders per second and the cached path unchanged within noise.
+/// Memory back after load: once the tokio workers have been quiet for 200 ms after some work, each collects its
+/// mimalloc heap (forced) when it next goes idle. mimalloc keeps a thread's emptied pages in that thread's heap
+/// until the thread allocates or collects again, and after a burst the async threads do neither (the render threads
+/// give theirs back by themselves, `renders.rs`). Under load nothing is collected: a forced collection every 200 ms
+/// per worker cost about a tenth of the renders per second (measured), handing back pages the next requests
+/// faulted in again. README, "Render load with wrk".
 static IDLE_COLLECT: mimalloc_collect::IdleCollect =
     mimalloc_collect::IdleCollect::new(std::time::Duration::from_millis(200));
 
 fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_unpark(|| IDLE_COLLECT.busy())
         .on_thread_park(|| {
             IDLE_COLLECT.idle();
         })
@@ -36,12 +38,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    // A worker that went idle within 200 ms of its last collection did not collect; the janitor wakes the workers
-    // once more after that (an empty task each), so the last idle moment of a burst collects too.
+    // The janitor starts a collection round after the quiet time and wakes the workers (an empty task each), so
+    // that each goes idle once more and collects.
     let handle = runtime.handle().clone();
     let workers = handle.metrics().num_workers();
     let _ = std::thread::Builder::new().name("idle-collect".into()).spawn(move || {
-        IDLE_COLLECT.run_janitor(|| {
+        IDLE_COLLECT.run_janitor(workers, || {
             for _ in 0..workers {
                 handle.spawn(async {});
             }

@@ -157,39 +157,39 @@ impl IdleCollect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{mpsc, Arc, Mutex};
+    use std::sync::{mpsc, Mutex};
 
     #[test]
     fn the_pool_collects_once_after_work_and_a_quiet_while_never_under_load_nor_at_rest() {
-        static POOL: IdleCollect = IdleCollect::new(Duration::from_millis(100));
-        let (tx, rx) = mpsc::channel::<()>();
-        let rx = Arc::new(Mutex::new(rx));
-        // A pool of two threads: busy when a job wakes them, idle while they wait for the next.
+        static POOL: IdleCollect = IdleCollect::new(Duration::from_millis(300));
+        // A pool of two threads, a queue each: busy when a job wakes one, idle while it waits for the next.
+        let mut queues = Vec::new();
         for _ in 0..2 {
-            let rx = rx.clone();
+            let (tx, rx) = mpsc::channel::<()>();
+            queues.push(tx);
             std::thread::spawn(move || loop {
                 POOL.idle();
-                let job = rx.lock().unwrap().recv();
+                let job = rx.recv();
                 POOL.busy();
                 if job.is_err() {
                     return;
                 }
             });
         }
-        let wake_tx = Mutex::new(tx.clone());
+        let wake_queues = Mutex::new(queues.clone());
         std::thread::spawn(move || {
             POOL.run_janitor(2, move || {
-                for _ in 0..2 {
-                    let _ = wake_tx.lock().unwrap().send(());
+                for q in wake_queues.lock().unwrap().iter() {
+                    let _ = q.send(());
                 }
             })
         });
         std::thread::sleep(Duration::from_millis(50));
         let first = POOL.collections();
         assert_eq!(POOL.rounds(), 0, "no work yet: no round");
-        // Under load (a job every 20 ms, quieter than never for 100 ms): no round.
-        for _ in 0..15 {
-            tx.send(()).unwrap();
+        // Under load (a job every 20 ms, never quiet for 300 ms): no round.
+        for i in 0..15 {
+            queues[i % 2].send(()).unwrap();
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(POOL.rounds(), 0, "no round under load");
@@ -200,8 +200,7 @@ mod tests {
         }
         assert_eq!((POOL.rounds(), POOL.collections()), (1, first + 2));
         // At rest: the round's own wake-ups start no other round.
-        std::thread::sleep(Duration::from_millis(400));
+        std::thread::sleep(Duration::from_millis(800));
         assert_eq!(POOL.rounds(), 1, "no round at rest");
-        drop(tx);
     }
 }

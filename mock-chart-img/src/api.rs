@@ -561,6 +561,20 @@ pub(crate) async fn image(
         return Ok(b);
     }
     trace.cache_hit = Some(false);
+    // Boxed: the render's future is most of the size of a chart request's future, which every request — a cache hit
+    // too — would otherwise carry, and move from one wrapper into the next.
+    Box::pin(render_missing(st, req, key, seed, trace)).await
+}
+
+/// [`image`] on a cache miss: a render thread draws it.
+async fn render_missing(
+    st: &AppState,
+    req: &ChartRequest,
+    key: &str,
+    seed: u64,
+    trace: &mut Trace,
+) -> Result<Bytes, ApiError> {
+    let s = &st.inner;
     let owned = crate::render::RenderRequest::new(req.clone());
     let drawn = s
         .renders

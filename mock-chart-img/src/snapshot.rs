@@ -67,7 +67,8 @@ pub(crate) async fn capture(
         return (response, Some(bodies));
     }
     let (parts, body) = response.into_parts();
-    match axum::body::to_bytes(body, MAX_ANSWER).await {
+    // Boxed: a rare path (answers the handler did not hand over), kept out of every request's future.
+    match Box::pin(axum::body::to_bytes(body, MAX_ANSWER)).await {
         Ok(bytes) => {
             bodies.response = Some(bytes.clone());
             (Response::from_parts(parts, Body::from(bytes)), Some(bodies))

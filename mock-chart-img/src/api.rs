@@ -66,6 +66,8 @@ pub(crate) struct Trace {
     pub(crate) replayed: Option<bool>,
     /// The image answered, for the dashboard's thumbnails.
     pub(crate) image: Option<(&'static str, Bytes)>,
+    /// The answer's body when the response is these bytes (an image answered as such), for the journal.
+    pub(crate) answer: Option<Bytes>,
     /// The stub that answered.
     stub: Option<u64>,
     /// Time waited for a render slot.
@@ -256,7 +258,8 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
         trace.image = None;
         (truncated(response).await, None)
     } else {
-        capture(&st, response, headers, body).await
+        let answer = trace.answer.take();
+        capture(&st, response, headers, body, answer).await
     };
     journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response
@@ -531,6 +534,7 @@ async fn answer(
     match route {
         Route::AdvancedChart => {
             // Built directly: `Bytes::into_response` would insert a content type only to have it replaced.
+            trace.answer = Some(bytes.clone());
             let mut r = Response::new(Body::from(bytes));
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(req.content_type()));
@@ -603,6 +607,20 @@ pub(crate) async fn image(
         return Ok(b);
     }
     trace.cache_hit = Some(false);
+    // Boxed: the render's future is most of the size of a chart request's future, which every request — a cache hit
+    // too — would otherwise carry, and move from one wrapper into the next.
+    Box::pin(render_missing(st, req, key, seed, trace)).await
+}
+
+/// [`image`] on a cache miss: a render thread draws it.
+async fn render_missing(
+    st: &AppState,
+    req: &ChartRequest,
+    key: &str,
+    seed: u64,
+    trace: &mut Trace,
+) -> Result<Bytes, ApiError> {
+    let s = &st.inner;
     let owned = crate::render::RenderRequest::new(req.clone());
     let drawn = s
         .renders
@@ -793,7 +811,7 @@ async fn v3(st: AppState, method: Method, uri: Uri, headers: HeaderMap, exchange
             e.into_response()
         }
     };
-    let (response, bodies) = capture(&st, response, &headers, Bytes::new()).await;
+    let (response, bodies) = capture(&st, response, &headers, Bytes::new(), None).await;
     journal(&st, &method, &uri, trace, started, Vec::new(), &response, bodies);
     response
 }
@@ -866,16 +884,12 @@ pub(crate) async fn capture(
     response: Response,
     headers: &HeaderMap,
     request: Bytes,
+    answer: Option<Bytes>,
 ) -> (Response, Option<Box<Bodies>>) {
     let (request_wanted, keep) = st.inner.journal.wants_bodies();
     if !request_wanted {
         return (response, None);
     }
-    let content_type = |h: &HeaderMap| {
-        h.get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
     let mut bodies = Box::new(Bodies {
         request_type: content_type(headers),
         // A copy: the body read shares the connection's read buffer, which the journal must not pin.
@@ -883,19 +897,36 @@ pub(crate) async fn capture(
         response_type: content_type(response.headers()),
         response: None,
     });
+    if let Some(answer) = answer.filter(|a| keep && a.len() <= MAX_ANSWER) {
+        bodies.response = Some(answer);
+        return (response, Some(bodies));
+    }
     let exact = axum::body::HttpBody::size_hint(response.body()).exact();
     let aborted = response.extensions().get::<Abort>().is_some();
     if !keep || aborted || exact.is_none_or(|n| n as usize > MAX_ANSWER) {
         return (response, Some(bodies));
     }
     let (parts, body) = response.into_parts();
-    match axum::body::to_bytes(body, MAX_ANSWER).await {
+    // Boxed: a rare path (answers the handler did not hand over), kept out of every request's future.
+    match Box::pin(axum::body::to_bytes(body, MAX_ANSWER)).await {
         Ok(bytes) => {
             bodies.response = Some(bytes.clone());
             (Response::from_parts(parts, Body::from(bytes)), Some(bodies))
         }
         Err(_) => (Response::from_parts(parts, Body::empty()), Some(bodies)),
     }
+}
+
+/// A content type as a record keeps it: the common ones static (no allocation per request), others copied.
+fn content_type(h: &HeaderMap) -> Option<std::borrow::Cow<'static, str>> {
+    use std::borrow::Cow;
+    let v = h.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(match v {
+        "application/json" => Cow::Borrowed("application/json"),
+        "image/png" => Cow::Borrowed("image/png"),
+        "image/jpeg" => Cow::Borrowed("image/jpeg"),
+        other => Cow::Owned(other.to_owned()),
+    })
 }
 
 /// The fallback of the API router: `404 Route Not Found`, journaled as unrouted (`GET /__admin/requests/unmatched`)
@@ -918,7 +949,7 @@ pub(crate) async fn unrouted(State(st): State<AppState>, req: Request) -> Respon
     record.error = Some(crate::errors::ApiError::RouteNotFound.summary());
     record.routed = false;
     (record.query, record.key_in_query) = crate::record::query_of(&head.uri);
-    let (response, bodies) = capture(&st, response, &head.headers, body).await;
+    let (response, bodies) = capture(&st, response, &head.headers, body, None).await;
     record.bodies = bodies;
     s.journal.push(record);
     response

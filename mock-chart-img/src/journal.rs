@@ -17,7 +17,7 @@ use std::{collections::VecDeque, sync::Mutex};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
-use crate::record::{JournalEntry, Record};
+use crate::record::{Bodies, JournalEntry, Record};
 
 /// Filters of `GET /__admin/requests`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -144,8 +144,8 @@ impl Journal {
         if self.capacity > 0 {
             g.entries.push_back((seq, record));
         }
-        // Past the budget, the oldest records let their bodies go first.
-        let mut released = Vec::new();
+        // Past the budget, the oldest records let their bodies go first (usually one: a `Vec` only for more).
+        let mut released: (Option<Box<Bodies>>, Vec<Box<Bodies>>) = (None, Vec::new());
         if g.body_bytes > self.body_budget {
             let Ring {
                 entries,
@@ -162,7 +162,10 @@ impl Journal {
                 }
                 if let Some(b) = r.bodies.take() {
                     *body_bytes -= b.size();
-                    released.push(b);
+                    match released.0 {
+                        None => released.0 = Some(b),
+                        Some(_) => released.1.push(b),
+                    }
                 }
                 *bodies_from = *s + 1;
             }
@@ -222,7 +225,6 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Bodies;
     use axum::http::Method;
     use bytes::Bytes;
     use chrono::Utc;

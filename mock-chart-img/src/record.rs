@@ -89,9 +89,9 @@ pub(crate) struct ChartLabel {
 /// The bodies of a request and its answer, with their content types.
 #[derive(Debug, Default)]
 pub(crate) struct Bodies {
-    pub request_type: Option<String>,
+    pub request_type: Option<Cow<'static, str>>,
     pub request: Bytes,
-    pub response_type: Option<String>,
+    pub response_type: Option<Cow<'static, str>>,
     /// `None` when the answer was dropped or streamed (a fault).
     pub response: Option<Bytes>,
 }

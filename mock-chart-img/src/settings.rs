@@ -102,14 +102,14 @@ pub struct ServeArgs {
     #[arg(long, env = "MOCK_CHART_IMG_SEED")]
     pub seed: Option<u64>,
     /// `instant` or `realistic` chart times (overrides the file's `latency`).
-    #[arg(long, env = "MOCK_CHART_IMG_LATENCY", value_parser = ["instant", "realistic"])]
+    #[arg(long, env = "MOCK_CHART_IMG_LATENCY", value_parser = OneOf(&["instant", "realistic"]))]
     pub latency: Option<String>,
     /// Multiplies realistic waits (overrides the file's `time_scale`), e.g. 0.01 for tests.
     #[arg(long, env = "MOCK_CHART_IMG_TIME_SCALE")]
     pub time_scale: Option<f64>,
     /// `off` or `emulate`: the legacy API v1 GET routes (overrides the file's `v1`; uncertain upstream, see the
     /// README's "API v1").
-    #[arg(long, env = "MOCK_CHART_IMG_V1", value_parser = ["off", "emulate"])]
+    #[arg(long, env = "MOCK_CHART_IMG_V1", value_parser = OneOf(&["off", "emulate"]))]
     pub v1: Option<String>,
     /// Human-readable logs instead of Cloud Logging JSON lines.
     #[arg(long, env = "MOCK_CHART_IMG_PRETTY_LOGS")]
@@ -117,6 +117,44 @@ pub struct ServeArgs {
     /// Seconds between the `traffic summary` log lines (per-request lines are `debug`); 0: no summary.
     #[arg(long, env = "MOCK_CHART_IMG_LOG_SUMMARY_SECS", default_value_t = 10)]
     pub log_summary_secs: u64,
+}
+
+/// A flag whose value is one of a list. Refused, it names the environment variable as well as the flag (clap's own
+/// message names only `--flag`, which a container user never typed) and the values allowed; the help lists them.
+#[derive(Debug, Clone, Copy)]
+struct OneOf(&'static [&'static str]);
+
+impl clap::builder::TypedValueParser for OneOf {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let value = value.to_string_lossy();
+        if self.0.contains(&value.as_ref()) {
+            return Ok(value.into_owned());
+        }
+        let mut names = Vec::new();
+        if let Some(env) = arg.and_then(clap::Arg::get_env) {
+            names.push(env.to_string_lossy().into_owned());
+        }
+        if let Some(long) = arg.and_then(clap::Arg::get_long) {
+            names.push(format!("--{long}"));
+        }
+        let message = format!(
+            "invalid value '{value}' for {}: expected one of: {}\n",
+            names.join(" / "),
+            self.0.join(", ")
+        );
+        Err(clap::Error::raw(clap::error::ErrorKind::InvalidValue, message).with_cmd(cmd))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(self.0.iter().map(|v| clap::builder::PossibleValue::new(*v))))
+    }
 }
 
 /// Where `/__admin` is served and who may use it.

@@ -155,7 +155,7 @@ async fn handle(st: AppState, segment: String, storage: bool, req: Request) -> R
         trace.image = None;
         (api::truncated(response).await, None)
     } else {
-        crate::api::capture(&st, response, headers, Bytes::new()).await
+        crate::api::capture(&st, response, headers, Bytes::new(), None).await
     };
     api::journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response

@@ -129,12 +129,12 @@ impl AppState {
                     };
                 }
                 if let Some(ct) = &b.request_type {
-                    req = req.with_header("content-type", ct);
+                    req = req.with_header("content-type", ct.as_ref());
                 }
                 req = req.with_body(b.request.clone());
                 let mut resp = recorder::Response::new(status).with_body(answer);
                 if let Some(ct) = &b.response_type {
-                    resp = resp.with_header("content-type", ct);
+                    resp = resp.with_header("content-type", ct.as_ref());
                 }
                 pairs.push((req, resp));
             }

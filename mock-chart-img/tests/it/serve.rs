@@ -376,8 +376,15 @@ fn bad_settings_from_the_environment_are_refused_naming_the_variable_never_the_k
         "CHART_IMG_ACCOUNTS_JSON",
     );
     refused(&[("PORT", "http")], "PORT=\"http\" is not a port number");
-    // clap's own check of a flag's variable.
-    refused(&[("MOCK_CHART_IMG_LATENCY", "slow")], "invalid value 'slow'");
+    // A flag's variable with a value not in its list: the variable, the flag and the values allowed.
+    refused(
+        &[("MOCK_CHART_IMG_LATENCY", "slow")],
+        "invalid value 'slow' for MOCK_CHART_IMG_LATENCY / --latency: expected one of: instant, realistic",
+    );
+    refused(
+        &[("MOCK_CHART_IMG_V1", "maybe")],
+        "invalid value 'maybe' for MOCK_CHART_IMG_V1 / --v1: expected one of: off, emulate",
+    );
 }
 
 #[test]

@@ -651,6 +651,17 @@ async fn render_missing(
     Ok(drawn.bytes)
 }
 
+/// Where the `/storage` URLs handed out point: `public_url` when configured, else the `Host` the request came to.
+pub(crate) fn public_base(st: &AppState, headers: &HeaderMap) -> String {
+    st.inner.settings.read().unwrap().public_url.clone().unwrap_or_else(|| {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        format!("http://{host}")
+    })
+}
+
 /// Keeps the image as a new object and answers `{url, etag, expire}` (`size` too for layouts) with a URL this
 /// server serves until `expire` = now + the plan's storage period.
 fn store(
@@ -673,13 +684,7 @@ fn store(
         expire.format("%Y%m%d"),
         uuid::Uuid::new_v4()
     );
-    let base = s.settings.read().unwrap().public_url.clone().unwrap_or_else(|| {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1");
-        format!("http://{host}")
-    });
+    let base = public_base(st, headers);
     s.storage
         .put(&rel, &bytes, req.content_type(), expire, now)
         .map_err(|e| {

@@ -210,13 +210,7 @@ fn store(
     let now = s.clock.now();
     let expire = now + chrono::Duration::days(i64::from(account.limits.storage_days));
     let name = format!("{}.png", uuid::Uuid::new_v4());
-    let base = s.settings.read().unwrap().public_url.clone().unwrap_or_else(|| {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1");
-        format!("http://{host}")
-    });
+    let base = crate::api::public_base(st, headers);
     s.storage
         .put(&format!("v1/pub/{name}"), &bytes, req.content_type(), expire, now)
         .map_err(|e| {

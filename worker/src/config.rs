@@ -464,6 +464,12 @@ mod tests {
             "CHART_IMG_ALLOW_UNUSED: must be true or false, got \"maybe\""
         );
         assert!(bad("CHART_IMG_VCR_MODE", "sometimes").starts_with("CHART_IMG_VCR_MODE: "));
+        for v in ["0", "many", "100001"] {
+            assert_eq!(
+                bad("CHART_EXPORT_MAX_REQUESTS", v),
+                format!("CHART_EXPORT_MAX_REQUESTS: must be a whole number from 1 to 100000, got \"{v}\"")
+            );
+        }
     }
 
     #[test]

@@ -279,6 +279,10 @@ impl StepRun<'_> {
         let template = req.template_id.as_str();
         // The retry budget runs from the first call sent, not from the wait for the first rate slot.
         let first_call: std::sync::Mutex<Option<tokio::time::Instant>> = Default::default();
+        // The rate window could not be had: nothing was sent, and the attempt is retried like a 5xx.
+        let window_failed = |account: &crate::domain::AccountId, e: &crate::ports::StoreError| {
+            AttemptError::Window(format!("cannot reserve a rate window for {account}: {e}"))
+        };
         let attempt = || async {
             loop {
                 if let Some(stop) = guard.current() {
@@ -321,24 +325,21 @@ impl StepRun<'_> {
                 }
                 if let Err(e) = ready {
                     // No call was sent and no unit taken: the attempt is retried like a 5xx.
-                    let message = format!("cannot reserve a rate window for {}: {e}", account.config.id);
-                    return Err(AttemptError::Window(message));
+                    return Err(window_failed(&account.config.id, &e));
                 }
                 let unit = match ledger.take(queued).await {
                     Ok(Some(u)) => u,
                     // The key's quota for today is used up: the step stops choosing it, and the call picks another.
                     Ok(None) => continue,
-                    Err(e) if e.is_transient() => {
-                        let message = format!("cannot reserve Chart-IMG quota: {e}");
-                        let f = ChartFailure::transient(ErrorCode::ChartApiFailed, ErrorCode::StoreFailed, message);
-                        return Err(AttemptError::Fatal(f));
-                    }
-                    // A usage document the worker cannot read: the store's failure, not Chart-IMG's.
+                    // The store's failure, not Chart-IMG's: transient ones release the step, a usage document the
+                    // worker cannot read fails it.
                     Err(e) => {
-                        return Err(AttemptError::Fatal(ChartFailure::new(
-                            ErrorCode::StoreFailed,
-                            format!("cannot reserve Chart-IMG quota: {e}"),
-                        )))
+                        let message = format!("cannot reserve Chart-IMG quota: {e}");
+                        return Err(AttemptError::Fatal(if e.is_transient() {
+                            ChartFailure::transient(ErrorCode::ChartApiFailed, ErrorCode::StoreFailed, message)
+                        } else {
+                            ChartFailure::new(ErrorCode::StoreFailed, message)
+                        }));
                     }
                 };
                 // A slot is only good at its time: a call sent more than one period after it (the reservation took
@@ -351,8 +352,7 @@ impl StepRun<'_> {
                     };
                     if let Err(e) = ready {
                         ledger.refund(unit).await;
-                        let message = format!("cannot reserve a rate window for {}: {e}", account.config.id);
-                        return Err(AttemptError::Window(message));
+                        return Err(window_failed(&account.config.id, &e));
                     }
                 }
                 // A stop that came while this caller reserved: the unit goes back, nothing is sent.

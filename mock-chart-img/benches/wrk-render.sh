@@ -2,8 +2,9 @@
 # Render bench with an external load generator: every request asks for a chart the cache does not hold (1,200
 # distinct 800x600 charts cycled, the render cache keeps 128), so every request renders. Per server and round: a
 # fresh process, its idle RSS, then wrk -c$CONNS for $SECS s while its RSS is sampled every 100 ms, its peak RSS
-# (VmHWM: the kernel's high-water mark, so nothing between samples is missed), the renders per second, and its RSS
-# 1 s and $SETTLE s after the load.
+# (VmHWM: the kernel's high-water mark, so nothing between samples is missed), the renders per second, its RSS
+# 1 s and $SETTLE s after the load (the journal's records and bodies and the render cache still held, as budgeted),
+# and 2 s after `POST /__admin/reset` empties the journal (what the process holds beyond its kept data).
 #
 #   mock-chart-img/benches/wrk-render.sh                       # ROUNDS=3 CONNS=50 SECS=10 THREADS=2 SETTLE=5
 #   BENCH_NO_BUILD=1 BASELINE=/tmp/mock-before mock-chart-img/benches/wrk-render.sh
@@ -65,7 +66,7 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
-# One round of server $1 (binary): prints "renders/s idle_MiB peak_MiB after1s_MiB after_settle_MiB".
+# One round of server $1 (binary): prints "renders/s cpu idle_MiB peak_MiB after1s_MiB after_settle_MiB after_reset_MiB".
 round() {
     local bin=$1 log=$WORK/mock.log
     env -u RUST_LOG "$bin" --config "$WORK/mock.yaml" --listen 127.0.0.1:0 2>"$log" &
@@ -103,13 +104,17 @@ round() {
     after1=$(rss_kib "$PID")
     sleep "$((SETTLE - 1))"
     after=$(rss_kib "$PID")
+    curl -sf -o /dev/null -X POST "http://$addr/__admin/reset"
+    sleep 2
+    local reset
+    reset=$(rss_kib "$PID")
     kill "$PID"
     wait "$PID" 2>/dev/null || true
     PID=
     echo "    $(grep -E '^ +50%|^ +99%' "$WORK/wrk.out" | tr -s ' ' | tr '\n' ' ')" >&2
-    printf '%s %s %s %s %s %s\n' "$(awk '/^Requests\/sec/ {print $2}' "$WORK/wrk.out")" \
+    printf '%s %s %s %s %s %s %s\n' "$(awk '/^Requests\/sec/ {print $2}' "$WORK/wrk.out")" \
         "$(awk -v b="$before_cpu" -v a="$after_cpu" -v t="$TICK" '/ requests in / {printf "%.0f", (a - b) / t * 1e6 / $1}' "$WORK/wrk.out")" \
-        "$(mib "$idle")" "$(mib "$peak")" "$(mib "$after1")" "$(mib "$after")"
+        "$(mib "$idle")" "$(mib "$peak")" "$(mib "$after1")" "$(mib "$after")" "$(mib "$reset")"
 }
 
 NAMES=() BINS=()
@@ -121,18 +126,18 @@ echo "wrk -t$THREADS -c$CONNS -d${SECS}s, 1,200 distinct 800x600 charts, $(nproc
 for r in $(seq "$ROUNDS"); do
     for i in "${!NAMES[@]}"; do
         echo "  round $r, ${NAMES[$i]}:" >&2
-        read -r rps cpu idle peak after1 after < <(round "${BINS[$i]}")
-        printf 'round %s: %-10s %7.0f renders/s, CPU %s us/render | RSS idle %5s MiB, peak %6s MiB, 1 s after %6s MiB, %s s after %6s MiB\n' \
-            "$r" "${NAMES[$i]}" "$rps" "$cpu" "$idle" "$peak" "$after1" "$SETTLE" "$after"
-        echo "$i $rps $idle $peak $after $cpu" >>"$WORK/rounds"
+        read -r rps cpu idle peak after1 after reset < <(round "${BINS[$i]}")
+        printf 'round %s: %-10s %7.0f renders/s, CPU %s us/render | RSS idle %5s MiB, peak %6s MiB, 1 s after %6s MiB, %s s after %6s MiB, after reset %5s MiB\n' \
+            "$r" "${NAMES[$i]}" "$rps" "$cpu" "$idle" "$peak" "$after1" "$SETTLE" "$after" "$reset"
+        echo "$i $rps $idle $peak $after $cpu $reset" >>"$WORK/rounds"
     done
 done
 for i in "${!NAMES[@]}"; do
-    awk -v i="$i" -v n="${NAMES[$i]}" '$1 == i {r[++k] = $2; id[k] = $3; p[k] = $4; a[k] = $5; c[k] = $6}
+    awk -v i="$i" -v n="${NAMES[$i]}" '$1 == i {r[++k] = $2; id[k] = $3; p[k] = $4; a[k] = $5; c[k] = $6; z[k] = $7}
         function med(v, k,   s, j, t, x) { for (j = 1; j <= k; j++) s[j] = v[j]
             for (j = 1; j <= k; j++) for (x = j + 1; x <= k; x++) if (s[x] < s[j]) { t = s[j]; s[j] = s[x]; s[x] = t }
             return (k % 2) ? s[(k + 1) / 2] : (s[k / 2] + s[k / 2 + 1]) / 2 }
         function max(v, k,   j, m) { m = v[1]; for (j = 2; j <= k; j++) if (v[j] > m) m = v[j]; return m }
-        END { printf "median of %d rounds, %s: %.0f renders/s, CPU %.0f us/render, RSS idle %.1f MiB, peak %.1f MiB (max %.1f), after %.1f MiB\n",
-            k, n, med(r, k), med(c, k), med(id, k), med(p, k), max(p, k), med(a, k) }' "$WORK/rounds"
+        END { printf "median of %d rounds, %s: %.0f renders/s, CPU %.0f us/render, RSS idle %.1f MiB, peak %.1f MiB (max %.1f), after %.1f MiB, after reset %.1f MiB\n",
+            k, n, med(r, k), med(c, k), med(id, k), med(p, k), max(p, k), med(a, k), med(z, k) }' "$WORK/rounds"
 done

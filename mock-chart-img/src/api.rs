@@ -224,6 +224,7 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
     let account = key.as_deref().and_then(|k| s.accounts.get(k));
     trace.key_status = key_status(key.as_deref(), account.as_ref());
     trace.account = account.as_ref().map(|a| a.name.clone());
+    let gone = ClientGone::arm(&st, method, uri, started, &trace);
 
     let decision = s.faults.decide(trace.account.as_deref(), route);
     if !decision.latency.is_zero() {
@@ -261,6 +262,7 @@ async fn handle(st: AppState, route: Route, target: Target, req: Request) -> Res
         let answer = trace.answer.take();
         capture(&st, response, headers, body, answer).await
     };
+    gone.answered();
     journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response
 }
@@ -340,12 +342,7 @@ pub(crate) fn journal(
         received_at: trace.received_at.unwrap_or(at),
         via: trace.via,
         method: method.clone(),
-        // Static names for the common paths: no allocation per request.
-        path: match uri.path() {
-            routes::ADVANCED_CHART => routes::ADVANCED_CHART.into(),
-            routes::ADVANCED_CHART_STORAGE => routes::ADVANCED_CHART_STORAGE.into(),
-            other => other.to_string().into(),
-        },
+        path: path_of(uri),
         account: trace.account,
         key_status: trace.key_status,
         status,
@@ -362,9 +359,87 @@ pub(crate) fn journal(
         bodies,
         queue_ms: trace.queue_ms,
         shared_render: trace.shared_render,
+        client_closed: false,
     });
     if let Some((content_type, bytes)) = image {
         s.thumbnails.put(seq, content_type, bytes);
+    }
+}
+
+/// The path as a record keeps it: static names for the common paths, no allocation per request.
+fn path_of(uri: &Uri) -> Cow<'static, str> {
+    match uri.path() {
+        routes::ADVANCED_CHART => routes::ADVANCED_CHART.into(),
+        routes::ADVANCED_CHART_STORAGE => routes::ADVANCED_CHART_STORAGE.into(),
+        other => other.to_string().into(),
+    }
+}
+
+/// The `error` of a request whose client closed the connection before the answer.
+pub const CLIENT_CLOSED: &str = "the client closed the connection before the answer";
+
+/// Journals a chart request whose client closed the connection before the answer (a client timeout, a killed
+/// process). Hyper then drops the handler's future mid-way, and without this guard the request — received, and
+/// counted against the quota once past the gateway, as the real API counts a call whose client gave up — would be
+/// missing from the journal, from verify's counts, HAR and snapshots. Armed once the key is read; dropped armed, it
+/// journals the request with no status and `client_closed`; [`ClientGone::answered`] disarms it.
+pub(crate) struct ClientGone<'a> {
+    st: &'a AppState,
+    method: &'a Method,
+    uri: &'a Uri,
+    started: Instant,
+    /// What the trace knew when armed; `None` once answered.
+    head: Option<TraceHead>,
+}
+
+/// The part of a [`Trace`] known before the answer: `received_at`, `via`, `account`, `key_status`.
+struct TraceHead(
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<Arc<str>>,
+    Option<Arc<str>>,
+    &'static str,
+);
+
+impl<'a> ClientGone<'a> {
+    pub(crate) fn arm(st: &'a AppState, method: &'a Method, uri: &'a Uri, started: Instant, trace: &Trace) -> Self {
+        Self {
+            st,
+            method,
+            uri,
+            started,
+            head: Some(TraceHead(
+                trace.received_at,
+                trace.via.clone(),
+                trace.account.clone(),
+                trace.key_status,
+            )),
+        }
+    }
+
+    /// The answer is being journaled the usual way.
+    pub(crate) fn answered(mut self) {
+        self.head = None;
+    }
+}
+
+impl Drop for ClientGone<'_> {
+    fn drop(&mut self) {
+        let Some(TraceHead(received_at, via, account, key_status)) = self.head.take() else {
+            return;
+        };
+        let s = &self.st.inner;
+        let at = s.clock.now();
+        let mut record = Record::new(at, self.method.clone(), path_of(self.uri));
+        record.received_at = received_at.unwrap_or(at);
+        record.via = via;
+        record.account = account;
+        record.key_status = key_status;
+        record.duration_ms = self.started.elapsed().as_millis() as u64;
+        record.error = Some(CLIENT_CLOSED.to_string());
+        record.client_closed = true;
+        (record.query, record.key_in_query) = crate::record::query_of(self.uri);
+        tracing::debug!(path = self.uri.path(), "client closed the connection before the answer");
+        s.journal.push(record);
     }
 }
 

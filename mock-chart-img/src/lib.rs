@@ -94,6 +94,7 @@ use tokio::net::TcpListener;
 pub use accounts::Usage;
 pub use admin::snapshot::{SnapshotOutcome, SnapshotRequest};
 pub use admin::{AdminApi, AdminToken};
+pub use api::CLIENT_CLOSED;
 pub use catalogue::{Catalogue, SymbolEntry};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{

@@ -39,7 +39,7 @@ pub struct JournalEntry {
     /// showing the key.
     #[schema(value_type = String)]
     pub key_status: Cow<'static, str>,
-    /// The answered status; absent when the connection was dropped on purpose.
+    /// The answered status; absent when the connection was dropped on purpose or the client closed it first.
     pub status: Option<u16>,
     /// Time spent on the answer, injected latency included.
     pub duration_ms: u64,
@@ -69,6 +69,11 @@ pub struct JournalEntry {
     pub stub: Option<u64>,
     /// Whether the request's and the answer's bodies are still kept (for body criteria and snapshots).
     pub bodies_kept: bool,
+    /// `true` when the client closed the connection before the answer (it timed out, or its process died): no status,
+    /// and the request was still counted against the quota if it had passed the gateway, as the real API counts a
+    /// call whose client gave up.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub client_closed: bool,
     /// Milliseconds this request's chart waited for a render slot (`render_concurrency`), when it was rendered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_ms: Option<u64>,
@@ -128,6 +133,7 @@ pub(crate) struct Record {
     pub bodies: Option<Box<Bodies>>,
     pub queue_ms: Option<u64>,
     pub shared_render: Option<bool>,
+    pub client_closed: bool,
 }
 
 /// Query parameters that carry an API key: never journaled (the recorder redacts the same names).
@@ -175,6 +181,7 @@ impl Record {
             bodies: None,
             queue_ms: None,
             shared_render: None,
+            client_closed: false,
         }
     }
 
@@ -217,6 +224,7 @@ impl Record {
             bodies_kept: self.bodies.is_some(),
             queue_ms: self.queue_ms,
             shared_render: self.shared_render,
+            client_closed: self.client_closed,
         }
     }
 }

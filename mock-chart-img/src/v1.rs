@@ -120,6 +120,7 @@ async fn handle(st: AppState, segment: String, storage: bool, req: Request) -> R
     let account = key.as_deref().and_then(|k| s.accounts.get(k));
     trace.key_status = api::key_status(key.as_deref(), account.as_ref());
     trace.account = account.as_ref().map(|a| a.name.clone());
+    let gone = api::ClientGone::arm(&st, method, uri, started, &trace);
 
     let route = if storage { Route::Storage } else { Route::AdvancedChart };
     let decision = s.faults.decide(trace.account.as_deref(), route);
@@ -157,6 +158,7 @@ async fn handle(st: AppState, segment: String, storage: bool, req: Request) -> R
     } else {
         crate::api::capture(&st, response, headers, Bytes::new(), None).await
     };
+    gone.answered();
     api::journal(&st, method, uri, trace, started, decision.fired, &response, bodies);
     response
 }

@@ -29,7 +29,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use harness::eventarc::{Config as EventarcConfig, Delivery, LocalEventarc};
-use harness::process::{ServeProcess, ServeSpec};
+use harness::process::ServeProcess;
 use mock_chart_img::MockServer;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -38,7 +38,7 @@ use worker_chart_export::config::{parse_accounts, AccountConfig};
 use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
 use worker_chart_export::{ideal_bound, ideal_bound_for};
 
-use crate::runner::live::{serve_env, Wiring};
+use crate::runner::live::{serve_env, serve_spec, Wiring};
 use crate::runner::setup::{create_bucket, keys, library_templates, Keys};
 use crate::runner::Emulators;
 use crate::scenario::Account;
@@ -76,6 +76,9 @@ pub struct Options {
     pub chaos_window: Duration,
     /// A problem when Chart-IMG calls per chart in a manifest exceed it.
     pub max_calls_per_chart: Option<f64>,
+    /// A problem when Chart-IMG calls per chart, the calls lost in flight at a SIGKILL left out, exceed this: what
+    /// the worker paid twice by its own doing (re-renders after a release, a reclaim, a fence, a deadline).
+    pub max_calls_per_chart_beyond_kills: Option<f64>,
     /// Chaos: freezes (SIGSTOP, then SIGCONT) of the Firestore emulator during the chaos window. The emulator must
     /// be the simulation's own (`fleet-sim` starts a private one: [`crate::private_firestore`]).
     pub freeze: Option<Freezes>,
@@ -121,6 +124,7 @@ impl Default for Options {
             kill_every: None,
             chaos_window: Duration::from_secs(30),
             max_calls_per_chart: None,
+            max_calls_per_chart_beyond_kills: None,
             freeze: None,
             max_over_count_pct: None,
             max_bound_ratio: None,
@@ -280,6 +284,15 @@ pub struct Report {
     pub charts_in_manifests: usize,
     /// Chart-IMG calls (every key) per chart in a manifest.
     pub calls_per_chart: Option<f64>,
+    /// Calls whose sender was SIGKILLed while they were in flight (the mock's journal: `client_closed`, sent under
+    /// the killed process's `/__via/` label, closed at or after its kill): paid, and their answer lost with the
+    /// process. No worker can keep them; a kill costs what the process had in flight.
+    pub calls_lost_to_kills: u64,
+    /// Other calls whose client closed the connection before the answer: the worker abandoned them (a fence, the
+    /// deadline, SIGTERM, its own timeout).
+    pub calls_abandoned: u64,
+    /// `calls_per_chart` with `calls_lost_to_kills` left out: what the worker's own re-renders cost.
+    pub calls_per_chart_beyond_kills: Option<f64>,
     /// PNGs in the bucket that no manifest names.
     pub orphan_pngs: usize,
     pub problems: Vec<String>,
@@ -297,7 +310,7 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     let deliveries = fleet.stop().await;
     let logs = LogFigures::read(opts, &fleet.procs, &driven.dead)?;
     let accounts = fleet.account_figures().await?;
-    let (observed_latency, gateway_timeouts) = fleet.mock_latency();
+    let (observed_latency, gateway_timeouts, closed) = fleet.mock_latency(&driven.killed);
     let _ = fleet.mock.shutdown().await;
     let steps = StepFigures::of(&fleet.run_ids, &driven.steps, written_at);
     let bucket = bucket_figures(&fleet.fs, emu, &fleet.bucket).await?;
@@ -307,6 +320,7 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
         accounts,
         observed_latency,
         gateway_timeouts,
+        closed,
         steps,
         bucket,
     };
@@ -352,6 +366,8 @@ struct Driven {
     steps: BTreeMap<String, Value>,
     dead: Vec<ServeProcess>,
     kills: usize,
+    /// Each SIGKILL: the process's name (its `/__via/` label) and when.
+    killed: Vec<(String, DateTime<Utc>)>,
     freezes: FreezeFigures,
 }
 
@@ -387,8 +403,37 @@ struct Collected {
     accounts: Vec<AccountFigures>,
     observed_latency: LatencyFigures,
     gateway_timeouts: u64,
+    closed: ClosedCalls,
     steps: StepFigures,
     bucket: BucketFigures,
+}
+
+/// Calls whose client closed the connection before the answer (the mock journals them `client_closed`).
+#[derive(Debug, Default, PartialEq)]
+struct ClosedCalls {
+    /// In flight when their process was SIGKILLed.
+    lost_to_kills: u64,
+    /// Closed by a live worker.
+    abandoned: u64,
+}
+
+impl ClosedCalls {
+    /// A closed call is lost to a kill when its sender (`via`) was killed while it was in flight: it arrived before
+    /// the kill and the mock saw the connection close at or after it.
+    fn of(journal: &[mock_chart_img::JournalEntry], killed: &[(String, DateTime<Utc>)]) -> Self {
+        let mut closed = ClosedCalls::default();
+        for e in journal.iter().filter(|e| e.client_closed) {
+            let lost = killed
+                .iter()
+                .any(|(name, at)| e.via.as_deref() == Some(name.as_str()) && e.received_at <= *at && e.at >= *at);
+            if lost {
+                closed.lost_to_kills += 1;
+            } else {
+                closed.abandoned += 1;
+            }
+        }
+        closed
+    }
 }
 
 impl<'a> Fleet<'a> {
@@ -474,9 +519,7 @@ impl<'a> Fleet<'a> {
         }
         let mut procs = Vec::new();
         for i in 0..opts.instances {
-            let mut spec = ServeSpec::new(format!("serve-{i}"), &program);
-            spec.env = env.clone();
-            procs.push(ServeProcess::start(spec).await?);
+            procs.push(ServeProcess::start(serve_spec(format!("serve-{i}"), &program, &env)).await?);
         }
         eventarc.set_targets(procs.iter().map(|p| format!("{}/", p.url())).collect());
 
@@ -540,6 +583,7 @@ impl<'a> Fleet<'a> {
         let mut dead: Vec<ServeProcess> = Vec::new();
         let mut restarts: Vec<(Instant, usize)> = Vec::new();
         let mut kills = 0usize;
+        let mut killed = Vec::new();
         let mut next_kill = opts.kill_every.map(|k| written + dice.between(k / 2, k * 3 / 2));
         let (stop_freezes, stopped) = tokio::sync::watch::channel(false);
         let freezer = opts.freeze.clone().map(|f| {
@@ -555,7 +599,9 @@ impl<'a> Fleet<'a> {
                 if now >= at && written.elapsed() < opts.chaos_window && !self.procs.is_empty() {
                     let i = (dice.next() % self.procs.len() as u64) as usize;
                     let mut victim = self.procs.remove(i);
+                    let at = Utc::now();
                     victim.kill().await;
+                    killed.push((victim.name.clone(), at));
                     kills += 1;
                     restarts.push((
                         now + dice.between(Duration::from_millis(500), Duration::from_secs(3)),
@@ -569,8 +615,7 @@ impl<'a> Fleet<'a> {
             let due: Vec<usize> = restarts.iter().filter(|(t, _)| *t <= now).map(|(_, k)| *k).collect();
             restarts.retain(|(t, _)| *t > now);
             for k in due {
-                let mut spec = ServeSpec::new(format!("serve-r{k}"), &self.program);
-                spec.env = self.env.clone();
+                let spec = serve_spec(format!("serve-r{k}"), &self.program, &self.env);
                 self.procs.push(ServeProcess::start(spec).await?);
                 changed = true;
             }
@@ -616,6 +661,7 @@ impl<'a> Fleet<'a> {
             steps,
             dead,
             kills,
+            killed,
             freezes,
         })
     }
@@ -663,9 +709,11 @@ impl<'a> Fleet<'a> {
         Ok(figures)
     }
 
-    /// The latency of the mock's `200` answers and its `504` count, from its journal.
-    fn mock_latency(&self) -> (LatencyFigures, u64) {
+    /// The latency of the mock's `200` answers, its `504` count and the calls whose client closed the connection
+    /// first (lost to a kill, abandoned by the worker), from its journal.
+    fn mock_latency(&self, killed: &[(String, DateTime<Utc>)]) -> (LatencyFigures, u64, ClosedCalls) {
         let journal = self.mock.state().journal(&Default::default());
+        let closed = ClosedCalls::of(&journal, killed);
         let mut took: Vec<u64> = journal
             .iter()
             .filter(|e| e.status == Some(200))
@@ -684,7 +732,7 @@ impl<'a> Fleet<'a> {
             drawn: took.iter().map(|ms| Duration::from_millis(*ms)).collect(),
         };
         let gateway_timeouts = journal.iter().filter(|e| e.status == Some(504)).count() as u64;
-        (observed_latency, gateway_timeouts)
+        (observed_latency, gateway_timeouts, closed)
     }
 }
 
@@ -853,6 +901,7 @@ fn judge(
         accounts: figures,
         observed_latency,
         gateway_timeouts,
+        closed,
         steps:
             StepFigures {
                 by_status,
@@ -870,6 +919,8 @@ fn judge(
     let ideal_bound_ms = sizes.ideal.as_millis() as u64;
     let calls: u64 = figures.iter().map(|f| f.mock_calls).sum();
     let calls_per_chart = (charts_in_manifests > 0).then(|| calls as f64 / charts_in_manifests as f64);
+    let calls_per_chart_beyond_kills = (charts_in_manifests > 0)
+        .then(|| calls.saturating_sub(closed.lost_to_kills) as f64 / charts_in_manifests as f64);
 
     let mut problems = Vec::new();
     if let Some(n) = by_status.get("FAILED") {
@@ -881,6 +932,14 @@ fn judge(
     if let (Some(max), Some(c)) = (opts.max_calls_per_chart, calls_per_chart) {
         if c > max {
             problems.push(format!("{c:.3} Chart-IMG calls per chart, above {max}"));
+        }
+    }
+    if let (Some(max), Some(c)) = (opts.max_calls_per_chart_beyond_kills, calls_per_chart_beyond_kills) {
+        if c > max {
+            problems.push(format!(
+                "{c:.3} Chart-IMG calls per chart beyond the {} lost in flight at kills, above {max}",
+                closed.lost_to_kills
+            ));
         }
     }
     if !all_final {
@@ -991,6 +1050,9 @@ fn judge(
         usage_under_count,
         charts_in_manifests,
         calls_per_chart,
+        calls_lost_to_kills: closed.lost_to_kills,
+        calls_abandoned: closed.abandoned,
+        calls_per_chart_beyond_kills,
         orphan_pngs,
         problems,
     }
@@ -1055,6 +1117,16 @@ impl Report {
             match self.calls_per_chart {
                 Some(c) => format!("{c:.3} ({} charts in manifests)", self.charts_in_manifests),
                 None => "— (no manifest)".into(),
+            },
+        );
+        row(
+            "  beyond the calls lost to kills",
+            match self.calls_per_chart_beyond_kills {
+                Some(c) => format!(
+                    "{c:.3} ({} calls in flight at a SIGKILL, {} more abandoned by a live worker)",
+                    self.calls_lost_to_kills, self.calls_abandoned
+                ),
+                None => "—".into(),
             },
         );
         row("PNGs no manifest names (goal 0)", self.orphan_pngs.to_string());
@@ -1145,5 +1217,68 @@ impl Report {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(via: &str, received: &str, closed: &str, client_closed: bool) -> mock_chart_img::JournalEntry {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        mock_chart_img::JournalEntry {
+            seq: 1,
+            at: t(closed),
+            received_at: t(received),
+            via: Some(via.into()),
+            method: "POST".into(),
+            path: "/v2/tradingview/advanced-chart".into(),
+            account: Some("acc-pro-1".into()),
+            key_status: "valid".into(),
+            status: (!client_closed).then_some(200),
+            duration_ms: 0,
+            error: None,
+            faults: Vec::new(),
+            symbol: None,
+            interval: None,
+            symbol_listed: None,
+            cache_hit: None,
+            replayed: None,
+            query: Vec::new(),
+            routed: true,
+            stub: None,
+            bodies_kept: false,
+            queue_ms: None,
+            shared_render: None,
+            client_closed,
+        }
+    }
+
+    #[test]
+    fn a_closed_call_is_lost_to_a_kill_only_when_its_own_sender_died_while_it_was_in_flight() {
+        let kill = |name: &str, at: &str| {
+            (
+                name.to_owned(),
+                DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&Utc),
+            )
+        };
+        let killed = [kill("serve-1", "2026-12-07T10:00:05Z")];
+        let journal = [
+            // In flight at serve-1's kill.
+            entry("serve-1", "2026-12-07T10:00:04Z", "2026-12-07T10:00:05.010Z", true),
+            // Closed by serve-1 before its kill (a fence): the worker's doing.
+            entry("serve-1", "2026-12-07T10:00:01Z", "2026-12-07T10:00:02Z", true),
+            // Another process's call closed at the same moment.
+            entry("serve-0", "2026-12-07T10:00:04Z", "2026-12-07T10:00:05.010Z", true),
+            // Answered: not a closed call at all.
+            entry("serve-1", "2026-12-07T10:00:04Z", "2026-12-07T10:00:05.010Z", false),
+        ];
+        assert_eq!(
+            ClosedCalls::of(&journal, &killed),
+            ClosedCalls {
+                lost_to_kills: 1,
+                abandoned: 2
+            }
+        );
     }
 }

@@ -204,3 +204,50 @@ async fn faulted_requests_use_no_quota() {
     ctx.chart("k1", small()).await;
     assert_eq!(ctx.server.state().usage("acc-1").unwrap().used_today, 0);
 }
+
+/// A client that gives up (a timeout, a killed process) still leaves its request in the journal: no status,
+/// `client_closed`, and — past the gateway, as here under realistic latency — a unit of the quota spent, as the
+/// real API counts a call whose client went away. Before the guard, hyper dropped the handler mid-way and the
+/// request was counted but never journaled.
+#[tokio::test]
+async fn a_request_whose_client_gives_up_is_journaled_and_counted() {
+    let mut c = config();
+    c.latency = mock_chart_img::LatencyProfile::Realistic;
+    c.time_scale = 0.2; // 4–10 s per chart at 1.0: at least 0.8 s here
+    let ctx = start(c).await;
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let err = quick
+        .post(format!("http://{}{CHART}", ctx.server.addr()))
+        .header("x-api-key", "k1")
+        .json(&small())
+        .send()
+        .await
+        .expect_err("the client gives up first");
+    assert!(err.is_timeout(), "{err}");
+    // The server notices the closed connection on its next poll.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let journal = loop {
+        let j = ctx.server.state().journal(&Default::default());
+        if !j.is_empty() || Instant::now() > deadline {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(journal.len(), 1, "{journal:?}");
+    let e = &journal[0];
+    assert!(e.client_closed, "{e:?}");
+    assert_eq!(e.status, None);
+    assert_eq!(e.account.as_deref(), Some("acc-1"));
+    assert_eq!(e.error.as_deref(), Some(mock_chart_img::CLIENT_CLOSED));
+    assert!(
+        e.duration_ms < 800,
+        "journaled when the client left, not when the answer was due: {e:?}"
+    );
+    assert_eq!(ctx.server.state().usage("acc-1").unwrap().used_today, 1);
+    // In the JSON a test reads too.
+    let listed = ctx.admin_get("/requests").await;
+    assert_eq!(listed[0]["client_closed"], json!(true), "{listed}");
+}

@@ -56,6 +56,10 @@ struct Args {
     /// a problem (exit 1) when Chart-IMG calls per chart in a manifest exceed this
     #[arg(long)]
     max_calls_per_chart: Option<f64>,
+    /// a problem (exit 1) when Chart-IMG calls per chart, the calls lost in flight at a SIGKILL left out, exceed
+    /// this: the worker's own re-renders (after a release, a reclaim, a fence, a deadline)
+    #[arg(long)]
+    max_calls_per_chart_beyond_kills: Option<f64>,
     /// chaos: freeze (SIGSTOP/SIGCONT) the Firestore emulator about every this many seconds during the chaos
     /// window; starts a private emulator for it
     #[arg(long)]
@@ -175,6 +179,7 @@ async fn simulate(
         },
         chaos_window: std::time::Duration::from_secs_f64(args.chaos_secs.clamp(0.0, 86_400.0)),
         max_calls_per_chart: args.max_calls_per_chart,
+        max_calls_per_chart_beyond_kills: args.max_calls_per_chart_beyond_kills,
         freeze,
         max_over_count_pct,
         max_bound_ratio,

@@ -147,13 +147,7 @@ impl Live<'_> {
 
     async fn start_process(&mut self) -> anyhow::Result<()> {
         let name = format!("serve-{}", self.procs.len());
-        let mut spec = ServeSpec::new(&name, &self.program);
-        spec.env = self.env.clone();
-        // The mock journals the label of `/__via/<label>/`: which process sent each call.
-        if let Some(base) = spec.env.get_mut("CHART_IMG_BASE_URL") {
-            *base = format!("{}/__via/{name}", base.trim_end_matches('/'));
-        }
-        let p = ServeProcess::start(spec).await?;
+        let p = ServeProcess::start(serve_spec(name.clone(), &self.program, &self.env)).await?;
         self.note(format!("started {name} (pid {}, port {})", p.pid(), p.port));
         self.procs.push(p);
         Ok(())
@@ -521,4 +515,15 @@ async fn drive(live: &mut Live<'_>) -> anyhow::Result<(Option<u64>, Option<Strin
     }
     let status = live.step().await?["status"].as_str().map(str::to_owned);
     Ok((reached, status))
+}
+
+/// A `serve` child named `name` that reaches mock-chart-img under `/__via/<name>/`: the mock journals the label, so
+/// each call (and each call a kill cut off) names the process that sent it.
+pub fn serve_spec(name: String, program: &std::path::Path, env: &BTreeMap<String, String>) -> ServeSpec {
+    let mut spec = ServeSpec::new(&name, program);
+    spec.env = env.clone();
+    if let Some(base) = spec.env.get_mut("CHART_IMG_BASE_URL") {
+        *base = format!("{}/__via/{name}", base.trim_end_matches('/'));
+    }
+    spec
 }

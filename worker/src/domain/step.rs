@@ -358,7 +358,11 @@ pub fn decide_claim(
     }
     // A step that has used all its attempts is still claimed, past its last attempt (`give_up`): only a holder can
     // look for its manifest (SUCCEEDED from it) before it is finalized FAILED, and no chart is rendered.
-    let done = attempts_of(step);
+    // An attempt that stored charts of its own hands its attempt back (its holder recorded them with its lease
+    // renewals or its release, [`CHARTS_RENDERED`]): the next attempt starts further on, so only attempts without
+    // progress use the step's attempts up. Bounded all the same: each attempt handed back stored at least one chart
+    // a later attempt reuses, so a step has at most `max_attempts` + its charts attempts.
+    let done = attempts_of(step).saturating_sub(u32::from(charts_rendered_of(step) > 0));
     let attempt = done + 1;
     fields.insert("status".to_owned(), Some(json!("RUNNING")));
     fields.insert("claimedBy".to_owned(), Some(json!(p.worker.as_str())));
@@ -367,6 +371,9 @@ pub fn decide_claim(
     fields.insert("startedAt".to_owned(), Some(json!(rfc3339(p.now))));
     fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(p.now + p.lease))));
     fields.insert("notBefore".to_owned(), None);
+    if step.get(CHARTS_RENDERED).is_some() {
+        fields.insert(CHARTS_RENDERED.to_owned(), None);
+    }
     if parse_time(step.get(CHARTS_GENERATED_AT)).is_none() {
         let at = charts_time(doc, &step_id, p.now);
         fields.insert(CHARTS_GENERATED_AT.to_owned(), Some(json!(rfc3339(at))));
@@ -388,6 +395,15 @@ pub fn decide_claim(
         },
         Some(patch),
     )
+}
+
+/// The step field where the holder records how many charts its attempt rendered and stored (with each lease
+/// renewal and its release): the next claim hands the attempt back when it is above zero, and clears it.
+pub const CHARTS_RENDERED: &str = "chartsRendered";
+
+/// [`CHARTS_RENDERED`] of a step (absent = 0).
+pub fn charts_rendered_of(step: &Value) -> u64 {
+    step.get(CHARTS_RENDERED).and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// The step field holding the `generatedAt` of its charts: the time in their object names (contract §6), fixed at the
@@ -464,10 +480,15 @@ pub fn check_owner(doc: Option<&Value>, patch: &StepPatch, token: &ClaimToken) -
     }
 }
 
-/// The lease renewal of a running step: only `leaseExpiresAt` moves.
-pub fn renew_patch(step_id: &StepId, lease_expires_at: DateTime<Utc>) -> StepPatch {
+/// The lease renewal of a running step: `leaseExpiresAt` moves, and [`CHARTS_RENDERED`] records the charts this
+/// attempt has rendered and stored so far (once there are any), so a holder killed after progress hands its attempt
+/// back.
+pub fn renew_patch(step_id: &StepId, lease_expires_at: DateTime<Utc>, charts_rendered: u32) -> StepPatch {
     let mut fields = BTreeMap::new();
     fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(lease_expires_at))));
+    if charts_rendered > 0 {
+        fields.insert(CHARTS_RENDERED.to_owned(), Some(json!(charts_rendered)));
+    }
     StepPatch {
         step_id: step_id.clone(),
         fields,
@@ -484,6 +505,9 @@ pub struct ReleaseParams {
     pub message: String,
     /// Overrides the step's `attempts` (a shutdown hands back its attempt: it was not the step's fault).
     pub attempts: Option<u32>,
+    /// Charts this attempt rendered and stored ([`CHARTS_RENDERED`]); ignored when `attempts` hands the attempt back
+    /// already.
+    pub charts_rendered: u32,
 }
 
 /// The release patch. `claimToken` and `attempts` stay, so a retried release recognises itself and the next claim
@@ -499,6 +523,10 @@ pub fn release_patch(step_id: &StepId, r: &ReleaseParams) -> StepPatch {
     fields.insert("updatedAt".to_owned(), Some(json!(rfc3339(r.now))));
     if let Some(n) = r.attempts {
         fields.insert("attempts".to_owned(), Some(json!(n)));
+        // Handed back once, not twice.
+        fields.insert(CHARTS_RENDERED.to_owned(), None);
+    } else if r.charts_rendered > 0 {
+        fields.insert(CHARTS_RENDERED.to_owned(), Some(json!(r.charts_rendered)));
     }
     for f in ["leaseExpiresAt", "startedAt", "claimedBy"] {
         fields.insert(f.to_owned(), None);
@@ -884,6 +912,7 @@ mod tests {
             code: "STORE_FAILED".into(),
             message: "unavailable".into(),
             attempts: None,
+            charts_rendered: 0,
         };
         let release = release_patch(&id, &r);
         assert_eq!(
@@ -916,6 +945,83 @@ mod tests {
         patch.unwrap().apply_to(&mut d);
         assert!(d["steps"]["charts_4h"].get("notBefore").is_none());
         assert_eq!(d["steps"]["charts_4h"]["lastError"]["code"], "STORE_FAILED");
+    }
+
+    #[test]
+    fn an_attempt_that_stored_charts_hands_its_attempt_back() {
+        let id = StepId::parse("charts_4h").unwrap();
+        let token = ClaimToken::parse("t-1").unwrap();
+        // The first holder renews with two charts stored, then dies; its lease runs out.
+        let mut d = doc();
+        let (_, claim) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        claim.unwrap().apply_to(&mut d);
+        let renewal = renew_patch(&id, at("2026-11-28T10:01:20Z"), 2);
+        assert_eq!(check_owner(Some(&d), &renewal, &token), PatchOutcome::Applied);
+        renewal.apply_to(&mut d);
+        assert_eq!(d["steps"]["charts_4h"][CHARTS_RENDERED], 2);
+        // Out of attempts by count (3 of 3), but the last one made progress: a regular claim, not a give-up.
+        d["steps"]["charts_4h"]["attempts"] = json!(3);
+        let mut p = params_with("t-2", "2026-11-28T10:02:00Z");
+        p.max_attempts = 3;
+        let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &p);
+        assert!(
+            matches!(
+                out,
+                ClaimOutcome::Claimed {
+                    attempt: 3,
+                    reclaimed: true,
+                    give_up: None,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        patch.unwrap().apply_to(&mut d);
+        assert!(
+            d["steps"]["charts_4h"].get(CHARTS_RENDERED).is_none(),
+            "cleared by the claim"
+        );
+        // That holder dies too before storing anything: now the attempt counts, and the next claim gives up.
+        let mut p = params_with("t-3", "2026-11-28T10:20:00Z");
+        p.max_attempts = 3;
+        let (out, _) = decide_claim(Some(&d), &StepSelector::First, &p);
+        assert!(
+            matches!(
+                out,
+                ClaimOutcome::Claimed {
+                    attempt: 4,
+                    give_up: Some(_),
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        // A renewal with nothing stored writes no count.
+        assert!(!renew_patch(&id, at("2026-11-28T10:01:20Z"), 0)
+            .fields
+            .contains_key(CHARTS_RENDERED));
+    }
+
+    #[test]
+    fn a_release_records_progress_unless_it_hands_the_attempt_back_itself() {
+        let id = StepId::parse("charts_4h").unwrap();
+        let release = |attempts, charts_rendered| {
+            release_patch(
+                &id,
+                &ReleaseParams {
+                    now: at("2026-11-28T10:00:05Z"),
+                    not_before: at("2026-11-28T10:00:15Z"),
+                    code: "GCS_WRITE_FAILED".into(),
+                    message: "503".into(),
+                    attempts,
+                    charts_rendered,
+                },
+            )
+        };
+        assert_eq!(release(None, 4).fields[CHARTS_RENDERED], Some(json!(4)));
+        assert!(!release(None, 0).fields.contains_key(CHARTS_RENDERED));
+        // A shutdown hands its attempt back already: not a second time at the next claim.
+        assert_eq!(release(Some(1), 4).fields[CHARTS_RENDERED], None);
     }
 
     #[test]

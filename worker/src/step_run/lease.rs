@@ -107,7 +107,8 @@ impl StepRun<'_> {
             tokio::select! {
                 _ = tokio::time::sleep_until(next), if !lost && renewal.is_none() => {
                     let sent = Instant::now();
-                    let patch = renew_patch(&claim.step_id, w.clock.now() + chrono_of(lease));
+                    let rendered = self.rendered.load(std::sync::atomic::Ordering::SeqCst);
+                    let patch = renew_patch(&claim.step_id, w.clock.now() + chrono_of(lease), rendered);
                     let until = confirmed_until;
                     renewal = Some(Box::pin(async move {
                         let r = tokio::time::timeout_at(until, async {

@@ -55,6 +55,7 @@ pub async fn run_chart_export_step(
         run,
         observer,
         charts: Default::default(),
+        rendered: Default::default(),
     }
     .run(selector)
     .instrument(span)
@@ -68,6 +69,10 @@ struct StepRun<'a> {
     /// Every object the step's charts may be stored as (known once the step is validated): deleted when the step
     /// ends FAILED, so no chart outlives a step without a manifest.
     charts: std::sync::Mutex<Vec<crate::domain::ObjectRef>>,
+    /// Charts this attempt rendered and stored (not the ones it reused): recorded with each lease renewal and the
+    /// release, so an attempt that made progress does not use up the step's attempts however it ends
+    /// ([`crate::domain::step::CHARTS_RENDERED`]).
+    rendered: std::sync::atomic::AtomicU32,
 }
 
 fn noop(run: &RunId, step: Option<&StepId>, reason: impl Into<String>) -> StepReport {

@@ -241,6 +241,7 @@ impl StepRun<'_> {
                     _ => ChartFailure::new(ErrorCode::GcsWriteFailed, message),
                 }
             })?;
+            self.rendered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(ManifestItem {
                 chart_template_id: req.template_id.to_string(),
                 gcs_uri: obj.uri(),

@@ -386,7 +386,9 @@ impl StepRun<'_> {
         let w = self.w;
         let lifecycle = &w.settings.lifecycle;
         let message = clip_error(&message);
-        if !shutdown && claim.attempt >= lifecycle.max_attempts {
+        // An attempt that stored charts of its own is handed back whatever its number: the next one starts further on.
+        let progressed = self.rendered.load(std::sync::atomic::Ordering::SeqCst) > 0;
+        if !shutdown && !progressed && claim.attempt >= lifecycle.max_attempts {
             // The failure may have come after the manifest landed (a finalize that did not get through): a step with
             // a manifest is SUCCEEDED from it, never FAILED.
             match self.manifest_first(claim).await {
@@ -443,6 +445,7 @@ impl StepRun<'_> {
             code: code.as_str().to_owned(),
             message: message.clone(),
             attempts: shutdown.then(|| claim.attempt.saturating_sub(1)),
+            charts_rendered: self.rendered.load(std::sync::atomic::Ordering::SeqCst),
         };
         let patch = release_patch(&claim.step_id, &params);
         match w.flow_runs.patch_owned_step(self.run, &claim.token, &patch).await {

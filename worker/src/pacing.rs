@@ -113,12 +113,20 @@ pub enum Pace {
 impl Pace {
     /// Waits until this process may send one more call with the key. Only the shared pacing can fail (its store).
     pub async fn until_ready(&self) -> Result<(), StoreError> {
+        let at = self.slot().await?;
+        tokio::time::sleep_until(at).await;
+        Ok(())
+    }
+
+    /// Takes this process's next slot on the key and answers its time without waiting for it (the local pacing
+    /// waits, and answers now): a caller can prepare for the call shortly before its slot.
+    pub async fn slot(&self) -> Result<Instant, StoreError> {
         match self {
             Pace::Local(l) => {
                 l.until_ready().await;
-                Ok(())
+                Ok(Instant::now())
             }
-            Pace::Shared(p) => p.until_ready().await,
+            Pace::Shared(p) => p.slot().await,
         }
     }
 }
@@ -249,6 +257,14 @@ impl WindowPacer {
 
     /// Waits for a slot in one of this process's windows, reserving the next window when none is free.
     pub async fn until_ready(&self) -> Result<(), StoreError> {
+        let at = self.slot().await?;
+        tokio::time::sleep_until(at).await;
+        Ok(())
+    }
+
+    /// Takes a slot in one of this process's windows, reserving the next window when none is free; answers its time
+    /// (the caller sleeps until then).
+    pub async fn slot(&self) -> Result<Instant, StoreError> {
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let (slot, seen) = {
@@ -261,8 +277,7 @@ impl WindowPacer {
             };
             if let Some(at) = slot {
                 drop(waiting);
-                tokio::time::sleep_until(at).await;
-                return Ok(());
+                return Ok(at);
             }
             if waiting.is_none() {
                 waiting = Some(Waiting(self));

@@ -4,10 +4,11 @@
 //! Invariant: every call sent to Chart-IMG was paid for by one unit taken from a grant before it was sent, and only
 //! units never sent are given back. So `usageToday` never under-counts. Units follow calls: a caller first picks the
 //! key that will send soonest ([`QuotaLedger::choose`]), waits for that key's rate slot, and only then takes its unit
-//! ([`QuotaLedger::take`]); a reservation covers the callers queued on that key in this process, at most what the
-//! process sent on the key in the last second plus one, and at most one second of the key's rate ([`RESERVE_AHEAD`]),
-//! so a process that dies leaves at most about one second of its own rate per key counted, plus the
-//! calls it had taken a unit for and not yet sent (killed between the take and the request's arrival). Each
+//! ([`QuotaLedger::take`]), reserved shortly before that slot; a reservation covers the callers queued on that key in
+//! this process, at most what the process sent on the key in the last second plus one, and at most one second of the
+//! key's rate ([`RESERVE_AHEAD`]), so a process that dies leaves at most about one second of its own rate per key
+//! counted, plus the calls it had taken a unit for and not yet sent (killed between the take and the request's
+//! arrival). Each
 //! reservation and give-back carries its own operation id ([`OpId`]), so a transaction retried after a lost commit
 //! reply applies once.
 
@@ -34,6 +35,12 @@ use chart_img_spec::Plan;
 /// about one reservation per second per instance (what a Firestore document sustains), and a process that dies
 /// leaves at most this much of each key's rate counted.
 pub const RESERVE_AHEAD: Duration = Duration::from_secs(1);
+
+/// How long before its rate slot a caller reserves quota units on the key when the process holds none
+/// ([`QuotaLedger::until_slot`]): longer than a reservation takes on a busy usage document, so the unit is there at
+/// the slot; short, so a process killed while its callers wait for slots further off (a key shared by busy
+/// instances, a BASIC key) holds no units for them.
+pub const PREFETCH_LEAD: Duration = Duration::from_millis(300);
 
 /// One configured account with the pacing that keeps its key within its plan's rate and burst, and the quota this
 /// process holds on it.
@@ -135,6 +142,11 @@ impl Account {
     /// every instance together ([`Pace::Shared`]), which can fail when the window store does.
     pub async fn until_ready(&self) -> Result<(), StoreError> {
         self.pace.until_ready().await
+    }
+
+    /// Takes this process's next rate slot on the key and answers its time ([`Pace::slot`]).
+    pub async fn slot(&self) -> Result<tokio::time::Instant, StoreError> {
+        self.pace.slot().await
     }
 
     /// How this account's calls are paced.
@@ -454,9 +466,22 @@ impl<'a> QuotaLedger<'a> {
         }
     }
 
-    /// Makes sure the process holds a unit on the key of `queued` for when its rate slot comes: run while the caller
-    /// waits for the slot, so the reservation's round trip is hidden behind the wait and the call goes at its slot
-    /// time. Reserves like [`QuotaLedger::take`] and takes nothing; a failure is left for `take` to meet and report.
+    /// Takes the next rate slot of `queued`'s key and waits for it; from [`PREFETCH_LEAD`] before the slot, makes
+    /// sure the process holds a unit on the key for it ([`QuotaLedger::prefetch`]), so the reservation's round trip
+    /// is hidden behind the wait while a caller whose slot is seconds away holds nothing until then. Only the shared
+    /// pacing fails (its store).
+    pub async fn until_slot(&self, queued: &Queued<'a>) -> Result<(), StoreError> {
+        let at = queued.account.slot().await?;
+        let prefetch = async {
+            tokio::time::sleep_until(at.checked_sub(PREFETCH_LEAD).unwrap_or(at)).await;
+            self.prefetch(queued).await
+        };
+        tokio::join!(tokio::time::sleep_until(at), prefetch);
+        Ok(())
+    }
+
+    /// Makes sure the process holds a unit on the key of `queued` for when its rate slot comes
+    /// ([`QuotaLedger::until_slot`]), so the call goes at its slot time. Reserves like [`QuotaLedger::take`] and takes nothing; a failure is left for `take` to meet and report.
     pub async fn prefetch(&self, queued: &Queued<'a>) {
         let _ = self
             .reserve_if_none(queued.account, self.clock.now().date_naive())
@@ -858,6 +883,51 @@ mod tests {
         drop(waiting);
         assert_eq!(unit.account.held(), 1);
         unit
+    }
+
+    /// A caller whose slot is seconds away (another instance holds the shared key's next 2 s) reserves its unit only
+    /// [`PREFETCH_LEAD`] before the slot: killed while it waits, the process leaves nothing counted for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_whose_slot_is_seconds_away_holds_no_unit_until_just_before_it() {
+        use crate::domain::WindowAsk;
+        use crate::pacing::WindowSettings;
+        use crate::ports::RateWindowStore;
+        let docs = Arc::new(crate::adapters::JsonDocs::in_memory());
+        let clock = Arc::new(ManualClock::at("2026-12-01T10:00:00Z"));
+        let shared = SharedRate {
+            store: docs.clone(),
+            clock: clock.clone(),
+            holder: "this".into(),
+            windows: WindowSettings::default(),
+        };
+        let configs = parse_accounts(
+            "test",
+            r#"[{"id":"acc-0","apiKey":"k0","dailyLimit":100,"plan":"PRO"}]"#,
+        );
+        let pool = AccountPool::shared(configs.unwrap(), shared);
+        let other = WindowAsk {
+            op: OpId::random(),
+            holder: "other".into(),
+            length: chrono::Duration::seconds(2),
+            gap: chrono::Duration::milliseconds(50),
+        };
+        docs.reserve_window(&AccountId::parse("acc-0").unwrap(), &other, clock.now())
+            .await
+            .unwrap();
+        let ledger = QuotaLedger::new(&pool, docs.clone(), clock.as_ref(), "run-1/charts_4h");
+        let queued = ledger.choose(PlanNeeds::NONE).unwrap();
+        let account = queued.account();
+        let t0 = tokio::time::Instant::now();
+        let waiting = ledger.until_slot(&queued);
+        tokio::pin!(waiting);
+        tokio::select! {
+            _ = &mut waiting => panic!("the slot came while the other instance held the key"),
+            _ = tokio::time::sleep(Duration::from_millis(1500)) => {}
+        }
+        assert_eq!(account.held(), 0, "a unit reserved 1.5 s before a slot 2.05 s away");
+        waiting.await.unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(2050), "{:?}", t0.elapsed());
+        assert_eq!(account.held(), 1, "reserved in time for the slot");
     }
 
     /// A clock the test moves.

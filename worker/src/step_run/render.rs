@@ -241,7 +241,9 @@ impl StepRun<'_> {
                     _ => ChartFailure::new(ErrorCode::GcsWriteFailed, message),
                 }
             })?;
-            self.rendered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.rendered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                self.first_stored.notify_one();
+            }
             Ok(ManifestItem {
                 chart_template_id: req.template_id.to_string(),
                 gcs_uri: obj.uri(),
@@ -312,9 +314,9 @@ impl StepRun<'_> {
                     Err(AllExhausted(names)) => return Err(exhausted(names)),
                 };
                 let account = queued.account();
-                // The unit's reservation (when the process holds none on the key) runs while the caller waits for
-                // its slot.
-                let waited = async { tokio::join!(account.until_ready(), ledger.prefetch(&queued)).0 };
+                // The unit's reservation (when the process holds none on the key) runs in the last moments of the
+                // caller's wait for its slot.
+                let waited = ledger.until_slot(&queued);
                 let ready = tokio::select! {
                     r = waited => r,
                     // Still queued for a rate slot at the deadline, SIGTERM or a lost claim: nothing taken, nothing sent.

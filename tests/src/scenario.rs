@@ -219,7 +219,8 @@ pub struct Action {
     /// Then wait until this holds (at most 60 s).
     #[serde(default)]
     pub when: Option<Trigger>,
-    /// Then wait until mock-chart-img has received this many calls.
+    /// Then wait until mock-chart-img has journaled this many calls: it journals a call when it answers it (or when
+    /// its client closes the connection), not when the call arrives.
     #[serde(default)]
     pub after_mock_calls: Option<usize>,
     #[serde(rename = "do")]

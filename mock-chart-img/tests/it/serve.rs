@@ -152,12 +152,20 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// A port the binary can take on every address, with the next one free on loopback too: on a non-loopback address
+/// the admin API moves to 127.0.0.1 on the next port. Drawn below Linux's ephemeral range (32768–60999), so no
+/// outgoing connection of a test running beside this one takes either meanwhile (a port from `bind(0)` left the next
+/// one to chance, and a fresh-clone CI run failed on `cannot listen on …: Address already in use`).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    loop {
+        let p: u16 = rng.random_range(20_000..32_000);
+        let free = |addr: (&str, u16)| std::net::TcpListener::bind(addr).is_ok();
+        if free(("0.0.0.0", p)) && free(("127.0.0.1", p + 1)) && free(("0.0.0.0", p + 1)) {
+            return p;
+        }
+    }
 }
 
 const CHART_BODY: &str = r#"{"symbol":"BINANCE:BTCUSDT","interval":"1D"}"#;

@@ -134,10 +134,6 @@ impl StepRun<'_> {
                     }
                     next = Instant::now() + heartbeat;
                 }
-                // The attempt's first stored chart: renew now, so the progress is recorded (`chartsRendered`).
-                _ = self.first_stored.notified(), if !lost && renewal.is_none() => {
-                    next = Instant::now();
-                }
                 _ = tokio::time::sleep_until(fence_at), if !lost => {
                     // The document's lease may be over (it is written to the second, and clocks differ): another
                     // instance may claim the step now, so this holder starts nothing and writes nothing more.

@@ -56,7 +56,6 @@ pub async fn run_chart_export_step(
         observer,
         charts: Default::default(),
         rendered: Default::default(),
-        first_stored: Default::default(),
     }
     .run(selector)
     .instrument(span)
@@ -74,10 +73,6 @@ struct StepRun<'a> {
     /// release, so an attempt that made progress does not use up the step's attempts however it ends
     /// ([`crate::domain::step::CHARTS_RENDERED`]).
     rendered: std::sync::atomic::AtomicU32,
-    /// Notified when this attempt stores its first chart: the lease keeper renews at once, so the progress is on
-    /// record before the next heartbeat (a holder killed in between would otherwise use an attempt up, and at the
-    /// last attempt its charts would be deleted with the step).
-    first_stored: tokio::sync::Notify,
 }
 
 fn noop(run: &RunId, step: Option<&StepId>, reason: impl Into<String>) -> StepReport {

@@ -241,9 +241,7 @@ impl StepRun<'_> {
                     _ => ChartFailure::new(ErrorCode::GcsWriteFailed, message),
                 }
             })?;
-            if self.rendered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                self.first_stored.notify_one();
-            }
+            self.rendered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(ManifestItem {
                 chart_template_id: req.template_id.to_string(),
                 gcs_uri: obj.uri(),

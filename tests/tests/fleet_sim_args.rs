@@ -60,6 +60,14 @@ fn chaos_and_judging_options_out_of_range_are_refused_by_name() {
             "--max-bound-ratio=0",
             "--max-bound-ratio must be a positive number, got 0",
         ),
+        (
+            "--max-calls-per-chart=0.5",
+            "--max-calls-per-chart must be a number ≥ 1 (a chart costs at least one call), got 0.5",
+        ),
+        (
+            "--max-calls-per-chart-beyond-kills=NaN",
+            "--max-calls-per-chart-beyond-kills must be a number ≥ 1 (a chart costs at least one call), got NaN",
+        ),
     ] {
         let (code, err) = fleet_sim(&[arg]);
         assert_eq!(code, 2, "{arg}: {err}");

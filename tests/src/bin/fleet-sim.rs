@@ -107,6 +107,18 @@ fn main() {
         p => p,
     };
     let max_bound_ratio = positive("--max-bound-ratio", args.max_bound_ratio);
+    for (name, v) in [
+        ("--max-calls-per-chart", args.max_calls_per_chart),
+        (
+            "--max-calls-per-chart-beyond-kills",
+            args.max_calls_per_chart_beyond_kills,
+        ),
+    ] {
+        if let Some(x) = v.filter(|x| !(x.is_finite() && *x >= 1.0)) {
+            eprintln!("error: {name} must be a number ≥ 1 (a chart costs at least one call), got {x}");
+            std::process::exit(2);
+        }
+    }
     // The emulator a freeze stops is the simulation's own: started before the runtime (its address goes into this
     // process's environment, which the Firestore clients and the local Eventarc read) and stopped when dropped.
     let private = match freeze_every {

@@ -310,7 +310,7 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     let deliveries = fleet.stop().await;
     let logs = LogFigures::read(opts, &fleet.procs, &driven.dead)?;
     let accounts = fleet.account_figures().await?;
-    let (observed_latency, gateway_timeouts, closed) = fleet.mock_latency(&driven.killed);
+    let (observed_latency, gateway_timeouts, closed) = fleet.journal_figures(&driven.killed);
     let _ = fleet.mock.shutdown().await;
     let steps = StepFigures::of(&fleet.run_ids, &driven.steps, written_at);
     let bucket = bucket_figures(&fleet.fs, emu, &fleet.bucket).await?;
@@ -711,7 +711,7 @@ impl<'a> Fleet<'a> {
 
     /// The latency of the mock's `200` answers, its `504` count and the calls whose client closed the connection
     /// first (lost to a kill, abandoned by the worker), from its journal.
-    fn mock_latency(&self, killed: &[(String, DateTime<Utc>)]) -> (LatencyFigures, u64, ClosedCalls) {
+    fn journal_figures(&self, killed: &[(String, DateTime<Utc>)]) -> (LatencyFigures, u64, ClosedCalls) {
         let journal = self.mock.state().journal(&Default::default());
         let closed = ClosedCalls::of(&journal, killed);
         let mut took: Vec<u64> = journal

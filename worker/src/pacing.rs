@@ -255,7 +255,9 @@ impl WindowPacer {
         self.reservations.load(Ordering::Relaxed)
     }
 
-    /// Waits for a slot in one of this process's windows, reserving the next window when none is free.
+    /// Waits for a slot in one of this process's windows, reserving the next window when none is free (the tests'
+    /// shorthand; callers go through [`Pace::until_ready`] or [`WindowPacer::slot`]).
+    #[cfg(test)]
     pub async fn until_ready(&self) -> Result<(), StoreError> {
         let at = self.slot().await?;
         tokio::time::sleep_until(at).await;

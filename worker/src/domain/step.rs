@@ -406,6 +406,21 @@ pub fn charts_rendered_of(step: &Value) -> u64 {
     step.get(CHARTS_RENDERED).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// The step field where holders record how many of the step's charts are stored, as far as the attempt knows: the
+/// charts it found stored at its start plus those it rendered, never less than what was recorded before (written
+/// with the lease renewals and the release, never cleared). A holder cut off before recording its progress (killed
+/// or fenced between two renewals) leaves more charts stored than recorded: the give-up claim counts the stored
+/// charts, and when there are more than recorded, the step is handed back for one more attempt instead of given
+/// up. Bounded: each such hand-back records the larger count, and a step has only so many charts.
+pub const CHARTS_STORED: &str = "chartsStored";
+
+/// [`CHARTS_STORED`] of a step (absent = 0).
+pub fn charts_stored_of(step: &Value) -> u32 {
+    step.get(CHARTS_STORED)
+        .and_then(Value::as_u64)
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 /// The step field holding the `generatedAt` of its charts: the time in their object names (contract §6), fixed at the
 /// step's first claim and kept by every later one, so an attempt finds the charts an earlier one stored under the
 /// very names it would write.
@@ -480,14 +495,22 @@ pub fn check_owner(doc: Option<&Value>, patch: &StepPatch, token: &ClaimToken) -
     }
 }
 
-/// The lease renewal of a running step: `leaseExpiresAt` moves, and [`CHARTS_RENDERED`] records the charts this
+/// The lease renewal of a running step: `leaseExpiresAt` moves, [`CHARTS_RENDERED`] records the charts this
 /// attempt has rendered and stored so far (once there are any), so a holder killed after progress hands its attempt
-/// back.
-pub fn renew_patch(step_id: &StepId, lease_expires_at: DateTime<Utc>, charts_rendered: u32) -> StepPatch {
+/// back, and [`CHARTS_STORED`] the step's charts stored as far as the attempt knows (once there are any).
+pub fn renew_patch(
+    step_id: &StepId,
+    lease_expires_at: DateTime<Utc>,
+    charts_rendered: u32,
+    charts_stored: u32,
+) -> StepPatch {
     let mut fields = BTreeMap::new();
     fields.insert("leaseExpiresAt".to_owned(), Some(json!(rfc3339(lease_expires_at))));
     if charts_rendered > 0 {
         fields.insert(CHARTS_RENDERED.to_owned(), Some(json!(charts_rendered)));
+    }
+    if charts_stored > 0 {
+        fields.insert(CHARTS_STORED.to_owned(), Some(json!(charts_stored)));
     }
     StepPatch {
         step_id: step_id.clone(),
@@ -508,6 +531,8 @@ pub struct ReleaseParams {
     /// Charts this attempt rendered and stored ([`CHARTS_RENDERED`]); ignored when `attempts` hands the attempt back
     /// already.
     pub charts_rendered: u32,
+    /// The step's charts stored as far as this attempt knows ([`CHARTS_STORED`]; 0: not written).
+    pub charts_stored: u32,
 }
 
 /// The release patch. `claimToken` and `attempts` stay, so a retried release recognises itself and the next claim
@@ -527,6 +552,9 @@ pub fn release_patch(step_id: &StepId, r: &ReleaseParams) -> StepPatch {
         fields.insert(CHARTS_RENDERED.to_owned(), None);
     } else if r.charts_rendered > 0 {
         fields.insert(CHARTS_RENDERED.to_owned(), Some(json!(r.charts_rendered)));
+    }
+    if r.charts_stored > 0 {
+        fields.insert(CHARTS_STORED.to_owned(), Some(json!(r.charts_stored)));
     }
     for f in ["leaseExpiresAt", "startedAt", "claimedBy"] {
         fields.insert(f.to_owned(), None);
@@ -913,6 +941,7 @@ mod tests {
             message: "unavailable".into(),
             attempts: None,
             charts_rendered: 0,
+            charts_stored: 0,
         };
         let release = release_patch(&id, &r);
         assert_eq!(
@@ -955,10 +984,11 @@ mod tests {
         let mut d = doc();
         let (_, claim) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
         claim.unwrap().apply_to(&mut d);
-        let renewal = renew_patch(&id, at("2026-11-28T10:01:20Z"), 2);
+        let renewal = renew_patch(&id, at("2026-11-28T10:01:20Z"), 2, 3);
         assert_eq!(check_owner(Some(&d), &renewal, &token), PatchOutcome::Applied);
         renewal.apply_to(&mut d);
         assert_eq!(d["steps"]["charts_4h"][CHARTS_RENDERED], 2);
+        assert_eq!(charts_stored_of(&d["steps"]["charts_4h"]), 3);
         // Out of attempts by count (3 of 3), but the last one made progress: a regular claim, not a give-up.
         d["steps"]["charts_4h"]["attempts"] = json!(3);
         let mut p = params_with("t-2", "2026-11-28T10:02:00Z");
@@ -981,6 +1011,11 @@ mod tests {
             d["steps"]["charts_4h"].get(CHARTS_RENDERED).is_none(),
             "cleared by the claim"
         );
+        assert_eq!(
+            charts_stored_of(&d["steps"]["charts_4h"]),
+            3,
+            "kept by the claim: the give-up compares what is stored with it"
+        );
         // That holder dies too before storing anything: now the attempt counts, and the next claim gives up.
         let mut p = params_with("t-3", "2026-11-28T10:20:00Z");
         p.max_attempts = 3;
@@ -997,9 +1032,8 @@ mod tests {
             "{out:?}"
         );
         // A renewal with nothing stored writes no count.
-        assert!(!renew_patch(&id, at("2026-11-28T10:01:20Z"), 0)
-            .fields
-            .contains_key(CHARTS_RENDERED));
+        let empty = renew_patch(&id, at("2026-11-28T10:01:20Z"), 0, 0);
+        assert!(!empty.fields.contains_key(CHARTS_RENDERED) && !empty.fields.contains_key(CHARTS_STORED));
     }
 
     #[test]
@@ -1015,13 +1049,16 @@ mod tests {
                     message: "503".into(),
                     attempts,
                     charts_rendered,
+                    charts_stored: charts_rendered + 1,
                 },
             )
         };
         assert_eq!(release(None, 4).fields[CHARTS_RENDERED], Some(json!(4)));
+        assert_eq!(release(None, 4).fields[CHARTS_STORED], Some(json!(5)));
         assert!(!release(None, 0).fields.contains_key(CHARTS_RENDERED));
-        // A shutdown hands its attempt back already: not a second time at the next claim.
+        // A shutdown hands its attempt back already: not a second time at the next claim; what is stored is kept.
         assert_eq!(release(Some(1), 4).fields[CHARTS_RENDERED], None);
+        assert_eq!(release(Some(1), 4).fields[CHARTS_STORED], Some(json!(5)));
     }
 
     #[test]

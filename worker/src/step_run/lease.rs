@@ -108,7 +108,7 @@ impl StepRun<'_> {
                 _ = tokio::time::sleep_until(next), if !lost && renewal.is_none() => {
                     let sent = Instant::now();
                     let rendered = self.rendered.load(std::sync::atomic::Ordering::SeqCst);
-                    let patch = renew_patch(&claim.step_id, w.clock.now() + chrono_of(lease), rendered);
+                    let patch = renew_patch(&claim.step_id, w.clock.now() + chrono_of(lease), rendered, self.charts_stored());
                     let until = confirmed_until;
                     renewal = Some(Box::pin(async move {
                         let r = tokio::time::timeout_at(until, async {

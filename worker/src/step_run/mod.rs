@@ -56,6 +56,7 @@ pub async fn run_chart_export_step(
         observer,
         charts: Default::default(),
         rendered: Default::default(),
+        stored: Default::default(),
     }
     .run(selector)
     .instrument(span)
@@ -73,6 +74,9 @@ struct StepRun<'a> {
     /// release, so an attempt that made progress does not use up the step's attempts however it ends
     /// ([`crate::domain::step::CHARTS_RENDERED`]).
     rendered: std::sync::atomic::AtomicU32,
+    /// The step's charts on record as stored when it was claimed, and those this attempt found stored (once it
+    /// looked): what it records as [`crate::domain::step::CHARTS_STORED`].
+    stored: std::sync::Mutex<(u32, Option<u32>)>,
 }
 
 fn noop(run: &RunId, step: Option<&StepId>, reason: impl Into<String>) -> StepReport {
@@ -88,6 +92,14 @@ fn chrono_of(d: Duration) -> chrono::Duration {
 }
 
 impl StepRun<'_> {
+    /// The step's charts stored as far as this attempt knows, never less than was on record when it was claimed
+    /// ([`crate::domain::step::CHARTS_STORED`]).
+    fn charts_stored(&self) -> u32 {
+        let (recorded, found) = *self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        let rendered = self.rendered.load(std::sync::atomic::Ordering::SeqCst);
+        found.map_or(recorded, |f| recorded.max(f.saturating_add(rendered)))
+    }
+
     async fn run(&self, selector: &StepSelector) -> Result<StepReport, CoreError> {
         let (claim, doc) = match self.claim(selector).await? {
             Ok(c) => c,
@@ -142,10 +154,15 @@ impl StepRun<'_> {
             .charts_generated_at
             .get_or_insert_with(|| now - chrono::Duration::nanoseconds(now.timestamp_subsec_nanos() as i64));
         *self.charts.lock().unwrap_or_else(|e| e.into_inner()) = self.step_chart_objects(&valid, &valid.requests);
+        self.stored.lock().unwrap_or_else(|e| e.into_inner()).0 =
+            crate::domain::step::charts_stored_of(&doc["steps"][claim.step_id.as_str()]);
         if let Some(report) = self.manifest_first(claim).await? {
             return Ok(report);
         }
         if let Some((code, message)) = &claim.give_up {
+            if let Some(report) = self.progress_off_the_record(claim, &valid).await? {
+                return Ok(report);
+            }
             error!(event = "step_gave_up", code = %code, "{message}");
             return self
                 .finalize_failed(claim, outcome::ChartFailure::new(*code, message.clone()), Vec::new())
@@ -156,6 +173,8 @@ impl StepRun<'_> {
         }
         let slots = self.prepare_requests(&valid).await?;
         let slots = self.find_stored(&valid, slots).await?;
+        let found = slots.iter().filter(|s| matches!(s, render::Slot::Stored(_))).count();
+        self.stored.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(u32::try_from(found).unwrap_or(u32::MAX));
         let key = format!("{}/{}", self.run, claim.step_id);
         let ledger = QuotaLedger::new(&self.w.accounts, self.w.usage.clone(), self.w.clock.as_ref(), &key);
         let slots = self.before_calls(slots, guard)?;

@@ -9,6 +9,7 @@ use tracing::{error, info, warn};
 use super::claim::Claim;
 use super::lease::{Guard, Stop};
 use super::outcome::{ChartFailure, CoreError, Halt, StepReport};
+use super::render::Slot;
 use super::{chrono_of, StepRun};
 use crate::domain::manifest::manifest_path;
 use crate::domain::step::{release_patch, rfc3339, validate_step, StepInvalid, ValidStep};
@@ -399,7 +400,7 @@ impl StepRun<'_> {
                 // The manifest cannot be checked now: hand the step back once more; the give-up claim checks again,
                 // and if it cannot either, the step is FAILED (bounded: a store that never heals ends the step).
                 Err(Halt::Transient { .. } | Halt::Shutdown) if claim.give_up.is_none() => {
-                    return self.release_now(claim, code, message, false).await
+                    return self.release_now(claim, code, message, None).await
                 }
                 Err(Halt::Transient { .. } | Halt::Shutdown) => {}
             }
@@ -420,21 +421,58 @@ impl StepRun<'_> {
                 }),
             };
         }
-        self.release_now(claim, code, message, shutdown).await
+        let attempts = shutdown.then(|| claim.attempt.saturating_sub(1));
+        self.release_now(claim, code, message, attempts).await
+    }
+
+    /// At a give-up claim, before the step is given up: the step's charts stored now against those on record
+    /// ([`crate::domain::step::CHARTS_STORED`]). More stored than recorded means an earlier holder made progress it
+    /// could not record (killed, or fenced by a frozen store, between two lease renewals), so its attempt should not
+    /// have counted: the step is handed back for its last attempt instead, with the larger count on record.
+    /// `None`: nothing off the record, the step is given up.
+    pub(super) async fn progress_off_the_record(
+        &self,
+        claim: &Claim,
+        valid: &ValidStep,
+    ) -> Result<Option<StepReport>, Halt> {
+        let slots = self.prepare_requests(valid).await?;
+        let slots = self.find_stored(valid, slots).await?;
+        let found = slots.iter().filter(|s| matches!(s, Slot::Stored(_))).count();
+        let found = u32::try_from(found).unwrap_or(u32::MAX);
+        let recorded = {
+            let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+            stored.1 = Some(found);
+            stored.0
+        };
+        if found <= recorded {
+            return Ok(None);
+        }
+        let max = self.w.settings.lifecycle.max_attempts;
+        let message = format!(
+            "out of attempts, but {found} of the step's charts are stored and {recorded} were on record: an earlier \
+             holder was cut off before recording its progress, so the step gets its last attempt back"
+        );
+        warn!(event = "progress_off_the_record", found, recorded, "{message}");
+        self.release_now(claim, ErrorCode::StepAbandoned, message, Some(max.saturating_sub(1)))
+            .await
+            .map(Some)
+            .map_err(Halt::Refused)
     }
 
     /// The release write itself (RUNNING → READY, not before the attempt's backoff).
+    /// `attempts`: hands the step back with this attempt count, claimable at once (the attempt was not the step's
+    /// fault); `None`: the attempt counts, and the step waits for its backoff.
     async fn release_now(
         &self,
         claim: &Claim,
         code: ErrorCode,
         message: String,
-        shutdown: bool,
+        attempts: Option<u32>,
     ) -> Result<StepReport, CoreError> {
         let w = self.w;
         let lifecycle = &w.settings.lifecycle;
         let now = w.clock.now();
-        let delay = if shutdown {
+        let delay = if attempts.is_some() {
             Duration::ZERO
         } else {
             lifecycle.release_delay(claim.attempt)
@@ -444,8 +482,9 @@ impl StepRun<'_> {
             not_before: now + chrono_of(delay),
             code: code.as_str().to_owned(),
             message: message.clone(),
-            attempts: shutdown.then(|| claim.attempt.saturating_sub(1)),
+            attempts,
             charts_rendered: self.rendered.load(std::sync::atomic::Ordering::SeqCst),
+            charts_stored: self.charts_stored(),
         };
         let patch = release_patch(&claim.step_id, &params);
         match w.flow_runs.patch_owned_step(self.run, &claim.token, &patch).await {

@@ -421,6 +421,19 @@ pub fn charts_stored_of(step: &Value) -> u32 {
         .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
+/// The step field counting the attempts handed back because their holder lost its lease (fenced: the store did not
+/// confirm a renewal in time) and could still release the step under its own token. Such an attempt is not the
+/// step's doing, so it does not use the step's attempts up, but only while this count is below
+/// `CHART_EXPORT_MAX_ATTEMPTS`: a step whose holders keep losing their leases still ends.
+pub const ATTEMPTS_HANDED_BACK: &str = "attemptsHandedBack";
+
+/// [`ATTEMPTS_HANDED_BACK`] of a step (absent = 0).
+pub fn attempts_handed_back_of(step: &Value) -> u32 {
+    step.get(ATTEMPTS_HANDED_BACK)
+        .and_then(Value::as_u64)
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 /// The step field holding the `generatedAt` of its charts: the time in their object names (contract §6), fixed at the
 /// step's first claim and kept by every later one, so an attempt finds the charts an earlier one stored under the
 /// very names it would write.
@@ -533,6 +546,8 @@ pub struct ReleaseParams {
     pub charts_rendered: u32,
     /// The step's charts stored as far as this attempt knows ([`CHARTS_STORED`]; 0: not written).
     pub charts_stored: u32,
+    /// [`ATTEMPTS_HANDED_BACK`] to write (a holder that lost its lease hands its attempt back).
+    pub handed_back: Option<u32>,
 }
 
 /// The release patch. `claimToken` and `attempts` stay, so a retried release recognises itself and the next claim
@@ -555,6 +570,9 @@ pub fn release_patch(step_id: &StepId, r: &ReleaseParams) -> StepPatch {
     }
     if r.charts_stored > 0 {
         fields.insert(CHARTS_STORED.to_owned(), Some(json!(r.charts_stored)));
+    }
+    if let Some(n) = r.handed_back {
+        fields.insert(ATTEMPTS_HANDED_BACK.to_owned(), Some(json!(n)));
     }
     for f in ["leaseExpiresAt", "startedAt", "claimedBy"] {
         fields.insert(f.to_owned(), None);
@@ -942,6 +960,7 @@ mod tests {
             attempts: None,
             charts_rendered: 0,
             charts_stored: 0,
+            handed_back: None,
         };
         let release = release_patch(&id, &r);
         assert_eq!(
@@ -1050,6 +1069,7 @@ mod tests {
                     attempts,
                     charts_rendered,
                     charts_stored: charts_rendered + 1,
+                    handed_back: attempts.map(|_| 1),
                 },
             )
         };
@@ -1059,6 +1079,8 @@ mod tests {
         // A shutdown hands its attempt back already: not a second time at the next claim; what is stored is kept.
         assert_eq!(release(Some(1), 4).fields[CHARTS_RENDERED], None);
         assert_eq!(release(Some(1), 4).fields[CHARTS_STORED], Some(json!(5)));
+        assert_eq!(release(Some(1), 4).fields[ATTEMPTS_HANDED_BACK], Some(json!(1)));
+        assert!(!release(None, 4).fields.contains_key(ATTEMPTS_HANDED_BACK));
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl StepRun<'_> {
         never = self.keep_alive(claim, &tx, deadline) => match never {}};
         match result {
             Ok(report) => Ok(report),
-            Err(Halt::Lost(reason)) => Ok(self.lost(claim, reason)),
+            Err(Halt::Lost(reason)) => Ok(self.after_lost_lease(claim, doc, reason).await),
             Err(Halt::Transient { code, message }) => self.release(claim, code, message, false).await,
             Err(Halt::Shutdown) => {
                 let message = "the worker shut down mid-step".to_owned();

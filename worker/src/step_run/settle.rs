@@ -400,7 +400,7 @@ impl StepRun<'_> {
                 // The manifest cannot be checked now: hand the step back once more; the give-up claim checks again,
                 // and if it cannot either, the step is FAILED (bounded: a store that never heals ends the step).
                 Err(Halt::Transient { .. } | Halt::Shutdown) if claim.give_up.is_none() => {
-                    return self.release_now(claim, code, message, None).await
+                    return self.release_now(claim, code, message, None, None).await
                 }
                 Err(Halt::Transient { .. } | Halt::Shutdown) => {}
             }
@@ -422,7 +422,42 @@ impl StepRun<'_> {
             };
         }
         let attempts = shutdown.then(|| claim.attempt.saturating_sub(1));
-        self.release_now(claim, code, message, attempts).await
+        self.release_now(claim, code, message, attempts, None).await
+    }
+
+    /// After the holder lost its lease (`reason`). At the fence nobody may hold the step yet: a release under this
+    /// claim's own token (a transaction that lands only while the token is still the step's) hands the attempt
+    /// back, with what it stored on record, and makes the step claimable at once instead of after the lease; while
+    /// the step's [`ATTEMPTS_HANDED_BACK`] is below `CHART_EXPORT_MAX_ATTEMPTS`, and not for a give-up claim.
+    /// Another token on the step, or a store that cannot take the write: the claim is lost, nothing is written.
+    ///
+    /// [`ATTEMPTS_HANDED_BACK`]: crate::domain::step::ATTEMPTS_HANDED_BACK
+    pub(super) async fn after_lost_lease(&self, claim: &Claim, doc: &Value, reason: String) -> StepReport {
+        let handed = crate::domain::step::attempts_handed_back_of(&doc["steps"][claim.step_id.as_str()]);
+        let max = self.w.settings.lifecycle.max_attempts;
+        if claim.give_up.is_some() || handed >= max {
+            return self.lost(claim, reason);
+        }
+        let message = format!(
+            "{reason}; the holder handed its attempt back ({} of {max} such hand-backs)",
+            handed + 1
+        );
+        let back = Some(claim.attempt.saturating_sub(1));
+        // Tried until the lease this holder knew of ends (the fence comes `fence_margin` before it): the store that
+        // did not confirm the renewal may answer again by then. Safe after it too (the write needs this token).
+        let until = tokio::time::Instant::now() + super::lease::fence_margin(self.w.settings.lease);
+        loop {
+            match self
+                .release_now(claim, ErrorCode::StepAbandoned, message.clone(), back, Some(handed + 1))
+                .await
+            {
+                Ok(report) => return report,
+                Err(_) if tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await
+                }
+                Err(_) => return self.lost(claim, reason),
+            }
+        }
     }
 
     /// At a give-up claim, before the step is given up: the step's charts stored now against those on record
@@ -453,10 +488,16 @@ impl StepRun<'_> {
              holder was cut off before recording its progress, so the step gets its last attempt back"
         );
         warn!(event = "progress_off_the_record", found, recorded, "{message}");
-        self.release_now(claim, ErrorCode::StepAbandoned, message, Some(max.saturating_sub(1)))
-            .await
-            .map(Some)
-            .map_err(Halt::Refused)
+        self.release_now(
+            claim,
+            ErrorCode::StepAbandoned,
+            message,
+            Some(max.saturating_sub(1)),
+            None,
+        )
+        .await
+        .map(Some)
+        .map_err(Halt::Refused)
     }
 
     /// The release write itself (RUNNING → READY, not before the attempt's backoff).
@@ -468,6 +509,7 @@ impl StepRun<'_> {
         code: ErrorCode,
         message: String,
         attempts: Option<u32>,
+        handed_back: Option<u32>,
     ) -> Result<StepReport, CoreError> {
         let w = self.w;
         let lifecycle = &w.settings.lifecycle;
@@ -485,6 +527,7 @@ impl StepRun<'_> {
             attempts,
             charts_rendered: self.rendered.load(std::sync::atomic::Ordering::SeqCst),
             charts_stored: self.charts_stored(),
+            handed_back,
         };
         let patch = release_patch(&claim.step_id, &params);
         match w.flow_runs.patch_owned_step(self.run, &claim.token, &patch).await {
@@ -501,7 +544,12 @@ impl StepRun<'_> {
             }
             Ok(other) => Ok(self.lost(claim, format!("release skipped, the step is no longer ours: {other:?}"))),
             Err(e) => {
-                error!(event = "finalize_failed", error = %e, "could not release the step; it is reclaimable after its lease");
+                if handed_back.is_some() {
+                    // The best-effort release after a lost lease (`after_lost_lease`), which may try again.
+                    warn!(event = "release_failed", error = %e, "could not hand the attempt back yet");
+                } else {
+                    error!(event = "finalize_failed", error = %e, "could not release the step; it is reclaimable after its lease");
+                }
                 Err(CoreError::ReleaseFailed {
                     cause: message,
                     release: e,

@@ -468,16 +468,17 @@ impl<'a> QuotaLedger<'a> {
 
     /// Takes the next rate slot of `queued`'s key and waits for it; from [`PREFETCH_LEAD`] before the slot, makes
     /// sure the process holds a unit on the key for it ([`QuotaLedger::prefetch`]), so the reservation's round trip
-    /// is hidden behind the wait while a caller whose slot is seconds away holds nothing until then. Only the shared
-    /// pacing fails (its store).
-    pub async fn until_slot(&self, queued: &Queued<'a>) -> Result<(), StoreError> {
+    /// is hidden behind the wait while a caller whose slot is seconds away holds nothing until then. Answers the
+    /// slot's time: a reservation slower than the lead (a frozen or busy store) returns after it, and the caller must
+    /// see how stale its slot is by then, not take the return for the slot. Only the shared pacing fails (its store).
+    pub async fn until_slot(&self, queued: &Queued<'a>) -> Result<tokio::time::Instant, StoreError> {
         let at = queued.account.slot().await?;
         let prefetch = async {
             tokio::time::sleep_until(at.checked_sub(PREFETCH_LEAD).unwrap_or(at)).await;
             self.prefetch(queued).await
         };
         tokio::join!(tokio::time::sleep_until(at), prefetch);
-        Ok(())
+        Ok(at)
     }
 
     /// Makes sure the process holds a unit on the key of `queued` for when its rate slot comes
@@ -925,9 +926,85 @@ mod tests {
             _ = tokio::time::sleep(Duration::from_millis(1500)) => {}
         }
         assert_eq!(account.held(), 0, "a unit reserved 1.5 s before a slot 2.05 s away");
-        waiting.await.unwrap();
+        let slot = waiting.await.unwrap();
         assert!(t0.elapsed() >= Duration::from_millis(2050), "{:?}", t0.elapsed());
+        assert_eq!(
+            slot - t0,
+            Duration::from_millis(2050),
+            "the slot after the other instance's window and gap"
+        );
         assert_eq!(account.held(), 1, "reserved in time for the slot");
+    }
+
+    /// The in-memory usage store, each reservation taking `delay` (a frozen or busy usage document).
+    struct SlowReserve {
+        inner: crate::adapters::JsonDocs<crate::adapters::MemoryBackend>,
+        delay: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl AccountUsageStore for SlowReserve {
+        async fn reserve(
+            &self,
+            op: &OpId,
+            accounts: &[AccountQuota],
+            units: u32,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<Vec<crate::domain::Grant>, StoreError> {
+            tokio::time::sleep(self.delay).await;
+            self.inner.reserve(op, accounts, units, now).await
+        }
+        async fn give_back(
+            &self,
+            op: &OpId,
+            a: &AccountId,
+            day: chrono::NaiveDate,
+            units: u32,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), StoreError> {
+            self.inner.give_back(op, a, day, units, now).await
+        }
+        async fn mark_exhausted(
+            &self,
+            a: &AccountQuota,
+            day: chrono::NaiveDate,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), StoreError> {
+            self.inner.mark_exhausted(a, day, now).await
+        }
+        async fn get_usage(&self, a: &AccountId) -> Result<Option<crate::domain::UsageDoc>, StoreError> {
+            self.inner.get_usage(a).await
+        }
+    }
+
+    /// A reservation slower than [`PREFETCH_LEAD`] (a freeze of the usage document) returns after the slot: the slot
+    /// answered is the slot's own time, so the caller sees it is stale (and waits for a fresh one) instead of taking
+    /// the late return for its slot. Taking the return for the slot let every caller queued behind a freeze send at
+    /// once when it thawed: `429 Too Many Requests` in the 100-run chaos run.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_whose_reservation_came_back_late_is_answered_at_its_own_time() {
+        let store = Arc::new(SlowReserve {
+            inner: crate::adapters::JsonDocs::in_memory(),
+            delay: Duration::from_secs(2),
+        });
+        let pool = pool_with_limits(&[100]);
+        let clock = crate::ports::SystemClock;
+        let ledger = QuotaLedger::new(&pool, store, &clock, "run-1/charts_4h");
+        let queued = ledger.choose(PlanNeeds::NONE).unwrap();
+        let account = queued.account();
+        let t0 = tokio::time::Instant::now();
+        let slot = ledger.until_slot(&queued).await.unwrap();
+        assert!(
+            slot <= t0 + Duration::from_millis(1),
+            "a key nobody else uses: the slot is now, {:?}",
+            slot - t0
+        );
+        assert!(
+            slot.elapsed() >= Duration::from_secs(2),
+            "returned when the reservation did: {:?}",
+            slot.elapsed()
+        );
+        assert_eq!(account.held(), 1);
     }
 
     /// A clock the test moves.

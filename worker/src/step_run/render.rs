@@ -320,14 +320,15 @@ impl StepRun<'_> {
                     // Still queued for a rate slot at the deadline, SIGTERM or a lost claim: nothing taken, nothing sent.
                     _ = guard.stopped() => continue,
                 };
-                let slot_at = tokio::time::Instant::now();
                 if guard.current().is_some() {
                     continue;
                 }
-                if let Err(e) = ready {
+                // The slot's own time, not when the wait came back: the unit's reservation may have returned after it.
+                let slot_at = match ready {
+                    Ok(at) => at,
                     // No call was sent and no unit taken: the attempt is retried like a 5xx.
-                    return Err(window_failed(&account.config.id, &e));
-                }
+                    Err(e) => return Err(window_failed(&account.config.id, &e)),
+                };
                 let unit = match ledger.take(queued).await {
                     Ok(Some(u)) => u,
                     // The key's quota for today is used up: the step stops choosing it, and the call picks another.
@@ -343,9 +344,9 @@ impl StepRun<'_> {
                         }));
                     }
                 };
-                // A slot is only good at its time: a call sent more than one period after it (the reservation took
-                // that long) could meet the next caller's on-time call closer than the key's rate allows, so it
-                // waits for a fresh slot, unit in hand (the pacing proof in pacing.rs).
+                // A slot is only good at its time: a call sent more than one period after it (the unit's reservation
+                // took that long, before or after the slot) could meet the next caller's on-time call closer than the
+                // key's rate allows, so it waits for a fresh slot, unit in hand (the pacing proof in pacing.rs).
                 if slot_at.elapsed() > account.period().min(STALE_SLOT) {
                     let ready = tokio::select! {
                         r = account.until_ready() => r,

@@ -674,10 +674,12 @@ mod tests {
         assert_eq!(in_flight_for(&[Plan::Pro], Duration::from_secs(6), 0), 1, "never zero");
     }
 
-    /// The in-memory usage store, recording the accounts and units of every reservation.
+    /// The in-memory usage store, recording the accounts and units of every reservation, each taking `delay` (a
+    /// frozen or busy usage document when not zero).
     struct Recording {
         inner: crate::adapters::JsonDocs<crate::adapters::MemoryBackend>,
         calls: std::sync::Mutex<Vec<(Vec<String>, u32)>>,
+        delay: Duration,
     }
 
     #[async_trait::async_trait]
@@ -693,6 +695,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((accounts.iter().map(|a| a.id.to_string()).collect(), units));
+            tokio::time::sleep(self.delay).await;
             self.inner.reserve(op, accounts, units, now).await
         }
         async fn give_back(
@@ -751,6 +754,7 @@ mod tests {
         let store = Arc::new(Recording {
             inner: crate::adapters::JsonDocs::in_memory(),
             calls: Default::default(),
+            delay: Duration::ZERO,
         });
         let clock = crate::ports::SystemClock;
         let mut firsts = HashSet::new();
@@ -779,6 +783,7 @@ mod tests {
         let store = Arc::new(Recording {
             inner: crate::adapters::JsonDocs::in_memory(),
             calls: Default::default(),
+            delay: Duration::ZERO,
         });
         let clock = crate::ports::SystemClock;
         for (plan, cap) in [("PRO", 10), ("BASIC", 1)] {
@@ -936,55 +941,15 @@ mod tests {
         assert_eq!(account.held(), 1, "reserved in time for the slot");
     }
 
-    /// The in-memory usage store, each reservation taking `delay` (a frozen or busy usage document).
-    struct SlowReserve {
-        inner: crate::adapters::JsonDocs<crate::adapters::MemoryBackend>,
-        delay: Duration,
-    }
-
-    #[async_trait::async_trait]
-    impl AccountUsageStore for SlowReserve {
-        async fn reserve(
-            &self,
-            op: &OpId,
-            accounts: &[AccountQuota],
-            units: u32,
-            now: chrono::DateTime<chrono::Utc>,
-        ) -> Result<Vec<crate::domain::Grant>, StoreError> {
-            tokio::time::sleep(self.delay).await;
-            self.inner.reserve(op, accounts, units, now).await
-        }
-        async fn give_back(
-            &self,
-            op: &OpId,
-            a: &AccountId,
-            day: chrono::NaiveDate,
-            units: u32,
-            now: chrono::DateTime<chrono::Utc>,
-        ) -> Result<(), StoreError> {
-            self.inner.give_back(op, a, day, units, now).await
-        }
-        async fn mark_exhausted(
-            &self,
-            a: &AccountQuota,
-            day: chrono::NaiveDate,
-            now: chrono::DateTime<chrono::Utc>,
-        ) -> Result<(), StoreError> {
-            self.inner.mark_exhausted(a, day, now).await
-        }
-        async fn get_usage(&self, a: &AccountId) -> Result<Option<crate::domain::UsageDoc>, StoreError> {
-            self.inner.get_usage(a).await
-        }
-    }
-
     /// A reservation slower than [`PREFETCH_LEAD`] (a freeze of the usage document) returns after the slot: the slot
     /// answered is the slot's own time, so the caller sees it is stale (and waits for a fresh one) instead of taking
     /// the late return for its slot. Taking the return for the slot let every caller queued behind a freeze send at
     /// once when it thawed: `429 Too Many Requests` in the 100-run chaos run.
     #[tokio::test(start_paused = true)]
     async fn a_slot_whose_reservation_came_back_late_is_answered_at_its_own_time() {
-        let store = Arc::new(SlowReserve {
+        let store = Arc::new(Recording {
             inner: crate::adapters::JsonDocs::in_memory(),
+            calls: Default::default(),
             delay: Duration::from_secs(2),
         });
         let pool = pool_with_limits(&[100]);

@@ -100,6 +100,16 @@ impl StepRun<'_> {
         found.map_or(recorded, |f| recorded.max(f.saturating_add(rendered)))
     }
 
+    /// Notes the charts `slots` found stored (for [`Self::charts_stored`]); answers that count and the one on record
+    /// when the step was claimed.
+    fn note_found(&self, slots: &[render::Slot]) -> (u32, u32) {
+        let found = slots.iter().filter(|s| matches!(s, render::Slot::Stored(_))).count();
+        let found = u32::try_from(found).unwrap_or(u32::MAX);
+        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        stored.1 = Some(found);
+        (found, stored.0)
+    }
+
     async fn run(&self, selector: &StepSelector) -> Result<StepReport, CoreError> {
         let (claim, doc) = match self.claim(selector).await? {
             Ok(c) => c,
@@ -173,8 +183,7 @@ impl StepRun<'_> {
         }
         let slots = self.prepare_requests(&valid).await?;
         let slots = self.find_stored(&valid, slots).await?;
-        let found = slots.iter().filter(|s| matches!(s, render::Slot::Stored(_))).count();
-        self.stored.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(u32::try_from(found).unwrap_or(u32::MAX));
+        self.note_found(&slots);
         let key = format!("{}/{}", self.run, claim.step_id);
         let ledger = QuotaLedger::new(&self.w.accounts, self.w.usage.clone(), self.w.clock.as_ref(), &key);
         let slots = self.before_calls(slots, guard)?;

@@ -9,7 +9,6 @@ use tracing::{error, info, warn};
 use super::claim::Claim;
 use super::lease::{Guard, Stop};
 use super::outcome::{ChartFailure, CoreError, Halt, StepReport};
-use super::render::Slot;
 use super::{chrono_of, StepRun};
 use crate::domain::manifest::manifest_path;
 use crate::domain::step::{release_patch, rfc3339, validate_step, StepInvalid, ValidStep};
@@ -472,13 +471,7 @@ impl StepRun<'_> {
     ) -> Result<Option<StepReport>, Halt> {
         let slots = self.prepare_requests(valid).await?;
         let slots = self.find_stored(valid, slots).await?;
-        let found = slots.iter().filter(|s| matches!(s, Slot::Stored(_))).count();
-        let found = u32::try_from(found).unwrap_or(u32::MAX);
-        let recorded = {
-            let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
-            stored.1 = Some(found);
-            stored.0
-        };
+        let (found, recorded) = self.note_found(&slots);
         if found <= recorded {
             return Ok(None);
         }

@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 use worker_chart_export::adapters::FirestoreStore;
 use worker_chart_export::config::{parse_accounts, AccountConfig};
 use worker_chart_export::domain::collections::{ACCOUNTS_USAGE, CHART_TEMPLATES, FLOW_RUNS};
-use worker_chart_export::{ideal_bound, ideal_bound_for};
+use worker_chart_export::{ideal_bound, ideal_bound_for, ideal_bound_in_order};
 
 use crate::runner::live::{serve_env, serve_spec, Wiring};
 use crate::runner::setup::{create_bucket, keys, library_templates, Keys};
@@ -87,6 +87,9 @@ pub struct Options {
     pub max_over_count_pct: Option<f64>,
     /// A problem when the wall time exceeds this many times the ideal bound.
     pub max_bound_ratio: Option<f64>,
+    /// A problem when the wall time exceeds this many times [`ideal_bound_in_order`] of the latencies the mock drew:
+    /// what the worker itself adds, the dice's tail left out.
+    pub max_in_order_ratio: Option<f64>,
 }
 
 /// Freezes of the Firestore emulator: one about every `every` (±50 %), each lasting 1 s to `longest` (uniform).
@@ -128,6 +131,7 @@ impl Default for Options {
             freeze: None,
             max_over_count_pct: None,
             max_bound_ratio: None,
+            max_in_order_ratio: None,
         }
     }
 }
@@ -214,9 +218,20 @@ pub struct LatencyFigures {
     pub p50_ms: u64,
     pub p95_ms: u64,
     pub max_ms: u64,
+    /// When the mock received its first Chart-IMG call, after the runs were written (the start-up: claims, template
+    /// reads, the first rate slot).
+    pub first_call_ms: Option<u64>,
+    /// When it received the last call, after the runs were written (the wall time less this is the last call's
+    /// answer and the step's settling).
+    pub last_call_ms: Option<u64>,
+    /// Calls received per second between the first and the last (the steady rate, against the keys' summed rate).
+    pub calls_per_sec: Option<f64>,
     /// Every `200` answer's duration, for [`ideal_bound_for`].
     #[serde(skip)]
     pub drawn: Vec<Duration>,
+    /// The same in the order the mock received the calls, for [`ideal_bound_in_order`].
+    #[serde(skip)]
+    pub drawn_in_order: Vec<Duration>,
 }
 
 /// Everything one simulation measured.
@@ -241,6 +256,11 @@ pub struct Report {
     pub drawn_bound_ms: Option<u64>,
     /// `wall_ms / drawn_bound_ms`.
     pub drawn_ratio: Option<f64>,
+    /// [`ideal_bound_in_order`] of the same durations in the order the mock received the calls (its dice draws in
+    /// that order): the keys' earliest starts meeting the latencies this run met, the tail included.
+    pub in_order_bound_ms: Option<u64>,
+    /// `wall_ms / in_order_bound_ms`.
+    pub in_order_ratio: Option<f64>,
     /// The realistic profile's median for the templates' size × `time_scale` (the latency of the bound).
     pub model_latency_ms: u64,
     pub observed_latency: LatencyFigures,
@@ -310,9 +330,9 @@ pub async fn run(opts: &Options, emu: &Emulators, program: PathBuf) -> anyhow::R
     let deliveries = fleet.stop().await;
     let logs = LogFigures::read(opts, &fleet.procs, &driven.dead)?;
     let accounts = fleet.account_figures().await?;
-    let (observed_latency, gateway_timeouts, closed) = fleet.journal_figures(&driven.killed);
+    let (observed_latency, gateway_timeouts, closed) = fleet.journal_figures(&driven.killed, written_at);
     let _ = fleet.mock.shutdown().await;
-    let steps = StepFigures::of(&fleet.run_ids, &driven.steps, written_at);
+    let steps = StepFigures::of(&fleet.run_ids, &driven.steps, written_at, &logs.completed);
     let bucket = bucket_figures(&fleet.fs, emu, &fleet.bucket).await?;
     let collected = Collected {
         deliveries,
@@ -380,6 +400,9 @@ struct LogFigures {
     gave_up: u64,
     chart_retries: u64,
     give_backs_failed: u64,
+    /// When each run's step was seen final by its holder (`step_completed`, millisecond log times): `finishedAt`
+    /// holds whole seconds (the contract's time format), too coarse for a wall time of a few seconds.
+    completed: BTreeMap<String, DateTime<Utc>>,
 }
 
 /// The steps' statuses and the wall time.
@@ -711,14 +734,26 @@ impl<'a> Fleet<'a> {
 
     /// The latency of the mock's `200` answers, its `504` count and the calls whose client closed the connection
     /// first (lost to a kill, abandoned by the worker), from its journal.
-    fn journal_figures(&self, killed: &[(String, DateTime<Utc>)]) -> (LatencyFigures, u64, ClosedCalls) {
+    fn journal_figures(
+        &self,
+        killed: &[(String, DateTime<Utc>)],
+        written_at: DateTime<Utc>,
+    ) -> (LatencyFigures, u64, ClosedCalls) {
         let journal = self.mock.state().journal(&Default::default());
+        let received = journal.iter().filter(|e| e.account.is_some()).map(|e| e.received_at);
+        let (first, last) = (received.clone().min(), received.clone().max());
+        let after_write = |t: Option<DateTime<Utc>>| t.map(|t| (t - written_at).num_milliseconds().max(0) as u64);
+        let calls_per_sec = match (first, last) {
+            (Some(f), Some(l)) if l > f => {
+                Some((received.count() - 1) as f64 / ((l - f).num_milliseconds() as f64 / 1000.0))
+            }
+            _ => None,
+        };
         let closed = ClosedCalls::of(&journal, killed);
-        let mut took: Vec<u64> = journal
-            .iter()
-            .filter(|e| e.status == Some(200))
-            .map(|e| e.duration_ms)
-            .collect();
+        let mut answered: Vec<_> = journal.iter().filter(|e| e.status == Some(200)).collect();
+        answered.sort_by_key(|e| e.seq);
+        let drawn_in_order = answered.iter().map(|e| Duration::from_millis(e.duration_ms)).collect();
+        let mut took: Vec<u64> = answered.iter().map(|e| e.duration_ms).collect();
         took.sort_unstable();
         let pct = |p: f64| {
             took.get(((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1)))
@@ -729,7 +764,11 @@ impl<'a> Fleet<'a> {
             p50_ms: pct(0.5),
             p95_ms: pct(0.95),
             max_ms: took.last().copied().unwrap_or(0),
+            first_call_ms: after_write(first),
+            last_call_ms: after_write(last),
+            calls_per_sec,
             drawn: took.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            drawn_in_order,
         };
         let gateway_timeouts = journal.iter().filter(|e| e.status == Some(504)).count() as u64;
         (observed_latency, gateway_timeouts, closed)
@@ -837,6 +876,14 @@ impl LogFigures {
                     Some("transaction_gave_up") => f.gave_up += 1,
                     Some("chart_api_retry") => f.chart_retries += 1,
                     Some("quota_give_back_failed") => f.give_backs_failed += 1,
+                    Some("step_completed") => {
+                        let at = l["time"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+                        if let (Some(run), Some(at)) = (l["runId"].as_str(), at) {
+                            let at = at.with_timezone(&Utc);
+                            let e = f.completed.entry(run.to_owned()).or_insert(at);
+                            *e = (*e).max(at);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -847,8 +894,14 @@ impl LogFigures {
 
 impl StepFigures {
     /// The steps by status, the failed ones by code, whether all are final, and the wall time from the write to
-    /// the last `finishedAt` (when all are).
-    fn of(run_ids: &[String], steps: &BTreeMap<String, Value>, written_at: DateTime<Utc>) -> Self {
+    /// the last step final (when all are): each step's `finishedAt`, or its `step_completed` log time where later
+    /// (`completed`: `finishedAt` has whole seconds).
+    fn of(
+        run_ids: &[String],
+        steps: &BTreeMap<String, Value>,
+        written_at: DateTime<Utc>,
+        completed: &BTreeMap<String, DateTime<Utc>>,
+    ) -> Self {
         let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
         for id in run_ids {
             let s = steps
@@ -868,13 +921,15 @@ impl StepFigures {
         let last_finished = run_ids
             .iter()
             .filter_map(|id| {
-                steps.get(id)?["finishedAt"]
+                let finished = steps.get(id)?["finishedAt"]
                     .as_str()
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())?
+                    .with_timezone(&Utc);
+                Some(completed.get(id).map_or(finished, |c| finished.max(*c)))
             })
             .max();
         let wall_ms = match (all_final, last_finished) {
-            (true, Some(t)) => Some((t.with_timezone(&Utc) - written_at).num_milliseconds().max(0) as u64),
+            (true, Some(t)) => Some((t - written_at).num_milliseconds().max(0) as u64),
             _ => None,
         };
         StepFigures {
@@ -996,11 +1051,23 @@ fn judge(
     let ratio = wall_ms.map(|w| w as f64 / ideal_bound_ms.max(1) as f64);
     let drawn_bound_ms = ideal_bound_for(&observed_latency.drawn, &sizes.configs).map(|d| d.as_millis() as u64);
     let drawn_ratio = wall_ms.zip(drawn_bound_ms).map(|(w, b)| w as f64 / b.max(1) as f64);
+    let in_order_bound_ms =
+        ideal_bound_in_order(&observed_latency.drawn_in_order, &sizes.configs).map(|d| d.as_millis() as u64);
+    let in_order_ratio = wall_ms.zip(in_order_bound_ms).map(|(w, b)| w as f64 / b.max(1) as f64);
     if let (Some(max), Some(r)) = (opts.max_bound_ratio, ratio) {
         if r > max {
             problems.push(format!(
                 "wall {} ms = {r:.2}× the ideal bound ({ideal_bound_ms} ms), above {max}×",
                 wall_ms.unwrap_or_default()
+            ));
+        }
+    }
+    if let (Some(max), Some(r)) = (opts.max_in_order_ratio, in_order_ratio) {
+        if r > max {
+            problems.push(format!(
+                "wall {} ms = {r:.2}× the bound in the order drawn ({} ms), above {max}×",
+                wall_ms.unwrap_or_default(),
+                in_order_bound_ms.unwrap_or_default()
             ));
         }
     }
@@ -1015,6 +1082,8 @@ fn judge(
         ideal_bound_ms,
         ratio,
         drawn_bound_ms,
+        in_order_bound_ms,
+        in_order_ratio,
         drawn_ratio,
         model_latency_ms: sizes.model_latency.as_millis() as u64,
         observed_latency,
@@ -1091,6 +1160,16 @@ impl Report {
             },
         );
         row(
+            "bound in the order drawn",
+            match (self.in_order_bound_ms, self.in_order_ratio) {
+                (Some(b), Some(r)) => {
+                    format!("{b} ms (wall = {r:.2}×: the k-th earliest start meets the k-th latency drawn)")
+                }
+                (Some(b), None) => format!("{b} ms"),
+                _ => "—".into(),
+            },
+        );
+        row(
             "ideal bound",
             format!(
                 "{} ms (summed rates and bursts of the keys, latency {} ms)",
@@ -1103,6 +1182,14 @@ impl Report {
                 "p50 {} ms, p95 {} ms, max {} ms",
                 self.observed_latency.p50_ms, self.observed_latency.p95_ms, self.observed_latency.max_ms
             ),
+        );
+        let l = &self.observed_latency;
+        row(
+            "calls after the write",
+            match (l.first_call_ms, l.last_call_ms, l.calls_per_sec) {
+                (Some(f), Some(t), Some(r)) => format!("first {f} ms, last {t} ms, {r:.1} calls/s between"),
+                _ => "—".into(),
+            },
         );
         row("instances killed (SIGKILL)", self.kills.to_string());
         row(

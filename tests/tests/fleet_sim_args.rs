@@ -61,6 +61,10 @@ fn chaos_and_judging_options_out_of_range_are_refused_by_name() {
             "--max-bound-ratio must be a positive number, got 0",
         ),
         (
+            "--max-in-order-ratio=-1",
+            "--max-in-order-ratio must be a positive number, got -1",
+        ),
+        (
             "--max-calls-per-chart=0.5",
             "--max-calls-per-chart must be a number ≥ 1 (a chart costs at least one call), got 0.5",
         ),

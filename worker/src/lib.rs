@@ -16,7 +16,7 @@
 //!   [`entry::deploy`] (the deployment plan and the trigger types it subscribes to).
 //! - The Firestore event wire, shared with the harness's local Eventarc: [`eventarc`] (parse and encode a delivery,
 //!   the generated `proto` types) and [`firestore_codec`] (JSON ↔ Firestore values, field paths).
-//! - [`ideal_bound`] and [`ideal_bound_for`]: the earliest finish the keys allow, which the benches and fleet-sim
+//! - [`ideal_bound`], [`ideal_bound_for`] and [`ideal_bound_in_order`]: the earliest finish the keys allow, which the benches and fleet-sim
 //!   judge by.
 //!
 //! # Inside
@@ -51,7 +51,7 @@ mod telemetry;
 mod wiring;
 
 pub use chartimg::{CassetteChartImg, HttpChartImg, MAX_BODY_BYTES};
-pub use quota::{ideal_bound, ideal_bound_for, AccountPool};
+pub use quota::{ideal_bound, ideal_bound_for, ideal_bound_in_order, AccountPool};
 pub use retry::RetryPolicy;
 pub use shutdown::Shutdown;
 pub use step_run::{run_chart_export_step, CoreError, StepReport};

@@ -4,31 +4,30 @@
 //! - [`Pace::Local`]: this process is the key's only user (the embedded modes, the demo, the bench): `governor`
 //!   with the plan's rate and burst, in memory.
 //! - [`Pace::Shared`] ([`WindowPacer`]): every `serve` instance of a deployment shares the key. An instance that has
-//!   calls waiting reserves the key's next time window in one transaction on `chart_img_rate/{accountId}`
-//!   ([`RateWindowStore`], [`crate::domain::rate::plan_window`]) and, inside its own windows only, sends at most one
-//!   call per `1/rate` on a fixed grid from the window's start — never the burst, because another instance may have
-//!   used the rate just before. Windows are sized to the calls waiting (at least [`WindowSettings::min`], at most
-//!   [`WindowSettings::max`]), so one document sees about one write per second per busy instance; no window is
-//!   reserved without a call waiting, and an instance holds at most the current window and the next one.
+//!   calls waiting reserves the next of them on the key's shared grid in one transaction on
+//!   `chart_img_rate/{accountId}` ([`RateWindowStore`], [`crate::domain::rate::plan_window`]): a window of calls, one
+//!   per `1/rate` after the grid's last, or at once while the key's bucket holds part of its burst. Windows are
+//!   sized to the calls waiting (at least [`WindowSettings::min`], at most [`WindowSettings::max`] of the key's rate),
+//!   so one document sees about one write per second per busy instance; no window is reserved without a call
+//!   waiting, and an instance holds at most the current window and the next one.
 //!
 //! `429 Too Many Requests` is still retried with backoff by the core: the fallback for calls nobody paced (another
 //! user of the key, a clock far off), not the mechanism.
 //!
 //! # Why the windows keep a key under rate + burst
 //!
-//! Chart-IMG's limiter is a GCRA (as mock-chart-img's `governor`): with rate `r` and burst `b`, a call passes when no
-//! more than `b + r·(t − t₀)` calls arrived in any `[t₀, t]`.
-//! - The windows of one key are disjoint in the document's time, and every call sits on a grid point of its window,
-//!   so in the windows' own time any two calls `j < k` lie at least `(k − j)/r` apart (plus the gap per window
-//!   boundary between them).
-//! - Each instance writes its windows in its own clock. With clocks within `ε` of each other and arrival jitter within
-//!   `δ`, each call arrives within `E = ε + δ` of its grid time, so two calls arrive at least `(k − j)/r − 2E` apart:
-//!   the offsets are bounded per call and do not add up over windows.
-//! - GCRA lets such a stream through as long as `2E ≤ (b − 1)/r` (plus the gap across a boundary): at least 1.4 s for
-//!   every plan of `chart_img_spec`. Cloud Run's clocks and Chart-IMG's network are orders of magnitude closer.
-//! - Using the burst inside a window would spend exactly that tolerance: `b` calls at a window's start right after
-//!   another instance's last call exceed the bucket. That is the price of sharing: a shared key never uses its burst
-//!   (a step of `b` charts takes `(b − 1)/r` longer), and each window ends with the gap.
+//! Chart-IMG's limiter is a GCRA (as mock-chart-img's `governor`): with period `T = 1/rate` and tolerance
+//! `τ = (burst − 1)·T`, calls `a₁ ≤ a₂ ≤ …` all pass exactly when `a_k − a_j ≥ (k − j)·T − τ` for every `j < k`.
+//! - The document runs that GCRA's virtual scheduling in its own time with a smaller tolerance
+//!   `β = τ − 2·J` ([`WindowSettings::jitter`] `J`): every call of every instance is a point of one sequence that
+//!   satisfies `a_k − a_j ≥ (k − j)·T − β` (`plan_window`; test `an_idle_key_lends_its_burst_and_a_busy_one_its_rate`).
+//!   Windows never hand out the same point twice: each reservation moves the document's TAT past its calls.
+//! - A call arrives at Chart-IMG later than its point by what this process adds (a slot is used up to `J` after its
+//!   time, which covers the reservation's own round trip, never before it) plus the wake-up, the network and the
+//!   instances' clock offsets (budgeted at `J` more). Each difference `a_k − a_j` therefore shrinks by at most `2·J`,
+//!   so the arrivals satisfy `a_k − a_j ≥ (k − j)·T − τ`: the key's GCRA lets every one through. Calls never go early.
+//! - So a shared key uses its burst less `2·J` (PRO: 10 calls at once of its 15; BASIC 2 of 3 with `J` = 250 ms) when
+//!   it was idle, and its rate when busy. A plan whose tolerance is under `2·J` gets no burst (`β = 0`).
 //!
 //! A window counts as held until its time is over, not until its slots are taken; otherwise an instance with many
 //! calls waiting would reserve the key's future window after window while another waits. The next window is reserved
@@ -68,8 +67,10 @@ pub struct WindowSettings {
     pub min: Duration,
     /// Longest window: what one instance may take of the key at once (and what a holder that dies wastes).
     pub max: Duration,
-    /// Left unreserved after every window, on top of the burst's tolerance, against clock skew and network jitter.
-    pub gap: Duration,
+    /// How late a call may arrive after its point on the grid through this process (a slot is used up to `jitter`
+    /// after its time), and again through the network and clock skew: the burst's tolerance less twice this is what
+    /// the instances share (the module doc's proof).
+    pub jitter: Duration,
 }
 
 impl Default for WindowSettings {
@@ -77,7 +78,7 @@ impl Default for WindowSettings {
         Self {
             min: Duration::from_secs(1),
             max: Duration::from_secs(2),
-            gap: Duration::from_millis(50),
+            jitter: Duration::from_millis(250),
         }
     }
 }
@@ -131,33 +132,40 @@ impl Pace {
     }
 }
 
-/// One reserved window as this process sees it: `count` slots, one every `period` from `start`.
+/// One reserved window as this process sees it: `count` slots, slot `k` at `start + (k × period − lead)` (the
+/// first ones at `start` while the key lends its burst), each usable until `late` after its time.
 #[derive(Debug)]
 struct Slots {
     start: Instant,
+    /// How far the window's grid lies before its start (`start − grid` in [`crate::domain::Window`]).
+    lead: Duration,
     count: u32,
     /// Slots below this index are taken.
     next: u32,
 }
 
 impl Slots {
-    /// The first slot not taken whose time has not passed.
-    fn first_free(&self, now: Instant, period: Duration) -> u32 {
-        let passed = if now <= self.start {
+    /// The first slot not taken that is not more than `late` past its time.
+    fn first_free(&self, now: Instant, period: Duration, late: Duration) -> u32 {
+        let since = now.saturating_duration_since(self.start);
+        let passed = if since <= late {
             0
         } else {
             let p = period.as_nanos().max(1);
-            (now - self.start).as_nanos().div_ceil(p).min(u32::MAX as u128) as u32
+            (since - late + self.lead).as_nanos().div_ceil(p).min(u32::MAX as u128) as u32
         };
         self.next.max(passed)
     }
 
     fn at(&self, k: u32, period: Duration) -> Instant {
-        self.start + period * k
+        self.start + (period * k).saturating_sub(self.lead)
     }
 
-    fn end(&self, period: Duration) -> Instant {
+    /// When the window's turn on the key is over: the grid time after its last slot, and not before its last slot
+    /// has stopped being usable.
+    fn end(&self, period: Duration, late: Duration) -> Instant {
         self.at(self.count, period)
+            .max(self.at(self.count.saturating_sub(1), period) + late)
     }
 }
 
@@ -175,15 +183,18 @@ impl PacerState {
     /// Forgets the windows whose time is over. A window whose slots are all taken still counts until it ends: it
     /// is still this instance's turn on the key, and counting it keeps an instance with many calls waiting from
     /// reserving the key's future window after window while another instance waits.
-    fn prune(&mut self, now: Instant, period: Duration) {
-        self.windows.retain(|w| w.end(period) > now);
+    fn prune(&mut self, now: Instant, period: Duration, late: Duration) {
+        self.windows.retain(|w| w.end(period, late) > now);
     }
 
     /// Takes the earliest free slot of the held windows; answers its time.
-    fn take(&mut self, now: Instant, period: Duration) -> Option<Instant> {
-        self.prune(now, period);
-        let w = self.windows.iter_mut().find(|w| w.first_free(now, period) < w.count)?;
-        let k = w.first_free(now, period);
+    fn take(&mut self, now: Instant, period: Duration, late: Duration) -> Option<Instant> {
+        self.prune(now, period, late);
+        let w = self
+            .windows
+            .iter_mut()
+            .find(|w| w.first_free(now, period, late) < w.count)?;
+        let k = w.first_free(now, period, late);
         w.next = k + 1;
         Some(w.at(k, period))
     }
@@ -194,6 +205,8 @@ pub struct WindowPacer {
     account: AccountId,
     /// `1 / rate`: the spacing of calls inside a window.
     period: Duration,
+    /// The part of the plan's burst tolerance the instances share (`β` in the module doc).
+    burst: Duration,
     min_slots: u32,
     max_slots: u32,
     shared: SharedRate,
@@ -223,8 +236,8 @@ impl Drop for Waiting<'_> {
 }
 
 impl WindowPacer {
-    /// Paces `account`'s calls at `rate_per_sec` through `shared`'s windows.
-    pub fn new(account: AccountId, rate_per_sec: f64, shared: SharedRate) -> Self {
+    /// Paces `account`'s calls at `rate_per_sec` with `burst` calls at once through `shared`'s windows.
+    pub fn new(account: AccountId, rate_per_sec: f64, burst: u32, shared: SharedRate) -> Self {
         let rate = if rate_per_sec.is_finite() && rate_per_sec > 0.0 {
             rate_per_sec
         } else {
@@ -234,9 +247,12 @@ impl WindowPacer {
         let slots_in = |d: Duration| (d.as_secs_f64() * rate).floor().clamp(1.0, 10_000.0) as u32;
         let min_slots = (shared.windows.min.as_secs_f64() * rate).ceil().clamp(1.0, 10_000.0) as u32;
         let max_slots = slots_in(shared.windows.max).max(min_slots);
+        let tolerance = period * burst.saturating_sub(1);
+        let burst = tolerance.saturating_sub(shared.windows.jitter * 2);
         Self {
             account,
             period,
+            burst,
             min_slots,
             max_slots,
             shared,
@@ -244,6 +260,11 @@ impl WindowPacer {
             reserving: Default::default(),
             reservations: AtomicU64::new(0),
         }
+    }
+
+    /// How late a slot may still be used (module doc: `J`).
+    pub fn late(&self) -> Duration {
+        self.shared.windows.jitter
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
@@ -271,7 +292,7 @@ impl WindowPacer {
         loop {
             let (slot, seen) = {
                 let mut st = self.lock();
-                let slot = st.take(Instant::now(), self.period);
+                let slot = st.take(Instant::now(), self.period, self.late());
                 if slot.is_none() && waiting.is_none() {
                     st.waiting += 1;
                 }
@@ -290,10 +311,10 @@ impl WindowPacer {
                 if st.generation != seen {
                     None // Someone reserved while we queued: try its slots first.
                 } else {
-                    st.prune(Instant::now(), self.period);
+                    st.prune(Instant::now(), self.period, self.late());
                     Some(match st.windows.front() {
                         // The current window and the next are held: wait for the current one to end, not further.
-                        Some(w) if st.windows.len() >= 2 => Err(w.end(self.period)),
+                        Some(w) if st.windows.len() >= 2 => Err(w.end(self.period, self.late())),
                         _ => Ok(st.waiting.clamp(self.min_slots as usize, self.max_slots as usize) as u32),
                     })
                 }
@@ -310,16 +331,17 @@ impl WindowPacer {
             let ask = WindowAsk {
                 op: OpId::random(),
                 holder: self.shared.holder.clone(),
-                length: chrono::Duration::from_std(self.period * want).unwrap_or(chrono::Duration::seconds(1)),
-                gap: chrono::Duration::from_std(self.shared.windows.gap).unwrap_or_default(),
+                calls: want,
+                period: chrono::Duration::from_std(self.period).unwrap_or(chrono::Duration::seconds(1)),
+                burst: chrono::Duration::from_std(self.burst).unwrap_or_default(),
             };
             let now = self.shared.clock.now();
             let base = Instant::now();
             let w = self.shared.store.reserve_window(&self.account, &ask, now).await?;
             self.reservations.fetch_add(1, Ordering::Relaxed);
             let ahead = (w.start - now).to_std().unwrap_or(Duration::ZERO);
-            let length = (w.end - w.start).to_std().unwrap_or(Duration::ZERO);
-            let count = (length.as_nanos() / self.period.as_nanos().max(1)).min(u32::MAX as u128) as u32;
+            let lead = (w.start - w.grid).to_std().unwrap_or(Duration::ZERO);
+            let count = w.calls(ask.period);
             tracing::debug!(
                 event = "rate_window_reserved",
                 account = %self.account,
@@ -334,6 +356,7 @@ impl WindowPacer {
                 let mut st = self.lock();
                 st.windows.push_back(Slots {
                     start: base + ahead,
+                    lead,
                     count,
                     next: 0,
                 });
@@ -386,6 +409,8 @@ mod tests {
         inner: JsonDocs<crate::adapters::MemoryBackend>,
         calls: Mutex<u32>,
         fail: Mutex<bool>,
+        /// How long each reservation takes (its reply comes that long after the window was decided).
+        delay: Mutex<Duration>,
     }
 
     #[async_trait]
@@ -400,7 +425,10 @@ mod tests {
             if *self.fail.lock().unwrap() {
                 return Err(StoreError::Unavailable("injected".into()));
             }
-            self.inner.reserve_window(account, ask, now).await
+            let w = self.inner.reserve_window(account, ask, now).await;
+            let delay = *self.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
+            w
         }
     }
 
@@ -409,17 +437,25 @@ mod tests {
             inner: JsonDocs::in_memory(),
             calls: Mutex::new(0),
             fail: Mutex::new(false),
+            delay: Mutex::new(Duration::ZERO),
         })
     }
 
+    /// A pacer with the burst of the plan of `rate` (BASIC 1/s: 3, PRO 10/s: 15).
     fn pacer(store: Arc<Counting>, holder: &str, rate: f64, skew_ms: i64) -> Arc<WindowPacer> {
+        let burst = if rate >= 10.0 { 15 } else { 3 };
         let shared = SharedRate {
             store,
             clock: TokioClock::new(skew_ms),
             holder: holder.into(),
             windows: WindowSettings::default(),
         };
-        Arc::new(WindowPacer::new(AccountId::parse("acc-1").unwrap(), rate, shared))
+        Arc::new(WindowPacer::new(
+            AccountId::parse("acc-1").unwrap(),
+            rate,
+            burst,
+            shared,
+        ))
     }
 
     /// Runs `n` callers on `p` at once; answers when each got its slot (ms since `t0`).
@@ -460,20 +496,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn one_instance_paces_at_the_rate_without_the_burst_and_reserves_only_with_calls_waiting() {
+    async fn one_instance_lends_the_shared_burst_then_paces_at_the_rate_and_reserves_only_with_calls_waiting() {
         let s = store();
         let p = pacer(s.clone(), "a", 1.0, 0);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(*s.calls.lock().unwrap(), 0, "no window without a call waiting");
         let t0 = Instant::now();
         let got = times(callers(&p, 6, t0)).await;
-        // One call per second on each window's grid, a 50 ms gap after each window. The first window holds the one
-        // call waiting when it was reserved (1 s, BASIC's shortest); the next ones the calls waiting then, at most
-        // 2 s (2 calls): [0, 1 s), [1.05, 3.05), [3.1, 5.1), [5.15, 6.15).
-        assert_eq!(got, vec![0, 1050, 2050, 3100, 4100, 5150]);
-        assert_eq!(*s.calls.lock().unwrap(), 4);
+        // BASIC: 2 s of tolerance, less 2 × 250 ms of jitter, leaves 1.5 s to share: two calls at once, the third
+        // 0.5 s later, then one per second (a GCRA with that tolerance, exactly).
+        assert_eq!(got, vec![0, 0, 500, 1500, 2500, 3500]);
+        gcra_allows(&got, 1.0, 3).unwrap();
+        let reservations = *s.calls.lock().unwrap();
+        assert!(reservations <= 5, "{reservations} reservations for 6 calls");
         tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(*s.calls.lock().unwrap(), 4, "idle again: no more reservations");
+        assert_eq!(
+            *s.calls.lock().unwrap(),
+            reservations,
+            "idle again: no more reservations"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -532,8 +573,9 @@ mod tests {
         all.sort();
         gcra_allows(&all, 10.0, 15).unwrap();
         let took = *all.last().unwrap() as f64 / 1000.0;
-        // 120 calls at 10/s: 11.9 s on the grid, plus the gaps (50 ms per window of 2 s) and waits for half-used windows.
-        assert!((11.9..13.5).contains(&took), "{took} s");
+        // 120 calls at 10/s, the first 10 at once: 11.0 s on the grid (less the 40 ms the last clock runs ahead),
+        // plus waits for half-used windows.
+        assert!((10.9..11.6).contains(&took), "{took} s");
         for p in &ps {
             assert!(
                 p.reservations() <= 8,
@@ -543,11 +585,32 @@ mod tests {
         }
     }
 
+    /// A reservation whose reply comes 200 ms after the window was decided: its first slots are used that late
+    /// (within the jitter), which the tolerance kept back covers. Sharing the whole tolerance would not: the same
+    /// calls then exceed the key's burst.
+    #[tokio::test(start_paused = true)]
+    async fn slots_used_late_after_a_slow_reservation_stay_within_the_key() {
+        let s = store();
+        *s.delay.lock().unwrap() = Duration::from_millis(200);
+        let p = pacer(s.clone(), "a", 10.0, 0);
+        let t0 = Instant::now();
+        let got = times(callers(&p, 30, t0)).await;
+        gcra_allows(&got, 10.0, 15).unwrap();
+        let at = |ms: u64| got.iter().filter(|&&t| t == ms).count();
+        // The first window (10 calls, the burst) goes when its reply comes; the second, decided then, starts on the
+        // grid at 200 ms and its reply comes at 400 ms: its slots of 200, 300 and 400 ms go then.
+        assert_eq!((at(200), at(400), at(500)), (10, 4, 1), "{got:?}");
+        // Had the pacing shared the whole tolerance (15 calls at once), the second window's grid would start 500 ms
+        // earlier and 9 of its slots would go at 400 ms: the key refuses that.
+        let whole: Vec<u64> = [vec![200; 10], vec![400; 9], (5..21).map(|k| 100 * k).collect()].concat();
+        assert!(gcra_allows(&whole, 10.0, 15).is_err());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_holder_that_dies_only_costs_its_window() {
         let s = store();
         let (dead, alive) = (pacer(s.clone(), "dead", 1.0, 0), pacer(s.clone(), "alive", 1.0, 0));
-        // The dying instance reserves its windows for 2 callers ([0, 1 s) and [1.05, 2.05)) and vanishes.
+        // The dying instance reserves its windows for 2 callers (both at once: the key was idle) and vanishes.
         let t0 = Instant::now();
         let doomed = callers(&dead, 2, t0);
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -556,8 +619,9 @@ mod tests {
         }
         drop(dead);
         let got = times(callers(&alive, 2, t0)).await;
-        // Its windows and their gaps pass unused; the key is the other instance's after that.
-        assert_eq!(got, vec![2100, 3150]);
+        // Its calls pass unsent and count as sent: the other instance gets what the key's tolerance has left (the
+        // shared 1.5 s less the 2 s of those calls), then its rate.
+        assert_eq!(got, vec![500, 1500]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -569,7 +633,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         hs[2].abort(); // waiting for the second window
         let done = times(hs.into_iter().take(2).collect()).await;
-        assert_eq!(done, vec![0, 1050]);
+        assert_eq!(done, vec![0, 0]);
         assert_eq!(p.lock().waiting, 0, "an aborted caller is not counted as waiting");
         *s.fail.lock().unwrap() = true;
         tokio::time::sleep(Duration::from_secs(5)).await;

@@ -36,6 +36,9 @@ use chart_img_spec::Plan;
 /// leaves at most this much of each key's rate counted.
 pub const RESERVE_AHEAD: Duration = Duration::from_secs(1);
 
+/// See [`Account::slot_lasts`].
+const LOCAL_SLOT_LASTS: Duration = Duration::from_millis(250);
+
 /// How long before its rate slot a caller reserves quota units on the key when the process holds none
 /// ([`QuotaLedger::until_slot`]): longer than a reservation takes on a busy usage document, so the unit is there at
 /// the slot; short, so a process killed while its callers wait for slots further off (a key shared by busy
@@ -51,6 +54,10 @@ pub struct Account {
     /// Callers of this process that chose this key and have not taken their unit yet (waiting for a rate slot or for
     /// the reservation): the size of the next reservation, and the key's queue when a caller picks one.
     queued: AtomicUsize,
+    /// Of those, the callers whose rate slot is at most [`PREFETCH_LEAD`] away (or come) and who wait for a unit:
+    /// they send within that lead, so a reservation covers them all (a burst of slots costs one round trip, not one
+    /// per call).
+    due: AtomicUsize,
     /// Units reserved on this key by this process and not sent yet, per UTC day. Process-wide, so steps running
     /// together share one reservation per key instead of holding one each.
     held: std::sync::Mutex<Vec<(NaiveDate, u32)>>,
@@ -72,7 +79,8 @@ impl Account {
 
     /// The size of the next reservation: the callers queued on the key, at most what this process sent on it in the
     /// last [`RESERVE_AHEAD`] plus one (so a key shared with other instances holds about one second of this
-    /// process's own rate, and an idle one grows from one unit), and at most [`Account::reservation_cap`].
+    /// process's own rate, and an idle one grows from one unit) or the callers due to send now if more (a burst of
+    /// slots), and at most [`Account::reservation_cap`].
     fn reservation_size(&self) -> u32 {
         let now = tokio::time::Instant::now();
         let recent = {
@@ -83,7 +91,8 @@ impl Account {
             taken.len() as u32
         };
         let queued = self.queued.load(Ordering::SeqCst) as u32;
-        queued.clamp(1, recent.saturating_add(1).clamp(1, self.reservation_cap()))
+        let due = self.due.load(Ordering::SeqCst) as u32;
+        queued.clamp(1, recent.saturating_add(1).max(due).clamp(1, self.reservation_cap()))
     }
 
     fn note_taken(&self) {
@@ -99,6 +108,16 @@ impl Account {
     pub fn period(&self) -> Duration {
         let rate = self.config.plan.limits().rate_per_sec;
         Duration::from_secs_f64(1.0 / if rate.is_finite() && rate > 0.0 { rate } else { 1.0 })
+    }
+
+    /// How long after its slot's time a call may still be sent; later, it waits for a fresh slot. Shared pacing:
+    /// its [`crate::pacing::WindowSettings::jitter`], which its proof budgets for. Local pacing (its limiter keeps
+    /// one call of the burst in reserve): one period, at most [`LOCAL_SLOT_LASTS`].
+    pub fn slot_lasts(&self) -> Duration {
+        match &self.pace {
+            Pace::Local(_) => self.period().min(LOCAL_SLOT_LASTS),
+            Pace::Shared(p) => p.late(),
+        }
     }
 
     /// Units this process holds on the key for `day` or a later day.
@@ -216,6 +235,24 @@ pub fn ideal_bound_for(latencies: &[Duration], accounts: &[AccountConfig]) -> Op
     )
 }
 
+/// [`ideal_bound`] for calls whose durations come in a fixed order, the `k`-th call started getting the `k`-th
+/// duration: the earliest finish when a server draws each call's latency in the order the calls arrive (as
+/// mock-chart-img's seeded dice does), whatever was asked. Any scheduler that starts its `k`-th call at the `k`-th
+/// earliest start meets exactly these durations; one starting calls later meets them later. Not a bound against a
+/// scheduler that knew the durations (that is [`ideal_bound_for`], never above this), but what the keys' rates and
+/// bursts allow with the latencies a run met, tail included.
+pub fn ideal_bound_in_order(latencies: &[Duration], accounts: &[AccountConfig]) -> Option<Duration> {
+    let starts = earliest_starts(latencies.len() as u64, accounts)?;
+    Some(
+        starts
+            .iter()
+            .zip(latencies)
+            .map(|(s, d)| Duration::from_secs_f64(*s) + *d)
+            .max()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 /// The `n` earliest start times (seconds, ascending) that `accounts` allow together: key `i`'s `k`-th call (0-based)
 /// can start at `max(0, k − burstᵢ + 1) / rateᵢ`, so the first `burstᵢ` start at once, and at most its daily limit of
 /// them. `None` when the daily limits together allow fewer than `n`.
@@ -290,9 +327,11 @@ impl AccountPool {
     /// reserved in `shared.store` ([`WindowPacer`]), so all instances together keep to the plan.
     pub fn shared(configs: Vec<AccountConfig>, shared: SharedRate) -> Self {
         Self::build(configs, |config| {
+            let limits = config.plan.limits();
             Pace::Shared(WindowPacer::new(
                 config.id.clone(),
-                config.plan.limits().rate_per_sec,
+                limits.rate_per_sec,
+                limits.burst,
                 shared.clone(),
             ))
         })
@@ -308,6 +347,7 @@ impl AccountPool {
                 pace: pace(&config),
                 config,
                 queued: AtomicUsize::new(0),
+                due: AtomicUsize::new(0),
                 held: Default::default(),
                 reserving: Default::default(),
                 taken: Default::default(),
@@ -385,6 +425,22 @@ pub struct Queued<'a> {
 impl<'a> Queued<'a> {
     pub fn account(&self) -> &'a Account {
         self.account
+    }
+}
+
+/// A caller counted in [`Account::due`] while it waits for its unit.
+struct Due<'a>(&'a Account);
+
+impl<'a> Due<'a> {
+    fn new(account: &'a Account) -> Self {
+        account.due.fetch_add(1, Ordering::SeqCst);
+        Self(account)
+    }
+}
+
+impl Drop for Due<'_> {
+    fn drop(&mut self) {
+        self.0.due.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -475,6 +531,9 @@ impl<'a> QuotaLedger<'a> {
         let at = queued.account.slot().await?;
         let prefetch = async {
             tokio::time::sleep_until(at.checked_sub(PREFETCH_LEAD).unwrap_or(at)).await;
+            let _due = Due::new(queued.account);
+            // Callers whose slots came together (a burst) count themselves before one of them sizes the reservation.
+            tokio::task::yield_now().await;
             self.prefetch(queued).await
         };
         tokio::join!(tokio::time::sleep_until(at), prefetch);
@@ -914,8 +973,9 @@ mod tests {
         let other = WindowAsk {
             op: OpId::random(),
             holder: "other".into(),
-            length: chrono::Duration::seconds(2),
-            gap: chrono::Duration::milliseconds(50),
+            calls: 30,
+            period: chrono::Duration::milliseconds(100),
+            burst: chrono::Duration::zero(),
         };
         docs.reserve_window(&AccountId::parse("acc-0").unwrap(), &other, clock.now())
             .await
@@ -930,15 +990,57 @@ mod tests {
             _ = &mut waiting => panic!("the slot came while the other instance held the key"),
             _ = tokio::time::sleep(Duration::from_millis(1500)) => {}
         }
-        assert_eq!(account.held(), 0, "a unit reserved 1.5 s before a slot 2.05 s away");
+        assert_eq!(account.held(), 0, "a unit reserved 1.5 s before a slot 2.1 s away");
         let slot = waiting.await.unwrap();
-        assert!(t0.elapsed() >= Duration::from_millis(2050), "{:?}", t0.elapsed());
+        assert!(t0.elapsed() >= Duration::from_millis(2100), "{:?}", t0.elapsed());
         assert_eq!(
             slot - t0,
-            Duration::from_millis(2050),
-            "the slot after the other instance's window and gap"
+            Duration::from_millis(2100),
+            "the slot the key's shared tolerance allows after the other instance's 3 s of calls (PRO: 0.9 s early)"
         );
         assert_eq!(account.held(), 1, "reserved in time for the slot");
+    }
+
+    /// Ten callers whose slots come together (an idle shared PRO key lends the shared part of its burst) need their
+    /// units together: one reservation covers the callers due, not a round trip each, so no slot goes stale while
+    /// its caller queues behind the others' reservations.
+    #[tokio::test(start_paused = true)]
+    async fn callers_due_together_share_one_reservation() {
+        let docs = Arc::new(crate::adapters::JsonDocs::in_memory());
+        let clock = Arc::new(ManualClock::at("2026-12-01T10:00:00Z"));
+        let shared = SharedRate {
+            store: docs,
+            clock: clock.clone(),
+            holder: "this".into(),
+            windows: crate::pacing::WindowSettings::default(),
+        };
+        let configs = parse_accounts(
+            "test",
+            r#"[{"id":"acc-0","apiKey":"k0","dailyLimit":500,"plan":"PRO"}]"#,
+        );
+        let pool = AccountPool::shared(configs.unwrap(), shared);
+        let store = Arc::new(Recording {
+            inner: crate::adapters::JsonDocs::in_memory(),
+            calls: Default::default(),
+            delay: Duration::from_millis(60),
+        });
+        let ledger = QuotaLedger::new(&pool, store.clone(), clock.as_ref(), "run-1/charts_4h");
+        let account = ledger.choose(PlanNeeds::NONE).unwrap().account();
+        let calls = (0..10).map(|_| async {
+            let queued = ledger.choose(PlanNeeds::NONE).unwrap();
+            let slot = ledger.until_slot(&queued).await.unwrap();
+            let unit = ledger.take(queued).await.unwrap().expect("a unit");
+            (slot.elapsed(), unit)
+        });
+        let lasts = account.slot_lasts();
+        for (late, _unit) in futures::future::join_all(calls).await {
+            assert!(
+                late <= lasts,
+                "a slot {late:?} old when its unit came (it lasts {lasts:?})"
+            );
+        }
+        let reservations = store.calls.lock().unwrap().clone();
+        assert!(reservations.len() <= 2, "{reservations:?}");
     }
 
     /// A reservation slower than [`PREFETCH_LEAD`] (a freeze of the usage document) returns after the slot: the slot
@@ -1124,7 +1226,10 @@ mod tests {
         let mut drawn = vec![ms(5000); 39];
         drawn.push(ms(7000));
         assert_eq!(ideal_bound_for(&drawn, &pro), Some(ms(7500)));
-        // (In the given order the 7 s call would take the last start: 9.5 s; the bound does not depend on order.)
+        // (In the given order the 7 s call takes the last start: 9.5 s, the bound in the order drawn.)
+        assert_eq!(ideal_bound_in_order(&drawn, &pro), Some(ms(9500)));
+        drawn.reverse();
+        assert_eq!(ideal_bound_in_order(&drawn, &pro), Some(ms(7500)));
         // Daily limits still cap the calls.
         assert_eq!(
             ideal_bound_for(&[ms(1); 11], &configs(&[("BASIC", 5), ("BASIC", 5)])),

@@ -47,6 +47,9 @@ struct Args {
     /// write every serve process's log lines to this file
     #[arg(long)]
     logs: Option<std::path::PathBuf>,
+    /// RUST_LOG of the serve processes (default: info, the Firestore adapter's retries at debug)
+    #[arg(long)]
+    rust_log: Option<String>,
     /// chaos: SIGKILL a random instance about every this many seconds (restarted 0.5–3 s later)
     #[arg(long)]
     kill_every_secs: Option<f64>,
@@ -74,6 +77,10 @@ struct Args {
     /// a problem (exit 1) when the wall time exceeds this many times the ideal bound
     #[arg(long)]
     max_bound_ratio: Option<f64>,
+    /// a problem (exit 1) when the wall time exceeds this many times the bound in the order drawn (the keys'
+    /// earliest starts meeting the latencies the mock drew, in the order it drew them: the run's tail included)
+    #[arg(long)]
+    max_in_order_ratio: Option<f64>,
 }
 
 fn positive(name: &str, v: Option<f64>) -> Option<f64> {
@@ -96,7 +103,7 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("serve") {
         std::process::exit(runtime().block_on(harness::serve::main()));
     }
-    let args = Args::parse();
+    let mut args = Args::parse();
     let freeze_every = positive("--freeze-firestore-every-secs", args.freeze_firestore_every_secs);
     let freeze_max = positive("--freeze-max-secs", Some(args.freeze_max_secs)).unwrap_or(3.0);
     let max_over_count_pct = match args.max_over_count_pct {
@@ -107,6 +114,7 @@ fn main() {
         p => p,
     };
     let max_bound_ratio = positive("--max-bound-ratio", args.max_bound_ratio);
+    args.max_in_order_ratio = positive("--max-in-order-ratio", args.max_in_order_ratio);
     for (name, v) in [
         ("--max-calls-per-chart", args.max_calls_per_chart),
         (
@@ -181,6 +189,7 @@ async fn simulate(
         timeout,
         seed: args.seed,
         logs: args.logs,
+        rust_log: args.rust_log.unwrap_or_else(|| Options::default().rust_log),
         kill_every: match args.kill_every_secs {
             Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
             Some(s) => {
@@ -195,7 +204,7 @@ async fn simulate(
         freeze,
         max_over_count_pct,
         max_bound_ratio,
-        ..Options::default()
+        max_in_order_ratio: args.max_in_order_ratio,
     };
     let program = match std::env::current_exe() {
         Ok(p) => p,

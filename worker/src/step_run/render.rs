@@ -18,10 +18,6 @@ use crate::domain::{ChartRequest, ErrorCode, ImageFormat, ManifestItem, ObjectRe
 use crate::ports::{ArtifactError, ChartApiError, ChartCall, ObjectMetadata, WriteMode};
 use crate::quota::{AllExhausted, QuotaLedger};
 
-/// The most a call may be sent after its rate slot (when the key's period is longer) before it waits for a fresh
-/// one: a late call spends the key's burst tolerance, which the shared pacing also keeps for clock skew.
-const STALE_SLOT: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// Custom metadata of a stored chart: the SHA-256 of its bytes, and of the request it was rendered from.
 const META_SHA256: &str = "sha256";
 const META_REQUEST: &str = "chartRequestSha256";
@@ -344,10 +340,10 @@ impl StepRun<'_> {
                         }));
                     }
                 };
-                // A slot is only good at its time: a call sent more than one period after it (the unit's reservation
+                // A slot is only good near its time: a call sent later than the pacing allows (the unit's reservation
                 // took that long, before or after the slot) could meet the next caller's on-time call closer than the
-                // key's rate allows, so it waits for a fresh slot, unit in hand (the pacing proof in pacing.rs).
-                if slot_at.elapsed() > account.period().min(STALE_SLOT) {
+                // key's rate and burst allow, so it waits for a fresh slot, unit in hand (the proof in pacing.rs).
+                if slot_at.elapsed() > account.slot_lasts() {
                     let ready = tokio::select! {
                         r = account.until_ready() => r,
                         _ = guard.stopped() => Ok(()),

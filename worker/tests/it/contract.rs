@@ -867,68 +867,72 @@ pub async fn a_missing_object_reads_as_none(a: Artifacts) {
     assert!(a.store.get(&obj(&a, "nothing/here.png")).await.unwrap().is_none());
 }
 
-fn ask(op_id: &str, holder: &str, length_ms: i64) -> WindowAsk {
+/// A reservation of `calls` calls on a 10/s key, `burst_ms` of its tolerance shared.
+fn ask(op_id: &str, holder: &str, calls: u32, burst_ms: i64) -> WindowAsk {
     WindowAsk {
         op: op(op_id),
         holder: holder.into(),
-        length: Duration::milliseconds(length_ms),
-        gap: Duration::milliseconds(50),
+        calls,
+        period: Duration::milliseconds(100),
+        burst: Duration::milliseconds(burst_ms),
     }
 }
 
 pub async fn rate_windows_queue_and_a_retried_reservation_gets_its_window_back(d: Docs) {
     let a = AccountId::parse("acc-1").unwrap();
     let t0 = at("2026-12-01T10:00:00Z");
+    let ms = Duration::milliseconds;
     let w1 = d
         .rate
-        .reserve_window(&a, &ask("w1", "serve-a", 2000), t0)
+        .reserve_window(&a, &ask("w1", "serve-a", 20, 0), t0)
         .await
         .unwrap();
-    assert_eq!((w1.start, w1.end), (t0, t0 + Duration::milliseconds(2000)));
-    // Another instance, 300 ms later: behind the first window and its gap.
+    assert_eq!((w1.start, w1.grid, w1.end), (t0, t0, t0 + ms(2000)));
+    // Another instance, 300 ms later: its calls follow the first window's on the key's grid.
     let w2 = d
         .rate
-        .reserve_window(&a, &ask("w2", "serve-b", 1000), t0 + Duration::milliseconds(300))
+        .reserve_window(&a, &ask("w2", "serve-b", 10, 0), t0 + ms(300))
         .await
         .unwrap();
-    assert_eq!(
-        (w2.start, w2.end),
-        (t0 + Duration::milliseconds(2050), t0 + Duration::milliseconds(3050))
-    );
+    assert_eq!((w2.start, w2.end), (t0 + ms(2000), t0 + ms(3000)));
     // A retried commit whose first try landed: the same window, nothing moved.
     let again = d
         .rate
-        .reserve_window(&a, &ask("w2", "serve-b", 1000), t0 + Duration::milliseconds(400))
+        .reserve_window(&a, &ask("w2", "serve-b", 10, 0), t0 + ms(400))
         .await
         .unwrap();
     assert_eq!(again, w2);
     let stored = d.seed.raw(RATE_WINDOWS, "acc-1").await.unwrap();
-    assert_eq!(
-        stored["nextFreeMs"],
-        (t0 + Duration::milliseconds(3100)).timestamp_millis(),
-        "{stored}"
-    );
+    assert_eq!(stored["tatMs"], (t0 + ms(3000)).timestamp_millis(), "{stored}");
     assert_eq!(stored["holder"], "serve-b");
     // Long after: the key is free at once (a holder that died wasted only its window).
     let later = t0 + Duration::seconds(60);
-    assert_eq!(
-        d.rate
-            .reserve_window(&a, &ask("w3", "serve-a", 1000), later)
-            .await
-            .unwrap()
-            .start,
-        later
-    );
-    // Other accounts are independent.
+    let w3 = d
+        .rate
+        .reserve_window(&a, &ask("w3", "serve-a", 10, 0), later)
+        .await
+        .unwrap();
+    assert_eq!(w3.start, later);
+    // Other accounts are independent; an idle key lends the shared part of its burst, and a retry of such a
+    // window gets its grid back too (10 calls at once, then one per 100 ms).
     let b = AccountId::parse("acc-2").unwrap();
-    assert_eq!(
-        d.rate
-            .reserve_window(&b, &ask("w4", "serve-a", 1000), t0)
-            .await
-            .unwrap()
-            .start,
-        t0
-    );
+    let burst = d
+        .rate
+        .reserve_window(&b, &ask("w4", "serve-a", 12, 900), t0)
+        .await
+        .unwrap();
+    assert_eq!((burst.start, burst.grid, burst.end), (t0, t0 - ms(900), t0 + ms(300)));
+    let again = d
+        .rate
+        .reserve_window(&b, &ask("w4", "serve-a", 12, 900), t0 + ms(50))
+        .await
+        .unwrap();
+    assert_eq!(again, burst);
+    let p = ms(100);
+    let calls: Vec<_> = (0..burst.calls(p))
+        .map(|k| (burst.call_at(k, p) - t0).num_milliseconds())
+        .collect();
+    assert_eq!(calls, vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 100, 200]);
 }
 
 pub async fn concurrent_window_reservations_never_overlap(d: Docs) {
@@ -938,7 +942,7 @@ pub async fn concurrent_window_reservations_never_overlap(d: Docs) {
         .map(|i| {
             let (rate, a) = (d.rate.clone(), a.clone());
             tokio::spawn(async move {
-                rate.reserve_window(&a, &ask(&format!("c{i}"), &format!("serve-{i}"), 1000), t0)
+                rate.reserve_window(&a, &ask(&format!("c{i}"), &format!("serve-{i}"), 10, 0), t0)
                     .await
             })
         })
@@ -949,13 +953,10 @@ pub async fn concurrent_window_reservations_never_overlap(d: Docs) {
     }
     windows.sort_by_key(|w| w.start);
     for pair in windows.windows(2) {
-        assert!(
-            pair[1].start >= pair[0].end + Duration::milliseconds(50),
-            "overlap or no gap: {pair:?}"
-        );
+        assert!(pair[1].start >= pair[0].end, "overlap: {pair:?}");
     }
     assert_eq!(windows[0].start, t0);
-    assert_eq!(windows[5].end, t0 + Duration::milliseconds(5 * 1050 + 1000));
+    assert_eq!(windows[5].end, t0 + Duration::milliseconds(6000));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

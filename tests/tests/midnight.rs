@@ -17,7 +17,7 @@ use worker_chart_export::eventarc::encode_document_event;
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const CHARTS: usize = 12;
 /// How long before midnight (in the faked time) the worker starts (5–6 s: the shift has whole seconds). The BASIC
-/// key sends two calls at once (the burst a shared key lends), the third 0.5 s later, then one a second: about 7 of
+/// key sends two calls at once (the burst a shared key lends), the third 0.8 s later, then one a second: about 7 of
 /// the 12 calls before midnight, 5 after (with 7 s it measured 10 and 2 in one run of five).
 const BEFORE_MIDNIGHT: i64 = 5;
 

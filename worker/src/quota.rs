@@ -216,17 +216,9 @@ pub fn ideal_bound(n: u64, latency: Duration, accounts: &[AccountConfig]) -> Opt
 /// `maxₖ(startₖ + dₖ)` with the durations sorted longest first — a lower bound no scheduler can beat, even one that
 /// knew every duration in advance. With equal durations it is [`ideal_bound`].
 pub fn ideal_bound_for(latencies: &[Duration], accounts: &[AccountConfig]) -> Option<Duration> {
-    let starts = earliest_starts(latencies.len() as u64, accounts)?;
     let mut longest_first = latencies.to_vec();
     longest_first.sort_unstable_by(|a, b| b.cmp(a));
-    Some(
-        starts
-            .iter()
-            .zip(longest_first)
-            .map(|(s, d)| Duration::from_secs_f64(*s) + d)
-            .max()
-            .unwrap_or(Duration::ZERO),
-    )
+    ideal_bound_in_order(&longest_first, accounts)
 }
 
 /// [`ideal_bound`] for calls whose durations come in a fixed order, the `k`-th call started getting the `k`-th

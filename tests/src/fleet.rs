@@ -284,6 +284,8 @@ pub struct Report {
     pub steps: BTreeMap<String, usize>,
     /// Failed steps by `error.code`.
     pub failed_by: BTreeMap<String, usize>,
+    /// Each failed step: its run id and its `error.message`.
+    pub failed: Vec<(String, String)>,
     pub all_final: bool,
     pub deliveries: u64,
     /// Delivery attempts not acknowledged (non-2xx, broken, ack deadline).
@@ -409,6 +411,7 @@ struct LogFigures {
 struct StepFigures {
     by_status: BTreeMap<String, usize>,
     failed_by: BTreeMap<String, usize>,
+    failed: Vec<(String, String)>,
     all_final: bool,
     wall_ms: Option<u64>,
 }
@@ -917,6 +920,13 @@ impl StepFigures {
                 .entry(s["error"]["code"].as_str().unwrap_or("?").to_owned())
                 .or_default() += 1;
         }
+        let failed = run_ids
+            .iter()
+            .filter_map(|id| {
+                let s = steps.get(id).filter(|s| s["status"] == "FAILED")?;
+                Some((id.to_string(), s["error"]["message"].as_str().unwrap_or("?").to_owned()))
+            })
+            .collect();
         let all_final = run_ids.iter().all(|id| steps.get(id).is_some_and(is_final));
         let last_finished = run_ids
             .iter()
@@ -935,6 +945,7 @@ impl StepFigures {
         StepFigures {
             by_status,
             failed_by,
+            failed,
             all_final,
             wall_ms,
         }
@@ -961,6 +972,7 @@ fn judge(
             StepFigures {
                 by_status,
                 failed_by,
+                failed,
                 all_final,
                 wall_ms,
             },
@@ -1099,6 +1111,7 @@ fn judge(
         accounts: figures,
         steps: by_status,
         failed_by,
+        failed,
         all_final,
         deliveries: deliveries.len() as u64,
         deliveries_not_acked: deliveries.iter().filter(|d| !d.outcome.acked()).count() as u64,
@@ -1257,6 +1270,9 @@ impl Report {
         );
         if !self.failed_by.is_empty() {
             row("failed steps by error code", format!("{:?}", self.failed_by));
+        }
+        for (run, message) in &self.failed {
+            row("  failed", format!("{run}: {message}"));
         }
         row(
             "quota give-backs failed",

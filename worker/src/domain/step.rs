@@ -349,11 +349,24 @@ pub fn decide_claim(
         }
     };
     let mut fields = BTreeMap::new();
+    let progressed = charts_rendered_of(step) > 0;
+    // A holder that vanished without progress (killed, cut off, or past its deadline without a word) is charged to
+    // the fleet before the step, like a fenced holder's hand-back: while the step's `attemptsHandedBack` is below
+    // `max_attempts`, its attempt is handed back here and that count raised; past it, the attempt counts.
+    let vanished_free = reclaimed && !progressed && attempts_handed_back_of(step) < p.max_attempts;
     if reclaimed {
-        // The holder stopped renewing its lease (killed, cut off, or past its deadline without a word).
         let by = str_field(step, "claimedBy").unwrap_or("an unknown worker");
         let until = str_field(step, "leaseExpiresAt").unwrap_or("?");
-        let e = json!({ "code": "STEP_ABANDONED", "message": format!("the lease of {by} expired at {until} while the step was RUNNING") });
+        let mut message = format!("the lease of {by} expired at {until} while the step was RUNNING");
+        if vanished_free {
+            let handed = attempts_handed_back_of(step) + 1;
+            message.push_str(&format!(
+                "; its attempt was handed back ({handed} of {} such hand-backs)",
+                p.max_attempts
+            ));
+            fields.insert(ATTEMPTS_HANDED_BACK.to_owned(), Some(json!(handed)));
+        }
+        let e = json!({ "code": "STEP_ABANDONED", "message": message });
         fields.insert("lastError".to_owned(), Some(e));
     }
     // A step that has used all its attempts is still claimed, past its last attempt (`give_up`): only a holder can
@@ -362,7 +375,7 @@ pub fn decide_claim(
     // renewals or its release, [`CHARTS_RENDERED`]): the next attempt starts further on, so only attempts without
     // progress use the step's attempts up. Bounded all the same: each attempt handed back stored at least one chart
     // a later attempt reuses, so a step has at most `max_attempts` + its charts attempts.
-    let done = attempts_of(step).saturating_sub(u32::from(charts_rendered_of(step) > 0));
+    let done = attempts_of(step).saturating_sub(u32::from(progressed || vanished_free));
     let attempt = done + 1;
     fields.insert("status".to_owned(), Some(json!("RUNNING")));
     fields.insert("claimedBy".to_owned(), Some(json!(p.worker.as_str())));
@@ -421,10 +434,12 @@ pub fn charts_stored_of(step: &Value) -> u32 {
         .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
-/// The step field counting the attempts handed back because their holder lost its lease (fenced: the store did not
-/// confirm a renewal in time) and could still release the step under its own token. Such an attempt is not the
-/// step's doing, so it does not use the step's attempts up, but only while this count is below
-/// `CHART_EXPORT_MAX_ATTEMPTS`: a step whose holders keep losing their leases still ends.
+/// The step field counting the attempts charged to the fleet rather than the step: a holder that lost its lease
+/// (fenced: the store did not confirm a renewal in time) and released the step under its own token, and a holder
+/// that vanished without recorded progress (killed or cut off: its lease expired and [`decide_claim`] reclaimed the
+/// step). Neither is known to be the step's doing, so they do not use the step's attempts up, but only while this
+/// count is below `CHART_EXPORT_MAX_ATTEMPTS`: a step whose holders keep dying or losing their leases (a step that
+/// crashes its worker, a store that never heals) still ends, after at most twice that many attempts.
 pub const ATTEMPTS_HANDED_BACK: &str = "attemptsHandedBack";
 
 /// [`ATTEMPTS_HANDED_BACK`] of a step (absent = 0).
@@ -1035,7 +1050,9 @@ mod tests {
             3,
             "kept by the claim: the give-up compares what is stored with it"
         );
-        // That holder dies too before storing anything: now the attempt counts, and the next claim gives up.
+        // That holder dies too before storing anything, with the fleet's hand-backs used up: now the attempt
+        // counts, and the next claim gives up.
+        d["steps"]["charts_4h"][ATTEMPTS_HANDED_BACK] = json!(3);
         let mut p = params_with("t-3", "2026-11-28T10:20:00Z");
         p.max_attempts = 3;
         let (out, _) = decide_claim(Some(&d), &StepSelector::First, &p);
@@ -1123,17 +1140,87 @@ mod tests {
             ),
             "{out:?}"
         );
-        // A crashed holder's expired lease is recorded as the last error of a reclaim.
+        // A crashed holder's expired lease is recorded as the last error of a reclaim (the fleet's hand-backs used
+        // up, so its attempt counts).
         let mut d = doc();
         d["steps"]["charts_4h"]["status"] = json!("RUNNING");
         d["steps"]["charts_4h"]["claimedBy"] = json!("w-dead");
         d["steps"]["charts_4h"]["leaseExpiresAt"] = json!("2026-11-28T09:00:00Z");
         d["steps"]["charts_4h"]["attempts"] = json!(3);
+        d["steps"]["charts_4h"][ATTEMPTS_HANDED_BACK] = json!(3);
         let (out, _) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
         assert!(
             matches!(out, ClaimOutcome::Claimed { give_up: Some(ref g), .. } if g.code == "STEP_ABANDONED"),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn a_vanished_holder_is_charged_to_the_fleet_until_its_hand_backs_are_used_up() {
+        // Holders of the last attempt (3 of 3) keep dying before any progress is on record.
+        let dead = |d: &mut Value, handed: Option<u32>| {
+            let s = &mut d["steps"]["charts_4h"];
+            s["status"] = json!("RUNNING");
+            s["claimedBy"] = json!("w-dead");
+            s["claimToken"] = json!("t-dead");
+            s["leaseExpiresAt"] = json!("2026-11-28T09:00:00Z");
+            s["attempts"] = json!(3);
+            if let Some(n) = handed {
+                s[ATTEMPTS_HANDED_BACK] = json!(n);
+            }
+        };
+        let mut d = doc();
+        dead(&mut d, None);
+        for n in 1..=3 {
+            let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+            assert!(
+                matches!(
+                    out,
+                    ClaimOutcome::Claimed {
+                        attempt: 3,
+                        reclaimed: true,
+                        give_up: None,
+                        ..
+                    }
+                ),
+                "hand-back {n}: {out:?}"
+            );
+            let patch = patch.unwrap();
+            assert_eq!(patch.fields[ATTEMPTS_HANDED_BACK], Some(json!(n)));
+            let e = patch.fields["lastError"].clone().unwrap();
+            assert_eq!(e["code"], "STEP_ABANDONED");
+            let m = e["message"].as_str().unwrap();
+            assert!(
+                m.contains(&format!("its attempt was handed back ({n} of 3 such hand-backs)")),
+                "{m}"
+            );
+            patch.apply_to(&mut d);
+            dead(&mut d, None);
+        }
+        // The fleet's share used up: the next vanished holder's attempt counts, and the claim gives up.
+        let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        assert!(
+            matches!(out, ClaimOutcome::Claimed { attempt: 4, give_up: Some(ref g), .. } if g.code == "STEP_ABANDONED"),
+            "{out:?}"
+        );
+        assert!(!patch.unwrap().fields.contains_key(ATTEMPTS_HANDED_BACK));
+        // A dead holder with progress on record is handed back without using the fleet's share.
+        let mut d = doc();
+        dead(&mut d, Some(1));
+        d["steps"]["charts_4h"][CHARTS_RENDERED] = json!(2);
+        let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
+        assert!(
+            matches!(
+                out,
+                ClaimOutcome::Claimed {
+                    attempt: 3,
+                    give_up: None,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        assert!(!patch.unwrap().fields.contains_key(ATTEMPTS_HANDED_BACK));
     }
 
     #[test]

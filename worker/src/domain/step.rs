@@ -1173,18 +1173,7 @@ mod tests {
         dead(&mut d, None);
         for n in 1..=3 {
             let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
-            assert!(
-                matches!(
-                    out,
-                    ClaimOutcome::Claimed {
-                        attempt: 3,
-                        reclaimed: true,
-                        give_up: None,
-                        ..
-                    }
-                ),
-                "hand-back {n}: {out:?}"
-            );
+            assert_eq!(claimed_as(&out), Some((3, true, false)), "hand-back {n}: {out:?}");
             let patch = patch.unwrap();
             assert_eq!(patch.fields[ATTEMPTS_HANDED_BACK], Some(json!(n)));
             let e = patch.fields["lastError"].clone().unwrap();
@@ -1209,18 +1198,21 @@ mod tests {
         dead(&mut d, Some(1));
         d["steps"]["charts_4h"][CHARTS_RENDERED] = json!(2);
         let (out, patch) = decide_claim(Some(&d), &StepSelector::First, &params("2026-11-28T10:00:00Z"));
-        assert!(
-            matches!(
-                out,
-                ClaimOutcome::Claimed {
-                    attempt: 3,
-                    give_up: None,
-                    ..
-                }
-            ),
-            "{out:?}"
-        );
+        assert_eq!(claimed_as(&out), Some((3, true, false)), "{out:?}");
         assert!(!patch.unwrap().fields.contains_key(ATTEMPTS_HANDED_BACK));
+    }
+
+    /// A claim's attempt, whether it reclaimed, and whether it gives up; `None` for any other outcome.
+    fn claimed_as(out: &ClaimOutcome) -> Option<(u32, bool, bool)> {
+        match out {
+            ClaimOutcome::Claimed {
+                attempt,
+                reclaimed,
+                give_up,
+                ..
+            } => Some((*attempt, *reclaimed, give_up.is_some())),
+            _ => None,
+        }
     }
 
     #[test]

@@ -914,19 +914,17 @@ impl StepFigures {
                 .to_owned();
             *by_status.entry(s).or_default() += 1;
         }
+        // Each failed step once: its run and message, and the count by code.
         let mut failed_by: BTreeMap<String, usize> = BTreeMap::new();
-        for s in steps.values().filter(|s| s["status"] == "FAILED") {
-            *failed_by
-                .entry(s["error"]["code"].as_str().unwrap_or("?").to_owned())
-                .or_default() += 1;
+        let mut failed = Vec::new();
+        for (id, s) in run_ids.iter().filter_map(|id| Some((id, steps.get(id)?))) {
+            if s["status"] == "FAILED" {
+                *failed_by
+                    .entry(s["error"]["code"].as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1;
+                failed.push((id.to_string(), s["error"]["message"].as_str().unwrap_or("?").to_owned()));
+            }
         }
-        let failed = run_ids
-            .iter()
-            .filter_map(|id| {
-                let s = steps.get(id).filter(|s| s["status"] == "FAILED")?;
-                Some((id.to_string(), s["error"]["message"].as_str().unwrap_or("?").to_owned()))
-            })
-            .collect();
         let all_final = run_ids.iter().all(|id| steps.get(id).is_some_and(is_final));
         let last_finished = run_ids
             .iter()

@@ -485,16 +485,8 @@ mod tests {
     /// Whether a GCRA with `rate` and `burst` (Chart-IMG's throttle, governor's algorithm) lets every call through.
     fn gcra_allows(calls_ms: &[u64], rate: f64, burst: u32) -> Result<(), String> {
         let t = 1000.0 / rate;
-        let tau = t * (burst as f64 - 1.0);
-        let mut tat = f64::MIN;
-        for (i, &c) in calls_ms.iter().enumerate() {
-            let c = c as f64;
-            if tat - c > tau + 1e-6 {
-                return Err(format!("call {i} at {c} ms would get 429 (TAT {tat} ms)"));
-            }
-            tat = tat.max(c) + t;
-        }
-        Ok(())
+        let calls: Vec<f64> = calls_ms.iter().map(|&c| c as f64).collect();
+        crate::domain::rate::gcra_check(&calls, t, t * (burst as f64 - 1.0))
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,6 +120,20 @@ impl Window {
     }
 }
 
+/// Tests' judge of a key's limit: whether a GCRA with period `period_ms` and tolerance `tau_ms` (the key's
+/// `(burst − 1) × period`) lets every call at `calls_ms` through; `Err` names the first call it would refuse (429).
+#[cfg(test)]
+pub(crate) fn gcra_check(calls_ms: &[f64], period_ms: f64, tau_ms: f64) -> Result<(), String> {
+    let mut tat = f64::MIN;
+    for (i, &c) in calls_ms.iter().enumerate() {
+        if tat - c > tau_ms + 1e-6 {
+            return Err(format!("call {i} at {c} ms would get 429 (TAT {tat} ms)"));
+        }
+        tat = tat.max(c) + period_ms;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,14 +159,9 @@ mod tests {
             .collect()
     }
 
-    /// Whether a GCRA with period `t` and tolerance `tau` lets every call through.
     fn gcra_allows(calls_ms: &[i64], t: i64, tau: i64) -> bool {
-        let mut tat = i64::MIN;
-        calls_ms.iter().all(|&c| {
-            let ok = tat.saturating_sub(c) <= tau;
-            tat = tat.max(c) + t;
-            ok
-        })
+        let calls: Vec<f64> = calls_ms.iter().map(|&c| c as f64).collect();
+        gcra_check(&calls, t as f64, tau as f64).is_ok()
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub struct Delivery {
     pub kind: EventType,
     /// The trigger type it was delivered as (its `ce-type`).
     pub delivered_as: EventType,
-    /// 0 for the event's chain, 1 for an injected duplicate.
+    /// 0 for the event's chain, 1 for an injected duplicate, [`REDELIVERY_CHAIN`] for [`LocalEventarc::redeliver`].
     pub chain: u32,
     /// 1-based within its chain.
     pub attempt: u32,
@@ -192,6 +192,8 @@ struct State {
     ready: bool,
     events: Vec<EventRecord>,
     deliveries: Vec<Delivery>,
+    /// The latest event of each document (`flow_runs/<id>`), for [`LocalEventarc::redeliver`].
+    latest: HashMap<String, Arc<Event>>,
     rng: rand::rngs::StdRng,
 }
 
@@ -223,6 +225,9 @@ impl std::fmt::Debug for LocalEventarc {
 }
 
 const LISTEN_TARGET: u32 = 17;
+
+/// [`Delivery::chain`] of an attempt made by [`LocalEventarc::redeliver`].
+pub const REDELIVERY_CHAIN: u32 = 2;
 
 impl LocalEventarc {
     /// Connects to the Firestore emulator (`FIRESTORE_EMULATOR_HOST`), starts listening on the collection and
@@ -258,6 +263,7 @@ impl LocalEventarc {
                 ready: false,
                 events: Vec::new(),
                 deliveries: Vec::new(),
+                latest: HashMap::new(),
                 rng: rand::rngs::StdRng::seed_from_u64(config.seed),
             }),
             config,
@@ -311,6 +317,31 @@ impl LocalEventarc {
 
     pub fn targets(&self) -> Vec<String> {
         self.inner.lock().targets.clone()
+    }
+
+    /// Sends the latest event of `document` (`flow_runs/<id>`) once more, now, to `target`: a redelivery at a moment
+    /// the test chooses, as Pub/Sub may make one to any instance at any time (at least once). Recorded as a
+    /// [`Delivery`] of chain [`REDELIVERY_CHAIN`]; the event's own chains go on as before.
+    pub async fn redeliver(&self, document: &str, target: &str) -> anyhow::Result<Delivery> {
+        let ev = self
+            .inner
+            .lock()
+            .latest
+            .get(document)
+            .cloned()
+            .with_context(|| format!("local eventarc: no event of {document} to redeliver"))?;
+        let attempt = 1 + self
+            .inner
+            .lock()
+            .deliveries
+            .iter()
+            .filter(|d| d.event_id == ev.id && d.chain == REDELIVERY_CHAIN)
+            .count() as u32;
+        let d = attempt_once(&self.inner, &ev, REDELIVERY_CHAIN, attempt, Some(target.to_owned())).await;
+        if d.outcome.acked() {
+            self.inner.lock().events[ev.record_index].acked = true;
+        }
+        Ok(d)
     }
 
     /// Every attempt so far, in the order they ended.
@@ -557,6 +588,7 @@ fn publish_as(
         time,
         body,
     });
+    inner.lock().latest.insert(event.document.clone(), event.clone());
     let mut tasks = inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
     for (chain, wait) in chains.into_iter().enumerate() {
         let (inner, event) = (inner.clone(), event.clone());
@@ -581,36 +613,7 @@ async fn deliver(inner: Arc<Inner>, ev: Arc<Event>, chain: u32, wait: Duration) 
                 Some(s.targets[i].clone())
             }
         };
-        let at_ms = inner.lock().started.elapsed().as_millis() as u64;
-        let t0 = Instant::now();
-        let (outcome, body) = match &target {
-            None => (Outcome::NoTarget, String::new()),
-            Some(url) => match tokio::time::timeout(cfg.scaled(cfg.ack_deadline), send(&inner, &ev, url)).await {
-                Err(_) => (Outcome::AckDeadline, String::new()),
-                Ok(Err(e)) => (
-                    Outcome::Error {
-                        message: error_chain(&e),
-                    },
-                    String::new(),
-                ),
-                Ok(Ok((code, body))) => (Outcome::Status { code }, body),
-            },
-        };
-        let acked = outcome.acked();
-        tracing::debug!(event = "local_eventarc_delivery", ceId = %ev.id, attempt, outcome = ?outcome);
-        inner.lock().deliveries.push(Delivery {
-            event_id: ev.id.clone(),
-            document: ev.document.clone(),
-            kind: ev.kind,
-            delivered_as: ev.delivered_as,
-            chain,
-            attempt,
-            target,
-            at_ms,
-            duration_ms: t0.elapsed().as_millis() as u64,
-            outcome,
-            body,
-        });
+        let acked = attempt_once(&inner, &ev, chain, attempt, target).await.outcome.acked();
         if acked {
             break true;
         }
@@ -627,6 +630,42 @@ async fn deliver(inner: Arc<Inner>, ev: Arc<Event>, chain: u32, wait: Duration) 
     if rec.pending_chains == 0 && !rec.acked {
         rec.gave_up = true;
     }
+}
+
+/// One delivery attempt of `ev` to `target`, recorded in [`LocalEventarc::deliveries`].
+async fn attempt_once(inner: &Inner, ev: &Event, chain: u32, attempt: u32, target: Option<String>) -> Delivery {
+    let cfg = &inner.config;
+    let at_ms = inner.lock().started.elapsed().as_millis() as u64;
+    let t0 = Instant::now();
+    let (outcome, body) = match &target {
+        None => (Outcome::NoTarget, String::new()),
+        Some(url) => match tokio::time::timeout(cfg.scaled(cfg.ack_deadline), send(inner, ev, url)).await {
+            Err(_) => (Outcome::AckDeadline, String::new()),
+            Ok(Err(e)) => (
+                Outcome::Error {
+                    message: error_chain(&e),
+                },
+                String::new(),
+            ),
+            Ok(Ok((code, body))) => (Outcome::Status { code }, body),
+        },
+    };
+    tracing::debug!(event = "local_eventarc_delivery", ceId = %ev.id, chain, attempt, outcome = ?outcome);
+    let d = Delivery {
+        event_id: ev.id.clone(),
+        document: ev.document.clone(),
+        kind: ev.kind,
+        delivered_as: ev.delivered_as,
+        chain,
+        attempt,
+        target,
+        at_ms,
+        duration_ms: t0.elapsed().as_millis() as u64,
+        outcome,
+        body,
+    };
+    inner.lock().deliveries.push(d.clone());
+    d
 }
 
 fn error_chain(e: &reqwest::Error) -> String {

@@ -225,8 +225,9 @@ pub struct Action {
     pub after_mock_calls: Option<usize>,
     #[serde(rename = "do")]
     pub act: Verb,
-    /// `kill` / `sigterm`: the process by start order (0 = first); default: the one holding the step's claim,
-    /// else the first one still running.
+    /// `kill` / `sigterm` / `redeliver`: the process by start order (0 = first); default for `kill` and `sigterm`:
+    /// the one holding the step's claim, else the first one still running; for `redeliver`: the first running one
+    /// that does not hold it.
     #[serde(default)]
     pub process: Option<usize>,
     /// `heal` / `fault`: which proxy.
@@ -249,6 +250,8 @@ pub enum Trigger {
     Final,
     /// The local Eventarc has made a delivery attempt.
     Delivered,
+    /// The step is RUNNING and its `leaseExpiresAt` passed (by 200 ms): its holder's lease has lapsed unrenewed.
+    LeaseLapsed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -260,6 +263,9 @@ pub enum Verb {
     Sigterm,
     /// A new `serve` process (a new instance), added to the targets once healthy.
     Start,
+    /// The local Eventarc sends the flow run's latest event once more, now, to `process` (default: the first
+    /// running process that does not hold the step's claim) — a redelivery at a chosen moment.
+    Redeliver,
     /// Remove every rule of `dependency`'s proxy.
     Heal,
     /// Add `rule` to `dependency`'s proxy.
@@ -530,7 +536,7 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
                     return Err(format!("{}: {:?} needs a dependency", at("dependency"), a.act))
                 }
                 Verb::Fault if a.rule.is_none() => return Err(format!("{}: fault needs a rule", at("rule"))),
-                Verb::Kill | Verb::Sigterm | Verb::Start | Verb::Heal if a.rule.is_some() => {
+                Verb::Kill | Verb::Sigterm | Verb::Start | Verb::Heal | Verb::Redeliver if a.rule.is_some() => {
                     return Err(format!("{}: only fault takes a rule", at("rule")))
                 }
                 _ => {}
@@ -605,6 +611,11 @@ mod tests {
             "{e}"
         );
         let e = parse(&format!(
+            "{HEAD}when: {{via: local_eventarc, actions: [{{when: lease_lapsed, do: redeliver, rule: {{action: {{kind: refuse}}}}}}]}}\nthen: {{}}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e, "when.actions[0].rule: only fault takes a rule");
+        let e = parse(&format!(
             "{HEAD}when: {{via: local_eventarc}}\nthen: {{deliveries: {{answers: [teapot]}}}}\n"
         ))
         .unwrap_err();
@@ -612,7 +623,7 @@ mod tests {
         let e = parse(&format!("{HEAD}  dependencyFaults: {{gcs: [{{action: {{kind: refuse}}, tmes: 2}}]}}\nwhen: {{via: local_eventarc}}\nthen: {{}}\n")).unwrap_err();
         assert!(e.starts_with("given.dependencyFaults.gcs[0].tmes:"), "{e}");
         let ok = parse(&format!(
-            "{HEAD}  env: {{CHART_EXPORT_LEASE_SECONDS: '10'}}\n  dependencyFaults: {{firestore: [{{match: {{pathPrefix: /google.firestore.v1.Firestore/Commit}}, action: {{kind: drop_reply}}, skip: 1, times: 1}}]}}\nwhen:\n  via: local_eventarc\n  processes: 2\n  actions: [{{when: claimed, do: kill}}, {{afterMs: 100, do: start}}, {{do: fault, dependency: gcs, rule: {{action: {{kind: reset}}}}}}]\nthen: {{withinSeconds: 5, deliveries: {{min: 1, answers: [200, 503, error, ack_deadline]}}, faultsApplied: {{firestore: 1}}}}\n"
+            "{HEAD}  env: {{CHART_EXPORT_LEASE_SECONDS: '10'}}\n  dependencyFaults: {{firestore: [{{match: {{pathPrefix: /google.firestore.v1.Firestore/Commit}}, action: {{kind: drop_reply}}, skip: 1, times: 1}}]}}\nwhen:\n  via: local_eventarc\n  processes: 2\n  actions: [{{when: claimed, do: kill}}, {{afterMs: 100, do: start}}, {{when: lease_lapsed, do: redeliver, process: 1}}, {{do: fault, dependency: gcs, rule: {{action: {{kind: reset}}}}}}]\nthen: {{withinSeconds: 5, deliveries: {{min: 1, answers: [200, 503, error, ack_deadline]}}, faultsApplied: {{firestore: 1}}}}\n"
         ));
         assert!(ok.is_ok(), "{ok:?}");
     }

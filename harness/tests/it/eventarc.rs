@@ -335,6 +335,44 @@ async fn duplicates_carry_the_same_id_and_the_admin_endpoint_lists_every_attempt
     ea.shutdown().await;
 }
 
+/// `redeliver` sends the document's latest event (same `ce-id`, same body) once to the target it names, now, and
+/// records it as chain `REDELIVERY_CHAIN`; an unknown document is an error, not a silent no-op.
+#[tokio::test]
+async fn a_redelivery_sends_the_latest_event_once_to_the_chosen_target() {
+    let Some(_) = crate::emulators("a_redelivery_sends_the_latest_event") else {
+        return;
+    };
+    let project = crate::project("ea-redeliver");
+    let store = FirestoreStore::new(&project).await.unwrap();
+    let (first_url, first) = target(vec![]).await;
+    let (other_url, other) = target(vec![503]).await;
+    let ea = LocalEventarc::start(Config::new(&project).with_time_scale(0.01), vec![first_url])
+        .await
+        .unwrap();
+    store.put_doc("flow_runs", "run-1", json!({"n": 1})).await.unwrap();
+    store.put_doc("flow_runs", "run-1", json!({"n": 2})).await.unwrap();
+    wait_for("both events", Duration::from_secs(10), || {
+        first.seen.lock().unwrap().len() == 2
+    })
+    .await;
+    let latest = first.seen.lock().unwrap()[1].clone();
+
+    let d = ea.redeliver("flow_runs/run-1", &other_url).await.unwrap();
+    assert_eq!(d.outcome, Outcome::Status { code: 503 });
+    assert_eq!((d.chain, d.attempt), (harness::eventarc::REDELIVERY_CHAIN, 1));
+    let d = ea.redeliver("flow_runs/run-1", &other_url).await.unwrap();
+    assert_eq!((d.outcome, d.attempt), (Outcome::Status { code: 200 }, 2));
+    let seen = other.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one attempt per call, no chain of its own");
+    assert_eq!(header(&seen[0].0, "ce-id"), header(&latest.0, "ce-id"));
+    assert_eq!(seen[1].1, latest.1, "the latest event's body");
+    assert_eq!(first.seen.lock().unwrap().len(), 2, "nothing more to the first target");
+
+    let e = ea.redeliver("flow_runs/nope", &other_url).await.unwrap_err();
+    assert!(e.to_string().contains("no event of flow_runs/nope"), "{e}");
+    ea.shutdown().await;
+}
+
 /// A trigger delivers only the types it names: by default the deployment's (`written`: a created and an updated
 /// document, each as `ce-type` `written`), while an `updated`-only trigger never sees the created run.
 #[tokio::test]

@@ -534,7 +534,7 @@ fn check_live(c: &mut Checks, t: &crate::scenario::Then, live: &super::live::Liv
 const IN_FLIGHT_SLACK: chrono::TimeDelta = chrono::TimeDelta::milliseconds(50);
 
 /// A time of day with milliseconds, for the checks' messages.
-fn clock(t: &DateTime<Utc>) -> String {
+pub(super) fn clock(t: &DateTime<Utc>) -> String {
     t.format("%H:%M:%S%.3f").to_string()
 }
 

@@ -64,7 +64,11 @@ impl LiveReport {
                 "delivery {} #{}{} at {} ms to {}: {:?} after {} ms {}",
                 &d.event_id[..8.min(d.event_id.len())],
                 d.attempt,
-                if d.chain > 0 { " (duplicate)" } else { "" },
+                match d.chain {
+                    0 => "",
+                    harness::eventarc::REDELIVERY_CHAIN => " (redelivery)",
+                    _ => " (duplicate)",
+                },
                 d.at_ms,
                 d.target.as_deref().unwrap_or("-"),
                 d.outcome,
@@ -191,6 +195,19 @@ impl Live<'_> {
             .context("no process is running")
     }
 
+    /// The first running process that does not hold the step's claim.
+    async fn other_than_holder(&mut self) -> anyhow::Result<usize> {
+        let holder = match self.step().await?["claimedBy"].as_str() {
+            Some(_) => Some(self.pick(None).await?),
+            None => None,
+        };
+        self.procs
+            .iter_mut()
+            .enumerate()
+            .position(|(i, p)| Some(i) != holder && p.running())
+            .context("no running process other than the step's holder")
+    }
+
     async fn wait_for(
         &self,
         what: &str,
@@ -219,9 +236,21 @@ impl Live<'_> {
                     Trigger::Claimed => l.step().await?["status"] == "RUNNING",
                     Trigger::Final => matches!(l.step().await?["status"].as_str(), Some("SUCCEEDED" | "FAILED")),
                     Trigger::Delivered => !l.eventarc.deliveries().is_empty(),
+                    Trigger::LeaseLapsed => lease_until(&l.step().await?).is_some(),
                 })
             })
             .await?;
+            if t == Trigger::LeaseLapsed {
+                // The lease the step has now, however the document changes meanwhile (renewed, released, claimed).
+                let until = lease_until(&self.step().await?).context("the step's lease disappeared")?;
+                let wait = (until + LAPSE_SLACK - Utc::now()).to_std().unwrap_or_default();
+                self.note(format!(
+                    "action {i}: waiting {} ms for the lease of {} to lapse",
+                    wait.as_millis(),
+                    super::checks::clock(&until)
+                ));
+                tokio::time::sleep(wait).await;
+            }
         }
         if let Some(n) = a.after_mock_calls {
             let what = format!("when.actions[{i}].afterMockCalls {n}");
@@ -257,6 +286,22 @@ impl Live<'_> {
                 self.sigterms.push((name, t));
                 self.refresh_targets();
             }
+            Verb::Redeliver => {
+                let p = match a.process {
+                    Some(i) => self.pick(Some(i)).await?,
+                    None => self.other_than_holder().await?,
+                };
+                let name = self.procs[p].name.clone();
+                let document = format!("{FLOW_RUNS}/{}", self.w.run_id);
+                let d = self
+                    .eventarc
+                    .redeliver(&document, &format!("{}/", self.procs[p].url()))
+                    .await?;
+                self.note(format!(
+                    "action {i}: redelivered the latest event to {name}: {:?} after {} ms",
+                    d.outcome, d.duration_ms
+                ));
+            }
             Verb::Start => {
                 self.start_process().await?;
                 self.refresh_targets();
@@ -287,6 +332,19 @@ fn host_port(url: &str) -> String {
         .trim_end_matches('/')
         .to_owned()
 }
+
+/// `when: lease_lapsed` holds this long after the step's `leaseExpiresAt` (the harness's and the emulator's clocks
+/// are one machine's; the slack covers the claim transaction's own reading of "now").
+/// The step's `leaseExpiresAt` while it is RUNNING.
+fn lease_until(step: &Value) -> Option<DateTime<Utc>> {
+    if step["status"] != "RUNNING" {
+        return None;
+    }
+    let t = step["leaseExpiresAt"].as_str()?;
+    Some(DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&Utc))
+}
+
+const LAPSE_SLACK: chrono::TimeDelta = chrono::TimeDelta::milliseconds(200);
 
 pub async fn deliver(w: &World) -> anyhow::Result<Delivered> {
     let g = &w.scenario.given;

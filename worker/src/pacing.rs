@@ -29,7 +29,9 @@
 //! - So a shared key uses its burst less `2·J` (PRO: 7 calls at once of its 15; BASIC 2 of 3 with `J` = 400 ms) when
 //!   it was idle, and its rate when busy. A plan whose tolerance is under `2·J` gets no burst (`β = 0`).
 //! - `J` is also how long a slot may wait for its quota unit, for a process whose cores are busy, or for a
-//!   reservation on a busy store: a slot given up leaves its caller waiting for a later one, a unit in hand.
+//!   reservation on a busy store: a slot given up leaves its caller waiting for a later one, taking its unit only at
+//!   that one (unless taking it needed a reservation of its own, which can outlast the fresh slot too: then it waits
+//!   for another with the unit in hand).
 //!
 //! A window counts as held until its time is over, not until its slots are taken; otherwise an instance with many
 //! calls waiting would reserve the key's future window after window while another waits. The next window is reserved

@@ -325,6 +325,25 @@ impl StepRun<'_> {
                     // No call was sent and no unit taken: the attempt is retried like a 5xx.
                     Err(e) => return Err(window_failed(&account.config.id, &e)),
                 };
+                // A slot is only good near its time (the proof in pacing.rs). One that went stale while the unit's
+                // reservation ran (a frozen or busy usage document) is replaced by a fresh one before the unit is
+                // taken: every caller queued behind a slow reservation comes back stale at once, and each would
+                // otherwise hold a unit while it waits its turn, so a process killed then left one unit counted per
+                // waiting caller instead of at most one reservation (ARCHITECTURE.md, "A dead process").
+                let mut slot_at = slot_at;
+                if slot_at.elapsed() > account.slot_lasts() {
+                    let ready = tokio::select! {
+                        r = account.until_ready() => r,
+                        _ = guard.stopped() => continue,
+                    };
+                    if let Err(e) = ready {
+                        return Err(window_failed(&account.config.id, &e));
+                    }
+                    if guard.current().is_some() {
+                        continue;
+                    }
+                    slot_at = tokio::time::Instant::now();
+                }
                 let unit = match ledger.take(queued).await {
                     Ok(Some(u)) => u,
                     // The key's quota for today is used up: the step stops choosing it, and the call picks another.
@@ -340,9 +359,9 @@ impl StepRun<'_> {
                         }));
                     }
                 };
-                // A slot is only good near its time: a call sent later than the pacing allows (the unit's reservation
-                // took that long, before or after the slot) could meet the next caller's on-time call closer than the
-                // key's rate and burst allow, so it waits for a fresh slot, unit in hand (the proof in pacing.rs).
+                // Still only near its slot: a call sent later than the pacing allows (the take had to reserve, and that
+                // took long) could meet the next caller's on-time call closer than the key's rate and burst allow, so
+                // it waits for a fresh slot, unit in hand (the proof in pacing.rs).
                 if slot_at.elapsed() > account.slot_lasts() {
                     let ready = tokio::select! {
                         r = account.until_ready() => r,

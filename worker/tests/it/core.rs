@@ -853,3 +853,115 @@ async fn a_limit_exceeded_answered_after_midnight_marks_the_day_the_call_was_sen
     );
     assert_eq!(mock.state().usage("acc-1").unwrap().used_today, 1);
 }
+
+/// A usage store whose first reservation takes `freeze` (a frozen or busy usage document); every other call answers
+/// at once.
+struct FirstReservationFrozen {
+    inner: Arc<dyn worker_chart_export::ports::AccountUsageStore>,
+    freeze: Duration,
+    reservations: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl worker_chart_export::ports::AccountUsageStore for FirstReservationFrozen {
+    async fn reserve(
+        &self,
+        op: &worker_chart_export::domain::OpId,
+        accounts: &[worker_chart_export::domain::AccountQuota],
+        units: u32,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<worker_chart_export::domain::Grant>, worker_chart_export::ports::StoreError> {
+        if self.reservations.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(self.freeze).await;
+        }
+        self.inner.reserve(op, accounts, units, now).await
+    }
+    async fn give_back(
+        &self,
+        op: &worker_chart_export::domain::OpId,
+        account: &worker_chart_export::domain::AccountId,
+        day: chrono::NaiveDate,
+        units: u32,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), worker_chart_export::ports::StoreError> {
+        self.inner.give_back(op, account, day, units, now).await
+    }
+    async fn mark_exhausted(
+        &self,
+        account: &worker_chart_export::domain::AccountQuota,
+        day: chrono::NaiveDate,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), worker_chart_export::ports::StoreError> {
+        self.inner.mark_exhausted(account, day, now).await
+    }
+    async fn get_usage(
+        &self,
+        account: &worker_chart_export::domain::AccountId,
+    ) -> Result<Option<worker_chart_export::domain::UsageDoc>, worker_chart_export::ports::StoreError> {
+        self.inner.get_usage(account).await
+    }
+}
+
+/// A renderer that notes, as each call starts, how many units the usage document counts beyond the calls started:
+/// what a process killed at that moment would leave counted.
+struct CountedAhead {
+    docs: worker_chart_export::adapters::JsonDocs<worker_chart_export::adapters::MemoryBackend>,
+    started: std::sync::atomic::AtomicU64,
+    most_ahead: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl worker_chart_export::ports::ChartRenderer for CountedAhead {
+    async fn render(&self, call: &worker_chart_export::ports::ChartCall<'_>) -> Result<RenderedChart, ChartApiError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        use worker_chart_export::ports::AccountUsageStore as _;
+        let started = self.started.fetch_add(1, SeqCst) + 1;
+        let counted = self
+            .docs
+            .get_usage(call.account)
+            .await
+            .unwrap()
+            .map_or(0, |u| u64::from(u.usage_today));
+        self.most_ahead.fetch_max(counted.saturating_sub(started), SeqCst);
+        Ok(RenderedChart {
+            bytes: png_bytes("x"),
+            format: ImageFormat::Png,
+        })
+    }
+}
+
+/// #17: callers queued behind a slow reservation (the usage document frozen for 1.5 s while 30 callers wait on a
+/// PRO key: its burst and 1.5 s of its rate go stale) take their units only at fresh slots, so the units counted
+/// beyond the calls started — what a kill would leave — stay within one reservation (one second of the key's rate,
+/// 10), not one per waiting caller (29 when each took its unit before waiting for a fresh slot).
+#[tokio::test]
+async fn callers_behind_a_slow_reservation_hold_no_unit_while_they_wait_for_a_fresh_slot() {
+    let accounts = format!(r#"[{{"id":"acc-1","apiKey":"{KEY_1}","dailyLimit":500,"plan":"PRO"}}]"#);
+    let docs = worker_chart_export::adapters::JsonDocs::in_memory();
+    let renderer = Arc::new(CountedAhead {
+        docs: docs.clone(),
+        started: Default::default(),
+        most_ahead: Default::default(),
+    });
+    let mut t = worker_with(renderer.clone(), &accounts);
+    t.docs = docs.clone();
+    t.worker.flow_runs = Arc::new(docs.clone());
+    t.worker.templates = Arc::new(docs.clone());
+    t.worker.usage = Arc::new(FirstReservationFrozen {
+        inner: Arc::new(docs.clone()),
+        freeze: Duration::from_millis(1500),
+        reservations: Default::default(),
+    });
+    t.worker.settings.concurrency = 30;
+    let templates: Vec<String> = (0..30).map(|i| format!("c{i:02}")).collect();
+    let names: Vec<&str> = templates.iter().map(String::as_str).collect();
+    t.seed(&flow_run(&names, 30), &names).await;
+    let report = run(&t).await;
+    assert_eq!(t.step().await["status"], "SUCCEEDED", "{report:?}");
+    assert_eq!(t.usage_today("acc-1").await, 30, "usage = calls");
+    let ahead = renderer.most_ahead.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        ahead <= 10,
+        "units counted beyond the calls started reached {ahead}: more than one reservation's worth"
+    );
+}

@@ -10,7 +10,8 @@
 //! - `drop_reply` — forward, wait for the upstream's complete answer (so the upstream applied the request), then
 //!   close the connection / reset the stream: the client never learns. The lost-commit case.
 //!
-//! A rule matches by method and path prefix (`/google.firestore.v1.Firestore/Commit`, `/upload/storage/v1/`) and
+//! A rule matches by method, path prefix (`/google.firestore.v1.Firestore/Commit`, `/upload/storage/v1/`) and what the
+//! body contains (`/documents/flow_runs/`: the calls naming a flow run, not the quota's), and
 //! applies to a range of its matching calls (`skip` then `times`) and/or a time window. Rules change at run time
 //! ([`FaultProxy::add_rule`], or the admin routes of [`FaultProxy::admin_router`]); every call is recorded.
 //!
@@ -45,6 +46,11 @@ pub struct Matcher {
     /// The request path starts with this (`/google.firestore.v1.Firestore/Commit`, `/upload/`).
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// The request body contains these bytes (`/documents/flow_runs/`: a gRPC call naming a flow run, whose document
+    /// names travel as plain UTF-8 in the protobuf). While a rule has one, the proxy reads each request's body before
+    /// it forwards it.
+    #[serde(default)]
+    pub body_contains: Option<String>,
 }
 
 impl Matcher {
@@ -52,12 +58,18 @@ impl Matcher {
         Matcher {
             method: None,
             path_prefix: Some(prefix.into()),
+            body_contains: None,
         }
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    /// `body`: the request's body when a rule reads bodies (else `None`, which no `body_contains` matches).
+    fn matches(&self, method: &str, path: &str, body: Option<&[u8]>) -> bool {
         self.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
             && self.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            && self
+                .body_contains
+                .as_deref()
+                .is_none_or(|needle| body.is_some_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())))
     }
 }
 
@@ -184,7 +196,7 @@ pub struct Call {
 struct Shared {
     upstream: String,
     started: Instant,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Body>,
     rules: Mutex<(u64, Vec<RuleState>)>,
     calls: Mutex<Vec<Call>>,
 }
@@ -443,12 +455,30 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
+    let reads_bodies = {
+        let g = shared.rules.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.iter().any(|r| r.rule.matcher.body_contains.is_some())
+    };
+    let (parts, body) = req.into_parts();
+    let (body, read): (Body, Option<Bytes>) = if reads_bodies {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| Cut(format!("reading the request body: {e}")))?
+            .to_bytes();
+        (
+            Full::new(bytes.clone()).map_err(|never| match never {}).boxed(),
+            Some(bytes),
+        )
+    } else {
+        (body.map_err(|e| Box::new(e) as BoxError).boxed(), None)
+    };
     let applied: Option<(u64, Action)> = {
         let mut g = shared.rules.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let mut found = None;
         for r in g.1.iter_mut() {
-            if r.rule.matcher.matches(&method, &path) && r.hit(now) && found.is_none() {
+            if r.rule.matcher.matches(&method, &path, read.as_deref()) && r.hit(now) && found.is_none() {
                 found = Some((r.id, r.rule.action.clone()));
             }
         }
@@ -508,7 +538,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
     }
 
-    let (mut parts, body) = req.into_parts();
+    let mut parts = parts;
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
     parts.uri = format!("http://{}{pq}", shared.upstream)
         .parse()
@@ -588,15 +618,25 @@ mod tests {
     }
 
     #[test]
-    fn matchers_compare_method_and_path_prefix() {
-        let m = Matcher {
+    fn matchers_compare_method_path_prefix_and_body() {
+        let mut m = Matcher {
             method: Some("post".into()),
             path_prefix: Some("/google.firestore.v1.Firestore/Commit".into()),
+            body_contains: None,
         };
-        assert!(m.matches("POST", "/google.firestore.v1.Firestore/Commit"));
-        assert!(!m.matches("POST", "/google.firestore.v1.Firestore/BeginTransaction"));
-        assert!(!m.matches("GET", "/google.firestore.v1.Firestore/Commit"));
-        assert!(Matcher::default().matches("GET", "/anything"));
+        assert!(m.matches("POST", "/google.firestore.v1.Firestore/Commit", None));
+        assert!(!m.matches("POST", "/google.firestore.v1.Firestore/BeginTransaction", None));
+        assert!(!m.matches("GET", "/google.firestore.v1.Firestore/Commit", None));
+        assert!(Matcher::default().matches("GET", "/anything", None));
+        m.body_contains = Some("/documents/flow_runs/".into());
+        let commit = b"\x00\x00\x00\x00\x40\x0a\x3eprojects/p/databases/(default)/documents/flow_runs/run-1";
+        assert!(m.matches("POST", "/google.firestore.v1.Firestore/Commit", Some(commit)));
+        let usage = b"\x0a\x3eprojects/p/databases/(default)/documents/chart_img_accounts_usage/acc-1";
+        assert!(!m.matches("POST", "/google.firestore.v1.Firestore/Commit", Some(usage)));
+        assert!(
+            !m.matches("POST", "/google.firestore.v1.Firestore/Commit", None),
+            "a body never read matches no needle"
+        );
     }
 
     #[test]

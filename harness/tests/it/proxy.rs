@@ -123,6 +123,7 @@ async fn gcs_uploads_refused_n_times_then_through_and_a_dropped_reply_still_stor
             Matcher {
                 method: Some("POST".into()),
                 path_prefix: Some("/upload/".into()),
+                body_contains: None,
             },
             Action::Refuse,
         )
@@ -172,6 +173,35 @@ async fn gcs_uploads_refused_n_times_then_through_and_a_dropped_reply_still_stor
         "a reset request never reaches the upstream"
     );
     assert_eq!(upload(&proxy.url(), &b, "c.txt").send().await.unwrap().status(), 200);
+
+    // A body rule reads each request's body first, then forwards it whole: only the upload carrying the bytes is
+    // refused, and the other arrives intact.
+    proxy.clear_rules();
+    proxy.add_rule(Rule::new(
+        Matcher {
+            method: None,
+            path_prefix: Some("/upload/".into()),
+            body_contains: Some("marker-7".into()),
+        },
+        Action::Refuse,
+    ));
+    let marked = upload(&proxy.url(), &b, "d.txt")
+        .body("a marker-7 here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(marked.status(), 503);
+    assert!(!exists(&storage, &b, "d.txt").await);
+    let plain = upload(&proxy.url(), &b, "e.txt").send().await.unwrap();
+    assert_eq!(plain.status(), 200);
+    let r = reqwest::get(format!("{}/storage/v1/b/{b}/o/e.txt?alt=media", proxy.url()))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "hello",
+        "forwarded whole after the proxy read it"
+    );
 }
 
 #[tokio::test]

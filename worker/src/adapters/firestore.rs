@@ -10,18 +10,20 @@
 //! Documents cross the port as `serde_json::Value`, converted by [`crate::firestore_codec`].
 //!
 //! Invariants:
-//! - Every read-modify-write is atomic: a read-write transaction over the documents it names (a claim that writes
-//!   nothing is decided on a plain read first and needs none), or, for one hot document (a rate window, a usage
-//!   counter), a plain read and a commit guarded by the version read (`compare_and_set`), which holds no lock; its decision is the same pure function the embedded stores run ([`decide_claim`], [`check_owner`], [`plan_reservation`], [`plan_give_back`], [`plan_exhaust`]).
+//! - Every read-modify-write of one document (a claim, a lease renewal, a release or finalize, a rate window, a
+//!   usage counter) is a plain read and a commit guarded by the version read (`compare_and_set`), which holds no
+//!   lock: a process killed between the two leaves nothing behind, where a read-write transaction's lock would stall
+//!   every other writer of the document until the server expires it (a minute). Only a reservation over several
+//!   counters at once is a read-write transaction (`transact`). Each decision is the same pure function the embedded
+//!   stores run ([`decide_claim`], [`check_owner`], [`plan_reservation`], [`plan_give_back`], [`plan_exhaust`]).
 //! - A flow run is only ever written through `steps.<stepId>.<field>` masks, with an `updateTime` precondition
-//!   taken from the transaction's own read; the rest of the document is never rewritten.
-//! - A transaction is retried (the one [`RetryPolicy`]) on ABORTED, a failed precondition, transport failures and
-//!   the retryable codes of Google's guidance, then fails with [`StoreError::Contention`] or
+//!   taken from the read it was decided on; the rest of the document is never rewritten.
+//! - A read-modify-write is retried (the one [`RetryPolicy`]) on ABORTED, a failed precondition, transport failures
+//!   and the retryable codes of Google's guidance, then fails with [`StoreError::Contention`] or
 //!   [`StoreError::Unavailable`]. A retried commit may find its first try applied (the reply was lost): the
 //!   decisions recognise their own claim token and quota operation id, so nothing applies twice.
 //! - A transaction that does not commit is rolled back on every way out, the caller dropping it half-way included
-//!   (`OpenTransaction`): a lease renewal cut short must not leave its read lock on the step for the server's
-//!   minute-long expiry, stalling every other instance's claim.
+//!   (`OpenTransaction`), so its read locks do not wait for the server's minute-long expiry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -612,28 +614,20 @@ impl FlowRunStore for FirestoreStore {
         params: &ClaimParams,
     ) -> Result<ClaimOutcome, StoreError> {
         let name = self.doc_name(FLOW_RUNS, run.as_str());
-        // A plain read first: most deliveries find the step held, finished or not yet due, and a decision that writes
-        // nothing needs no transaction (whose read locks would stall the holder's own lease renewals). A stale read
-        // only delays: every answer it can give is a no-op or a redelivery. Only a claim is decided again, inside
-        // the transaction.
-        let (outcome, patch) = decide_claim(self.get_doc(FLOW_RUNS, run.as_str()).await?.as_ref(), selector, params);
-        if patch.is_none() {
-            return Ok(outcome);
-        }
-        // Each attempt decides at its own time: a claim that commits after seconds of contention retries writes a
-        // lease counted from that attempt, not one already spent (the holder reads it back from the document).
+        // A compare-and-set, not a read-write transaction: most deliveries find the step held, finished or not yet
+        // due and write nothing, and a claim holds no lock, so a process killed mid-claim leaves none behind (the
+        // emulator kept such a lock for 60-70 s, stalling every other claim and renewal of the run; Firestore keeps
+        // an idle transaction's for up to 60 s). Each attempt decides at its own time: a claim that commits after
+        // seconds of contention retries writes a lease counted from that attempt, not one already spent (the holder
+        // reads it back from the document).
         let began = tokio::time::Instant::now();
-        self.transact("claim_step", vec![name.clone()], |docs| {
+        self.compare_and_set("claim_step", name.clone(), |doc| {
             let params = &ClaimParams {
                 now: params.now + chrono::Duration::from_std(began.elapsed()).unwrap_or_default(),
                 ..params.clone()
             };
-            let (outcome, patch) = decide_claim(docs[0].value.as_ref(), selector, params);
-            let writes = patch
-                .map(|p| step_patch_write(name.clone(), &p, Some(unchanged(&docs[0]))))
-                .into_iter()
-                .collect();
-            Ok((outcome, writes))
+            let (outcome, patch) = decide_claim(doc.value.as_ref(), selector, params);
+            Ok((outcome, patch.map(|p| step_patch_write(name.clone(), &p, None))))
         })
         .await
     }
@@ -645,13 +639,11 @@ impl FlowRunStore for FirestoreStore {
         patch: &StepPatch,
     ) -> Result<PatchOutcome, StoreError> {
         let name = self.doc_name(FLOW_RUNS, run.as_str());
-        self.transact("patch_owned_step", vec![name.clone()], |docs| {
-            let outcome = check_owner(docs[0].value.as_ref(), patch, token);
-            let writes = match outcome {
-                PatchOutcome::Applied => vec![step_patch_write(name.clone(), patch, Some(unchanged(&docs[0])))],
-                _ => Vec::new(),
-            };
-            Ok((outcome, writes))
+        // A compare-and-set too: a renewal cut short (its holder killed, its future dropped at the fence) holds no lock.
+        self.compare_and_set("patch_owned_step", name.clone(), |doc| {
+            let outcome = check_owner(doc.value.as_ref(), patch, token);
+            let write = (outcome == PatchOutcome::Applied).then(|| step_patch_write(name.clone(), patch, None));
+            Ok((outcome, write))
         })
         .await
     }

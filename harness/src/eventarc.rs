@@ -323,20 +323,20 @@ impl LocalEventarc {
     /// the test chooses, as Pub/Sub may make one to any instance at any time (at least once). Recorded as a
     /// [`Delivery`] of chain [`REDELIVERY_CHAIN`]; the event's own chains go on as before.
     pub async fn redeliver(&self, document: &str, target: &str) -> anyhow::Result<Delivery> {
-        let ev = self
-            .inner
-            .lock()
-            .latest
-            .get(document)
-            .cloned()
-            .with_context(|| format!("local eventarc: no event of {document} to redeliver"))?;
-        let attempt = 1 + self
-            .inner
-            .lock()
-            .deliveries
-            .iter()
-            .filter(|d| d.event_id == ev.id && d.chain == REDELIVERY_CHAIN)
-            .count() as u32;
+        let (ev, attempt) = {
+            let s = self.inner.lock();
+            let ev = s
+                .latest
+                .get(document)
+                .cloned()
+                .with_context(|| format!("local eventarc: no event of {document} to redeliver"))?;
+            let before = s
+                .deliveries
+                .iter()
+                .filter(|d| d.event_id == ev.id && d.chain == REDELIVERY_CHAIN)
+                .count();
+            (ev, 1 + before as u32)
+        };
         let d = attempt_once(&self.inner, &ev, REDELIVERY_CHAIN, attempt, Some(target.to_owned())).await;
         if d.outcome.acked() {
             self.inner.lock().events[ev.record_index].acked = true;

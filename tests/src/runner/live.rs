@@ -177,35 +177,38 @@ impl Live<'_> {
             );
             return Ok(i);
         }
-        let holder = self.step().await?["claimedBy"].as_str().map(str::to_owned);
-        if let Some(h) = holder {
-            for (i, p) in self.procs.iter_mut().enumerate() {
-                let theirs = p
-                    .json_logs()
-                    .iter()
-                    .any(|l| l["event"] == "serve_started" && l["worker"] == h.as_str());
-                if theirs && p.running() {
-                    return Ok(i);
-                }
-            }
+        match self.holder().await? {
+            Some(i) => Ok(i),
+            None => self
+                .procs
+                .iter_mut()
+                .position(|p| p.running())
+                .context("no process is running"),
         }
-        self.procs
-            .iter_mut()
-            .position(|p| p.running())
-            .context("no process is running")
     }
 
     /// The first running process that does not hold the step's claim.
     async fn other_than_holder(&mut self) -> anyhow::Result<usize> {
-        let holder = match self.step().await?["claimedBy"].as_str() {
-            Some(_) => Some(self.pick(None).await?),
-            None => None,
-        };
+        let holder = self.holder().await?;
         self.procs
             .iter_mut()
             .enumerate()
             .position(|(i, p)| Some(i) != holder && p.running())
             .context("no running process other than the step's holder")
+    }
+
+    /// The running process whose worker id is the step's `claimedBy` (its `serve_started` line), if any.
+    async fn holder(&mut self) -> anyhow::Result<Option<usize>> {
+        let Some(h) = self.step().await?["claimedBy"].as_str().map(str::to_owned) else {
+            return Ok(None);
+        };
+        Ok(self.procs.iter_mut().position(|p| {
+            let theirs = p
+                .json_logs()
+                .iter()
+                .any(|l| l["event"] == "serve_started" && l["worker"] == h.as_str());
+            theirs && p.running()
+        }))
     }
 
     async fn wait_for(
@@ -584,4 +587,25 @@ pub fn serve_spec(name: String, program: &std::path::Path, env: &BTreeMap<String
         *base = format!("{}/__via/{name}", base.trim_end_matches('/'));
     }
     spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_lease_is_read_only_from_a_running_step() {
+        let at = "2026-12-08T03:00:05Z";
+        assert_eq!(
+            lease_until(&json!({"status": "RUNNING", "leaseExpiresAt": at})),
+            Some(DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&Utc))
+        );
+        assert_eq!(lease_until(&json!({"status": "READY", "leaseExpiresAt": at})), None);
+        assert_eq!(lease_until(&json!({"status": "RUNNING"})), None);
+        assert_eq!(
+            lease_until(&json!({"status": "RUNNING", "leaseExpiresAt": "soon"})),
+            None
+        );
+    }
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::lease::{Guard, Stop};
@@ -15,8 +16,8 @@ use crate::domain::request::build_request;
 use crate::domain::step::{rfc3339, ValidStep};
 use crate::domain::text::{clip_details, clip_error};
 use crate::domain::{ChartRequest, ErrorCode, ImageFormat, ManifestItem, ObjectRef, TemplateId};
-use crate::ports::{ArtifactError, ChartApiError, ChartCall, ObjectMetadata, WriteMode};
-use crate::quota::{AllExhausted, QuotaLedger};
+use crate::ports::{ArtifactError, ChartApiError, ChartCall, ObjectMetadata, StoreError, WriteMode};
+use crate::quota::{Account, AllExhausted, QuotaLedger};
 
 /// Custom metadata of a stored chart: the SHA-256 of its bytes, and of the request it was rendered from.
 const META_SHA256: &str = "sha256";
@@ -37,6 +38,19 @@ pub(super) fn charts_at(valid: &ValidStep) -> DateTime<Utc> {
 }
 
 /// What identifies the rendering a stored chart came from: its Chart-IMG body and format.
+/// When the call on `account` may go: `slot_at` while that slot is still good (within [`Account::slot_lasts`] of
+/// its time, the proof in pacing.rs), else the time of a fresh slot waited for. A stop ends the wait at once (the
+/// caller then checks the guard); only the shared pacing's store can fail.
+async fn fresh_slot(account: &Account, slot_at: Instant, guard: &Guard) -> Result<Instant, StoreError> {
+    if slot_at.elapsed() <= account.slot_lasts() {
+        return Ok(slot_at);
+    }
+    tokio::select! {
+        r = account.until_ready() => r.map(|()| Instant::now()),
+        _ = guard.stopped() => Ok(Instant::now()),
+    }
+}
+
 fn request_digest(req: &ChartRequest) -> String {
     let body = serde_json::to_vec(&req.body).unwrap_or_default();
     let mut h = Sha256::new();
@@ -330,19 +344,12 @@ impl StepRun<'_> {
                 // taken: every caller queued behind a slow reservation comes back stale at once, and each would
                 // otherwise hold a unit while it waits its turn, so a process killed then left one unit counted per
                 // waiting caller instead of at most one reservation (ARCHITECTURE.md, "A dead process").
-                let mut slot_at = slot_at;
-                if slot_at.elapsed() > account.slot_lasts() {
-                    let ready = tokio::select! {
-                        r = account.until_ready() => r,
-                        _ = guard.stopped() => continue,
-                    };
-                    if let Err(e) = ready {
-                        return Err(window_failed(&account.config.id, &e));
-                    }
-                    if guard.current().is_some() {
-                        continue;
-                    }
-                    slot_at = tokio::time::Instant::now();
+                let slot_at = match fresh_slot(account, slot_at, guard).await {
+                    Ok(at) => at,
+                    Err(e) => return Err(window_failed(&account.config.id, &e)),
+                };
+                if guard.current().is_some() {
+                    continue;
                 }
                 let unit = match ledger.take(queued).await {
                     Ok(Some(u)) => u,
@@ -362,15 +369,9 @@ impl StepRun<'_> {
                 // Still only near its slot: a call sent later than the pacing allows (the take had to reserve, and that
                 // took long) could meet the next caller's on-time call closer than the key's rate and burst allow, so
                 // it waits for a fresh slot, unit in hand (the proof in pacing.rs).
-                if slot_at.elapsed() > account.slot_lasts() {
-                    let ready = tokio::select! {
-                        r = account.until_ready() => r,
-                        _ = guard.stopped() => Ok(()),
-                    };
-                    if let Err(e) = ready {
-                        ledger.refund(unit).await;
-                        return Err(window_failed(&account.config.id, &e));
-                    }
+                if let Err(e) = fresh_slot(account, slot_at, guard).await {
+                    ledger.refund(unit).await;
+                    return Err(window_failed(&account.config.id, &e));
                 }
                 // A stop that came while this caller reserved: the unit goes back, nothing is sent.
                 if guard.current().is_some() {

@@ -386,6 +386,10 @@ pub struct Then {
     /// under-counted; a crash may over-count).
     #[serde(default)]
     pub usage_covers_calls: Vec<String>,
+    /// At most this many units of `usageToday` above the calls mock-chart-img received with the account's key (what
+    /// a killed process may leave counted: its held units, one reservation at most).
+    #[serde(default)]
+    pub usage_over_calls_at_most: BTreeMap<String, usize>,
     /// No template has more than one PNG and no step more than one manifest.
     #[serde(default)]
     pub no_duplicates: bool,

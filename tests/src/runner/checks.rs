@@ -230,6 +230,20 @@ pub async fn check(w: &World, d: &Delivered, logs: &str) -> anyhow::Result<Outco
             },
         );
     }
+    for (acc, most) in &t.usage_over_calls_at_most {
+        let u = backend.doc(ACCOUNTS_USAGE, acc).await?;
+        let used = u.as_ref().and_then(|u| u["usageToday"].as_u64()).unwrap_or(0) as usize;
+        c.that(
+            &format!("usageOverCallsAtMost.{acc}"),
+            used >= calls(acc) && used - calls(acc) <= *most,
+            || {
+                format!(
+                    "usageToday {used} against {} calls mock-chart-img received: expected 0 to {most} above them",
+                    calls(acc)
+                )
+            },
+        );
+    }
     for (status, n) in &t.mock_statuses {
         let answered: Vec<&mock_chart_img::JournalEntry> =
             journal.iter().filter(|e| e.status == Some(*status)).collect();
